@@ -1,0 +1,67 @@
+"""Data-root resolution and validation of anything that becomes a filesystem path."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Iterator
+
+from finnex_ml.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_DATE_KEY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def data_root() -> Path:
+    """``FINNEX_DATA_DIR`` if set, else ``<repo>/data`` (git-ignored)."""
+    return Path(os.environ.get("FINNEX_DATA_DIR") or REPO_ROOT / "data").resolve()
+
+
+def validate_partition_key(key: str) -> date:
+    """A partition key must be an ISO date; anything else never reaches a path."""
+    if not isinstance(key, str) or not _DATE_KEY.match(key):
+        raise ConfigError(f"partition key {key!r} is not an ISO date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(key)
+    except ValueError as exc:
+        raise ConfigError(f"partition key {key!r} is not a valid date: {exc}") from exc
+
+
+def safe_name(name: str) -> str:
+    """A single path component: no separators, no '..', no leading dot."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise ConfigError(f"{name!r} is not a safe file or folder name")
+    return name
+
+
+def resolve_under(root: Path, relative: str | os.PathLike[str]) -> Path:
+    """Resolve ``relative`` under ``root`` and refuse anything that escapes it."""
+    root = Path(root).resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise ConfigError(f"path {str(relative)!r} escapes the data root {root}")
+    return target
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temp path in the target folder; rename it over ``final`` only on success.
+
+    A crash midway leaves the previous ``final`` untouched and only a stray ``.tmp`` file.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()

@@ -1,0 +1,52 @@
+"""From a data source to per-date modality snapshots and the daily feature table."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+
+from finnex_ml import calendar
+from finnex_ml.alignment import align_releases, snapshots
+from finnex_ml.data.base import DataSource, RawData
+from finnex_ml.errors import DataInputError
+from finnex_ml.features import HISTORY_SESSIONS, build_daily_features
+from finnex_ml.sentiment import daily_sentiment
+
+MODALITIES = ("market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data")
+
+
+def load_window(source: DataSource, asof: list[date], history: int = HISTORY_SESSIONS) -> tuple[RawData, list[date]]:
+    """Everything the snapshots of ``asof`` need: ``history`` sessions before the first date."""
+    for d in asof:
+        if not calendar.is_session(d):
+            raise DataInputError(f"{d} is not an NYSE session", date=d.isoformat())
+    start = calendar.sessions_back(min(asof), history)
+    raw = source.load(start, max(asof))
+    missing = sorted(set(asof) - set(raw.prices["date"].to_list()))
+    if missing:
+        raise DataInputError(
+            f"source {source.name!r} has no price row for {len(missing)} requested session(s), "
+            f"first {missing[0]}", date=missing[0].isoformat())
+    return raw, calendar.sessions(start, max(asof))
+
+
+def modality_snapshots(source: DataSource, asof: list[date], history: int = HISTORY_SESSIONS) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
+    """One trailing snapshot per date and modality, as known at that date's close."""
+    raw, sess = load_window(source, asof, history)
+    market = raw.prices.sort("date")
+    tables = {
+        "market_data": market,
+        "peer_data": raw.peers.sort("date", "ticker"),
+        "sentiment_data": daily_sentiment(raw.texts, sess),
+        "macro_data": align_releases(raw.releases, sess, "macro"),
+        "fundamental_data": align_releases(raw.releases, sess, "fundamental"),
+    }
+    return {k: snapshots(v, asof, history) for k, v in tables.items()}, raw.provenance
+
+
+def daily_features_from_snapshots(snaps: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    return build_daily_features(
+        snaps["market_data"], snaps["peer_data"], snaps["sentiment_data"],
+        snaps["macro_data"], snaps["fundamental_data"],
+    )
