@@ -19,6 +19,7 @@ import polars as pl
 
 from finnex_ml.alignment import DERIVED_SUFFIXES
 from finnex_ml.data.base import TEXT_SOURCES
+from finnex_ml.sentiment import AGGREGATES
 
 HISTORY_SESSIONS = 300  # trailing sessions in every snapshot; > the longest window (252) plus EWM burn-in
 WARMUP_SESSIONS = 252  # a row is complete once every modality has this much history
@@ -254,11 +255,14 @@ def build_daily_features(
     frame = frame.join(macro, on=["asof", "date"], how="left").join(fundamental, on=["asof", "date"], how="left")
     base_macro = {c for c in macro_cols if not c.endswith(DERIVED_SUFFIXES)}
     market_cols = [c for c in market.columns if c.startswith("market__")]
+    text_cols = {f"{s}_{a}" for s in TEXT_SOURCES for a in AGGREGATES}
+    scored_cols = [c for c in sentiment.columns if c not in ("asof", "date") and c not in text_cols]
     exprs = (
         _price_features()
         + _market_features(market_cols)
         + _peer_features(tickers)
         + _sentiment_features()
+        + _release_features("sentiment", scored_cols, trends=True)
         + _release_features("macro", macro_cols, trends=True)
         + _release_features("fundamental", fund_cols, trends=False)
         + _cross_features(base_macro, set(fund_cols))

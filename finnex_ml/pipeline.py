@@ -38,7 +38,9 @@ def modality_snapshots(source: DataSource, asof: list[date], history: int = HIST
     tables = {
         "market_data": market,
         "peer_data": raw.peers.sort("date", "ticker"),
-        "sentiment_data": daily_sentiment(raw.texts, sess),
+        # Text aggregates plus any pre-scored sentiment series (e.g. a survey), as of release.
+        "sentiment_data": daily_sentiment(raw.texts, sess).join(
+            align_releases(raw.releases, sess, "sentiment"), on="date", how="left"),
         "macro_data": align_releases(raw.releases, sess, "macro"),
         "fundamental_data": align_releases(raw.releases, sess, "fundamental"),
     }

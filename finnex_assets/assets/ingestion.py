@@ -1,0 +1,59 @@
+"""Ingestion: one asset per modality, each a point-in-time snapshot per trading date.
+
+Partition t of every modality holds that modality's trailing ``history`` sessions as known
+at t's close. That is how downstream assets get their lookback: each date carries its own,
+so any date can be materialised alone, and gives the same bytes as in a backfill.
+"""
+
+
+from collections.abc import Iterator
+from datetime import date
+
+import dagster as dg
+
+from finnex_assets import checks
+from finnex_assets.partitions import trading_days
+from finnex_assets.resources import DataSourceResource
+from finnex_ml import pipeline
+
+DESCRIPTIONS = {
+    "market_data": "Target stock OHLCV (plus any market__* columns), trailing window per date.",
+    "peer_data": "Peer closes and volumes (long: ticker column), trailing window per date.",
+    "sentiment_data": "VADER sentiment of dated news and social texts per session and source.",
+    "macro_data": "Macro series aligned on release dates with age in days, carried forward.",
+    "fundamental_data": "Fundamentals aligned on filing dates with age, yoy and TTM, carried forward.",
+}
+PROVENANCE_KEY = {"market_data": "prices", "peer_data": "peers", "sentiment_data": "texts",
+                  "macro_data": "macro", "fundamental_data": "fundamental"}
+
+
+@dg.multi_asset(
+    outs={
+        name: dg.AssetOut(description=desc, group_name="ingestion", kinds={"polars"},
+                          metadata={"partition_column": "asof"}, is_required=False)
+        for name, desc in DESCRIPTIONS.items()
+    },
+    check_specs=checks.specs("market_data", checks.MARKET_CHECKS),
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    can_subset=True,
+)
+def modalities(context: dg.AssetExecutionContext, data_source: DataSourceResource) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Load the source once for the whole partition range and cut per-date snapshots."""
+    asof = [date.fromisoformat(k) for k in context.partition_keys]
+    selected = {k.path[-1] for k in context.selected_asset_keys}
+    source = data_source.source()
+    context.log.info(f"{source.name}: {len(asof)} sessions {asof[0]}..{asof[-1]} for {sorted(selected)}")
+    snaps, provenance = pipeline.modality_snapshots(source, asof)
+    for name in DESCRIPTIONS:
+        if name not in selected:
+            continue
+        frame = snaps[name]
+        origin = provenance.get(PROVENANCE_KEY[name], "")
+        yield dg.Output(frame, output_name=name, metadata={
+            "rows": frame.height, "partitions": len(asof), "columns": frame.width,
+            "source": source.name, "provenance": origin,
+            "synthetic": origin.startswith("synthetic"),
+        })
+        if name == "market_data":
+            yield from checks.results(context, "market_data", frame, checks.MARKET_CHECKS, "asof")

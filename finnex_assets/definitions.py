@@ -1,0 +1,26 @@
+"""The one place that assembles assets, checks, resources and jobs."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from finnex_assets.assets.features import daily_features
+from finnex_assets.assets.ingestion import modalities
+from finnex_assets.io_managers import PartitionedParquetIOManager
+from finnex_assets.partitions import trading_days
+from finnex_assets.resources import default_data_source
+
+ALL_ASSETS = [modalities, daily_features]
+
+# The main job: everything through the latest stage, as one run per partition range.
+main_job = dg.define_asset_job(
+    "finnex_main", selection=dg.AssetSelection.all(), partitions_def=trading_days,
+    description="Ingestion through the latest stage for a range of trading dates.",
+)
+
+
+def build_resources() -> dict[str, object]:
+    return {"data_source": default_data_source(), "io_manager": PartitionedParquetIOManager()}
+
+
+defs = dg.Definitions(assets=ALL_ASSETS, jobs=[main_job], resources=build_resources())

@@ -1,0 +1,56 @@
+"""IO managers. Tables are stored one Parquet file per partition, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from finnex_ml.paths import atomic_path, data_root, resolve_under, safe_name, validate_partition_key
+
+
+class PartitionedParquetIOManager(dg.ConfigurableIOManager):
+    """``{base_dir}/{asset}/{YYYY}/{date}.parquet``, one file per trading-date partition.
+
+    The output's ``partition_column`` (asset metadata, default ``date``) says which rows belong
+    to which partition. A run over many partitions writes each file atomically, so a failure
+    midway leaves every earlier file complete and every later one untouched.
+    """
+
+    base_dir: str = Field(default="", description="Folder for tables; empty means FINNEX_DATA_DIR/tables.")
+
+    def _root(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else data_root() / "tables"
+
+    def _path(self, asset_key: dg.AssetKey, partition_key: str) -> Path:
+        day = validate_partition_key(partition_key)
+        name = "/".join(safe_name(p) for p in asset_key.path)
+        return resolve_under(self._root(), f"{name}/{day.year:04d}/{partition_key}.parquet")
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        column = (context.definition_metadata or {}).get("partition_column", "date")
+        keys = context.asset_partition_keys
+        present = obj[column].cast(pl.String)
+        stray = sorted(set(present.unique().to_list()) - set(keys))
+        if stray:
+            raise ValueError(f"{context.asset_key.to_user_string()}: rows for {stray[:3]} fall outside the run's partitions")
+        for key in keys:
+            part = obj.filter(present == key)
+            if part.height == 0:
+                raise ValueError(f"{context.asset_key.to_user_string()}: no rows for partition {key}")
+            with atomic_path(self._path(context.asset_key, key)) as tmp:
+                part.write_parquet(tmp, statistics=True)
+        context.add_output_metadata({"partitions_written": len(keys), "rows": obj.height})
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        key = context.asset_key
+        frames = []
+        for pk in context.asset_partition_keys:
+            path = self._path(key, pk)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{key.to_user_string()} has no materialisation for {pk} (expected {path}); materialise it first")
+            frames.append(pl.read_parquet(path))
+        return pl.concat(frames, how="vertical") if frames else pl.DataFrame()

@@ -1,0 +1,236 @@
+"""Encode a normalised [L, F] feature window into a 512x512x3 mega-image and back.
+
+Pixel (row y, column x, channel c) of a tile holds ``window[L-1-lag, f]`` where ``f`` is the
+feature of the row band containing y and ``lag`` the session band containing x (lag 0 = the image
+date, right-most band). Unused pixels (left padding columns, empty tiles) hold
+``spec.fill_value`` and map to -1 in :func:`pixel_lookup`. Encoding is a single gather through a
+precomputed index map, decoding reads the first (top-left) pixel of each (feature, session) band,
+so ``decode(encode(w)) == w`` bit for bit for any float32 window in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import numpy as np
+import polars as pl
+
+from finnex_ml.encoding.layout import LayoutSpec
+from finnex_ml.encoding.normalize import NormConfig, NormWindow, TrailingNormalizer, params_hash
+from finnex_ml.errors import ConfigError, DataInputError
+
+
+@dataclass(frozen=True)
+class _Maps:
+    gather: np.ndarray    # intp [H*W*C] into window.ravel() + [fill] (sentinel L*F)
+    readout: np.ndarray   # intp [L, F] into image.ravel()
+    feature: np.ndarray   # int32 [H, W, C]
+    lag: np.ndarray       # int32 [H, W, C]
+    tile: np.ndarray      # int16 [H, W, C]
+
+
+_MAPS: dict[str, _Maps] = {}
+
+
+def _maps(spec: LayoutSpec) -> _Maps:
+    key = spec.spec_hash()
+    hit = _MAPS.get(key)
+    if hit is not None:
+        return hit
+    h, w, c = spec.shape
+    L, F = spec.sessions, spec.n_features
+    feature = np.full((h, w, c), -1, dtype=np.int32)
+    lag = np.full((h, w, c), -1, dtype=np.int32)
+    tile_ix = np.full((h, w, c), -1, dtype=np.int16)
+    readout = np.full((L, F), -1, dtype=np.intp)
+    fidx = spec.feature_index
+    for ti, t in enumerate(spec.tiles):
+        s = spec.section(t.section)
+        tile_ix[s.row0:s.row1, t.col0:t.col1, t.channel] = ti
+        x0 = t.used_col0
+        cols = np.arange(x0, t.col1)
+        col_lag = (cols - x0) // t.px_per_session
+        for f, (r0, r1) in zip(t.features, t.row_bands):
+            fi = fidx[f]
+            feature[r0:r1, x0:t.col1, t.channel] = fi
+            lag[r0:r1, x0:t.col1, t.channel] = col_lag[None, :]
+            for k in range(L):
+                bx0, _ = t.session_cols(k)
+                readout[L - 1 - k, fi] = (r0 * w + bx0) * c + t.channel
+    used = feature >= 0
+    gather = np.where(used, (L - 1 - lag) * F + feature, L * F).astype(np.intp).ravel()
+    if (readout < 0).any():
+        raise ConfigError("layout leaves a (feature, session) without a pixel")
+    for arr in (gather, readout, feature, lag, tile_ix):
+        arr.setflags(write=False)
+    out = _Maps(gather, readout, feature, lag, tile_ix)
+    _MAPS[key] = out
+    return out
+
+
+def encode(window: np.ndarray, spec: LayoutSpec) -> np.ndarray:
+    """[L, F] normalised window (oldest row first, columns in ``spec.features`` order) -> image."""
+    win = np.asarray(window)
+    if win.shape != (spec.sessions, spec.n_features):
+        raise ValueError(f"window shape {win.shape} != (sessions {spec.sessions}, features {spec.n_features})")
+    win = win.astype(np.float32, copy=False)
+    if not np.isfinite(win).all():
+        raise ValueError("window has non-finite values; fill missing cells (and keep their mask) first")
+    if win.size and (win.min() < 0.0 or win.max() > 1.0):
+        raise ValueError(f"window values must lie in [0, 1], got [{win.min()}, {win.max()}]")
+    ext = np.empty(win.size + 1, dtype=np.float32)
+    ext[:-1] = win.ravel()
+    ext[-1] = spec.fill_value
+    return np.take(ext, _maps(spec).gather).reshape(spec.shape)
+
+
+def decode(image: np.ndarray, spec: LayoutSpec) -> np.ndarray:
+    """Image -> the [L, F] float32 window it encodes (the first pixel of each band)."""
+    img = np.asarray(image)
+    if img.shape != spec.shape:
+        raise ValueError(f"image shape {img.shape} != {spec.shape}")
+    return np.ascontiguousarray(img, dtype=np.float32).ravel()[_maps(spec).readout]
+
+
+class PixelLookup(NamedTuple):
+    feature: np.ndarray  # int32 [H, W, C]: index into spec.features, -1 unused
+    lag: np.ndarray      # int32 [H, W, C]: sessions before the image date, -1 unused
+    tile: np.ndarray     # int16 [H, W, C]: index into spec.tiles (-1 never happens: tiles cover all)
+
+
+def pixel_lookup(spec: LayoutSpec) -> PixelLookup:
+    m = _maps(spec)
+    return PixelLookup(m.feature, m.lag, m.tile)
+
+
+def used_mask(spec: LayoutSpec) -> np.ndarray:
+    return _maps(spec).feature >= 0
+
+
+def describe_pixel(spec: LayoutSpec, row: int, col: int, channel: int) -> dict[str, Any]:
+    """What pixel (row, col, channel) shows: channel, section, tile, feature and lag."""
+    m = _maps(spec)
+    fi, lg, ti = int(m.feature[row, col, channel]), int(m.lag[row, col, channel]), int(m.tile[row, col, channel])
+    sec = next(s.name for s in spec.sections if s.row0 <= row < s.row1)
+    return {"channel": spec.channel_names[channel], "section": sec,
+            "tile": spec.tiles[ti].name if ti >= 0 else None,
+            "feature": spec.features[fi] if fi >= 0 else None, "lag": lg if lg >= 0 else None}
+
+
+# ---- dates -> images -------------------------------------------------------------------
+
+class EncodedImage(NamedTuple):
+    date: date
+    image: np.ndarray            # float32 (512, 512, 3)
+    missing_summary: dict[str, Any]
+    missing: np.ndarray          # bool [L, F]: cells filled with norm_config.fill_value
+    window: np.ndarray           # float32 [L, F]: the normalised window (== decode(image))
+    center: np.ndarray           # float64 [F]: trailing centre at the image date
+    scale: np.ndarray            # float64 [F]: trailing scale at the image date
+    params_hash: str             # per-date hash of config + centres + scales + mask of the window
+
+
+def history_needed(spec: LayoutSpec, norm_config: NormConfig) -> int:
+    """Rows (sessions) of the feature table needed up to and including an image date."""
+    return spec.sessions + norm_config.window - 1
+
+
+def feature_matrix(table: pl.DataFrame, spec: LayoutSpec) -> tuple[list[date], np.ndarray]:
+    """The table's dates and its [T, F] float64 matrix in ``spec.features`` order (null -> NaN)."""
+    from finnex_ml.features import META_COLUMNS  # lazy: pulls in the calendar (slow import)
+
+    if "date" not in table.columns:
+        raise DataInputError("feature table has no 'date' column", column="date")
+    if table.schema["date"] != pl.Date:
+        raise DataInputError(f"'date' must be pl.Date, is {table.schema['date']}", column="date")
+    cols = [c for c in table.columns if c not in META_COLUMNS]
+    missing = [f for f in spec.features if f not in table.columns]
+    if missing:
+        raise DataInputError(f"feature table lacks {len(missing)} column(s) of the layout: {missing[:10]}",
+                             column=missing[0])
+    extra = sorted(set(cols) - set(spec.features) - set(spec.unassigned))
+    if extra:
+        raise DataInputError(f"feature table has {len(extra)} column(s) the layout does not place "
+                             f"(rebuild the layout or assign them): {extra[:10]}", column=extra[0])
+    dates = table["date"].to_list()
+    if any(dates[i] >= dates[i + 1] for i in range(len(dates) - 1)):
+        i = next(i for i in range(len(dates) - 1) if dates[i] >= dates[i + 1])
+        raise DataInputError("feature table dates must be strictly increasing", date=str(dates[i + 1]), row=i + 1)
+    mat = table.select([pl.col(f).cast(pl.Float64) for f in spec.features]).to_numpy()
+    return dates, np.ascontiguousarray(mat, dtype=np.float64)
+
+
+def _check_contiguous(dates: list[date], lo: int, hi: int, target: date) -> None:
+    from finnex_ml import calendar  # lazy: exchange_calendars is slow to import and only needed here
+
+    expected = calendar.sessions(dates[lo], dates[hi])
+    got = dates[lo: hi + 1]
+    if expected != got:
+        gap = next((d for d in expected if d not in set(got)), None)
+        raise DataInputError(
+            f"history for {target} is not contiguous NYSE sessions from {dates[lo]} to {dates[hi]}"
+            + (f": session {gap} is missing from the table" if gap else ": table has non-session dates"),
+            date=target.isoformat())
+
+
+def _as_date(d: date | str) -> date:
+    return d if isinstance(d, date) else date.fromisoformat(d)
+
+
+def encode_dates(
+    table: pl.DataFrame,
+    dates: Iterable[date | str],
+    spec: LayoutSpec,
+    norm_config: NormConfig | None = None,
+) -> Iterator[EncodedImage]:
+    """Yield one :class:`EncodedImage` per date, in the order given, one at a time.
+
+    For date t the image uses the ``spec.sessions`` table rows ending at t, each normalised with
+    the ``norm_config.window`` rows ending at that row; so the table must hold
+    ``history_needed(spec, cfg) - 1`` contiguous sessions before t (else DataInputError naming
+    t). Rows after t are never read. Memory is bounded: one image and a cache of normalised rows.
+    """
+    cfg = norm_config or NormConfig()
+    all_dates, mat = feature_matrix(table, spec)
+    pos = {d: i for i, d in enumerate(all_dates)}
+    need = history_needed(spec, cfg)
+    normalizer = TrailingNormalizer(mat, cfg, all_dates, cache_rows=max(spec.sessions + 64, 128))
+    warm = table["warmup_complete"].to_list() if "warmup_complete" in table.columns else None
+    tiles_of = np.array([spec.tiles.index(spec.tile(spec.tile_of[f])) for f in spec.features], dtype=np.int64)
+    L = spec.sessions
+    for raw_d in dates:
+        d = _as_date(raw_d)
+        if d not in pos:
+            raise DataInputError(f"date {d} is not in the feature table", date=d.isoformat())
+        i = pos[d]
+        if i + 1 < need:
+            raise DataInputError(
+                f"not enough history for {d}: need {need} sessions up to and including it "
+                f"({L} image sessions + {cfg.window - 1} normalisation rows), table has {i + 1}",
+                date=d.isoformat())
+        _check_contiguous(all_dates, i - need + 1, i, d)
+        nw: NormWindow = normalizer.window(i, L)
+        image = encode(nw.values, spec)
+        miss = nw.missing
+        short = np.stack([normalizer.row(j).short_history for j in range(i - L + 1, i + 1)])
+        by_tile = np.bincount(tiles_of, weights=miss.sum(axis=0), minlength=len(spec.tiles))
+        summary = {
+            "missing_cells": int(miss.sum()),
+            "missing_fraction": float(miss.mean()) if miss.size else 0.0,
+            "missing_short_history_cells": int(short.sum()),
+            "missing_raw_cells": int((miss & ~short).sum()),
+            "missing_at_date": [spec.features[j] for j in np.flatnonzero(miss[-1])],
+            "missing_by_tile": {t.name: int(n) for t, n in zip(spec.tiles, by_tile) if n},
+            "fill_value": cfg.fill_value,
+            "warmup_complete": bool(warm[i]) if warm is not None else None,
+        }
+        yield EncodedImage(d, image, summary, miss, nw.values, nw.center[-1].copy(), nw.scale[-1].copy(),
+                           params_hash(cfg, nw))
+
+
+__all__ = [
+    "EncodedImage", "PixelLookup", "decode", "describe_pixel", "encode", "encode_dates",
+    "feature_matrix", "history_needed", "pixel_lookup", "used_mask",
+]

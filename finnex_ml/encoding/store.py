@@ -1,0 +1,327 @@
+"""HDF5 storage of mega-images: one file per date, atomic writes, lazy range views (VDS).
+
+Layout under ``root``::
+
+    {root}/{YYYY}/{MM}/{YYYY-MM-DD}.h5        one image per file (parallel writers never share one)
+    {root}/metadata/channel_encoding_spec.json
+    {root}/metadata/normalization_parameters.json
+    {root}/.vds_cache/range_*.h5              virtual datasets built by open_range (disposable)
+
+Each per-date file holds
+
+* ``image``: float32 (512, 512, 3), chunks (32, 512, 3) (one 32-pixel patch row per chunk),
+  compression ``DEFAULT_COMPRESSION`` (lzf: lossless; the images are piecewise constant so it
+  shrinks them several-fold at little CPU cost, see benchmarks/bench_mega_images.py);
+* ``missing``: uint8 [L, F], 1 where the normalised cell was filled (see normalize.py);
+* ``norm_center``, ``norm_scale``: float64 [F], the trailing statistics at the image date
+  (with every date stored, these give the statistics of every column of every image);
+* attributes ``date``, ``spec_hash``, ``normalization_hash`` (config), ``normalization_params_hash``
+  (per date), ``feature_count``, ``sessions``, ``missing_cells``, ``code_version``, ``format_version``.
+
+A write goes to a temp file in the target folder and is renamed over the final name only once
+complete and closed (``finnex_ml.paths.atomic_path``): a crash leaves the previous file intact and
+at most a stray ``.{name}.*.tmp`` file, which readers never list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+import finnex_ml
+from finnex_ml.encoding.encoder import EncodedImage
+from finnex_ml.encoding.layout import LayoutSpec
+from finnex_ml.encoding.normalize import NormConfig, normalization_parameters
+from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.paths import atomic_path, resolve_under
+
+FORMAT_VERSION = 1
+IMAGE_SHAPE = (512, 512, 3)
+CHUNKS = (32, 512, 3)
+DEFAULT_COMPRESSION: str | None = "lzf"
+SPEC_FILE = "channel_encoding_spec.json"
+NORM_FILE = "normalization_parameters.json"
+METADATA_DIR = "metadata"
+VDS_DIR = ".vds_cache"
+_FILE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.h5$")
+
+
+def _as_date(d: date | str) -> date:
+    if isinstance(d, date):
+        return d
+    try:
+        return date.fromisoformat(d)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{d!r} is not an ISO date") from exc
+
+
+def image_path(root: Path | str, d: date | str) -> Path:
+    d = _as_date(d)
+    return resolve_under(Path(root), f"{d.year:04d}/{d.month:02d}/{d.isoformat()}.h5")
+
+
+def _compression_kwargs(compression: str | None, level: int | None) -> dict[str, Any]:
+    if compression is None:
+        return {}
+    if compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4 if level is None else level, "shuffle": True}
+    raise ConfigError(f"compression must be None, 'lzf' or 'gzip', got {compression!r}")
+
+
+def _write_payload(f: h5py.File, image: np.ndarray, compression: str | None, level: int | None) -> None:
+    f.create_dataset("image", data=image, chunks=CHUNKS, track_times=False,
+                     **_compression_kwargs(compression, level))
+
+
+def _write_metadata(f: h5py.File, attrs: dict[str, Any], missing: np.ndarray | None,
+                    center: np.ndarray | None, scale: np.ndarray | None) -> None:
+    if missing is not None:
+        f.create_dataset("missing", data=np.asarray(missing, dtype=np.uint8), track_times=False,
+                         compression="gzip", compression_opts=1)
+    if center is not None:
+        f.create_dataset("norm_center", data=np.asarray(center, dtype=np.float64), track_times=False)
+    if scale is not None:
+        f.create_dataset("norm_scale", data=np.asarray(scale, dtype=np.float64), track_times=False)
+    for k, v in attrs.items():
+        f.attrs[k] = v
+
+
+def write_image(
+    root: Path | str,
+    d: date | str,
+    image: np.ndarray,
+    *,
+    spec: LayoutSpec,
+    norm_config: NormConfig,
+    missing: np.ndarray | None = None,
+    center: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    params_hash: str = "",
+    compression: str | None = DEFAULT_COMPRESSION,
+    compression_level: int | None = None,
+) -> Path:
+    """Atomically write one date's image (and its metadata) to ``image_path(root, d)``."""
+    d = _as_date(d)
+    img = np.asarray(image)
+    if img.shape != IMAGE_SHAPE or img.dtype != np.float32:
+        raise ValueError(f"image must be float32 {IMAGE_SHAPE}, got {img.dtype} {img.shape}")
+    if missing is not None and np.shape(missing) != (spec.sessions, spec.n_features):
+        raise ValueError(f"missing mask shape {np.shape(missing)} != {(spec.sessions, spec.n_features)}")
+    attrs = {
+        "date": d.isoformat(),
+        "spec_hash": spec.spec_hash(),
+        "normalization_hash": norm_config.config_hash(),
+        "normalization_params_hash": params_hash,
+        "feature_count": spec.n_features,
+        "sessions": spec.sessions,
+        "missing_cells": int(np.count_nonzero(missing)) if missing is not None else -1,
+        "code_version": finnex_ml.__version__,
+        "format_version": FORMAT_VERSION,
+    }
+    final = image_path(root, d)
+    with atomic_path(final) as tmp:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            _write_payload(f, img, compression, compression_level)
+            _write_metadata(f, attrs, missing, center, scale)
+    return final
+
+
+def write_encoded(root: Path | str, item: EncodedImage, spec: LayoutSpec, norm_config: NormConfig,
+                  compression: str | None = DEFAULT_COMPRESSION) -> Path:
+    """Write one :class:`EncodedImage` from ``encode_dates``."""
+    return write_image(root, item.date, item.image, spec=spec, norm_config=norm_config,
+                       missing=item.missing, center=item.center, scale=item.scale,
+                       params_hash=item.params_hash, compression=compression)
+
+
+def read_image(root: Path | str, d: date | str) -> np.ndarray:
+    path = image_path(root, d)
+    if not path.exists():
+        raise DataInputError(f"no mega-image stored for {_as_date(d)}", file=str(path), date=str(d))
+    with h5py.File(path, "r") as f:
+        return f["image"][...]
+
+
+def read_record(root: Path | str, d: date | str) -> dict[str, Any]:
+    """Image, attributes and metadata datasets of one date."""
+    path = image_path(root, d)
+    if not path.exists():
+        raise DataInputError(f"no mega-image stored for {_as_date(d)}", file=str(path), date=str(d))
+    with h5py.File(path, "r") as f:
+        out: dict[str, Any] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        out["image"] = f["image"][...]
+        for k in ("missing", "norm_center", "norm_scale"):
+            if k in f:
+                out[k] = f[k][...].astype(bool) if k == "missing" else f[k][...]
+    return out
+
+
+def list_dates(root: Path | str) -> list[date]:
+    """Every date with a complete image file under ``root`` (temp files are never listed)."""
+    root = Path(root)
+    out = []
+    for p in root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/*.h5"):
+        m = _FILE_RE.match(p.name)
+        if m:
+            out.append(date.fromisoformat(m.group(1)))
+    return sorted(out)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_spec(
+    root: Path | str,
+    spec: LayoutSpec,
+    norm_config: NormConfig | None = None,
+    feature_summary: dict[str, dict[str, Any]] | None = None,
+    *,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Atomically write ``metadata/channel_encoding_spec.json`` and ``normalization_parameters.json``.
+
+    Refuses (ConfigError) to replace a spec with a different hash unless ``overwrite``: images of
+    two layouts under one root would be silently mixed.
+    """
+    cfg = norm_config or NormConfig()
+    meta = resolve_under(Path(root), METADATA_DIR)
+    spec_path, norm_path = meta / SPEC_FILE, meta / NORM_FILE
+    if spec_path.exists() and not overwrite:
+        old = LayoutSpec.from_json(spec_path.read_text(encoding="utf-8"))
+        if old.spec_hash() != spec.spec_hash():
+            raise ConfigError(f"{spec_path} holds a different layout (hash {old.spec_hash()[:12]} vs "
+                              f"{spec.spec_hash()[:12]}); pass overwrite=True or use another root")
+    doc = spec.to_dict()
+    doc["spec_hash"] = spec.spec_hash()
+    _atomic_write_text(spec_path, json.dumps(doc, indent=2, sort_keys=True))
+    params = normalization_parameters(cfg, spec.features, feature_summary)
+    params["spec_hash"] = spec.spec_hash()
+    _atomic_write_text(norm_path, json.dumps(params, indent=2, sort_keys=True))
+    return spec_path, norm_path
+
+
+def read_spec(root: Path | str) -> LayoutSpec:
+    path = resolve_under(Path(root), f"{METADATA_DIR}/{SPEC_FILE}")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    stored = doc.pop("spec_hash", None)
+    spec = LayoutSpec.from_dict(doc)
+    if stored is not None and stored != spec.spec_hash():
+        raise ConfigError(f"{path}: stored spec_hash {stored[:12]} does not match its content")
+    return spec
+
+
+# ---- range views --------------------------------------------------------------------------
+
+class RangeView:
+    """A lazy [N, 512, 512, 3] view over per-date files through an HDF5 virtual dataset.
+
+    Indexing reads only the requested images from their own files; nothing is copied into the
+    VDS file, which holds only the mapping. Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, vds_path: Path, dates: list[date]) -> None:
+        self.path = vds_path
+        self.dates = dates
+        self._file = h5py.File(vds_path, "r")
+        self.dataset: h5py.Dataset = self._file["images"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.dataset.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.dataset.dtype
+
+    def __len__(self) -> int:
+        return self.dataset.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.dataset[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self.dataset[...]
+        return arr if dtype is None else arr.astype(dtype)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "RangeView":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_range_vds(root: Path | str, dates: Sequence[date | str], path: Path | str,
+                    *, check: bool = True) -> Path:
+    """Write a virtual dataset ``images`` [N, 512, 512, 3] mapping each date's file, atomically.
+
+    With ``check`` every source file is opened once to confirm shape, dtype and that all share
+    one spec hash (a batch must not mix layouts). Source paths are stored absolute.
+    """
+    root = Path(root).resolve()
+    ds = [_as_date(d) for d in dates]
+    if not ds:
+        raise ConfigError("a range view needs at least one date")
+    paths = [image_path(root, d) for d in ds]
+    absent = [d for d, p in zip(ds, paths) if not p.exists()]
+    if absent:
+        raise DataInputError(f"{len(absent)} date(s) have no stored image, first {absent[0]}",
+                             date=absent[0].isoformat())
+    hashes: set[str] = set()
+    if check:
+        for d, p in zip(ds, paths):
+            with h5py.File(p, "r") as f:
+                dset = f["image"]
+                if dset.shape != IMAGE_SHAPE or dset.dtype != np.float32:
+                    raise DataInputError(f"stored image has {dset.dtype} {dset.shape}", file=str(p), date=d.isoformat())
+                hashes.add(str(f.attrs.get("spec_hash")))
+        if len(hashes) > 1:
+            raise DataInputError(f"range mixes {len(hashes)} layouts (spec hashes {sorted(h[:12] for h in hashes)})")
+    layout = h5py.VirtualLayout(shape=(len(ds), *IMAGE_SHAPE), dtype=np.float32)
+    for i, p in enumerate(paths):
+        layout[i] = h5py.VirtualSource(str(p), "image", shape=IMAGE_SHAPE)
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.create_virtual_dataset("images", layout, fillvalue=np.nan)
+            f.attrs["dates"] = json.dumps([d.isoformat() for d in ds])
+            if hashes:
+                f.attrs["spec_hash"] = next(iter(hashes))
+    return out
+
+
+def open_range(root: Path | str, dates: Iterable[date | str], *, cache_dir: Path | str | None = None,
+               check: bool = True) -> RangeView:
+    """Lazy [N, 512, 512, 3] view of ``dates`` (in the given order) without copying images.
+
+    The VDS file goes to ``cache_dir`` (default ``{root}/.vds_cache``), named by a hash of the
+    date list, and is rewritten each call (cheap: it holds only the mapping). Quarterly or yearly
+    batch tensors are ``open_range(root, sessions_in_quarter)``.
+    """
+    ds = [_as_date(d) for d in dates]
+    root = Path(root).resolve()
+    cache = Path(cache_dir) if cache_dir is not None else root / VDS_DIR
+    key = hashlib.sha256(("\n".join(d.isoformat() for d in ds) + str(root)).encode()).hexdigest()[:16]
+    name = f"range_{ds[0].isoformat()}_{ds[-1].isoformat()}_{len(ds)}_{key}.h5" if ds else "empty.h5"
+    path = write_range_vds(root, ds, cache / name, check=check)
+    return RangeView(path, ds)
+
+
+__all__ = [
+    "DEFAULT_COMPRESSION", "RangeView", "image_path", "list_dates", "open_range", "read_image",
+    "read_record", "read_spec", "write_encoded", "write_image", "write_range_vds", "write_spec",
+]
