@@ -51,7 +51,7 @@ def _maps(spec: LayoutSpec) -> _Maps:
         tile_ix[s.row0:s.row1, t.col0:t.col1, t.channel] = ti
         x0 = t.used_col0
         cols = np.arange(x0, t.col1)
-        col_lag = (cols - x0) // t.px_per_session
+        col_lag = (t.col1 - 1 - cols) // t.px_per_session
         for f, (r0, r1) in zip(t.features, t.row_bands):
             fi = fidx[f]
             feature[r0:r1, x0:t.col1, t.channel] = fi
