@@ -22,6 +22,11 @@ class DataSourceResource(dg.ConfigurableResource):
     mapping_path: str = Field(
         default="", description="files source: mapping YAML/TOML, relative to the repo or FINNEX_FILES_ROOT.")
 
+    def synthetic_modalities(self) -> list[str]:
+        """Modalities that are generated rather than observed, shown in asset metadata."""
+        return {"synthetic": ["prices", "peers", "texts", "macro", "fundamental"],
+                "packaged": ["texts", "fundamental"]}.get(self.kind, [])
+
     def source(self) -> DataSource:
         if self.kind == "synthetic":
             from finnex_ml.data.synthetic import SyntheticSource

@@ -8,6 +8,7 @@ import polars as pl
 
 from finnex_assets import checks
 from finnex_assets.partitions import trading_days
+from finnex_assets.resources import DataSourceResource
 from finnex_ml import pipeline, schemas
 
 
@@ -27,6 +28,7 @@ def daily_features(
     sentiment_data: pl.DataFrame,
     macro_data: pl.DataFrame,
     fundamental_data: pl.DataFrame,
+    data_source: DataSourceResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Technical, sentiment, macro, fundamental and peer features, each from data up to t."""
     table = pipeline.daily_features_from_snapshots({
@@ -40,6 +42,8 @@ def daily_features(
     yield dg.Output(table, metadata={
         "rows": table.height,
         "features": len(features),
+        "source": data_source.kind,
+        "synthetic_modalities": dg.MetadataValue.json(data_source.synthetic_modalities()),
         "features_by_group": dg.MetadataValue.json(dict(groups.iter_rows())),
         "warmup_rows": table.filter(~pl.col("warmup_complete")).height,
         "first_date": str(table["date"].min()), "last_date": str(table["date"].max()),
