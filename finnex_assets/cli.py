@@ -21,22 +21,30 @@ def _use_project_instance() -> None:
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
 
 
+FEATURE_STAGE = ["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data", "daily_features"]
+
+
+def _keys(start: str, end: str) -> list[str]:
+    from finnex_assets.partitions import trading_days
+    from finnex_ml import calendar
+
+    lo, hi = validate_partition_key(start), validate_partition_key(end)
+    first = trading_days.start.date()
+    keys = [d.isoformat() for d in calendar.sessions(max(lo, first), hi)]
+    if not keys:
+        raise SystemExit(f"no trading-date partitions between {start} and {end}")
+    return keys
+
+
 def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
-    """Materialise ``selection`` (default: the main job) over [start, end] as ONE run."""
+    """Materialise ``selection`` (default: every asset) over [start, end] as ONE run."""
     _use_project_instance()
     warnings.filterwarnings("ignore", module="dagster")
     import dagster as dg
 
     from finnex_assets.definitions import defs, main_job
-    from finnex_assets.partitions import trading_days
-    from finnex_ml import calendar
 
-    lo, hi = validate_partition_key(start), validate_partition_key(end)
-    keys = [d.isoformat() for d in calendar.sessions(lo, hi)]
-    valid = set(trading_days.get_partition_keys())
-    keys = [k for k in keys if k in valid]
-    if not keys:
-        raise SystemExit(f"no trading-date partitions between {start} and {end}")
+    keys = _keys(start, end)
     job = defs.resolve_job_def(main_job.name)
     tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
     instance = dg.DagsterInstance.get()
@@ -48,6 +56,21 @@ def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
     for ev in result.get_asset_check_evaluations():
         print(f"  check {ev.asset_key.to_user_string()}:{ev.check_name} {'passed' if ev.passed else 'FAILED'}")
     return result.success
+
+
+def run_pipeline(start: str, end: str, chunk: int | None = None) -> bool:
+    """The main pipeline for [start, end]: features (with the images' lookback) in one run,
+    then images in runs of ``chunk`` dates, the same bounds the UI backfill policy uses."""
+    from finnex_assets.assets.images import CHUNK, LOOKBACK
+    from finnex_ml import calendar
+
+    feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
+    if not run_range(feature_start, end, FEATURE_STAGE):
+        return False
+    keys = _keys(start, end)
+    step = chunk or CHUNK
+    return all(run_range(keys[i], keys[min(i + step, len(keys)) - 1], ["mega_images"])
+               for i in range(0, len(keys), step))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("FINNEX_FILES_MAPPING", "examples/files_source/mapping.yaml")
         start, end = args.start or DEFAULT_RANGE[args.source][0], args.end or DEFAULT_RANGE[args.source][1]
         print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {data_root()}")
-        return 0 if run_range(start, end) else 1
+        return 0 if run_pipeline(start, end) else 1
     if args.command == "materialize":
         selection = [s.strip() for s in args.select.split(",") if s.strip()] or None
         return 0 if run_range(args.start, args.end, selection) else 1

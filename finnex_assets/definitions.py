@@ -5,12 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from finnex_assets.assets.features import daily_features
+from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
-from finnex_assets.io_managers import PartitionedParquetIOManager
+from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import default_data_source
 
-ALL_ASSETS = [modalities, daily_features]
+ALL_ASSETS = [modalities, daily_features, mega_images]
 
 # The main job: everything through the latest stage, as one run per partition range.
 main_job = dg.define_asset_job(
@@ -20,7 +21,9 @@ main_job = dg.define_asset_job(
 
 
 def build_resources() -> dict[str, object]:
-    return {"data_source": default_data_source(), "io_manager": PartitionedParquetIOManager()}
+    store = ImageStore()
+    return {"data_source": default_data_source(), "io_manager": PartitionedParquetIOManager(),
+            "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
 
 
 defs = dg.Definitions(assets=ALL_ASSETS, jobs=[main_job], resources=build_resources())

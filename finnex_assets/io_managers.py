@@ -54,3 +54,46 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                     f"{key.to_user_string()} has no materialisation for {pk} (expected {path}); materialise it first")
             frames.append(pl.read_parquet(path))
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
+
+
+class ImageStore(dg.ConfigurableResource):
+    """Where mega-images, their spec and previews live; shared by the IO manager and the asset."""
+
+    base_dir: str = Field(default="", description="Image root; empty means FINNEX_DATA_DIR/mega_images.")
+
+    def root(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else data_root() / "mega_images"
+
+
+class MegaImageIOManager(dg.ConfigurableIOManager):
+    """Mega-images in HDF5, one file per date (``{root}/YYYY/MM/{date}.h5``), so parallel
+    writers never share a file. Each file is written to a temp name and renamed.
+
+    The output is a mapping ``date key -> EncodedImage`` for the partitions of one run (runs
+    are chunked by the asset's backfill policy, so memory is bounded by the chunk size). The
+    input is a lazy [N, 512, 512, 3] view over the requested dates (h5py virtual dataset).
+    """
+
+    store: ImageStore
+
+    def root(self) -> Path:
+        return self.store.root()
+
+    def handle_output(self, context: dg.OutputContext, obj: dict) -> None:
+        from finnex_ml.encoding import write_encoded
+
+        spec, cfg = obj["spec"], obj["norm_config"]
+        images = obj["images"]
+        missing = sorted(set(context.asset_partition_keys) - set(images))
+        if missing:
+            raise ValueError(f"mega_images: no image for partition(s) {missing[:3]}")
+        for key in context.asset_partition_keys:
+            validate_partition_key(key)
+            write_encoded(self.root(), images[key], spec, cfg)
+        context.add_output_metadata({"root": dg.MetadataValue.path(str(self.root()))})
+
+    def load_input(self, context: dg.InputContext):
+        from finnex_ml.encoding import open_range
+
+        keys = [validate_partition_key(k) for k in context.asset_partition_keys]
+        return open_range(self.root(), keys)

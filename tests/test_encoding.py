@@ -19,7 +19,7 @@ from finnex_ml.data.synthetic import SyntheticSource
 from finnex_ml.encoding import (
     LayoutSpec, NormConfig, build_layout, channel_section_stats, check_feature_preservation, check_image,
     check_spatial_integrity, check_temporal_continuity, decode, describe_pixel, encode, encode_dates,
-    feature_matrix, history_needed, normalize_session, normalize_window, pixel_lookup, preview_png, read_png,
+    feature_matrix, history_needed, normalization_summary, normalize_session, normalize_window, pixel_lookup, preview_png, read_png,
 )
 from finnex_ml.encoding.layout import TILES
 from finnex_ml.errors import ConfigError, DataInputError
@@ -249,6 +249,10 @@ def test_missing_values_are_masked_and_filled(table, spec, image_dates) -> None:
     assert item.missing_summary["missing_cells"] == 1
     assert item.missing_summary["missing_by_tile"] == {"behavioral.red.news": 1}
     assert item.missing_summary["missing_raw_cells"] == 1
+    summary = normalization_summary(holed, spec, CFG, dates=[gap_day, t])
+    assert summary["news__mean"]["missing_fraction"] == 0.5 and summary["news__mean"]["sessions"] == 2
+    assert summary["price__rsi_14"]["missing_fraction"] == 0.0
+    assert 0.0 < summary["price__rsi_14"]["value_mean"] < 1.0
     with pytest.raises(DataInputError, match="not in the feature table"):
         next(encode_dates(table, ["2020-01-02"], spec, CFG))
     # a session missing from the table inside the history is an error, not a silent shift

@@ -69,7 +69,7 @@ def test_write_read_layout_and_attributes(tmp_path: Path, spec: LayoutSpec) -> N
     with h5py.File(path, "r") as f:
         ds = f["image"]
         assert ds.dtype == np.float32 and ds.shape == (512, 512, 3)
-        assert ds.chunks == (32, 512, 3) and ds.compression == "lzf"
+        assert ds.chunks == (32, 512, 3) and ds.compression == "gzip" and ds.compression_opts == 1
     assert os.path.getsize(path) < 0.5 * img.nbytes  # piecewise-constant images compress well
     assert list_dates(tmp_path) == [d]
     with pytest.raises(DataInputError, match="no mega-image stored for 2024-04-03"):
@@ -142,6 +142,7 @@ def test_range_view_is_lazy_and_matches_per_date_reads(tmp_path: Path, spec: Lay
         assert vds_size < 64 * 1024 < len(DATES) * images[DATES[0]].nbytes / 100  # mapping only
         with h5py.File(view.path, "r") as f:
             assert f["images"].is_virtual and len(f["images"].virtual_sources()) == len(DATES)
+    assert list_dates(tmp_path, DATES[5], DATES[9].isoformat()) == DATES[5:10]
     # a view, not a copy: rewriting a source file shows through a fresh read of the same VDS
     _, new_img = _write(tmp_path, spec, DATES[2], 999)
     with h5py.File(view.path, "r") as f:

@@ -4,7 +4,7 @@ Pure library (numpy, polars, h5py); never imports dagster. Typical use::
 
     spec = build_layout(table.columns)                 # default tile assignment
     cfg = NormConfig()                                 # rolling robust z, W=252, logistic squash
-    write_spec(root, spec, cfg)
+    write_spec(root, spec, cfg, normalization_summary(table, spec, cfg))
     for item in encode_dates(table, dates, spec, cfg): # table holds history_needed(spec, cfg)-1 rows before dates[0]
         write_encoded(root, item, spec, cfg)
     with open_range(root, dates) as view:              # lazy [N, 512, 512, 3]
@@ -13,7 +13,7 @@ Pure library (numpy, polars, h5py); never imports dagster. Typical use::
 
 from finnex_ml.encoding.encoder import (
     EncodedImage, PixelLookup, decode, describe_pixel, encode, encode_dates, feature_matrix,
-    history_needed, pixel_lookup, used_mask,
+    history_needed, normalization_summary, pixel_lookup, used_mask,
 )
 from finnex_ml.encoding.layout import DEFAULT_ASSIGNMENT, DEFAULT_SESSIONS, LayoutSpec, Section, Tile, build_layout
 from finnex_ml.encoding.normalize import (
@@ -34,7 +34,7 @@ __all__ = [
     "PixelLookup", "RangeView", "Section", "SessionNorm", "Tile", "TrailingNormalizer", "build_layout",
     "channel_section_stats", "check_feature_preservation", "check_image", "check_spatial_integrity",
     "check_temporal_continuity", "decode", "describe_pixel", "encode", "encode_dates", "feature_matrix",
-    "feature_summary", "history_needed", "image_path", "list_dates", "normalization_parameters",
+    "feature_summary", "history_needed", "normalization_summary", "image_path", "list_dates", "normalization_parameters",
     "normalize_session", "normalize_window", "open_range", "params_hash", "pixel_lookup", "png_bytes",
     "preview_png", "read_image", "read_png", "read_record", "read_spec", "run_qa", "used_mask",
     "write_encoded", "write_image", "write_range_vds", "write_spec", "write_preview",

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from finnex_ml.encoding.layout import LayoutSpec
-from finnex_ml.encoding.normalize import NormConfig, NormWindow, TrailingNormalizer, params_hash
+from finnex_ml.encoding.normalize import NormConfig, NormWindow, TrailingNormalizer, feature_summary, params_hash
 from finnex_ml.errors import ConfigError, DataInputError
 
 
@@ -230,7 +230,30 @@ def encode_dates(
                            params_hash(cfg, nw))
 
 
+def normalization_summary(
+    table: pl.DataFrame, spec: LayoutSpec, norm_config: NormConfig | None = None,
+    dates: Iterable[date | str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per-feature summary for ``normalization_parameters.json`` over the sessions ``dates``
+    (default: every table row with a full normalisation window). Pass it to ``write_spec``."""
+    cfg = norm_config or NormConfig()
+    all_dates, mat = feature_matrix(table, spec)
+    pos = {d: i for i, d in enumerate(all_dates)}
+    if dates is None:
+        rows = list(range(cfg.window - 1, len(all_dates)))
+    else:
+        rows = []
+        for raw_d in dates:
+            d = _as_date(raw_d)
+            if d not in pos:
+                raise DataInputError(f"date {d} is not in the feature table", date=d.isoformat())
+            rows.append(pos[d])
+    normalizer = TrailingNormalizer(mat, cfg, all_dates, cache_rows=1)
+    norm_rows = [normalizer.row(i) for i in rows]
+    return feature_summary(norm_rows, mat[rows] if rows else mat[:0], spec.features)
+
+
 __all__ = [
-    "EncodedImage", "PixelLookup", "decode", "describe_pixel", "encode", "encode_dates",
+    "EncodedImage", "normalization_summary", "PixelLookup", "decode", "describe_pixel", "encode", "encode_dates",
     "feature_matrix", "history_needed", "pixel_lookup", "used_mask",
 ]

@@ -1,0 +1,100 @@
+"""Mega-images: one 512x512x3 float32 image per trading date, from the feature table."""
+
+import base64
+from collections.abc import Iterator
+from datetime import date
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from finnex_assets.io_managers import ImageStore
+from finnex_assets.partitions import trading_days
+from finnex_ml.encoding import (
+    NormConfig, build_layout, channel_section_stats, check_feature_preservation, check_image,
+    check_spatial_integrity, check_temporal_continuity, encode_dates, history_needed, read_image,
+    write_preview, write_spec,
+)
+from finnex_ml import calendar
+from finnex_ml.encoding.layout import DEFAULT_SESSIONS
+
+CHUNK = 32  # partitions per run in UI backfills: bounds memory at ~CHUNK images
+NORM = NormConfig()
+LOOKBACK = DEFAULT_SESSIONS + NORM.window - 1  # feature rows up to and including t per image
+IMAGE_CHECKS = {
+    "dtype_shape_range": "float32, (512, 512, 3), every value in [0, 1]",
+    "spatial_integrity": "each tile's row bands carry exactly its features",
+    "temporal_continuity": "image t's session column c equals image t-1's column c+1 (same trailing "
+                           "normalisation per session makes this exact)",
+    "feature_preservation": "decode(image) equals the normalised feature window within 1e-6",
+}
+
+
+@dg.asset(
+    ins={"daily_features": dg.AssetIn(partition_mapping=dg.TimeWindowPartitionMapping(
+        start_offset=-(LOOKBACK - 1), allow_nonexistent_upstream_partitions=True))},
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=CHUNK),
+    io_manager_key="mega_image_io_manager",
+    check_specs=[dg.AssetCheckSpec(n, asset="mega_images", description=d, blocking=True)
+                 for n, d in IMAGE_CHECKS.items()],
+    group_name="images",
+    kinds={"hdf5", "numpy"},
+)
+def mega_images(
+    context: dg.AssetExecutionContext, daily_features: pl.DataFrame, image_store: ImageStore,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Encode each date's trailing feature window with the layout spec; previews and QA per date."""
+    dates = [date.fromisoformat(k) for k in context.partition_keys]
+    table = daily_features.sort("date")
+    spec = build_layout(table.columns)
+    need = calendar.sessions(calendar.sessions_back(dates[0], history_needed(spec, NORM)), dates[-1])
+    have = set(table["date"].to_list())
+    gap = [d for d in need if d not in have]
+    if gap:
+        raise ValueError(f"mega_images for {dates[0]} needs daily_features from {need[0]}; "
+                         f"missing {len(gap)} session(s), first {gap[0]}. Materialise daily_features first.")
+    root = image_store.root()
+    write_spec(root / "metadata", spec, NORM)
+    images, failures = {}, {name: [] for name in IMAGE_CHECKS}
+    prev = _previous_image(root, dates[0])
+    for item in encode_dates(table, dates, spec, NORM):
+        key = item.date.isoformat()
+        images[key] = item
+        png = write_preview(root / "previews" / f"{key}.png", item.image, spec, title=key, step=2)
+        thumb = base64.b64encode(png.read_bytes()).decode()
+        outcome = {
+            "dtype_shape_range": check_image(item.image, spec),
+            "spatial_integrity": check_spatial_integrity(item.image, spec, item.window),
+            "feature_preservation": check_feature_preservation(item.image, spec, item.window),
+        }
+        if prev is not None:
+            outcome["temporal_continuity"] = check_temporal_continuity(prev, item.image, spec)
+        for name, (ok, _) in outcome.items():
+            if not ok:
+                failures[name].append(key)
+        stats = channel_section_stats(item.image, spec)
+        context.add_asset_metadata(partition_key=key, metadata={
+            "preview": dg.MetadataValue.path(str(png)),
+            "preview_image": dg.MetadataValue.md(f"![{key}](data:image/png;base64,{thumb})"),
+            "spec_hash": spec.spec_hash(), "normalization_hash": item.params_hash,
+            "features": len(spec.features), "missing_cells": int(item.missing.sum()),
+            "channel_section_stats": dg.MetadataValue.json(stats),
+        })
+        prev = item.image
+        context.log.info(f"mega_images {key}: encoded, {int(item.missing.sum())} missing cells")
+    yield dg.Output({"spec": spec, "norm_config": NORM, "images": images})
+    for name, desc in IMAGE_CHECKS.items():
+        bad = failures[name]
+        yield dg.AssetCheckResult(asset_key="mega_images", check_name=name, passed=not bad,
+                                  metadata={"dates_checked": len(dates), "failing_dates": dg.MetadataValue.json(bad[:20]),
+                                            "rule": desc})
+
+
+def _previous_image(root, first: date) -> np.ndarray | None:
+    """Image t-1 for the continuity check across chunk boundaries, when it exists."""
+    prev = calendar.sessions_back(first, 2)
+    try:
+        return read_image(root, prev) if prev != first else None
+    except (ValueError, OSError, KeyError):  # DataInputError when t-1 was never materialised
+        return None
