@@ -55,7 +55,7 @@ def mega_images(
         raise ValueError(f"mega_images for {dates[0]} needs daily_features from {need[0]}; "
                          f"missing {len(gap)} session(s), first {gap[0]}. Materialise daily_features first.")
     root = image_store.root()
-    write_spec(root / "metadata", spec, NORM)
+    write_spec(root, spec, NORM)
     images, failures = {}, {name: [] for name in IMAGE_CHECKS}
     prev = _previous_image(root, dates[0])
     for item in encode_dates(table, dates, spec, NORM):
