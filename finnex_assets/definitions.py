@@ -8,14 +8,14 @@ from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
 from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
-from finnex_assets.partitions import trading_days
 from finnex_assets.resources import default_data_source
+from finnex_assets.schedules import daily_after_close, daily_job
 
 ALL_ASSETS = [modalities, daily_features, mega_images]
 
 # The main job: everything through the latest stage, as one run per partition range.
 main_job = dg.define_asset_job(
-    "finnex_main", selection=dg.AssetSelection.all(), partitions_def=trading_days,
+    "finnex_main", selection=dg.AssetSelection.all(),
     description="Ingestion through the latest stage for a range of trading dates.",
 )
 
@@ -26,4 +26,5 @@ def build_resources() -> dict[str, object]:
             "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, jobs=[main_job], resources=build_resources())
+defs = dg.Definitions(assets=ALL_ASSETS, jobs=[main_job, daily_job], schedules=[daily_after_close],
+                      resources=build_resources())

@@ -219,6 +219,32 @@ def test_bad_ohlc_fails_the_check_and_blocks_features(tmp_path):
     assert [e.step_key for e in result.get_step_failure_events()] == ["modalities"]
 
 
+def test_bad_row_in_the_history_window_is_named_in_the_failure_cases(tmp_path):
+    """A bad session before the range still fails every partition whose snapshot holds it; the
+    partitions go in ``failing_dates`` and the bad session's own date in ``failure_cases``."""
+
+    bad_day = date(2024, 2, 28)
+
+    class Source(BadOHLCSource):
+        def load(self, start, end):
+            raw = SyntheticSource(7).load(start, end)
+            bad = pl.col("date") == bad_day
+            return dataclasses.replace(raw, prices=raw.prices.with_columns(
+                pl.when(bad).then(pl.col("low") * 0.95).otherwise(pl.col("high")).alias("high")))
+
+    class Resource(DataSourceResource):
+        def source(self):
+            return Source()
+
+    result = materialize(tmp_path, Resource(), start="2024-03-04", end="2024-03-06")
+    assert not result.success
+    ohlc = checks_of(result)[("market_data", "ohlc_consistency")]
+    assert ohlc.passed is False
+    assert ohlc.metadata["failing_dates"].value == ["2024-03-04", "2024-03-05", "2024-03-06"]
+    assert ohlc.metadata["failure_cases"].value.count('"date":"2024-02-28"') == 3
+    assert not (tmp_path / "daily_features").exists()
+
+
 # --------------------------------------------------------------------------- failure isolation
 
 

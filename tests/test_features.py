@@ -4,6 +4,7 @@ coverage / finiteness on the synthetic and packaged sources."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import re
 from datetime import date, datetime, timedelta, timezone
@@ -229,8 +230,6 @@ def test_warmup_waits_for_the_shortest_modality():
     class LatePeer(TinySource):
         def load(self, start, end):
             raw = super().load(start, end)
-            import dataclasses
-
             return dataclasses.replace(raw, peers=raw.peers.filter(pl.col("date") >= SESSIONS[100]))
 
     run = run_features(LatePeer(), [SESSIONS[300], SESSIONS[N - 1]])

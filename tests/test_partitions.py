@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timezone
-from pathlib import Path
+from datetime import date, datetime, timedelta, timezone
 
 import exchange_calendars as xcals
 import polars as pl
@@ -149,8 +148,6 @@ def test_assign_session_vectorised_and_timezone_agnostic():
 def test_assign_session_one_microsecond_before_and_at_the_close():
     close = session_close_utc(date(2024, 11, 29))
     assert close == datetime(2024, 11, 29, 18, 0, tzinfo=timezone.utc)  # 13:00 EST
-    from datetime import timedelta
-
     assert _assign([close - timedelta(microseconds=1), close]) == [date(2024, 11, 29), date(2024, 12, 2)]
 
 
@@ -158,9 +155,3 @@ def test_session_close_rejects_non_sessions():
     with pytest.raises(ValueError):
         session_close_utc(date(2024, 7, 4))
 
-
-def test_module_is_importable_from_repo_root():
-    # Guard against the tests silently picking up an installed copy instead of the checkout.
-    import finnex_ml
-
-    assert Path(finnex_ml.__file__).resolve().parent.parent == Path(__file__).resolve().parent.parent

@@ -1,0 +1,2 @@
+-- A second database in the same server for the MLflow tracking backend.
+CREATE DATABASE mlflow;

@@ -1,0 +1,36 @@
+"""The daily schedule: after the New York close, materialise that session's partition."""
+
+from datetime import datetime
+
+import dagster as dg
+
+from finnex_ml import calendar
+
+# Everything per-date (ingestion -> features -> images -> patches); training stays manual.
+DAILY_GROUPS = ("ingestion", "features", "images", "patches")
+
+daily_job = dg.define_asset_job(
+    "finnex_daily",
+    selection=dg.AssetSelection.groups(*DAILY_GROUPS),
+    description="One session through every per-date stage; what the daily schedule runs.",
+)
+
+
+def session_for_tick(tick: datetime) -> str | None:
+    """The session a tick at ``tick`` (New York time) should build, or None on a non-session."""
+    day = tick.astimezone(calendar.NEW_YORK).date()
+    return day.isoformat() if calendar.is_session(day) else None
+
+
+@dg.schedule(
+    cron_schedule="30 17 * * 1-5",  # 17:30 New York: after the 16:00 close (13:00 on early closes)
+    execution_timezone="America/New_York",
+    job=daily_job,
+    default_status=dg.DefaultScheduleStatus.STOPPED,  # off in dev; turn on in the UI or via the daemon
+)
+def daily_after_close(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    key = session_for_tick(context.scheduled_execution_time)
+    if key is None:
+        return dg.SkipReason(f"{context.scheduled_execution_time.date()} is not an NYSE session")
+    # run_key makes re-evaluating the same tick idempotent.
+    return dg.RunRequest(run_key=f"daily-{key}", partition_key=key)

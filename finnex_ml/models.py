@@ -1,0 +1,480 @@
+"""FinNeX models: a multi-scale CNN and a ViT for mega-images and their 32×32 patches.
+
+Pure torch (no dagster, no data code). Inputs are ``[B, 3, H, W]`` float tensors (NCHW); the
+HDF5 stores keep images as ``[H, W, 3]``, so the trainer permutes (an NHWC tensor permuted to NCHW
+is a channels-last view, which convolutions take without a copy).
+
+Both backbones take the full 512×512 image (a 16×16 grid of 32-pixel patches) and a single
+32×32 patch (a 1×1 grid). For a patch the position in its image is not visible in the pixels, so
+``forward(x, patch_pos=...)`` optionally takes its grid index (0..255, row-major in the 16×16
+grid); the models then add the learned embedding of that position and of its row section.
+
+Row sections (from the layout, ``finnex_ml.encoding.layout.SECTIONS``): pixel rows 0-170 macro,
+171-341 behavioural + technical, 342-511 fundamental. A patch row belongs to the section holding
+most of its 32 pixel rows, which gives patch rows 0-4 macro, 5-10 behavioural, 11-15 fundamental
+(patch row 5 = pixels 160-191 has 11 macro and 21 behavioural rows; row 10 = pixels 320-351 has
+22 behavioural and 10 fundamental rows). The "patch ranges" table in the spec does not match the
+grid and is not used.
+
+Multi-task forms (:class:`MultiTaskCNN`, :class:`MultiTaskViT`) return a dict::
+
+    {"classification": [B, 3]                  logits of the first horizon (0 Sell, 1 Hold, 2 Buy),
+     "regression": [B, 1]                      return prediction of the first horizon,
+     "classification_by_horizon": [B, H, 3],
+     "regression_by_horizon": [B, H],
+     "features": [B, D],
+     "attention_weights": CNN: [B, heads, 9, 9] over the 3 branch × 3 section tokens;
+                          ViT: list over layers of [B, heads, T, T] (T = 1 + patches, CLS first)
+                          when ``return_attention=True``, else [] (the fused kernel is faster)}
+
+Sizes come from config dataclasses; ``"small"`` trains on 2 CPU cores in minutes, ``"full"`` is
+the spec's size (ViT 768 dims, 12 heads, 12 layers; CNN 256-channel branches, 512 fusion) for a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Class ids used everywhere (labels, heads, confusion matrices).
+SELL, HOLD, BUY = 0, 1, 2
+CLASS_NAMES: tuple[str, ...] = ("Sell", "Hold", "Buy")
+NUM_CLASSES = 3
+
+IMAGE_SIZE = 512
+PATCH_SIZE = 32
+GRID = IMAGE_SIZE // PATCH_SIZE  # 16 patches per side, 256 per image
+
+# Same boundaries as finnex_ml.encoding.layout.SECTIONS (kept here so importing the models does
+# not import the encoding package and polars; a test checks they agree).
+SECTION_NAMES: tuple[str, ...] = ("macro", "behavioral", "fundamental")
+SECTION_ROWS: tuple[tuple[int, int], ...] = ((0, 171), (171, 342), (342, 512))  # end exclusive
+UNKNOWN_SECTION = 3  # a lone patch whose position is not given
+
+
+def grid_row_sections(grid_rows: int, image_rows: int = IMAGE_SIZE) -> tuple[int, ...]:
+    """Section id (0 macro, 1 behavioural, 2 fundamental) of each patch row, by pixel majority.
+
+    Patch row ``r`` covers pixel rows ``[r*H/g, (r+1)*H/g)`` of an ``H = image_rows`` image; for
+    the 512-row layout and 16 rows this is exact (32 pixel rows each). For any other grid the
+    rows are mapped proportionally onto the 512-row layout (a resized image keeps its sections).
+    Ties go to the upper section; they only occur for a single row spanning everything, which the
+    models treat as a lone patch of unknown section instead.
+    """
+    if grid_rows < 1:
+        raise ValueError(f"grid_rows must be >= 1, got {grid_rows}")
+    scale = IMAGE_SIZE / grid_rows
+    out = []
+    for r in range(grid_rows):
+        lo, hi = r * scale, (r + 1) * scale
+        overlap = [max(0.0, min(hi, b) - max(lo, a)) for a, b in SECTION_ROWS]
+        out.append(max(range(3), key=lambda i: (overlap[i], -i)))
+    del image_rows  # the mapping is relative; kept in the signature for readability at call sites
+    return tuple(out)
+
+
+def grid_sections(grid_h: int, grid_w: int) -> torch.Tensor:
+    """Section id of every patch of a ``grid_h × grid_w`` grid, row-major, as a long tensor."""
+    rows = torch.tensor(grid_row_sections(grid_h), dtype=torch.long)
+    return rows.repeat_interleave(grid_w)
+
+
+def patch_pos_sections(patch_pos: torch.Tensor, grid: int = GRID) -> torch.Tensor:
+    """Section id of patches given their row-major index in the full ``grid × grid`` image grid."""
+    table = torch.tensor(grid_row_sections(grid), dtype=torch.long, device=patch_pos.device)
+    return table[patch_pos.long() // grid]
+
+
+# --------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """One CNN branch: a stem conv (sets the receptive-field scale), then stages of
+    conv3×3 (dilated for the large branch) + BN + ReLU + 2×2 average pooling."""
+
+    stem_kernel: int
+    stem_stride: int
+    stage_dilation: int
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    in_channels: int = 3
+    num_classes: int = NUM_CLASSES
+    # channels per stage (the stem outputs widths[0]); the stage count is derived per branch so
+    # that every branch reaches total stride 32 (one feature cell per 32-pixel patch)
+    widths: tuple[int, ...] = (16, 32, 64, 64)
+    token_dim: int = 64
+    attn_heads: int = 4
+    fusion_dim: int = 128
+    dropout: float = 0.1
+    # large RF: 7×7 stem stride 4, dilated stages; medium: 5×5 stride 4; small: 3×3 stride 2.
+    # Kernel >= stride and dilation only at stride 1, so no pixel column is ever skipped (the
+    # layout packs one session into as few as 3 pixel columns).
+    large: BranchConfig = field(default_factory=lambda: BranchConfig(7, 4, 2))
+    medium: BranchConfig = field(default_factory=lambda: BranchConfig(5, 4, 1))
+    small: BranchConfig = field(default_factory=lambda: BranchConfig(3, 2, 1))
+    grid: int = GRID  # full-image grid, for the patch position embedding
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    in_channels: int = 3
+    num_classes: int = NUM_CLASSES
+    image_size: int = IMAGE_SIZE  # the position table is sized for this image's grid
+    patch_size: int = PATCH_SIZE
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    pool: str = "cls"  # "cls" (rollout-friendly) or "mean"
+
+
+CNN_SIZES: dict[str, CNNConfig] = {
+    "small": CNNConfig(),
+    "full": CNNConfig(widths=(32, 64, 128, 256), token_dim=256, attn_heads=8, fusion_dim=512),
+}
+VIT_SIZES: dict[str, ViTConfig] = {
+    "small": ViTConfig(),
+    "full": ViTConfig(dim=768, depth=12, heads=12),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-scale CNN
+# --------------------------------------------------------------------------------------------
+
+def _conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    pad = dilation * (k - 1) // 2
+    return [nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _branch(cfg: CNNConfig, b: BranchConfig) -> nn.Sequential:
+    if PATCH_SIZE % b.stem_stride:
+        raise ValueError(f"stem stride {b.stem_stride} must divide {PATCH_SIZE}")
+    n_stages = int(round(math.log2(PATCH_SIZE // b.stem_stride)))
+    widths = list(cfg.widths)
+    # stage i maps widths[min(i, last)] -> widths[min(i+1, last)]; the branch ends at widths[-1]
+    chans = [widths[min(i, len(widths) - 1)] for i in range(n_stages + 1)]
+    chans[-1] = widths[-1]
+    layers = _conv_bn_relu(cfg.in_channels, chans[0], b.stem_kernel, stride=b.stem_stride)
+    for i in range(n_stages):
+        layers += _conv_bn_relu(chans[i], chans[i + 1], 3, dilation=b.stage_dilation)
+        # ceil_mode keeps odd sizes from dropping their last row (the newest column is on the right)
+        layers.append(nn.AvgPool2d(2, ceil_mode=True))
+    layers += [nn.Conv2d(chans[-1], cfg.token_dim, 1)]
+    return nn.Sequential(*layers)
+
+
+class MultiScaleCNN(nn.Module):
+    """Three branches (large / medium / small receptive field) fused by attention.
+
+    Each branch ends at stride 32 (a 16×16 map for a 512 image, 1×1 for a 32×32 patch) and is
+    pooled to 3 row tokens (adaptive pooling to ``(3, 1)``: roughly the macro / behavioural /
+    fundamental thirds of a full image). The 9 tokens (+ learned branch and section-slot
+    embeddings) go through multi-head self-attention ("cross-modal fusion": every scale and
+    section can read every other), then are flattened and fused by an MLP into ``fusion_dim``
+    features. ``forward`` returns the class logits; ``forward_features`` the features and the
+    ``[B, heads, 9, 9]`` attention weights.
+    """
+
+    def __init__(self, config: CNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or CNNConfig()
+        self.branches = nn.ModuleDict({
+            "large": _branch(cfg, cfg.large), "medium": _branch(cfg, cfg.medium), "small": _branch(cfg, cfg.small)})
+        self.pool = nn.AdaptiveAvgPool2d((3, 1))
+        self.branch_embed = nn.Parameter(torch.zeros(3, 1, cfg.token_dim))
+        self.slot_embed = nn.Parameter(torch.zeros(1, 3, cfg.token_dim))
+        self.attn = nn.MultiheadAttention(cfg.token_dim, cfg.attn_heads, dropout=0.0, batch_first=True)
+        self.attn_norm = nn.LayerNorm(cfg.token_dim)
+        self.fusion = nn.Sequential(
+            nn.Linear(9 * cfg.token_dim, cfg.fusion_dim), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.LayerNorm(cfg.fusion_dim))
+        # used only when a lone patch comes with its grid position
+        self.pos_embed = nn.Embedding(cfg.grid * cfg.grid, cfg.fusion_dim)
+        self.section_embed = nn.Embedding(3, cfg.fusion_dim)
+        self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, cfg.num_classes))
+        nn.init.normal_(self.branch_embed, std=0.02)
+        nn.init.normal_(self.slot_embed, std=0.02)
+        nn.init.normal_(self.pos_embed.weight, std=0.02)
+        nn.init.normal_(self.section_embed.weight, std=0.02)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.fusion_dim
+
+    def forward_features(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
+                         return_attention: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_input(x, self.config.in_channels)
+        tokens = []
+        for i, branch in enumerate(self.branches.values()):
+            t = self.pool(branch(x)).flatten(2).transpose(1, 2)  # [B, 3, C]
+            tokens.append(t + self.branch_embed[i] + self.slot_embed)
+        tok = torch.cat(tokens, dim=1)  # [B, 9, C]
+        # 9 tokens: the weights cost nothing, so they are always returned (return_attention is
+        # accepted for a common signature with the ViT)
+        att, w = self.attn(tok, tok, tok, need_weights=True, average_attn_weights=False)
+        tok = self.attn_norm(tok + att)
+        feats = self.fusion(tok.flatten(1))
+        if patch_pos is not None:
+            patch_pos = patch_pos.to(feats.device).long()
+            feats = feats + self.pos_embed(patch_pos) + self.section_embed(patch_pos_sections(patch_pos, self.config.grid))
+        return feats, w
+
+    def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.forward_features(x, patch_pos, return_attention=False)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Vision transformer
+# --------------------------------------------------------------------------------------------
+
+def _check_input(x: torch.Tensor, channels: int) -> None:
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"expected input [B, {channels}, H, W] (NCHW), got {tuple(x.shape)}")
+    if x.shape[2] < PATCH_SIZE or x.shape[3] < PATCH_SIZE:
+        raise ValueError(f"input must be at least {PATCH_SIZE}×{PATCH_SIZE}, got {tuple(x.shape[2:])}")
+
+
+def encoder_layer_with_weights(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pre-norm ``nn.TransformerEncoderLayer`` step, computed from its own submodules, that
+    also returns the per-head attention weights ``[B, heads, T, T]`` (the layer's own forward
+    asks for none). Same maths as ``layer(x)``; a test checks they agree."""
+    h = layer.norm1(x)
+    a, w = layer.self_attn(h, h, h, need_weights=True, average_attn_weights=False)
+    x = x + layer.dropout1(a)
+    h = layer.norm2(x)
+    x = x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+    return x, w
+
+
+class FinNeXViT(nn.Module):
+    """ViT over 32×32 patches with learned position and section embeddings.
+
+    * patch embedding: ``Conv2d(3, dim, 32, stride=32)``;
+    * position: a learned ``[dim, 16, 16]`` table for the 512 image's grid, bicubically resized
+      for other grids; a lone patch (1×1 grid) takes its row of the table when ``patch_pos`` is
+      given, else a learned "position unknown" vector;
+    * section: a learned embedding of each patch's row section (0 macro, 1 behavioural,
+      2 fundamental by pixel majority, see :func:`grid_row_sections`; 3 unknown for a lone patch
+      without position);
+    * ``nn.TransformerEncoder`` of pre-norm ``nn.TransformerEncoderLayer`` blocks, final LayerNorm;
+    * pooling: the CLS token (default, what attention rollout reads) or the mean of patch tokens.
+
+    ``forward_features(x, return_attention=True)`` runs the layers one by one with
+    :func:`encoder_layer_with_weights` and returns the list of per-layer weights for rollout.
+    """
+
+    def __init__(self, config: ViTConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ViTConfig()
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+        if cfg.pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {cfg.pool!r}")
+        self.grid = cfg.image_size // cfg.patch_size
+        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.dim, self.grid, self.grid))
+        self.pos_unknown = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.section_embed = nn.Embedding(4, cfg.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.drop = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, dim_feedforward=int(cfg.dim * cfg.mlp_ratio), dropout=cfg.dropout,
+            activation="gelu", batch_first=True, norm_first=True)
+        layer.self_attn.dropout = cfg.attn_dropout
+        # nested tensors only help with padding masks, and warn with norm_first
+        self.encoder = nn.TransformerEncoder(layer, cfg.depth, norm=nn.LayerNorm(cfg.dim),
+                                             enable_nested_tensor=False)
+        self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, cfg.num_classes))
+        for p in (self.pos_embed, self.pos_unknown, self.cls_token):
+            nn.init.trunc_normal_(p, std=0.02)
+        nn.init.trunc_normal_(self.section_embed.weight, std=0.02)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.dim
+
+    def token_sections(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Section id per patch token (row-major, CLS excluded) for a ``grid_h × grid_w`` input grid."""
+        return grid_sections(grid_h, grid_w)
+
+    def _positions(self, gh: int, gw: int, b: int, patch_pos: torch.Tensor | None,
+                   device: torch.device) -> torch.Tensor:
+        """Position + section embedding to add to the ``[B, gh*gw, dim]`` patch tokens."""
+        dim = self.config.dim
+        if gh == 1 and gw == 1 and (patch_pos is not None or self.grid != 1):
+            if patch_pos is None:
+                sec = torch.full((b,), UNKNOWN_SECTION, dtype=torch.long, device=device)
+                return (self.pos_unknown + self.section_embed(sec)[:, None, :]).expand(b, 1, dim)
+            patch_pos = patch_pos.to(device).long()
+            table = self.pos_embed.flatten(2).transpose(1, 2)[0]  # [grid*grid, dim]
+            return (table[patch_pos] + self.section_embed(patch_pos_sections(patch_pos, self.grid)))[:, None, :]
+        if patch_pos is not None:
+            raise ValueError("patch_pos is only meaningful for a single 32×32 patch input")
+        pos = self.pos_embed
+        if (gh, gw) != (self.grid, self.grid):
+            pos = F.interpolate(pos, size=(gh, gw), mode="bicubic", align_corners=False)
+        pos = pos.flatten(2).transpose(1, 2)  # [1, gh*gw, dim]
+        sec = self.section_embed(grid_sections(gh, gw).to(device))[None]
+        return (pos + sec).expand(b, -1, -1)
+
+    def forward_features(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
+                         return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        _check_input(x, self.config.in_channels)
+        if x.shape[2] % self.config.patch_size or x.shape[3] % self.config.patch_size:
+            raise ValueError(f"input sides must be multiples of {self.config.patch_size}, got {tuple(x.shape[2:])}")
+        b = x.shape[0]
+        tok = self.patch_embed(x)  # [B, dim, gh, gw]
+        gh, gw = tok.shape[2], tok.shape[3]
+        tok = tok.flatten(2).transpose(1, 2) + self._positions(gh, gw, b, patch_pos, x.device)
+        tok = torch.cat([self.cls_token.expand(b, -1, -1), tok], dim=1)
+        tok = self.drop(tok)
+        weights: list[torch.Tensor] = []
+        if return_attention:
+            for layer in self.encoder.layers:
+                tok, w = encoder_layer_with_weights(layer, tok)
+                weights.append(w)
+            tok = self.encoder.norm(tok)
+        else:
+            tok = self.encoder(tok)
+        feats = tok[:, 0] if self.config.pool == "cls" else tok[:, 1:].mean(dim=1)
+        return feats, weights
+
+    def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.forward_features(x, patch_pos)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-task wrappers
+# --------------------------------------------------------------------------------------------
+
+class MultiTaskHeads(nn.Module):
+    """Per-horizon classification (3 logits) and regression (1 value) heads on shared features."""
+
+    def __init__(self, feature_dim: int, horizons: Sequence[int] = (1,), num_classes: int = NUM_CLASSES,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        horizons = tuple(int(h) for h in horizons)
+        if not horizons or len(set(horizons)) != len(horizons):
+            raise ValueError(f"horizons must be distinct and non-empty, got {horizons}")
+        self.horizons = horizons
+        hidden = max(16, feature_dim // 2)
+        self.cls = nn.ModuleDict({f"h{h}": nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+                                  for h in horizons})
+        self.reg = nn.ModuleDict({f"h{h}": nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(),
+                                                         nn.Dropout(dropout), nn.Linear(hidden, 1))
+                                  for h in horizons})
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.stack([self.cls[f"h{h}"](feats) for h in self.horizons], dim=1)  # [B, H, C]
+        reg = torch.cat([self.reg[f"h{h}"](feats) for h in self.horizons], dim=1)  # [B, H]
+        return logits, reg
+
+
+class MultiTaskModel(nn.Module):
+    """A backbone with ``forward_features`` plus :class:`MultiTaskHeads`; returns the output dict."""
+
+    def __init__(self, backbone: nn.Module, horizons: Sequence[int] = (1,)) -> None:
+        super().__init__()
+        self.backbone = backbone
+        # the backbone's own single-task classifier is unused here; drop it so it holds no
+        # parameters that never get a gradient (AdamW would still decay them)
+        self.backbone.classifier = nn.Identity()
+        self.heads = MultiTaskHeads(backbone.feature_dim, horizons, backbone.config.num_classes,
+                                    backbone.config.dropout)
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return self.heads.horizons
+
+    @property
+    def config(self) -> Any:
+        return self.backbone.config
+
+    def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
+                return_attention: bool = False) -> dict[str, Any]:
+        feats, attn = self.backbone.forward_features(x, patch_pos, return_attention=return_attention)
+        logits, reg = self.heads(feats)
+        return {
+            "classification": logits[:, 0],
+            "regression": reg[:, :1],
+            "classification_by_horizon": logits,
+            "regression_by_horizon": reg,
+            "features": feats,
+            "attention_weights": attn if attn is not None else [],
+        }
+
+
+class MultiTaskCNN(MultiTaskModel):
+    def __init__(self, config: CNNConfig | None = None, horizons: Sequence[int] = (1,)) -> None:
+        super().__init__(MultiScaleCNN(config), horizons)
+
+
+class MultiTaskViT(MultiTaskModel):
+    def __init__(self, config: ViTConfig | None = None, horizons: Sequence[int] = (1,)) -> None:
+        super().__init__(FinNeXViT(config), horizons)
+
+
+# --------------------------------------------------------------------------------------------
+# Factory (what checkpoints record, so an evaluation step can rebuild the model)
+# --------------------------------------------------------------------------------------------
+
+_ALIASES = {"cnn": "cnn", "multiscale_cnn": "cnn", "multiscalecnn": "cnn",
+            "vit": "vit", "finnex_vit": "vit", "finnexvit": "vit"}
+
+
+def model_config(name: str, size: str = "small", **overrides: Any) -> CNNConfig | ViTConfig:
+    """The size preset of model ``name`` ("cnn" or "vit") with field overrides applied."""
+    kind = _ALIASES.get(name.lower())
+    if kind is None:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(set(_ALIASES))}")
+    sizes = CNN_SIZES if kind == "cnn" else VIT_SIZES
+    if size not in sizes:
+        raise ValueError(f"unknown size {size!r} for {kind}; expected one of {sorted(sizes)}")
+    cfg = sizes[size]
+    if overrides:
+        cfg = replace(cfg, **{k: (BranchConfig(**v) if isinstance(v, Mapping) else
+                                  tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})
+    return cfg
+
+
+def build_model(name: str, size: str = "small", *, horizons: Sequence[int] = (1,), multitask: bool = True,
+                **overrides: Any) -> nn.Module:
+    """Build ``"cnn"`` (:class:`MultiScaleCNN`) or ``"vit"`` (:class:`FinNeXViT`), multi-task by default."""
+    cfg = model_config(name, size, **overrides)
+    if isinstance(cfg, CNNConfig):
+        return MultiTaskCNN(cfg, horizons) if multitask else MultiScaleCNN(cfg)
+    return MultiTaskViT(cfg, horizons) if multitask else FinNeXViT(cfg)
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """A plain-dict description (name, config fields, horizons) that :func:`model_from_spec` rebuilds."""
+    multitask = isinstance(model, MultiTaskModel)
+    backbone = model.backbone if multitask else model
+    name = "cnn" if isinstance(backbone, MultiScaleCNN) else "vit" if isinstance(backbone, FinNeXViT) else None
+    if name is None:
+        raise TypeError(f"no spec for {type(model).__name__}")
+    return {"name": name, "config": asdict(backbone.config), "multitask": multitask,
+            "horizons": list(model.horizons) if multitask else []}
+
+
+def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    cfg = dict(spec["config"])
+    return build_model(spec["name"], "small", horizons=spec.get("horizons") or (1,),
+                       multitask=bool(spec.get("multitask", True)), **cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

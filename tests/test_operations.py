@@ -1,0 +1,146 @@
+"""Operations: the daily schedule, partitions around closes, deployment files, config validation."""
+
+import re
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import validate_config
+from dagster._core.instance.config import dagster_instance_config_schema
+
+from finnex_assets.partitions import trading_day_partitions
+from finnex_assets.resources import DataSourceResource
+from finnex_assets.schedules import daily_after_close, session_for_tick
+from finnex_ml import calendar
+from finnex_ml.errors import ConfigError
+
+NY = ZoneInfo("America/New_York")
+DOCKER = Path(__file__).resolve().parent.parent / "docker"
+
+
+def _tick(day: str, hh: int = 17, mm: int = 30):
+    y, m, d = map(int, day.split("-"))
+    return daily_after_close(dg.build_schedule_context(scheduled_execution_time=datetime(y, m, d, hh, mm, tzinfo=NY)))
+
+
+@pytest.mark.parametrize("day,expected", [
+    ("2024-11-27", "2024-11-27"),  # Wednesday before Thanksgiving
+    ("2024-11-28", None),          # Thanksgiving
+    ("2024-11-29", "2024-11-29"),  # early close (13:00) is still a session
+    ("2024-07-04", None),          # Independence Day
+    ("2024-07-05", "2024-07-05"),  # Friday after
+    ("2025-01-09", None),          # national day of mourning (special closure)
+    ("2024-12-31", "2024-12-31"),
+    ("2025-01-01", None),
+])
+def test_schedule_ticks_target_the_session_or_skip(day, expected):
+    result = _tick(day)
+    if expected is None:
+        assert isinstance(result, dg.SkipReason) and day in result.skip_message
+    else:
+        assert isinstance(result, dg.RunRequest)
+        assert result.partition_key == expected and result.run_key == f"daily-{expected}"
+
+
+def test_schedule_partition_exists_at_tick_time():
+    """A tick's partition must already be a key when the tick fires (after the close)."""
+    parts = trading_day_partitions("2024-01-02")
+    for d in calendar.sessions("2024-01-02", "2024-12-31"):
+        tick = datetime(d.year, d.month, d.day, 17, 30, tzinfo=NY)
+        keys = parts.get_partition_keys(current_time=tick)
+        assert keys[-1] == d.isoformat() == session_for_tick(tick)
+        assert len(keys) == len(calendar.sessions("2024-01-02", d))
+
+
+def test_schedule_is_off_by_default_and_registered():
+    from finnex_assets.definitions import defs
+
+    sched = defs.resolve_schedule_def("daily_after_close")
+    assert sched.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert sched.execution_timezone == "America/New_York"
+    assert sched.cron_schedule == "30 17 * * 1-5"
+
+
+def test_production_dagster_yaml_is_a_valid_instance_config():
+    config = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
+    result = validate_config(dagster_instance_config_schema(), config)
+    assert result.success, [e.message for e in result.errors]
+    assert "postgres" in config["storage"]
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["run_coordinator"]["config"]["max_concurrent_runs"] >= 1
+    pg = config["storage"]["postgres"]["postgres_db"]
+    assert all(isinstance(pg[k], dict) and "env" in pg[k] for k in ("username", "password", "hostname"))
+
+
+def test_embedded_dagster_yaml_is_a_valid_instance_config():
+    config = yaml.safe_load((DOCKER.parent / "dagster_home" / "dagster.yaml").read_text())
+    assert validate_config(dagster_instance_config_schema(), config).success
+
+
+def test_compose_file_has_the_services_volumes_and_no_secrets():
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "code", "webserver", "daemon", "mlflow"} <= set(services)
+    assert {"data", "mlartifacts", "pgdata"} <= set(compose["volumes"])
+    for name in ("code", "webserver", "daemon"):
+        assert "data:/data" in services[name]["volumes"]
+    assert "mlartifacts:/mlartifacts" in services["mlflow"]["volumes"]
+    # published ports bind to loopback only
+    for svc in services.values():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+    # the webserver and daemon load code over gRPC from the code service
+    ws = yaml.safe_load((DOCKER / "workspace.yaml").read_text())
+    assert ws["load_from"][0]["grpc_server"]["host"] == "code"
+    text = (DOCKER / "docker-compose.yml").read_text()
+    assert "POSTGRES_PASSWORD:?" in text  # required from the environment, no default
+    for path in DOCKER.rglob("*"):
+        if path.is_file():
+            body = path.read_text()
+            assert not re.search(r"password\s*[:=]\s*['\"]?[A-Za-z0-9]{4,}", body, re.I), path
+
+
+def test_dockerfile_runs_the_grpc_code_server_as_non_root():
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "USER finnex" in text
+    assert '"dagster", "api", "grpc"' in text
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd.yaml", "/etc/passwd", "examples/../../x.yaml"])
+def test_files_mapping_path_traversal_is_rejected(bad, monkeypatch, tmp_path):
+    monkeypatch.setenv("FINNEX_FILES_ROOT", str(tmp_path))
+    with pytest.raises(ConfigError, match="escapes"):
+        DataSourceResource(kind="files", mapping_path=bad).source()
+
+
+def test_data_dir_partition_paths_are_validated(tmp_path):
+    from finnex_assets.io_managers import PartitionedParquetIOManager
+
+    io = PartitionedParquetIOManager(base_dir=str(tmp_path))
+    assert io._path(dg.AssetKey("daily_features"), "2024-03-04") == tmp_path / "daily_features/2024/2024-03-04.parquet"
+    for key in ("../../etc", "2024-03-04/../../x", "2024-3-4"):
+        with pytest.raises(ConfigError):
+            io._path(dg.AssetKey("daily_features"), key)
+    with pytest.raises(ConfigError):
+        io._path(dg.AssetKey(["..", "evil"]), "2024-03-04")
+
+
+def test_cli_ui_binds_to_loopback(monkeypatch):
+    import finnex_assets.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd: seen.setdefault("cmd", cmd) and 0)
+    cli.main(["ui", "--port", "3999"])
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("-h") + 1] == "127.0.0.1" and "3999" in cmd
+
+
+def test_partition_start_is_configurable():
+    assert trading_day_partitions("2024-01-01").get_first_partition_key() == "2024-01-02"
+    assert trading_day_partitions("2020-01-02").get_first_partition_key() == "2020-01-02"
+    with pytest.raises(ConfigError):
+        trading_day_partitions("2020/01/02")
+    assert date(2024, 7, 4).isoformat() not in trading_day_partitions("2024-01-02").get_partition_keys()
