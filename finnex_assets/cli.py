@@ -21,6 +21,7 @@ def _use_project_instance() -> None:
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
 
 
+LATER_STAGES = ["mega_images"]
 FEATURE_STAGE = ["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data", "daily_features"]
 
 
@@ -58,19 +59,16 @@ def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
     return result.success
 
 
-def run_pipeline(start: str, end: str, chunk: int | None = None) -> bool:
-    """The main pipeline for [start, end]: features (with the images' lookback) in one run,
-    then images in runs of ``chunk`` dates, the same bounds the UI backfill policy uses."""
-    from finnex_assets.assets.images import CHUNK, LOOKBACK
+def run_pipeline(start: str, end: str) -> bool:
+    """The main pipeline for [start, end]: the feature stage from the images' lookback
+    before ``start`` in one run, then every later stage over [start, end] in one run."""
+    from finnex_assets.assets.images import LOOKBACK
     from finnex_ml import calendar
 
     feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
     if not run_range(feature_start, end, FEATURE_STAGE):
         return False
-    keys = _keys(start, end)
-    step = chunk or CHUNK
-    return all(run_range(keys[i], keys[min(i + step, len(keys)) - 1], ["mega_images"])
-               for i in range(0, len(keys), step))
+    return run_range(start, end, LATER_STAGES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,9 +69,9 @@ class MegaImageIOManager(dg.ConfigurableIOManager):
     """Mega-images in HDF5, one file per date (``{root}/YYYY/MM/{date}.h5``), so parallel
     writers never share a file. Each file is written to a temp name and renamed.
 
-    The output is a mapping ``date key -> EncodedImage`` for the partitions of one run (runs
-    are chunked by the asset's backfill policy, so memory is bounded by the chunk size). The
-    input is a lazy [N, 512, 512, 3] view over the requested dates (h5py virtual dataset).
+    The output is an iterable of encoded images (``ImageBatch``) written one at a time, so
+    memory does not grow with the range. The input is a lazy [N, 512, 512, 3] view over the
+    requested dates (h5py virtual dataset).
     """
 
     store: ImageStore
@@ -79,18 +79,19 @@ class MegaImageIOManager(dg.ConfigurableIOManager):
     def root(self) -> Path:
         return self.store.root()
 
-    def handle_output(self, context: dg.OutputContext, obj: dict) -> None:
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
         from finnex_ml.encoding import write_encoded
 
-        spec, cfg = obj["spec"], obj["norm_config"]
-        images = obj["images"]
-        missing = sorted(set(context.asset_partition_keys) - set(images))
-        if missing:
-            raise ValueError(f"mega_images: no image for partition(s) {missing[:3]}")
-        for key in context.asset_partition_keys:
-            validate_partition_key(key)
-            write_encoded(self.root(), images[key], spec, cfg)
-        context.add_output_metadata({"root": dg.MetadataValue.path(str(self.root()))})
+        expected = {validate_partition_key(k) for k in context.asset_partition_keys}
+        written = set()
+        for item in obj:
+            if item.date not in expected:
+                raise ValueError(f"mega_images: image for {item.date} is outside the run's partitions")
+            write_encoded(self.root(), item, obj.spec, obj.norm_config)
+            written.add(item.date)
+        if written != expected:
+            raise ValueError(f"mega_images: no image for partition(s) {sorted(expected - written)[:3]}")
+        context.add_output_metadata({"root": dg.MetadataValue.path(str(self.root())), "images_written": len(written)})
 
     def load_input(self, context: dg.InputContext):
         from finnex_ml.encoding import open_range

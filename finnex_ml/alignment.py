@@ -32,7 +32,10 @@ def align_releases(releases: pl.DataFrame, sessions: list[date], modality: str) 
             .with_columns(
                 (pl.col("value") - pl.col("value").shift(1)).alias("chg"),
                 (pl.col("value") / pl.col("value").shift(4) - 1.0).alias("yoy"),
-                pl.col("value").rolling_sum(4).alias("ttm"),
+                # Explicit sum of four lags, not rolling_sum: a rolling sum carries float error
+                # from wherever the series starts, so the same date would differ by window.
+                (pl.col("value") + pl.col("value").shift(1) + pl.col("value").shift(2)
+                 + pl.col("value").shift(3)).alias("ttm"),
             )
         )
         cols = [

@@ -138,11 +138,6 @@ def test_daily_features_metadata(range_run):
 
 # --------------------------------------------------------------------------- determinism
 
-TTM_BUG = ("finnex_ml/alignment.py align_releases: `_ttm` uses `rolling_sum(4)` over every release the source "
-           "returned, so the float rounding depends on how far back the run's window starts; eps_ttm, "
-           "free_cash_flow_ttm and earnings_yield differ in the last bits alone vs. in a range")
-CHG_BUG = ("SyntheticSource._daily_macro returns daily macro only for [start, end]: the first row of a "
-           "partition's macro snapshot has a null `{series}_chg` alone but a value inside a longer range")
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +161,9 @@ def test_first_partition_of_a_range_alone_is_byte_identical(range_run, single_ru
 
 @pytest.mark.parametrize("asset", [
     "market_data", "peer_data", "sentiment_data",
-    pytest.param("macro_data", marks=pytest.mark.xfail(strict=True, reason=CHG_BUG)),
-    pytest.param("fundamental_data", marks=pytest.mark.xfail(strict=True, reason=TTM_BUG)),
-    pytest.param("daily_features", marks=pytest.mark.xfail(strict=True, reason=TTM_BUG)),
+    "macro_data",
+    "fundamental_data",
+    "daily_features",
 ])
 def test_partition_alone_is_byte_identical_to_the_range(range_run, single_runs, asset):
     base, _, _ = range_run

@@ -1,4 +1,4 @@
-"""mega_images through Dagster: one run per chunk, per-date HDF5 shards, QA checks, determinism."""
+"""mega_images through Dagster: one run per range, per-date HDF5 shards, QA checks, determinism."""
 
 import warnings
 

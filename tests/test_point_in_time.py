@@ -240,11 +240,6 @@ def test_range_run_rows_up_to_t_ignore_later_data():
     assert (later_base["price__ret_10d"] != later_pert["price__ret_10d"]).all()
 
 
-TTM_BUG = ("finnex_ml/alignment.py align_releases: `pl.col('value').rolling_sum(4)` (the _ttm columns) "
-           "accumulates floating-point error from the first release loaded, so eps_ttm / free_cash_flow_ttm "
-           "(and earnings_yield) differ in the last bits between a date computed alone and in a range")
-CHG_BUG = ("SyntheticSource._daily_macro only returns releases in [start, end], so the first row of a date's "
-           "macro snapshot has a null {series}_chg alone but a value in a range that starts earlier")
 
 
 @pytest.fixture(scope="module")
@@ -259,27 +254,19 @@ def alone_and_range():
 
 @pytest.mark.parametrize("name", [
     "market_data", "peer_data", "sentiment_data",
-    pytest.param("macro_data", marks=pytest.mark.xfail(strict=True, reason=CHG_BUG)),
-    pytest.param("fundamental_data", marks=pytest.mark.xfail(strict=True, reason=TTM_BUG)),
+    "macro_data",
+    "fundamental_data",
 ])
 def test_snapshot_alone_equals_snapshot_in_a_range(alone_and_range, name):
     t, alone, rng, _ = alone_and_range
     assert_frame_equal(alone.snapshots[name], rng.snapshots[name].filter(pl.col("asof") == t), check_exact=True)
 
 
-@pytest.mark.xfail(strict=True, reason=TTM_BUG)
 def test_features_alone_equal_features_in_a_range_exactly(alone_and_range):
     t, alone, rng, _ = alone_and_range
     assert_frame_equal(alone.features, rng.features.filter(pl.col("date") == t), check_exact=True)
 
 
-def test_features_alone_equal_features_in_a_range(alone_and_range):
-    """Exact everywhere but the TTM-derived columns, which agree to rounding (see TTM_BUG)."""
-    t, alone, rng, first = alone_and_range
-    in_range = rng.features.filter(pl.col("date") == t)
-    ttm = [c for c in alone.features.columns if c.endswith("_ttm") or c in (
-        "fundamental__earnings_yield", "fundamental__sales_yield")]
-    assert_frame_equal(alone.features.drop(ttm), in_range.drop(ttm), check_exact=True)
-    assert_frame_equal(alone.features.select(ttm), in_range.select(ttm), check_exact=False, rel_tol=1e-12)
-    # The first date of a range has the same window start as when it is alone: exact.
+def test_first_date_of_a_range_equals_it_alone(alone_and_range):
+    _, _, rng, first = alone_and_range
     assert_frame_equal(first.features, rng.features.filter(pl.col("date") == date(2024, 3, 1)), check_exact=True)

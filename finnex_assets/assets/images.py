@@ -2,6 +2,7 @@
 
 import base64
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
@@ -11,14 +12,13 @@ import polars as pl
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.partitions import trading_days
 from finnex_ml.encoding import (
-    NormConfig, build_layout, channel_section_stats, check_feature_preservation, check_image,
+    EncodedImage, LayoutSpec, NormConfig, build_layout, channel_section_stats, check_feature_preservation, check_image,
     check_spatial_integrity, check_temporal_continuity, encode_dates, history_needed, read_image,
     write_preview, write_spec,
 )
 from finnex_ml import calendar
 from finnex_ml.encoding.layout import DEFAULT_SESSIONS
 
-CHUNK = 32  # partitions per run in UI backfills: bounds memory at ~CHUNK images
 NORM = NormConfig()
 LOOKBACK = DEFAULT_SESSIONS + NORM.window - 1  # feature rows up to and including t per image
 IMAGE_CHECKS = {
@@ -30,11 +30,24 @@ IMAGE_CHECKS = {
 }
 
 
+@dataclass(frozen=True)
+class ImageBatch:
+    """The images of one run, encoded lazily one at a time when iterated."""
+
+    table: pl.DataFrame
+    dates: list[date]
+    spec: LayoutSpec
+    norm_config: NormConfig
+
+    def __iter__(self) -> Iterator[EncodedImage]:
+        return encode_dates(self.table, self.dates, self.spec, self.norm_config)
+
+
 @dg.asset(
     ins={"daily_features": dg.AssetIn(partition_mapping=dg.TimeWindowPartitionMapping(
         start_offset=-(LOOKBACK - 1), allow_nonexistent_upstream_partitions=True))},
     partitions_def=trading_days,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=CHUNK),
+    backfill_policy=dg.BackfillPolicy.single_run(),
     io_manager_key="mega_image_io_manager",
     check_specs=[dg.AssetCheckSpec(n, asset="mega_images", description=d, blocking=True)
                  for n, d in IMAGE_CHECKS.items()],
@@ -44,7 +57,12 @@ IMAGE_CHECKS = {
 def mega_images(
     context: dg.AssetExecutionContext, daily_features: pl.DataFrame, image_store: ImageStore,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Encode each date's trailing feature window with the layout spec; previews and QA per date."""
+    """Encode each date's trailing feature window with the layout spec; previews and QA per date.
+
+    Memory stays at one image whatever the range: this pass checks and previews each image
+    and drops it; the IO manager re-encodes the same dates one by one when it writes
+    (encoding is deterministic and ~100x faster than a compressed write, so that costs little).
+    """
     dates = [date.fromisoformat(k) for k in context.partition_keys]
     table = daily_features.sort("date")
     spec = build_layout(table.columns)
@@ -56,11 +74,10 @@ def mega_images(
                          f"missing {len(gap)} session(s), first {gap[0]}. Materialise daily_features first.")
     root = image_store.root()
     write_spec(root, spec, NORM)
-    images, failures = {}, {name: [] for name in IMAGE_CHECKS}
+    failures: dict[str, list[str]] = {name: [] for name in IMAGE_CHECKS}
     prev = _previous_image(root, dates[0])
     for item in encode_dates(table, dates, spec, NORM):
         key = item.date.isoformat()
-        images[key] = item
         png = write_preview(root / "previews" / f"{key}.png", item.image, spec, title=key, step=2)
         thumb = base64.b64encode(png.read_bytes()).decode()
         outcome = {
@@ -83,7 +100,7 @@ def mega_images(
         })
         prev = item.image
         context.log.info(f"mega_images {key}: encoded, {int(item.missing.sum())} missing cells")
-    yield dg.Output({"spec": spec, "norm_config": NORM, "images": images})
+    yield dg.Output(ImageBatch(table, dates, spec, NORM))
     for name, desc in IMAGE_CHECKS.items():
         bad = failures[name]
         yield dg.AssetCheckResult(asset_key="mega_images", check_name=name, passed=not bad,
@@ -92,7 +109,7 @@ def mega_images(
 
 
 def _previous_image(root, first: date) -> np.ndarray | None:
-    """Image t-1 for the continuity check across chunk boundaries, when it exists."""
+    """Image t-1 for the continuity check across run boundaries, when it exists."""
     prev = calendar.sessions_back(first, 2)
     try:
         return read_image(root, prev) if prev != first else None

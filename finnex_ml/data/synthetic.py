@@ -214,8 +214,11 @@ class SyntheticSource:
                           "close": w.peer_close[idx, k], "volume": w.peer_volume[idx, k]})
             for k, t in enumerate(PEERS)
         ]).cast(PEER_SCHEMA)  # type: ignore[arg-type]
+        # Daily macro starts one session early: the release before ``start`` is what a
+        # point-in-time change on the first day is measured against.
+        prev = slice(max(lo - 1, 0), hi)
         releases = pl.concat([
-            self._daily_macro(w, idx, dates),
+            self._daily_macro(w, prev, pl.Series("date", w.sessions[prev]).cast(pl.Date)),
             self._monthly_macro(start, end),
             self._fundamentals(w, start, end),
         ]).filter(pl.col("released") <= end).cast(RELEASE_SCHEMA)  # type: ignore[arg-type]

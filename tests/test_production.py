@@ -1,0 +1,253 @@
+"""Production mode against the real local services: Dagster on PostgreSQL, MLflow on
+PostgreSQL, and the Celery executor with a Redis broker and two worker processes.
+
+Each test skips with the reason when its service is not reachable on 127.0.0.1.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from finnex_assets.assets.images import LOOKBACK
+from finnex_ml import calendar
+
+PG_HOST, PG_PORT, REDIS_PORT = "127.0.0.1", 5432, 6379
+FIRST, LAST = "2024-05-01", "2024-05-29"  # 20 sessions (Memorial Day 05-27 excluded)
+TESTS = Path(__file__).resolve().parent
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection((PG_HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _pg_user() -> str | None:
+    import psycopg2
+
+    for user in ("postgres", "root"):
+        try:
+            psycopg2.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="postgres").close()
+            return user
+        except psycopg2.Error:
+            continue
+    return None
+
+
+needs_pg = pytest.mark.skipif(not _reachable(PG_PORT), reason="PostgreSQL is not reachable on 127.0.0.1:5432")
+needs_redis = pytest.mark.skipif(not _reachable(REDIS_PORT), reason="Redis is not reachable on 127.0.0.1:6379")
+
+
+@pytest.fixture(scope="module")
+def pg_database():
+    import psycopg2
+
+    user = _pg_user()
+    if user is None:
+        pytest.skip("PostgreSQL refused a trust-auth login as postgres or root")
+    name = f"finnex_test_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _instance_home(tmp: Path, url: str) -> Path:
+    home = tmp / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {url}\ntelemetry:\n  enabled: false\n")
+    return home
+
+
+def _range_tags(a: str, b: str) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b}
+
+
+def _run(job_fn, instance, tags, selection=None):
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    recon = ReconstructableJob.for_file(str(TESTS / "prod_jobs.py"), job_fn)
+    if selection:
+        recon = recon.get_subset(asset_selection={dg.AssetKey(k) for k in selection})
+    return dg.execute_job(recon, instance=instance, tags=tags)
+
+
+@pytest.fixture(scope="module")
+def reference(pg_database, tmp_path_factory):
+    """The in-process backfill on a PostgreSQL instance: features with the images' lookback,
+    then the 20-session backfill through images."""
+    tmp = tmp_path_factory.mktemp("prod")
+    home = _instance_home(tmp, pg_database)
+    data = tmp / "data_in_process"
+    env = {"DAGSTER_HOME": str(home), "FINNEX_DATA_DIR": str(data), "FINNEX_SOURCE": "synthetic"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            start = calendar.sessions_back(calendar.sessions(FIRST, FIRST)[0], LOOKBACK).isoformat()
+            features = _run("in_process_job", instance, _range_tags(start, calendar.sessions_back(
+                calendar.sessions(FIRST, FIRST)[0], 2).isoformat()),
+                selection=["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data",
+                           "daily_features"])
+            assert features.success
+            result = _run("in_process_job", instance, _range_tags(FIRST, LAST))
+            assert result.success
+            runs = instance.get_runs()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return tmp, home, data, runs
+
+
+def _images(root: Path) -> dict[str, np.ndarray]:
+    import h5py
+
+    out = {}
+    for path in sorted((root / "mega_images").rglob("*.h5")):
+        with h5py.File(path, "r") as f:
+            out[path.stem] = f["image"][...]
+    return out
+
+
+@needs_pg
+def test_postgres_instance_runs_a_20_session_backfill(reference, pg_database):
+    import psycopg2
+
+    _, _, data, runs = reference
+    assert len(calendar.sessions(FIRST, LAST)) == 20
+    assert len(runs) == 2 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    images = _images(data)
+    assert sorted(images) == [d.isoformat() for d in calendar.sessions(FIRST, LAST)]
+    # the event log really is in PostgreSQL
+    with psycopg2.connect(pg_database) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION'")
+        (n,) = cur.fetchone()
+    assert n >= 20 * 7  # 5 modalities + features + images per session
+
+
+@needs_pg
+def test_multiprocess_executor_with_two_workers_is_byte_identical(reference):
+    tmp, home, data, _ = reference
+    other = tmp / "data_multiprocess"
+    shutil.copytree(data / "tables", other / "tables")  # the images' feature lookback
+    for d in calendar.sessions(FIRST, LAST):  # ...minus the backfilled sessions themselves
+        for f in (other / "tables").rglob(f"{d.isoformat()}.parquet"):
+            f.unlink()
+    env = {"DAGSTER_HOME": str(home), "FINNEX_DATA_DIR": str(other)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            result = _run("multiprocess_job", instance, _range_tags(FIRST, LAST))
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert result.success
+    _assert_identical(data, other)
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    ia, ib = _images(a), _images(b)
+    assert sorted(ia) == sorted(ib) and len(ia) == 20
+    for key in ia:
+        assert ia[key].tobytes() == ib[key].tobytes(), key
+    for f in (a / "tables" / "daily_features").rglob("*.parquet"):
+        assert f.read_bytes() == (b / "tables" / "daily_features" / f.relative_to(a / "tables" / "daily_features")).read_bytes()
+
+
+@needs_pg
+@needs_redis
+def test_celery_executor_with_two_workers_is_byte_identical(reference):
+    tmp, home, data, _ = reference
+    other = tmp / "data_celery"
+    shutil.copytree(data / "tables", other / "tables")
+    for d in calendar.sessions(FIRST, LAST):
+        for f in (other / "tables").rglob(f"{d.isoformat()}.parquet"):
+            f.unlink()
+    broker = f"redis://{PG_HOST}:{REDIS_PORT}/{int(uuid.uuid4().int % 14) + 1}"
+    cfg = tmp / "celery.yaml"
+    cfg.write_text(f"execution:\n  config:\n    broker: '{broker}'\n    backend: '{broker}'\n")
+    env = dict(os.environ, DAGSTER_HOME=str(home), FINNEX_DATA_DIR=str(other), FINNEX_SOURCE="synthetic")
+    bin_dir = Path(sys.executable).parent
+    workers = [
+        subprocess.Popen([str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+                          "-y", str(cfg), "-n", f"finnex{i}-{uuid.uuid4().hex[:6]}@%h", "--", "--concurrency=1"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"worker{i}.log", "w"))
+        for i in range(2)
+    ]
+    old = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "FINNEX_DATA_DIR")}
+    os.environ.update(DAGSTER_HOME=str(home), FINNEX_DATA_DIR=str(other))
+    try:
+        _wait_for_workers(broker, 2)
+        with dg.DagsterInstance.get() as instance:
+            from dagster._core.definitions.reconstruct import ReconstructableJob
+
+            recon = ReconstructableJob.for_file(str(TESTS / "prod_jobs.py"), "celery_job")
+            result = dg.execute_job(recon, instance=instance, tags=_range_tags(FIRST, LAST),
+                                    run_config={"execution": {"config": {"broker": broker, "backend": broker}}})
+            engine = [e.message for e in result.all_events if e.is_engine_event]
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(timeout=60)
+    assert result.success, (tmp / "worker0.log").read_text()[-3000:]
+    assert any("celery" in (m or "").lower() for m in engine)
+    _assert_identical(data, other)
+
+
+def _wait_for_workers(broker: str, n: int, timeout: float = 90.0) -> None:
+    from celery import Celery
+
+    app = Celery(broker=broker, backend=broker)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        replies = app.control.ping(timeout=1.0) or []
+        if len(replies) >= n:
+            return
+    pytest.fail(f"{n} celery workers did not come up on {broker} within {timeout:.0f}s")
+
+
+@needs_pg
+def test_mlflow_tracks_into_postgres(pg_database):
+    import mlflow
+    import psycopg2
+
+    base, _, _ = pg_database.rpartition("/")
+    name = f"finnex_mlflow_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(pg_database)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    uri = f"{base}/{name}"
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.create_experiment("finnex-prod-test")
+        run = client.create_run(exp)
+        client.log_param(run.info.run_id, "model", "MultiScaleCNN")
+        for step, value in enumerate([1.0, 0.8, 0.7]):
+            client.log_metric(run.info.run_id, "val_loss", value, step=step)
+        client.set_terminated(run.info.run_id)
+        got = mlflow.MlflowClient(tracking_uri=uri).get_run(run.info.run_id)
+        assert got.data.params == {"model": "MultiScaleCNN"}
+        assert [m.value for m in mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_loss")] == [1.0, 0.8, 0.7]
+        with psycopg2.connect(uri) as conn, conn.cursor() as cur:
+            cur.execute("select count(*) from metrics")
+            assert cur.fetchone()[0] == 3
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
