@@ -217,13 +217,14 @@ class RunningMoments:
 
 
 def class_weights(classes: Sequence[int] | np.ndarray, n_classes: int = 3) -> tuple[list[float], list[int]]:
-    """Inverse-frequency weights ``n / (K * n_c)`` (mean weight 1 over samples) and the counts;
-    an absent class gets weight 0 (there is nothing to weight)."""
+    """Inverse-frequency weights ``n / (K * n_c)`` and the counts, K = classes present (sklearn's
+    "balanced": the mean weight over samples is 1); an absent class gets weight 0."""
     c = np.asarray(classes, dtype=np.int64)
     if c.size and (c.min() < 0 or c.max() >= n_classes):
         raise DataInputError(f"class codes must lie in 0..{n_classes - 1}, got {sorted(set(c.tolist()))[:5]}")
     counts = np.bincount(c, minlength=n_classes)
-    w = [float(c.size / (n_classes * k)) if k else 0.0 for k in counts]
+    present = int((counts > 0).sum())
+    w = [float(c.size / (present * k)) if k else 0.0 for k in counts]
     return w, [int(k) for k in counts]
 
 

@@ -1,0 +1,112 @@
+"""Patch extraction throughput against a bare numpy copy of the same bytes, in the same run.
+
+    .venv/bin/python benchmarks/bench_patches.py [--n 32] [--repeat 5] [--write]
+
+1. *baseline*: ``np.copyto`` of each 512x512x3 float32 image into a preallocated contiguous
+   buffer (a plain memcpy of 3 MiB);
+2. *extract*: ``extract_patches(image, out=buffer)`` into a preallocated [256, 32, 32, 3] buffer
+   (the one strided copy the patch dataset makes per image);
+3. *inverse*: ``patches_to_image`` back into an image buffer;
+4. with ``--write``: extract + ``write_shard`` (gzip-1, one chunk, atomic, labels) per image
+   against a bare ``h5py`` gzip-1 write of the same image, on piecewise-constant images like
+   the real ones (random pixels would only measure gzip failing to compress).
+
+Each timing is the best of ``--repeat`` passes over all images. Prints GB/s and the ratio
+ours / baseline (target >= 0.5 for extraction); no assertions on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finnex_ml.patches import IMAGE_SHAPE, PATCHES_SHAPE, PatchShard, extract_patches, patches_to_image, write_shard  # noqa: E402
+
+
+def best_of(repeat: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=32, help="images per pass")
+    ap.add_argument("--repeat", type=int, default=5, help="passes; the best is reported")
+    ap.add_argument("--write", action="store_true", help="also time extract + shard write to a temp dir")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    images = [rng.random(IMAGE_SHAPE, dtype=np.float32) for _ in range(args.n)]
+    copies = [np.empty(IMAGE_SHAPE, dtype=np.float32) for _ in range(args.n)]
+    patch_bufs = [np.empty(PATCHES_SHAPE, dtype=np.float32) for _ in range(args.n)]
+    gb = args.n * images[0].nbytes / 1e9
+
+    def baseline() -> None:
+        for src, dst in zip(images, copies):
+            np.copyto(dst, src)
+
+    def extract() -> None:
+        for src, dst in zip(images, patch_bufs):
+            extract_patches(src, out=dst)
+
+    def inverse() -> None:
+        for src, dst in zip(patch_bufs, copies):
+            patches_to_image(src, out=dst)
+
+    baseline()  # touch every page once so no pass pays for first-touch faults
+    extract()
+    t_base = best_of(args.repeat, baseline)
+    t_ext = best_of(args.repeat, extract)
+    t_inv = best_of(args.repeat, inverse)
+    for i in range(args.n):  # the timed code did the real thing
+        assert np.array_equal(copies[i], images[i])
+    print(f"images: {args.n} x 512x512x3 float32 = {gb * 1e3:.1f} MB per pass, best of {args.repeat}")
+    print(f"baseline np.copyto         {gb / t_base:7.2f} GB/s")
+    print(f"extract_patches            {gb / t_ext:7.2f} GB/s   ratio {t_base / t_ext:.2f} (target >= 0.5)")
+    print(f"patches_to_image           {gb / t_inv:7.2f} GB/s   ratio {t_base / t_inv:.2f}")
+
+    if args.write:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_patches_"))
+        try:
+            days = [date(2024, 1, 1) + timedelta(days=i) for i in range(args.n)]
+
+            # 8x8-pixel blocks of random values: compresses like a real mega-image (bands of repeats)
+            blocky = [np.ascontiguousarray(np.repeat(np.repeat(rng.random((64, 64, 3), dtype=np.float32), 8, 0), 8, 1))
+                      for _ in range(args.n)]
+
+            def bare() -> None:
+                for i, src in enumerate(blocky):
+                    with h5py.File(tmp / f"bare_{i}.h5", "w") as f:
+                        f.create_dataset("image", data=src, chunks=(32, 512, 3), compression="gzip", compression_opts=1)
+
+            def shards() -> None:
+                buf = np.empty(PATCHES_SHAPE, dtype=np.float32)
+                for d, src in zip(days, blocky):
+                    extract_patches(src, out=buf)
+                    write_shard(tmp / "shards", PatchShard(d, buf, (1, 5), np.zeros(2, np.int8), np.zeros(2), "0" * 64, ""))
+
+            t_bare = best_of(max(1, args.repeat // 2), bare)
+            t_shard = best_of(max(1, args.repeat // 2), shards)
+            mb = gb * 1e3
+            print(f"bare h5py gzip-1 write     {mb / t_bare:7.1f} MB/s")
+            print(f"extract + write_shard      {mb / t_shard:7.1f} MB/s   ratio {t_bare / t_shard:.2f}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

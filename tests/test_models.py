@@ -1,0 +1,175 @@
+"""Model shapes, attention outputs, section embeddings and config round trips (CPU, small)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finnex_ml import models as M
+from finnex_ml.models import (
+    CNN_SIZES, VIT_SIZES, FinNeXViT, MultiScaleCNN, MultiTaskCNN, MultiTaskViT, build_model, grid_row_sections,
+    grid_sections, model_from_spec, model_spec, patch_pos_sections,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the machine's 2 cores are shared: 1 OpenMP thread is faster than 2 fighting for them
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+EXPECTED_ROW_SECTIONS = (0,) * 5 + (1,) * 6 + (2,) * 5  # patch rows 0-4 macro, 5-10 behavioural, 11-15 fundamental
+
+
+def _shapes(out: dict) -> dict:
+    return {k: (tuple(v.shape) if torch.is_tensor(v) else [tuple(t.shape) for t in v]) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name", ["cnn", "vit"])
+def test_multitask_output_shapes_512_and_32(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, "small").eval()
+    with torch.no_grad():
+        big = model(torch.rand(2, 3, 512, 512), return_attention=True)
+        small = model(torch.rand(2, 3, 32, 32), return_attention=True)
+        with_pos = model(torch.rand(2, 3, 32, 32), patch_pos=torch.tensor([0, 255]))
+    dim = model.backbone.feature_dim
+    for out in (big, small, with_pos):
+        assert out["classification"].shape == (2, 3)
+        assert out["regression"].shape == (2, 1)
+        assert out["classification_by_horizon"].shape == (2, 1, 3)
+        assert out["regression_by_horizon"].shape == (2, 1)
+        assert out["features"].shape == (2, dim)
+        assert torch.isfinite(out["classification"]).all() and torch.isfinite(out["regression"]).all()
+    if name == "vit":
+        cfg = model.config
+        assert len(big["attention_weights"]) == cfg.depth
+        assert big["attention_weights"][0].shape == (2, cfg.heads, 257, 257)  # CLS + 16×16 patches
+        assert small["attention_weights"][0].shape == (2, cfg.heads, 2, 2)  # CLS + one patch
+        torch.testing.assert_close(big["attention_weights"][-1].sum(-1), torch.ones(2, cfg.heads, 257))
+        assert with_pos["attention_weights"] == []  # not asked for: the fused kernel runs
+    else:
+        cfg = model.config
+        assert big["attention_weights"].shape == (2, cfg.attn_heads, 9, 9)  # 3 branches × 3 section tokens
+        torch.testing.assert_close(big["attention_weights"].sum(-1), torch.ones(2, cfg.attn_heads, 9))
+
+
+@pytest.mark.parametrize("cls", [MultiScaleCNN, FinNeXViT])
+def test_single_task_backbones_return_logits(cls) -> None:
+    model = cls().eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 512, 512)).shape == (2, 3)
+        assert model(torch.rand(3, 3, 32, 32)).shape == (3, 3)
+
+
+def test_multiple_horizons_get_their_own_heads() -> None:
+    model = MultiTaskCNN(M.CNNConfig(widths=(4, 8, 8, 8), token_dim=8, attn_heads=2, fusion_dim=16), horizons=(1, 5))
+    out = model.eval()(torch.rand(4, 3, 64, 64))
+    assert out["classification_by_horizon"].shape == (4, 2, 3)
+    assert out["regression_by_horizon"].shape == (4, 2)
+    torch.testing.assert_close(out["classification"], out["classification_by_horizon"][:, 0])
+    assert set(model.heads.cls) == {"h1", "h5"}
+    assert not torch.equal(out["classification_by_horizon"][:, 0], out["classification_by_horizon"][:, 1])
+
+
+def test_section_constants_match_the_layout() -> None:
+    from finnex_ml.encoding.layout import HEIGHT, SECTIONS
+
+    assert HEIGHT == M.IMAGE_SIZE
+    assert tuple(name for name, *_ in SECTIONS) == M.SECTION_NAMES
+    assert tuple((r0, r1) for _, r0, r1, _ in SECTIONS) == M.SECTION_ROWS
+
+
+def test_patch_row_sections_by_pixel_majority() -> None:
+    from finnex_ml.encoding.layout import SECTIONS
+
+    # independent count: for each 32-pixel patch row, which section holds most of its pixel rows
+    expected = []
+    for r in range(16):
+        counts = [len(set(range(32 * r, 32 * r + 32)) & set(range(a, b))) for _, a, b, _ in SECTIONS]
+        expected.append(max(range(3), key=counts.__getitem__))
+    assert tuple(expected) == EXPECTED_ROW_SECTIONS
+    assert grid_row_sections(16) == EXPECTED_ROW_SECTIONS
+    # the spec's "patch ranges" (patches 0-79 / 81-159 / 161-255) would be wrong here:
+    assert grid_row_sections(16)[5] == 1 and grid_row_sections(16)[10] == 1  # rows 160-191, 320-351
+    # a 2×2 grid of a resized image: top half mostly macro, bottom half mostly fundamental
+    assert grid_row_sections(2) == (0, 2)
+    assert grid_row_sections(3) == (0, 1, 2)
+
+
+def test_section_ids_of_the_16x16_grid_and_of_positions() -> None:
+    ids = grid_sections(16, 16).view(16, 16)
+    for r in range(16):
+        assert ids[r].tolist() == [EXPECTED_ROW_SECTIONS[r]] * 16
+    assert torch.bincount(ids.flatten()).tolist() == [80, 96, 80]
+    pos = torch.tensor([0, 79, 80, 175, 176, 255])
+    assert patch_pos_sections(pos).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_vit_adds_each_patch_its_section_embedding() -> None:
+    torch.manual_seed(0)
+    vit = FinNeXViT(M.ViTConfig(dim=16, depth=1, heads=2))
+    with torch.no_grad():
+        vit.section_embed.weight.copy_(torch.tensor([[1.0], [2.0], [3.0], [4.0]]).expand(4, 16))
+        added = vit._positions(16, 16, 1, None, torch.device("cpu"))[0]  # [256, 16]
+        pos = vit.pos_embed.flatten(2).transpose(1, 2)[0]
+        section_part = (added - pos)[:, 0].view(16, 16)
+        for r in range(16):
+            assert torch.allclose(section_part[r], torch.full((16,), EXPECTED_ROW_SECTIONS[r] + 1.0))
+        # a lone patch: its own position row and section; without a position: "unknown" (id 3)
+        lone = vit._positions(1, 1, 2, torch.tensor([80, 200]), torch.device("cpu"))[:, 0]
+        torch.testing.assert_close(lone - pos[[80, 200]], torch.tensor([[2.0], [3.0]]).expand(2, 16))
+        unknown = vit._positions(1, 1, 2, None, torch.device("cpu"))[:, 0]
+        torch.testing.assert_close(unknown - vit.pos_unknown[0], torch.full((2, 16), 4.0))
+    assert vit.token_sections(16, 16).tolist() == grid_sections(16, 16).tolist()
+
+
+def test_attention_path_matches_the_fused_encoder() -> None:
+    torch.manual_seed(0)
+    vit = FinNeXViT(M.ViTConfig(dim=32, depth=2, heads=4)).eval()
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        fast, none = vit.forward_features(x, return_attention=False)
+        manual, weights = vit.forward_features(x, return_attention=True)
+    assert none == [] and len(weights) == 2 and weights[0].shape == (2, 4, 17, 17)
+    torch.testing.assert_close(manual, fast, atol=1e-5, rtol=1e-5)
+
+
+def test_size_presets() -> None:
+    full = VIT_SIZES["full"]
+    assert (full.dim, full.heads, full.depth, full.patch_size, full.image_size) == (768, 12, 12, 32, 512)
+    assert CNN_SIZES["full"].token_dim == 256 and CNN_SIZES["full"].fusion_dim == 512
+    assert M.count_parameters(build_model("vit", "small")) < 2_000_000
+    with pytest.raises(ValueError):
+        build_model("resnet")
+    with pytest.raises(ValueError):
+        build_model("vit", "huge")
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("cnn", {"widths": (4, 8, 8, 8), "token_dim": 8, "attn_heads": 2, "fusion_dim": 16}),
+    ("vit", {"dim": 16, "depth": 1, "heads": 2}),
+])
+def test_model_spec_round_trip(name: str, overrides: dict) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, horizons=(1, 5), **overrides).eval()
+    spec = model_spec(model)
+    assert spec["name"] == name and spec["horizons"] == [1, 5]
+    again = model_from_spec(spec).eval()
+    again.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)["classification_by_horizon"], model(x)["classification_by_horizon"])
+
+
+def test_bad_inputs_are_refused() -> None:
+    cnn, vit = MultiTaskCNN(), MultiTaskViT()
+    with pytest.raises(ValueError, match="NCHW"):
+        cnn(torch.rand(2, 32, 32, 3))  # the stores' HWC layout, not permuted
+    with pytest.raises(ValueError, match="multiples of 32"):
+        vit(torch.rand(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="single 32×32 patch"):
+        vit(torch.rand(1, 3, 512, 512), patch_pos=torch.tensor([3]))

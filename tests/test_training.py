@@ -1,0 +1,314 @@
+"""Trainer, loss weighting, lazy HDF5 datasets, sampling and bit-for-bit resumption (CPU, small)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from finnex_ml.errors import ConfigError
+from finnex_ml.losses import MultiTaskLoss, class_weights_from_labels, soft_cross_entropy
+from finnex_ml.training import (
+    BUY, HOLD, SELL, ArrayDataset, BlockBatchSampler, H5ArrayDataset, TrainConfig, _Augment, load_checkpoint_model,
+    make_loader, train_model,
+)
+
+TINY_CNN = {"widths": (4, 8, 8, 8), "token_dim": 8, "attn_heads": 2, "fusion_dim": 16}
+SMALL_CNN = {"widths": (8, 16, 16, 16), "token_dim": 16, "attn_heads": 2, "fusion_dim": 32}
+SMALL_VIT = {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the machine's 2 cores are shared: 1 OpenMP thread is faster than 2 fighting for them
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def planted(n: int, size: int, seed: int, tile: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Noise around 0.5 with an 8×8 stripe pattern in the GREEN channel of one 32×32 tile:
+    horizontal stripes = Buy, vertical = Sell, none = Hold. Returns follow the class."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = (0.5 + 0.1 * rng.standard_normal((n, size, size, 3))).astype(np.float32)
+    stripes = np.repeat((np.arange(8) % 2)[:, None], 8, axis=1).astype(np.float32) * 0.4 - 0.2
+    r, c = tile[0] + 8, tile[1] + 16
+    x[y == BUY, r:r + 8, c:c + 8, 1] += stripes
+    x[y == SELL, r:r + 8, c:c + 8, 1] += stripes.T
+    ret = ((y - 1) * 0.01 + 0.003 * rng.standard_normal(n)).astype(np.float32)
+    return x, {"label_h1": y.astype(np.int64), "return_h1": ret}
+
+
+def write_h5(path: Path, x: np.ndarray, targets: dict[str, np.ndarray], chunks: tuple | None = None) -> Path:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=x, chunks=chunks)
+        for k, v in targets.items():
+            f.create_dataset(f"labels/{k}", data=v)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# datasets and sampling
+# --------------------------------------------------------------------------------------------
+
+def test_h5_dataset_reads_the_right_rows_lazily(tmp_path: Path) -> None:
+    n = 600
+    x = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 32, 32, 3)).copy()
+    targets = {"label_h1": np.arange(n) % 3, "return_h1": np.arange(n, dtype=np.float64) / 100}
+    path = write_h5(tmp_path / "p.h5", x, targets, chunks=(16, 32, 32, 3))
+    ds = H5ArrayDataset(path, "x", {"label_h1": "labels/label_h1", "return_h1": "labels/return_h1"},
+                        indices=np.arange(256, 512), patches_per_image=256)
+    assert len(ds) == 256 and ds.sample_shape == (32, 32, 3) and ds._file is None  # nothing opened yet
+    positions = [0, 1, 2, 10, 11, 200, 3]  # unsorted on purpose
+    batch = ds.__getitems__(positions)
+    rows = 256 + np.array(positions)
+    assert batch["x"].shape == (7, 32, 32, 3) and batch["x"].dtype == torch.float32
+    assert batch["x"][:, 5, 7, 2].tolist() == rows.tolist()
+    assert batch["label_h1"].dtype == torch.int64 and batch["label_h1"].tolist() == (rows % 3).tolist()
+    assert batch["return_h1"].dtype == torch.float32
+    np.testing.assert_allclose(batch["return_h1"].numpy(), rows / 100, rtol=1e-6)
+    assert batch["row"].tolist() == rows.tolist() and batch["patch_pos"].tolist() == (rows % 256).tolist()
+    # only the 7 requested rows were read, as 3 contiguous runs (256-259, 266-267, 456)
+    assert ds.rows_read == 7 and ds.read_calls == 3 * 3  # x and two targets
+    dup = ds.__getitems__([5, 5, 4])
+    assert dup["row"].tolist() == [261, 261, 260] and ds.rows_read == 7 + 2
+    one = ds[3]
+    assert one["x"].shape == (32, 32, 3) and int(one["row"]) == 259
+    np.testing.assert_array_equal(ds.target_array("label_h1"), np.arange(256, 512) % 3)
+    np.testing.assert_array_equal(ds.group_ids(), np.ones(256))
+    clone = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker gets: no open handle
+    assert clone._file is None and clone.__getitems__([0])["row"].tolist() == [256]
+    ds.close()
+    with pytest.raises(ConfigError, match="no dataset"):
+        H5ArrayDataset(path, "images")
+    with pytest.raises(ConfigError, match="indices"):
+        H5ArrayDataset(path, "x", indices=[0, n])
+
+
+def test_loader_batches_match_in_memory_and_across_workers(tmp_path: Path) -> None:
+    x, t = planted(300, 32, 0)
+    path = write_h5(tmp_path / "d.h5", x, t)
+    h5 = H5ArrayDataset(path, "x", {k: f"labels/{k}" for k in t}, patches_per_image=256)
+    mem = ArrayDataset(x, t, patches_per_image=256)
+    runs = []
+    for ds, workers in ((mem, 0), (h5, 0), (h5, 1)):
+        loader = make_loader(ds, 64, shuffle=True, seed=3, run_length=8, num_workers=workers)
+        loader.batch_sampler.set_epoch(2)
+        runs.append(list(loader))
+    for other in runs[1:]:
+        assert len(other) == len(runs[0]) == 5
+        for a, b in zip(runs[0], other):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+
+
+def test_block_batch_sampler_covers_each_row_once_in_runs() -> None:
+    s = BlockBatchSampler(1000, 64, run_length=16, seed=1)
+    s.set_epoch(0)
+    e0 = list(s)
+    flat = np.concatenate(e0)
+    assert len(e0) == len(s) == 16 and sorted(flat.tolist()) == list(range(1000))
+    assert all(b == sorted(b) for b in e0)  # sorted inside a batch: contiguous reads
+    # a batch is a handful of contiguous runs, not 64 scattered rows
+    n_runs = [1 + int(np.sum(np.diff(b) != 1)) for b in e0[:-1]]
+    assert max(n_runs) <= 64 // 16 + 1
+    s.set_epoch(1)
+    assert [list(b) for b in s] != [list(b) for b in e0]
+    s.set_epoch(0)
+    assert [list(b) for b in s] == [list(b) for b in e0]  # a function of (seed, epoch) only
+    seq = BlockBatchSampler(10, 4, shuffle=False)
+    assert list(seq) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_augmentation_keeps_the_layout() -> None:
+    """Noise only moves values slightly; nothing is flipped or moved (a flip would reverse time)."""
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 1]), 3).float()[:, None]
+    xa, ya, _ = _Augment(0.02, 0.0, seed=0, epoch=0, device=torch.device("cpu"))(x, y, None)
+    assert (xa - x).abs().max() < 0.15 and 0.01 < (xa - x).std() < 0.03
+    assert torch.equal(ya, y)
+    xm, ym, rm = _Augment(0.0, 0.4, seed=0, epoch=0, device=torch.device("cpu"))(x, y, torch.arange(4.0)[:, None])
+    torch.testing.assert_close(ym.sum(-1), torch.ones(4, 1))  # soft targets still sum to 1
+    assert not torch.equal(xm, x) and rm.shape == (4, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# loss
+# --------------------------------------------------------------------------------------------
+
+def test_soft_cross_entropy_equals_weighted_ce_for_hard_labels() -> None:
+    torch.manual_seed(0)
+    logits, y = torch.randn(20, 3), torch.randint(0, 3, (20,))
+    w = class_weights_from_labels(y)
+    torch.testing.assert_close(soft_cross_entropy(logits, y, w), torch.nn.functional.cross_entropy(logits, y, weight=w))
+    assert class_weights_from_labels([0, 0, 0, 1]).tolist() == pytest.approx([4 / 9, 4 / 3, 4 / 3])
+
+
+def _toy_weighting(weighting: str, steps: int = 250) -> dict[str, float]:
+    """Shared body, 3-class CE (noisy, loss floor ~0.3) + MSE on daily-return-sized targets (~1e-4)."""
+    g = torch.Generator().manual_seed(0)
+    n = 256
+    x = torch.randn(n, 8, generator=g)
+    z = x[:, 0] + 0.5 * torch.randn(n, generator=g)
+    y = (z > 0.5).long() + (z > -0.5).long()
+    r = 0.01 * x[:, 1] + 0.005 * torch.randn(n, generator=g)
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh())
+    cls, reg = torch.nn.Linear(16, 3), torch.nn.Linear(16, 1)
+    crit = MultiTaskLoss(1, regression_loss="mse", weighting=weighting)
+    params = [*body.parameters(), *cls.parameters(), *reg.parameters()]
+    opt = torch.optim.Adam([{"params": params, "lr": 1e-2}, {"params": list(crit.parameters()), "lr": 5e-2}])
+    for _ in range(steps):
+        h = body(x)
+        out = {"classification_by_horizon": cls(h)[:, None], "regression_by_horizon": reg(h)}
+        losses = crit(out, y[:, None], r[:, None])
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    w, task = losses["task_weights"], losses["task_losses"]
+    share = (w * task) / (w * task).sum()
+    return {"w_cls": float(w[0]), "w_reg": float(w[1]), "cls_loss": float(task[0]), "share_cls": float(share[0])}
+
+
+def test_uncertainty_weighting_does_not_collapse_where_softmax_does() -> None:
+    soft = _toy_weighting("softmax")
+    unc = _toy_weighting("uncertainty")
+    # the spec's softmax weights put everything on the small regression loss
+    assert soft["w_cls"] < 0.02 and soft["w_reg"] > 0.98
+    # learned log-variances: both weights stay well above 0 (they settle near 1/L_i), and each
+    # task keeps a real share of the weighted objective
+    assert unc["w_cls"] > 0.5 and unc["w_reg"] > 0.5
+    assert 0.25 < unc["share_cls"] < 0.75
+    # and classification is actually learned better once it is not switched off
+    assert unc["cls_loss"] < soft["cls_loss"] - 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# trainer
+# --------------------------------------------------------------------------------------------
+
+def test_cnn_learns_a_planted_pattern_from_hdf5_patches(tmp_path: Path) -> None:
+    xt, yt = planted(480, 32, 0)
+    xv, yv = planted(256, 32, 1)
+    x = np.concatenate([xt, xv])
+    t = {k: np.concatenate([yt[k], yv[k]]) for k in yt}
+    path = write_h5(tmp_path / "patches.h5", x, t, chunks=(64, 32, 32, 3))
+    keys = {k: f"labels/{k}" for k in t}
+    train = H5ArrayDataset(path, "x", keys, indices=range(0, 480), patches_per_image=256)
+    val = H5ArrayDataset(path, "x", keys, indices=range(480, 736), patches_per_image=256)
+    seen: list[tuple[int, dict]] = []
+    cfg = TrainConfig(model="cnn", input_mode="patch", model_overrides=SMALL_CNN, epochs=5, batch_size=32,
+                      lr=3e-3, warmup_epochs=1, patience=None, seed=0)
+    res = train_model(cfg, train, val, checkpoint_dir=tmp_path / "ckpt",
+                      class_weights=class_weights_from_labels(train.target_array("label_h1")),
+                      on_epoch_end=lambda e, m: seen.append((e, m)))
+    hist = res.history
+    assert [e for e, _ in seen] == [1, 2, 3, 4, 5] and len(hist) == 5
+    assert hist[-1]["train_cls_loss"] < 0.6 * hist[0]["train_cls_loss"]
+    assert res.best_metrics["val_accuracy"] > 0.8  # chance is 1/3
+    for key in ("val_loss", "val_mae", "val_directional_accuracy", "weight_cls_h1", "weight_reg_h1",
+                "lr", "samples_per_s", "data_wait_share", "val_image_accuracy"):
+        assert key in seen[-1][1], key
+    assert res.confusion_matrix.shape == (3, 3) and res.confusion_matrix.sum() == 256
+    assert res.image_confusion_matrix is not None and res.image_confusion_matrix.sum() == 2  # rows 480-735: images 1, 2
+    preds = res.val_predictions
+    assert preds["probs"].shape == (256, 1, 3) and preds["row"].tolist() == list(range(480, 736))
+    assert abs(np.std(preds["reg_pred"]) / np.std(preds["reg_target"]) - 1) < 0.5  # original units again
+    assert res.checkpoint_path.exists() and res.last_checkpoint_path.exists()
+    model, ckpt = load_checkpoint_model(res.checkpoint_path)
+    assert ckpt["epoch"] == res.best_epoch and ckpt["class_names"] == ["Sell", "Hold", "Buy"]
+    xb = torch.from_numpy(xv[:8]).permute(0, 3, 1, 2)
+    res.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(xb)["classification"], res.model(xb)["classification"])
+
+
+def test_vit_learns_a_planted_tile_in_image_mode(tmp_path: Path) -> None:
+    xt, yt = planted(384, 64, 0, tile=(32, 0))  # bottom-left patch of a 2×2 grid
+    xv, yv = planted(192, 64, 1, tile=(32, 0))
+    cfg = TrainConfig(model="vit", input_mode="image", model_overrides=SMALL_VIT, epochs=6, batch_size=32,
+                      lr=2e-3, warmup_epochs=1, patience=None, noise_std=0.0, mixup_alpha=0.0, seed=0)
+    res = train_model(cfg, ArrayDataset(xt, yt), ArrayDataset(xv, yv), checkpoint_dir=tmp_path)
+    assert res.history[-1]["train_cls_loss"] < 0.5 * res.history[0]["train_cls_loss"]
+    assert res.best_metrics["val_accuracy"] > 0.8
+
+
+def _tiny_run(tmp: Path, **kw) -> TrainConfig:
+    base = dict(model="cnn", input_mode="patch", model_overrides=TINY_CNN, epochs=4, batch_size=16, lr=3e-3,
+                warmup_epochs=1, patience=None, seed=5, noise_std=0.05, mixup_alpha=0.4)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
+    xt, yt = planted(96, 32, 0)
+    xv, yv = planted(48, 32, 1)
+    train, val = ArrayDataset(xt, yt), ArrayDataset(xv, yv)
+    cw = class_weights_from_labels(yt["label_h1"])
+    cfg = _tiny_run(tmp_path)
+
+    full = train_model(cfg, train, val, checkpoint_dir=tmp_path / "a", class_weights=cw)
+
+    def crash_after_2(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise _Crash
+    with pytest.raises(_Crash):
+        train_model(cfg, train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, on_epoch_end=crash_after_2)
+    torch.manual_seed(12345)  # the global RNG is disturbed in between: the checkpoint must restore it
+    resumed = train_model(cfg, train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True)
+
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["criterion"]:
+        assert torch.equal(a["criterion"][k], b["criterion"][k]), k
+    for pid, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg"], b["optimizer"]["state"][pid]["exp_avg"])
+    assert [h["val_loss"] for h in full.history] == [h["val_loss"] for h in resumed.history]
+    assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
+    assert full.best_epoch == resumed.best_epoch
+    sa, sb = full.model.state_dict(), resumed.model.state_dict()
+    assert sa.keys() == sb.keys()
+    assert max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa) == 0.0  # best weights too
+
+    with pytest.raises(ConfigError, match="lr"):
+        train_model(_tiny_run(tmp_path, lr=1e-2), train, val, checkpoint_dir=tmp_path / "b", class_weights=cw,
+                    resume=True)
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
+    xt, yt = planted(64, 32, 0)
+    xv, yv = planted(32, 32, 1)
+    # min_delta so large that nothing after epoch 1 counts as an improvement
+    cfg = _tiny_run(tmp_path, epochs=10, patience=2, min_delta=100.0)
+    res = train_model(cfg, ArrayDataset(xt, yt), ArrayDataset(xv, yv), checkpoint_dir=tmp_path)
+    assert res.stopped_early and res.epochs_run == 3 and res.best_epoch == 1
+    assert torch.load(res.checkpoint_path, weights_only=True)["epoch"] == 1
+
+
+def test_config_and_data_are_checked(tmp_path: Path) -> None:
+    x, t = planted(32, 32, 0)
+    with pytest.raises(ConfigError, match="one target per horizon"):
+        TrainConfig(horizons=(1, 5))
+    with pytest.raises(ConfigError, match="patch"):
+        train_model(TrainConfig(input_mode="image"), ArrayDataset(x, t), ArrayDataset(x, t), checkpoint_dir=tmp_path)
+    bad = dict(t, label_h1=t["label_h1"] + 1)
+    with pytest.raises(ConfigError, match="class ids"):
+        train_model(_tiny_run(tmp_path), ArrayDataset(x, bad), ArrayDataset(x, t), checkpoint_dir=tmp_path)
+    nan = dict(t, return_h1=np.where(np.arange(32) == 3, np.nan, t["return_h1"]))
+    with pytest.raises(ConfigError, match="non-finite"):
+        train_model(_tiny_run(tmp_path), ArrayDataset(x, nan), ArrayDataset(x, t), checkpoint_dir=tmp_path)
+    assert (SELL, HOLD, BUY) == (0, 1, 2)
