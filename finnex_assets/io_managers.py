@@ -42,6 +42,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 raise ValueError(f"{context.asset_key.to_user_string()}: no rows for partition {key}")
             with atomic_path(self._path(context.asset_key, key)) as tmp:
                 part.write_parquet(tmp, statistics=True)
+            context.log.debug(f"{context.asset_key.to_user_string()} {key}: {part.height} rows written")
         context.add_output_metadata({"partitions_written": len(keys), "rows": obj.height})
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
