@@ -21,7 +21,8 @@ def _use_project_instance() -> None:
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
 
 
-LATER_STAGES = ["mega_images"]
+LATER_STAGES = ["mega_images", "labels", "patch_dataset"]
+UNPARTITIONED = ("dataset_splits",)
 FEATURE_STAGE = ["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data", "daily_features"]
 
 
@@ -37,26 +38,29 @@ def _keys(start: str, end: str) -> list[str]:
     return keys
 
 
-def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
-    """Materialise ``selection`` (default: every asset) over [start, end] as ONE run."""
+def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bool:
     _use_project_instance()
-    warnings.filterwarnings("ignore", module="dagster")
+    warnings.filterwarnings("ignore", message=".*currently in beta.*")
     import dagster as dg
 
     from finnex_assets.definitions import defs, main_job
 
-    keys = _keys(start, end)
-    job = defs.resolve_job_def(main_job.name)
-    tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
-    instance = dg.DagsterInstance.get()
+    unpartitioned = bool(selection) and all(s in UNPARTITIONED for s in selection)
+    job = defs.resolve_implicit_global_asset_job_def() if unpartitioned else defs.resolve_job_def(main_job.name)
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
-    result = job.execute_in_process(instance=instance, tags=tags, asset_selection=selection_keys,
-                                    raise_on_error=False)
-    print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} "
-          f"({len(keys)} sessions {keys[0]}..{keys[-1]})")
+    result = job.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags,
+                                    asset_selection=selection_keys, raise_on_error=False)
+    print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} ({what})")
     for ev in result.get_asset_check_evaluations():
         print(f"  check {ev.asset_key.to_user_string()}:{ev.check_name} {'passed' if ev.passed else 'FAILED'}")
     return result.success
+
+
+def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
+    """Materialise ``selection`` (default: every per-date asset) over [start, end] as ONE run."""
+    keys = _keys(start, end)
+    return _execute(selection, {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
+                    f"{len(keys)} sessions {keys[0]}..{keys[-1]}: {', '.join(selection or ['all'])}")
 
 
 def run_pipeline(start: str, end: str) -> bool:
@@ -68,7 +72,9 @@ def run_pipeline(start: str, end: str) -> bool:
     feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
     if not run_range(feature_start, end, FEATURE_STAGE):
         return False
-    return run_range(start, end, LATER_STAGES)
+    if not run_range(start, end, LATER_STAGES):
+        return False
+    return _execute(list(UNPARTITIONED), {}, "every date with images and labels: " + ", ".join(UNPARTITIONED))
 
 
 def main(argv: list[str] | None = None) -> int:

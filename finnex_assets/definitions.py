@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from finnex_assets.assets.datasets import DATASET_ASSETS, DatasetStore
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
@@ -11,19 +12,21 @@ from finnex_assets.io_managers import ImageStore, MegaImageIOManager, Partitione
 from finnex_assets.resources import default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job
 
-ALL_ASSETS = [modalities, daily_features, mega_images]
+ALL_ASSETS = [modalities, daily_features, mega_images, *DATASET_ASSETS]
 
-# The main job: everything through the latest stage, as one run per partition range.
+# The main job: every per-date stage, as one run per partition range. The unpartitioned
+# dataset_splits (and training after it) run on their own over whatever dates exist.
 main_job = dg.define_asset_job(
-    "finnex_main", selection=dg.AssetSelection.all(),
-    description="Ingestion through the latest stage for a range of trading dates.",
+    "finnex_main", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("dataset_splits"),
+    description="Ingestion through patches for a range of trading dates.",
 )
 
 
 def build_resources() -> dict[str, object]:
     store = ImageStore()
     return {"data_source": default_data_source(), "io_manager": PartitionedParquetIOManager(),
-            "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
+            "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store),
+            "dataset_store": DatasetStore()}
 
 
 defs = dg.Definitions(assets=ALL_ASSETS, jobs=[main_job, daily_job], schedules=[daily_after_close],

@@ -1,13 +1,16 @@
 """The daily schedule: after the New York close, materialise that session's partition."""
 
-from datetime import datetime
+from datetime import date, datetime
 
 import dagster as dg
 
 from finnex_ml import calendar
 
-# Everything per-date (ingestion -> features -> images -> patches); training stays manual.
-DAILY_GROUPS = ("ingestion", "features", "images", "patches")
+# Everything per-date (ingestion -> features -> images -> labels -> patches); training stays manual.
+DAILY_GROUPS = ("ingestion", "features", "images", "labels", "patches")
+# A session's 5-day label only exists 5 sessions later, so each tick rebuilds the last few
+# sessions too; every stage is deterministic, so the dates already built get the same bytes.
+RELABEL_SESSIONS = 5
 
 daily_job = dg.define_asset_job(
     "finnex_daily",
@@ -32,5 +35,7 @@ def daily_after_close(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | 
     key = session_for_tick(context.scheduled_execution_time)
     if key is None:
         return dg.SkipReason(f"{context.scheduled_execution_time.date()} is not an NYSE session")
-    # run_key makes re-evaluating the same tick idempotent.
-    return dg.RunRequest(run_key=f"daily-{key}", partition_key=key)
+    first = calendar.sessions_back(date.fromisoformat(key), RELABEL_SESSIONS + 1).isoformat()
+    # One run over [t-5, t]; run_key makes re-evaluating the same tick idempotent.
+    return dg.RunRequest(run_key=f"daily-{key}", tags={
+        "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key})

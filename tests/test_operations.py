@@ -42,7 +42,11 @@ def test_schedule_ticks_target_the_session_or_skip(day, expected):
         assert isinstance(result, dg.SkipReason) and day in result.skip_message
     else:
         assert isinstance(result, dg.RunRequest)
-        assert result.partition_key == expected and result.run_key == f"daily-{expected}"
+        assert result.run_key == f"daily-{expected}"
+        assert result.tags["dagster/asset_partition_range_end"] == expected
+        # the range reaches back 5 sessions so the newly complete 1- and 5-day labels are built
+        first = result.tags["dagster/asset_partition_range_start"]
+        assert len(calendar.sessions(first, expected)) == 6
 
 
 def test_schedule_partition_exists_at_tick_time():

@@ -27,7 +27,7 @@ Resources needed: ``io_manager`` (PartitionedParquetIOManager), ``image_store`` 
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ from finnex_ml import calendar, labels as lb, patches as pt, splits as sp
 from finnex_ml.datasets_io import write_set_file
 from finnex_ml.encoding.store import image_path, list_dates, read_spec
 from finnex_ml.errors import DataInputError
-from finnex_ml.paths import atomic_path, data_root, resolve_under
+from finnex_ml.paths import atomic_path, data_root
 from finnex_ml.schemas import CheckOutcome, run_schema
 
 MAX_HORIZON = max(lb.DEFAULT_HORIZONS)  # the mapping below is static; horizons must not exceed it
@@ -140,11 +140,10 @@ def _load_snapshots(io_manager: PartitionedParquetIOManager, days: list[date]) -
 
 
 def _future_sessions(t: date, n: int) -> list[date]:
-    allsess = calendar.all_sessions()
-    i = allsess.index(t) if calendar.is_session(t) else None
-    if i is None:
+    """The n sessions after t (fewer at the calendar's end); the same calendar as the partitions."""
+    if not calendar.is_session(t):
         raise DataInputError(f"{t} is not an NYSE session", date=t.isoformat())
-    return list(allsess[i + 1: i + 1 + n])
+    return calendar.sessions(t + timedelta(days=1), t + timedelta(days=2 * n + 10))[:n]
 
 
 def build_labels(io_manager: PartitionedParquetIOManager, days: list[date], cfg: lb.LabelConfig) -> pl.DataFrame:
@@ -178,6 +177,7 @@ def build_labels(io_manager: PartitionedParquetIOManager, days: list[date], cfg:
         # independent recomputation for QA: numpy on partition t's own rows (dates <= t only)
         tail = closes[-(cfg.vol_window + 1):]
         check = float(np.std(np.diff(tail) / tail[:-1], ddof=1)) if tail.size == cfg.vol_window + 1 else None
+        check = check if check is not None and np.isfinite(check) else None
         extra: dict[str, Any] = {"sigma_check": check}
         for h in cfg.horizons:
             exp = future[t][h - 1] if h <= len(future[t]) else None
@@ -202,7 +202,7 @@ def stored_columns(frame: pl.DataFrame) -> list[str]:
     partitions_def=trading_days,
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[dg.AssetCheckSpec(n, asset="labels", description=d, blocking=b) for n, (d, b) in LABEL_CHECKS.items()],
-    group_name="datasets",
+    group_name="labels",
     kinds={"polars"},
     metadata={"partition_column": "date"},
 )
@@ -271,7 +271,7 @@ def _image_attrs(path: Path) -> dict[str, str]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[dg.AssetCheckSpec(n, asset="patch_dataset", description=d, blocking=b)
                  for n, (d, b) in PATCH_CHECKS.items()],
-    group_name="datasets",
+    group_name="patches",
     kinds={"hdf5", "parquet"},
 )
 def patch_dataset(
