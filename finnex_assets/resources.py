@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -51,3 +52,29 @@ def default_data_source() -> DataSourceResource:
         seed=int(os.environ.get("FINNEX_SEED", "7")),
         mapping_path=os.environ.get("FINNEX_FILES_MAPPING", ""),
     )
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow tracking. The embedded default is a sqlite store under ``dagster_home/``
+    (MLflow 3.17 refuses a plain file store); ``MLFLOW_TRACKING_URI`` or config points it at a
+    server or PostgreSQL in production."""
+
+    tracking_uri: str = Field(default="", description="Empty: MLFLOW_TRACKING_URI, else sqlite under dagster_home.")
+    experiment: str = Field(default="finnex", description="MLflow experiment name.")
+
+    def home(self) -> Path:
+        return Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / "dagster_home")
+
+    def uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home() / 'mlflow.db'}"
+
+    def experiment_id(self) -> str:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=self.uri())
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        artifacts = self.home() / "mlartifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        return client.create_experiment(self.experiment, artifact_location=artifacts.as_uri())

@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Class ids used everywhere (labels, heads, confusion matrices).
+# Class ids used everywhere (labels, heads, confusion matrices); the same as finnex_ml.labels.
 SELL, HOLD, BUY = 0, 1, 2
-CLASS_NAMES: tuple[str, ...] = ("Sell", "Hold", "Buy")
+CLASS_NAMES: tuple[str, ...] = ("sell", "hold", "buy")
 NUM_CLASSES = 3
 
 IMAGE_SIZE = 512
@@ -57,14 +57,14 @@ SECTION_ROWS: tuple[tuple[int, int], ...] = ((0, 171), (171, 342), (342, 512))  
 UNKNOWN_SECTION = 3  # a lone patch whose position is not given
 
 
-def grid_row_sections(grid_rows: int, image_rows: int = IMAGE_SIZE) -> tuple[int, ...]:
+def grid_row_sections(grid_rows: int) -> tuple[int, ...]:
     """Section id (0 macro, 1 behavioural, 2 fundamental) of each patch row, by pixel majority.
 
-    Patch row ``r`` covers pixel rows ``[r*H/g, (r+1)*H/g)`` of an ``H = image_rows`` image; for
-    the 512-row layout and 16 rows this is exact (32 pixel rows each). For any other grid the
-    rows are mapped proportionally onto the 512-row layout (a resized image keeps its sections).
-    Ties go to the upper section; they only occur for a single row spanning everything, which the
-    models treat as a lone patch of unknown section instead.
+    Patch row ``r`` of a ``grid_rows``-row grid covers pixel rows ``[r*512/g, (r+1)*512/g)`` of
+    the 512-row layout: exact for the 16-row grid of 32-pixel patches, proportional for any other
+    grid (a resized image keeps its sections). Ties go to the section higher up in the image;
+    they only occur for a single row spanning everything, which the models treat as a lone patch
+    of unknown section instead.
     """
     if grid_rows < 1:
         raise ValueError(f"grid_rows must be >= 1, got {grid_rows}")
@@ -74,7 +74,6 @@ def grid_row_sections(grid_rows: int, image_rows: int = IMAGE_SIZE) -> tuple[int
         lo, hi = r * scale, (r + 1) * scale
         overlap = [max(0.0, min(hi, b) - max(lo, a)) for a, b in SECTION_ROWS]
         out.append(max(range(3), key=lambda i: (overlap[i], -i)))
-    del image_rows  # the mapping is relative; kept in the signature for readability at call sites
     return tuple(out)
 
 
@@ -84,10 +83,25 @@ def grid_sections(grid_h: int, grid_w: int) -> torch.Tensor:
     return rows.repeat_interleave(grid_w)
 
 
-def patch_pos_sections(patch_pos: torch.Tensor, grid: int = GRID) -> torch.Tensor:
-    """Section id of patches given their row-major index in the full ``grid × grid`` image grid."""
-    table = torch.tensor(grid_row_sections(grid), dtype=torch.long, device=patch_pos.device)
+def patch_pos_sections(patch_pos: torch.Tensor, grid: int = GRID, table: torch.Tensor | None = None) -> torch.Tensor:
+    """Section id of patches given their row-major index in the full ``grid × grid`` image grid.
+
+    ``table`` (``grid_row_sections(grid)`` as a tensor on the right device) saves rebuilding it."""
+    if table is None:
+        table = torch.tensor(grid_row_sections(grid), dtype=torch.long, device=patch_pos.device)
     return table[patch_pos.long() // grid]
+
+
+def row_pool_matrix(h: int, bins: int = 3) -> torch.Tensor:
+    """``[h, bins]`` averaging matrix with the bins of ``adaptive_avg_pool1d(h -> bins)``.
+
+    Pooling by a matmul instead of adaptive pooling: the CUDA backward of adaptive pooling has no
+    deterministic implementation, a matmul does."""
+    m = torch.zeros(h, bins)
+    for i in range(bins):
+        a, b = (i * h) // bins, -((-(i + 1) * h) // bins)
+        m[a:b, i] = 1.0 / (b - a)
+    return m
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,11 +198,11 @@ class MultiScaleCNN(nn.Module):
     """Three branches (large / medium / small receptive field) fused by attention.
 
     Each branch ends at stride 32 (a 16×16 map for a 512 image, 1×1 for a 32×32 patch) and is
-    pooled to 3 row tokens (adaptive pooling to ``(3, 1)``: roughly the macro / behavioural /
-    fundamental thirds of a full image). The 9 tokens (+ learned branch and section-slot
-    embeddings) go through multi-head self-attention ("cross-modal fusion": every scale and
-    section can read every other), then are flattened and fused by an MLP into ``fusion_dim``
-    features. ``forward`` returns the class logits; ``forward_features`` the features and the
+    pooled to 3 row tokens (average over columns, then adaptive-pooling bins over rows: roughly
+    the macro / behavioural / fundamental thirds of a full image). The 9 tokens (+ learned
+    branch and row-slot embeddings) go through multi-head self-attention ("cross-modal fusion":
+    every scale and section can read every other), then are flattened and fused by an MLP into
+    ``fusion_dim`` features. ``forward`` returns the class logits; ``forward_features`` the features and the
     ``[B, heads, 9, 9]`` attention weights.
     """
 
@@ -197,7 +211,7 @@ class MultiScaleCNN(nn.Module):
         self.config = cfg = config or CNNConfig()
         self.branches = nn.ModuleDict({
             "large": _branch(cfg, cfg.large), "medium": _branch(cfg, cfg.medium), "small": _branch(cfg, cfg.small)})
-        self.pool = nn.AdaptiveAvgPool2d((3, 1))
+        self.register_buffer("row_sections", torch.tensor(grid_row_sections(cfg.grid)), persistent=False)
         self.branch_embed = nn.Parameter(torch.zeros(3, 1, cfg.token_dim))
         self.slot_embed = nn.Parameter(torch.zeros(1, 3, cfg.token_dim))
         self.attn = nn.MultiheadAttention(cfg.token_dim, cfg.attn_heads, dropout=0.0, batch_first=True)
@@ -224,7 +238,8 @@ class MultiScaleCNN(nn.Module):
         x = _center_input(x, self.config.input_center, self.config.input_scale)
         tokens = []
         for i, branch in enumerate(self.branches.values()):
-            t = self.pool(branch(x)).flatten(2).transpose(1, 2)  # [B, 3, C]
+            f = branch(x).mean(dim=3)  # [B, C, h]: average over time (columns)
+            t = torch.matmul(f, row_pool_matrix(f.shape[2]).to(f.device, f.dtype)).transpose(1, 2)  # [B, 3, C]
             tokens.append(t + self.branch_embed[i] + self.slot_embed)
         tok = torch.cat(tokens, dim=1)  # [B, 9, C]
         # 9 tokens: the weights cost nothing, so they are always returned (return_attention is
@@ -234,7 +249,8 @@ class MultiScaleCNN(nn.Module):
         feats = self.fusion(tok.flatten(1))
         if patch_pos is not None:
             patch_pos = patch_pos.to(feats.device).long()
-            feats = feats + self.pos_embed(patch_pos) + self.section_embed(patch_pos_sections(patch_pos, self.config.grid))
+            sec = patch_pos_sections(patch_pos, self.config.grid, self.row_sections)
+            feats = feats + self.pos_embed(patch_pos) + self.section_embed(sec)
         return feats, w
 
     def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -303,6 +319,7 @@ class FinNeXViT(nn.Module):
         self.pos_unknown = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.section_embed = nn.Embedding(4, cfg.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.register_buffer("row_sections", torch.tensor(grid_row_sections(self.grid)), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         layer = nn.TransformerEncoderLayer(
             cfg.dim, cfg.heads, dim_feedforward=int(cfg.dim * cfg.mlp_ratio), dropout=cfg.dropout,
@@ -334,14 +351,19 @@ class FinNeXViT(nn.Module):
                 return (self.pos_unknown + self.section_embed(sec)[:, None, :]).expand(b, 1, dim)
             patch_pos = patch_pos.to(device).long()
             table = self.pos_embed.flatten(2).transpose(1, 2)[0]  # [grid*grid, dim]
-            return (table[patch_pos] + self.section_embed(patch_pos_sections(patch_pos, self.grid)))[:, None, :]
+            sec = patch_pos_sections(patch_pos, self.grid, self.row_sections)
+            return (table[patch_pos] + self.section_embed(sec))[:, None, :]
         if patch_pos is not None:
             raise ValueError("patch_pos is only meaningful for a single 32×32 patch input")
         pos = self.pos_embed
         if (gh, gw) != (self.grid, self.grid):
             pos = F.interpolate(pos, size=(gh, gw), mode="bicubic", align_corners=False)
         pos = pos.flatten(2).transpose(1, 2)  # [1, gh*gw, dim]
-        sec = self.section_embed(grid_sections(gh, gw).to(device))[None]
+        if (gh, gw) == (self.grid, self.grid):
+            ids = self.row_sections.repeat_interleave(gw)  # already on the model's device
+        else:
+            ids = grid_sections(gh, gw).to(device)
+        sec = self.section_embed(ids)[None]
         return (pos + sec).expand(b, -1, -1)
 
     def forward_features(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,

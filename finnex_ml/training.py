@@ -51,7 +51,7 @@ import random
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
@@ -61,7 +61,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from finnex_ml.errors import ConfigError
+from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.losses import MultiTaskLoss
 from finnex_ml.models import (
     BUY, CLASS_NAMES, GRID, HOLD, NUM_CLASSES, PATCH_SIZE, SELL, build_model, model_from_spec, model_spec,
@@ -128,8 +128,17 @@ class H5ArrayDataset(Dataset):
     """Rows ``indices`` of HDF5 arrays: inputs ``x_key`` ``[n, ...]`` and targets ``y_keys``.
 
     ``y_keys`` is a sequence of dataset paths (each also its batch name) or a mapping
-    ``{batch name: dataset path}`` (e.g. ``{"label_h1": "labels/h1", "return_h1": "returns/h1"}``).
+    ``{batch name: dataset path}`` or ``{batch name: (dataset path, column)}`` for one column of
+    a 2-D ``[n, H]`` array, e.g. for the ``cnn_ready`` set files (``labels`` / ``returns`` hold
+    one column per horizon)::
+
+        H5ArrayDataset(path, "patches", {"label_h1": ("labels", 0), "return_h1": ("returns", 0),
+                                         "label_h5": ("labels", 1), "return_h5": ("returns", 1)},
+                       patches_per_image=256)
     ``indices`` (rows of the file this dataset exposes, e.g. a split) default to all rows.
+
+    With ``check_finite`` (default) a batch with a NaN/inf pixel raises :class:`DataInputError`
+    naming the rows (about 1 ms per 256 patches, done in the reading thread or worker).
 
     Reads are lazy: the file is opened on first use in each process (so DataLoader workers each
     get their own handle), and a batch is read as contiguous runs of sorted unique rows with
@@ -141,16 +150,21 @@ class H5ArrayDataset(Dataset):
 
     def __init__(self, path: str | os.PathLike[str], x_key: str, y_keys: Sequence[str] | Mapping[str, str] = (),
                  indices: Sequence[int] | np.ndarray | slice | range | None = None, *,
-                 patches_per_image: int | None = None, rdcc_nbytes: int = 64 * 2**20) -> None:
+                 patches_per_image: int | None = None, rdcc_nbytes: int = 64 * 2**20,
+                 check_finite: bool = True) -> None:
         self.path = Path(path)
+        self.check_finite = check_finite
         self.x_key = x_key
-        self.y_keys: dict[str, str] = dict(y_keys) if isinstance(y_keys, Mapping) else {k: k for k in y_keys}
+        raw = dict(y_keys) if isinstance(y_keys, Mapping) else {k: k for k in y_keys}
+        # name -> (dataset path, column or None)
+        self.y_keys: dict[str, tuple[str, int | None]] = {
+            name: ((v, None) if isinstance(v, str) else (str(v[0]), int(v[1]))) for name, v in raw.items()}
         self.patches_per_image = patches_per_image
         self.rdcc_nbytes = int(rdcc_nbytes)
         if not self.path.is_file():
             raise ConfigError(f"HDF5 file not found: {self.path}")
         with h5py.File(self.path, "r") as f:
-            for key in [x_key, *self.y_keys.values()]:
+            for key in [x_key, *(k for k, _ in self.y_keys.values())]:
                 if key not in f or not isinstance(f[key], h5py.Dataset):
                     raise ConfigError(f"{self.path}: no dataset {key!r}")
             xd = f[x_key]
@@ -158,10 +172,12 @@ class H5ArrayDataset(Dataset):
             self._sample_shape = tuple(int(s) for s in xd.shape[1:])
             self._x_dtype = xd.dtype
             self._y_meta: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-            for name, key in self.y_keys.items():
+            for name, (key, col) in self.y_keys.items():
                 yd = f[key]
                 if yd.shape[0] != self.n_rows:
                     raise ConfigError(f"{self.path}: {key!r} has {yd.shape[0]} rows, {x_key!r} has {self.n_rows}")
+                if col is not None and (yd.ndim != 2 or not 0 <= col < yd.shape[1]):
+                    raise ConfigError(f"{self.path}: {key!r} {yd.shape} has no column {col}")
                 self._y_meta[name] = (tuple(int(s) for s in yd.shape[1:]), yd.dtype)
         self.indices = _as_indices(indices, self.n_rows, str(self.path))
         self._file: h5py.File | None = None
@@ -225,10 +241,17 @@ class H5ArrayDataset(Dataset):
 
     def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
-        batch = {"x": torch.from_numpy(self._read_rows(self.x_key, rows, self._sample_shape, self._x_dtype))}
-        for name, key in self.y_keys.items():
+        x = self._read_rows(self.x_key, rows, self._sample_shape, self._x_dtype)
+        if self.check_finite and not np.isfinite(x).all():
+            # the cnn_ready virtual datasets read a missing source file as NaN (their fill value)
+            bad = rows[~np.isfinite(x.reshape(len(rows), -1)).all(axis=1)]
+            raise DataInputError(f"non-finite pixels in rows {bad[:10].tolist()} of {self.x_key!r} "
+                                 "(a missing or damaged source file?)", file=str(self.path), row=int(bad[0]))
+        batch = {"x": torch.from_numpy(x)}
+        for name, (key, col) in self.y_keys.items():
             shape, dt = self._y_meta[name]
-            batch[name] = torch.from_numpy(self._read_rows(key, rows, shape, dt))
+            y = self._read_rows(key, rows, shape, dt)
+            batch[name] = torch.from_numpy(y if col is None else np.ascontiguousarray(y[:, col]))
         batch["row"] = torch.from_numpy(rows.copy())
         if self.patches_per_image:
             batch["patch_pos"] = torch.from_numpy(rows % self.patches_per_image)
@@ -241,13 +264,15 @@ class H5ArrayDataset(Dataset):
         """All values of target ``name`` for this dataset's rows (small: one value per row)."""
         if name not in self.y_keys:
             raise ConfigError(f"{self.path}: no target {name!r} (have {sorted(self.y_keys)})")
+        key, col = self.y_keys[name]
         with h5py.File(self.path, "r") as f:  # a short-lived handle: never leak one into forked workers
-            ds = f[self.y_keys[name]]
+            ds = f[key]
             uniq, inverse = np.unique(self.indices, return_inverse=True)
             out = np.empty((uniq.size, *ds.shape[1:]), dtype=ds.dtype)
             for a, b, o in _runs(uniq):
                 out[o:o + (b - a)] = ds[a:b]
-        return out[inverse]
+        out = out[inverse]
+        return out if col is None else out[:, col]
 
     def group_ids(self) -> np.ndarray | None:
         """Image id of each row (``row // patches_per_image``) for patch datasets, else None."""
@@ -317,25 +342,42 @@ def derive_seed(seed: int, *keys: int) -> int:
     return (int(a) << 31) ^ int(b)
 
 
+def _run_starts(lo: int, hi: int, run_length: int, offset: int) -> np.ndarray:
+    """Starts of the runs cutting ``[lo, hi)``: the first run is ``offset`` long (if > 0)."""
+    if hi <= lo:
+        return np.zeros(0, dtype=np.int64)
+    first = lo + offset if 0 < offset < hi - lo else lo + run_length
+    return np.concatenate([[lo], np.arange(first, hi, run_length)]).astype(np.int64)
+
+
 class BlockBatchSampler(Sampler[list[int]]):
-    """Batches of dataset positions from shuffled runs of ``run_length`` consecutive positions.
+    """Batches of dataset positions built from shuffled runs of consecutive positions.
 
-    Each epoch (``set_epoch``) cuts ``0..n-1`` into runs at a random offset, shuffles the runs
-    and packs them into batches of ``batch_size``; positions inside a batch are sorted so a batch
-    reads as a few contiguous slices. ``run_length=1`` is a plain shuffle. Without ``shuffle`` the
-    batches are consecutive. Everything is a function of ``(seed, epoch)``.
+    * ``run_length``: positions are cut into runs of this many consecutive positions (at a random
+      offset per epoch) and whole runs are shuffled, so a batch reads as a few contiguous slices.
+      ``run_length=1`` is a plain shuffle.
+    * ``block_size`` / ``window`` (chunk-aware shuffling): with a ``block_size`` (e.g. 256 = one
+      stored patch chunk = one image), the blocks are shuffled, taken ``window`` at a time, and
+      the runs are shuffled only inside each window of ``window`` blocks. A compressed chunk is
+      then decompressed once per epoch (its window's batches follow each other while the chunk
+      cache holds it) instead of once per run, and a batch still mixes up to ``window``
+      randomly chosen images. Without ``block_size`` runs are shuffled over the whole dataset.
 
-    Patches of one image sit next to each other and share its label, so a long run puts many
-    correlated samples in a batch: keep ``run_length`` well below ``batch_size`` (the default
-    batches mix ``batch_size / run_length`` places in the file).
+    Positions inside a batch are sorted (contiguous reads). Without ``shuffle`` the batches are
+    consecutive. Everything is a function of ``(seed, epoch)``, set with ``set_epoch``.
+
+    Patches of one image share its label, so many patches of one image in a batch are
+    correlated samples: keep ``run_length`` well below ``batch_size`` (a batch then mixes
+    ``batch_size / run_length`` runs).
     """
 
     def __init__(self, n: int, batch_size: int, *, run_length: int = 1, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False) -> None:
-        if batch_size < 1 or run_length < 1:
-            raise ValueError("batch_size and run_length must be >= 1")
+                 drop_last: bool = False, block_size: int | None = None, window: int = 8) -> None:
+        if batch_size < 1 or run_length < 1 or window < 1 or (block_size is not None and block_size < 1):
+            raise ValueError("batch_size, run_length, block_size and window must be >= 1")
         self.n, self.batch_size, self.run_length = int(n), int(batch_size), int(run_length)
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.block_size, self.window = (int(block_size) if block_size else None), int(window)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -344,18 +386,28 @@ class BlockBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
+    def _shuffled_runs(self, lo_hi: list[tuple[int, int]], rng: np.random.Generator) -> list[np.ndarray]:
+        L = self.run_length
+        runs = []
+        for lo, hi in lo_hi:
+            starts = _run_starts(lo, hi, L, int(rng.integers(0, L)) if L > 1 else 0)
+            ends = np.append(starts[1:], hi)
+            runs += [np.arange(a, b, dtype=np.int64) for a, b in zip(starts, ends)]
+        return [runs[i] for i in rng.permutation(len(runs))]
+
     def order(self) -> np.ndarray:
-        if not self.shuffle:
+        if not self.shuffle or self.n == 0:
             return np.arange(self.n, dtype=np.int64)
         rng = np.random.default_rng(derive_seed(self.seed, self.epoch, 0))
-        L = self.run_length
-        offset = int(rng.integers(0, L)) if L > 1 else 0
-        starts = np.concatenate([[0], np.arange(offset if offset else L, self.n, L)]) if self.n else np.array([], int)
-        ends = np.append(starts[1:], self.n)
-        perm = rng.permutation(len(starts))
-        if len(starts) == 0:
-            return np.arange(0, dtype=np.int64)
-        return np.concatenate([np.arange(starts[i], ends[i]) for i in perm]).astype(np.int64)
+        if self.block_size is None:
+            return np.concatenate(self._shuffled_runs([(0, self.n)], rng))
+        B = self.block_size
+        blocks = rng.permutation(math.ceil(self.n / B))
+        parts: list[np.ndarray] = []
+        for g in range(0, blocks.size, self.window):
+            spans = [(int(b) * B, min((int(b) + 1) * B, self.n)) for b in blocks[g:g + self.window]]
+            parts += self._shuffled_runs(spans, rng)
+        return np.concatenate(parts)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
@@ -371,14 +423,15 @@ def _identity_collate(batch: Any) -> Any:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, run_length: int = 1,
-                num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+                block_size: int | None = None, window: int = 8, num_workers: int = 0, drop_last: bool = False,
+                pin_memory: bool = False) -> DataLoader:
     """A DataLoader over :class:`BlockBatchSampler` batches (call ``loader.batch_sampler.set_epoch``).
 
     With ``num_workers > 0`` the workers are persistent and prefetch 2 batches each; the sampler
     runs in the main process, so the batch order does not depend on ``num_workers``.
     """
     sampler = BlockBatchSampler(len(dataset), batch_size, run_length=run_length, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last)
+                                drop_last=drop_last, block_size=block_size, window=window)
     kw: dict[str, Any] = {}
     if num_workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=2)
@@ -476,6 +529,11 @@ class TrainConfig:
     standardize_regression: bool = True  # fit mean/std of each return target on train
     use_patch_positions: bool = True  # pass "patch_pos" to the model when the batch has it
     run_length: int | None = None  # rows per contiguous read; None: 1 for images, 16 for patches
+    # chunk-aware shuffling (BlockBatchSampler): runs are shuffled within windows of
+    # `shuffle_window` blocks of `shuffle_block` rows; None: 256 (one image's patches = one
+    # stored chunk) in patch mode, off (global shuffle) in image mode; 0: off
+    shuffle_block: int | None = None
+    shuffle_window: int = 8
     num_workers: int = 0  # DataLoader worker processes
     prefetch: int = 2  # batches read ahead by a background thread when num_workers == 0 (0: off)
     num_threads: int | None = None  # torch intra-op threads during training (restored after); None: unchanged
@@ -505,6 +563,12 @@ class TrainConfig:
         if self.run_length is not None:
             return int(self.run_length)
         return 1 if self.input_mode == "image" else 16
+
+    @property
+    def effective_shuffle_block(self) -> int | None:
+        if self.shuffle_block is not None:
+            return int(self.shuffle_block) or None
+        return None if self.input_mode == "image" else PATCHES_PER_IMAGE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -719,7 +783,11 @@ class _Run:
 
         run_len = cfg.effective_run_length
         self.train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, run_length=run_len,
-                                        num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+                                        block_size=cfg.effective_shuffle_block, window=cfg.shuffle_window,
+                                        num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                                        # a last batch of a few samples gives BatchNorm noisy statistics;
+                                        # the shuffle drops different samples each epoch
+                                        drop_last=len(train_ds) > cfg.batch_size)
         self.val_loader = make_loader(val_ds, cfg.eval_batch_size or 2 * cfg.batch_size, shuffle=False,
                                       num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = len(self.train_loader)
@@ -877,7 +945,7 @@ class _Run:
             mean, std = self.reg_mean.numpy(), self.reg_std.numpy()
             preds["reg_pred"] = rg.cpu().numpy() * std + mean
             preds["reg_target"] = yr.cpu().numpy() * std + mean
-        groups = self.val_ds.group_ids() if cfg.input_mode == "patch" else None
+        groups = _group_ids(self.val_ds) if cfg.input_mode == "patch" else None
         for j, h in enumerate(cfg.horizons):
             sfx = "" if j == 0 else f"_h{h}"
             cm = confusion_matrix(y_true[:, j], pred[:, j])
@@ -959,6 +1027,11 @@ def _norm(v: Any) -> Any:
     return v
 
 
+def _group_ids(ds: Any) -> np.ndarray | None:
+    fn = getattr(ds, "group_ids", None)
+    return fn() if callable(fn) else None
+
+
 def _aggregate_groups(groups: np.ndarray, probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean class probabilities per group (image) -> (group ids, predicted class, label).
 
@@ -986,7 +1059,8 @@ def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
       are on disk; an exception from it stops training and propagates (``last.pt`` is already
       saved, so the run can be resumed).
     * ``resume``: True resumes from ``checkpoint_dir/last.pt`` if it exists; a path resumes from
-      that file. The config must match the saved one (except num_workers, prefetch, device).
+      that file. The config must match the saved one (except num_workers, prefetch, device,
+      num_threads; bit-for-bit continuation on CPU also needs the same num_threads).
     * ``model``: a prebuilt multi-task model instead of ``build_model(config.model, config.size)``.
     """
     cfg = config
@@ -1007,7 +1081,7 @@ def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
             run.epoch += 1
             metrics = {"epoch": float(run.epoch), **train_metrics, **val_metrics}
             score = val_metrics[cfg.monitor]
-            improved = score < run.best_metric - cfg.min_delta
+            improved = math.isfinite(score) and score < run.best_metric - cfg.min_delta
             if improved:
                 run.best_metric, run.best_epoch, run.bad_epochs = score, run.epoch, 0
             else:
@@ -1024,8 +1098,8 @@ def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
             if on_epoch_end is not None:
                 on_epoch_end(run.epoch, dict(metrics))
 
-        if not best_path.exists():
-            raise ConfigError(f"no best checkpoint in {ckpt_dir} (was the run already finished elsewhere?)")
+        if run.best_epoch == 0:  # every validation score was NaN/inf: the run diverged
+            raise FloatingPointError(f"validation {cfg.monitor} was never finite; see {last_path} and the history")
         best = _load(best_path, map_location=run.device)
         run.model.load_state_dict(best["model"])
         run.criterion.load_state_dict(best["criterion"])
@@ -1033,7 +1107,7 @@ def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
 
     cms = {h: confusion_matrix(preds["class_target"][:, j], preds["pred"][:, j]) for j, h in enumerate(cfg.horizons)}
     image_cm = None
-    groups = val_data.group_ids() if cfg.input_mode == "patch" else None
+    groups = _group_ids(val_data) if cfg.input_mode == "patch" else None
     if groups is not None:
         _, gp, gt = _aggregate_groups(groups, preds["probs"][:, 0], preds["class_target"][:, 0])
         image_cm = confusion_matrix(gt, gp)

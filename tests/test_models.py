@@ -83,6 +83,13 @@ def test_section_constants_match_the_layout() -> None:
     assert tuple((r0, r1) for _, r0, r1, _ in SECTIONS) == M.SECTION_ROWS
 
 
+def test_class_ids_match_the_labels_module() -> None:
+    from finnex_ml import labels
+
+    assert (M.SELL, M.HOLD, M.BUY) == (labels.SELL, labels.HOLD, labels.BUY) == (0, 1, 2)
+    assert M.CLASS_NAMES == tuple(labels.CLASS_NAMES)
+
+
 def test_patch_row_sections_by_pixel_majority() -> None:
     from finnex_ml.encoding.layout import SECTIONS
 
