@@ -22,7 +22,7 @@ def _use_project_instance() -> None:
 
 
 LATER_STAGES = ["mega_images", "labels", "patch_dataset"]
-UNPARTITIONED = ("dataset_splits",)
+UNPARTITIONED = ("dataset_splits", "cnn_model")
 FEATURE_STAGE = ["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data", "daily_features"]
 
 
@@ -77,6 +77,12 @@ def run_pipeline(start: str, end: str) -> bool:
     return _execute(list(UNPARTITIONED), {}, "every date with images and labels: " + ", ".join(UNPARTITIONED))
 
 
+def mlflow_hint() -> str:
+    from finnex_assets.resources import MlflowTracking
+
+    return f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {MlflowTracking().uri()} -h 127.0.0.1"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finnex", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("FINNEX_FILES_MAPPING", "examples/files_source/mapping.yaml")
         start, end = args.start or DEFAULT_RANGE[args.source][0], args.end or DEFAULT_RANGE[args.source][1]
         print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {data_root()}")
-        return 0 if run_pipeline(start, end) else 1
+        ok = run_pipeline(start, end)
+        print(mlflow_hint())
+        print("Dagster UI: .venv/bin/finnex ui  (http://127.0.0.1:3000)")
+        return 0 if ok else 1
     if args.command == "materialize":
         selection = [s.strip() for s in args.select.split(",") if s.strip()] or None
         return 0 if run_range(args.start, args.end, selection) else 1

@@ -8,16 +8,18 @@ from finnex_assets.assets.datasets import DATASET_ASSETS, DatasetStore
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
+from finnex_assets.assets.training import TRAINING_ASSETS
 from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
-from finnex_assets.resources import default_data_source
+from finnex_assets.resources import MlflowTracking, default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job
 
-ALL_ASSETS = [modalities, daily_features, mega_images, *DATASET_ASSETS]
+ALL_ASSETS = [modalities, daily_features, mega_images, *DATASET_ASSETS, *TRAINING_ASSETS]
 
 # The main job: every per-date stage, as one run per partition range. The unpartitioned
 # dataset_splits (and training after it) run on their own over whatever dates exist.
 main_job = dg.define_asset_job(
-    "finnex_main", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("dataset_splits"),
+    "finnex_main", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("dataset_splits")
+    - dg.AssetSelection.groups("training"),
     description="Ingestion through patches for a range of trading dates.",
 )
 
@@ -26,7 +28,7 @@ def build_resources() -> dict[str, object]:
     store = ImageStore()
     return {"data_source": default_data_source(), "io_manager": PartitionedParquetIOManager(),
             "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store),
-            "dataset_store": DatasetStore()}
+            "dataset_store": DatasetStore(), "mlflow_tracking": MlflowTracking()}
 
 
 defs = dg.Definitions(assets=ALL_ASSETS, jobs=[main_job, daily_job], schedules=[daily_after_close],

@@ -316,7 +316,9 @@ def _cli(tmp_path: Path, partition_range: str, **env_overrides: str) -> tuple[su
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.run(
         [str(dagster), "asset", "materialize", "-m", "finnex_assets.definitions", "--select", ",".join(ASSETS),
-         "--partition-range", partition_range],
+         "--partition-range", partition_range,
+         # one process for all steps: the default spawns a process per step (~20 s each here)
+         "--config-json", '{"execution": {"config": {"in_process": {}}}}'],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     return proc, home, data
 

@@ -1,0 +1,110 @@
+"""cnn_model / vit_model through Dagster: cnn_ready sets in, MLflow run out, resume works."""
+
+import json
+import warnings
+
+import dagster as dg
+import h5py
+import mlflow
+import numpy as np
+import pytest
+
+from finnex_assets.assets.datasets import DatasetStore
+from finnex_assets.assets.training import cnn_model, vit_model
+from finnex_assets.io_managers import ImageStore
+from finnex_assets.resources import MlflowTracking
+from finnex_ml import calendar
+from finnex_ml.datasets_io import write_set_file
+from finnex_ml.encoding.store import image_path
+from finnex_ml.patches import shard_path
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+HORIZONS = (1, 5)
+
+
+def _fake_sets(tmp):
+    """Tiny cnn_ready sets whose pixels reveal the class (the point here is the wiring)."""
+    images, shards, ready = tmp / "images", tmp / "datasets" / "patch_datasets", tmp / "datasets" / "cnn_ready"
+    rng = np.random.default_rng(0)
+    dates = calendar.sessions("2024-01-02", "2024-01-31")
+    classes = np.array([[i % 3, (i + 1) % 3] for i in range(len(dates))], dtype=np.int8)
+    for d, c in zip(dates, classes):
+        img = (rng.random((512, 512, 3), dtype=np.float32) * 0.2 + 0.3 * c[0]).astype(np.float32)
+        for path, key, arr in ((image_path(images, d), "image", img),
+                               (shard_path(shards, d), "patches",
+                                img.reshape(16, 32, 16, 32, 3).transpose(0, 2, 1, 3, 4).reshape(256, 32, 32, 3))):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(path, "w") as f:
+                f.create_dataset(key, data=arr)
+    returns = (classes.astype(np.float32) - 1) * 0.01
+    for name, sl in (("train", slice(0, 6)), ("val", slice(8, 11))):
+        write_set_file(ready / f"{name}.h5", name, dates[sl], images, shards, classes[sl], returns[sl], HORIZONS,
+                       spec_hash="test", split_hash="test")
+    (ready / "statistics.json").write_text(json.dumps({"train": {"n_dates": 6}}))
+    return ready
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    _fake_sets(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resources = {"dataset_store": DatasetStore(base_dir=str(tmp_path / "datasets")),
+                 "image_store": ImageStore(base_dir=str(tmp_path / "images")),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=uri, experiment="test")}
+    return tmp_path, resources, uri
+
+
+def _train(asset, resources, **config):
+    cfg = {"epochs": 2, "batch_size": 128, "patience": 5, "lr": 2e-3, **config}
+    return dg.materialize([asset], resources=resources, instance=dg.DagsterInstance.ephemeral(),
+                          run_config={"ops": {asset.key.path[-1]: {"config": cfg}}},
+                          selection=[asset])
+
+
+@pytest.mark.parametrize("asset", [cnn_model, vit_model])
+def test_training_asset_logs_a_complete_mlflow_run(setup, asset):
+    tmp, resources, uri = setup
+    result = _train(asset, resources)
+    assert result.success
+    meta = result.asset_materializations_for_node(asset.key.path[-1])[0].metadata
+    run_id = meta["mlflow_run_id"].value
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.data.params["input_mode"] == "patch" and run.data.params["epochs"] == "2"
+    assert run.data.params["train_rows"] == str(6 * 256)
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"confusion_matrix.json", "checkpoint", "dataset"} <= artifacts
+    cm = json.loads(open(client.download_artifacts(run_id, "confusion_matrix.json", str(tmp))).read())
+    assert np.array(cm["image_level"]).sum() == 3  # one count per validation image
+    model = mlflow.pytorch.load_model(meta["mlflow_model_uri"].value)
+    out = model(__import__("torch").zeros(2, 3, 32, 32))
+    assert tuple(out["classification"].shape) == (2, 3)
+    assert 0.0 <= meta["val_accuracy"].value <= 1.0
+
+
+def test_training_resumes_from_its_checkpoint(setup):
+    _, resources, uri = setup
+    first = _train(cnn_model, resources)
+    assert first.success
+    # Same config, resume on: the finished checkpoint is picked up, no epoch is trained again.
+    again = _train(cnn_model, resources, resume=True)
+    meta = again.asset_materializations_for_node("cnn_model")[0].metadata
+    first_meta = first.asset_materializations_for_node("cnn_model")[0].metadata
+    assert meta["epochs_run"].value == 2 and meta["best_epoch"].value == first_meta["best_epoch"].value
+    assert mlflow.MlflowClient(tracking_uri=uri).get_metric_history(meta["mlflow_run_id"].value, "val_loss") == []
+    # A changed schedule cannot silently continue an old run.
+    with pytest.raises(Exception, match="cannot resume, config differs"):
+        _train(cnn_model, resources, epochs=3, resume=True)
+    fresh = _train(cnn_model, resources, epochs=3, resume=False)
+    history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(
+        fresh.asset_materializations_for_node("cnn_model")[0].metadata["mlflow_run_id"].value, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+
+
+def test_training_without_dataset_splits_is_a_clear_error(tmp_path):
+    resources = {"dataset_store": DatasetStore(base_dir=str(tmp_path)), "image_store": ImageStore(base_dir=str(tmp_path)),
+                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")}
+    with pytest.raises(Exception, match="materialise dataset_splits first"):
+        _train(cnn_model, resources)
