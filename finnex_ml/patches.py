@@ -43,7 +43,7 @@ import finnex_ml
 from finnex_ml.encoding.encoder import pixel_lookup
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.errors import ConfigError, DataInputError
-from finnex_ml.paths import atomic_path, resolve_under
+from finnex_ml.paths import atomic_path, resolve_under, as_date as _as_date, date_shard_path
 
 PATCH = 32
 GRID = 16
@@ -192,18 +192,8 @@ def duplicate_flags(patches: np.ndarray, informative: np.ndarray) -> np.ndarray:
 
 # ---- shards ---------------------------------------------------------------------------------
 
-def _as_date(d: date | str) -> date:
-    if isinstance(d, date):
-        return d
-    try:
-        return date.fromisoformat(d)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{d!r} is not an ISO date") from exc
-
-
 def shard_path(root: Path | str, d: date | str) -> Path:
-    d = _as_date(d)
-    return resolve_under(Path(root), f"{d.year:04d}/{d.month:02d}/{d.isoformat()}.h5")
+    return date_shard_path(root, d)
 
 
 def table_path(root: Path | str, d: date | str) -> Path:

@@ -65,3 +65,19 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def as_date(d: date | str) -> date:
+    """An ISO date string or a date, as a date; anything else is a ConfigError."""
+    if isinstance(d, date):
+        return d
+    try:
+        return date.fromisoformat(d)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{d!r} is not an ISO date") from exc
+
+
+def date_shard_path(root: Path | str, d: date | str, suffix: str = ".h5") -> Path:
+    """``{root}/YYYY/MM/{date}{suffix}``: one file per date, so writers never share one."""
+    d = as_date(d)
+    return resolve_under(Path(root), f"{d.year:04d}/{d.month:02d}/{d.isoformat()}{suffix}")

@@ -64,7 +64,6 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
     def _asset(context: dg.AssetExecutionContext, config: TrainingConfig, dataset_store: DatasetStore,
                image_store: ImageStore, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
         import mlflow
-        import torch
 
         from finnex_ml.losses import class_weights_from_labels
 
@@ -82,8 +81,8 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
             num_threads=config.num_threads)
         ckpt = dataset_store.root() / "models" / name
         mlflow.set_tracking_uri(mlflow_tracking.uri())
-        with mlflow.start_run(experiment_id=mlflow_tracking.experiment_id(), run_name=f"{name}-{context.run_id[:8]}",
-                              tags={"dagster_run_id": context.run_id, "asset": name}) as run:
+        with mlflow.start_run(experiment_id=mlflow_tracking.experiment_id(), run_name=f"{name}-{context.run.run_id[:8]}",
+                              tags={"dagster_run_id": context.run.run_id, "asset": name}) as run:
             mlflow.log_params({**{k: v for k, v in config.model_dump().items()}, "model": model,
                                "train_rows": len(train), "val_rows": len(val)})
             spec_file = image_store.root() / "metadata" / "channel_encoding_spec.json"

@@ -21,7 +21,6 @@ from datetime import date, timedelta
 from functools import lru_cache
 from importlib import resources
 
-import numpy as np
 import pandas as pd
 import polars as pl
 

@@ -44,7 +44,7 @@ from finnex_ml.encoding.encoder import EncodedImage
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.normalize import NormConfig, normalization_parameters
 from finnex_ml.errors import ConfigError, DataInputError
-from finnex_ml.paths import atomic_path, resolve_under
+from finnex_ml.paths import atomic_path, resolve_under, as_date as _as_date, date_shard_path
 
 FORMAT_VERSION = 1
 IMAGE_SHAPE = (512, 512, 3)
@@ -58,18 +58,8 @@ VDS_DIR = ".vds_cache"
 _FILE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.h5$")
 
 
-def _as_date(d: date | str) -> date:
-    if isinstance(d, date):
-        return d
-    try:
-        return date.fromisoformat(d)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{d!r} is not an ISO date") from exc
-
-
 def image_path(root: Path | str, d: date | str) -> Path:
-    d = _as_date(d)
-    return resolve_under(Path(root), f"{d.year:04d}/{d.month:02d}/{d.isoformat()}.h5")
+    return date_shard_path(root, d)
 
 
 def _compression_kwargs(compression: str | None, level: int | None) -> dict[str, Any]:
