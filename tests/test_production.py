@@ -183,45 +183,66 @@ def test_celery_executor_with_two_workers_is_byte_identical(reference):
     tmp, home, data, _, lookback = reference
     other = tmp / "data_celery"
     shutil.copytree(lookback, other / "tables")
-    broker = f"redis://{PG_HOST}:{REDIS_PORT}/{int(uuid.uuid4().int % 14) + 1}"
-    cfg = tmp / "celery.yaml"
-    cfg.write_text(f"execution:\n  config:\n    broker: '{broker}'\n    backend: '{broker}'\n")
+    broker = f"redis://{PG_HOST}:{REDIS_PORT}/0"
+    # A key prefix of its own isolates this run's queue from any other worker on the same Redis.
+    isolation = {"global_keyprefix": f"finnex-test-{uuid.uuid4().hex[:8]}:"}
+    conf = {"broker_transport_options": isolation, "result_backend_transport_options": isolation}
+    conf_dir = tmp / "celery_conf"
+    conf_dir.mkdir()
+    (conf_dir / "dagster_celery_config.py").write_text(
+        f"broker_url = {broker!r}\nresult_backend = {broker!r}\n"
+        + "".join(f"{k} = {v!r}\n" for k, v in conf.items()))
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, DAGSTER_HOME=str(home), FINNEX_DATA_DIR=str(other), FINNEX_SOURCE="synthetic",
-               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")  # the CLI execs `celery`
+               PYTHONPATH=f"{conf_dir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    # `celery` itself in its own session, so teardown can kill the worker and its pool children.
     workers = [
-        subprocess.Popen([str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-                          "-y", str(cfg), "-n", f"finnex{i}-{uuid.uuid4().hex[:6]}@%h", "--", "--concurrency=1"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"worker{i}.log", "w"))
+        subprocess.Popen([str(bin_dir / "celery"), "-A", "dagster_celery.app", "worker", "--prefetch-multiplier=1",
+                          "--concurrency=1", "--loglevel=INFO", "-n", f"finnex{i}-{uuid.uuid4().hex[:6]}@%h"],
+                         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"worker{i}.log", "w"),
+                         start_new_session=True)
         for i in range(2)
     ]
     old = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "FINNEX_DATA_DIR")}
     os.environ.update(DAGSTER_HOME=str(home), FINNEX_DATA_DIR=str(other))
     try:
-        _wait_for_workers(broker, 2)
+        _wait_for_workers(broker, conf, 2)
         with dg.DagsterInstance.get() as instance:
             from dagster._core.definitions.reconstruct import ReconstructableJob
 
             recon = ReconstructableJob.for_file(str(TESTS / "prod_jobs.py"), "celery_job")
-            result = dg.execute_job(recon, instance=instance, tags=_range_tags(FIRST, LAST),
-                                    run_config={"execution": {"config": {"broker": broker, "backend": broker}}})
+            result = dg.execute_job(recon, instance=instance, tags=_range_tags(FIRST, LAST), run_config={
+                "execution": {"config": {"broker": broker, "backend": broker, "config_source": conf}}})
             engine = [e.message for e in result.all_events if e.is_engine_event]
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(timeout=60)
+            _kill_group(w)
     assert result.success, (tmp / "worker0.log").read_text()[-3000:]
     assert any("celery" in (m or "").lower() for m in engine)
     _assert_identical(data, other)
 
 
-def _wait_for_workers(broker: str, n: int, timeout: float = 90.0) -> None:
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_for_workers(broker: str, conf: dict, n: int, timeout: float = 90.0) -> None:
     from celery import Celery
 
     app = Celery(broker=broker, backend=broker)
+    app.conf.update(conf)
     deadline = time.time() + timeout
     while time.time() < deadline:
         replies = app.control.ping(timeout=1.0) or []
