@@ -94,4 +94,35 @@ def write_set_file(
     return out
 
 
-__all__ = ["write_set_file"]
+
+
+
+def set_horizons(path: Path | str) -> list[int]:
+    """The label horizons stored in a set file, in column order."""
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["horizons"])
+
+
+def set_dataset(path: Path | str, input_mode: str, horizons: Sequence[int]):
+    """A :class:`finnex_ml.training.H5ArrayDataset` over one set file with the batch names the
+    trainer expects: ``label_h{h}`` / ``return_h{h}`` per horizon; patches (with their
+    image grouping) in ``"patch"`` mode, whole images in ``"image"`` mode."""
+    from finnex_ml.training import H5ArrayDataset
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: materialise dataset_splits first")
+    stored = set_horizons(path)
+    missing = [h for h in horizons if h not in stored]
+    if missing:
+        raise DataInputError(f"horizons {missing} are not in the labels of {path.name} ({stored}); "
+                             "re-materialise labels", file=str(path))
+    patch = input_mode == "patch"
+    lab, ret = ("labels", "returns") if patch else ("image_labels", "image_returns")
+    keys = {}
+    for h in horizons:
+        col = stored.index(h)
+        keys[f"label_h{h}"], keys[f"return_h{h}"] = (lab, col), (ret, col)
+    kwargs = {"patches_per_image": N_PATCHES} if patch else {}
+    return H5ArrayDataset(path, "patches" if patch else "images", keys, **kwargs)
+__all__ = ["set_dataset", "set_horizons", "write_set_file"]

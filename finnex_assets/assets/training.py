@@ -1,6 +1,5 @@
 """Training: ``cnn_model`` and ``vit_model`` on the ``cnn_ready/`` sets, tracked in MLflow."""
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from finnex_assets.assets.datasets import DatasetStore
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.resources import MlflowTracking
 from finnex_ml.models import CLASS_NAMES
+from finnex_ml.datasets_io import set_dataset
 from finnex_ml.training import H5ArrayDataset, TrainConfig, train_model
 
 
@@ -35,27 +35,9 @@ class TrainingConfig(dg.Config):
     num_threads: int = Field(default=1, description="torch CPU threads; 1 is fastest on a shared 2-core box.")
 
 
-def _datasets(ready: Path, cfg: TrainingConfig) -> tuple[H5ArrayDataset, H5ArrayDataset, list[int]]:
-    train_file = ready / "train.h5"
-    if not train_file.exists():
-        raise FileNotFoundError(f"{train_file} is missing: materialise dataset_splits first")
-    import h5py
-
-    with h5py.File(train_file, "r") as f:
-        stored = json.loads(f.attrs["horizons"])
-    missing = [h for h in cfg.horizons if h not in stored]
-    if missing:
-        raise ValueError(f"horizons {missing} are not in the labels ({stored}); re-materialise labels")
-    patch = cfg.input_mode == "patch"
-    lab, ret = ("labels", "returns") if patch else ("image_labels", "image_returns")
-    keys = {}
-    for h in cfg.horizons:
-        col = stored.index(h)
-        keys[f"label_h{h}"], keys[f"return_h{h}"] = (lab, col), (ret, col)
-    x_key = "patches" if patch else "images"
-    kwargs = {"patches_per_image": 256} if patch else {}
-    return (H5ArrayDataset(train_file, x_key, keys, **kwargs),
-            H5ArrayDataset(ready / "val.h5", x_key, keys, **kwargs), stored)
+def _datasets(ready: Path, cfg: TrainingConfig) -> tuple[H5ArrayDataset, H5ArrayDataset]:
+    return (set_dataset(ready / "train.h5", cfg.input_mode, cfg.horizons),
+            set_dataset(ready / "val.h5", cfg.input_mode, cfg.horizons))
 
 
 def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
@@ -68,7 +50,7 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
         from finnex_ml.losses import class_weights_from_labels
 
         ready = dataset_store.cnn_ready_root()
-        train, val, _ = _datasets(ready, config)
+        train, val = _datasets(ready, config)
         h0 = config.horizons[0]
         weights = class_weights_from_labels(train.target_array(f"label_h{h0}"))  # train only
         cfg = TrainConfig(

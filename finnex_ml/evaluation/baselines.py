@@ -1,0 +1,124 @@
+"""Baselines scored on exactly the dates the models are scored on.
+
+Every baseline returns class probabilities ``[n, 3]`` (0 Sell, 1 Hold, 2 Buy) whose argmax is its
+prediction, so the same metric and backtest code scores models and baselines alike:
+
+* ``majority``: the training class shares as probabilities (argmax = the majority class);
+* ``prior_random``: a class drawn from the training shares (seeded); probabilities are half the
+  drawn class and half the shares, so the argmax is the draw and log-loss stays finite;
+* ``buy_and_hold``: always Buy;
+* ``momentum``: the class the trailing h-session return would get with the label threshold of
+  that date (persistence of the last h sessions; both numbers are known at t's close);
+* ``logistic`` / ``gradient_boosting``: scikit-learn on the tabular daily features of date t,
+  fitted on the training dates only (imputation and scaling inside the pipeline, so their
+  statistics are the training dates' too), with balanced class weights like the networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from finnex_ml import labels as lb
+from finnex_ml.errors import DataInputError
+
+N_CLASSES = 3
+
+
+def class_shares(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, dtype=np.int64)
+    return np.bincount(y, minlength=N_CLASSES)[:N_CLASSES] / max(y.size, 1)
+
+
+def majority_probs(train_y: np.ndarray, n: int) -> np.ndarray:
+    return np.tile(class_shares(train_y), (n, 1))
+
+
+def prior_random_probs(train_y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    shares = class_shares(train_y)
+    draw = np.random.default_rng(seed).choice(N_CLASSES, size=n, p=shares)
+    return 0.5 * np.eye(N_CLASSES)[draw] + 0.5 * shares
+
+
+def constant_probs(cls: int, n: int) -> np.ndarray:
+    return np.tile(np.eye(N_CLASSES)[cls], (n, 1))
+
+
+def momentum_probs(trailing_return: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """One-hot of ``classify(trailing return, threshold)``; a date without either is Hold."""
+    cls = lb.classify(np.asarray(trailing_return, dtype=np.float64), np.asarray(threshold, dtype=np.float64))
+    return np.eye(N_CLASSES)[np.where(cls < 0, lb.HOLD, cls)]
+
+
+def trailing_returns(closes: pl.DataFrame, dates: Sequence, h: int) -> np.ndarray:
+    """close(t) / close(t - h sessions) - 1 from a (date, close) table of consecutive sessions."""
+    table = closes.select("date", "close").sort("date")
+    pos = {d: i for i, d in enumerate(table["date"].to_list())}
+    c = table["close"].to_numpy().astype(np.float64)
+    out = np.full(len(dates), np.nan)
+    for k, d in enumerate(dates):
+        i = pos.get(d)
+        if i is not None and i >= h:
+            out[k] = c[i] / c[i - h] - 1.0
+    return out
+
+
+def _full_proba(model, X: np.ndarray) -> np.ndarray:
+    # a class absent from the training dates gets probability 0, not a shifted column
+    p = np.zeros((X.shape[0], N_CLASSES))
+    p[:, model.classes_.astype(int)] = model.predict_proba(X)
+    return p
+
+
+def fit_tabular(kind: str, X: np.ndarray, y: np.ndarray, seed: int):
+    """A fitted scikit-learn classifier pipeline: ``"logistic"`` or ``"gradient_boosting"``."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "logistic":
+        model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+                              LogisticRegression(C=0.05, max_iter=2000, class_weight="balanced"))
+    elif kind == "gradient_boosting":
+        model = HistGradientBoostingClassifier(max_depth=3, learning_rate=0.05, max_iter=150, l2_regularization=1.0,
+                                               class_weight="balanced", early_stopping=False, random_state=seed)
+    else:
+        raise ValueError(f"unknown tabular baseline {kind!r}")
+    return model.fit(X, y)
+
+
+def tabular_probs(kind: str, X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, seed: int) -> np.ndarray:
+    return _full_proba(fit_tabular(kind, X_train, y_train, seed), X_eval)
+
+
+def ridge_returns(X_train: np.ndarray, r_train: np.ndarray, X_eval: np.ndarray) -> np.ndarray:
+    """A ridge regression of the forward return on the daily features (the regression baseline)."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+                          Ridge(alpha=float(X_train.shape[1])))
+    return model.fit(X_train, r_train).predict(X_eval)
+
+
+def feature_matrix(features: pl.DataFrame, dates: Sequence, columns: Sequence[str]) -> np.ndarray:
+    """Rows of the daily feature table for ``dates`` in order; a missing date is an error."""
+    idx = {d: i for i, d in enumerate(features["date"].to_list())}
+    missing = [d for d in dates if d not in idx]
+    if missing:
+        raise DataInputError(f"no daily_features row for {len(missing)} evaluation date(s), first {missing[0]}",
+                             date=str(missing[0]))
+    X = features.select([pl.col(c).cast(pl.Float64) for c in columns]).to_numpy()
+    X = X[[idx[d] for d in dates]]
+    X[~np.isfinite(X)] = np.nan
+    return X
+
+
+__all__ = ["class_shares", "constant_probs", "feature_matrix", "fit_tabular", "majority_probs", "momentum_probs",
+           "prior_random_probs", "ridge_returns", "tabular_probs", "trailing_returns"]
