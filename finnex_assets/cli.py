@@ -22,6 +22,7 @@ def _use_project_instance() -> None:
 
 LATER_STAGES = ["mega_images", "labels", "patch_dataset"]
 UNPARTITIONED = ("dataset_splits", "cnn_model")
+EVALUATION = ("model_evaluation", "evaluation_report", "qa_report")
 FEATURE_STAGE = ["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data", "daily_features"]
 
 
@@ -44,7 +45,7 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
 
     from finnex_assets.definitions import defs, main_job
 
-    unpartitioned = bool(selection) and all(s in UNPARTITIONED for s in selection)
+    unpartitioned = bool(selection) and all(s in UNPARTITIONED + EVALUATION for s in selection)
     job = defs.resolve_implicit_global_asset_job_def() if unpartitioned else defs.resolve_job_def(main_job.name)
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
     result = job.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags,
@@ -73,7 +74,9 @@ def run_pipeline(start: str, end: str) -> bool:
         return False
     if not run_range(start, end, LATER_STAGES):
         return False
-    return _execute(list(UNPARTITIONED), {}, "every date with images and labels: " + ", ".join(UNPARTITIONED))
+    if not _execute(list(UNPARTITIONED), {}, "every date with images and labels: " + ", ".join(UNPARTITIONED)):
+        return False
+    return _execute(list(EVALUATION), {}, "test split and walk-forward folds: " + ", ".join(EVALUATION))
 
 
 def mlflow_hint() -> str:
@@ -110,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             ok = run_range(start, end, FEATURE_STAGE)
         else:
             ok = run_pipeline(start, end)
+        if ok and args.source != "files":
+            from finnex_assets.assets.evaluation import reports_root
+
+            for name in ("evaluation_report", "qa_report"):
+                print(f"{name}: {reports_root() / (name + '.html')}")
         print(mlflow_hint())
         print("Dagster UI: .venv/bin/finnex ui  (http://127.0.0.1:3000)")
         return 0 if ok else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from finnex_assets.assets.datasets import DATASET_ASSETS, DatasetStore
+from finnex_assets.assets.evaluation import EVALUATION_ASSETS
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
@@ -13,13 +14,13 @@ from finnex_assets.io_managers import ImageStore, MegaImageIOManager, Partitione
 from finnex_assets.resources import MlflowTracking, default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job
 
-ALL_ASSETS = [modalities, daily_features, mega_images, *DATASET_ASSETS, *TRAINING_ASSETS]
+ALL_ASSETS = [modalities, daily_features, mega_images, *DATASET_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS]
 
 # The main job: every per-date stage, as one run per partition range. The unpartitioned
-# dataset_splits (and training after it) run on their own over whatever dates exist.
+# dataset_splits (and training and evaluation after it) run on their own over whatever dates exist.
 main_job = dg.define_asset_job(
     "finnex_main", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("dataset_splits")
-    - dg.AssetSelection.groups("training"),
+    - dg.AssetSelection.groups("training", "evaluation"),
     description="Ingestion through patches for a range of trading dates.",
 )
 

@@ -19,7 +19,6 @@ import h5py
 import numpy as np
 import torch
 
-from finnex_ml.patches import N_PATCHES, extract_patches
 from finnex_ml.training import load_checkpoint_model
 
 ImageTransform = Callable[[np.ndarray], np.ndarray]
@@ -60,24 +59,12 @@ def load_model(checkpoint: Path | str) -> LoadedModel:
     return LoadedModel(model.eval(), cfg["input_mode"], horizons, mean, std, cfg)
 
 
-@torch.no_grad()
-def forward_image(lm: LoadedModel, image: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def forward_image(lm: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities [H, 3] and predicted returns [H] (original units) for one [512, 512, 3] image."""
-    if lm.input_mode == "patch":
-        patches = torch.from_numpy(extract_patches(np.ascontiguousarray(image, dtype=np.float32)))
-        pos = torch.arange(N_PATCHES)
-        probs, regs = [], []
-        for i in range(0, N_PATCHES, batch_size):
-            out = lm.model(patches[i:i + batch_size].permute(0, 3, 1, 2), patch_pos=pos[i:i + batch_size])
-            probs.append(torch.softmax(out["classification_by_horizon"].float(), -1))
-            regs.append(out["regression_by_horizon"].float())
-        p = torch.cat(probs).mean(0).double().numpy()
-        r = torch.cat(regs).mean(0).double().numpy()
-    else:
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].permute(0, 3, 1, 2)
-        out = lm.model(x)
-        p = torch.softmax(out["classification_by_horizon"].float(), -1)[0].double().numpy()
-        r = out["regression_by_horizon"].float()[0].double().numpy()
+    from finnex_ml.evaluation.interpret import image_outputs
+
+    p, r = image_outputs(lm.model, image, lm.input_mode,
+                         patch_positions=bool(lm.config.get("use_patch_positions", True)))
     return p, r * lm.reg_std + lm.reg_mean  # the trainer standardised returns with train statistics
 
 

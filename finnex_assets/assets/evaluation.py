@@ -1,0 +1,285 @@
+"""Evaluation and reports: ``model_evaluation``, ``evaluation_report``, ``qa_report``.
+
+``model_evaluation`` scores every trained model (``cnn_model``, ``vit_model``: those with a
+checkpoint) next to the baselines on the test split and the walk-forward folds
+(``finnex_ml.evaluation.evaluate``), writes ``{data}/datasets/evaluation/`` and logs the test
+metrics to each model's own MLflow run. Its two blocking checks stop the reports when a leak is
+suspected or the permuted-label control beats chance. The reports are self-contained HTML files
+under ``{data}/reports/``, linked from metadata and logged to an MLflow run.
+"""
+
+
+import base64
+import json
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from finnex_assets.assets.datasets import DatasetStore, read_all_labels
+from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
+from finnex_assets.resources import MlflowTracking
+from finnex_ml import schemas
+from finnex_ml.errors import DataInputError
+from finnex_ml.evaluation import report
+from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation
+from finnex_ml.paths import atomic_path, data_root
+
+MODEL_ASSETS = ("cnn_model", "vit_model")
+EVAL_CHECKS = {
+    "no_leakage_detected": "no daily feature predicts the forward return beyond chance, and no model's "
+                           "balanced-accuracy interval lies wholly above the plausibility bar",
+    "permuted_labels_at_chance": "models and baselines trained on shuffled labels score at chance "
+                                 "(their balanced-accuracy interval contains 1/3)",
+}
+
+
+class EvaluationConfig(dg.Config):
+    cost_bps: float = Field(default=5.0, description="Transaction cost per unit of turnover, in basis points.")
+    short_on_sell: bool = Field(default=True, description="Sell means short (True) or flat (False).")
+    position_sizing: bool = Field(default=False, description="Scale positions by |predicted return| / sizing_scale.")
+    sizing_scale: float = Field(default=0.01)
+    n_boot: int = Field(default=1000, description="Block-bootstrap resamples for the intervals.")
+    seed: int = Field(default=7)
+    regime_window: int = Field(default=63, description="Sessions of trailing return that define the regime.")
+    regime_band: float = Field(default=0.05, description="Trailing return above +band is bull, below -band bear.")
+    walk_forward_epochs: int = Field(default=1, description="Epochs to retrain each network per fold; 0 skips.")
+    permuted_label_epochs: int = Field(default=1, description="Epochs of the permuted-label control; 0 skips.")
+    interpret_images: int = Field(default=4, description="Test images explained per model (occlusion, saliency).")
+    leak_min_abs_corr: float = Field(default=0.3)
+    max_balanced_accuracy: float = Field(default=0.6, description="A model whose whole interval beats this is a suspect.")
+
+    def eval_config(self) -> EvalConfig:
+        fields = EvalConfig.__dataclass_fields__
+        return EvalConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+
+
+def evaluation_root(store: DatasetStore) -> Path:
+    return store.root() / "evaluation"
+
+
+def reports_root() -> Path:
+    return data_root() / "reports"
+
+
+def _read_features(io_manager: PartitionedParquetIOManager, dates: list[date]) -> pl.DataFrame:
+    frames = []
+    for d in dates:
+        path = io_manager._path(dg.AssetKey("daily_features"), d.isoformat())
+        if not path.exists():
+            raise DataInputError(f"daily_features for {d} is not materialised (the tabular baselines need it)",
+                                 file=str(path), date=d.isoformat())
+        frames.append(pl.read_parquet(path))
+    return pl.concat(frames, how="diagonal_relaxed").sort("date")
+
+
+def _atomic_write(path: Path, write) -> None:
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def _model_run_id(instance: dg.DagsterInstance, name: str) -> str | None:
+    ev = instance.get_latest_materialization_event(dg.AssetKey(name))
+    mat = ev.asset_materialization if ev is not None else None
+    value = mat.metadata.get("mlflow_run_id") if mat is not None else None
+    return None if value is None else str(value.value)
+
+
+@dg.asset(
+    deps=["dataset_splits", *MODEL_ASSETS],
+    required_resource_keys={"io_manager", "image_store", "dataset_store", "mlflow_tracking"},
+    check_specs=[dg.AssetCheckSpec(n, asset="model_evaluation", description=d, blocking=True)
+                 for n, d in EVAL_CHECKS.items()],
+    group_name="evaluation",
+    kinds={"pytorch", "scikitlearn", "mlflow"},
+)
+def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig):
+    """Every trained model against baselines on the test split and walk-forward folds, with
+    backtests, bootstrap intervals, regimes, ablations, controls and interpretability."""
+    from finnex_ml.encoding.store import read_spec
+    from finnex_ml.evaluation.explain import explain_model
+
+    io_manager: PartitionedParquetIOManager = context.resources.io_manager
+    store: DatasetStore = context.resources.dataset_store
+    image_root: Path = context.resources.image_store.root()
+    splits_file, stats_file = store.splits_root() / "splits.json", store.cnn_ready_root() / "statistics.json"
+    for f in (splits_file, stats_file):
+        if not f.exists():
+            raise DataInputError(f"{f} is missing: materialise dataset_splits first", file=str(f))
+    splits = json.loads(splits_file.read_text(encoding="utf-8"))
+    stats = json.loads(stats_file.read_text(encoding="utf-8"))
+    labels = read_all_labels(io_manager)
+    wanted = sorted({date.fromisoformat(d) for v in splits["sets"].values() for d in v}
+                    | {date.fromisoformat(d) for f in splits["folds"] for d in f["train"] + f["val"]})
+    features = _read_features(io_manager, wanted)
+    models = {n: store.root() / "models" / n / "best.pt" for n in MODEL_ASSETS}
+    trained = {n: p for n, p in models.items() if p.exists()}
+    missing = sorted(set(models) - set(trained))
+    if missing:
+        context.log.warning(f"not trained yet, so not evaluated: {missing}")
+    out = evaluation_root(store)
+    spec = read_spec(image_root)
+    cfg = config.eval_config()
+    inputs = EvalInputs(labels=labels, features=features, feature_columns=schemas.feature_columns(features),
+                        splits=splits, ready_root=store.cnn_ready_root(), image_root=image_root,
+                        shard_root=store.patches_root(), work_dir=out / "work",
+                        channel_means=stats["train"]["channel_mean"], models=trained)
+
+    def interpret(name, lm, set_file):
+        return explain_model(name, lm, set_file, spec, out / "interpret", fill=stats["train"]["channel_mean"],
+                             n_images=config.interpret_images)
+
+    doc, predictions, equity = run_evaluation(inputs, cfg, log=context.log.info, interpret=interpret)
+    doc["not_trained"] = missing
+    _atomic_write(out / "evaluation.json", lambda t: t.write_text(json.dumps(doc, indent=1), encoding="utf-8"))
+    _atomic_write(out / "predictions.parquet", predictions.write_parquet)
+    _atomic_write(out / "equity.parquet", equity.write_parquet)
+
+    import mlflow
+
+    tracking: MlflowTracking = context.resources.mlflow_tracking
+    mlflow.set_tracking_uri(tracking.uri())
+    logged = {}
+    for name in trained:
+        run_id = _model_run_id(context.instance, name)
+        if run_id is None:
+            continue
+        rows = [r for r in doc["tables"]["test"] if r["model"] == name]
+        with mlflow.start_run(run_id=run_id):
+            for r in rows:
+                mlflow.log_metrics({f"test_{k}_h{r['horizon']}": float(r[k]) for k in
+                                    ("accuracy", "balanced_accuracy", "macro_f1", "sharpe", "max_drawdown")
+                                    if r.get(k) is not None})
+            mlflow.log_artifact(str(out / "evaluation.json"), artifact_path="evaluation")
+        logged[name] = run_id
+
+    rows = [r for r in doc["tables"]["test"]]
+    summary = [{k: r.get(k) for k in ("model", "horizon", "balanced_accuracy", "balanced_accuracy_ci", "sharpe",
+                                       "sharpe_ci")} for r in rows]
+    meta: dict[str, Any] = {
+        "evaluated_models": dg.MetadataValue.json(sorted(trained)), "not_trained": dg.MetadataValue.json(missing),
+        "test_dates": doc["test"]["n"], "test_range": f"{doc['test']['first']}..{doc['test']['last']}",
+        "summary": dg.MetadataValue.md(_md_table(summary)),
+        "evaluation_json": dg.MetadataValue.path(str(out / "evaluation.json")),
+        "mlflow_runs": dg.MetadataValue.json(logged),
+    }
+    for name, d in doc.get("interpretation", {}).items():
+        for kind, png in (d.get("pngs") or {}).items():
+            data = base64.b64encode(Path(png).read_bytes()).decode()
+            meta[f"{name}_{kind}_map"] = dg.MetadataValue.md(f"![{name} {kind}](data:image/png;base64,{data})")
+    yield dg.MaterializeResult(metadata=meta)
+
+    leak = doc["leakage"]
+    yield dg.AssetCheckResult(
+        check_name="no_leakage_detected", passed=bool(leak["passed"]), severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"flagged_features": dg.MetadataValue.json(leak["feature_scan"]["flagged"][:20]),
+                  "threshold_abs_spearman": leak["feature_scan"]["threshold_abs_spearman"],
+                  "top_features": dg.MetadataValue.json(leak["feature_scan"]["top"][:5]),
+                  "suspicious_models": dg.MetadataValue.json(leak["suspicious_models"])})
+    perm = doc["tables"]["permuted_labels"]
+    bad = [r for r in perm if not r["at_chance"]]
+    yield dg.AssetCheckResult(
+        check_name="permuted_labels_at_chance", passed=not bad, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"controls": len(perm), "above_or_below_chance": dg.MetadataValue.json(bad)})
+
+
+def _md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else (  # noqa: E731
+        f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) and len(v) == 2 and None not in v else str(v))
+    return ("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+            + "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows))
+
+
+def _log_report(tracking: MlflowTracking, path: Path, run_name: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.uri())
+    with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name=run_name, tags={"kind": "report"}) as run:
+        mlflow.log_artifact(str(path), artifact_path="reports")
+        return run.info.run_id
+
+
+@dg.asset(deps=["model_evaluation"], required_resource_keys={"dataset_store", "image_store", "mlflow_tracking"},
+          group_name="evaluation", kinds={"plotly", "html"})
+def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """One self-contained HTML: tables, equity curves against buy-and-hold, confusion matrices, importance."""
+    out = evaluation_root(context.resources.dataset_store)
+    doc_file = out / "evaluation.json"
+    if not doc_file.exists():
+        raise DataInputError(f"{doc_file} is missing: materialise model_evaluation first", file=str(doc_file))
+    doc = json.loads(doc_file.read_text(encoding="utf-8"))
+    equity = pl.read_parquet(out / "equity.parquet")
+    images = {f"{name}: {kind}": Path(p).read_bytes() for name, d in (doc.get("interpretation") or {}).items()
+              for kind, p in (d.get("pngs") or {}).items() if Path(p).exists()}
+    path = report.write_html(reports_root() / "evaluation_report.html", report.evaluation_html(doc, equity, images))
+    run_id = _log_report(context.resources.mlflow_tracking, path, f"evaluation-report-{context.run.run_id[:8]}")
+    context.log.info(f"evaluation report: {path}")
+    return dg.MaterializeResult(metadata={"report": dg.MetadataValue.path(str(path)),
+                                          "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
+                                          "bytes": path.stat().st_size, "mlflow_run_id": run_id})
+
+
+def check_history(instance: dg.DagsterInstance, check_keys, limit: int = 1000) -> list[dict[str, Any]]:
+    """One row per check: executions, passes, failures, the latest outcome and failing dates."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as S
+
+    rows = []
+    for key in sorted(check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=limit)
+        passed = failed = 0
+        failing_dates: list[str] = []
+        latest, latest_run, latest_at = "never run", "", ""
+        for i, rec in enumerate(records):  # newest first
+            ev = rec.event.dagster_event.event_specific_data if rec.event and rec.event.dagster_event else None
+            evaluation = getattr(ev, "evaluation", ev)
+            ok = getattr(evaluation, "passed", None) if rec.status in (S.SUCCEEDED, S.FAILED) else None
+            if ok is True:
+                passed += 1
+            elif ok is False:
+                failed += 1
+                md = getattr(evaluation, "metadata", {}) or {}
+                fd = md.get("failing_dates")
+                if fd is not None:
+                    failing_dates.extend(str(x) for x in (fd.value if hasattr(fd, "value") else fd))
+            if i == 0:
+                latest = {True: "passed", False: "failed", None: rec.status.value.lower()}[ok]
+                latest_run = rec.run_id[:8]
+                latest_at = datetime.fromtimestamp(rec.create_timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        rows.append({"check": f"{key.asset_key.to_user_string()}:{key.name}", "executions": len(records),
+                     "passed": passed, "failed": failed, "latest": latest, "latest_run": latest_run,
+                     "latest_at_utc": latest_at, "failing_dates": ", ".join(sorted(set(failing_dates))[:20])})
+    return rows
+
+
+@dg.asset(deps=["model_evaluation"], required_resource_keys={"mlflow_tracking"}, group_name="evaluation",
+          kinds={"plotly", "html"})
+def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Every asset check of the project across runs and partitions: pass/fail counts, the latest
+    outcome and the dates that failed."""
+    from finnex_assets.definitions import defs  # the project's checks, whatever this run selected
+
+    keys = defs.resolve_asset_graph().asset_check_keys
+    rows = check_history(context.instance, keys)
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    path = report.write_html(reports_root() / "qa_report.html", report.qa_html(rows, generated))
+    run_id = _log_report(context.resources.mlflow_tracking, path, f"qa-report-{context.run.run_id[:8]}")
+    failing = [r["check"] for r in rows if r["latest"] == "failed"]
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.path(str(path)), "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
+        "checks": len(rows), "never_run": sum(r["latest"] == "never run" for r in rows),
+        "failing_latest": dg.MetadataValue.json(failing), "mlflow_run_id": run_id,
+        "summary": dg.MetadataValue.md(_md_table([{k: r[k] for k in ("check", "executions", "passed", "failed", "latest")}
+                                                  for r in rows])),
+    })
+
+
+EVALUATION_ASSETS = [model_evaluation, evaluation_report, qa_report]
+
+__all__ = ["EVALUATION_ASSETS", "EvaluationConfig", "check_history", "evaluation_report", "model_evaluation",
+           "qa_report"]

@@ -1,0 +1,203 @@
+"""model_evaluation end to end: models and baselines on identical dates, controls at chance, a
+planted leak caught, reports written; library-level and through Dagster."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import h5py
+import numpy as np
+import polars as pl
+import pytest
+
+from finnex_assets.assets.datasets import DatasetStore
+from finnex_assets.assets.evaluation import evaluation_report, model_evaluation, qa_report
+from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
+from finnex_assets.resources import MlflowTracking
+from finnex_ml import calendar, labels as lb, splits as sp
+from finnex_ml.datasets_io import set_dataset, write_set_file
+from finnex_ml.encoding import NormConfig, build_layout, write_spec
+from finnex_ml.encoding.store import image_path
+from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation
+from finnex_ml.evaluation.leakage import LeakageError, scan_features
+from finnex_ml.patches import extract_patches, shard_path
+from finnex_ml.schemas import feature_columns
+from finnex_ml.training import TrainConfig, train_model
+
+HORIZONS = (1, 5)
+N_DATES = 100
+FAST = EvalConfig(n_boot=200, walk_forward_epochs=1, permuted_label_epochs=1)
+
+
+def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bool = False) -> dict:
+    """Tables, random images and shards, splits, cnn_ready sets and a trained tiny CNN under ``root``."""
+    dates = features["date"].to_list()[-N_DATES - 10:-10]  # labels need 5 later sessions
+    labels = lb.compute_labels(closes, dates, lb.LabelConfig(horizons=HORIZONS), sessions=calendar.all_sessions())
+    labels = labels.with_columns(pl.lit("cfg").alias("config_hash"))
+    feats = features.filter(pl.col("date").is_in(dates))
+    if leak:  # a feature equal to the next session's return: information from after t
+        feats = feats.with_columns(pl.Series("technical__planted_leak", labels[lb.return_col(1)].to_numpy()))
+    io = PartitionedParquetIOManager(base_dir=str(root / "tables"))
+    for name, table in (("labels", labels), ("daily_features", feats)):
+        for d in dates:
+            path = io._path(dg.AssetKey(name), d.isoformat())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.filter(pl.col("date") == d).write_parquet(path)
+    images, shards, ready = root / "images", root / "datasets" / "patch_datasets", root / "datasets" / "cnn_ready"
+    spec = build_layout(feats.columns)
+    write_spec(images, spec, NormConfig())
+    rng = np.random.default_rng(1)
+    for d in dates:
+        img = rng.random((512, 512, 3), dtype=np.float32)
+        for path, key, arr in ((image_path(images, d), "image", img), (shard_path(shards, d), "patches", extract_patches(img))):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(path, "w") as f:
+                f.create_dataset(key, data=arr)
+    split = sp.temporal_split(dates, calendar.all_sessions(), max(HORIZONS), train=0.7, val=0.1)
+    folds = sp.walk_forward(sp.development_dates(split), calendar.all_sessions(), max(HORIZONS), folds=2)
+    doc = {"horizons": list(HORIZONS), "sets": {k: [d.isoformat() for d in v] for k, v in split.sets().items()},
+           "folds": [{"fold": f.index, "train": [d.isoformat() for d in f.train], "val": [d.isoformat() for d in f.val]}
+                     for f in folds], "split_hash": "h" * 64}
+    (root / "datasets" / "splits").mkdir(parents=True)
+    (root / "datasets" / "splits" / "splits.json").write_text(json.dumps(doc))
+    for name, ds in split.sets().items():
+        sub = labels.filter(pl.col("date").is_in(list(ds))).sort("date")
+        write_set_file(ready / f"{name}.h5", name, list(ds), images, shards,
+                       sub.select([lb.class_col(h) for h in HORIZONS]).to_numpy(),
+                       sub.select([lb.return_col(h) for h in HORIZONS]).to_numpy(), HORIZONS,
+                       spec_hash=spec.spec_hash(), split_hash=doc["split_hash"])
+    (ready / "statistics.json").write_text(json.dumps({"train": {"channel_mean": [0.5, 0.5, 0.5]}}))
+    cfg = TrainConfig(model="cnn", input_mode="patch", horizons=HORIZONS, class_targets=("label_h1", "label_h5"),
+                      reg_targets=("return_h1", "return_h5"), epochs=1, batch_size=256, lr=1e-3, warmup_epochs=0,
+                      patience=None, num_threads=1)
+    train_model(cfg, set_dataset(ready / "train.h5", "patch", HORIZONS), set_dataset(ready / "val.h5", "patch", HORIZONS),
+                checkpoint_dir=root / "datasets" / "models" / "cnn_model")
+    return {"labels": labels, "features": feats, "splits": doc, "spec": spec, "dates": dates}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, synthetic_2024):
+    market = synthetic_2024.snapshots["market_data"]
+    closes = market.select("date", "close").unique("date", keep="last").sort("date")
+    root = tmp_path_factory.mktemp("eval")
+    return root, _world(root, synthetic_2024.features, closes)
+
+
+def _inputs(root: Path, w: dict, models: bool = True) -> EvalInputs:
+    return EvalInputs(labels=w["labels"], features=w["features"], feature_columns=feature_columns(w["features"]),
+                      splits=w["splits"], ready_root=root / "datasets" / "cnn_ready", image_root=root / "images",
+                      shard_root=root / "datasets" / "patch_datasets", work_dir=root / "work",
+                      channel_means=[0.5, 0.5, 0.5],
+                      models={"cnn_model": root / "datasets" / "models" / "cnn_model" / "best.pt"} if models else {})
+
+
+@pytest.fixture(scope="module")
+def evaluated(world):
+    root, w = world
+    return (w,) + run_evaluation(_inputs(root, w), FAST, log=lambda m: None)
+
+
+def test_models_and_baselines_share_dates_and_tables(evaluated):
+    w, doc, preds, equity = evaluated
+    test_dates = [date.fromisoformat(d) for d in w["splits"]["sets"]["test"]]
+    names = {(r["model"], r["horizon"]) for r in doc["tables"]["test"]}
+    for name in ("cnn_model", "majority", "prior_random", "buy_and_hold", "momentum", "logistic", "gradient_boosting"):
+        assert {(name, 1), (name, 5)} <= names
+    assert all(r["n"] == len(test_dates) for r in doc["tables"]["test"])
+    per = preds.group_by("model", "horizon").agg(pl.col("date").sort())
+    for row in per.iter_rows(named=True):
+        assert row["date"] == test_dates, row["model"]
+    # the majority baseline predicts the training majority class on every test date
+    train = w["labels"].filter(pl.col("date").is_in([date.fromisoformat(d) for d in w["splits"]["sets"]["train"]]))
+    for h in HORIZONS:
+        maj = int(np.bincount(train[lb.class_col(h)].to_numpy(), minlength=3).argmax())
+        y = w["labels"].filter(pl.col("date").is_in(test_dates)).sort("date")[lb.class_col(h)].to_numpy()
+        row = next(r for r in doc["tables"]["test"] if r["model"] == "majority" and r["horizon"] == h)
+        assert row["accuracy"] == pytest.approx(float((y == maj).mean()))
+        lo, hi = row["accuracy_ci"]
+        assert lo <= row["accuracy"] <= hi
+
+
+def test_buy_and_hold_equity_is_the_compounded_return_less_entry_and_exit_costs(evaluated):
+    w, doc, _, equity = evaluated
+    test_dates = [date.fromisoformat(d) for d in w["splits"]["sets"]["test"]]
+    r1 = w["labels"].filter(pl.col("date").is_in(test_dates)).sort("date")[lb.return_col(1)].to_numpy()
+    row = next(r for r in doc["tables"]["test"] if r["model"] == "buy_and_hold" and r["horizon"] == 1)
+    cost = FAST.cost_bps / 1e4
+    net = r1.copy()
+    net[0] -= cost
+    net[-1] -= cost
+    assert row["total_return"] == pytest.approx(float(np.prod(1 + net) - 1), rel=1e-9)
+    curve = equity.filter(pl.col("series") == "buy_and_hold (1d)")["equity"].to_numpy()
+    assert curve.shape == (len(test_dates),) and curve[-1] == pytest.approx(1 + row["total_return"])
+
+
+def test_controls_score_at_chance_and_walk_forward_retrains(evaluated):
+    _, doc, _, _ = evaluated
+    perm = doc["tables"]["permuted_labels"]
+    assert {r["model"] for r in perm} == {"cnn_model", "logistic", "gradient_boosting"}
+    for r in perm:
+        lo, hi = r["ci"]
+        assert r["at_chance"] and lo <= 1 / 3 <= hi, r
+    wf = doc["tables"]["walk_forward"]
+    assert {r["fold"] for r in wf if r["model"] == "cnn_model"} == {1, 2}
+    assert {r["model"] for r in wf} >= {"cnn_model", "logistic", "gradient_boosting", "majority", "momentum"}
+    ab = {r["ablation"] for r in doc["tables"]["ablations"]}
+    assert ab == {"blank red", "blank green", "blank blue"}
+    assert doc["leakage"]["passed"], doc["leakage"]
+    regimes = {r["regime"] for r in doc["tables"]["regimes"]}
+    assert regimes <= {"bull", "bear", "sideways", "unknown"} and regimes
+    n = sum(r["n"] for r in doc["tables"]["regimes"] if r["model"] == "majority" and r["horizon"] == 1)
+    assert n == doc["test"]["n"]
+
+
+def test_planted_leak_is_caught_loudly(world, synthetic_2024, tmp_path):
+    root, w = world
+    leaky = w["features"].with_columns(pl.Series("technical__planted_leak", w["labels"][lb.return_col(1)].to_numpy()))
+    X = leaky.select(feature_columns(leaky)).to_numpy()
+    report = scan_features(X, feature_columns(leaky), w["labels"][lb.return_col(1)].to_numpy())
+    assert [f for f, _ in report.flagged] == ["technical__planted_leak"]
+    with pytest.raises(LeakageError, match="technical__planted_leak"):
+        report.raise_if_failed()
+    # and through the full evaluation: the leak check fails, naming the feature
+    inp = _inputs(root, {**w, "features": leaky}, models=False)
+    inp.feature_columns = feature_columns(leaky)
+    inp.work_dir = tmp_path / "work"
+    doc, _, _ = run_evaluation(inp, EvalConfig(n_boot=50), log=lambda m: None)
+    assert not doc["leakage"]["passed"]
+    assert doc["leakage"]["feature_scan"]["flagged"][0]["feature"] == "technical__planted_leak"
+
+
+def _resources(root: Path) -> dict:
+    return {"io_manager": PartitionedParquetIOManager(base_dir=str(root / "tables")),
+            "image_store": ImageStore(base_dir=str(root / "images")),
+            "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
+            "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test")}
+
+
+def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
+    root, w = world
+    monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
+    cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2}
+    result = dg.materialize([model_evaluation, evaluation_report, qa_report], resources=_resources(root),
+                            instance=dg.DagsterInstance.ephemeral(),
+                            run_config={"ops": {"model_evaluation": {"config": cfg}}})
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"no_leakage_detected": True, "permuted_labels_at_chance": True}
+    meta = result.asset_materializations_for_node("evaluation_report")[0].metadata
+    html = Path(meta["report"].value).read_text(encoding="utf-8")
+    assert "Equity curves" in html and "cnn_model" in html and "plotly" in html.lower()
+    assert "<script src=" not in html  # self-contained: no external script
+    qa = result.asset_materializations_for_node("qa_report")[0].metadata
+    text = Path(qa["report"].value).read_text(encoding="utf-8")
+    assert "model_evaluation:no_leakage_detected" in text
+    # every check of the project is listed; only this run's two have executions here
+    assert qa["checks"].value > 10 and qa["never_run"].value == qa["checks"].value - 2
+    assert qa["failing_latest"].value == []
+    ev = result.asset_materializations_for_node("model_evaluation")[0].metadata
+    assert ev["evaluated_models"].value == ["cnn_model"] and ev["not_trained"].value == ["vit_model"]
+    assert any(k.startswith("cnn_model_occlusion") for k in ev)
