@@ -201,3 +201,26 @@ def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     ev = result.asset_materializations_for_node("model_evaluation")[0].metadata
     assert ev["evaluated_models"].value == ["cnn_model"] and ev["not_trained"].value == ["vit_model"]
     assert any(k.startswith("cnn_model_occlusion") for k in ev)
+
+
+def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkeypatch):
+    root, w = world
+    monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
+    tables = tmp_path / "tables"
+    io = PartitionedParquetIOManager(base_dir=str(tables))
+    leaky = w["features"].with_columns(pl.Series("technical__planted_leak", w["labels"][lb.return_col(1)].to_numpy()))
+    for name, table in (("labels", w["labels"]), ("daily_features", leaky)):
+        for d in w["dates"]:
+            path = io._path(dg.AssetKey(name), d.isoformat())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.filter(pl.col("date") == d).write_parquet(path)
+    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1}
+    result = dg.materialize([model_evaluation, evaluation_report], resources={**_resources(root), "io_manager": io},
+                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+                            run_config={"ops": {"model_evaluation": {"config": cfg}}})
+    leak = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_leakage_detected")
+    assert not leak.passed and leak.severity == dg.AssetCheckSeverity.ERROR
+    assert leak.metadata["flagged_features"].value[0]["feature"] == "technical__planted_leak"
+    # blocking: the report is not built on a leaking evaluation
+    assert not result.success
+    assert result.asset_materializations_for_node("evaluation_report") == []

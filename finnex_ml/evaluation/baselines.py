@@ -23,21 +23,17 @@ import polars as pl
 
 from finnex_ml import labels as lb
 from finnex_ml.errors import DataInputError
+from finnex_ml.evaluation.metrics import class_shares
 
 N_CLASSES = 3
 
 
-def class_shares(y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y, dtype=np.int64)
-    return np.bincount(y, minlength=N_CLASSES)[:N_CLASSES] / max(y.size, 1)
-
-
 def majority_probs(train_y: np.ndarray, n: int) -> np.ndarray:
-    return np.tile(class_shares(train_y), (n, 1))
+    return np.tile(np.asarray(class_shares(train_y)), (n, 1))
 
 
 def prior_random_probs(train_y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    shares = class_shares(train_y)
+    shares = np.asarray(class_shares(train_y))
     draw = np.random.default_rng(seed).choice(N_CLASSES, size=n, p=shares)
     return 0.5 * np.eye(N_CLASSES)[draw] + 0.5 * shares
 
@@ -120,5 +116,5 @@ def feature_matrix(features: pl.DataFrame, dates: Sequence, columns: Sequence[st
     return X
 
 
-__all__ = ["class_shares", "constant_probs", "feature_matrix", "fit_tabular", "majority_probs", "momentum_probs",
+__all__ = ["constant_probs", "feature_matrix", "fit_tabular", "majority_probs", "momentum_probs",
            "prior_random_probs", "ridge_returns", "tabular_probs", "trailing_returns"]

@@ -334,7 +334,7 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     doc = {
         "config": asdict(cfg), "horizons": horizons, "models": sorted(loaded),
         "test": {"first": test_d[0].isoformat(), "last": test_d[-1].isoformat(), "n": len(test_d),
-                 "class_shares": {f"{h}d": bl.class_shares(fr.classes(h, test_d)).tolist() for h in horizons},
+                 "class_shares": {f"{h}d": mt.class_shares(fr.classes(h, test_d)) for h in horizons},
                  "bootstrap_block": block},
         "train": {"first": train_d[0].isoformat(), "last": train_d[-1].isoformat(), "n": len(train_d)},
         "split_hash": split_hash, "spec_hash": spec_hash,
