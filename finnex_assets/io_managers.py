@@ -76,6 +76,9 @@ class MegaImageIOManager(dg.ConfigurableIOManager):
     """
 
     store: ImageStore
+    compression: str = Field(
+        default="none", description="Image compression: none (default: fastest write and read, 3 MB per date), "
+                                    "gzip (level 1, ~14x smaller, ~6x slower to write) or lzf (~10x smaller).")
 
     def root(self) -> Path:
         return self.store.root()
@@ -83,16 +86,20 @@ class MegaImageIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         from finnex_ml.encoding import write_encoded
 
+        if self.compression not in ("none", "gzip", "lzf"):  # before any file is touched
+            raise ValueError(f"mega_image_io_manager: compression must be none, gzip or lzf, got {self.compression!r}")
         expected = {validate_partition_key(k) for k in context.asset_partition_keys}
         written = set()
-        for item in obj:
+        root, compression = self.root(), None if self.compression == "none" else self.compression
+        for item in obj:  # one image in memory at a time
             if item.date not in expected:
                 raise ValueError(f"mega_images: image for {item.date} is outside the run's partitions")
-            write_encoded(self.root(), item, obj.spec, obj.norm_config)
+            write_encoded(root, item, obj.spec, obj.norm_config, compression=compression)
             written.add(item.date)
         if written != expected:
             raise ValueError(f"mega_images: no image for partition(s) {sorted(expected - written)[:3]}")
-        context.add_output_metadata({"root": dg.MetadataValue.path(str(self.root())), "images_written": len(written)})
+        context.add_output_metadata({"root": dg.MetadataValue.path(str(root)), "images_written": len(written),
+                                     "compression": self.compression})
 
     def load_input(self, context: dg.InputContext):
         from finnex_ml.encoding import open_range

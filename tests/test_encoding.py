@@ -197,6 +197,70 @@ def test_decode_round_trip_on_real_features(table, spec, encoded) -> None:
         encode(np.where(w > 0.5, np.nan, w), spec)
 
 
+def _reference_image(window: np.ndarray, spec: LayoutSpec) -> np.ndarray:
+    """Pixel by pixel from the lookup maps: the meaning of an image, without any gather index."""
+    look = pixel_lookup(spec)
+    used = look.feature >= 0
+    img = np.full(spec.shape, np.float32(spec.fill_value), dtype=np.float32)
+    img[used] = window[spec.sessions - 1 - look.lag[used], look.feature[used]]
+    return img
+
+
+def test_row_run_painter_equals_full_gather_byte_for_byte(spec, encoded) -> None:
+    from finnex_ml.encoding.encoder import _maps, paint
+
+    empty_tiles = build_layout(["news__mean", "news__std"],
+                               {"behavioral.red.news": ["news__*"], "behavioral.red.social": ["news__std"]})
+    rng = np.random.default_rng(3)
+    cases = [(spec, item.window) for item in encoded[::9]]
+    cases += [(sp, rng.random((sp.sessions, sp.n_features), dtype=np.float32)) for sp in (spec, empty_tiles)]
+    cases += [(spec, np.zeros((spec.sessions, spec.n_features), np.float32)),
+              (build_layout(SMALL_FEATURES, sessions=28, fill_value=0.125),
+               rng.random((28, len(SMALL_FEATURES)), dtype=np.float32))]
+    for sp, w in cases:
+        ext = np.append(w.ravel(), np.float32(sp.fill_value)).astype(np.float32)
+        full = np.take(ext, _maps(sp).gather).reshape(sp.shape)  # the previous one-gather painter
+        for img in (encode(w, sp), paint(ext, sp)):
+            assert img.dtype == np.float32 and img.shape == sp.shape and img.flags.c_contiguous
+            assert img.tobytes() == full.tobytes() == _reference_image(w, sp).tobytes()
+    m = _maps(spec)
+    assert len(m.rows) < spec.height // 2  # bands repeat rows: that is where the speed comes from
+    # every image is a fresh array: a consumer may keep the previous one (the asset does)
+    assert not np.shares_memory(encoded[0].image, encoded[1].image)
+
+
+def test_params_hash_is_the_documented_digest(table, spec, image_dates, encoded) -> None:
+    from finnex_ml.encoding.normalize import params_hash, params_hash_rows
+
+    _, mat = feature_matrix(table, spec)
+    dates = table["date"].to_list()
+    for item in encoded[::13]:
+        ref = normalize_window(mat[: dates.index(item.date) + 1], CFG, spec.sessions)
+        h = hashlib.sha256(CFG.config_hash().encode())  # definition, spelt out with copies
+        h.update(ref.center.astype("<f8").tobytes())
+        h.update(ref.scale.astype("<f8").tobytes())
+        h.update(np.packbits(ref.missing).tobytes())
+        assert item.params_hash == params_hash(CFG, ref) == h.hexdigest()
+        assert np.array_equal(item.center, ref.center[-1]) and np.array_equal(item.scale, ref.scale[-1])
+    end = len(dates) - 1
+    rows = [normalize_session(mat[i - CFG.window + 1: i + 1], CFG) for i in range(end - 55, end + 1)]
+    miss = np.stack([r.missing for r in rows])
+    miss[3, 7] = True  # the mask is hashed as given
+    stacked = normalize_window(mat[: end + 1], CFG, 56)._replace(missing=miss)
+    assert params_hash_rows(CFG, rows, miss) == params_hash(CFG, stacked)
+
+
+def test_summary_without_missing_cells(encoded) -> None:
+    clean = [item for item in encoded if not item.missing.any()]
+    assert clean  # the synthetic table has complete dates
+    for item in clean[:3]:
+        assert item.missing_summary == {
+            "missing_cells": 0, "missing_fraction": 0.0, "missing_short_history_cells": 0, "missing_raw_cells": 0,
+            "missing_at_date": [], "missing_by_tile": {}, "fill_value": CFG.fill_value,
+            "warmup_complete": item.missing_summary["warmup_complete"]}
+        assert isinstance(item.missing_summary["warmup_complete"], bool)
+
+
 def test_sliding_window_invariant(spec, encoded) -> None:
     for prev, cur in zip(encoded, encoded[1:]):
         assert np.array_equal(decode(cur.image, spec)[:-1], decode(prev.image, spec)[1:])
@@ -322,6 +386,64 @@ def test_qa_checks_pass_and_fail(spec, encoded) -> None:
     ok, d = check_image(bad, spec)
     assert not ok and d["above_1"] == 1 and d["unused_not_fill"] == 1
     assert not check_image(item.image.astype(np.float64), spec)[0]
+
+
+def _check_image_reference(img: np.ndarray, spec: LayoutSpec) -> dict:
+    """check_image's details computed the slow, obvious way (boolean masks, per-call tile loop)."""
+    finite = np.isfinite(img)
+    unused = np.ones(spec.shape, dtype=bool)
+    for t in spec.tiles:
+        if t.features:
+            s = spec.section(t.section)
+            unused[s.row0:s.row1, t.used_col0:t.col1, t.channel] = False
+    return {"dtype": "float32", "shape": [512, 512, 3], "non_finite": int((~finite).sum()),
+            "min": float(img[finite].min()) if finite.any() else None,
+            "max": float(img[finite].max()) if finite.any() else None,
+            "below_0": int((img < 0).sum()), "above_1": int((img > 1).sum()), "unused_pixels": int(unused.sum()),
+            "unused_not_fill": int((img[unused] != np.float32(spec.fill_value)).sum())}
+
+
+def test_fast_qa_and_stats_equal_the_obvious_computation(spec, encoded) -> None:
+    from finnex_ml.encoding import used_mask
+
+    img = encoded[2].image
+    variants = [img, img.copy(), img.copy(), img.copy(), np.full(spec.shape, np.nan, dtype=np.float32)]
+    variants[1][0, 0, 0] = np.nan
+    variants[1][300, 500, 1] = -np.inf
+    variants[2][0, 0, 0] = 0.75  # an unused (padding) pixel
+    variants[3][200, 200, 2] = 1.5
+    for v in variants:
+        passed, details = check_image(v, spec)
+        assert details == _check_image_reference(v, spec)
+        assert passed == (v is img)
+    win = encoded[2].window
+    in_band = img.copy()
+    green = spec.tile("fundamental.green")
+    in_band[green.row_bands[2][0] + 1, green.col1 - 1, green.channel] = 0.3  # inside a band, newest session
+    for v in variants[:4] + [in_band]:
+        bad, worst = {}, 0.0  # the per-feature loop of the original check
+        for t in spec.tiles:
+            for f, (r0, r1) in zip(t.features, t.row_bands):
+                block = v[r0:r1, t.used_col0:t.col1, t.channel].reshape(r1 - r0, spec.sessions, t.px_per_session)
+                err = float(np.abs(block - win[:, spec.feature_index[f]][None, :, None]).max())
+                worst = max(worst, err)
+                if err != 0.0:
+                    bad.setdefault(t.name, []).append(f)
+        ok, details = check_spatial_integrity(v, spec, win)
+        assert details == {"tiles_checked": len(spec.tiles), "features_checked": spec.n_features,
+                           "max_abs_error": worst, "mismatched": bad}
+        assert ok == (not bad)
+    assert check_spatial_integrity(in_band, spec, win)[1]["mismatched"] == {"fundamental.green": [green.features[2]]}
+    assert check_spatial_integrity(variants[1], spec, win)[1]["max_abs_error"] == np.inf
+    for used_only in (True, False):
+        mask = used_mask(spec) if used_only else np.ones(spec.shape, dtype=bool)
+        got = channel_section_stats(img, spec, used_only=used_only)
+        for c, cname in enumerate(spec.channel_names):
+            for s in spec.sections:
+                vals = img[s.row0:s.row1, :, c][mask[s.row0:s.row1, :, c]].astype(np.float64)
+                assert got[cname][s.name] == {"mean": float(vals.mean()), "std": float(vals.std()),
+                                              "min": float(vals.min()), "max": float(vals.max()),
+                                              "pixels": int(vals.size)}
 
 
 def test_preview_png_and_stats(spec, encoded) -> None:

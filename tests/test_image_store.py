@@ -69,8 +69,8 @@ def test_write_read_layout_and_attributes(tmp_path: Path, spec: LayoutSpec) -> N
     with h5py.File(path, "r") as f:
         ds = f["image"]
         assert ds.dtype == np.float32 and ds.shape == (512, 512, 3)
-        assert ds.chunks == (32, 512, 3) and ds.compression == "gzip" and ds.compression_opts == 1
-    assert os.path.getsize(path) < 0.5 * img.nbytes  # piecewise-constant images compress well
+        # default: uncompressed and contiguous, the fast path (see store.DEFAULT_COMPRESSION)
+        assert ds.chunks is None and ds.compression is None and f["missing"].compression is None
     assert list_dates(tmp_path) == [d]
     with pytest.raises(DataInputError, match="no mega-image stored for 2024-04-03"):
         read_image(tmp_path, "2024-04-03")
@@ -178,3 +178,24 @@ def test_write_spec_files(tmp_path: Path, spec: LayoutSpec) -> None:
         write_spec(tmp_path, build_layout(FEATURES, sessions=28), CFG)
     write_spec(tmp_path, build_layout(FEATURES, sessions=28), CFG, overwrite=True)
     assert read_spec(tmp_path).sessions == 28
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_compressed_images_are_chunked_smaller_and_exact(tmp_path: Path, spec: LayoutSpec, compression: str) -> None:
+    d = date(2024, 4, 2)
+    path, img = _write(tmp_path, spec, d, 1, compression=compression)
+    raw_path, _ = _write(tmp_path / "raw", spec, d, 1, compression=None)
+    with h5py.File(path, "r") as f:
+        ds = f["image"]
+        assert ds.chunks == (32, 512, 3) and ds.compression == compression
+        assert ds.compression_opts == (1 if compression == "gzip" else None)
+        assert f["missing"].compression == "gzip"
+    assert os.path.getsize(path) < 0.5 * img.nbytes < os.path.getsize(raw_path)  # piecewise constant
+    assert read_image(tmp_path, d).tobytes() == read_image(tmp_path / "raw", d).tobytes() == img.tobytes()
+    assert read_record(tmp_path, d)["missing"].sum() == 1
+
+
+def test_unknown_compression_writes_nothing(tmp_path: Path, spec: LayoutSpec) -> None:
+    with pytest.raises(ConfigError, match="compression must be"):
+        _write(tmp_path, spec, date(2024, 4, 2), 1, compression="zstd")
+    assert not list(tmp_path.rglob("*.h5*"))

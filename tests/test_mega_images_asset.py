@@ -3,6 +3,7 @@
 import warnings
 
 import dagster as dg
+import h5py
 import numpy as np
 import pytest
 
@@ -12,7 +13,7 @@ from finnex_assets.assets.ingestion import modalities
 from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
 from finnex_assets.resources import DataSourceResource
 from finnex_ml import calendar
-from finnex_ml.encoding import decode, read_image, read_record, read_spec
+from finnex_ml.encoding import decode, image_path, read_image, read_record, read_spec
 from finnex_ml.encoding.layout import LayoutSpec
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -75,13 +76,17 @@ def test_sliding_window_between_stored_images(built):
 def test_partition_alone_is_byte_identical_to_range(built, tmp_path):
     tmp, res, _ = built
     store = ImageStore(base_dir=str(tmp_path / "images"))
-    alone = dict(res, image_store=store, mega_image_io_manager=MegaImageIOManager(store=store))
+    # stored gzip-compressed this time: compression must not change a single image byte either
+    alone = dict(res, image_store=store, mega_image_io_manager=MegaImageIOManager(store=store, compression="gzip"))
     out = dg.materialize([modalities, daily_features, mega_images], resources=alone,
                          instance=dg.DagsterInstance.ephemeral(), selection=[mega_images],
                          partition_key="2024-03-07")
     assert out.success
-    np.testing.assert_array_equal(read_image(tmp_path / "images", "2024-03-07"),
-                                  read_image(tmp / "images", "2024-03-07"))
+    assert (read_image(tmp_path / "images", "2024-03-07").tobytes()
+            == read_image(tmp / "images", "2024-03-07").tobytes())
+    with (h5py.File(image_path(tmp_path / "images", "2024-03-07")) as alone_f,
+          h5py.File(image_path(tmp / "images", "2024-03-07")) as range_f):
+        assert (alone_f["image"].compression, range_f["image"].compression) == ("gzip", None)  # default: none
     assert (read_record(tmp_path / "images", "2024-03-07")["normalization_hash"]
             == read_record(tmp / "images", "2024-03-07")["normalization_hash"])
 

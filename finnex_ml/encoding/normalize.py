@@ -35,6 +35,7 @@ would make the value depend on where the table happens to start).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -172,12 +173,30 @@ def stack_window(rows: Sequence[SessionNorm]) -> NormWindow:
                       np.stack([r.center for r in rows]), np.stack([r.scale for r in rows]))
 
 
+@functools.lru_cache(maxsize=64)
+def _config_hash(config: NormConfig) -> str:
+    return config.config_hash()  # frozen config: the JSON dump is the same on every date
+
+
 def params_hash(config: NormConfig, window: NormWindow) -> str:
     """Per-date hash of everything that shaped the image: config, centres, scales, missing mask."""
-    h = hashlib.sha256(config.config_hash().encode())
-    for arr in (window.center, window.scale):
-        h.update(np.ascontiguousarray(arr, dtype="<f8").tobytes())
-    h.update(np.packbits(window.missing).tobytes())
+    return _params_digest(config, (window.center,), (window.scale,), window.missing)
+
+
+def params_hash_rows(config: NormConfig, rows: Sequence[SessionNorm], missing: np.ndarray) -> str:
+    """``params_hash(config, stack_window(rows))`` without stacking the [L, F] centres and
+    scales: sha256 is fed the same bytes in the same order, one row at a time."""
+    return _params_digest(config, [r.center for r in rows], [r.scale for r in rows], missing)
+
+
+def _params_digest(config: NormConfig, centers: Sequence[np.ndarray], scales: Sequence[np.ndarray],
+                   missing: np.ndarray) -> str:
+    h = hashlib.sha256(_config_hash(config).encode())
+    for parts in (centers, scales):
+        for arr in parts:
+            # hashlib reads the array's buffer directly: same bytes as .tobytes(), without the copy
+            h.update(np.ascontiguousarray(arr, dtype="<f8"))
+    h.update(np.packbits(missing))
     return h.hexdigest()
 
 
@@ -265,5 +284,6 @@ def normalization_parameters(config: NormConfig, features: Sequence[str],
 
 __all__ = [
     "NormConfig", "NormWindow", "SessionNorm", "TrailingNormalizer", "feature_summary",
-    "normalization_parameters", "normalize_session", "normalize_window", "params_hash", "squash",
+    "normalization_parameters", "normalize_session", "normalize_window", "params_hash", "params_hash_rows",
+    "squash",
 ]

@@ -146,15 +146,37 @@ def write_preview(path: Path | str, image: np.ndarray, spec: LayoutSpec, *, titl
     return Path(path)
 
 
+_STATS_INDEX: dict[tuple[str, bool], list[list[np.ndarray]]] = {}
+
+
+def _stats_index(spec: LayoutSpec, used_only: bool) -> list[list[np.ndarray]]:
+    """Per channel, per section: flat indices of the pixels to summarise, in row-major order (the
+    order boolean-mask selection gives, so the statistics are bit-identical); built once per spec."""
+    key = (spec.spec_hash(), used_only)
+    hit = _STATS_INDEX.get(key)
+    if hit is None:
+        mask = used_mask(spec) if used_only else np.ones(spec.shape, dtype=bool)
+        hit = []
+        for c in range(spec.channels):
+            per_section = []
+            for s in spec.sections:
+                sel = np.zeros(spec.shape, dtype=bool)
+                sel[s.row0:s.row1, :, c] = mask[s.row0:s.row1, :, c]
+                per_section.append(np.flatnonzero(sel))
+            hit.append(per_section)
+        _STATS_INDEX[key] = hit
+    return hit
+
+
 def channel_section_stats(image: np.ndarray, spec: LayoutSpec, *, used_only: bool = True) -> dict[str, Any]:
     """mean / std / min / max per channel x section (``used_only``: skip padding and empty tiles)."""
-    img = np.asarray(image, dtype=np.float32)
-    mask = used_mask(spec) if used_only else np.ones(spec.shape, dtype=bool)
+    img = np.ascontiguousarray(image, dtype=np.float32).reshape(-1)
+    index = _stats_index(spec, used_only)
     out: dict[str, Any] = {}
     for c, cname in enumerate(spec.channel_names):
         out[cname] = {}
-        for s in spec.sections:
-            vals = img[s.row0:s.row1, :, c][mask[s.row0:s.row1, :, c]].astype(np.float64)
+        for s, idx in zip(spec.sections, index[c]):
+            vals = np.take(img, idx).astype(np.float64)
             out[cname][s.name] = ({"mean": float(vals.mean()), "std": float(vals.std()),
                                    "min": float(vals.min()), "max": float(vals.max()), "pixels": int(vals.size)}
                                   if vals.size else {"mean": None, "std": None, "min": None, "max": None, "pixels": 0})

@@ -9,14 +9,20 @@ Layout under ``root``::
 
 Each per-date file holds
 
-* ``image``: float32 (512, 512, 3), chunks (32, 512, 3) (one 32-pixel patch row per chunk),
-  lossless compression ``DEFAULT_COMPRESSION`` = gzip level 1 without shuffle. The images are
-  piecewise constant (bands of repeated float32 values), so this stores ~0.2 MB instead of 3 MB.
-  Measured on 2 slow cores (benchmarks/bench_mega_images.py and a sweep): per image, write /
-  read / MB on disk: none 4.7 ms / 2.9 ms / 3.15; lzf 17.6 / 12.8 / 0.30; gzip-1 18.2 / 8.8 /
-  0.21; gzip-4 33.5 / 9.5 / 0.17; byte shuffle made both lzf and gzip larger and slower here.
-  Pass ``compression=None`` where read speed matters more than disk (e.g. a hot training cache);
-* ``missing``: uint8 [L, F], 1 where the normalised cell was filled (see normalize.py);
+* ``image``: float32 (512, 512, 3). ``DEFAULT_COMPRESSION`` is None: stored uncompressed and
+  contiguous (3 MB, ~0.74 GB per year of 252 sessions). With ``compression="gzip"`` (level 1) or
+  ``"lzf"`` it is chunked (32, 512, 3) (one 32-pixel patch row per chunk) and ~14x (gzip) or
+  ~10x (lzf) smaller, because the images are piecewise constant. Why uncompressed by default:
+  the issue's target is a whole encode + write stage at >= 0.5x a bare numpy + h5py write of the
+  same bytes, i.e. at most ~2-3 ms per image here, and one core needs ~6-7 ms just to deflate or
+  lzf-compress 3 MB, so no compressed store can get near it. Measured on the 2-core dev VM
+  (benchmarks/bench_mega_images.py), ms per image write / read / MB on disk: none 2.3 / 0.5 /
+  3.02 (the bare write alone: 1.0-1.5); lzf ~8 / 4.1 / 0.30; gzip-1 ~8.7 / 4.4 / 0.21. Training
+  reads are ~8x faster uncompressed too. Pass ``compression="gzip"`` (``MegaImageIOManager``
+  config ``compression: gzip``) where disk matters more, e.g. an archive: standard deflate,
+  readable by any HDF5 tool (lzf is an h5py-only filter) and smaller than lzf;
+* ``missing``: uint8 [L, F], 1 where the normalised cell was filled (see normalize.py); gzip-1
+  when the image is compressed;
 * ``norm_center``, ``norm_scale``: float64 [F], the trailing statistics at the image date
   (with every date stored, these give the statistics of every column of every image);
 * attributes ``date``, ``spec_hash``, ``normalization_hash`` (config), ``normalization_params_hash``
@@ -42,14 +48,14 @@ import numpy as np
 import finnex_ml
 from finnex_ml.encoding.encoder import EncodedImage
 from finnex_ml.encoding.layout import LayoutSpec
-from finnex_ml.encoding.normalize import NormConfig, normalization_parameters
+from finnex_ml.encoding.normalize import NormConfig, _config_hash, normalization_parameters
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.paths import atomic_path, resolve_under, as_date as _as_date, date_shard_path
 
 FORMAT_VERSION = 1
 IMAGE_SHAPE = (512, 512, 3)
 CHUNKS = (32, 512, 3)
-DEFAULT_COMPRESSION: str | None = "gzip"
+DEFAULT_COMPRESSION: str | None = None  # see the module docstring
 DEFAULT_GZIP_LEVEL = 1
 SPEC_FILE = "channel_encoding_spec.json"
 NORM_FILE = "normalization_parameters.json"
@@ -73,15 +79,22 @@ def _compression_kwargs(compression: str | None, level: int | None) -> dict[str,
 
 
 def _write_payload(f: h5py.File, image: np.ndarray, compression: str | None, level: int | None) -> None:
-    f.create_dataset("image", data=image, chunks=CHUNKS, track_times=False,
-                     **_compression_kwargs(compression, level))
+    # uncompressed images are stored contiguous, like a bare write: one 3 MB write, no chunk
+    # index; a row slab is still one contiguous read. Filters need chunks (one patch row each).
+    if compression is None:
+        f.create_dataset("image", data=image, track_times=False)
+    else:
+        f.create_dataset("image", data=image, chunks=CHUNKS, track_times=False,
+                         **_compression_kwargs(compression, level))
 
 
 def _write_metadata(f: h5py.File, attrs: dict[str, Any], missing: np.ndarray | None,
-                    center: np.ndarray | None, scale: np.ndarray | None) -> None:
+                    center: np.ndarray | None, scale: np.ndarray | None, compress_missing: bool = True) -> None:
     if missing is not None:
+        # gzip matters next to a 0.2 MB compressed image; next to 3 MB raw the ~12 KB mask does
+        # not, and a filtered (chunked) dataset costs ~0.2 ms more to create
         f.create_dataset("missing", data=np.asarray(missing, dtype=np.uint8), track_times=False,
-                         compression="gzip", compression_opts=1)
+                         **({"compression": "gzip", "compression_opts": 1} if compress_missing else {}))
     if center is not None:
         f.create_dataset("norm_center", data=np.asarray(center, dtype=np.float64), track_times=False)
     if scale is not None:
@@ -114,7 +127,7 @@ def write_image(
     attrs = {
         "date": d.isoformat(),
         "spec_hash": spec.spec_hash(),
-        "normalization_hash": norm_config.config_hash(),
+        "normalization_hash": _config_hash(norm_config),
         "normalization_params_hash": params_hash,
         "feature_count": spec.n_features,
         "sessions": spec.sessions,
@@ -126,7 +139,7 @@ def write_image(
     with atomic_path(final) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             _write_payload(f, img, compression, compression_level)
-            _write_metadata(f, attrs, missing, center, scale)
+            _write_metadata(f, attrs, missing, center, scale, compress_missing=compression is not None)
     return final
 
 
