@@ -20,6 +20,7 @@ from finnex_ml.encoding import (
     LayoutSpec, NormConfig, build_layout, channel_section_stats, check_feature_preservation, check_image,
     check_spatial_integrity, check_temporal_continuity, decode, describe_pixel, encode, encode_dates,
     feature_matrix, history_needed, normalization_summary, normalize_session, normalize_window, pixel_lookup, preview_png, read_png,
+    TrailingNormalizer,
 )
 from finnex_ml.encoding.layout import TILES
 from finnex_ml.errors import ConfigError, DataInputError
@@ -229,25 +230,62 @@ def test_row_run_painter_equals_full_gather_byte_for_byte(spec, encoded) -> None
     assert not np.shares_memory(encoded[0].image, encoded[1].image)
 
 
+def test_reuse_buffer_gives_the_same_images_in_one_array(table, spec, image_dates, encoded) -> None:
+    seen = set()
+    for item, ref in zip(encode_dates(table, image_dates, spec, CFG, reuse_buffer=True), encoded):
+        assert item.image.tobytes() == ref.image.tobytes() and item.params_hash == ref.params_hash
+        seen.add(id(item.image.base if item.image.base is not None else item.image))
+    assert len(seen) == 1
+    with pytest.raises(ValueError, match="out must be a C-contiguous float32"):
+        encode(encoded[0].window, spec, out=np.empty((512, 512, 3), dtype=np.float64))
+
+
 def test_params_hash_is_the_documented_digest(table, spec, image_dates, encoded) -> None:
-    from finnex_ml.encoding.normalize import params_hash, params_hash_rows
+    from finnex_ml.encoding.normalize import params_hash
 
     _, mat = feature_matrix(table, spec)
     dates = table["date"].to_list()
     for item in encoded[::13]:
         ref = normalize_window(mat[: dates.index(item.date) + 1], CFG, spec.sessions)
         h = hashlib.sha256(CFG.config_hash().encode())  # definition, spelt out with copies
-        h.update(ref.center.astype("<f8").tobytes())
-        h.update(ref.scale.astype("<f8").tobytes())
+        for c, s in zip(ref.center, ref.scale):
+            h.update(hashlib.sha256(c.astype("<f8").tobytes() + s.astype("<f8").tobytes()).digest())
         h.update(np.packbits(ref.missing).tobytes())
         assert item.params_hash == params_hash(CFG, ref) == h.hexdigest()
         assert np.array_equal(item.center, ref.center[-1]) and np.array_equal(item.scale, ref.scale[-1])
-    end = len(dates) - 1
-    rows = [normalize_session(mat[i - CFG.window + 1: i + 1], CFG) for i in range(end - 55, end + 1)]
-    miss = np.stack([r.missing for r in rows])
-    miss[3, 7] = True  # the mask is hashed as given
-    stacked = normalize_window(mat[: end + 1], CFG, 56)._replace(missing=miss)
-    assert params_hash_rows(CFG, rows, miss) == params_hash(CFG, stacked)
+    # the mask is hashed as given; any centre changes the hash
+    one = normalize_window(mat, CFG, spec.sessions)
+    miss = one.missing.copy()
+    miss[3, 7] = not miss[3, 7]
+    center = one.center.copy()
+    center[0, 0] += 1e-12
+    assert len({params_hash(CFG, one), params_hash(CFG, one._replace(missing=miss)),
+                params_hash(CFG, one._replace(center=center))}) == 3
+
+
+def test_batched_normalisation_is_bit_identical_to_one_session_at_a_time() -> None:
+    # blocks of sessions must give the bits of each session alone (determinism of a partition
+    # materialised alone vs in a backfill): NaNs, infinities, -0.0, constant and step-like columns
+    cfg = NormConfig(window=40, min_periods=10)
+    rng = np.random.default_rng(5)
+    raw = rng.standard_t(3, size=(160, 9)).cumsum(axis=0)
+    raw[:, 1] = 7.0
+    raw[::3, 2] = np.nan
+    raw[:60, 3] = np.nan
+    raw[:, 4] = np.repeat(rng.integers(0, 3, 16), 10)          # step-like
+    raw[20:140, 5] = np.where(rng.random(120) < 0.9, 1.0, 5.0)  # IQR 0: mean-abs-dev fallback
+    raw[50, 6] = np.inf
+    raw[::5, 7], raw[::7, 7] = -0.0, 0.0
+    for block in (1, 3, 8, 64):
+        tn = TrailingNormalizer(raw, cfg, block=block, cache_rows=16)
+        for i in range(cfg.window - 1, len(raw)):
+            alone = normalize_session(raw[i - cfg.window + 1: i + 1], cfg)
+            got = tn.row(i)
+            for name, a, b in zip(alone._fields, alone, got):
+                assert a.tobytes() == b.tobytes(), (block, i, name)
+    assert any(tn.row(i).fallback[5] for i in range(100, 140))  # the fallback path ran
+    with pytest.raises(DataInputError, match="needs 40 rows of history"):
+        tn.row(38)
 
 
 def test_summary_without_missing_cells(encoded) -> None:

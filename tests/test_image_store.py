@@ -51,6 +51,27 @@ def _write(root: Path, spec: LayoutSpec, d: date, seed: int, **kw) -> tuple[Path
     return path, img
 
 
+def test_low_level_writes_store_what_the_high_level_api_stores(tmp_path: Path, spec: LayoutSpec) -> None:
+    # write_image creates datasets and attributes through h5py's low-level API for speed; the
+    # file must be the very bytes h5py's high-level calls write (types, layout, no timestamps)
+    d = date(2024, 4, 2)
+    path, img = _write(tmp_path / "ours", spec, d, 1)
+    rec = read_record(tmp_path / "ours", d)
+    ref = tmp_path / "ref.h5"
+    with h5py.File(ref, "w", track_order=True) as f:
+        f.create_dataset("image", data=img, track_times=False)
+        f.create_dataset("missing", data=rec["missing"].astype(np.uint8), track_times=False)
+        f.create_dataset("norm_center", data=rec["norm_center"], track_times=False)
+        f.create_dataset("norm_scale", data=rec["norm_scale"], track_times=False)
+        with h5py.File(path, "r") as src:
+            for k, v in src.attrs.items():
+                f.attrs[k] = v
+    assert path.read_bytes() == ref.read_bytes()
+    with pytest.raises(TypeError, match="attribute 'x': only str and int"):
+        with h5py.File(tmp_path / "bad.h5", "w") as f:
+            store._create_attrs(f, {"x": 1.5})
+
+
 def test_write_read_layout_and_attributes(tmp_path: Path, spec: LayoutSpec) -> None:
     d = date(2024, 4, 2)
     path, img = _write(tmp_path, spec, d, 1)

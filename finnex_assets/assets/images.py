@@ -32,7 +32,8 @@ IMAGE_CHECKS = {
 
 @dataclass(frozen=True)
 class ImageBatch:
-    """The images of one run, encoded lazily one at a time when iterated."""
+    """The images of one run, encoded lazily one at a time when iterated (each image is
+    overwritten by the next: consume it before advancing)."""
 
     table: pl.DataFrame
     dates: list[date]
@@ -40,7 +41,8 @@ class ImageBatch:
     norm_config: NormConfig
 
     def __iter__(self) -> Iterator[EncodedImage]:
-        return encode_dates(self.table, self.dates, self.spec, self.norm_config)
+        # the IO manager writes each image before asking for the next: one buffer for all
+        return encode_dates(self.table, self.dates, self.spec, self.norm_config, reuse_buffer=True)
 
 
 @dg.asset(

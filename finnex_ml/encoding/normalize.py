@@ -112,14 +112,15 @@ class NormWindow(NamedTuple):
 
 
 def _quantile_sorted(srt: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
-    """Linear-interpolated quantile (numpy's default) of rows sorted with NaNs last."""
+    """Linear-interpolated quantile (numpy's default) along the last axis of rows sorted with
+    NaNs last; ``n`` counts each row's finite values."""
     top = np.maximum(n - 1, 0)
     pos = q * top
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, top)
     frac = pos - lo
-    a = np.take_along_axis(srt, lo[:, None], axis=1)[:, 0]
-    b = np.take_along_axis(srt, hi[:, None], axis=1)[:, 0]
+    a = np.take_along_axis(srt, lo[..., None], axis=-1)[..., 0]
+    b = np.take_along_axis(srt, hi[..., None], axis=-1)[..., 0]
     return a + (b - a) * frac
 
 
@@ -128,23 +129,38 @@ def squash(z: np.ndarray, config: NormConfig) -> np.ndarray:
     return 0.5 + 0.5 * np.tanh(z / k)
 
 
-def normalize_session(history: np.ndarray, config: NormConfig) -> SessionNorm:
-    """Normalise the last row of ``history`` ([W, F] raw values, last row = session s)."""
-    hist = np.asarray(history, dtype=np.float64)
-    if hist.ndim != 2 or hist.shape[0] != config.window:
-        raise ValueError(f"history must be [window={config.window}, F], got {hist.shape}")
-    hist = np.where(np.isfinite(hist), hist, np.nan)
-    srt = np.sort(hist.T, axis=1)  # [F, W], NaNs last
-    n = np.count_nonzero(~np.isnan(srt), axis=1)
-    x = hist[-1]
+def _clean(raw: np.ndarray) -> np.ndarray:
+    # non-finite -> NaN (ignored); -0.0 -> 0.0 so equal values are equal bits and the sorted
+    # window, hence every statistic, does not depend on the sort algorithm's tie order
+    raw = np.asarray(raw, dtype=np.float64)
+    return np.where(np.isfinite(raw), raw + 0.0, np.nan)
+
+
+def _normalize_windows(windows: np.ndarray, config: NormConfig) -> SessionNorm:
+    """Normalise B sessions at once: ``windows`` is [B, F, W] cleaned raw values, the last
+    element of each row being the session's own value. Every field gets a leading B axis.
+
+    Each session's numbers are computed exactly as if it were alone (B = 1): only element-wise
+    operations, a sort, selections and a sequential sum, none of which depends on an element's
+    position in the block, so batching is a speed-up (numpy's per-call overhead is paid once per
+    block), never a change of bits.
+    """
+    srt = np.ascontiguousarray(windows)  # C order [B, F, W]: the same layout for any B
+    srt.sort(axis=-1)                     # NaNs last
+    n = np.count_nonzero(~np.isnan(srt), axis=-1)
+    x = windows[..., -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         center = _quantile_sorted(srt, n, 0.5)
         iqr = _quantile_sorted(srt, n, 0.75) - _quantile_sorted(srt, n, 0.25)
         tol = config.epsilon * np.maximum(1.0, np.abs(center))
         scale = iqr / IQR_TO_SIGMA
         fallback = ~(scale > tol)
-        meanad = np.nansum(np.abs(srt - center[:, None]), axis=1) / np.maximum(n, 1) * MEANAD_TO_SIGMA
-        scale = np.where(fallback, meanad, scale)
+        if fallback.any():  # the mean absolute deviation only where the IQR is ~0 (rare)
+            dev = np.abs(srt[fallback] - center[fallback][:, None])  # [K, W]
+            # a strictly left-to-right sum (accumulate), not np.sum: numpy's pairwise/SIMD
+            # summation order depends on the memory layout, and bits must not
+            total = np.add.accumulate(np.where(np.isnan(dev), 0.0, dev), axis=-1)[:, -1]
+            scale[fallback] = total / np.maximum(n[fallback], 1) * MEANAD_TO_SIGMA
         degenerate = ~(scale > tol)
         scale = np.where(degenerate, 0.0, scale)
         z = np.where(degenerate, 0.0, (x - center) / np.where(degenerate, 1.0, scale))
@@ -154,6 +170,14 @@ def normalize_session(history: np.ndarray, config: NormConfig) -> SessionNorm:
     values = np.where(missing, config.fill_value, np.clip(value, 0.0, 1.0)).astype(np.float32)
     valid = ~short
     return SessionNorm(values, missing, center, scale, short, fallback & valid & ~degenerate, degenerate & valid)
+
+
+def normalize_session(history: np.ndarray, config: NormConfig) -> SessionNorm:
+    """Normalise the last row of ``history`` ([W, F] raw values, last row = session s)."""
+    hist = np.asarray(history, dtype=np.float64)
+    if hist.ndim != 2 or hist.shape[0] != config.window:
+        raise ValueError(f"history must be [window={config.window}, F], got {hist.shape}")
+    return SessionNorm(*(a[0] for a in _normalize_windows(_clean(hist).T[None], config)))
 
 
 def normalize_window(raw: np.ndarray, config: NormConfig, sessions: int) -> NormWindow:
@@ -178,24 +202,28 @@ def _config_hash(config: NormConfig) -> str:
     return config.config_hash()  # frozen config: the JSON dump is the same on every date
 
 
+def row_digest(center: np.ndarray, scale: np.ndarray) -> bytes:
+    """sha256 of one session's trailing centres and scales (little-endian float64)."""
+    h = hashlib.sha256(np.ascontiguousarray(center, dtype="<f8"))
+    h.update(np.ascontiguousarray(scale, dtype="<f8"))
+    return h.digest()
+
+
 def params_hash(config: NormConfig, window: NormWindow) -> str:
-    """Per-date hash of everything that shaped the image: config, centres, scales, missing mask."""
-    return _params_digest(config, (window.center,), (window.scale,), window.missing)
+    """Per-date hash of everything that shaped the image: config, centres, scales, missing mask.
+
+    sha256 of the config hash, then each window row's :func:`row_digest` (oldest first), then the
+    bit-packed mask. Row digests, not the raw [L, F] statistics, so a backfill hashes each
+    session's statistics once instead of once per image that shows it."""
+    return params_hash_digests(config, [row_digest(c, s) for c, s in zip(window.center, window.scale)],
+                               window.missing)
 
 
-def params_hash_rows(config: NormConfig, rows: Sequence[SessionNorm], missing: np.ndarray) -> str:
-    """``params_hash(config, stack_window(rows))`` without stacking the [L, F] centres and
-    scales: sha256 is fed the same bytes in the same order, one row at a time."""
-    return _params_digest(config, [r.center for r in rows], [r.scale for r in rows], missing)
-
-
-def _params_digest(config: NormConfig, centers: Sequence[np.ndarray], scales: Sequence[np.ndarray],
-                   missing: np.ndarray) -> str:
+def params_hash_digests(config: NormConfig, digests: Sequence[bytes], missing: np.ndarray) -> str:
+    """:func:`params_hash` from the window rows' precomputed :func:`row_digest`."""
     h = hashlib.sha256(_config_hash(config).encode())
-    for parts in (centers, scales):
-        for arr in parts:
-            # hashlib reads the array's buffer directly: same bytes as .tobytes(), without the copy
-            h.update(np.ascontiguousarray(arr, dtype="<f8"))
+    for d in digests:
+        h.update(d)
     h.update(np.packbits(missing))
     return h.hexdigest()
 
@@ -203,33 +231,54 @@ def _params_digest(config: NormConfig, centers: Sequence[np.ndarray], scales: Se
 class TrailingNormalizer:
     """Per-row normalisation of a raw [T, F] table with a bounded cache (for encode_dates).
 
-    ``row(i)`` always calls :func:`normalize_session` on ``raw[i-W+1 : i+1]``, so it is identical
-    to computing that session alone.
+    ``row(i)`` is bit-identical to ``normalize_session(raw[i-W+1 : i+1])``: a missing row is
+    computed together with up to ``block - 1`` following rows (below ``stop``), which only
+    amortises numpy's per-call overhead (see ``_normalize_windows``); each row still reads only
+    its own W rows, never a later one.
     """
 
     def __init__(self, raw: np.ndarray, config: NormConfig, dates: Sequence[Any] | None = None,
-                 cache_rows: int = 512) -> None:
-        self.raw = np.asarray(raw, dtype=np.float64)
+                 cache_rows: int = 512, block: int = 8, stop: int | None = None) -> None:
+        self.raw = _clean(raw)
         self.config = config
         self.dates = dates
-        self.cache_rows = cache_rows
+        self.cache_rows = max(cache_rows, block)
+        self.block = block
+        self.stop = self.raw.shape[0] if stop is None else min(stop, self.raw.shape[0])
         self._cache: dict[int, SessionNorm] = {}
+        self._digests: dict[int, bytes] = {}
 
     def row(self, i: int) -> SessionNorm:
         hit = self._cache.get(i)
         if hit is not None:
             return hit
-        lo = i - self.config.window + 1
-        if lo < 0 or i >= self.raw.shape[0]:
-            when = f" ({self.dates[i]})" if self.dates is not None and 0 <= i < len(self.dates) else ""
-            raise DataInputError(f"row {i}{when} needs {self.config.window} rows of history, has {i + 1}",
-                                 date=str(self.dates[i]) if self.dates is not None and 0 <= i < len(self.dates) else None)
-        out = normalize_session(self.raw[lo: i + 1], self.config)
-        if len(self._cache) >= self.cache_rows:  # evict the oldest rows: dates arrive in order
-            for k in sorted(self._cache)[: len(self._cache) - self.cache_rows + 1]:
+        w = self.config.window
+        if i - w + 1 < 0 or i >= self.raw.shape[0]:
+            d = self.dates[i] if self.dates is not None and 0 <= i < len(self.dates) else None
+            raise DataInputError(f"row {i}{f' ({d})' if d is not None else ''} needs {w} rows of history, "
+                                 f"has {i + 1}", date=str(d) if d is not None else None)
+        end = max(min(i + self.block, self.stop), i + 1)
+        end = next((j for j in range(i + 1, end) if j in self._cache), end)
+        # [end - i, F, W]: session j's window is raw[j-W+1 : j+1], one strided view for the block
+        views = np.lib.stride_tricks.sliding_window_view(self.raw[i - w + 1: end], w, axis=0)
+        block = _normalize_windows(views, self.config)
+        if len(self._cache) + end - i > self.cache_rows:  # evict the oldest rows: dates arrive in order
+            for k in sorted(self._cache)[: len(self._cache) + end - i - self.cache_rows]:
                 del self._cache[k]
-        self._cache[i] = out
-        return out
+        for k in range(end - i):
+            self._cache[i + k] = SessionNorm(*(a[k] for a in block))
+        return self._cache[i]
+
+    def digest(self, i: int) -> bytes:
+        """:func:`row_digest` of ``row(i)``, computed once per row."""
+        hit = self._digests.get(i)
+        if hit is None:
+            r = self.row(i)
+            if len(self._digests) >= self.cache_rows:
+                for k in sorted(self._digests)[: len(self._digests) - self.cache_rows + 1]:
+                    del self._digests[k]
+            hit = self._digests[i] = row_digest(r.center, r.scale)
+        return hit
 
     def window(self, end: int, sessions: int) -> NormWindow:
         return stack_window([self.row(i) for i in range(end - sessions + 1, end + 1)])
@@ -284,6 +333,6 @@ def normalization_parameters(config: NormConfig, features: Sequence[str],
 
 __all__ = [
     "NormConfig", "NormWindow", "SessionNorm", "TrailingNormalizer", "feature_summary",
-    "normalization_parameters", "normalize_session", "normalize_window", "params_hash", "params_hash_rows",
-    "squash",
+    "normalization_parameters", "normalize_session", "normalize_window", "params_hash", "params_hash_digests",
+    "row_digest", "squash",
 ]
