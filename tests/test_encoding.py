@@ -484,6 +484,20 @@ def test_fast_qa_and_stats_equal_the_obvious_computation(spec, encoded) -> None:
                                               "pixels": int(vals.size)}
 
 
+def test_png_round_trip_and_an_independent_decoder() -> None:
+    from finnex_ml.encoding import png_bytes
+
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)  # Up-filter deltas wrap mod 256
+    rgb[10:20] = rgb[9]  # vertical runs, as in previews
+    data = png_bytes(rgb)
+    assert np.array_equal(read_png(data), rgb)
+    image = pytest.importorskip("PIL.Image", reason="Pillow (an independent PNG decoder) not installed")
+    import io
+
+    assert np.array_equal(np.asarray(image.open(io.BytesIO(data)).convert("RGB")), rgb)
+
+
 def test_preview_png_and_stats(spec, encoded) -> None:
     img = encoded[0].image
     png = preview_png(img, spec, title=str(encoded[0].date))
