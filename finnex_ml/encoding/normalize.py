@@ -25,10 +25,11 @@ image and the ``missing_summary`` of every encoded date. Nothing is filled silen
 
 Leak-freedom and reproducibility
 --------------------------------
-The value at s is computed by :func:`normalize_session` from exactly the ``[W, F]`` block of rows
-ending at s, always as one call on one block, with the feature at the same array position. So it
-depends only on raw values at dates <= s (within W rows) and is bit-identical whether computed
-alone, in a long run, or in any chunking. Enough history is a hard requirement: a session with
+The value at s is computed from exactly the ``[W, F]`` block of rows ending at s, by operations
+that do not depend on where the block sits (element-wise arithmetic, a sort, selections and a
+sequential sum; see ``_normalize_windows``). So it depends only on raw values at dates <= s
+(within W rows) and is bit-identical whether computed alone (:func:`normalize_session`), in a
+long run, or batched with neighbouring sessions (:class:`TrailingNormalizer`). Enough history is a hard requirement: a session with
 fewer than W rows before and including it raises instead of using an expanding window (which
 would make the value depend on where the table happens to start).
 """
