@@ -8,7 +8,16 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from finnex_ml.paths import atomic_path, data_root, resolve_under, safe_name, validate_partition_key
+from finnex_ml.paths import (
+    atomic_path, data_root, resolve_under, safe_name, sweep_stale_temps, validate_partition_key,
+)
+
+
+def _sweep(context: dg.OutputContext, root: Path) -> None:
+    removed = sweep_stale_temps(root)
+    if removed:
+        context.log.warning(f"removed {len(removed)} stale temp file(s) left by killed writers under {root}, "
+                            f"e.g. {removed[0].name}")
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
@@ -36,6 +45,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         stray = sorted(set(present.unique().to_list()) - set(keys))
         if stray:
             raise ValueError(f"{context.asset_key.to_user_string()}: rows for {stray[:3]} fall outside the run's partitions")
+        _sweep(context, resolve_under(self._root(), "/".join(safe_name(p) for p in context.asset_key.path)))
         for key in keys:
             part = obj.filter(present == key)
             if part.height == 0:
@@ -91,6 +101,7 @@ class MegaImageIOManager(dg.ConfigurableIOManager):
         expected = {validate_partition_key(k) for k in context.asset_partition_keys}
         written = set()
         root, compression = self.root(), None if self.compression == "none" else self.compression
+        _sweep(context, root)
         for item in obj:  # one image in memory at a time
             if item.date not in expected:
                 raise ValueError(f"mega_images: image for {item.date} is outside the run's partitions")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import date
@@ -68,6 +69,28 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if not done:
             tmp_path.unlink(missing_ok=True)
+
+
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8,32}\.tmp$")  # atomic_path's names (and older mkstemp ones)
+
+
+def sweep_stale_temps(root: Path | str, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete ``atomic_path`` temp files under ``root`` last modified over ``max_age_s`` ago:
+    leftovers of writers killed midway. A live writer touches its temp file within seconds, so
+    an hour-old one has no owner. Returns what was deleted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - max_age_s
+    removed = []
+    for p in root.rglob(".*.tmp"):
+        try:
+            if _TEMP_RE.match(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # another sweeper or its writer got there first
+            continue
+    return removed
 
 
 def as_date(d: date | str) -> date:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import date
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from finnex_ml.encoding import (
 )
 from finnex_ml.encoding import store
 from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.paths import sweep_stale_temps
 
 FEATURES = ["macro__vix", "macro__rate_10y", "macro__cpi_yoy", "news__mean", "social__mean",
             "sentiment__hist_z_63", "price__rsi_14", "price__ret_5d", "price__rvol_21d",
@@ -148,6 +150,14 @@ def test_killed_writer_leaves_previous_file_intact(tmp_path: Path, spec: LayoutS
     strays = [p for p in path.parent.iterdir() if p != path]
     assert len(strays) == 1 and strays[0].name.startswith(f".{path.name}.") and strays[0].suffix == ".tmp"
     assert list_dates(tmp_path) == [d]  # the stray temp file is never listed
+    # the writers' sweep removes it once it is old enough to have no live owner, and nothing else
+    assert sweep_stale_temps(tmp_path) == []
+    unrelated = path.parent / ".notes.tmp"
+    unrelated.write_text("not ours")
+    for p in (strays[0], unrelated):
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
+    assert sweep_stale_temps(tmp_path) == strays
+    assert sorted(p.name for p in path.parent.iterdir()) == [".notes.tmp", path.name]
 
 
 def test_range_view_is_lazy_and_matches_per_date_reads(tmp_path: Path, spec: LayoutSpec) -> None:

@@ -1,5 +1,7 @@
 """mega_images through Dagster: one run per range, per-date HDF5 shards, QA checks, determinism."""
 
+import os
+import time
 import warnings
 
 import dagster as dg
@@ -41,7 +43,13 @@ def built(tmp_path_factory):
     assets = [modalities, daily_features, mega_images]
     feats = _range(assets, res, start, LAST, selection=[modalities, daily_features])
     assert feats.success
+    # what a writer killed an hour ago leaves behind: the IO manager sweeps it before writing
+    stale = tmp / "images" / "2024" / "02" / f".2024-02-29.h5.{'0' * 32}.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half an image")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     images = _range(assets, res, FIRST, LAST, selection=[mega_images])
+    assert not stale.exists()
     return tmp, res, images
 
 
