@@ -281,9 +281,6 @@ class TrailingNormalizer:
             hit = self._digests[i] = row_digest(r.center, r.scale)
         return hit
 
-    def window(self, end: int, sessions: int) -> NormWindow:
-        return stack_window([self.row(i) for i in range(end - sessions + 1, end + 1)])
-
 
 def feature_summary(norm_rows: Sequence[SessionNorm], raw_rows: np.ndarray, features: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per-feature summary of normalised sessions (e.g. every session of a backfill)."""
