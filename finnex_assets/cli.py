@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import warnings
 
@@ -126,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if run_range(args.start, args.end, selection) else 1
     _use_project_instance()
     cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", args.port, "-w", str(REPO_ROOT / "workspace.yaml")]
-    return subprocess.call(cmd, cwd=REPO_ROOT)
+    # exec, not a child: a SIGTERM from a process manager must reach dagster dev itself, and
+    # killing a wrapper would leave the webserver and daemon running
+    os.chdir(REPO_ROOT)
+    os.execv(cmd[0], cmd)
+    return 1  # not reached
 
 
 if __name__ == "__main__":

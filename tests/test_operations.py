@@ -136,9 +136,11 @@ def test_cli_ui_binds_to_loopback(monkeypatch):
     import finnex_assets.cli as cli
 
     seen = {}
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.chdir(cli.REPO_ROOT)  # the ui command changes into the repository
+    monkeypatch.setattr(cli.os, "execv", lambda path, cmd: seen.update(path=path, cmd=cmd))
     cli.main(["ui", "--port", "3999"])
     cmd = seen["cmd"]
+    assert seen["path"] == cmd[0] and cmd[1:5] == ["-m", "dagster", "dev", "-h"]  # replaces the process
     assert cmd[cmd.index("-h") + 1] == "127.0.0.1" and "3999" in cmd
 
 
