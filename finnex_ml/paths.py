@@ -109,7 +109,8 @@ def date_shard_path(root: Path | str, d: date | str, suffix: str = ".h5") -> Pat
     if "/" in suffix or os.sep in suffix or ".." in suffix:
         raise ConfigError(f"suffix {suffix!r} must be a plain file extension")
     # the relative part is built from a date, so it cannot escape root: resolve root only (cached)
-    return _resolved(os.fspath(root)) / f"{d.year:04d}" / f"{d.month:02d}" / f"{d.isoformat()}{suffix}"
+    # (abspath first: a relative root must follow the current directory, not the cache)
+    return _resolved(os.path.abspath(root)) / f"{d.year:04d}" / f"{d.month:02d}" / f"{d.isoformat()}{suffix}"
 
 
 @functools.lru_cache(maxsize=64)

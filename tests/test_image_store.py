@@ -230,3 +230,13 @@ def test_unknown_compression_writes_nothing(tmp_path: Path, spec: LayoutSpec) ->
     with pytest.raises(ConfigError, match="compression must be"):
         _write(tmp_path, spec, date(2024, 4, 2), 1, compression="zstd")
     assert not list(tmp_path.rglob("*.h5*"))
+
+
+def test_shard_path_of_a_relative_root_follows_the_current_directory(tmp_path: Path, monkeypatch) -> None:
+    # the resolved root is cached per absolute path, never per relative string
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        monkeypatch.chdir(tmp_path / sub)
+        assert image_path("imgs", "2024-04-02") == (tmp_path / sub).resolve() / "imgs/2024/04/2024-04-02.h5"
+    with pytest.raises(ConfigError, match="plain file extension"):
+        store.date_shard_path(tmp_path, "2024-04-02", suffix="/../x")
