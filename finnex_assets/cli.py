@@ -51,7 +51,9 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
                                     asset_selection=selection_keys, raise_on_error=False)
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} ({what})")
     for ev in result.get_asset_check_evaluations():
-        print(f"  check {ev.asset_key.to_user_string()}:{ev.check_name} {'passed' if ev.passed else 'FAILED'}")
+        verdict = "passed" if ev.passed else ("FAILED" if ev.severity == dg.AssetCheckSeverity.ERROR
+                                              else "failed (warning, not blocking)")
+        print(f"  check {ev.asset_key.to_user_string()}:{ev.check_name} {verdict}")
     return result.success
 
 

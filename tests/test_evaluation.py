@@ -224,3 +224,51 @@ def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkey
     # blocking: the report is not built on a leaking evaluation
     assert not result.success
     assert result.asset_materializations_for_node("evaluation_report") == []
+
+
+def test_permuted_control_verdict_is_family_wise_and_one_sided():
+    from finnex_ml.evaluation.evaluate import _permuted_rows
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    controls = [("perfect", 1, y, y.copy()), ("independent", 1, y, rng.integers(0, 3, 120)),
+                ("always_wrong", 1, y, (y + 1) % 3)]
+    rows = {r["model"]: r for r in _permuted_rows(controls, block=5, cfg=EvalConfig(n_boot=300))}
+    assert rows["perfect"]["above_chance"] and not rows["perfect"]["below_chance"]
+    assert rows["always_wrong"]["below_chance"] and not rows["always_wrong"]["above_chance"]
+    assert not rows["independent"]["above_chance"] and not rows["independent"]["below_chance"]
+    assert rows["always_wrong"]["balanced_accuracy"] == 0.0 and rows["perfect"]["balanced_accuracy"] == 1.0
+    for r in rows.values():  # Bonferroni over 3 controls: each family-wise interval contains the 95 % one
+        (lo, hi), (flo, fhi) = r["ci"], r["ci_familywise"]
+        assert flo <= lo <= hi <= fhi
+    ind = rows["independent"]
+    assert ind["ci_familywise"][1] - ind["ci_familywise"][0] > ind["ci"][1] - ind["ci"][0]
+
+
+@pytest.mark.parametrize("side", ["below_chance", "above_chance"])
+def test_dagster_control_off_chance_warns_below_and_blocks_above(world, tmp_path, monkeypatch, side):
+    # below chance (luck, a short test set) fails the check as a WARN and the report is still
+    # built; above chance (the signature of a leak) fails it as an ERROR and blocks the report
+    import finnex_ml.evaluation.evaluate as ev_mod
+
+    root, _ = world
+    monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
+    real = ev_mod._permuted_rows
+
+    def one_off(controls, block, cfg):
+        rows = real(controls, block, cfg)
+        rows[0] = {**rows[0], side: True}
+        return rows
+
+    monkeypatch.setattr(ev_mod, "_permuted_rows", one_off)
+    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1}
+    result = dg.materialize([model_evaluation, evaluation_report], resources=_resources(root),
+                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+                            run_config={"ops": {"model_evaluation": {"config": cfg}}})
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "permuted_labels_at_chance")
+    other = "above_chance" if side == "below_chance" else "below_chance"
+    assert not check.passed and len(check.metadata[side].value) == 1 and check.metadata[other].value == []
+    blocks = side == "above_chance"
+    assert check.severity == (dg.AssetCheckSeverity.ERROR if blocks else dg.AssetCheckSeverity.WARN)
+    assert result.success is not blocks
+    assert len(result.asset_materializations_for_node("evaluation_report")) == (0 if blocks else 1)

@@ -4,7 +4,7 @@
 checkpoint) next to the baselines on the test split and the walk-forward folds
 (``finnex_ml.evaluation.evaluate``), writes ``{data}/datasets/evaluation/`` and logs the test
 metrics to each model's own MLflow run. Its two blocking checks stop the reports when a leak is
-suspected or the permuted-label control beats chance. The reports are self-contained HTML files
+suspected or a permuted-label control beats chance. The reports are self-contained HTML files
 under ``{data}/reports/``, linked from metadata and logged to an MLflow run.
 """
 
@@ -32,8 +32,10 @@ MODEL_ASSETS = ("cnn_model", "vit_model")
 EVAL_CHECKS = {
     "no_leakage_detected": "no daily feature predicts the forward return beyond chance, and no model's "
                            "balanced-accuracy interval lies wholly above the plausibility bar",
-    "permuted_labels_at_chance": "models and baselines trained on shuffled labels score at chance "
-                                 "(their balanced-accuracy interval contains 1/3)",
+    "permuted_labels_at_chance": "models and baselines trained on shuffled labels score at chance: no "
+                                 "family-wise (Bonferroni) balanced-accuracy interval lies wholly above 1/3 "
+                                 "(ERROR, blocks the reports: a leak) or wholly below (WARN: luck or too few "
+                                 "test dates)",
 }
 
 
@@ -180,10 +182,14 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
                   "top_features": dg.MetadataValue.json(leak["feature_scan"]["top"][:5]),
                   "suspicious_models": dg.MetadataValue.json(leak["suspicious_models"])})
     perm = doc["tables"]["permuted_labels"]
-    bad = [r for r in perm if not r["at_chance"]]
+    above = [r for r in perm if r["above_chance"]]
+    below = [r for r in perm if r["below_chance"]]
     yield dg.AssetCheckResult(
-        check_name="permuted_labels_at_chance", passed=not bad, severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"controls": len(perm), "above_or_below_chance": dg.MetadataValue.json(bad)})
+        check_name="permuted_labels_at_chance", passed=not (above or below),
+        severity=dg.AssetCheckSeverity.ERROR if above else dg.AssetCheckSeverity.WARN,
+        metadata={"controls": len(perm), "above_chance": dg.MetadataValue.json(above),
+                  "below_chance": dg.MetadataValue.json(below),
+                  "outside_95pct_interval": sum(not r["at_chance"] for r in perm)})
 
 
 def _md_table(rows: list[dict[str, Any]]) -> str:

@@ -7,8 +7,8 @@
 * the walk-forward folds: the model *retrained* on each fold's training dates (a short budget,
   ``EvalConfig.walk_forward_epochs``) and scored on that fold's validation dates. Scoring the
   final model on the folds would be in-sample: those dates are in its training data;
-* a permuted-label control: the same model trained on training labels shuffled across dates,
-  which must score at chance;
+* a permuted-label control: the same model (and each tabular baseline) trained on training
+  labels shuffled across dates, which must score at chance (see ``_permuted_rows``);
 
 and the baselines (``finnex_ml.evaluation.baselines``) on identical dates. Strategies are
 compared through the deflated Sharpe ratio, since several were tried. A leak scan runs on the
@@ -258,7 +258,8 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
 
     # --- models ------------------------------------------------------------------------------
     loaded = {name: load_model(path) for name, path in inp.models.items()}
-    ablation_rows, permuted_rows, wf_rows = [], [], []
+    ablation_rows, wf_rows = [], []
+    controls: list[tuple[str, int, np.ndarray, np.ndarray]] = []  # permuted-label (model, h, truth, prediction)
     consistency, interpretation = {}, {}
     for name, lm in loaded.items():
         sp = predict_set(lm, inp.ready_root / "test.h5")
@@ -285,7 +286,7 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
             plm = _train_short(lm, ptrain, inp.ready_root / "val.h5", pdir / "model", cfg.permuted_label_epochs, cfg.seed)
             psp = predict_set(plm, inp.ready_root / "test.h5")
             for j, h in enumerate(plm.horizons):
-                permuted_rows.append(_permuted_row(name, h, psp.labels[:, j], psp.pred[:, j], block, cfg))
+                controls.append((name, h, psp.labels[:, j], psp.pred[:, j]))
             log(f"{name}: permuted-label control trained ({cfg.permuted_label_epochs} epoch(s)) and scored")
         if interpret is not None:
             interpretation[name] = interpret(name, lm, inp.ready_root / "test.h5")
@@ -296,7 +297,8 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
         y_tr, y_te = fr.classes(h, train_d), fr.classes(h, test_d)
         for kind in ("logistic", "gradient_boosting"):
             probs = bl.tabular_probs(kind, X_train, y_tr[perm], X_test, cfg.seed)
-            permuted_rows.append(_permuted_row(kind, h, y_te, probs.argmax(-1), block, cfg))
+            controls.append((kind, h, y_te, probs.argmax(-1)))
+    permuted_rows = _permuted_rows(controls, block, cfg)
 
     # --- walk-forward ------------------------------------------------------------------------
     for fold in inp.splits.get("folds", []):
@@ -351,10 +353,25 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     return _jsonable(doc), predictions, equity
 
 
-def _permuted_row(name: str, h: int, y: np.ndarray, pred: np.ndarray, block: int, cfg: EvalConfig) -> dict[str, Any]:
-    ci = un.classification_intervals(y, pred, block=block, n_boot=cfg.n_boot, seed=cfg.seed)["balanced_accuracy"]
-    return {"model": name, "horizon": h, "balanced_accuracy": float(ci["estimate"]), "ci": _ci(ci), "chance": 1 / 3,
-            "at_chance": bool(ci["lower"] <= 1 / 3 <= ci["upper"])}
+def _permuted_rows(controls: Sequence[tuple[str, int, np.ndarray, np.ndarray]], block: int,
+                   cfg: EvalConfig) -> list[dict[str, Any]]:
+    """One row per permuted-label control: balanced accuracy with its 95 % interval (``ci``,
+    ``at_chance``) and the verdict on a family-wise interval (Bonferroni, alpha 0.05 / k for k
+    controls): with six controls, one of six 95 % intervals misses 1/3 by luck about a quarter of
+    the time, and a blocking check must not fire that often on clean data. ``above_chance``
+    (the family-wise interval wholly above 1/3) is the signature of a leak; ``below_chance``
+    can only be luck or a tiny test set, so it is reported, not blocking."""
+    family_alpha = 0.05 / max(len(controls), 1)
+    rows = []
+    for name, h, y, pred in controls:
+        common = dict(block=block, n_boot=cfg.n_boot, seed=cfg.seed)
+        ci = un.classification_intervals(y, pred, **common)["balanced_accuracy"]
+        fw = un.classification_intervals(y, pred, alpha=family_alpha, **common)["balanced_accuracy"]
+        rows.append({"model": name, "horizon": h, "balanced_accuracy": float(ci["estimate"]), "ci": _ci(ci),
+                     "chance": 1 / 3, "at_chance": bool(ci["lower"] <= 1 / 3 <= ci["upper"]),
+                     "ci_familywise": _ci(fw), "above_chance": bool(fw["lower"] > 1 / 3),
+                     "below_chance": bool(fw["upper"] < 1 / 3)})
+    return rows
 
 
 def _fold_row(name: str, k: int, h: int, y: np.ndarray, probs: np.ndarray, dates: Sequence[date]) -> dict[str, Any]:

@@ -150,8 +150,12 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
     parts.append("<details><summary>per fold</summary>" + html_table(t["walk_forward"]) + "</details>")
     parts.append("<h2>Ablations and controls</h2><h3>Each channel blanked to its training mean</h3>"
                  + html_table(t["ablations"]))
-    parts.append("<h3>Permuted training labels (must be at chance: interval contains 1/3)</h3>"
-                 + html_table(t["permuted_labels"], row_class=lambda r: "" if r.get("at_chance") else "fail"))
+    parts.append("<h3>Permuted training labels (must be at chance, 1/3)</h3><p class='note'>ci: 95 % "
+                 "interval. The verdict uses ci_familywise (Bonferroni over all controls): wholly above "
+                 "1/3 is a suspected leak and blocks this report; wholly below is flagged as a warning "
+                 "(luck or too few test dates).</p>"
+                 + html_table(t["permuted_labels"],
+                              row_class=lambda r: "fail" if r.get("above_chance") or r.get("below_chance") else ""))
     parts.append("<h2>Regime breakdown (trailing return known at t)</h2>" + html_table(t["regimes"]))
     if doc.get("horizon_consistency"):
         parts.append("<h2>Multi-horizon consistency</h2>" + html_table(
