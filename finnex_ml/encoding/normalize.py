@@ -266,18 +266,16 @@ class TrailingNormalizer:
         if len(self._cache) + end - i > self.cache_rows:  # evict the oldest rows: dates arrive in order
             for k in sorted(self._cache)[: len(self._cache) + end - i - self.cache_rows]:
                 del self._cache[k]
+                self._digests.pop(k, None)
         for k in range(end - i):
             self._cache[i + k] = SessionNorm(*(a[k] for a in block))
         return self._cache[i]
 
     def digest(self, i: int) -> bytes:
-        """:func:`row_digest` of ``row(i)``, computed once per row."""
+        """:func:`row_digest` of ``row(i)``, computed once per cached row (evicted with it)."""
         hit = self._digests.get(i)
         if hit is None:
             r = self.row(i)
-            if len(self._digests) >= self.cache_rows:
-                for k in sorted(self._digests)[: len(self._digests) - self.cache_rows + 1]:
-                    del self._digests[k]
             hit = self._digests[i] = row_digest(r.center, r.scale)
         return hit
 
