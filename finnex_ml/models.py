@@ -33,6 +33,7 @@ the spec's size (ViT 768 dims, 12 heads, 12 layers; CNN 256-channel branches, 51
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
@@ -138,6 +139,13 @@ class CNNConfig:
     grid: int = GRID  # full-image grid, for the patch position embedding
     input_center: float = 0.5  # see _center_input
     input_scale: float = 0.25
+    # Layout-aware path (see LayoutCells): the canonical JSON of the images' layout spec. Empty:
+    # the pixel path above (needed for lone 32x32 patches, which carry no whole cell grid).
+    layout: str = ""
+    temporal_kernels: tuple[int, int, int] = (21, 9, 3)  # large, medium, small branch, in sessions
+    temporal_channels: int = 8  # a narrow mix: a few hundred dates cannot fit a wide one honestly
+    readout_slots: int = 4  # learned weightings over the session axis (keeps recency)
+    layout_dropout: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,9 @@ class ViTConfig:
     pool: str = "cls"  # "cls" (rollout-friendly) or "mean"
     input_center: float = 0.5  # see _center_input
     input_scale: float = 0.25
+    # Layout-aware path: one token per feature row (its session history, feature and section
+    # embeddings) instead of one per 32x32 patch; empty: patch tokens (see CNNConfig.layout).
+    layout: str = ""
 
 
 CNN_SIZES: dict[str, CNNConfig] = {
@@ -165,6 +176,95 @@ VIT_SIZES: dict[str, ViTConfig] = {
     "small": ViTConfig(),
     "full": ViTConfig(dim=768, depth=12, heads=12),
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Layout-aware stem: image -> [features x sessions] cells
+# --------------------------------------------------------------------------------------------
+
+class LayoutCells(nn.Module):
+    """``[B, 3, 512, 512]`` image -> ``[B, F, L]``: the mean of every (feature row band x session
+    column band) cell, features in ``spec.features`` order, sessions oldest first (index L-1 is
+    the image date).
+
+    Why: a mega-image is a set of heatmaps whose cells are constant; a pixel convolution must first
+    rediscover which rows belong together, and averaging over time or rows (the pixel path) throws
+    away recency and feature identity. Reading the cells from the stored spec keeps both, costs one
+    pass over the pixels, and stays differentiable (saliency spreads over whole cells). On an
+    encoded image this equals ``finnex_ml.encoding.encoder.decode`` (a test checks it).
+    """
+
+    def __init__(self, layout: Mapping[str, Any]) -> None:
+        super().__init__()
+        L = int(layout["sessions"])
+        features = list(layout["features"])
+        index = {f: i for i, f in enumerate(features)}
+        sections = [s["name"] for s in layout["sections"]]
+        self.sessions, self.n_features = L, len(features)
+        self.tiles: list[tuple[int, int, int, int, int, int]] = []  # channel, rows, used cols, tile
+        order, section_of = [], [0] * len(features)
+        for k, t in enumerate(layout["tiles"]):
+            if not t["features"]:
+                continue
+            r0, r1 = t["row_bands"][0][0], t["row_bands"][-1][1]
+            u0, c1 = t["used_cols"]
+            pool = torch.zeros(len(t["features"]), r1 - r0)
+            for i, (a, b) in enumerate(t["row_bands"]):
+                pool[i, a - r0:b - r0] = 1.0 / (b - a)
+            self.register_buffer(f"rows_{k}", pool, persistent=False)
+            self.tiles.append((int(t["channel"]), r0, r1, u0, c1, k))
+            for f in t["features"]:
+                order.append(index[f])
+                section_of[index[f]] = sections.index(t["section"])
+        # tile order -> spec.features order
+        self.register_buffer("to_spec_order", torch.argsort(torch.tensor(order)), persistent=False)
+        self.register_buffer("feature_sections", torch.tensor(section_of, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, L = x.shape[0], self.sessions
+        out = []
+        for ch, r0, r1, u0, c1, k in self.tiles:
+            block = x[:, ch, r0:r1, u0:c1]  # [B, rows, L * px]
+            cols = block.reshape(b, r1 - r0, L, (c1 - u0) // L).mean(-1)  # [B, rows, L]
+            out.append(torch.matmul(getattr(self, f"rows_{k}"), cols))  # [B, n_tile, L]
+        return torch.cat(out, dim=1).index_select(1, self.to_spec_order)
+
+
+def parse_layout(layout: str | Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(layout) if isinstance(layout, str) else dict(layout)
+
+
+class _SectionBranch(nn.Module):
+    """One (temporal scale x section) token of the layout path: a temporal convolution over the
+    section's feature rows (weights per feature, so identity survives), then learned weightings
+    of the session axis (so recency survives), projected to a token."""
+
+    def __init__(self, n_features: int, sessions: int, kernel: int, channels: int, slots: int,
+                 token_dim: int, dropout: float) -> None:
+        super().__init__()
+        k = min(kernel, sessions) | 1  # odd, so "same" padding keeps session t at index L-1
+        f = max(n_features, 1)
+        # separable: each feature's own temporal filter, then a mix across features. A dense
+        # F x C x k kernel has ~k times the weights and memorises a few hundred dates instead
+        # of finding the few cells that matter.
+        self.conv = nn.Sequential(
+            nn.Conv1d(f, f, k, padding=k // 2, groups=f, bias=False),
+            nn.Conv1d(f, channels, 1, bias=False),
+            nn.BatchNorm1d(channels), nn.GELU(), nn.Dropout(dropout))
+        self.readout = nn.Linear(sessions, slots)
+        self.proj = nn.Linear(channels * slots, token_dim)
+        nn.init.dirac_(self.conv[0].weight)  # start as the identity in time: lag structure is learned
+        with torch.no_grad():  # readout starts as recency summaries: lag 0, then trailing means
+            self.readout.weight.zero_()
+            self.readout.bias.zero_()
+            for j in range(slots):
+                span = min(sessions, 1 if j == 0 else 5 ** j)
+                self.readout.weight[j, sessions - span:] = 1.0 / span
+        nn.init.xavier_uniform_(self.conv[1].weight)
+        nn.init.xavier_uniform_(self.proj.weight)
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:  # [B, F_s, L] -> [B, token_dim]
+        return self.proj(self.readout(self.conv(cells)).flatten(1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,11 +309,10 @@ class MultiScaleCNN(nn.Module):
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or CNNConfig()
-        self.branches = nn.ModuleDict({
-            "large": _branch(cfg, cfg.large), "medium": _branch(cfg, cfg.medium), "small": _branch(cfg, cfg.small)})
-        self.register_buffer("row_sections", torch.tensor(grid_row_sections(cfg.grid)), persistent=False)
-        self.branch_embed = nn.Parameter(torch.zeros(3, 1, cfg.token_dim))
-        self.slot_embed = nn.Parameter(torch.zeros(1, 3, cfg.token_dim))
+        if cfg.layout:
+            self._init_layout(cfg)
+        else:
+            self._init_pixels(cfg)
         self.attn = nn.MultiheadAttention(cfg.token_dim, cfg.attn_heads, dropout=0.0, batch_first=True)
         self.attn_norm = nn.LayerNorm(cfg.token_dim)
         self.fusion = nn.Sequential(
@@ -227,6 +326,30 @@ class MultiScaleCNN(nn.Module):
         nn.init.normal_(self.slot_embed, std=0.02)
         nn.init.normal_(self.pos_embed.weight, std=0.02)
         nn.init.normal_(self.section_embed.weight, std=0.02)
+        if cfg.layout:  # (the pixel path keeps its original initialisation)
+            nn.init.xavier_uniform_(self.fusion[0].weight)
+
+    def _init_layout(self, cfg: CNNConfig) -> None:
+        """Layout path: 3 temporal scales x 3 sections = 9 tokens (the pixel path's 3 branches x
+        3 row slots, now with exact section membership and the session axis kept)."""
+        self.cells = LayoutCells(parse_layout(cfg.layout))
+        secs = self.cells.feature_sections
+        for s in range(3):
+            self.register_buffer(f"section_rows_{s}", torch.nonzero(secs == s).flatten(), persistent=False)
+        L = self.cells.sessions
+        self.layout_branches = nn.ModuleList([
+            _SectionBranch(int((secs == s).sum()), L, k, cfg.temporal_channels, cfg.readout_slots,
+                           cfg.token_dim, cfg.layout_dropout)
+            for k in cfg.temporal_kernels for s in range(3)])
+        self.branch_embed = nn.Parameter(torch.zeros(3, 1, cfg.token_dim))
+        self.slot_embed = nn.Parameter(torch.zeros(1, 3, cfg.token_dim))
+
+    def _init_pixels(self, cfg: CNNConfig) -> None:
+        self.branches = nn.ModuleDict({
+            "large": _branch(cfg, cfg.large), "medium": _branch(cfg, cfg.medium), "small": _branch(cfg, cfg.small)})
+        self.register_buffer("row_sections", torch.tensor(grid_row_sections(cfg.grid)), persistent=False)
+        self.branch_embed = nn.Parameter(torch.zeros(3, 1, cfg.token_dim))
+        self.slot_embed = nn.Parameter(torch.zeros(1, 3, cfg.token_dim))
 
     @property
     def feature_dim(self) -> int:
@@ -235,13 +358,10 @@ class MultiScaleCNN(nn.Module):
     def forward_features(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
                          return_attention: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         _check_input(x, self.config.in_channels)
-        x = _center_input(x, self.config.input_center, self.config.input_scale)
-        tokens = []
-        for i, branch in enumerate(self.branches.values()):
-            f = branch(x).mean(dim=3)  # [B, C, h]: average over time (columns)
-            t = torch.matmul(f, row_pool_matrix(f.shape[2]).to(f.device, f.dtype)).transpose(1, 2)  # [B, 3, C]
-            tokens.append(t + self.branch_embed[i] + self.slot_embed)
-        tok = torch.cat(tokens, dim=1)  # [B, 9, C]
+        if self.config.layout:
+            tok = self._layout_tokens(x, patch_pos)
+        else:
+            tok = self._pixel_tokens(_center_input(x, self.config.input_center, self.config.input_scale))
         # 9 tokens: the weights cost nothing, so they are always returned (return_attention is
         # accepted for a common signature with the ViT)
         att, w = self.attn(tok, tok, tok, need_weights=True, average_attn_weights=False)
@@ -252,6 +372,29 @@ class MultiScaleCNN(nn.Module):
             sec = patch_pos_sections(patch_pos, self.config.grid, self.row_sections)
             feats = feats + self.pos_embed(patch_pos) + self.section_embed(sec)
         return feats, w
+
+    def _pixel_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = []
+        for i, branch in enumerate(self.branches.values()):
+            f = branch(x).mean(dim=3)  # [B, C, h]: average over time (columns)
+            t = torch.matmul(f, row_pool_matrix(f.shape[2]).to(f.device, f.dtype)).transpose(1, 2)  # [B, 3, C]
+            tokens.append(t + self.branch_embed[i] + self.slot_embed)
+        return torch.cat(tokens, dim=1)  # [B, 9, C]
+
+    def _layout_tokens(self, x: torch.Tensor, patch_pos: torch.Tensor | None) -> torch.Tensor:
+        if patch_pos is not None or x.shape[2:] != (512, 512):
+            raise ValueError("a layout-aware model reads whole 512x512 images (input_mode='image'), "
+                             f"got {tuple(x.shape[2:])}")
+        cells = _center_input(self.cells(x), self.config.input_center, self.config.input_scale)
+        groups = []
+        for s in range(3):
+            rows = getattr(self, f"section_rows_{s}")
+            groups.append(cells.index_select(1, rows) if rows.numel() else cells.new_zeros(cells.shape[0], 1,
+                                                                                           cells.shape[2]))
+        tokens = [branch(groups[j % 3]) for j, branch in enumerate(self.layout_branches)]
+        tok = torch.stack(tokens, dim=1).view(x.shape[0], 3, 3, -1)  # [B, scale, section, C]
+        tok = tok + self.branch_embed.view(1, 3, 1, -1) + self.slot_embed.view(1, 1, 3, -1)
+        return tok.flatten(1, 2)  # [B, 9, C], the pixel path's token order (scale-major)
 
     def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.forward_features(x, patch_pos, return_attention=False)[0])
@@ -314,7 +457,15 @@ class FinNeXViT(nn.Module):
         if cfg.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {cfg.pool!r}")
         self.grid = cfg.image_size // cfg.patch_size
-        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        if cfg.layout:
+            # feature tokens: a shared map of each feature's session history (recency kept) plus
+            # the feature's own embedding (identity kept) and its section's
+            self.cells = LayoutCells(parse_layout(cfg.layout))
+            self.history_embed = nn.Linear(self.cells.sessions, cfg.dim)
+            self.feature_embed = nn.Parameter(torch.zeros(1, self.cells.n_features, cfg.dim))
+            nn.init.trunc_normal_(self.feature_embed, std=0.02)
+        else:
+            self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.dim, self.grid, self.grid))
         self.pos_unknown = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.section_embed = nn.Embedding(4, cfg.dim)
@@ -372,10 +523,18 @@ class FinNeXViT(nn.Module):
         if x.shape[2] % self.config.patch_size or x.shape[3] % self.config.patch_size:
             raise ValueError(f"input sides must be multiples of {self.config.patch_size}, got {tuple(x.shape[2:])}")
         b = x.shape[0]
-        x = _center_input(x, self.config.input_center, self.config.input_scale)
-        tok = self.patch_embed(x)  # [B, dim, gh, gw]
-        gh, gw = tok.shape[2], tok.shape[3]
-        tok = tok.flatten(2).transpose(1, 2) + self._positions(gh, gw, b, patch_pos, x.device)
+        if self.config.layout:
+            if patch_pos is not None or x.shape[2:] != (self.config.image_size, self.config.image_size):
+                raise ValueError("a layout-aware model reads whole images (input_mode='image'), "
+                                 f"got {tuple(x.shape[2:])}")
+            cells = _center_input(self.cells(x), self.config.input_center, self.config.input_scale)
+            tok = (self.history_embed(cells) + self.feature_embed
+                   + self.section_embed(self.cells.feature_sections)[None])
+        else:
+            x = _center_input(x, self.config.input_center, self.config.input_scale)
+            tok = self.patch_embed(x)  # [B, dim, gh, gw]
+            gh, gw = tok.shape[2], tok.shape[3]
+            tok = tok.flatten(2).transpose(1, 2) + self._positions(gh, gw, b, patch_pos, x.device)
         tok = torch.cat([self.cls_token.expand(b, -1, -1), tok], dim=1)
         tok = self.drop(tok)
         weights: list[torch.Tensor] = []
@@ -465,42 +624,85 @@ class MultiTaskViT(MultiTaskModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Factory (what checkpoints record, so an evaluation step can rebuild the model)
+# Registry (what checkpoints record, so an evaluation step can rebuild the model)
 # --------------------------------------------------------------------------------------------
 
-_ALIASES = {"cnn": "cnn", "multiscale_cnn": "cnn", "multiscalecnn": "cnn",
-            "vit": "vit", "finnex_vit": "vit", "finnexvit": "vit"}
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str  # registry key; also the training asset's stem (``{name}_model``)
+    title: str
+    backbone: type[nn.Module]
+    multitask: type[MultiTaskModel]
+    sizes: Mapping[str, Any]  # size preset -> config dataclass
 
 
-def model_config(name: str, size: str = "small", **overrides: Any) -> CNNConfig | ViTConfig:
-    """The size preset of model ``name`` ("cnn" or "vit") with field overrides applied."""
-    kind = _ALIASES.get(name.lower())
-    if kind is None:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(set(_ALIASES))}")
-    sizes = CNN_SIZES if kind == "cnn" else VIT_SIZES
-    if size not in sizes:
-        raise ValueError(f"unknown size {size!r} for {kind}; expected one of {sorted(sizes)}")
-    cfg = sizes[size]
+MODEL_REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(name: str, title: str, backbone: type[nn.Module], multitask: type[MultiTaskModel],
+                   sizes: Mapping[str, Any], aliases: Sequence[str] = ()) -> ModelEntry:
+    """Add an architecture under ``name`` (and lower-case ``aliases``); the training assets and
+    ``model_evaluation`` are generated from this registry."""
+    if name in MODEL_REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    entry = ModelEntry(name, title, backbone, multitask, dict(sizes))
+    MODEL_REGISTRY[name] = entry
+    for a in (name, *aliases):
+        _ALIASES[a.lower()] = name
+    return entry
+
+
+def model_entry(name: str) -> ModelEntry:
+    key = _ALIASES.get(name.lower())
+    if key is None:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(_ALIASES)}")
+    return MODEL_REGISTRY[key]
+
+
+register_model("cnn", "MultiScaleCNN", MultiScaleCNN, MultiTaskCNN, CNN_SIZES, ("multiscale_cnn", "multiscalecnn"))
+register_model("vit", "FinNeXViT", FinNeXViT, MultiTaskViT, VIT_SIZES, ("finnex_vit", "finnexvit"))
+
+
+def model_config(name: str, size: str = "small", **overrides: Any) -> Any:
+    """The size preset of model ``name`` with field overrides applied (``layout`` may be a
+    :class:`~finnex_ml.encoding.layout.LayoutSpec`, its dict or its canonical JSON)."""
+    entry = model_entry(name)
+    if size not in entry.sizes:
+        raise ValueError(f"unknown size {size!r} for {entry.name}; expected one of {sorted(entry.sizes)}")
+    cfg = entry.sizes[size]
+    if "layout" in overrides:
+        overrides["layout"] = layout_json(overrides["layout"])
     if overrides:
         cfg = replace(cfg, **{k: (BranchConfig(**v) if isinstance(v, Mapping) else
                                   tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})
     return cfg
 
 
-def build_model(name: str, size: str = "small", *, horizons: Sequence[int] = (1,), multitask: bool = True,
-                **overrides: Any) -> nn.Module:
-    """Build ``"cnn"`` (:class:`MultiScaleCNN`) or ``"vit"`` (:class:`FinNeXViT`), multi-task by default."""
+def layout_json(layout: Any) -> str:
+    """Canonical JSON of a layout spec given as a LayoutSpec, a dict or JSON text ("" for none)."""
+    if not layout:
+        return ""
+    if hasattr(layout, "canonical_json"):
+        return layout.canonical_json()
+    d = json.loads(layout) if isinstance(layout, str) else layout
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def create_model(name: str, size: str = "small", *, horizons: Sequence[int] = (1,), multitask: bool = True,
+                 **overrides: Any) -> nn.Module:
+    """Build a registered model (``"cnn"`` :class:`MultiScaleCNN`, ``"vit"`` :class:`FinNeXViT`),
+    multi-task by default; ``layout=spec`` selects the layout-aware path for whole images."""
+    entry = model_entry(name)
     cfg = model_config(name, size, **overrides)
-    if isinstance(cfg, CNNConfig):
-        return MultiTaskCNN(cfg, horizons) if multitask else MultiScaleCNN(cfg)
-    return MultiTaskViT(cfg, horizons) if multitask else FinNeXViT(cfg)
+    return entry.multitask(cfg, horizons) if multitask else entry.backbone(cfg)
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
     """A plain-dict description (name, config fields, horizons) that :func:`model_from_spec` rebuilds."""
     multitask = isinstance(model, MultiTaskModel)
     backbone = model.backbone if multitask else model
-    name = "cnn" if isinstance(backbone, MultiScaleCNN) else "vit" if isinstance(backbone, FinNeXViT) else None
+    name = next((e.name for e in MODEL_REGISTRY.values() if type(backbone) is e.backbone), None)
     if name is None:
         raise TypeError(f"no spec for {type(model).__name__}")
     return {"name": name, "config": asdict(backbone.config), "multitask": multitask,
@@ -509,7 +711,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     cfg = dict(spec["config"])
-    return build_model(spec["name"], "small", horizons=spec.get("horizons") or (1,),
+    return create_model(spec["name"], "small", horizons=spec.get("horizons") or (1,),
                        multitask=bool(spec.get("multitask", True)), **cfg)
 
 

@@ -64,7 +64,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.losses import MultiTaskLoss
 from finnex_ml.models import (
-    BUY, CLASS_NAMES, GRID, HOLD, NUM_CLASSES, PATCH_SIZE, SELL, build_model, model_from_spec, model_spec,
+    BUY, CLASS_NAMES, GRID, HOLD, NUM_CLASSES, PATCH_SIZE, SELL, create_model, model_from_spec, model_spec,
 )
 from finnex_ml.paths import atomic_path
 
@@ -774,7 +774,7 @@ class _Run:
 
         torch.manual_seed(cfg.seed)
         self.model = (model if model is not None else
-                      build_model(cfg.model, cfg.size, horizons=cfg.horizons, **cfg.model_overrides)).to(self.device)
+                      create_model(cfg.model, cfg.size, horizons=cfg.horizons, **cfg.model_overrides)).to(self.device)
         self.criterion = MultiTaskLoss(
             len(cfg.horizons), self.class_weights, regression=cfg.reg_targets is not None,
             regression_loss=cfg.regression_loss, huber_delta=cfg.huber_delta, weighting=cfg.loss_weighting,
@@ -1061,7 +1061,7 @@ def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
     * ``resume``: True resumes from ``checkpoint_dir/last.pt`` if it exists; a path resumes from
       that file. The config must match the saved one (except num_workers, prefetch, device,
       num_threads; bit-for-bit continuation on CPU also needs the same num_threads).
-    * ``model``: a prebuilt multi-task model instead of ``build_model(config.model, config.size)``.
+    * ``model``: a prebuilt multi-task model instead of ``create_model(config.model, config.size)``.
     """
     cfg = config
     ckpt_dir = Path(checkpoint_dir)

@@ -11,7 +11,7 @@ from finnex_ml.encoding import build_layout
 from finnex_ml.encoding.preview import SECTION_LINE, read_png
 from finnex_ml.evaluation import interpret as ip
 from finnex_ml.evaluation.predict import LoadedModel, forward_image
-from finnex_ml.models import build_model
+from finnex_ml.models import create_model
 from finnex_ml.patches import extract_patches, patch_bounds
 
 NAMES = ["macro__vix", "macro__rate_2y", "macro__cpi", "news__mood", "social__mood", "sentiment__avg",
@@ -154,7 +154,7 @@ def _brute_patch_mode_prob(model: nn.Module, image: np.ndarray, target: int) -> 
 
 def test_patch_mode_occlusion_equals_brute_force(image: np.ndarray) -> None:
     torch.manual_seed(1)
-    model = build_model("cnn", horizons=(1, 5), **TINY_CNN).eval()
+    model = create_model("cnn", horizons=(1, 5), **TINY_CNN).eval()
     with torch.no_grad():  # larger head weights make the probabilities depend clearly on the input
         model.heads.cls["h1"][1].weight.mul_(30.0)
     target = 2
@@ -172,7 +172,7 @@ def test_patch_mode_occlusion_equals_brute_force(image: np.ndarray) -> None:
 
 def test_image_mode_occlusion_equals_brute_force(image: np.ndarray) -> None:
     torch.manual_seed(2)
-    model = build_model("vit", **TINY_VIT).eval()
+    model = create_model("vit", **TINY_VIT).eval()
     target = 1
     occ = ip.occlusion_importance(model, image, "image", target, fill=0.5, image_batch=16)
     base = ip.image_probabilities(model, image, "image")[target]
@@ -187,7 +187,7 @@ def test_image_mode_occlusion_equals_brute_force(image: np.ndarray) -> None:
 
 def test_patch_mode_saliency_equals_full_graph_gradient(image: np.ndarray) -> None:
     torch.manual_seed(3)
-    model = build_model("cnn", **TINY_CNN).eval()
+    model = create_model("cnn", **TINY_CNN).eval()
     sal = ip.gradient_saliency(model, image, "patch", 1, batch_size=64)  # 4 chunks
     assert all(p.grad is None for p in model.parameters())  # no gradient leaks into the model
     # reference: one graph through all 256 patches and the mean of their probabilities
@@ -202,7 +202,7 @@ def test_patch_mode_saliency_equals_full_graph_gradient(image: np.ndarray) -> No
 
 def test_image_outputs_match_predict_and_batches(image: np.ndarray) -> None:
     torch.manual_seed(4)
-    model = build_model("cnn", horizons=(1, 5), **TINY_CNN)
+    model = create_model("cnn", horizons=(1, 5), **TINY_CNN)
     model.train()  # the functions must switch dropout off and give the training mode back
     other = np.random.default_rng(5).random((512, 512, 3), dtype=np.float32)
     probs, reg = ip.image_outputs(model, image, "patch", batch_size=96)
@@ -242,7 +242,7 @@ def _hand_rollout(weights: list[torch.Tensor]) -> np.ndarray:
 @pytest.mark.parametrize("depth", [1, 2])
 def test_rollout_equals_hand_computation(image: np.ndarray, depth: int) -> None:
     torch.manual_seed(6)
-    model = build_model("vit", **{**TINY_VIT, "depth": depth}).eval()
+    model = create_model("vit", **{**TINY_VIT, "depth": depth}).eval()
     roll = ip.attention_rollout(model, image)
     assert roll.shape == (16, 16) and (roll >= 0).all() and roll.sum() == pytest.approx(1.0, abs=1e-12)
     x = torch.from_numpy(image).permute(2, 0, 1)[None]
@@ -257,9 +257,9 @@ def test_rollout_equals_hand_computation(image: np.ndarray, depth: int) -> None:
 
 def test_rollout_refuses_cnn_and_patch_mode(image: np.ndarray) -> None:
     with pytest.raises(ValueError, match="ViT"):
-        ip.attention_rollout(build_model("cnn", **TINY_CNN), image)
+        ip.attention_rollout(create_model("cnn", **TINY_CNN), image)
     with pytest.raises(ValueError, match="patch mode"):
-        ip.attention_rollout(build_model("vit", **TINY_VIT), image, input_mode="patch")
+        ip.attention_rollout(create_model("vit", **TINY_VIT), image, input_mode="patch")
 
 
 # ---- aggregation and PNG ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 
 from finnex_ml import models as M
 from finnex_ml.models import (
-    CNN_SIZES, VIT_SIZES, FinNeXViT, MultiScaleCNN, MultiTaskCNN, MultiTaskViT, build_model, grid_row_sections,
+    CNN_SIZES, VIT_SIZES, FinNeXViT, MultiScaleCNN, MultiTaskCNN, MultiTaskViT, create_model, grid_row_sections,
     grid_sections, model_from_spec, model_spec, patch_pos_sections,
 )
 
@@ -31,7 +31,7 @@ def _shapes(out: dict) -> dict:
 @pytest.mark.parametrize("name", ["cnn", "vit"])
 def test_multitask_output_shapes_512_and_32(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name, "small").eval()
+    model = create_model(name, "small").eval()
     with torch.no_grad():
         big = model(torch.rand(2, 3, 512, 512), return_attention=True)
         small = model(torch.rand(2, 3, 32, 32), return_attention=True)
@@ -149,11 +149,11 @@ def test_size_presets() -> None:
     full = VIT_SIZES["full"]
     assert (full.dim, full.heads, full.depth, full.patch_size, full.image_size) == (768, 12, 12, 32, 512)
     assert CNN_SIZES["full"].token_dim == 256 and CNN_SIZES["full"].fusion_dim == 512
-    assert M.count_parameters(build_model("vit", "small")) < 2_000_000
+    assert M.count_parameters(create_model("vit", "small")) < 2_000_000
     with pytest.raises(ValueError):
-        build_model("resnet")
+        create_model("resnet")
     with pytest.raises(ValueError):
-        build_model("vit", "huge")
+        create_model("vit", "huge")
 
 
 @pytest.mark.parametrize("name,overrides", [
@@ -162,7 +162,7 @@ def test_size_presets() -> None:
 ])
 def test_model_spec_round_trip(name: str, overrides: dict) -> None:
     torch.manual_seed(0)
-    model = build_model(name, horizons=(1, 5), **overrides).eval()
+    model = create_model(name, horizons=(1, 5), **overrides).eval()
     spec = model_spec(model)
     assert spec["name"] == name and spec["horizons"] == [1, 5]
     again = model_from_spec(spec).eval()

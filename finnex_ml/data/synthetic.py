@@ -14,6 +14,16 @@ What is realistic about it:
   CPI, unemployment and PMI published 10-16 days after the month ends;
 - fundamentals: quarterly statements filed 25-45 days after the quarter ends;
 - three peers sharing the sector factor.
+
+A positive control (:class:`PlantedSignal`, off by default) plants a known rule in next-day
+returns: two extra i.i.d. N(0, 1) series, ``market__control_a`` (a market column: behavioural
+section, blue channel) and the daily macro series ``control_b`` (macro section, red channel),
+and a score z(t) known at t's close. ``level``: z = control_a(t). ``temporal``: z = the mean of
+control_a over lags 6-14 minus the mean of control_b over lags 10-18, scaled to unit variance
+(lags in sessions before t; no date-t feature shows it). The next session's log return becomes
+``strength * 0.015 * z(t) + sqrt(1 - strength^2) * r(t+1)``: strength 1 is noise-free.
+:meth:`SyntheticSource.oracle_returns` gives the expected h-session log return given all that is
+known at t, from which the oracle's classes and accuracy follow.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -36,6 +47,26 @@ TICKER = "FNX"
 # Stream ids keep each process on its own generator, so adding a process changes no other.
 _S_REGIME, _S_MARKET, _S_SECTOR, _S_STOCK, _S_MOOD, _S_OHLC, _S_VOLUME = range(7)
 _S_RATES, _S_VIX, _S_MONTHLY, _S_FUND, _S_PEER, _S_TEXT, _S_OPTIONS = range(7, 14)
+_S_CONTROL = 14
+
+PLANT_SCALE = 0.015  # daily log-return sd of the planted component at strength 1
+# temporal form: (series, first lag, last lag) of the two windows, +a and -b
+TEMPORAL_WINDOWS = (("a", 6, 14), ("b", 10, 18))
+
+
+@dataclass(frozen=True)
+class PlantedSignal:
+    """A known rule in next-day returns (module docstring); strength in [0, 1], 1 = noise-free."""
+
+    form: Literal["level", "temporal"] = "level"
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.form not in ("level", "temporal"):
+            raise ValueError(f"planted signal form must be 'level' or 'temporal', got {self.form!r}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"planted signal strength must lie in [0, 1], got {self.strength}")
+
 
 _POSITIVE = (
     "great quarter for {t} as demand looks strong",
@@ -85,6 +116,8 @@ class _World:
     index_close: np.ndarray
     peer_close: np.ndarray  # [n, peers]
     peer_volume: np.ndarray
+    control: np.ndarray | None = None  # [n, 2]: control_a, control_b (planted signal only)
+    score: np.ndarray | None = None  # z(t), the planted score known at t
 
 
 def _rng(seed: int, stream: int, *extra: int) -> np.random.Generator:
@@ -115,8 +148,20 @@ def _ar1(rng: np.random.Generator, n: int, mean: float, phi: float, sd: float, s
     return out
 
 
+def control_score(control: np.ndarray, form: str) -> np.ndarray:
+    """z(t) from the control series [n, 2] (module docstring); NaN where the window is incomplete."""
+    a, b = control[:, 0], control[:, 1]
+    if form == "level":
+        return a.copy()
+    z = np.full(len(a), np.nan)
+    (_, a0, a1), (_, b0, b1) = TEMPORAL_WINDOWS
+    for t in range(max(a1, b1), len(a)):
+        z[t] = a[t - a1:t - a0 + 1].mean() - b[t - b1:t - b0 + 1].mean()
+    return z / np.sqrt(1 / (a1 - a0 + 1) + 1 / (b1 - b0 + 1))
+
+
 @lru_cache(maxsize=4)
-def _world(seed: int) -> _World:
+def _world(seed: int, plant: PlantedSignal | None = None) -> _World:
     known = np.array(calendar.sessions(EPOCH, calendar.calendar_end()), dtype="datetime64[D]")
     n = GRID
     # Regimes: 0 bull, 1 bear, 2 sideways; persistent, mean duration ~ 6-12 months.
@@ -144,6 +189,14 @@ def _world(seed: int) -> _World:
     idio_sd = np.sqrt(i_var)
     stock_ret = 0.0002 + 1.2 * sector_ret + 0.06 * idio_sd * lead + np.sqrt(1 - 0.06**2) * i_eps
     stock_var = 1.44 * (1.21 * m_var) + i_var
+    control = score = None
+    if plant is not None:
+        control = _rng(seed, _S_CONTROL).standard_normal((n, 2))
+        score = control_score(control, plant.form)
+        planted = np.concatenate([[0.0], np.nan_to_num(score[:-1])]) * PLANT_SCALE
+        keep = np.sqrt(1.0 - plant.strength**2)
+        stock_ret = plant.strength * planted + keep * stock_ret
+        stock_var = plant.strength**2 * PLANT_SCALE**2 + keep**2 * stock_var
 
     close = 40.0 * np.exp(np.cumsum(stock_ret))
     o = _rng(seed, _S_OHLC)
@@ -181,7 +234,7 @@ def _world(seed: int) -> _World:
     sess[: min(n, len(known))] = known[:n]
     return _World(sess, regime, market_ret, m_var, sector_ret, mood_raw, stock_ret, stock_var,
                   open_, high, low, close, volume, implied_vol, put_call, vix, rate_2y, rate_10y,
-                  sector_close, index_close, peer_close, peer_volume)
+                  sector_close, index_close, peer_close, peer_volume, control, score)
 
 
 class SyntheticSource:
@@ -189,15 +242,51 @@ class SyntheticSource:
 
     name = "synthetic"
 
-    def __init__(self, seed: int = 7, news_per_day: float = 6.0, social_per_day: float = 14.0) -> None:
+    def __init__(self, seed: int = 7, news_per_day: float = 6.0, social_per_day: float = 14.0,
+                 plant: PlantedSignal | None = None) -> None:
         self.seed = int(seed)
         self.news_per_day = news_per_day
         self.social_per_day = social_per_day
+        self.plant = plant
+
+    def _w(self) -> _World:
+        return _world(self.seed, self.plant)
+
+    def oracle_returns(self, start: date, end: date, horizons: tuple[int, ...]) -> pl.DataFrame:
+        """Per session in [start, end]: ``oracle_h{h}``, the expected h-session log return given
+        everything known at t's close (the planted part only; the rest has mean ~0). For the
+        level form only z(t) is known; for the temporal form the known lags of later scores count
+        too. Null without a planted signal's complete window."""
+        if self.plant is None:
+            raise ValueError("oracle_returns needs a planted signal (SyntheticSource(plant=...))")
+        w = self._w()
+        valid = ~np.isnat(w.sessions)
+        sess = w.sessions[valid]
+        lo = int(np.searchsorted(sess, np.datetime64(start, "D")))
+        hi = int(np.searchsorted(sess, np.datetime64(end, "D"), side="right"))
+        out = {"date": pl.Series("date", sess[lo:hi]).cast(pl.Date)}
+        for h in horizons:
+            exp = np.full(hi - lo, np.nan)
+            for i, t in enumerate(range(lo, hi)):
+                total = 0.0
+                for j in range(h):  # score of session t+j drives the return of t+j+1
+                    if j == 0:
+                        z = w.score[t]
+                    elif self.plant.form == "level":
+                        z = 0.0  # control_a(t+j) is not known at t
+                    else:
+                        known = w.control[: t + 1]  # unknown future controls have mean 0
+                        padded = np.vstack([known, np.zeros((j, 2))])
+                        z = control_score(padded[t + j - 20: t + j + 1], "temporal")[-1]
+                    total += z
+                exp[i] = self.plant.strength * PLANT_SCALE * total
+            out[f"oracle_h{h}"] = exp
+        return pl.DataFrame(out)
 
     def load(self, start: date, end: date) -> RawData:
         if start < EPOCH:
             raise ValueError(f"synthetic data starts at {EPOCH}; asked for {start}")
-        w = _world(self.seed)
+        w = self._w()
         lo = int(np.searchsorted(w.sessions[~np.isnat(w.sessions)], np.datetime64(start, "D")))
         hi = int(np.searchsorted(w.sessions[~np.isnat(w.sessions)], np.datetime64(end, "D"), side="right"))
         idx = slice(lo, hi)
@@ -209,6 +298,8 @@ class SyntheticSource:
             "market__implied_vol": w.implied_vol[idx],
             "market__put_call_ratio": w.put_call[idx],
         })
+        if w.control is not None:
+            prices = prices.with_columns(pl.Series("market__control_a", w.control[idx, 0]))
         peers = pl.concat([
             pl.DataFrame({"date": dates, "ticker": [t] * len(dates),
                           "close": w.peer_close[idx, k], "volume": w.peer_volume[idx, k]})
@@ -223,7 +314,9 @@ class SyntheticSource:
             self._fundamentals(w, start, end),
         ]).filter(pl.col("released") <= end).cast(RELEASE_SCHEMA)  # type: ignore[arg-type]
         texts = self._texts(w, start, end)
-        provenance = {m: f"synthetic(seed={self.seed})" for m in
+        tag = f"synthetic(seed={self.seed})" if self.plant is None else (
+            f"synthetic(seed={self.seed}, planted={self.plant.form}@{self.plant.strength:g})")
+        provenance = {m: tag for m in
                       ("prices", "market", "peers", "texts", "macro", "fundamental")}
         return RawData(prices=prices, peers=peers, texts=texts, releases=releases, provenance=provenance)
 
@@ -232,6 +325,8 @@ class SyntheticSource:
     def _daily_macro(w: _World, idx: slice, dates: pl.Series) -> pl.DataFrame:
         series = {"vix": w.vix, "rate_2y": w.rate_2y, "rate_10y": w.rate_10y,
                   "sector_etf": w.sector_close, "market_index": w.index_close}
+        if w.control is not None:
+            series["control_b"] = w.control[:, 1]
         return pl.concat([
             pl.DataFrame({"modality": "macro", "series": name, "period_end": dates, "released": dates,
                           "value": values[idx]})
