@@ -623,6 +623,35 @@ class MultiTaskViT(MultiTaskModel):
         super().__init__(FinNeXViT(config), horizons)
 
 
+class SeedEnsemble(nn.Module):
+    """Members trained from different seeds, averaged at prediction time: probabilities (returned
+    as their log, which are valid logits), returns and features; attention maps of the first."""
+
+    def __init__(self, members: Sequence[MultiTaskModel]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def horizons(self) -> tuple[int, ...]:
+        return self.members[0].horizons
+
+    @property
+    def config(self) -> Any:
+        return self.members[0].config
+
+    def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
+                return_attention: bool = False) -> dict[str, Any]:
+        outs = [m(x, patch_pos, return_attention=return_attention) for m in self.members]
+        probs = torch.stack([o["classification_by_horizon"].softmax(-1) for o in outs]).mean(0)
+        logits = probs.clamp_min(1e-12).log()
+        reg = torch.stack([o["regression_by_horizon"] for o in outs]).mean(0)
+        return {"classification": logits[:, 0], "regression": reg[:, :1], "classification_by_horizon": logits,
+                "regression_by_horizon": reg, "features": torch.stack([o["features"] for o in outs]).mean(0),
+                "attention_weights": outs[0]["attention_weights"]}
+
+
 # --------------------------------------------------------------------------------------------
 # Registry (what checkpoints record, so an evaluation step can rebuild the model)
 # --------------------------------------------------------------------------------------------
@@ -700,6 +729,8 @@ def create_model(name: str, size: str = "small", *, horizons: Sequence[int] = (1
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
     """A plain-dict description (name, config fields, horizons) that :func:`model_from_spec` rebuilds."""
+    if isinstance(model, SeedEnsemble):
+        return {"name": "ensemble", "members": [model_spec(m) for m in model.members]}
     multitask = isinstance(model, MultiTaskModel)
     backbone = model.backbone if multitask else model
     name = next((e.name for e in MODEL_REGISTRY.values() if type(backbone) is e.backbone), None)
@@ -710,6 +741,8 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 
 
 def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    if spec["name"] == "ensemble":
+        return SeedEnsemble([model_from_spec(m) for m in spec["members"]])
     cfg = dict(spec["config"])
     return create_model(spec["name"], "small", horizons=spec.get("horizons") or (1,),
                        multitask=bool(spec.get("multitask", True)), **cfg)

@@ -140,7 +140,7 @@ def train_image_model(data: ControlData, split: ControlSplit, *, model: str = "c
     """An ensemble of ``len(seeds)`` layout-aware models; returns test probabilities [n_test, 3]."""
     import torch
 
-    from finnex_ml.models import create_model
+    from finnex_ml.models import layout_json
     from finnex_ml.training import ArrayDataset, TrainConfig, train_model
 
     h = data.horizon
@@ -153,7 +153,7 @@ def train_image_model(data: ControlData, split: ControlSplit, *, model: str = "c
                           reg_targets=(f"return_h{h}",), epochs=epochs, batch_size=batch_size, lr=lr,
                           weight_decay=1e-4, warmup_epochs=1, patience=6, seed=seed, noise_std=0.0,
                           mixup_alpha=0.0, loss_weighting="fixed", fixed_weights=(1.0, 0.1),
-                          num_threads=threads, model_overrides={"layout": data.spec, **(overrides or {})})
+                          num_threads=threads, model_overrides={"layout": layout_json(data.spec), **(overrides or {})})
         with tempfile.TemporaryDirectory() as tmp:
             res = train_model(cfg, tr, va, checkpoint_dir=tmp)
         m = res.model.eval()

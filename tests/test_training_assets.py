@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from finnex_assets.assets.datasets import DatasetStore
-from finnex_assets.assets.training import cnn_model, vit_model
+from finnex_assets.assets.training import TRAINING_ASSETS
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.resources import MlflowTracking
 from finnex_ml import calendar
@@ -20,6 +20,8 @@ from finnex_ml.patches import shard_path
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 HORIZONS = (1, 5)
+ASSETS = {a.key.path[-1]: a for a in TRAINING_ASSETS}
+cnn_model, vit_model = ASSETS["cnn_model"], ASSETS["vit_model"]
 
 
 def _fake_sets(tmp):
@@ -55,7 +57,8 @@ def setup(tmp_path):
 
 
 def _train(asset, resources, **config):
-    cfg = {"epochs": 2, "batch_size": 128, "patience": 5, "lr": 2e-3, **config}
+    cfg = {"epochs": 2, "batch_size": 128, "patience": 5, "lr": 2e-3, "input_mode": "patch", "seeds": [0],
+           "num_threads": 1, **config}
     return dg.materialize([asset], resources=resources, instance=dg.DagsterInstance.ephemeral(),
                           run_config={"ops": {asset.key.path[-1]: {"config": cfg}}},
                           selection=[asset])
@@ -72,12 +75,13 @@ def test_training_asset_logs_a_complete_mlflow_run(setup, asset):
     run = client.get_run(run_id)
     assert run.data.params["input_mode"] == "patch" and run.data.params["epochs"] == "2"
     assert run.data.params["train_rows"] == str(6 * 256)
-    history = client.get_metric_history(run_id, "val_loss")
+    history = client.get_metric_history(run_id, "seed0_val_loss")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"confusion_matrix.json", "checkpoint", "dataset"} <= artifacts
     cm = json.loads(open(client.download_artifacts(run_id, "confusion_matrix.json", str(tmp))).read())
-    assert np.array(cm["image_level"]).sum() == 3  # one count per validation image
+    assert np.array(cm["ensemble"]).sum() == 3 * 256  # one count per validation patch
+    assert meta["degenerate"].value == (max(meta["val_class_shares"].value.values()) > 0.9)
     model = mlflow.pytorch.load_model(meta["mlflow_model_uri"].value)
     out = model(__import__("torch").zeros(2, 3, 32, 32))
     assert tuple(out["classification"].shape) == (2, 3)
@@ -92,14 +96,14 @@ def test_training_resumes_from_its_checkpoint(setup):
     again = _train(cnn_model, resources, resume=True)
     meta = again.asset_materializations_for_node("cnn_model")[0].metadata
     first_meta = first.asset_materializations_for_node("cnn_model")[0].metadata
-    assert meta["epochs_run"].value == 2 and meta["best_epoch"].value == first_meta["best_epoch"].value
-    assert mlflow.MlflowClient(tracking_uri=uri).get_metric_history(meta["mlflow_run_id"].value, "val_loss") == []
+    assert meta["epochs_run"].value == [2] and meta["best_epochs"].value == first_meta["best_epochs"].value
+    assert mlflow.MlflowClient(tracking_uri=uri).get_metric_history(meta["mlflow_run_id"].value, "seed0_val_loss") == []
     # A changed schedule cannot silently continue an old run.
     with pytest.raises(Exception, match="cannot resume, config differs"):
         _train(cnn_model, resources, epochs=3, resume=True)
     fresh = _train(cnn_model, resources, epochs=3, resume=False)
     history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(
-        fresh.asset_materializations_for_node("cnn_model")[0].metadata["mlflow_run_id"].value, "val_loss")
+        fresh.asset_materializations_for_node("cnn_model")[0].metadata["mlflow_run_id"].value, "seed0_val_loss")
     assert [m.step for m in history] == [1, 2, 3]
 
 
@@ -108,3 +112,30 @@ def test_training_without_dataset_splits_is_a_clear_error(tmp_path):
                  "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")}
     with pytest.raises(Exception, match="materialise dataset_splits first"):
         _train(cnn_model, resources)
+
+
+def test_image_mode_trains_a_layout_aware_seed_ensemble(setup):
+    """Default recipe: whole images through the stem read from the stored layout spec, one member
+    per seed, averaged into best.pt that the evaluation's loader rebuilds."""
+    import torch
+
+    from finnex_ml.encoding.layout import build_layout
+    from finnex_ml.evaluation.predict import load_model
+    from finnex_ml.models import SeedEnsemble
+
+    tmp, resources, _ = setup
+    meta_dir = tmp / "images" / "metadata"
+    meta_dir.mkdir(parents=True)
+    spec = build_layout(["price__ret_1d", "price__rsi_14", "macro__vix", "news__mean", "fundamental__eps_ttm"])
+    (meta_dir / "channel_encoding_spec.json").write_text(spec.to_json(), encoding="utf-8")
+    result = _train(cnn_model, resources, input_mode="image", batch_size=4, seeds=[0, 1])
+    meta = result.asset_materializations_for_node("cnn_model")[0].metadata
+    assert meta["seeds"].value == [0, 1] and len(meta["epochs_run"].value) == 2
+    loaded = load_model(meta["checkpoint"].value)
+    assert isinstance(loaded.model, SeedEnsemble) and len(loaded.model.members) == 2
+    assert loaded.model.config.layout == spec.canonical_json()
+    x = torch.rand(2, 3, 512, 512)
+    with torch.no_grad():
+        out = loaded.model(x)["classification"].softmax(-1)
+        members = torch.stack([m(x)["classification"].softmax(-1) for m in loaded.model.members]).mean(0)
+    assert torch.allclose(out, members, atol=1e-6)
