@@ -112,8 +112,8 @@ after the header -- and/or date): missing required columns, empty
 files, unparsable dates or numbers in used columns, duplicate dates in daily prices / market
 / peers files (both rows named), daily rows on dates that are not NYSE sessions (checked
 within the calendar's range, 1995 on), prices
-``<= 0``, negative volumes, partially empty price rows (fully empty ones such as Yahoo's
-``null`` rows are dropped), missing or pre-period release dates, duplicate releases.
+``<= 0``, negative volumes, high below low or open / close outside [low, high], partially
+empty price rows (fully empty ones such as Yahoo's ``null`` rows are dropped), missing or pre-period release dates, duplicate releases.
 Bad mappings raise :class:`~finnex_ml.errors.ConfigError` naming the mapping file and entry.
 """
 
@@ -872,6 +872,23 @@ def _price_values(entry: FileEntry, frame: pl.DataFrame, fields: dict[str, str],
                 column=fields[fld],
                 row=int(bad[ROW][0]),
                 date=str(bad["date"][0]),
+            )
+    # OHLC coherence, the rule of the market_data check, here so the file and row get named
+    for fld, test, what in (
+        ("high", pl.col("high") < pl.col("low"), "high {high!r} is below low {low!r}"),
+        ("open", ~pl.col("open").is_between(pl.col("low"), pl.col("high")), "open {open!r} is outside [low {low!r}, high {high!r}]"),
+        ("close", ~pl.col("close").is_between(pl.col("low"), pl.col("high")), "close {close!r} is outside [low {low!r}, high {high!r}]"),
+    ):
+        bad = out.filter(test)
+        if bad.height:
+            first = bad.row(0, named=True)
+            raise DataInputError(
+                what.format(**first) + f" ({bad.height} such row(s)); are the columns mapped to the right "
+                f"fields in {entry.where}?",
+                file=entry.rel,
+                column=fields[fld],
+                row=int(first[ROW]),
+                date=str(first["date"]),
             )
     return out
 
