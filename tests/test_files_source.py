@@ -79,7 +79,7 @@ def test_prices_mapped_columns_and_dates_with_times_and_offsets(tmp_path):
         "2024-03-06T02:00:00+00:00,10,11,9,11,5\n"  # 21:00 New York on the 5th
         "2024-03-06 09:31:00-05:00,10,12,9,11.5,5\n",
     )
-    files = [{"path": "data/px.csv", "modality": "prices", "date_column": "when",
+    files = [{"path": "data/px.csv", "modality": "prices", "date_column": "when", "date_order": "mdy",
               "columns": {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}}]  # fmt: skip
     raw = load(tmp_path, files)
     assert raw.prices["date"].to_list() == [date(2024, 3, 1), date(2024, 3, 4), date(2024, 3, 5), date(2024, 3, 6)]
@@ -125,7 +125,7 @@ def test_market_wide_columns_join_prices(tmp_path):
     )
     files = [
         {"path": "prices.csv", "modality": "prices"},
-        {"path": "market.csv", "modality": "market", "columns": {"VIX Close": "vix"}},
+        {"path": "market.csv", "modality": "market", "columns": {"VIX Close": "vix"}, "date_order": "mdy"},
     ]
     raw = load(tmp_path, files)
     p = raw.prices
