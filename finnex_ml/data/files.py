@@ -606,11 +606,16 @@ def _check_delimiter(entry: FileEntry, text: str, separator: str) -> None:
     """A ';'-delimited export (European locale, decimal commas) read as CSV gives one column or
     ragged rows; say so with the fix instead."""
     header = text.lstrip("\ufeff").split("\n", 1)[0]
-    if separator not in header and ";" in header:
-        raise DataInputError(
-            f"the header {header[:80]!r} is ';'-delimited; FinNeX reads comma-separated .csv (tab for .tsv) "
-            "with '.' as the decimal point: re-export with ',' as the delimiter and '.' decimals",
-            file=entry.rel)
+    if separator in header:
+        return
+    for other, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
+        if other in header:
+            fix = ("name the file .tsv" if other == "\t" else
+                   "re-export with ',' as the delimiter and '.' as the decimal point")
+            raise DataInputError(
+                f"the header {header[:80]!r} is {name}-delimited; FinNeX reads comma-separated .csv and "
+                f"tab-separated .tsv with '.' as the decimal point: {fix}",
+                file=entry.rel)
 
 
 def _ragged(entry: FileEntry, text: str, separator: str) -> None:
