@@ -114,3 +114,14 @@ def test_case(case, corpus, job, instance, tmp_path, monkeypatch):
         assert hits, f"{case['name']}: no warning with {case['contains']} in {warnings}"
     else:
         assert warnings == [], f"{case['name']}: unexpected warnings {warnings}"
+
+
+def test_readme_lists_every_case():
+    """The README's corpus table is the manifest's (regenerate it with make_corpus.py --table)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_corpus", CORPUS / "make_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (CORPUS.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert module.readme_table(CASES) in readme

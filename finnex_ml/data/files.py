@@ -74,6 +74,10 @@ the entry's modality):
     peers, long format.
 ``source``, ``text_column``
     texts.
+``date_order``
+    ``mdy`` (US) or ``dmy``, for ``d/d/yyyy`` dates. Without it the file must settle the order
+    itself (a first part over 12 means day first, a second part over 12 month first);
+    otherwise ``03/04/2024`` is an error, never a guess.
 
 What ``load(start, end)`` returns (canonical schemas of :mod:`finnex_ml.data.base`):
 
@@ -92,7 +96,7 @@ What ``load(start, end)`` returns (canonical schemas of :mod:`finnex_ml.data.bas
 
 Parsing rules:
 
-* Dates: ``2015-04-01``, ``2015/04/01``, ``20150401``, ``4/1/2015`` (US month first),
+* Dates: ``2015-04-01``, ``2015/04/01``, ``20150401``, ``4/13/2015`` (see ``date_order``),
   ``Mar 5, 2024``, ``05 Mar 2024``, each optionally followed by a time (``16:00``,
   ``4:00:00 PM``, fractional seconds) and an offset (``Z``, ``UTC``, ``GMT``, ``+00:00``,
   ``-0500``). A time without an offset is New York time. For daily files the session is the

@@ -1,7 +1,8 @@
 """Regenerate the bad-input corpus: one folder per case with its files and mapping, and the
 manifest ``cases.yaml`` that ``tests/test_bad_inputs.py`` runs through the Dagster layer.
 
-    python tests/bad_inputs/make_corpus.py
+    python tests/bad_inputs/make_corpus.py            # files and cases.yaml
+    python tests/bad_inputs/make_corpus.py --table    # the README's table
 
 Every case is a small realistic export with one thing wrong (or one thing unusual that is
 accepted with a warning). The manifest says per case what must happen: ``error`` (the run
@@ -300,5 +301,21 @@ def build() -> None:
     print(f"{len(CASES)} cases")
 
 
+
+
+def readme_table(cases: list[dict]) -> str:
+    """The README's corpus table, from the manifest (``python make_corpus.py --table``)."""
+    lines = ["| case | input | outcome | the message holds |", "|---|---|---|---|"]
+    for c in cases:
+        holds = "; ".join(f"`{p}`" for p in c["contains"]).replace("|", "\\|") or "–"
+        lines.append(f"| `{c['name']}` | {c['what']} | {c['expect']} | {holds} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    build()
+    import sys
+
+    if "--table" in sys.argv:
+        print(readme_table(yaml.safe_load((HERE / "cases.yaml").read_text(encoding="utf-8"))["cases"]), end="")
+    else:
+        build()
