@@ -340,6 +340,29 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_atomic_write_fsyncs_file_before_and_folder_after_the_rename(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    final = tmp_path / "t" / "2024-03-04.parquet"
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"data")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1] == str(tmp) and events[1][1] == str(final) and events[2][1] == str(final.parent)
+    assert final.read_bytes() == b"data"
+
+
 # --------------------------------------------------------------------------- definitions
 
 
