@@ -15,6 +15,8 @@ What is measured, all in one process so the ratios compare like with like:
   the baseline's images/s, and write (``write_encoded``: temp file, image, metadata, rename),
   reported as MB/s of image bytes against the baseline's MB/s;
 * where one image's time goes: the same pieces re-timed one by one on the same dates;
+* the cost of durability: the stage's writes with ``atomic_path``'s fsync of the file before
+  the rename and of the folder after it (the default) against the same writes without, as a ratio;
 * outside the stage, reported separately: the ``mega_images`` asset's first pass, which encodes
   every date and runs the QA checks, the channel/section statistics and the PNG preview per image
   before the IO manager's pass (the stage) encodes and writes. They are per-image diagnostics
@@ -65,6 +67,7 @@ from finnex_ml.encoding import encoder as encoder_mod  # noqa: E402
 from finnex_ml.encoding import store  # noqa: E402
 from finnex_ml.encoding.normalize import _config_hash, params_hash_digests  # noqa: E402
 from finnex_ml.encoding.store import DEFAULT_COMPRESSION  # noqa: E402
+from finnex_ml import paths as paths_mod  # noqa: E402
 from finnex_ml.paths import atomic_path  # noqa: E402
 from finnex_ml.pipeline import daily_features_from_snapshots, modality_snapshots  # noqa: E402
 
@@ -283,9 +286,46 @@ def run(table, spec, cfg, dates, scratch: Path, comps: list[str | None], repeat:
 
     where_time_goes(table, spec, cfg, dates, scratch, base_s / n, med[f"encode:{comp_name(default)}"] / n,
                     med[f"write:{comp_name(default)}"] / n, stage_s / n, default)
+    fsync_cost(table, spec, cfg, dates, scratch, default, repeat, block)
     if asset:
         asset_pass(table, spec, cfg, dates, scratch, base_s, stage_s)
     return {"n": n, "stage_ratio": stage_ratio, "bare_mbs": n * MB_PER_IMAGE / base_s, **rss}
+
+
+def fsync_cost(table, spec, cfg, dates, scratch: Path, comp, repeat: int, block: int) -> None:
+    """The cost of durability: ``write_encoded`` with ``atomic_path``'s fsync of file and folder
+    (the default) against the same writes without it, on the same images, in alternating blocks
+    (which goes first alternates too), medians of ``repeat`` repetitions."""
+    n = len(dates)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for rep in range(repeat):
+            out = {True: fresh(scratch / "durable"), False: fresh(scratch / "plain")}
+            for d in out.values():
+                write_spec(d, spec, cfg)
+            spent = {True: 0.0, False: 0.0}
+            stream = iter(encode_dates(table, dates, spec, cfg, reuse_buffer=True))
+            for b0 in range(0, n, block):
+                # the stream reuses its buffers: keep copies so both writes get the same image
+                images = [it._replace(image=it.image.copy(), missing=it.missing.copy(), window=it.window.copy())
+                          for it in (next(stream) for _ in range(min(block, n - b0)))]
+                order = (True, False) if (b0 // block + rep) % 2 == 0 else (False, True)
+                for durable in order:
+                    paths_mod.DURABLE = durable
+                    t = time.perf_counter()
+                    for it in images:
+                        write_encoded(out[durable], it, spec, cfg, compression=comp)
+                    spent[durable] += time.perf_counter() - t
+            for durable in (True, False):
+                times[durable].append(spent[durable])
+    finally:
+        paths_mod.DURABLE = True
+        shutil.rmtree(scratch / "durable", ignore_errors=True)
+        shutil.rmtree(scratch / "plain", ignore_errors=True)
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    print(f"\nfsync of file and folder around the rename (compression={comp_name(comp)}), write only, medians of "
+          f"{repeat}: {on / n * 1e3:.2f} ms/image with, {off / n * 1e3:.2f} without: ratio {off / on:.3f} "
+          f"(durable writes at {off / on:.0%} of the speed; +{(on - off) / n * 1e3:.2f} ms/image)")
 
 
 def where_time_goes(table, spec, cfg, dates, scratch: Path, bare_s, encode_s, write_s, stage_s, comp) -> None:

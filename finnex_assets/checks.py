@@ -2,11 +2,14 @@
 
 Checks run inside the asset's step on the data just computed (no re-reading every partition
 through the IO manager) and are blocking: a failure stops downstream assets in the same run.
+They are also evaluated BEFORE the asset yields its output (:func:`gate`): Dagster's own
+blocking only stops the steps after this one, once the IO manager has written every partition,
+so a bad row would be on disk and recorded as materialised.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import dagster as dg
 import polars as pl
@@ -61,11 +64,54 @@ def results(
                 "failing_columns": dg.MetadataValue.json(
                     sorted(set(outcome.failures["check"].cast(pl.String).to_list()))[:MAX_LISTED]),
                 "failure_cases": dg.MetadataValue.md(_markdown(cases)),
+                "first_failure": _first_case(cases),
             }
         yield dg.AssetCheckResult(asset_key=asset, check_name=name, passed=outcome.passed,
                                   severity=dg.AssetCheckSeverity.ERROR, metadata=meta)
 
 
+class BlockingCheckError(Exception):
+    """A blocking check failed on the computed data; nothing of the asset was persisted."""
+
+
+def gate(asset: str, results: Iterable[dg.AssetCheckResult], partitions: int) -> Iterator[dg.AssetCheckResult]:
+    """Yield the check results, then raise if an ERROR-severity (blocking) one failed.
+
+    Call it before yielding the asset's output: the step then fails without handing anything
+    to the IO manager, so no partition file is written and no materialisation is recorded,
+    while the failed evaluations still show in the UI with their failing rows and dates."""
+    done = list(results)
+    yield from done
+    failed = [r for r in done if not r.passed and r.severity == dg.AssetCheckSeverity.ERROR]
+    if failed:
+        raise BlockingCheckError(
+            f"{asset}: blocking check(s) failed, nothing written for the run's {partitions} partition(s): "
+            + "; ".join(_describe(r) for r in failed)
+            + ". Hint: fix those rows in the source data (the check's failure_cases metadata lists them) "
+              "and re-run.")
+
+
+def _describe(result: dg.AssetCheckResult) -> str:
+    meta = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
+    parts = [f"{result.check_name} on {meta.get('failing_rows', '?')} row(s)"]
+    for key, label in (("failing_dates", "dates"), ("failing_columns", "columns"), ("failing_checks", "rules")):
+        vals = meta.get(key)
+        if vals:
+            parts.append(f"{label} {', '.join(map(str, vals[:5]))}" + (" ..." if len(vals) > 5 else ""))
+    if meta.get("first_failure"):
+        parts.append(f"first case {meta['first_failure']}")
+    return ", ".join(parts)
+
+
 def _markdown(frame: pl.DataFrame) -> str:
     head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
     return head + "".join("| " + " | ".join("" if v is None else str(v) for v in row) + " |\n" for row in frame.rows())
+
+
+def _first_case(cases: pl.DataFrame) -> str:
+    """The first failure case in one line, for the error message (column, rule and value)."""
+    if cases.height == 0:
+        return ""
+    row = cases.row(0, named=True)
+    text = ", ".join(f"{k}={v}" for k, v in row.items() if v is not None and k != "index")
+    return text[:300]

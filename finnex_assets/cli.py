@@ -80,6 +80,19 @@ def run_pipeline(start: str, end: str) -> bool:
     return _execute(list(EVALUATION), {}, "test split and walk-forward folds: " + ", ".join(EVALUATION))
 
 
+def _sweep(dry_run: bool) -> list | None:
+    _use_project_instance()
+    import dagster as dg
+
+    from finnex_assets.home import sweep_orphaned_runs
+
+    with dg.DagsterInstance.get() as instance:
+        orphans = sweep_orphaned_runs(instance, dry_run=dry_run)
+    for o in orphans:
+        print(f"{'would mark' if dry_run else 'marked'} run {o.run_id} ({o.job}) failed: its process {o.pid} is gone")
+    return orphans
+
+
 def mlflow_hint() -> str:
     from finnex_assets.resources import MlflowTracking
 
@@ -99,7 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     mat.add_argument("--end", required=True)
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     ui.add_argument("--port", default="3000")
+    sub.add_parser("init", help="create/migrate the instance's storage and the MLflow store once (idempotent)")
+    sweep = sub.add_parser("sweep-runs", help="mark STARTED runs whose process is gone as failed")
+    sweep.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
+
+    if args.command == "init":
+        from finnex_assets.home import init_home
+
+        _use_project_instance()
+        done = init_home(os.environ["DAGSTER_HOME"])
+        print(f"instance {done['dagster_home']} migrated; MLflow store {done['mlflow']} ready "
+              f"(experiment {done['experiment_id']})")
+        return 0
+    if args.command == "sweep-runs":
+        return 0 if _sweep(dry_run=args.dry_run) is not None else 1
 
     if args.command == "demo":
         os.environ["FINNEX_SOURCE"] = args.source
@@ -126,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         selection = [s.strip() for s in args.select.split(",") if s.strip()] or None
         return 0 if run_range(args.start, args.end, selection) else 1
     _use_project_instance()
+    _sweep(dry_run=False)  # runs killed since the last start would hold the queue's slots forever
     cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", args.port, "-w", str(REPO_ROOT / "workspace.yaml")]
     # exec, not a child: a SIGTERM from a process manager must reach dagster dev itself, and
     # killing a wrapper would leave the webserver and daemon running

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +12,7 @@ from pydantic import Field
 
 from finnex_ml.data.base import DataSource
 from finnex_ml.errors import ConfigError
-from finnex_ml.paths import REPO_ROOT, resolve_under
+from finnex_ml.paths import REPO_ROOT, file_lock, resolve_under
 
 
 class DataSourceResource(dg.ConfigurableResource):
@@ -69,12 +70,21 @@ class MlflowTracking(dg.ConfigurableResource):
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.home() / 'mlflow.db'}"
 
     def experiment_id(self) -> str:
+        """The experiment's id, creating the store's schema and the experiment on first use.
+
+        With the sqlite store that first use runs MLflow's schema migrations; two processes
+        doing it at once (``cnn_model`` and ``vit_model`` in one multiprocess run on a fresh
+        home) collide on ``_alembic_tmp_experiments``, so it is done under a file lock next to
+        the database. ``finnex init`` (run by scripts/setup.sh) does it once up front."""
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri=self.uri())
-        found = client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        artifacts = self.home() / "mlartifacts"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        return client.create_experiment(self.experiment, artifact_location=artifacts.as_uri())
+        uri = self.uri()
+        lock = file_lock(Path(uri.removeprefix("sqlite:///") + ".lock")) if uri.startswith("sqlite:///") else nullcontext()
+        with lock:
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                return found.experiment_id
+            artifacts = self.home() / "mlartifacts"
+            artifacts.mkdir(parents=True, exist_ok=True)
+            return client.create_experiment(self.experiment, artifact_location=artifacts.as_uri())

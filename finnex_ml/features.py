@@ -24,6 +24,7 @@ from finnex_ml.sentiment import AGGREGATES
 HISTORY_SESSIONS = 300  # trailing sessions in every snapshot; > the longest window (252) plus EWM burn-in
 WARMUP_SESSIONS = 252  # a row is complete once every modality has this much history
 EPS = 1e-12
+Z_MAX_MISSING = 0.1  # share of a z-score window that may be missing (blank cells), see _z
 META_COLUMNS = ("date", "history_sessions", "warmup_complete")
 
 
@@ -44,7 +45,17 @@ def _rstd(e: pl.Expr, n: int) -> pl.Expr:
 
 
 def _z(e: pl.Expr, n: int) -> pl.Expr:
-    return (e - _rmean(e, n)) / (_rstd(e, n) + EPS)
+    """z-score of the last value against the trailing ``n`` sessions (t included).
+
+    Once the window is full it tolerates up to Z_MAX_MISSING of n missing cells (a blank in a
+    user's export): mean and std of the values present, still only from sessions <= t. Without
+    that one blank cell nulls the z-score for the next n sessions. Before the window is full
+    it stays null, as does a window without any gap: the same values as a plain rolling mean.
+    """
+    k = max(1, int(n * Z_MAX_MISSING))
+    full = _o(pl.int_range(pl.len())) >= n - 1
+    mean, std = _o(e.rolling_mean(n, min_samples=n - k)), _o(e.rolling_std(n, min_samples=n - k))
+    return pl.when(full).then((e - mean) / (std + EPS))
 
 
 def _ewm_span(e: pl.Expr, span: int) -> pl.Expr:

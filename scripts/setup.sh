@@ -11,3 +11,6 @@ fi
   | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import finnex_ml, finnex_assets, torch, dagster" \
   || { echo "setup failed: the project does not import" >&2; exit 1; }
+# Create or migrate the instance's storage (dagster instance migrate) and the MLflow store once,
+# here, so that concurrent first uses (two backfills, two models in one run) never race to create them.
+.venv/bin/finnex init

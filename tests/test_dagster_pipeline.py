@@ -206,7 +206,11 @@ def test_bad_ohlc_fails_the_check_and_blocks_features(tmp_path):
     assert failing == ["2024-03-06", "2024-03-07", "2024-03-08"]
     assert ohlc.metadata["failing_rows"].value == 3
     assert evals[("market_data", "prices_positive_volume_nonnegative")].passed is True
-    assert "ohlc_consistency" in error_text(result)
+    message = error_text(result)
+    assert "ohlc_consistency" in message and "2024-03-06" in message and "nothing written" in message
+    # Gated before the output: no modality was written or recorded, for any partition.
+    assert list(tmp_path.rglob("*.parquet")) == []
+    assert result.asset_materializations_for_node("modalities") == []
     # Blocked: no daily_features in this run, for any partition, and no feature checks ran.
     assert result.asset_materializations_for_node("daily_features") == []
     assert not (tmp_path / "daily_features").exists()
@@ -238,6 +242,58 @@ def test_bad_row_in_the_history_window_is_named_in_the_failure_cases(tmp_path):
     assert ohlc.metadata["failing_dates"].value == ["2024-03-04", "2024-03-05", "2024-03-06"]
     assert ohlc.metadata["failure_cases"].value.count('"date":"2024-02-28"') == 3
     assert not (tmp_path / "daily_features").exists()
+
+
+def test_files_source_high_below_low_writes_nothing(tmp_path, monkeypatch):
+    """A files-source prices file with high < low on one row fails the run naming file, row and
+    date, and leaves no parquet file and no materialisation behind."""
+    feeds = tmp_path / "feeds"
+    _prices_csv(feeds / "prices.csv", negative_on=date(1990, 1, 1))
+    lines = (feeds / "prices.csv").read_text(encoding="utf-8").splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("2024-03-05"))
+    d, o, h, lo, c, v = lines[row].split(",")
+    lines[row] = ",".join([d, o, str(float(lo) - 1), lo, c, v])  # high below low
+    (feeds / "prices.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (feeds / "mapping.yaml").write_text("files:\n  - path: prices.csv\n    modality: prices\n", encoding="utf-8")
+    monkeypatch.setenv("FINNEX_FILES_ROOT", str(tmp_path))
+    data = tmp_path / "tables"
+    result = materialize(data, DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
+                         start="2024-03-04", end="2024-03-08")
+    assert not result.success
+    message = error_text(result)
+    assert "below low" in message and "file=prices.csv" in message and "date=2024-03-05" in message
+    assert f"row={row}" in message  # header is line 0, the first record row 1
+    assert not data.exists() or list(data.rglob("*.parquet")) == []
+    assert result.get_asset_materialization_events() == []
+
+
+class NonFiniteFeaturesResource(DataSourceResource):
+    """Synthetic data whose VIX-like macro value is missing from one day on, so a feature is
+    null after warm-up and ``finite_after_warmup`` fails on daily_features."""
+
+    def source(self):
+        class Source:
+            name = "null-macro"
+
+            def load(self, start, end):
+                raw = SyntheticSource(7).load(start, end)
+                return dataclasses.replace(raw, releases=raw.releases.with_columns(
+                    pl.when(pl.col("released") >= date(2024, 3, 5)).then(float("nan"))
+                    .otherwise(pl.col("value")).alias("value")))
+
+        return Source()
+
+
+def test_failing_feature_check_writes_no_feature_partition(tmp_path):
+    result = materialize(tmp_path, NonFiniteFeaturesResource(), start="2024-03-04", end="2024-03-08")
+    assert not result.success
+    evals = checks_of(result)
+    assert evals[("daily_features", "finite_after_warmup")].passed is False
+    assert "finite_after_warmup" in error_text(result) and "nothing written" in error_text(result)
+    # the modalities passed their checks and were written; the features were not
+    assert len(files(tmp_path, "market_data")) == 5
+    assert not (tmp_path / "daily_features").exists()
+    assert result.asset_materializations_for_node("daily_features") == []
 
 
 # --------------------------------------------------------------------------- failure isolation
@@ -282,6 +338,29 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("crash midway")
     assert final.read_bytes() == b"old"
     assert leftovers(tmp_path) == []
+
+
+def test_atomic_write_fsyncs_file_before_and_folder_after_the_rename(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    final = tmp_path / "t" / "2024-03-04.parquet"
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"data")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1] == str(tmp) and events[1][1] == str(final) and events[2][1] == str(final.parent)
+    assert final.read_bytes() == b"data"
 
 
 # --------------------------------------------------------------------------- definitions

@@ -319,3 +319,50 @@ def test_packaged_provenance_flags_synthetic_parts(packaged_june_2016):
     assert prov["fundamental"].startswith("synthetic")
     for real in ("prices", "peers", "macro"):
         assert prov[real].startswith("packaged:"), real
+
+
+def test_z_score_tolerates_an_isolated_blank_point_in_time():
+    """One blank cell no longer nulls the 63-session z-score for the next 63 sessions; the
+    value uses only the cells present up to t, and equals the plain formula without a gap."""
+    from finnex_ml.features import EPS, _z
+
+    n, rows = 63, 100
+    rng = np.random.default_rng(3)
+    x = rng.normal(10, 2, rows)
+    vals = [None if i == 70 else float(v) for i, v in enumerate(x)]
+    frame = pl.DataFrame({"asof": [0] * rows, "x": vals})
+    z = frame.select(_z(pl.col("x"), n).alias("z"))["z"].to_list()
+    assert all(v is None for v in z[: n - 1])  # window not yet full
+    assert z[70] is None  # the blank day itself has no value to score
+    for t in (71, 90, 99):
+        window = [v for v in vals[t - n + 1: t + 1] if v is not None]
+        expect = (vals[t] - np.mean(window)) / (np.std(window, ddof=1) + EPS)
+        assert z[t] == pytest.approx(expect, rel=1e-9)
+    # point in time: changing a later value leaves earlier z-scores alone
+    later = frame.with_columns(pl.when(pl.int_range(pl.len()) == 95).then(1e6).otherwise(pl.col("x")).alias("x"))
+    z2 = later.select(_z(pl.col("x"), n).alias("z"))["z"].to_list()
+    assert z2[:95] == z[:95]
+    # without a gap: the same as the plain rolling formula, bit for bit
+    full = pl.DataFrame({"asof": [0] * rows, "x": x})
+    plain = full.select(((pl.col("x") - pl.col("x").rolling_mean(n)) / (pl.col("x").rolling_std(n) + EPS)).alias("z"))
+    assert full.select(_z(pl.col("x"), n).alias("z"))["z"].to_list() == plain["z"].to_list()
+    # too many blanks in the window (over 10 %) still gives no value
+    sparse = pl.DataFrame({"asof": [0] * rows, "x": [None if i % 5 == 0 else float(v) for i, v in enumerate(x)]})
+    assert sparse.select(_z(pl.col("x"), n).alias("z"))["z"].drop_nulls().len() == 0
+
+
+def test_files_example_features_are_finite_after_warmup():
+    """The shipped files example (one blank Short Interest cell on 2023-12-13) passes the
+    finite_after_warmup rule over the demo's range."""
+    from pathlib import Path
+
+    from finnex_ml import schemas
+    from finnex_ml.data.files import FilesSource
+
+    mapping = Path(__file__).resolve().parent.parent / "examples" / "files_source" / "mapping.yaml"
+    run = run_features(FilesSource.from_mapping(mapping), calendar.sessions(date(2024, 1, 2), date(2024, 3, 13)))
+    feats = run.features
+    assert feats.filter(pl.col("warmup_complete")).height >= 40
+    assert feats["market__short_interest_m_z63"].drop_nulls().len() == feats.height
+    outcome = schemas.run_schema(schemas.finite_after_warmup(schemas.feature_columns(feats)), feats)
+    assert outcome.passed, outcome.failures.head()

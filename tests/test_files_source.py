@@ -21,7 +21,7 @@ UTC = timezone.utc
 
 PRICES = """Date,Open,High,Low,Close,Adj Close,Volume
 2024-03-04,10.0,11.0,9.5,10.5,10.1,"1,000"
-2024-03-05,10.5,11.5,10.0,"$21,454",11.0,2000
+2024-03-05,10.5,11.5,10.0,"$11.25",11.0,2000
 2024-03-06,11.0,12.0,10.5,11.5,11.2,3000
 2024-03-07,11.5,12.5,11.0,12.0,11.7,4000
 """
@@ -63,7 +63,7 @@ def test_prices_auto_detected_currency_strings_and_window(tmp_path):
     raw = src.load(date(2024, 3, 5), date(2024, 3, 6))
     assert raw.prices.schema == pl.Schema(PRICE_SCHEMA)  # 'Adj Close' is not carried
     assert raw.prices["date"].to_list() == [date(2024, 3, 5), date(2024, 3, 6)]
-    assert raw.prices["close"].to_list() == [21454.0, 11.5]
+    assert raw.prices["close"].to_list() == [11.25, 11.5]
     assert raw.prices["volume"].to_list() == [2000.0, 3000.0]
     assert raw.provenance == {"prices": "file:prices.csv"}
     assert raw.peers.is_empty() and raw.texts.is_empty() and raw.releases.is_empty()
@@ -77,9 +77,9 @@ def test_prices_mapped_columns_and_dates_with_times_and_offsets(tmp_path):
         "3/1/2024 16:00:00,10,11,9,10,5\n"
         "2024-03-04T21:00:00+00:00,10,11,9,10.5,5\n"  # 16:00 New York
         "2024-03-06T02:00:00+00:00,10,11,9,11,5\n"  # 21:00 New York on the 5th
-        "2024-03-06 09:31:00-05:00,10,11,9,11.5,5\n",
+        "2024-03-06 09:31:00-05:00,10,12,9,11.5,5\n",
     )
-    files = [{"path": "data/px.csv", "modality": "prices", "date_column": "when",
+    files = [{"path": "data/px.csv", "modality": "prices", "date_column": "when", "date_order": "mdy",
               "columns": {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}}]  # fmt: skip
     raw = load(tmp_path, files)
     assert raw.prices["date"].to_list() == [date(2024, 3, 1), date(2024, 3, 4), date(2024, 3, 5), date(2024, 3, 6)]
@@ -125,7 +125,7 @@ def test_market_wide_columns_join_prices(tmp_path):
     )
     files = [
         {"path": "prices.csv", "modality": "prices"},
-        {"path": "market.csv", "modality": "market", "columns": {"VIX Close": "vix"}},
+        {"path": "market.csv", "modality": "market", "columns": {"VIX Close": "vix"}, "date_order": "mdy"},
     ]
     raw = load(tmp_path, files)
     p = raw.prices
@@ -151,8 +151,8 @@ def test_wide_market_csv_with_currency_columns(tmp_path):
     days = sessions(date(2014, 1, 2), date(2024, 12, 31))[:2500]
     rng = np.random.default_rng(0)
     data: dict[str, list] = {"Date": [d.isoformat() for d in days]}
-    for c in ("Open", "High", "Low", "Close", "Volume"):
-        data[c] = [f"{v:.4f}" for v in rng.uniform(10, 20, len(days))]
+    for c, lo, hi in (("Open", 14, 15), ("High", 20, 21), ("Low", 9, 10), ("Close", 14, 15), ("Volume", 10, 20)):
+        data[c] = [f"{v:.4f}" for v in rng.uniform(lo, hi, len(days))]  # coherent OHLC
     vals = rng.normal(1000, 100, len(days))
     dollars, plain = [f"${v:,.2f}" for v in vals], [f"{v:.5f}" for v in vals]
     for k in range(265):  # rotated copies: formatting 660k cells would dominate the test
@@ -366,6 +366,19 @@ def test_non_session_date(tmp_path, bad_day, weekday):
     ],
 )
 def test_non_positive_price_or_negative_volume(tmp_path, old, new, column, what):
+    write(tmp_path, "p.csv", PRICES.replace(old, new))
+    raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], what, f"column={column}", "row=2", "date=2024-03-05", "file=p.csv")
+
+
+@pytest.mark.parametrize(
+    "old, new, column, what",
+    [
+        ("10.5,11.5,10.0,", "10.5,9.5,10.0,", "High", "high 9.5 is below low 10.0"),
+        ("10.5,11.5,10.0,", "12.0,11.5,10.0,", "Open", "open 12.0 is outside [low 10.0, high 11.5]"),
+        ('10.0,"$11.25"', '10.0,"$9.25"', "Close", "close 9.25 is outside [low 10.0, high 11.5]"),
+    ],
+)
+def test_incoherent_ohlc_row(tmp_path, old, new, column, what):
     write(tmp_path, "p.csv", PRICES.replace(old, new))
     raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], what, f"column={column}", "row=2", "date=2024-03-05", "file=p.csv")
 

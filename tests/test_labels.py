@@ -195,3 +195,27 @@ def test_missing_market_data_for_t_is_a_clear_error(tmp_path) -> None:
     err = failure.step_failure_data.error
     msg = err.message + (err.cause.message if err.cause else "")
     assert "market_data" in msg and "2024-03-04" in msg
+
+
+def test_failing_blocking_label_check_writes_no_labels(tmp_path, monkeypatch) -> None:
+    """The checks run before the output: a failing blocking check leaves no labels partition
+    on disk and records no materialisation, while the failed evaluation is still reported."""
+    import pandera.polars as pa
+
+    res = _res(tmp_path)
+    assert _run(res, "2024-03-01", "2024-03-15", [dg.AssetKey("market_data")]).success
+    bad = date(2024, 3, 6)
+    forced = pa.DataFrameSchema(checks=[pa.Check(lambda data: data.lazyframe.select(pl.col("date") != bad),
+                                                 name="forced_failure")])
+    monkeypatch.setattr("finnex_ml.labels.future_price_schema", lambda *a, **k: forced)
+    out = _run(res, "2024-03-04", "2024-03-08", [labels])
+    assert not out.success
+    evals = {e.check_name: e for e in out.get_asset_check_evaluations()}
+    assert evals["no_label_without_future_price"].passed is False
+    assert evals["past_volatility_only"].passed is True
+    failure = [e for e in out.all_events if e.is_step_failure][0]
+    err = failure.step_failure_data.error
+    msg = err.message + (err.cause.message if err.cause else "")
+    assert "no_label_without_future_price" in msg and bad.isoformat() in msg and "nothing written" in msg
+    assert not (tmp_path / "tables" / "labels").exists()
+    assert out.asset_materializations_for_node("labels") == []

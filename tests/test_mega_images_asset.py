@@ -106,3 +106,41 @@ def test_missing_feature_history_is_a_clear_error(tmp_path):
     failure = [e for e in out.all_events if e.is_step_failure][0]
     assert "daily_features" in str(failure.step_failure_data.error.message)
     assert not list((tmp_path / "images").rglob("*.h5"))
+
+
+def test_failing_image_check_writes_no_image(built, tmp_path, monkeypatch):
+    """All image checks run before the output: one failing image means no HDF5 file at all."""
+    from datetime import date
+
+    from finnex_assets.assets import images as images_module
+
+    tmp, res, _ = built
+    store = ImageStore(base_dir=str(tmp_path / "images"))
+    fresh = {**res, "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
+    real = images_module.check_image
+    bad = date(2024, 3, 6)
+
+    def check_image(image, spec):
+        ok, detail = real(image, spec)
+        return (False, "forced") if image is not None and _current[0] == bad else (ok, detail)
+
+    _current = [None]
+    real_encode = images_module.encode_dates
+
+    def encode_dates(*args, **kwargs):
+        for item in real_encode(*args, **kwargs):
+            _current[0] = item.date
+            yield item
+
+    monkeypatch.setattr(images_module, "check_image", check_image)
+    monkeypatch.setattr(images_module, "encode_dates", encode_dates)
+    out = _range([modalities, daily_features, mega_images], fresh, FIRST, LAST, selection=[mega_images])
+    assert not out.success
+    evals = {e.check_name: e for e in out.get_asset_check_evaluations()}
+    assert evals["dtype_shape_range"].passed is False
+    assert evals["dtype_shape_range"].metadata["failing_dates"].value == ["2024-03-06"]
+    failure = [e for e in out.all_events if e.is_step_failure][0]
+    err = failure.step_failure_data.error
+    assert "dtype_shape_range" in err.message + (err.cause.message if err.cause else "")
+    assert not list((tmp_path / "images").rglob("*.h5"))
+    assert out.asset_materializations_for_node("mega_images") == []

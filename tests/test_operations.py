@@ -1,5 +1,6 @@
 """Operations: the daily schedule, partitions around closes, deployment files, config validation."""
 
+import os
 import re
 from datetime import date, datetime
 from pathlib import Path
@@ -100,11 +101,51 @@ def test_compose_file_has_the_services_volumes_and_no_secrets():
     ws = yaml.safe_load((DOCKER / "workspace.yaml").read_text())
     assert ws["load_from"][0]["grpc_server"]["host"] == "code"
     text = (DOCKER / "docker-compose.yml").read_text()
-    assert "POSTGRES_PASSWORD:?" in text  # required from the environment, no default
+    assert "POSTGRES_PASSWORD_FILE: /run/secrets/postgres_password" in text  # a secret file, no default
     for path in DOCKER.rglob("*"):
         if path.is_file():
             body = path.read_text()
-            assert not re.search(r"password\s*[:=]\s*['\"]?[A-Za-z0-9]{4,}", body, re.I), path
+            # a value on the same line (a `postgres_password:` key over a nested `file:` is not one)
+            assert not re.search(r"password[ \t]*[:=][ \t]*['\"]?[A-Za-z0-9]{4,}", body, re.I), path
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+
+
+def test_compose_password_is_a_secret_file_never_argv_or_environment():
+    """ps shows argv and docker inspect shows command, entrypoint and environment: the password
+    must be in none of them, only in the secret file that the entrypoint reads."""
+    compose = _compose()
+    assert compose["secrets"]["postgres_password"]["file"].endswith("secrets/postgres_password}")
+    for name, svc in compose["services"].items():
+        for key in ("command", "entrypoint"):
+            argv = svc.get(key, [])
+            argv = " ".join(argv) if isinstance(argv, list) else str(argv)
+            assert not re.search(r"password|postgresql://[^@\s]*:[^@\s]*@", argv, re.I), (name, key, argv)
+        env = svc.get("environment", {})
+        assert not any(re.search(r"PASSWORD$", k) for k in env), (name, env)
+        assert not any("${POSTGRES_PASSWORD" in str(v) for v in env.values()), (name, env)
+        assert "postgres_password" in svc.get("secrets", []), name
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    entry = (DOCKER / "with-secrets.sh").read_text()
+    assert "export DAGSTER_PG_PASSWORD" in entry and "export MLFLOW_BACKEND_STORE_URI" in entry
+    assert 'ENTRYPOINT ["/usr/local/bin/with-secrets"]' in (DOCKER / "Dockerfile").read_text()
+    assert os.access(DOCKER / "with-secrets.sh", os.X_OK)
+    assert "/docker/secrets/" in (DOCKER.parent / ".gitignore").read_text()
+
+
+def test_compose_internal_services_are_on_an_internal_network_only():
+    compose = _compose()
+    assert compose["networks"]["backend"]["internal"] is True
+    services = compose["services"]
+    for name in ("postgres", "code", "daemon", "mlflow"):
+        assert services[name]["networks"] == ["backend"], name
+        assert "ports" not in services[name], name  # not published on any host interface
+    assert set(services["webserver"]["networks"]) == {"backend", "frontend"}
+    assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    override = yaml.safe_load((DOCKER / "mlflow-ui.override.yml").read_text())
+    assert override["services"]["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]
 
 
 def test_dockerfile_runs_the_grpc_code_server_as_non_root():
@@ -138,7 +179,9 @@ def test_cli_ui_binds_to_loopback(monkeypatch):
     seen = {}
     monkeypatch.chdir(cli.REPO_ROOT)  # the ui command changes into the repository
     monkeypatch.setattr(cli.os, "execv", lambda path, cmd: seen.update(path=path, cmd=cmd))
+    monkeypatch.setattr(cli, "_sweep", lambda dry_run: seen.update(swept=not dry_run))  # not the repo's home
     cli.main(["ui", "--port", "3999"])
+    assert seen["swept"]  # killed runs are failed before the UI and daemon start
     cmd = seen["cmd"]
     assert seen["path"] == cmd[0] and cmd[1:5] == ["-m", "dagster", "dev", "-h"]  # replaces the process
     assert cmd[cmd.index("-h") + 1] == "127.0.0.1" and "3999" in cmd
@@ -150,3 +193,17 @@ def test_partition_start_is_configurable():
     with pytest.raises(ConfigError):
         trading_day_partitions("2020/01/02")
     assert date(2024, 7, 4).isoformat() not in trading_day_partitions("2024-01-02").get_partition_keys()
+
+
+def test_secrets_entrypoint_puts_the_password_in_the_environment_only(tmp_path):
+    import subprocess
+    import sys
+
+    secret = tmp_path / "postgres_password"
+    secret.write_text("p@ss:w/rd", encoding="utf-8")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "POSTGRES_PASSWORD_FILE": str(secret),
+           "DAGSTER_PG_USER": "finnex", "DAGSTER_PG_HOST": "postgres"}
+    out = subprocess.run(["sh", str(DOCKER / "with-secrets.sh"), sys.executable, "-c",
+                          "import os; print(os.environ['DAGSTER_PG_PASSWORD']); print(os.environ['MLFLOW_BACKEND_STORE_URI'])"],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["p@ss:w/rd", "postgresql://finnex:p%40ss%3Aw%2Frd@postgres:5432/mlflow"]

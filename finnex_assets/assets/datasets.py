@@ -38,6 +38,7 @@ import polars as pl
 import pandera.polars as pa
 from pydantic import Field
 
+from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
 from finnex_assets.partitions import trading_days
 from finnex_ml import calendar, labels as lb, patches as pt, splits as sp
@@ -222,6 +223,8 @@ def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[
             "unlabeled_horizons": dg.MetadataValue.json(waiting),
         })
     context.log.info(f"labels: {table.height} dates, {pending.height} with an unlabeled horizon; {dist}")
+    # checks before the output: a failing blocking check writes no labels partition
+    yield from checks.gate("labels", _label_checks(context, cfg, full, dist, pending), len(days))
     yield dg.Output(table, metadata={
         "rows": table.height, "horizons": dg.MetadataValue.json(list(cfg.horizons)),
         "label_config": dg.MetadataValue.json(cfg.to_dict()), "config_hash": cfg.config_hash(),
@@ -230,6 +233,10 @@ def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[
         "revisit": "dates in unlabeled_dates get their labels once market_data for t+h is materialised; "
                    "re-materialise labels (and patch_dataset) for them then",
     })
+
+
+def _label_checks(context: dg.AssetExecutionContext, cfg: lb.LabelConfig, full: pl.DataFrame,
+                  dist: dict, pending: pl.DataFrame) -> Iterator[dg.AssetCheckResult]:
     selected = {k.name for k in context.selected_asset_check_keys}
     if "past_volatility_only" in selected:
         out = run_schema(lb.past_volatility_schema(cfg.horizons, cfg), full)

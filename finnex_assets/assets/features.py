@@ -39,6 +39,9 @@ def daily_features(
     groups = pl.Series([c.split("__", 1)[0] for c in features]).value_counts().sort("count", descending=True)
     context.log.info(f"{table.height} dates x {len(features)} features; warm-up rows: "
                      f"{table.filter(~pl.col('warmup_complete')).height}")
+    # checks before the output: a failing blocking check writes no partition (checks.gate)
+    yield from checks.gate("daily_features", checks.results(
+        context, "daily_features", table, checks.FEATURE_CHECKS, "date"), len(context.partition_keys))
     yield dg.Output(table, metadata={
         "rows": table.height,
         "features": len(features),
@@ -48,4 +51,3 @@ def daily_features(
         "warmup_rows": table.filter(~pl.col("warmup_complete")).height,
         "first_date": str(table["date"].min()), "last_date": str(table["date"].max()),
     })
-    yield from checks.results(context, "daily_features", table, checks.FEATURE_CHECKS, "date")

@@ -9,6 +9,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.partitions import trading_days
 from finnex_ml.encoding import (
@@ -103,12 +104,14 @@ def mega_images(
         })
         prev = item.image
         context.log.info(f"mega_images {key}: encoded, {int(item.missing.sum())} missing cells")
+    # every check has run on every image of the range: a failure raises here, before the IO
+    # manager writes any image (the previews stay, to look at what failed)
+    yield from checks.gate("mega_images", [
+        dg.AssetCheckResult(asset_key="mega_images", check_name=name, passed=not failures[name],
+                            metadata={"dates_checked": len(dates), "failing_rows": len(failures[name]),
+                                      "failing_dates": dg.MetadataValue.json(failures[name][:20]), "rule": desc})
+        for name, desc in IMAGE_CHECKS.items()], len(dates))
     yield dg.Output(ImageBatch(table, dates, spec, NORM))
-    for name, desc in IMAGE_CHECKS.items():
-        bad = failures[name]
-        yield dg.AssetCheckResult(asset_key="mega_images", check_name=name, passed=not bad,
-                                  metadata={"dates_checked": len(dates), "failing_dates": dg.MetadataValue.json(bad[:20]),
-                                            "rule": desc})
 
 
 def _previous_image(root, first: date) -> np.ndarray | None:

@@ -45,6 +45,12 @@ def modalities(context: dg.AssetExecutionContext, data_source: DataSourceResourc
     source = data_source.source()
     context.log.info(f"{source.name}: {len(asof)} sessions {asof[0]}..{asof[-1]} for {sorted(selected)}")
     snaps, provenance = pipeline.modality_snapshots(source, asof)
+    for note in getattr(source, "warnings", ()):  # accepted input the user should look at (files source)
+        context.log.warning(f"{source.name}: {note}")
+    if "market_data" in selected:
+        # before any output: a failing blocking check must leave every modality unwritten
+        yield from checks.gate("market_data", checks.results(
+            context, "market_data", snaps["market_data"], checks.MARKET_CHECKS, "asof"), len(asof))
     for name in DESCRIPTIONS:
         if name not in selected:
             continue
@@ -55,5 +61,3 @@ def modalities(context: dg.AssetExecutionContext, data_source: DataSourceResourc
             "source": source.name, "provenance": origin,
             "synthetic": origin.startswith("synthetic"),
         })
-        if name == "market_data":
-            yield from checks.results(context, "market_data", frame, checks.MARKET_CHECKS, "asof")

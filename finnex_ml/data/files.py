@@ -74,6 +74,10 @@ the entry's modality):
     peers, long format.
 ``source``, ``text_column``
     texts.
+``date_order``
+    ``mdy`` (US) or ``dmy``, for ``d/d/yyyy`` dates. Without it the file must settle the order
+    itself (a first part over 12 means day first, a second part over 12 month first);
+    otherwise ``03/04/2024`` is an error, never a guess.
 
 What ``load(start, end)`` returns (canonical schemas of :mod:`finnex_ml.data.base`):
 
@@ -92,7 +96,7 @@ What ``load(start, end)`` returns (canonical schemas of :mod:`finnex_ml.data.bas
 
 Parsing rules:
 
-* Dates: ``2015-04-01``, ``2015/04/01``, ``20150401``, ``4/1/2015`` (US month first),
+* Dates: ``2015-04-01``, ``2015/04/01``, ``20150401``, ``4/13/2015`` (see ``date_order``),
   ``Mar 5, 2024``, ``05 Mar 2024``, each optionally followed by a time (``16:00``,
   ``4:00:00 PM``, fractional seconds) and an offset (``Z``, ``UTC``, ``GMT``, ``+00:00``,
   ``-0500``). A time without an offset is New York time. For daily files the session is the
@@ -112,21 +116,25 @@ after the header -- and/or date): missing required columns, empty
 files, unparsable dates or numbers in used columns, duplicate dates in daily prices / market
 / peers files (both rows named), daily rows on dates that are not NYSE sessions (checked
 within the calendar's range, 1995 on), prices
-``<= 0``, negative volumes, partially empty price rows (fully empty ones such as Yahoo's
-``null`` rows are dropped), missing or pre-period release dates, duplicate releases.
+``<= 0``, negative volumes, high below low or open / close outside [low, high], partially
+empty price rows (fully empty ones such as Yahoo's ``null`` rows are dropped), missing or pre-period release dates, duplicate releases.
 Bad mappings raise :class:`~finnex_ml.errors.ConfigError` naming the mapping file and entry.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import yaml
@@ -154,6 +162,11 @@ RELEASE_LOOKBACK_YEARS = 2  # releases before ``start`` kept for history, as the
 OHLCV = ("open", "high", "low", "close", "volume")
 NEW_YORK = "America/New_York"
 ROW = "__row__"  # 1-based data row, kept through parsing for messages
+MAX_MAPPING_BYTES = 1_000_000  # a mapping lists files; anything bigger is not one
+MAX_TEXT_CHARS = 100_000  # one text cell (a long article is ~50k characters)
+DATE_ORDERS = ("mdy", "dmy")
+
+log = logging.getLogger(__name__)
 
 _DAILY = ("prices", "market", "peers")
 _ENTRY_KEYS: dict[str, tuple[str, ...]] = {
@@ -167,6 +180,7 @@ _ENTRY_KEYS: dict[str, tuple[str, ...]] = {
     "ticker_column": ("peers",),
     "source": ("texts",),
     "text_column": ("texts",),
+    "date_order": MODALITIES,
 }
 _TOP_KEYS = ("ticker", "files")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
@@ -215,6 +229,28 @@ class FileEntry:
     ticker_column: str | None = None
     source: str | None = None
     text_column: str | None = None
+    date_order: str | None = None  # for d/d/yyyy dates: mdy or dmy; None: inferred, error if ambiguous
+    notes: list[str] = field(default_factory=list, compare=False)  # warnings of the last parse
+
+    def warn(self, message: str, **where: Any) -> None:
+        """Record and log a warning about this file (accepted, but the user should know)."""
+        parts = [f"{k}={v}" for k, v in (("file", self.rel), *where.items()) if v is not None]
+        text = f"{message} [{', '.join(parts)}]"
+        self.notes.append(text)
+        log.warning(text)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: a mapping never needs them, and an alias bomb
+    (a few hundred bytes expanding to billions of nodes) is refused at the first ``*``."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not supported in a mapping file; write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
 
 
 # --------------------------------------------------------------------------- mapping
@@ -222,17 +258,30 @@ class FileEntry:
 
 def _load_mapping_document(path: Path, shown: str) -> Any:
     try:
-        raw = path.read_text(encoding="utf-8-sig")
+        size = path.stat().st_size
+        if size > MAX_MAPPING_BYTES:
+            raise ConfigError(f"mapping file {shown} is {size:,} bytes; a mapping is at most "
+                              f"{MAX_MAPPING_BYTES:,} (is it the right file?)")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read mapping file {shown}: {exc}") from exc
+    if b"\x00" in data:
+        raise ConfigError(f"mapping file {shown} is binary (it holds NUL bytes), not YAML or TOML text")
+    try:
+        raw = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"mapping file {shown} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                          "save it as UTF-8") from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
             return tomllib.loads(raw)
         if suffix in (".yaml", ".yml"):
-            return yaml.safe_load(raw)
+            return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"mapping file {shown} is not valid {suffix[1:].upper()}: {exc}") from exc
+        text = str(exc)  # a hostile document must not make a giant message
+        raise ConfigError(f"mapping file {shown} is not valid {suffix[1:].upper()}: "
+                          f"{text[:500] + ' ...' if len(text) > 500 else text}") from exc
     raise ConfigError(f"mapping file {shown} must end in .yaml, .yml or .toml")
 
 
@@ -315,6 +364,9 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
     lag = raw.get("release_lag_days")
     if lag is not None and (isinstance(lag, bool) or not isinstance(lag, int) or lag < 0):
         raise ConfigError(f"{where}: release_lag_days must be a whole number of days >= 0, got {lag!r}")
+    order = raw.get("date_order")
+    if order is not None and order not in DATE_ORDERS:
+        raise ConfigError(f"{where}: date_order {order!r} is not one of {', '.join(DATE_ORDERS)}")
     source = raw.get("source")
     if modality == "texts":
         if source is None:
@@ -336,6 +388,7 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
         ticker_column=_opt_str(raw, "ticker_column", where),
         source=source,
         text_column=_opt_str(raw, "text_column", where),
+        date_order=order,
     )
 
 
@@ -358,6 +411,11 @@ class FilesSource:
                 f"{mapping_path}: more than one prices file ({', '.join(e.rel for e in prices)}); "
                 "list additional daily columns as modality: market"
             )
+
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings of the files parsed so far (accepted input the user should look at)."""
+        return [note for e in self.entries for note in e.notes]
 
     @classmethod
     def from_mapping(cls, path: str | Path) -> "FilesSource":
@@ -470,6 +528,7 @@ class FilesSource:
         hit = self._cache.get(entry.index)
         if hit is not None and hit[0] == stamp:
             return hit[1]
+        entry.notes.clear()
         frame = _read(entry)
         parser = {
             "prices": _parse_prices,
@@ -489,20 +548,23 @@ def _read(entry: FileEntry) -> pl.DataFrame:
     kind = _SUFFIXES[entry.path.suffix.lower()]
     if entry.path.stat().st_size == 0:
         raise DataInputError("file is empty (zero bytes)", file=entry.rel)
+    separator = "\t" if kind == "tsv" else ","
+    text = None if kind == "parquet" else _decode_text(entry)
     try:
         if kind == "parquet":
             frame = pl.read_parquet(entry.path)
         else:
-            frame = pl.read_csv(
-                entry.path,
-                infer_schema=False,
-                separator="\t" if kind == "tsv" else ",",
-                encoding="utf8-lossy",
-            )
+            assert text is not None
+            _check_delimiter(entry, text, separator)
+            frame = pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema=False, separator=separator)
     except pl.exceptions.NoDataError as exc:
         raise DataInputError("file is empty", file=entry.rel) from exc
+    except pl.exceptions.ComputeError as exc:
+        if text is not None and "truncate_ragged_lines" in str(exc):
+            _ragged(entry, text, separator)
+        raise DataInputError(f"cannot read file: {_short(exc)}", file=entry.rel) from exc
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataInputError(f"cannot read file: {exc}", file=entry.rel) from exc
+        raise DataInputError(f"cannot read file: {_short(exc)}", file=entry.rel) from exc
     dupes = [c for c in frame.columns if "_duplicated_" in c]
     if dupes:
         original = dupes[0].split("_duplicated_")[0]
@@ -515,6 +577,65 @@ def _read(entry: FileEntry) -> pl.DataFrame:
     if frame.height == 0:
         raise DataInputError("file has a header but no data rows", file=entry.rel)
     return frame
+
+
+def _short(exc: Exception, limit: int = 400) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit] + (" ..." if len(text) > limit else "")
+
+
+def _decode_text(entry: FileEntry) -> str:
+    """The file as text: UTF-8 (a BOM is dropped), else Windows-1252 / Latin-1 with a warning
+    naming the first undecodable line, never a silent replacement character. NUL bytes mean
+    a binary file, an error."""
+    data = entry.path.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise DataInputError(
+            f"file is binary (NUL bytes), not {entry.path.suffix} text; export it as CSV or Parquet", file=entry.rel)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n")  # 0 is the header, as rows count records
+        try:
+            text, codec = data.decode("cp1252"), "Windows-1252"
+        except UnicodeDecodeError:
+            text, codec = data.decode("latin-1"), "Latin-1"
+        bad = text.splitlines()[line] if line < len(text.splitlines()) else ""
+        entry.warn(f"file is not UTF-8 (byte {data[exc.start:exc.start + 1]!r}); decoded as {codec}, "
+                   f"e.g. {bad[:80]!r}; save it as UTF-8 to be sure of the text", row=line or None)
+        return text
+
+
+def _check_delimiter(entry: FileEntry, text: str, separator: str) -> None:
+    """A ';'-delimited export (European locale, decimal commas) read as CSV gives one column or
+    ragged rows; say so with the fix instead."""
+    header = text.lstrip("\ufeff").split("\n", 1)[0]
+    if separator in header:
+        return
+    for other, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
+        if other in header:
+            fix = ("name the file .tsv" if other == "\t" else
+                   "re-export with ',' as the delimiter and '.' as the decimal point")
+            raise DataInputError(
+                f"the header {header[:80]!r} is {name}-delimited; FinNeX reads comma-separated .csv and "
+                f"tab-separated .tsv with '.' as the decimal point: {fix}",
+                file=entry.rel)
+
+
+def _ragged(entry: FileEntry, text: str, separator: str) -> None:
+    """Name the first record whose field count differs from the header's."""
+    rows = csv.reader(io.StringIO(text), delimiter=separator)
+    try:
+        width = len(next(rows))
+        for i, fields in enumerate(rows, start=1):
+            if fields and len(fields) != width:
+                hint = (" (decimal commas? quote them or use '.' as the decimal point)"
+                        if any(re.fullmatch(r"-?\d+", f.strip()) for f in fields) else "")
+                raise DataInputError(
+                    f"row has {len(fields)} fields, the header has {width}{hint}; check the delimiter and quoting",
+                    file=entry.rel, row=i)
+    except csv.Error as exc:
+        raise DataInputError(f"cannot read file: {exc}", file=entry.rel) from exc
 
 
 def _column(frame: pl.DataFrame, name: str, entry: FileEntry, what: str = "column") -> str:
@@ -651,8 +772,12 @@ def _parse_when_frame(s: pl.Series, default_hour: int) -> pl.DataFrame:
 def _when(frame: pl.DataFrame, col: str, entry: FileEntry, default_hour: int = 0) -> pl.DataFrame:
     """``day`` (New York date), ``utc`` (instant) and ``has_time`` for each row of ``col``.
 
-    Raises on a missing or unparsable value, naming file, column, row and value."""
+    Raises on a missing or unparsable value, naming file, column, row and value; on d/d/yyyy
+    dates whose day/month order the file does not settle (see :func:`_slash_order`); on
+    midnight-UTC timestamps in a dated (non-text) file; and on dates after today."""
     s = frame[col]
+    if s.dtype == pl.String:
+        s = _slash_order(frame, col, entry)
     if s.dtype == pl.Date:
         wall = s.cast(pl.Datetime("us")) + timedelta(hours=default_hour)
         parsed = pl.DataFrame({"wall": wall, "offset": pl.Series([None] * len(s), dtype=pl.Int64)})
@@ -683,14 +808,79 @@ def _when(frame: pl.DataFrame, col: str, entry: FileEntry, default_hour: int = 0
         NEW_YORK, ambiguous="earliest", non_existent="null"
     )
     naive_utc = pl.coalesce(local, shifted).dt.convert_time_zone("UTC")
-    return parsed.select(
+    out = parsed.select(
         pl.when(pl.col("aware")).then(aware_utc).otherwise(naive_utc).alias("utc"),
         pl.when(pl.col("aware"))
         .then(aware_utc.dt.convert_time_zone(NEW_YORK).dt.date())
         .otherwise(pl.col("wall").dt.date())
         .alias("day"),
         pl.col("has_time"),
+        pl.col("aware"),
     )
+    if entry.modality != "texts" and out.height and out["aware"].all():
+        utc = out["utc"]
+        if (utc.dt.hour() == 0).all() and (utc.dt.minute() == 0).all() and (utc.dt.second() == 0).all():
+            first = out.row(0, named=True)
+            raise DataInputError(
+                f"the dates are timestamps at midnight UTC ({first['utc']:%Y-%m-%d %H:%M} UTC), which is the evening "
+                f"before in New York ({first['day']}), so every row would land on the previous day; store plain "
+                "dates (a Date column, or text like 2024-01-02) or timestamps without a zone",
+                file=entry.rel, column=col, row=int(frame[ROW][0]), date=str(first["day"]))
+    today = datetime.now(ZoneInfo(NEW_YORK)).date()
+    future = out.with_row_index("i").filter(pl.col("day") > today)
+    if future.height:
+        i = int(future["i"][0])
+        d = future["day"][0]
+        raise DataInputError(
+            f"{d} is in the future (today is {today} in New York; {future.height} such row(s)); "
+            "a date past today is a typo or a forecast, neither of which can feed point-in-time features",
+            file=entry.rel, column=col, row=int(frame[ROW][i]), date=str(d))
+    return out.drop("aware")
+
+
+_SLASH = r"^\s*(\d{1,2})/(\d{1,2})/(\d{4})\b"
+
+
+def _slash_order(frame: pl.DataFrame, col: str, entry: FileEntry) -> pl.Series:
+    """``d/d/yyyy`` dates in month/day order (what the parser reads).
+
+    The file settles the order when some value has a first part over 12 (day first) or a
+    second part over 12 (month first); ``date_order`` in the mapping settles it otherwise.
+    Without either, ``03/04/2024`` could be March 4 or April 3: an error, never a guess (a
+    day-first monthly file read month-first puts December's value into January)."""
+    s = frame[col].cast(pl.String)
+    parts = s.str.extract_groups(_SLASH).struct.unnest()
+    a, b = parts[parts.columns[0]].cast(pl.Int32), parts[parts.columns[1]].cast(pl.Int32)
+    used = a.is_not_null()
+    if not used.any():
+        return s
+    order = entry.date_order
+    if order is None:
+        day_first, month_first = (a > 12).fill_null(False), (b > 12).fill_null(False)
+        if day_first.any() and month_first.any():
+            i, j = int(day_first.arg_true()[0]), int(month_first.arg_true()[0])
+            raise DataInputError(
+                f"mixed date orders: {s[i]!r} (row {frame[ROW][i]}) is day/month, {s[j]!r} (row {frame[ROW][j]}) "
+                "is month/day; write ISO dates (YYYY-MM-DD)", file=entry.rel, column=col, row=int(frame[ROW][j]))
+        if day_first.any():
+            order = "dmy"
+            i = int(day_first.arg_true()[0])
+            entry.warn(f"dates read as day/month/year, as {s[i]!r} shows; set date_order: dmy in the mapping "
+                       "to say so", column=col, row=int(frame[ROW][i]))
+        elif month_first.any():
+            order = "mdy"
+        else:
+            unclear = (used & (a != b)).fill_null(False)
+            if unclear.any():
+                i = int(unclear.arg_true()[0])
+                raise DataInputError(
+                    f"ambiguous date {s[i]!r}: day/month or month/day? No date in the column has a part over 12 "
+                    f"to tell; set date_order: mdy (US) or dmy in {entry.where}, or write ISO dates (YYYY-MM-DD)",
+                    file=entry.rel, column=col, row=int(frame[ROW][i]))
+            return s
+    if order == "dmy":
+        return s.str.replace(_SLASH, "${2}/${1}/${3}")
+    return s
 
 
 # --------------------------------------------------------------------------- numbers
@@ -721,6 +911,7 @@ def _parse_number(frame: pl.DataFrame, col: str) -> pl.DataFrame:
         (~pl.col("missing") & (pl.col("v").is_null() | pl.col("v").is_nan() | pl.col("v").is_infinite()))
         .fill_null(False)
         .alias("bad"),
+        (~pl.col("missing") & (pl.col("v").is_nan() | pl.col("v").is_infinite())).fill_null(False).alias("nonfinite"),
     )
 
 
@@ -733,7 +924,9 @@ def _numbers(
     days: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Parse ``cols`` to Float64. Strict: raise on the first bad cell. Otherwise columns with a
-    bad cell (non-numeric columns) or without any value are skipped and returned as such.
+    bad cell (non-numeric columns) or without any value are skipped and returned as such, with
+    a warning when the column holds numbers too; an ``inf`` / ``NaN`` cell in an otherwise
+    numeric column becomes missing, with a warning (one bad cell must not drop a whole column).
 
     Plain numeric text takes a cast; only columns where that fails go through the full
     grammar, all at once in long format (a 270-column file stays one pass)."""
@@ -742,6 +935,7 @@ def _numbers(
     n = frame.height
     values: dict[str, pl.Series] = {}
     bad_at: dict[str, int] = {}  # column -> first bad row index
+    nonfinite_at: dict[str, pl.Series] = {}  # column -> mask of inf / NaN cells (loose mode: made missing)
     schema = frame.schema
     numeric = [c for c in cols if schema[c].is_numeric()]
     for c in numeric:
@@ -749,6 +943,7 @@ def _numbers(
         inf = v.is_infinite().fill_null(False)
         if inf.any():
             bad_at[c] = int(inf.arg_true()[0])
+            nonfinite_at[c] = inf
         values[c] = v
     text = [c for c in cols if c not in values]
     if text:
@@ -770,6 +965,20 @@ def _numbers(
                 values[c] = part["value"].alias(c)
                 if part["bad"].any():
                     bad_at[c] = int(part["bad"].arg_true()[0])
+                    if (part["bad"] == part["nonfinite"]).all():
+                        nonfinite_at[c] = part["nonfinite"]
+    if not strict:
+        for c, mask in nonfinite_at.items():
+            i = int(mask.arg_true()[0])
+            entry.warn(f"{int(mask.sum())} non-finite cell(s) ({frame[c].cast(pl.String)[i]!r}) read as missing",
+                       column=c, row=int(frame[ROW][i]), date=None if days is None else str(days[i]))
+            values[c] = pl.Series(c, values[c]).set(mask, None)
+            del bad_at[c]
+        for c in bad_at:
+            if values[c].drop_nulls().filter(values[c].drop_nulls().is_finite()).len():
+                i = bad_at[c]
+                entry.warn(f"column skipped: {frame[c].cast(pl.String)[i]!r} is not a number, though other cells are",
+                           column=c, row=int(frame[ROW][i]), date=None if days is None else str(days[i]))
     bad_cols = [c for c in cols if c in bad_at]
     if strict and bad_cols:
         col = min(bad_cols, key=lambda c: (bad_at[c], cols.index(c)))
@@ -873,6 +1082,23 @@ def _price_values(entry: FileEntry, frame: pl.DataFrame, fields: dict[str, str],
                 row=int(bad[ROW][0]),
                 date=str(bad["date"][0]),
             )
+    # OHLC coherence, the rule of the market_data check, here so the file and row get named
+    for fld, test, what in (
+        ("high", pl.col("high") < pl.col("low"), "high {high!r} is below low {low!r}"),
+        ("open", ~pl.col("open").is_between(pl.col("low"), pl.col("high")), "open {open!r} is outside [low {low!r}, high {high!r}]"),
+        ("close", ~pl.col("close").is_between(pl.col("low"), pl.col("high")), "close {close!r} is outside [low {low!r}, high {high!r}]"),
+    ):
+        bad = out.filter(test)
+        if bad.height:
+            first = bad.row(0, named=True)
+            raise DataInputError(
+                what.format(**first) + f" ({bad.height} such row(s)); are the columns mapped to the right "
+                f"fields in {entry.where}?",
+                file=entry.rel,
+                column=fields[fld],
+                row=int(first[ROW]),
+                date=str(first["date"]),
+            )
     return out
 
 
@@ -974,6 +1200,15 @@ def _parse_peers(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
                 if m and not re.search(r"adj$", m["t"], re.IGNORECASE):
                     pairs.append((col, m["t"].strip(), m["f"].lower()))
         if not any(f == "close" for _c, _t, f in pairs):
+            plain = [c for c in frame.columns if c not in (date_col, ROW) and _norm(c) in ("close", "volume")]
+            if plain:  # long layout without its ticker column
+                raise DataInputError(
+                    f"missing ticker column: the file has {plain[0]!r} like a long peers file (date,ticker,close,volume) "
+                    f"but no {'ticker_column' if entry.ticker_column else 'ticker or symbol column'}; add it, or use "
+                    f"wide columns like AMZN_Close (see {entry.where})",
+                    file=entry.rel,
+                    column="ticker",
+                )
             raise DataInputError(
                 "no peer close column found: use a long file with date,ticker,close,volume or wide "
                 f"columns like AMZN_Close, or map them under columns in {entry.where}",
@@ -1044,7 +1279,20 @@ def _parse_texts(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
                 column="text",
             )
     date_col = _date_column(frame, entry, {text_col})
+    lengths = frame[text_col].cast(pl.String).str.len_chars().fill_null(0)
+    if lengths.max() > MAX_TEXT_CHARS:
+        i = int(lengths.arg_max())
+        raise DataInputError(
+            f"text of {lengths[i]:,} characters; the limit is {MAX_TEXT_CHARS:,} per text (a headline, post or "
+            "article); is a delimiter or quote missing so that several records ran together?",
+            file=entry.rel, column=text_col, row=int(frame[ROW][i]))
     when = _when(frame, date_col, entry, default_hour=12)
+    naive = _naive_times(frame[date_col])
+    if naive.any():
+        i = int(naive.arg_true()[0])
+        entry.warn(f"{int(naive.sum())} timestamp(s) without a timezone (e.g. {frame[date_col].cast(pl.String)[i]!r}) "
+                   "read as New York time; add an offset (Z, +00:00) if they are UTC", column=date_col,
+                   row=int(frame[ROW][i]))
     out = pl.DataFrame(
         {
             "published_at": when["utc"],
@@ -1053,6 +1301,16 @@ def _parse_texts(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
         }
     )
     return out.filter(pl.col("text").is_not_null() & (pl.col("text") != "")).cast(TEXT_SCHEMA)
+
+
+def _naive_times(s: pl.Series) -> pl.Series:
+    """Rows holding a time of day but no zone (read as New York time)."""
+    if isinstance(s.dtype, pl.Datetime):
+        return pl.Series([s.dtype.time_zone is None] * len(s))
+    if s.dtype != pl.String:
+        return pl.Series([False] * len(s))
+    parsed = _parse_when_frame(s, 12)
+    return (parsed["has_time"] & ~parsed["aware"] & parsed["wall"].is_not_null()).fill_null(False)
 
 
 def _window_texts(texts: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
@@ -1092,6 +1350,27 @@ def _period_end(days: pl.Series, frequency: str | None) -> pl.Series:
     return days.dt.offset_by(f"{months}mo").dt.offset_by("-1d")
 
 
+def _one_per_period(entry: FileEntry, frame: pl.DataFrame, col: str, day: pl.Series, frequency: str | None) -> None:
+    """A monthly (quarterly) series has one date per month (quarter): two different dates in
+    one period mean misread dates (day/month swapped) or a wrong frequency. Revisions repeat
+    the same date, which is fine."""
+    if frequency not in ("monthly", "quarterly"):
+        return
+    months = 1 if frequency == "monthly" else 3
+    frame = pl.DataFrame({"day": day, ROW: frame[ROW]}).with_columns(
+        period=pl.col("day").dt.year() * 12 + (pl.col("day").dt.month() - 1) // months)
+    firsts = frame.unique("day", keep="first", maintain_order=True)
+    dup = firsts.filter(pl.col("period").is_duplicated())
+    if dup.height:
+        dup = dup.filter(pl.col("period") == dup["period"][0])
+        a, b = dup.row(0, named=True), dup.row(1, named=True)
+        raise DataInputError(
+            f"a {frequency} series with two dates in one period: {a['day']} (row {a[ROW]}) and {b['day']} "
+            f"(row {b[ROW]}); are day and month swapped (set date_order in {entry.where}) or is the "
+            "frequency wrong?",
+            file=entry.rel, column=col, row=b[ROW], date=str(b["day"]))
+
+
 def _release_day(when: pl.DataFrame) -> pl.Series:
     """The release date of each row: the New York date, except that a timestamp counts from
     the first session whose close comes after it (a filing at 16:05 enters the next session).
@@ -1120,6 +1399,7 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
         raise ConfigError(f"{entry.where}: date_column and release_column are the same column {date_col!r}")
     day = _when(frame, date_col, entry)["day"]
     frequency = entry.frequency or _infer_frequency(day)
+    _one_per_period(entry, frame, date_col, day, frequency)
     period_end = _period_end(day, frequency)
 
     if release_col is not None:

@@ -1,0 +1,124 @@
+"""One-time instance set-up under concurrency, and the sweep of runs whose process was killed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "PYTHONPATH": str(REPO), "DAGSTER_HOME": str(home)}
+
+
+def _spawn(code: str, home: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=_env(home), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        outs.append(out.strip().splitlines()[-1])
+    return outs
+
+
+def test_two_concurrent_first_inits_leave_one_schema_each(tmp_path):
+    """Two set-ups at once on a fresh home: both succeed, runs.db has one alembic head, MLflow's
+    store one experiment; a third run changes nothing."""
+    home = _home(tmp_path)
+    code = f"""
+        from finnex_assets.home import init_home
+        print(init_home({str(home)!r})["experiment_id"])
+    """
+    ids = _finish([_spawn(code, home), _spawn(code, home)])
+    assert ids[0] == ids[1]
+    with sqlite3.connect(home / "history" / "runs.db") as db:
+        heads = db.execute("select version_num from alembic_version").fetchall()
+    assert len(heads) == 1
+    with sqlite3.connect(home / "mlflow.db") as db:
+        names = [r[0] for r in db.execute("select name from experiments where name = 'finnex'")]
+        mlflow_heads = db.execute("select version_num from alembic_version").fetchall()
+    assert names == ["finnex"] and len(mlflow_heads) == 1
+    assert _finish([_spawn(code, home)]) == ids[:1]
+
+
+def test_concurrent_first_mlflow_use_without_init_is_serialised(tmp_path):
+    """What cnn_model and vit_model do in one multiprocess run on a fresh home: two processes ask
+    the resource for the experiment at once. Without the lock, MLflow's migrations collide."""
+    home = _home(tmp_path)
+    code = """
+        from finnex_assets.resources import MlflowTracking
+        print(MlflowTracking().experiment_id())
+    """
+    ids = _finish([_spawn(code, home), _spawn(code, home)])
+    assert ids[0] == ids[1]
+    with sqlite3.connect(home / "mlflow.db") as db:
+        assert db.execute("select count(*) from experiments where name = 'finnex'").fetchone() == (1,)
+
+
+def test_sweep_fails_a_run_whose_process_was_killed(tmp_path):
+    """A run killed with -9 stays STARTED in storage; the sweep marks it FAILED (freeing its
+    run-queue slot) and leaves nothing for a second sweep."""
+    from finnex_assets.home import _alive, sweep_orphaned_runs
+
+    home = _home(tmp_path)
+    code = """
+        import os, signal
+        import dagster as dg
+
+        @dg.op
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 mid-run
+
+        @dg.job
+        def doomed():
+            die()
+
+        doomed.execute_in_process(instance=dg.DagsterInstance.get())
+    """
+    proc = _spawn(code, home)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -9
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.STARTED]
+        assert sweep_orphaned_runs(instance, dry_run=True)[0].run_id == runs[0].run_id
+        assert instance.get_run_by_id(runs[0].run_id).status == dg.DagsterRunStatus.STARTED  # dry run
+        orphans = sweep_orphaned_runs(instance)
+        assert [o.run_id for o in orphans] == [runs[0].run_id] and orphans[0].pid == proc.pid
+        assert instance.get_run_by_id(runs[0].run_id).status == dg.DagsterRunStatus.FAILURE
+        assert sweep_orphaned_runs(instance) == []
+    assert _alive(os.getpid()) and not _alive(proc.pid)
+
+
+def test_project_instance_config_has_run_monitoring(tmp_path):
+    with dg.DagsterInstance.from_config(str(_home(tmp_path))) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_start_timeout_seconds == 180
+        assert instance.run_monitoring_max_runtime_seconds == 43200
+
+
+@pytest.mark.parametrize("script", ["setup.sh"])
+def test_setup_initialises_the_instance_once(script):
+    text = (REPO / "scripts" / script).read_text(encoding="utf-8")
+    assert ".venv/bin/finnex init" in text
