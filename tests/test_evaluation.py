@@ -29,7 +29,10 @@ from finnex_ml.training import TrainConfig, train_model
 
 HORIZONS = (1, 5)
 N_DATES = 100
-FAST = EvalConfig(n_boot=200, walk_forward_epochs=1, permuted_label_epochs=1)
+# modest permutation counts keep the suite fast (the report's defaults are larger); pooled
+# walk-forward over blocks of 15 rows after 40 rows of history, since the world has 100 dates
+FAST = EvalConfig(n_boot=200, walk_forward_epochs=1, permuted_label_epochs=1, n_permutations=200,
+                  refit_permutations=20, pooled_min_train=40, pooled_block_sessions=15)
 
 
 def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bool = False) -> dict:
@@ -166,7 +169,8 @@ def test_planted_leak_is_caught_loudly(world, synthetic_2024, tmp_path):
     inp = _inputs(root, {**w, "features": leaky}, models=False)
     inp.feature_columns = feature_columns(leaky)
     inp.work_dir = tmp_path / "work"
-    doc, _, _ = run_evaluation(inp, EvalConfig(n_boot=50), log=lambda m: None)
+    doc, _, _ = run_evaluation(inp, EvalConfig(n_boot=50, n_permutations=100, refit_permutations=0,
+                                               pooled_min_train=0), log=lambda m: None)
     assert not doc["leakage"]["passed"]
     assert doc["leakage"]["feature_scan"]["flagged"][0]["feature"] == "technical__planted_leak"
 

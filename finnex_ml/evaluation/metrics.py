@@ -183,16 +183,18 @@ def probabilistic_skill(y_true: np.ndarray, probs: np.ndarray, prior: Sequence[f
     (Brier score: mean over rows of the squared distance between the probability vector and the
     one-hot truth). 0 means no better than the class shares known before the test period, > 0
     better, < 0 worse: unlike raw log loss, the reference is fixed by the training data, not by
-    the test sample. Probabilities are clipped at ``LOG_LOSS_EPS`` and renormalised.
+    the test sample. ``prior`` may also be [n, 3], one reference per row (pooled walk-forward
+    folds, each with its own training shares). Probabilities are clipped at ``LOG_LOSS_EPS`` and
+    renormalised.
     """
     y = _class_labels(y_true, "y_true")
     p = np.asarray(probs, dtype=np.float64)
     if p.shape != (y.size, NUM_CLASSES) or y.size == 0:
         raise ValueError(f"probs must have shape ({y.size}, {NUM_CLASSES}) with n > 0, got {p.shape}")
     q = np.asarray(prior, dtype=np.float64)
-    if q.shape != (NUM_CLASSES,) or not np.all(q >= 0) or not q.sum() > 0:
-        raise ValueError(f"prior must be {NUM_CLASSES} non-negative shares, got {prior!r}")
-    q = q / q.sum()
+    if q.shape not in ((NUM_CLASSES,), (y.size, NUM_CLASSES)) or not np.all(q >= 0) or not np.all(q.sum(-1) > 0):
+        raise ValueError(f"prior must be {NUM_CLASSES} non-negative shares (or one row of them per row)")
+    q = q / q.sum(axis=-1, keepdims=True)
     onehot = np.eye(NUM_CLASSES)[y]
 
     def ll(x: np.ndarray) -> float:
@@ -200,7 +202,7 @@ def probabilistic_skill(y_true: np.ndarray, probs: np.ndarray, prior: Sequence[f
         x = x / x.sum(axis=1, keepdims=True)
         return float(-np.mean(np.log(x[np.arange(y.size), y])))
 
-    prior_rows = np.tile(q, (y.size, 1))
+    prior_rows = q if q.ndim == 2 else np.tile(q, (y.size, 1))
     ll_m, ll_p = ll(p), ll(prior_rows)
     bs_m = float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
     bs_p = float(np.mean(np.sum((prior_rows - onehot) ** 2, axis=1)))
