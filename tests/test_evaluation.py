@@ -175,6 +175,10 @@ def test_planted_leak_is_caught_loudly(world, synthetic_2024, tmp_path):
     assert doc["leakage"]["feature_scan"]["flagged"][0]["feature"] == "technical__planted_leak"
 
 
+# Dagster runs in these tests: small permutation counts, no refits, no pooled walk-forward
+DAGSTER_FAST = {"n_permutations": 100, "refit_permutations": 0, "pooled_min_train": 0}
+
+
 def _resources(root: Path) -> dict:
     return {"io_manager": PartitionedParquetIOManager(base_dir=str(root / "tables")),
             "image_store": ImageStore(base_dir=str(root / "images")),
@@ -185,7 +189,7 @@ def _resources(root: Path) -> dict:
 def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     root, w = world
     monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
-    cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2}
+    cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2, **DAGSTER_FAST}
     result = dg.materialize([model_evaluation, evaluation_report, qa_report], resources=_resources(root),
                             instance=dg.DagsterInstance.ephemeral(),
                             run_config={"ops": {"model_evaluation": {"config": cfg}}})
@@ -218,7 +222,7 @@ def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkey
             path = io._path(dg.AssetKey(name), d.isoformat())
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
-    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1}
+    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}
     result = dg.materialize([model_evaluation, evaluation_report], resources={**_resources(root), "io_manager": io},
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
                             run_config={"ops": {"model_evaluation": {"config": cfg}}})
@@ -265,7 +269,7 @@ def test_dagster_control_off_chance_warns_below_and_blocks_above(world, tmp_path
         return rows
 
     monkeypatch.setattr(ev_mod, "_permuted_rows", one_off)
-    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1}
+    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}
     result = dg.materialize([model_evaluation, evaluation_report], resources=_resources(root),
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
                             run_config={"ops": {"model_evaluation": {"config": cfg}}})

@@ -176,3 +176,27 @@ def test_scan_catches_a_partial_five_day_leak_the_fixed_bar_missed() -> None:
     assert rep.threshold < abs(rho) and rep.horizons == [1, 5]
     clean = scan_features(X[:, :-1], names, fwd, n_perm=200, seed=0)
     assert clean.passed and clean.threshold < 0.3
+
+
+def test_yearly_folds_purge_and_pooled_predictions_are_out_of_sample() -> None:
+    from datetime import date, timedelta
+
+    from finnex_ml.evaluation.walkforward import pooled_tabular, yearly_folds
+
+    dates = [date(2019, 1, 1) + timedelta(days=i) for i in range(0, 3 * 365, 2)]  # ~3 years, 548 rows
+    folds = yearly_folds(dates, purge=5, min_train=150)
+    years = [f.label for f in folds]
+    assert years == ["2020", "2021"]  # 2019 has no history before it
+    for f in folds:
+        first_test = int(f.test[0])
+        assert int(f.train[-1]) == first_test - 6  # the last 5 rows before the test year are purged
+        assert all(dates[i].year == int(f.label) for i in f.test)
+    X, y = _planted(len(dates), 1.5, seed=3)
+    pp = pooled_tabular(X, y, folds, seed=0, purge=5)
+    assert pp.rows.tolist() == [i for f in folds for i in f.test.tolist()]
+    assert pp.probs["gradient_boosting"].shape == (pp.rows.size, 3)
+    assert all("gradient_boosting_iterations" in m for m in pp.folds)
+    # each pooled row's prior is its own fold's training class shares
+    f0 = folds[0]
+    np.testing.assert_allclose(pp.train_prior[0], np.bincount(y[f0.train], minlength=3) / f0.train.size)
+    assert balanced_accuracy(y[pp.rows], pp.probs["logistic"].argmax(1)) > 0.5

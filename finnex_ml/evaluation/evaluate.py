@@ -10,10 +10,26 @@
 * a permuted-label control: the same model (and each tabular baseline) trained on training
   labels shuffled across dates, which must score at chance (see ``_permuted_rows``);
 
-and the baselines (``finnex_ml.evaluation.baselines``) on identical dates. Strategies are
-compared through the deflated Sharpe ratio, since several were tried. A leak scan runs on the
-tabular features. Everything the reports need is returned as one JSON-serialisable document
-plus two tables (per-date predictions and equity curves).
+and the baselines (``finnex_ml.evaluation.baselines``) on identical dates. Then the tests that can
+fire (``finnex_ml.evaluation.significance``):
+
+* a block permutation p-value of every row's balanced accuracy (test labels permuted against the
+  fixed predictions), and for the tabular models a refit permutation test (refitted on
+  ``refit_permutations`` block-permuted training labels);
+* a label-shift placebo: skill against labels k = m * h sessions further ahead must vanish;
+* Diebold–Mariano (Brier loss) of each network against the best baseline and of each tabular
+  model against the best naive baseline, and Hansen's SPA (arch) per horizon;
+* the deflated Sharpe with N and the trial variance from a log of earlier trials when given
+  (``EvalInputs.trial_sharpes``; the asset reads MLflow), else from this report's strategies.
+
+The headline backtest trades ``execution_lag`` sessions after the signal's close, over h staggered
+sub-portfolios, paying costs and a short borrow fee. A pooled out-of-sample walk-forward over
+years (``finnex_ml.evaluation.walkforward``) refits the tabular models per year and scores the
+pooled series; the headline table puts each model beside its best baseline with the span, the
+number of independent decisions, the test, its p-value and the minimum detectable effect. The
+leak scan covers every horizon with a permutation bar (a flag warns; implausible skill or a
+failed placebo blocks). Everything the reports need is returned as one JSON-serialisable
+document plus two tables (per-date predictions and equity curves).
 """
 
 from __future__ import annotations
