@@ -154,3 +154,37 @@ def test_bad_input_names_the_row() -> None:
         backtest(np.zeros(5), np.ones(4), cost_bps=1.0)
     with pytest.raises(ValueError, match="row 2"):
         positions_from_signals(np.array([0, 1, 5]), 2)
+
+
+def test_staggered_positions_average_h_phases_by_hand() -> None:
+    from finnex_ml.evaluation.backtest import staggered_positions
+
+    # buy, sell, hold, buy, buy with h = 2: phase 0 decides at rows 0, 2, 4 -> [1, 1, 0, 0, 1];
+    # phase 1 decides at rows 1, 3 (flat on row 0) -> [0, -1, -1, 1, 1]; the book is the mean
+    sig = np.array([2, 0, 1, 2, 2])
+    np.testing.assert_allclose(staggered_positions(sig, 2), [0.5, 0.0, -0.5, 0.5, 1.0])
+    np.testing.assert_allclose(staggered_positions(sig, 1), positions_from_signals(sig, 1))
+    np.testing.assert_allclose(staggered_positions(sig, 2, short_on_sell=False), [0.5, 0.5, 0.0, 0.5, 1.0])
+
+
+def test_execution_lag_shifts_the_book_by_one_session() -> None:
+    from finnex_ml.evaluation.backtest import lag_positions
+
+    r = np.array([0.01, -0.02, 0.03, 0.01])
+    pos = np.array([1.0, -1.0, 1.0, 0.0])
+    lagged = lag_positions(pos, 1)
+    np.testing.assert_array_equal(lagged, [0.0, 1.0, -1.0, 1.0])
+    res = backtest(r, lagged, cost_bps=10)
+    # by hand: gross [0, -0.02, -0.03, 0.01]; traded [0, 1, 2, 2 + final exit 1] * 10 bp
+    np.testing.assert_allclose(res.returns, [0.0, -0.02 - 0.001, -0.03 - 0.002, 0.01 - 0.003])
+    np.testing.assert_array_equal(lag_positions(pos, 0), pos)
+    np.testing.assert_array_equal(lag_positions(pos, 9), np.zeros(4))
+
+
+def test_borrow_cost_is_charged_on_short_days_only() -> None:
+    r = np.array([0.0, 0.0, 0.0, 0.0])
+    pos = np.array([-1.0, -0.5, 1.0, 0.0])
+    res = backtest(r, pos, cost_bps=0, borrow_bps=252.0)  # 252 bp a year = 1 bp a session
+    np.testing.assert_allclose(res.returns, [-1e-4, -0.5e-4, 0.0, 0.0])
+    with pytest.raises(ValueError, match="borrow_bps"):
+        backtest(r, pos, cost_bps=0, borrow_bps=-1)

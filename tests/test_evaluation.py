@@ -29,7 +29,10 @@ from finnex_ml.training import TrainConfig, train_model
 
 HORIZONS = (1, 5)
 N_DATES = 100
-FAST = EvalConfig(n_boot=200, walk_forward_epochs=1, permuted_label_epochs=1)
+# modest permutation counts keep the suite fast (the report's defaults are larger); pooled
+# walk-forward over blocks of 15 rows after 40 rows of history, since the world has 100 dates
+FAST = EvalConfig(n_boot=200, walk_forward_epochs=1, permuted_label_epochs=1, n_permutations=200,
+                  refit_permutations=20, pooled_min_train=40, pooled_block_sessions=15)
 
 
 def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bool = False) -> dict:
@@ -166,9 +169,14 @@ def test_planted_leak_is_caught_loudly(world, synthetic_2024, tmp_path):
     inp = _inputs(root, {**w, "features": leaky}, models=False)
     inp.feature_columns = feature_columns(leaky)
     inp.work_dir = tmp_path / "work"
-    doc, _, _ = run_evaluation(inp, EvalConfig(n_boot=50), log=lambda m: None)
+    doc, _, _ = run_evaluation(inp, EvalConfig(n_boot=50, n_permutations=100, refit_permutations=0,
+                                               pooled_min_train=0), log=lambda m: None)
     assert not doc["leakage"]["passed"]
     assert doc["leakage"]["feature_scan"]["flagged"][0]["feature"] == "technical__planted_leak"
+
+
+# Dagster runs in these tests: small permutation counts, no refits, no pooled walk-forward
+DAGSTER_FAST = {"n_permutations": 100, "refit_permutations": 0, "pooled_min_train": 0}
 
 
 def _resources(root: Path) -> dict:
@@ -181,7 +189,7 @@ def _resources(root: Path) -> dict:
 def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     root, w = world
     monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
-    cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2}
+    cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2, **DAGSTER_FAST}
     result = dg.materialize([model_evaluation, evaluation_report, qa_report], resources=_resources(root),
                             instance=dg.DagsterInstance.ephemeral(),
                             run_config={"ops": {"model_evaluation": {"config": cfg}}})
@@ -214,7 +222,7 @@ def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkey
             path = io._path(dg.AssetKey(name), d.isoformat())
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
-    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1}
+    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}
     result = dg.materialize([model_evaluation, evaluation_report], resources={**_resources(root), "io_manager": io},
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
                             run_config={"ops": {"model_evaluation": {"config": cfg}}})
@@ -261,7 +269,7 @@ def test_dagster_control_off_chance_warns_below_and_blocks_above(world, tmp_path
         return rows
 
     monkeypatch.setattr(ev_mod, "_permuted_rows", one_off)
-    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1}
+    cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}
     result = dg.materialize([model_evaluation, evaluation_report], resources=_resources(root),
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
                             run_config={"ops": {"model_evaluation": {"config": cfg}}})

@@ -64,8 +64,10 @@ def test_balanced_accuracy_ignores_absent_class_and_zero_division() -> None:
     # No hold in y_true; the model predicts hold once.
     y = np.array([0, 0, 2, 2])
     m = classification_metrics(y, _probs_for([0, 1, 2, 2]))
-    # recalls over present classes: sell 1/2, buy 2/2 -> 3/4 (hold is not averaged in)
-    assert m["balanced_accuracy"] == pytest.approx(0.75)
+    # recalls over present classes: sell 1/2, buy 2/2 -> b = 3/4 (hold is not averaged in); a
+    # predictor independent of the labels would get c = (1/4 + 2/4) / 2 = 3/8 on these rows, and
+    # b is mapped so that c sits at 1/3: 1/3 + (3/4 - 3/8) / (1 - 3/8) * 2/3 = 11/15
+    assert m["balanced_accuracy"] == pytest.approx(11 / 15)
     # hold: precision 0/1 = 0, recall 0/0 -> zero_division = 0
     assert m["per_class"]["hold"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert math.isnan(m["roc_auc_per_class"]["hold"])

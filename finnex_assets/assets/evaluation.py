@@ -3,8 +3,12 @@
 ``model_evaluation`` scores every trained model (``cnn_model``, ``vit_model``: those with a
 checkpoint) next to the baselines on the test split and the walk-forward folds
 (``finnex_ml.evaluation.evaluate``), writes ``{data}/datasets/evaluation/`` and logs the test
-metrics to each model's own MLflow run. Its two blocking checks stop the reports when a leak is
-suspected or a permuted-label control beats chance. The reports are self-contained HTML files
+metrics to each model's own MLflow run (with the per-period Sharpe and the split hash, so later
+evaluations of the same dataset count it as a trial in the deflated Sharpe). Its two blocking
+checks stop the reports when a leak is suspected (implausible skill, or skill that survives the
+label-shift placebo) or a permuted-label control beats chance; a feature correlating with the
+forward return beyond the permutation bar only warns. The data source and which modalities are
+synthetic are read from the latest ingestion materialisations and named at the top of the report. The reports are self-contained HTML files
 under ``{data}/reports/``, linked from metadata and logged to an MLflow run.
 """
 
@@ -30,8 +34,10 @@ from finnex_ml.paths import atomic_path, data_root
 
 MODEL_ASSETS = ("cnn_model", "vit_model")
 EVAL_CHECKS = {
-    "no_leakage_detected": "no daily feature predicts the forward return beyond chance, and no model's "
-                           "balanced-accuracy interval lies wholly above the plausibility bar",
+    "no_leakage_detected": "no model's (network or tabular) balanced-accuracy interval lies wholly above the "
+                           "plausibility bar and no skill survives the label-shift placebo (ERROR, blocks the "
+                           "reports); a daily feature correlating with a forward return beyond the permutation "
+                           "bar is a WARN (a strong legitimate signal does that too)",
     "permuted_labels_at_chance": "models and baselines trained on shuffled labels score at chance: no "
                                  "family-wise (Bonferroni) balanced-accuracy interval lies wholly above 1/3 "
                                  "(ERROR, blocks the reports: a leak) or wholly below (WARN: luck or too few "
@@ -51,12 +57,25 @@ class EvaluationConfig(dg.Config):
     walk_forward_epochs: int = Field(default=1, description="Epochs to retrain each network per fold; 0 skips.")
     permuted_label_epochs: int = Field(default=1, description="Epochs of the permuted-label control; 0 skips.")
     interpret_images: int = Field(default=4, description="Test images explained per model (occlusion, saliency).")
-    leak_min_abs_corr: float = Field(default=0.3)
+    leak_min_abs_corr: float = Field(default=0.0, description="Optional floor on the leak scan's permutation bar.")
+    leak_alpha: float = Field(default=0.05, description="Family-wise level of the leak scan (its flags only warn).")
+    leak_permutations: int = Field(default=200, description="Block permutations of the leak scan's null.")
     max_balanced_accuracy: float = Field(default=0.6, description="A model whose whole interval beats this is a suspect.")
+    execution_lag: int = Field(default=1, description="Sessions between a signal's close and its trade (headline).")
+    staggered: bool = Field(default=True, description="h staggered sub-portfolios for h-session horizons.")
+    borrow_bps: float = Field(default=50.0, description="Annual borrow fee on short notional, basis points.")
+    n_permutations: int = Field(default=1000, description="Block permutations of the test labels per row.")
+    refit_permutations: int = Field(default=100, description="Refits on permuted training labels, tabular models.")
+    placebo_shifts: list[int] = Field(default=[1, 2], description="Label-shift placebo at k = m * h sessions.")
+    degenerate_threshold: float = Field(default=0.9, description="One class on more than this share: degenerate.")
+    pooled_min_train: int = Field(default=252, description="Pooled walk-forward: rows before the first test year; 0 off.")
+    pooled_block_sessions: int = Field(default=0, description="Pooled walk-forward test blocks: 0 = calendar years.")
 
     def eval_config(self) -> EvalConfig:
         fields = EvalConfig.__dataclass_fields__
-        return EvalConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+        values = {k: v for k, v in self.model_dump().items() if k in fields}
+        values["placebo_shifts"] = tuple(values.get("placebo_shifts", ()))
+        return EvalConfig(**values)
 
 
 def evaluation_root(store: DatasetStore) -> Path:
@@ -81,6 +100,49 @@ def _read_features(io_manager: PartitionedParquetIOManager, dates: list[date]) -
 def _atomic_write(path: Path, write) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+def provenance(instance: dg.DagsterInstance) -> dict[str, Any]:
+    """Where the evaluated data came from: the source and, per modality, whether it is synthetic,
+    from the latest ingestion materialisations; the configured source when none is recorded."""
+    from finnex_assets.assets.ingestion import DESCRIPTIONS
+    from finnex_assets.resources import default_data_source
+
+    modalities: dict[str, dict[str, Any]] = {}
+    for name in DESCRIPTIONS:
+        ev = instance.get_latest_materialization_event(dg.AssetKey(name))
+        mat = ev.asset_materialization if ev is not None else None
+        if mat is None:
+            continue
+        md = {k: getattr(v, "value", v) for k, v in mat.metadata.items() if k in ("source", "provenance", "synthetic")}
+        modalities[name] = md
+    if modalities:
+        sources = sorted({str(m.get("source")) for m in modalities.values() if m.get("source") is not None})
+        return {"source": ", ".join(sources) or "unknown", "how": "latest ingestion materialisations",
+                "modalities": modalities,
+                "synthetic_modalities": sorted(n for n, m in modalities.items() if m.get("synthetic"))}
+    ds = default_data_source()
+    return {"source": ds.kind, "how": "configured source (FINNEX_SOURCE); no ingestion materialisation recorded",
+            "modalities": {}, "synthetic_modalities": ds.synthetic_modalities()}
+
+
+TRIAL_TAG = "finnex_eval_split_hash"
+
+
+def logged_trial_sharpes(tracking: MlflowTracking, split_hash: str, exclude_runs: set[str]) -> list[float]:
+    """Per-period test Sharpes logged by earlier evaluations of this dataset (runs tagged with
+    its split hash), other than the runs evaluated now: the configurations already tried."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.uri())
+    runs = mlflow.search_runs(experiment_ids=[tracking.experiment_id()],
+                              filter_string=f"tags.{TRIAL_TAG} = '{split_hash}'", output_format="list")
+    out = []
+    for run in runs:
+        if run.info.run_id in exclude_runs:
+            continue
+        out += [float(v) for k, v in run.data.metrics.items() if k.startswith("test_sharpe_per_period_h")]
+    return out
 
 
 def _model_run_id(instance: dg.DagsterInstance, name: str) -> str | None:
@@ -125,10 +187,17 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     out = evaluation_root(store)
     spec = read_spec(image_root)
     cfg = config.eval_config()
+    tracking: MlflowTracking = context.resources.mlflow_tracking
+    run_ids = {name: _model_run_id(context.instance, name) for name in trained}
+    trials = logged_trial_sharpes(tracking, str(splits.get("split_hash", "")), {r for r in run_ids.values() if r})
     inputs = EvalInputs(labels=labels, features=features, feature_columns=schemas.feature_columns(features),
                         splits=splits, ready_root=store.cnn_ready_root(), image_root=image_root,
                         shard_root=store.patches_root(), work_dir=out / "work",
-                        channel_means=stats["train"]["channel_mean"], models=trained)
+                        channel_means=stats["train"]["channel_mean"], models=trained,
+                        trial_sharpes=trials or None,
+                        trial_source=f"MLflow: {len(trials)} per-period test Sharpe(s) of earlier runs on split "
+                                     f"{str(splits.get('split_hash', ''))[:12]}, plus this report's strategies",
+                        provenance=provenance(context.instance))
 
     def interpret(name, lm, set_file):
         return explain_model(name, lm, set_file, spec, out / "interpret", fill=stats["train"]["channel_mean"],
@@ -142,11 +211,10 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
 
     import mlflow
 
-    tracking: MlflowTracking = context.resources.mlflow_tracking
     mlflow.set_tracking_uri(tracking.uri())
     logged = {}
     for name in trained:
-        run_id = _model_run_id(context.instance, name)
+        run_id = run_ids[name]
         if run_id is None:
             continue
         rows = [r for r in doc["tables"]["test"] if r["model"] == name]
@@ -155,6 +223,10 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
                 mlflow.log_metrics({f"test_{k}_h{r['horizon']}": float(r[k]) for k in
                                     ("accuracy", "balanced_accuracy", "macro_f1", "sharpe", "max_drawdown")
                                     if r.get(k) is not None})
+                dsr = (doc.get("deflated_sharpe") or {}).get(f"{name} ({r['horizon']}d)") or {}
+                if dsr.get("sharpe_per_period") is not None:  # this configuration is a trial for the next DSR
+                    mlflow.log_metric(f"test_sharpe_per_period_h{r['horizon']}", float(dsr["sharpe_per_period"]))
+            mlflow.set_tag(TRIAL_TAG, doc["split_hash"])
             mlflow.log_artifact(str(out / "evaluation.json"), artifact_path="evaluation")
         logged[name] = run_id
 
@@ -165,6 +237,10 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         "evaluated_models": dg.MetadataValue.json(sorted(trained)), "not_trained": dg.MetadataValue.json(missing),
         "test_dates": doc["test"]["n"], "test_range": f"{doc['test']['first']}..{doc['test']['last']}",
         "summary": dg.MetadataValue.md(_md_table(summary)),
+        "headline": dg.MetadataValue.md(_md_table([{k: r.get(k) for k in (
+            "model", "horizon", "best_baseline", "span", "n_days", "n_independent", "balanced_accuracy",
+            "baseline_balanced_accuracy", "p_value", "mde_sharpe", "degenerate")} for r in doc["tables"]["headline"]])),
+        "data_source": str(doc.get("provenance", {}).get("source", "unknown")),
         "evaluation_json": dg.MetadataValue.path(str(out / "evaluation.json")),
         "mlflow_runs": dg.MetadataValue.json(logged),
     }
@@ -175,12 +251,16 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     yield dg.MaterializeResult(metadata=meta)
 
     leak = doc["leakage"]
+    blocking = bool(leak["blocking"])
     yield dg.AssetCheckResult(
-        check_name="no_leakage_detected", passed=bool(leak["passed"]), severity=dg.AssetCheckSeverity.ERROR,
+        check_name="no_leakage_detected", passed=not blocking and not leak["warnings"],
+        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
         metadata={"flagged_features": dg.MetadataValue.json(leak["feature_scan"]["flagged"][:20]),
                   "threshold_abs_spearman": leak["feature_scan"]["threshold_abs_spearman"],
                   "top_features": dg.MetadataValue.json(leak["feature_scan"]["top"][:5]),
-                  "suspicious_models": dg.MetadataValue.json(leak["suspicious_models"])})
+                  "suspicious_models": dg.MetadataValue.json(leak["suspicious_models"]),
+                  "blocking": dg.MetadataValue.json(leak["blocking"]),
+                  "warnings": dg.MetadataValue.json(leak["warnings"][:20])})
     perm = doc["tables"]["permuted_labels"]
     above = [r for r in perm if r["above_chance"]]
     below = [r for r in perm if r["below_chance"]]

@@ -32,7 +32,24 @@ Costs
 into the first position is paid on row 0), and the final exit ``cost_bps / 1e4 *
 |positions[n-1]|`` is paid on the last row as if the book were closed at the end of the data.
 A flip from +1 to -1 therefore costs twice the one-way rate; keeping the same position across
-consecutive holds costs nothing.
+consecutive holds costs nothing. ``borrow_bps`` (annual, on the short notional) is charged every
+row a position is short: ``borrow_bps / 1e4 / periods_per_year * max(-positions[i], 0)``.
+
+Execution lag
+-------------
+A signal computed from t's close cannot in practice trade at that same close.
+:func:`lag_positions` delays the book by ``lag`` sessions (the position decided at t is held
+from t+lag's close), so with ``lag=1`` it earns ``daily_returns[i+1]`` onwards; the first
+``lag`` rows are flat. The report's headline uses ``lag=1``.
+
+Staggered sub-portfolios
+------------------------
+Trading only at rows 0, h, 2h, ... uses one phase of the h-day decision grid, and the result
+depends on which phase the data happens to start on. :func:`staggered_positions` runs h
+sub-portfolios, sub-portfolio j deciding at rows j, j+h, j+2h, ... and holding for h rows, each
+with 1/h of the capital (flat before its first decision); the book is their average, so every
+date's signal is used once and trades between sub-portfolios net out. Costs are charged on the
+book's net change.
 """
 
 from __future__ import annotations
@@ -48,6 +65,8 @@ from finnex_ml.labels import BUY, HOLD, SELL
 __all__ = [
     "BacktestResult",
     "positions_from_signals",
+    "staggered_positions",
+    "lag_positions",
     "sizes_from_predicted_returns",
     "backtest",
     "performance_metrics",
@@ -115,6 +134,45 @@ def positions_from_signals(
     return direction[decision_rows][np.arange(n) // h] if n else direction
 
 
+def staggered_positions(
+    signals: np.ndarray,
+    horizon: int,
+    *,
+    short_on_sell: bool = True,
+    sizes: np.ndarray | None = None,
+) -> np.ndarray:
+    """The average of h sub-portfolios (module docstring): sub-portfolio j trades the signal at
+    rows j, j+h, ... with :func:`positions_from_signals` and is flat on rows before j. With
+    h = 1 this is :func:`positions_from_signals`."""
+    h = int(horizon)
+    if h != horizon or h < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon}")
+    sig = np.asarray(signals)
+    n = sig.shape[0] if sig.ndim == 1 else 0
+    if h == 1 or n == 0:
+        return positions_from_signals(sig, h, short_on_sell=short_on_sell, sizes=sizes)
+    book = np.zeros(n, dtype=np.float64)
+    for j in range(min(h, n)):
+        sub_sizes = None if sizes is None else np.asarray(sizes)[j:]
+        book[j:] += positions_from_signals(sig[j:], h, short_on_sell=short_on_sell, sizes=sub_sizes)
+    return book / h
+
+
+def lag_positions(positions: np.ndarray, lag: int) -> np.ndarray:
+    """``positions`` delayed by ``lag`` rows (flat on the first ``lag`` rows): the book that trades
+    ``lag`` sessions after the close its signal was computed from."""
+    if int(lag) != lag or lag < 0:
+        raise ValueError(f"lag must be an integer >= 0, got {lag}")
+    pos = _finite_1d(positions, "positions")
+    k = int(lag)
+    if k == 0:
+        return pos
+    out = np.zeros_like(pos)
+    if k < pos.shape[0]:
+        out[k:] = pos[:-k]
+    return out
+
+
 def sizes_from_predicted_returns(pred_returns: np.ndarray, scale: float) -> np.ndarray:
     """Position sizes ``clip(|pred| / scale, 0, 1)``: full size once the predicted move reaches
     ``scale`` (e.g. the label threshold), proportionally smaller below it."""
@@ -174,12 +232,14 @@ def backtest(
     *,
     cost_bps: float,
     periods_per_year: float = DEFAULT_PERIODS_PER_YEAR,
+    borrow_bps: float = 0.0,
 ) -> BacktestResult:
     """Daily P&L of ``positions`` on ``daily_returns`` with linear transaction costs.
 
     ``net[i] = positions[i] * daily_returns[i] - cost_bps / 1e4 * |positions[i] -
-    positions[i-1]|`` with ``positions[-1] = 0``; the final exit ``cost_bps / 1e4 *
-    |positions[n-1]|`` is charged on the last row. Trades are maximal runs of the same nonzero
+    positions[i-1]| - borrow_bps / 1e4 / periods_per_year * max(-positions[i], 0)`` with
+    ``positions[-1] = 0``; the final exit ``cost_bps / 1e4 * |positions[n-1]|`` is charged on
+    the last row. Trades are maximal runs of the same nonzero
     position (consecutive holds of the same side merge into one trade).
     """
     r = _finite_1d(daily_returns, "daily_returns")
@@ -190,12 +250,14 @@ def backtest(
         raise DataInputError("backtest needs at least one row")
     if not (cost_bps >= 0) or not math.isfinite(cost_bps):
         raise ValueError(f"cost_bps must be a finite number >= 0, got {cost_bps}")
+    if not (borrow_bps >= 0) or not math.isfinite(borrow_bps):
+        raise ValueError(f"borrow_bps must be a finite number >= 0, got {borrow_bps}")
 
     rate = cost_bps / 1e4
     traded = np.abs(np.diff(pos, prepend=0.0))
     traded[-1] += abs(pos[-1])  # close the book at the end of the data
     gross = pos * r
-    net = gross - rate * traded
+    net = gross - rate * traded - borrow_bps / 1e4 / periods_per_year * np.maximum(-pos, 0.0)
     trades = _trade_returns(pos, net)
     return BacktestResult(
         returns=net,

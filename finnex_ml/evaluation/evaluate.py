@@ -10,10 +10,26 @@
 * a permuted-label control: the same model (and each tabular baseline) trained on training
   labels shuffled across dates, which must score at chance (see ``_permuted_rows``);
 
-and the baselines (``finnex_ml.evaluation.baselines``) on identical dates. Strategies are
-compared through the deflated Sharpe ratio, since several were tried. A leak scan runs on the
-tabular features. Everything the reports need is returned as one JSON-serialisable document
-plus two tables (per-date predictions and equity curves).
+and the baselines (``finnex_ml.evaluation.baselines``) on identical dates. Then the tests that can
+fire (``finnex_ml.evaluation.significance``):
+
+* a block permutation p-value of every row's balanced accuracy (test labels permuted against the
+  fixed predictions), and for the tabular models a refit permutation test (refitted on
+  ``refit_permutations`` block-permuted training labels);
+* a label-shift placebo: skill against labels k = m * h sessions further ahead must vanish;
+* Diebold–Mariano (Brier loss) of each network against the best baseline and of each tabular
+  model against the best naive baseline, and Hansen's SPA (arch) per horizon;
+* the deflated Sharpe with N and the trial variance from a log of earlier trials when given
+  (``EvalInputs.trial_sharpes``; the asset reads MLflow), else from this report's strategies.
+
+The headline backtest trades ``execution_lag`` sessions after the signal's close, over h staggered
+sub-portfolios, paying costs and a short borrow fee. A pooled out-of-sample walk-forward over
+years (``finnex_ml.evaluation.walkforward``) refits the tabular models per year and scores the
+pooled series; the headline table puts each model beside its best baseline with the span, the
+number of independent decisions, the test, its p-value and the minimum detectable effect. The
+leak scan covers every horizon with a permutation bar (a flag warns; implausible skill or a
+failed placebo blocks). Everything the reports need is returned as one JSON-serialisable
+document plus two tables (per-date predictions and equity curves).
 """
 
 from __future__ import annotations
@@ -34,7 +50,9 @@ from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation import backtest as bt
 from finnex_ml.evaluation import baselines as bl
 from finnex_ml.evaluation import metrics as mt
+from finnex_ml.evaluation import significance as sg
 from finnex_ml.evaluation import uncertainty as un
+from finnex_ml.evaluation import walkforward as wf
 from finnex_ml.evaluation.leakage import LeakReport, scan_features, suspicious_scores
 from finnex_ml.evaluation.predict import LoadedModel, blank_channel, load_model, predict_set
 
@@ -56,8 +74,22 @@ class EvalConfig:
     walk_forward_epochs: int = 1  # 0 skips retraining the networks per fold
     permuted_label_epochs: int = 1  # 0 skips the network's permuted-label control
     ablations: bool = True
-    leak_min_abs_corr: float = 0.3
+    leak_min_abs_corr: float = 0.0  # optional floor on the leak scan's permutation bar
+    leak_alpha: float = 0.05  # family-wise level of the leak scan (a flag warns, it does not block)
+    leak_permutations: int = 200
     max_balanced_accuracy: float = 0.6
+    # trading realism of the headline backtest
+    execution_lag: int = 1  # sessions between the signal's close and the trade
+    staggered: bool = True  # h sub-portfolios, one per phase of the h-day decision grid
+    borrow_bps: float = 50.0  # annual borrow fee on short notional, in basis points
+    # tests that can fire
+    n_permutations: int = 1000  # block permutations of the test labels (fixed predictions), every row
+    refit_permutations: int = 100  # refits on block-permuted training labels, tabular models
+    placebo_shifts: tuple[int, ...] = (1, 2)  # label-shift placebo at k = m * h sessions, m in this list
+    degenerate_threshold: float = 0.9  # one class on more than this share of dates: degenerate
+    # pooled out-of-sample walk-forward of the tabular models (0 min_train: off)
+    pooled_min_train: int = 252  # rows of history before the first test block
+    pooled_block_sessions: int = 0  # 0: calendar-year test blocks; else blocks of this many rows
 
 
 @dataclass
@@ -72,6 +104,11 @@ class EvalInputs:
     work_dir: Path  # fold and permuted set files, fold checkpoints
     channel_means: Sequence[float]  # training pixel mean per channel (ablation fill)
     models: Mapping[str, Path] = field(default_factory=dict)  # name -> best.pt
+    # per-period Sharpe ratios of earlier trials on this dataset (e.g. from the MLflow log); None:
+    # the deflated Sharpe counts only this report's strategies, and says so
+    trial_sharpes: Sequence[float] | None = None
+    trial_source: str = ""
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # data source, named at the top of the report
 
 
 def _dates(xs: Sequence[str]) -> list[date]:
@@ -102,6 +139,15 @@ class _Frame:
             raise DataInputError(f"no {h}-session label for evaluation date {d}", date=str(d))
         return c.astype(np.int64)
 
+    def shifted_classes(self, h: int, dates: Sequence[date], k: int) -> np.ndarray:
+        """The h-session class of the labels row k rows (sessions) after each date; NaN past the end."""
+        values = self.table[lb.class_col(h)].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        idx = np.array([self.row[d] + int(k) for d in dates])
+        out = np.full(len(dates), np.nan)
+        ok = idx < values.size
+        out[ok] = values[idx[ok]]
+        return out
+
     def daily_returns(self, dates: Sequence[date]) -> np.ndarray:
         """close(t+1 session) / close(t) - 1 for each date (the P&L of a position held over t's next session)."""
         if 1 in self.horizons:
@@ -119,41 +165,72 @@ class _Frame:
         return r
 
 
-def _backtest_row(daily: np.ndarray, probs: np.ndarray, h: int, cfg: EvalConfig,
-                  pred_returns: np.ndarray | None = None) -> bt.BacktestResult:
+def _positions(probs: np.ndarray, h: int, cfg: EvalConfig, pred_returns: np.ndarray | None, lag: int) -> np.ndarray:
     sizes = None
     if cfg.position_sizing and pred_returns is not None:
         sizes = bt.sizes_from_predicted_returns(pred_returns, cfg.sizing_scale)
-    pos = bt.positions_from_signals(probs.argmax(-1), h, short_on_sell=cfg.short_on_sell, sizes=sizes)
-    return bt.backtest(daily, pos, cost_bps=cfg.cost_bps)
+    make = bt.staggered_positions if cfg.staggered else bt.positions_from_signals
+    pos = make(probs.argmax(-1), h, short_on_sell=cfg.short_on_sell, sizes=sizes)
+    return bt.lag_positions(pos, lag)
+
+
+def _backtest_row(daily: np.ndarray, probs: np.ndarray, h: int, cfg: EvalConfig,
+                  pred_returns: np.ndarray | None = None, *, lag: int | None = None) -> bt.BacktestResult:
+    """The headline backtest: ``cfg.execution_lag`` sessions late, staggered over the h phases,
+    with trading costs and the short borrow fee."""
+    pos = _positions(probs, h, cfg, pred_returns, cfg.execution_lag if lag is None else lag)
+    return bt.backtest(daily, pos, cost_bps=cfg.cost_bps, borrow_bps=cfg.borrow_bps)
 
 
 def _ci(d: Mapping[str, float]) -> list[float]:
     return [float(d["lower"]), float(d["upper"])]
 
 
+# ratios that compound or scale a mean to a year: meaningless from a few weeks of data
+ANNUALISED = ("sharpe", "sortino", "calmar", "annual_volatility", "annual_return")
+ONE_YEAR = 252
+
+
 def _score_row(name: str, kind: str, h: int, y: np.ndarray, probs: np.ndarray, daily: np.ndarray,
                cfg: EvalConfig, *, true_ret: np.ndarray | None = None, pred_ret: np.ndarray | None = None,
-               block: int) -> tuple[dict[str, Any], dict[str, Any], bt.BacktestResult]:
+               block: int, prior: np.ndarray | None = None, return_model: str | None = None
+               ) -> tuple[dict[str, Any], dict[str, Any], bt.BacktestResult]:
+    """One (model, horizon) row. ``prior`` [3] or [n, 3]: the training class shares the skill
+    scores are measured against. Buy-and-hold (kind "benchmark") needs no signal, so it is not
+    delayed by the execution lag."""
     cls = mt.classification_metrics(y, probs)
-    res = _backtest_row(daily, probs, h, cfg, pred_ret)
+    lag = 0 if kind == "benchmark" else cfg.execution_lag
+    res = _backtest_row(daily, probs, h, cfg, pred_ret, lag=lag)
+    same_close = _backtest_row(daily, probs, h, cfg, pred_ret, lag=0) if lag else res
     pred = probs.argmax(-1)
     ints = un.classification_intervals(y, pred, block=block, n_boot=cfg.n_boot, seed=cfg.seed)
     sharpe_ci = un.sharpe_interval(res.returns, block=block, n_boot=cfg.n_boot, seed=cfg.seed)
+    diversity = mt.prediction_diversity(pred)
+    perm = sg.permutation_test(y, pred, block=block, n_perm=cfg.n_permutations, seed=cfg.seed)
     row: dict[str, Any] = {
         "model": name, "kind": kind, "horizon": h, "n": int(y.size),
         "accuracy": cls["accuracy"], "accuracy_ci": _ci(ints["accuracy"]),
         "balanced_accuracy": cls["balanced_accuracy"], "balanced_accuracy_ci": _ci(ints["balanced_accuracy"]),
         "balanced_accuracy_lower": float(ints["balanced_accuracy"]["lower"]),
+        "permutation_p": perm["p_value"], "permutations": int(perm["n_perm"]),
         "macro_f1": cls["macro_f1"], "roc_auc_ovr": cls["roc_auc_ovr"], "log_loss": cls["log_loss"],
         **{k: res.metrics[k] for k in ("sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "profit_factor",
-                                        "annual_volatility", "turnover", "total_return", "exposure")},
-        "sharpe_ci": _ci(sharpe_ci),
+                                        "annual_volatility", "annual_return", "turnover", "total_return", "exposure")},
+        "sharpe_ci": _ci(sharpe_ci), "sharpe_same_close": same_close.metrics["sharpe"],
+        "execution_lag": lag, "top_class_share": diversity["top_share"],
+        "degenerate": bool(diversity["top_share"] > cfg.degenerate_threshold),
+        "annualised_from_under_a_year": bool(y.size < ONE_YEAR),
     }
-    detail: dict[str, Any] = {"classification": cls, "backtest": res.metrics}
+    if prior is not None:
+        skill = mt.probabilistic_skill(y, probs, prior)
+        row |= {"log_loss_skill": skill["log_loss_skill"], "brier_skill": skill["brier_skill"],
+                "brier": skill["brier"]}
+    detail: dict[str, Any] = {"classification": cls, "backtest": res.metrics, "diversity": diversity,
+                              "permutation_test": perm}
     if true_ret is not None and pred_ret is not None:
         reg = mt.regression_metrics(true_ret, pred_ret, cfg.hit_tolerance)
         row |= {k: reg[k] for k in ("mae", "rmse", "r2", "directional_accuracy", "hit_ratio")}
+        row["return_model"] = return_model or name
         detail["regression"] = reg
     return row, detail, res
 
@@ -203,7 +280,8 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
         raise DataInputError("cnn_ready/test.h5 does not match splits.json; re-materialise dataset_splits",
                              file=str(inp.ready_root / "test.h5"))
     daily = fr.daily_returns(test_d)
-    block = un.default_block(len(test_d), max(horizons))
+    # arch's Politis–White block for the test span's market returns, never below the longest horizon
+    block = un.optimal_block(daily, max(horizons))
     closes = fr.table.select("date", "close")
     regimes_all = un.regimes_from_closes(closes["close"].to_numpy().astype(np.float64), cfg.regime_window,
                                          cfg.regime_band)
@@ -218,17 +296,22 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     pred_frames: list[pl.DataFrame] = []
     curves: dict[str, np.ndarray] = {}
     strategy_returns: dict[str, np.ndarray] = {}
+    scored: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # (name, h) -> (truth, probs) on the test split
 
-    def record(name: str, kind: str, h: int, y: np.ndarray, probs: np.ndarray, *, true_ret=None, pred_ret=None):
+    def record(name: str, kind: str, h: int, y: np.ndarray, probs: np.ndarray, *, true_ret=None, pred_ret=None,
+               return_model: str | None = None):
+        prior = mt.class_shares(fr.classes(h, train_d))
         row, detail, res = _score_row(name, kind, h, y, probs, daily, cfg, true_ret=true_ret, pred_ret=pred_ret,
-                                      block=block)
+                                      block=block, prior=prior, return_model=return_model)
         test_rows.append(row)
+        scored[(name, h)] = (y, probs)
         details.setdefault(name, {})[f"{h}d"] = detail
         curves[f"{name} ({h}d)"] = res.equity
         if kind != "benchmark":
             strategy_returns[f"{name} ({h}d)"] = res.returns
         for reg_name, m in un.metrics_by_regime(regime, y, probs.argmax(-1), res.returns).items():
-            regime_rows.append({"model": name, "horizon": h, "regime": reg_name, **m})
+            regime_rows.append({"model": name, "horizon": h, "regime": reg_name, **m,
+                                "small_sample": bool(m["n"] < 20)})
         pred_frames.append(pl.DataFrame({
             "model": name, "horizon": h, "date": test_d, "label": y, "p_sell": probs[:, 0], "p_hold": probs[:, 1],
             "p_buy": probs[:, 2], "predicted": probs.argmax(-1),
@@ -236,24 +319,25 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
             "true_return": fr.col(lb.return_col(h), test_d)}, schema_overrides={"date": pl.Date}))
 
     # --- baselines, per horizon, on the test dates ------------------------------------------
-    baseline_probs: dict[tuple[str, int], np.ndarray] = {}
     for h in horizons:
         y_tr, y_te = fr.classes(h, train_d), fr.classes(h, test_d)
         r_tr, r_te = fr.col(lb.return_col(h), train_d), fr.col(lb.return_col(h), test_d)
         n = len(test_d)
+        # (kind, probs, predicted returns, the model that predicted the returns)
         candidates = {
-            "majority": ("baseline", bl.majority_probs(y_tr, n), np.full(n, np.nanmean(r_tr))),
-            "prior_random": ("baseline", bl.prior_random_probs(y_tr, n, cfg.seed + h), None),
-            "buy_and_hold": ("benchmark", bl.constant_probs(lb.BUY, n), None),
+            "majority": ("baseline", bl.majority_probs(y_tr, n), np.full(n, np.nanmean(r_tr)), "training mean"),
+            "prior_random": ("baseline", bl.prior_random_probs(y_tr, n, cfg.seed + h), None, None),
+            "buy_and_hold": ("benchmark", bl.constant_probs(lb.BUY, n), None, None),
             "momentum": ("baseline", bl.momentum_probs(bl.trailing_returns(closes, test_d, h),
-                                                       fr.col(lb.threshold_col(h), test_d)), None),
-            "logistic": ("baseline", bl.tabular_probs("logistic", X_train, y_tr, X_test, cfg.seed), None),
+                                                       fr.col(lb.threshold_col(h), test_d)), None, None),
+            "logistic": ("baseline", bl.tabular_probs("logistic", X_train, y_tr, X_test, cfg.seed), None, None),
+            # the regression baseline is a ridge: its return metrics sit on this row but are ridge's
             "gradient_boosting": ("baseline", bl.tabular_probs("gradient_boosting", X_train, y_tr, X_test, cfg.seed),
-                                  bl.ridge_returns(X_train, r_tr, X_test)),
+                                  bl.ridge_returns(X_train, r_tr, X_test), "ridge"),
         }
-        for name, (kind, probs, pred_ret) in candidates.items():
-            baseline_probs[(name, h)] = probs
-            record(name, kind, h, y_te, probs, true_ret=r_te if pred_ret is not None else None, pred_ret=pred_ret)
+        for name, (kind, probs, pred_ret, ret_model) in candidates.items():
+            record(name, kind, h, y_te, probs, true_ret=r_te if pred_ret is not None else None, pred_ret=pred_ret,
+                   return_model=ret_model)
         log(f"baselines scored for the {h}-session horizon on {n} test dates")
 
     # --- models ------------------------------------------------------------------------------
@@ -289,7 +373,15 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
                 controls.append((name, h, psp.labels[:, j], psp.pred[:, j]))
             log(f"{name}: permuted-label control trained ({cfg.permuted_label_epochs} epoch(s)) and scored")
         if interpret is not None:
-            interpretation[name] = interpret(name, lm, inp.ready_root / "test.h5")
+            # explaining a (near-)constant predictor explains nothing: only non-degenerate models
+            degenerate = mt.is_degenerate(sp.pred[:, 0], cfg.degenerate_threshold)
+            if degenerate:
+                share = mt.prediction_diversity(sp.pred[:, 0])["top_share"]
+                interpretation[name] = {"skipped": True, "note": (
+                    f"not explained: a degenerate predictor (one class on {share:.0%} of the test dates at "
+                    f"h={lm.horizons[0]}, above {cfg.degenerate_threshold:.0%}); its maps would explain a constant")}
+            else:
+                interpretation[name] = interpret(name, lm, inp.ready_root / "test.h5")
 
     # permuted labels for the tabular baselines: cheap, and the same must-be-chance rule
     perm = np.random.default_rng(cfg.seed).permutation(len(train_d))
@@ -299,6 +391,35 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
             probs = bl.tabular_probs(kind, X_train, y_tr[perm], X_test, cfg.seed)
             controls.append((kind, h, y_te, probs.argmax(-1)))
     permuted_rows = _permuted_rows(controls, block, cfg)
+
+    # --- permutation test of the tabular fitting procedure (refits on block-permuted labels) --
+    if cfg.refit_permutations > 0:
+        for h in horizons:
+            y_tr, y_te = fr.classes(h, train_d), fr.classes(h, test_d)
+            for kind in TABULAR:
+                def score(y: np.ndarray, kind: str = kind, y_te: np.ndarray = y_te) -> float:
+                    return mt.balanced_accuracy(y_te, bl.tabular_probs(kind, X_train, y, X_test, cfg.seed).argmax(-1))
+
+                res = sg.refit_permutation_test(score, y_tr, block=un.default_block(len(train_d), h),
+                                                n_perm=cfg.refit_permutations, seed=cfg.seed + h)
+                row = next(r for r in test_rows if r["model"] == kind and r["horizon"] == h)
+                row["refit_permutation_p"], row["refit_permutations"] = res["p_value"], int(res["n_perm"])
+            log(f"refit permutation tests ({cfg.refit_permutations} block permutations) done for h={h}")
+
+    # --- label-shift placebo: skill against labels k >= h sessions further ahead must vanish --
+    tested = [(r["model"], r["horizon"]) for r in test_rows if r["kind"] == "model" or r["model"] in TABULAR]
+    n_calls = max(len(tested) * max(len(cfg.placebo_shifts), 1), 1)
+    placebo_perm = max(cfg.n_permutations, int(math.ceil(5 * n_calls / 0.05)))  # p can reach the family bar
+    placebo_rows = []
+    for name, h in tested:
+        y, probs = scored[(name, h)]
+        shifted = {m * h: fr.shifted_classes(h, test_d, m * h) for m in cfg.placebo_shifts}
+        for r in sg.label_shift_placebo(probs.argmax(-1), shifted, block=block, n_perm=placebo_perm, seed=cfg.seed,
+                                        alpha=0.05 / max(len(tested), 1)):
+            placebo_rows.append({"model": name, "horizon": h, **r})
+
+    # --- each model against the best baseline: Diebold–Mariano on the Brier loss, SPA --------
+    comparisons, spa_rows = _comparisons(test_rows, scored, horizons, block, cfg, "test split")
 
     # --- walk-forward ------------------------------------------------------------------------
     for fold in inp.splits.get("folds", []):
@@ -323,34 +444,176 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
                     wf_rows.append(_fold_row(name, k, h, fsp.labels[:, j], fsp.probs[:, j], f_va))
         log(f"walk-forward fold {k}: {len(f_tr)} training / {len(f_va)} validation dates scored")
 
+    # --- pooled out-of-sample walk-forward of the tabular models -------------------------------
+    pooled = _pooled_oos(inp, fr, sets, horizons, closes, cfg, log)
+
     # --- selection-aware Sharpe, leaks ------------------------------------------------------
-    per_period = {k: _per_period_sharpe(r) for k, r in strategy_returns.items()}
-    trials = [s for s in per_period.values() if np.isfinite(s)]
-    deflated = {k: un.deflated_sharpe_ratio(r, trials) for k, r in strategy_returns.items()
-                if np.isfinite(per_period[k]) and len(trials) > 1}
-    y1 = fr.col(lb.return_col(min(horizons)), train_d)
-    leak = scan_features(X_train, inp.feature_columns, y1, min_abs_corr=cfg.leak_min_abs_corr)
-    suspicious = suspicious_scores([r for r in test_rows if r["kind"] == "model"],
+    deflated, trials_doc = _deflated(strategy_returns, inp)
+    leak = scan_features(X_train, inp.feature_columns, {h: fr.col(lb.return_col(h), train_d) for h in horizons},
+                         min_abs_corr=cfg.leak_min_abs_corr, alpha=cfg.leak_alpha, n_perm=cfg.leak_permutations,
+                         block=max(horizons), seed=cfg.seed)
+    # implausible skill counts for the tabular models too: they are fitted on the very features a
+    # leak would sit in
+    suspicious = suspicious_scores([r for r in test_rows if r["kind"] == "model" or r["model"] in TABULAR],
                                    max_balanced_accuracy=cfg.max_balanced_accuracy)
 
+    headline = _headline(test_rows, comparisons, placebo_rows, test_d, "test split")
+    if pooled:
+        headline = pooled["headline"] + headline
     doc = {
         "config": asdict(cfg), "horizons": horizons, "models": sorted(loaded),
+        "provenance": dict(inp.provenance),
         "test": {"first": test_d[0].isoformat(), "last": test_d[-1].isoformat(), "n": len(test_d),
                  "class_shares": {f"{h}d": mt.class_shares(fr.classes(h, test_d)) for h in horizons},
-                 "bootstrap_block": block},
+                 "bootstrap_block": block, "under_one_year": len(test_d) < ONE_YEAR,
+                 "minimum_detectable_effect": {f"{h}d": sg.minimum_detectable_effect(len(test_d), h)
+                                               for h in horizons}},
         "train": {"first": train_d[0].isoformat(), "last": train_d[-1].isoformat(), "n": len(train_d)},
         "split_hash": split_hash, "spec_hash": spec_hash,
-        "tables": {"test": test_rows, "walk_forward": wf_rows, "walk_forward_summary": _fold_summary(wf_rows),
-                   "ablations": ablation_rows, "permuted_labels": permuted_rows, "regimes": regime_rows},
+        "tables": {"headline": headline, "test": test_rows, "walk_forward": wf_rows,
+                   "walk_forward_summary": _fold_summary(wf_rows), "ablations": ablation_rows,
+                   "permuted_labels": permuted_rows, "regimes": regime_rows, "comparisons": comparisons,
+                   "spa": spa_rows, "label_shift_placebo": placebo_rows},
+        "pooled_oos": {k: v for k, v in (pooled or {}).items() if k != "headline"},
         "details": details, "horizon_consistency": consistency, "deflated_sharpe": deflated,
-        "leakage": _leak_doc(leak, suspicious, cfg), "interpretation": interpretation,
+        "deflated_sharpe_trials": trials_doc,
+        "leakage": _leak_doc(leak, suspicious, placebo_rows, cfg), "interpretation": interpretation,
         "chance": {"balanced_accuracy": 1 / 3,
-                   "note": "any predictor independent of the label has expected balanced accuracy 1/3"},
+                   "note": "any predictor independent of the label has expected balanced accuracy 1/3; a "
+                           "resample lacking a class keeps chance at 1/3 (metrics.balanced_accuracy)"},
     }
     predictions = pl.concat(pred_frames, how="vertical_relaxed")
     equity = pl.concat([pl.DataFrame({"series": k, "date": test_d, "equity": v}, schema_overrides={"date": pl.Date})
                         for k, v in curves.items()], how="vertical_relaxed")
     return _jsonable(doc), predictions, equity
+
+
+TABULAR = ("logistic", "gradient_boosting")
+NAIVE = ("majority", "prior_random", "momentum")
+
+
+def _comparisons(rows: Sequence[dict[str, Any]], scored: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
+                 horizons: Sequence[int], block: int, cfg: EvalConfig, span: str
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Diebold–Mariano of every network against the best baseline (naive or tabular) and of
+    every tabular model against the best naive baseline, on the per-row Brier loss; "best" is
+    the lowest mean Brier loss on these very dates (which favours the baseline). Plus one SPA
+    test per horizon: does any network or tabular model beat the best naive baseline?"""
+    out, spa_rows = [], []
+    for h in horizons:
+        present = {r["model"]: r for r in rows if r["horizon"] == h}
+        loss = {m: sg.brier_losses(*scored[(m, h)]) for m in present if (m, h) in scored}
+        naive = [m for m in NAIVE if m in loss]
+        if not naive:
+            continue
+        best_naive = min(naive, key=lambda m: float(np.mean(loss[m])))
+        pool = naive + [m for m in TABULAR if m in loss]
+        best_all = min(pool, key=lambda m: float(np.mean(loss[m])))
+        challengers = [m for m, r in present.items() if r["kind"] == "model" or m in TABULAR]
+        for m in challengers:
+            base = best_naive if m in TABULAR else best_all
+            dm = sg.diebold_mariano(loss[m], loss[base], horizon=h)
+            out.append({"model": m, "horizon": h, "span": span, "best_baseline": base,
+                        "test": "Diebold–Mariano, Brier loss, HAC (Newey–West) + HLN correction",
+                        "mean_loss_model": float(np.mean(loss[m])), "mean_loss_baseline": float(np.mean(loss[base])),
+                        "dm": dm["dm"], "p_value": dm["p_value_model_better"], "p_value_two_sided": dm["p_value"]})
+        if challengers:
+            spa = sg.spa_test(loss[best_naive], np.column_stack([loss[m] for m in challengers]), block=block,
+                              reps=max(cfg.n_boot, 100), seed=cfg.seed)
+            spa_rows.append({"horizon": h, "span": span, "benchmark": best_naive, "models": ", ".join(challengers),
+                             **spa})
+    return out, spa_rows
+
+
+def _headline(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]],
+              placebo: Sequence[dict[str, Any]], dates: Sequence[date], span: str) -> list[dict[str, Any]]:
+    """The table a quant reads first: each model against its best baseline on one span."""
+    by = {(r["model"], r["horizon"]): r for r in rows}
+    out = []
+    for c in comparisons:
+        m, h, b = c["model"], c["horizon"], c["best_baseline"]
+        r, rb = by[(m, h)], by[(b, h)]
+        mde = sg.minimum_detectable_effect(len(dates), h)
+        fails = [p for p in placebo if p["model"] == m and p["horizon"] == h and p.get("fails")]
+        out.append({"model": m, "horizon": h, "best_baseline": b, "span": span,
+                    "first": dates[0].isoformat(), "last": dates[-1].isoformat(), "n_days": len(dates),
+                    "n_independent": len(dates) / h,
+                    "balanced_accuracy": r["balanced_accuracy"], "baseline_balanced_accuracy": rb["balanced_accuracy"],
+                    "permutation_p": r.get("permutation_p"), "refit_permutation_p": r.get("refit_permutation_p"),
+                    "test": "DM (Brier)", "dm": c["dm"], "p_value": c["p_value"],
+                    "brier_skill": r.get("brier_skill"), "sharpe": r["sharpe"], "baseline_sharpe": rb["sharpe"],
+                    "mde_sharpe": mde["sharpe"], "mde_accuracy": mde["accuracy"],
+                    "degenerate": r["degenerate"], "placebo_passed": not fails,
+                    "annualised_from_under_a_year": bool(len(dates) < ONE_YEAR)})
+    return out
+
+
+def _deflated(strategy_returns: Mapping[str, np.ndarray], inp: EvalInputs
+              ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Deflated Sharpe of every strategy. N and the variance of the trial Sharpes come from the
+    earlier trials on this dataset (``inp.trial_sharpes``, e.g. from MLflow) plus this report's
+    strategies; without such a log, from this report's strategies alone (which undercounts the
+    configurations really tried, and the document says so)."""
+    per_period = {k: _per_period_sharpe(r) for k, r in strategy_returns.items()}
+    current = [s for s in per_period.values() if np.isfinite(s)]
+    logged = [float(s) for s in (inp.trial_sharpes or []) if np.isfinite(s)]
+    if logged:
+        trials, source = logged + current, inp.trial_source or "logged trials"
+    else:
+        trials, source = current, "this report's strategies only (no trial log for this dataset)"
+    doc = {"source": source, "n_trials": len(trials), "n_logged": len(logged), "n_report": len(current),
+           "variance": float(np.var(trials, ddof=1)) if len(trials) > 1 else math.nan}
+    deflated = {k: un.deflated_sharpe_ratio(r, trials) for k, r in strategy_returns.items()
+                if np.isfinite(per_period[k]) and len(trials) > 1}
+    return deflated, doc
+
+
+def _pooled_oos(inp: EvalInputs, fr: _Frame, sets: Mapping[str, list[date]], horizons: Sequence[int],
+                closes: pl.DataFrame, cfg: EvalConfig, log: Log) -> dict[str, Any] | None:
+    """Walk-forward over years of the tabular models with every fold's test predictions pooled
+    (``finnex_ml.evaluation.walkforward``); the naive baselines are scored on the same pooled
+    dates with each fold's training data. None when there is not enough history for one fold."""
+    if cfg.pooled_min_train <= 0:
+        return None
+    dates = sorted({d for v in sets.values() for d in v})
+    folds = wf.yearly_folds(dates, purge=max(horizons), min_train=cfg.pooled_min_train,
+                            block_sessions=cfg.pooled_block_sessions or None)
+    if not folds:
+        log(f"pooled walk-forward skipped: fewer than {cfg.pooled_min_train} dates before the last test block")
+        return None
+    X = bl.feature_matrix(inp.features, dates, inp.feature_columns)
+    rows_all, scored, returns = [], {}, {}
+    pdates: list[date] = []
+    for h in horizons:
+        y = fr.classes(h, dates)
+        pp = wf.pooled_tabular(X, y, folds, seed=cfg.seed, purge=h)
+        pdates = [dates[i] for i in pp.rows]
+        yt = y[pp.rows]
+        daily = fr.daily_returns(pdates)
+        block = un.optimal_block(daily, h)
+        candidates = {"majority": ("baseline", pp.train_prior),
+                      "momentum": ("baseline", bl.momentum_probs(bl.trailing_returns(closes, pdates, h),
+                                                                 fr.col(lb.threshold_col(h), pdates))),
+                      "buy_and_hold": ("benchmark", bl.constant_probs(lb.BUY, len(pdates))),
+                      **{k: ("baseline", p) for k, p in pp.probs.items()}}
+        for name, (kind, probs) in candidates.items():
+            row, _, res = _score_row(name, kind, h, yt, probs, daily, cfg, block=block, prior=pp.train_prior)
+            rows_all.append({**row, "span": "pooled walk-forward"})
+            scored[(name, h)] = (yt, probs)
+            if kind != "benchmark":
+                returns[f"{name} ({h}d)"] = res.returns
+        log(f"pooled walk-forward h={h}: {len(folds)} folds, {len(pdates)} out-of-sample dates "
+            f"{pdates[0]}..{pdates[-1]}")
+    comparisons, spa_rows = _comparisons(rows_all, scored, horizons, un.optimal_block(
+        fr.daily_returns(pdates), max(horizons)), cfg, "pooled walk-forward")
+    deflated, trials_doc = _deflated(returns, inp)
+    return {"rows": rows_all, "comparisons": comparisons, "spa": spa_rows, "folds": pp.folds,
+            "first": pdates[0].isoformat(), "last": pdates[-1].isoformat(), "n": len(pdates),
+            "years": len(pdates) / ONE_YEAR, "deflated_sharpe": deflated, "deflated_sharpe_trials": trials_doc,
+            "headline": _headline(rows_all, comparisons, [], pdates, "pooled walk-forward"),
+            "note": "tabular models only: each fold refitted on all earlier dates (purged by h sessions), "
+                    "gradient boosting's iterations chosen on an inner purged validation block; the networks "
+                    "are not retrained per year (CPU budget) and appear on the test split only"}
 
 
 def _permuted_rows(controls: Sequence[tuple[str, int, np.ndarray, np.ndarray]], block: int,
@@ -397,14 +660,33 @@ def _per_period_sharpe(r: np.ndarray) -> float:
     return float(np.mean(r) / s) if s > 0 else float("nan")
 
 
-def _leak_doc(leak: LeakReport, suspicious: list[dict], cfg: EvalConfig) -> dict[str, Any]:
+def _leak_doc(leak: LeakReport, suspicious: list[dict], placebo: Sequence[dict[str, Any]],
+              cfg: EvalConfig) -> dict[str, Any]:
+    """The leak verdict. Blocking (``passed`` False): implausible skill of a network or tabular
+    model, or skill that survives the label-shift placebo. Warning only: features whose
+    correlation with a forward return beats the permutation bar (a strong legitimate signal
+    does that too)."""
+    placebo_fail = [p for p in placebo if p.get("fails")]
+    blocking = ([f"implausible skill: {r['model']} h={r['horizon']} balanced accuracy interval "
+                 f"{r['balanced_accuracy_ci']} wholly above {cfg.max_balanced_accuracy}" for r in suspicious]
+                + [f"label-shift placebo: {p['model']} h={p['horizon']} keeps skill against labels {p['shift']} "
+                   f"sessions later (balanced accuracy {p['balanced_accuracy']:.3f}, p={p['p_value']:.4f})"
+                   for p in placebo_fail])
+    warnings = [f"feature {d['feature']} correlates with the {d['horizon']}-session forward return "
+                f"(rho={d['spearman']:+.3f}, family-wise p={d['p_value']:.3f})" for d in leak.flagged_by_horizon]
     return {"feature_scan": {"passed": leak.passed, "threshold_abs_spearman": leak.threshold, "training_dates": leak.n,
+                             "horizons": leak.horizons, "permutations": leak.n_perm, "alpha": leak.alpha,
+                             "null_max_median": leak.null_max_median, "verdict": "warning only",
                              "flagged": [{"feature": f, "spearman": r} for f, r in leak.flagged],
-                             "top": [{"feature": f, "spearman": r} for f, r in leak.top]},
+                             "flagged_by_horizon": leak.flagged_by_horizon,
+                             "top": [{"feature": f, "spearman": r} for f, r in leak.top],
+                             "canary": leak.canary},
             "suspicious_models": [{"model": r["model"], "horizon": r["horizon"],
                                    "balanced_accuracy_ci": r["balanced_accuracy_ci"]} for r in suspicious],
+            "label_shift_placebo_failed": placebo_fail,
             "max_balanced_accuracy": cfg.max_balanced_accuracy,
-            "passed": leak.passed and not suspicious}
+            "blocking": blocking, "warnings": warnings,
+            "passed": not blocking}
 
 
 def _jsonable(x: Any) -> Any:

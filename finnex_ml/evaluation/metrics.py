@@ -31,6 +31,11 @@ __all__ = [
     "horizon_consistency",
     "majority_rate",
     "class_shares",
+    "balanced_accuracy",
+    "probabilistic_skill",
+    "prediction_diversity",
+    "is_degenerate",
+    "hac_mean_test",
     "LOG_LOSS_EPS",
 ]
 
@@ -66,8 +71,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, A
     """Standard multi-class metrics for sell/hold/buy probabilities.
 
     ``y_true`` holds class codes [n]; ``probs`` is [n, 3] with rows summing to 1, and the
-    predicted class is the row's argmax. Returns ``n``, ``accuracy``, ``balanced_accuracy`` (mean
-    recall over the classes present in ``y_true``), ``per_class`` ({name: {precision, recall, f1,
+    predicted class is the row's argmax. Returns ``n``, ``accuracy``, ``balanced_accuracy`` (over
+    all 3 classes with chance fixed at 1/3, see :func:`balanced_accuracy`), ``per_class`` ({name: {precision, recall, f1,
     support}}, zero_division=0), ``macro_f1`` (mean F1 over the classes occurring in ``y_true`` or
     in the predictions, scikit-learn's convention, so a class nobody saw does not count as 0),
     ``confusion_matrix`` (3x3, rows true, columns predicted), ``roc_auc_per_class`` (one-vs-rest
@@ -92,8 +97,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, A
     precision, recall, f1, support = precision_recall_fscore_support(
         y, pred, labels=LABELS, zero_division=0
     )
-    present = support > 0
-    balanced = float(np.mean(recall[present]))
+    balanced = balanced_accuracy(y, pred)
 
     per_class = {
         name: {
@@ -131,6 +135,126 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, A
         "roc_auc_per_class": auc_per_class,
         "log_loss": ll,
     }
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
+    """Balanced accuracy on a K-class scale whose chance level is always 1/K.
+
+    With every class present this is the usual mean recall over the K classes. A sample (a test
+    split, a regime, a bootstrap resample) that lacks a class has no recall for it; averaging
+    over the m < K present classes alone would move chance to 1/m, so a constant predictor
+    would score 1/3 on one resample and 1/2 on the next. Instead the recall of an absent class
+    is excluded and the mean recall ``b`` over the m present classes is compared with the mean
+    recall ``c`` any predictor independent of the labels would get on that sample (``c`` = mean,
+    over the present classes, of the share of rows predicted as that class), then mapped
+    piecewise-linearly so that 0 -> 0, ``c`` -> 1/K and 1 -> 1:
+    ``1/K + (b - c) / (1 - c) * (1 - 1/K)`` if ``b >= c``, else ``b / c / K``.
+    With all K classes present ``c`` is exactly 1/K and the map is the identity. A constant
+    predictor scores exactly 1/K on every sample. NaN when fewer than two classes are present
+    (no balanced accuracy is defined on a one-class sample).
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if y.shape != p.shape or y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty 1-D of equal length, got {y.shape}, {p.shape}")
+    k = int(num_classes)
+    support = np.bincount(y, minlength=k)[:k]
+    hits = np.bincount(y[p == y], minlength=k)[:k]
+    predicted = np.bincount(p, minlength=k)[:k] / p.size
+    present = support > 0
+    m = int(present.sum())
+    if m < 2:
+        return math.nan
+    b = float(np.sum(hits[present] / support[present]) / m)
+    c = float(np.sum(predicted[present]) / m)
+    if m == k or c == 0.0:
+        # all classes present: c == 1/K and the map is the identity; c == 0: nothing was predicted
+        # as a present class, so b == 0 too and the predictor is at chance by construction
+        return b if m == k else 1.0 / k
+    if b >= c:
+        return float(1.0 / k + (b - c) / (1.0 - c) * (1.0 - 1.0 / k))
+    return float(b / c / k)
+
+
+def probabilistic_skill(y_true: np.ndarray, probs: np.ndarray, prior: Sequence[float]) -> dict[str, float]:
+    """Log-loss and Brier skill of ``probs`` against always forecasting the training ``prior``.
+
+    ``log_loss_skill = 1 - LL(model) / LL(prior)`` and ``brier_skill = 1 - BS(model) / BS(prior)``
+    (Brier score: mean over rows of the squared distance between the probability vector and the
+    one-hot truth). 0 means no better than the class shares known before the test period, > 0
+    better, < 0 worse: unlike raw log loss, the reference is fixed by the training data, not by
+    the test sample. ``prior`` may also be [n, 3], one reference per row (pooled walk-forward
+    folds, each with its own training shares). Probabilities are clipped at ``LOG_LOSS_EPS`` and
+    renormalised.
+    """
+    y = _class_labels(y_true, "y_true")
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape != (y.size, NUM_CLASSES) or y.size == 0:
+        raise ValueError(f"probs must have shape ({y.size}, {NUM_CLASSES}) with n > 0, got {p.shape}")
+    q = np.asarray(prior, dtype=np.float64)
+    if q.shape not in ((NUM_CLASSES,), (y.size, NUM_CLASSES)) or not np.all(q >= 0) or not np.all(q.sum(-1) > 0):
+        raise ValueError(f"prior must be {NUM_CLASSES} non-negative shares (or one row of them per row)")
+    q = q / q.sum(axis=-1, keepdims=True)
+    onehot = np.eye(NUM_CLASSES)[y]
+
+    def ll(x: np.ndarray) -> float:
+        x = np.clip(x, LOG_LOSS_EPS, 1.0)
+        x = x / x.sum(axis=1, keepdims=True)
+        return float(-np.mean(np.log(x[np.arange(y.size), y])))
+
+    prior_rows = q if q.ndim == 2 else np.tile(q, (y.size, 1))
+    ll_m, ll_p = ll(p), ll(prior_rows)
+    bs_m = float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    bs_p = float(np.mean(np.sum((prior_rows - onehot) ** 2, axis=1)))
+    return {"log_loss": ll_m, "log_loss_prior": ll_p, "log_loss_skill": 1.0 - ll_m / ll_p if ll_p > 0 else math.nan,
+            "brier": bs_m, "brier_prior": bs_p, "brier_skill": 1.0 - bs_m / bs_p if bs_p > 0 else math.nan}
+
+
+def prediction_diversity(pred: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
+    """How varied a predictor's class calls are: ``shares`` (K entries), ``top_class``,
+    ``top_share`` (share of rows on the most frequent call), ``n_classes_used`` and ``entropy``
+    (in bits; 0 for a constant predictor, log2 K for uniform calls)."""
+    p = np.asarray(pred, dtype=np.int64)
+    if p.ndim != 1 or p.size == 0:
+        raise ValueError(f"pred must be a non-empty 1-D array, got shape {p.shape}")
+    counts = np.bincount(p, minlength=num_classes)[:num_classes]
+    shares = counts / p.size
+    nz = shares[shares > 0]
+    return {"shares": [float(s) for s in shares], "top_class": int(np.argmax(counts)),
+            "top_share": float(shares.max()), "n_classes_used": int((counts > 0).sum()),
+            "entropy": float(-np.sum(nz * np.log2(nz)))}
+
+
+def is_degenerate(pred: np.ndarray, threshold: float = 0.9, num_classes: int = NUM_CLASSES) -> bool:
+    """True when one class is called on more than ``threshold`` of the rows: such a predictor is
+    (nearly) a constant, its accuracy is the class share, and explaining its "decisions" explains
+    nothing."""
+    return prediction_diversity(pred, num_classes)["top_share"] > threshold
+
+
+def hac_mean_test(x: np.ndarray, lags: int | None = None) -> dict[str, float]:
+    """t-test of mean(x) == 0 with a Newey-West (HAC, Bartlett kernel) standard error.
+
+    Uses statsmodels (OLS of x on a constant, ``cov_type="HAC"``) rather than an own estimator.
+    ``lags`` defaults to statsmodels' rule ``floor(4 (n/100)^(2/9))``; pass h - 1 or more for
+    overlapping h-day quantities. Returns ``mean``, ``se``, ``t``, ``p_value`` (two-sided,
+    normal), ``n`` and ``lags``; NaN for fewer than 3 finite values or a constant series.
+    """
+    import statsmodels.api as sm
+
+    v = np.asarray(x, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    nan = math.nan
+    if n < 3 or float(np.std(v)) == 0.0:
+        return {"mean": float(np.mean(v)) if n else nan, "se": nan, "t": nan, "p_value": nan, "n": n,
+                "lags": nan}
+    if lags is None:
+        lags = int(math.floor(4 * (n / 100.0) ** (2.0 / 9.0)))
+    lags = int(min(max(lags, 0), n - 2))
+    fit = sm.OLS(v, np.ones((n, 1))).fit(cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True})
+    return {"mean": float(fit.params[0]), "se": float(fit.bse[0]), "t": float(fit.tvalues[0]),
+            "p_value": float(fit.pvalues[0]), "n": n, "lags": float(lags)}
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float) -> dict[str, float]:

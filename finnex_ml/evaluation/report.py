@@ -82,46 +82,149 @@ def write_html(path: Path | str, text: str) -> Path:
 
 
 TEST_COLUMNS = ["model", "kind", "horizon", "n", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci",
-                "macro_f1", "roc_auc_ovr", "log_loss", "sharpe", "sharpe_ci", "sortino", "max_drawdown", "calmar",
-                "win_rate", "profit_factor", "annual_volatility", "turnover", "total_return"]
-REG_COLUMNS = ["model", "horizon", "mae", "rmse", "r2", "directional_accuracy", "hit_ratio"]
+                "permutation_p", "refit_permutation_p", "macro_f1", "roc_auc_ovr", "log_loss", "log_loss_skill",
+                "brier_skill", "top_class_share", "degenerate", "sharpe", "sharpe_ci", "sharpe_same_close", "sortino",
+                "max_drawdown", "calmar", "win_rate", "profit_factor", "annual_volatility", "turnover", "total_return"]
+REG_COLUMNS = ["return_model", "on row of", "horizon", "mae", "rmse", "r2", "directional_accuracy", "hit_ratio"]
+HEADLINE_COLUMNS = ["model", "horizon", "best_baseline", "span", "first", "last", "n_days", "n_independent",
+                    "balanced_accuracy", "baseline_balanced_accuracy", "permutation_p", "refit_permutation_p", "test",
+                    "dm", "p_value", "brier_skill", "sharpe", "baseline_sharpe", "mde_sharpe", "mde_accuracy",
+                    "degenerate", "placebo_passed"]
+# compounded or annualised from the mean: hidden under a year (Calmar of 17.8 from 25 days means nothing)
+HIDDEN_UNDER_A_YEAR = ("calmar", "sortino", "annual_return")
+MARK = "†"
+
+
+def _annualised_view(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], under_a_year: bool
+                     ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows and columns for display: under a year, annual ratios that compound are dropped and
+    the Sharpe columns are renamed with a mark that the note explains."""
+    if not under_a_year:
+        return [dict(r) for r in rows], list(columns)
+    cols = [c for c in columns if c not in HIDDEN_UNDER_A_YEAR]
+    rename = {c: f"{c} {MARK}" for c in cols if c.startswith("sharpe") or c in ("baseline_sharpe", "mde_sharpe",
+                                                                                  "annual_volatility")}
+    out = [{rename.get(k, k): v for k, v in r.items()} for r in rows]
+    return out, [rename.get(c, c) for c in cols]
+
+
+def _provenance_html(doc: Mapping[str, Any]) -> str:
+    prov = doc.get("provenance") or {}
+    source = prov.get("source") or "unknown (not recorded)"
+    synth = prov.get("synthetic_modalities") or []
+    mods = prov.get("modalities") or {}
+    kind = "bad" if synth or "synthetic" in str(source) else "ok"
+    lines = [f"<p class='{kind}'>Data source: {html.escape(str(source))}"
+             + (f" — synthetic modalities: {html.escape(', '.join(synth))}" if synth else " — no synthetic modality")
+             + "</p>"]
+    if "synthetic" in str(source):
+        lines.append("<p class='note'>Synthetic data: the generator decides what is predictable. Nothing below is "
+                     "evidence about any real market.</p>")
+    if mods:
+        lines.append(html_table([{"modality": k, **v} for k, v in mods.items()]))
+    lines.append(f"<p class='note'>Provenance from: {html.escape(str(prov.get('how', 'not recorded')))}.</p>")
+    return "".join(lines)
 
 
 def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mapping[str, bytes] | None = None) -> str:
-    """The evaluation report: tables, equity curves, confusion matrices, importance."""
+    """The evaluation report: the data source first, then the headline table (each model against
+    its best baseline, with the test, its p-value and the minimum detectable effect), then the
+    details: tables, equity curves, confusion matrices, controls, importance."""
     import plotly.graph_objects as go
 
     t = doc["tables"]
     cfg = doc["config"]
     leak = doc["leakage"]
-    parts = [f"<h1>FinNeX evaluation report</h1>",
+    under = bool(doc["test"].get("under_one_year", doc["test"]["n"] < 252))
+    parts = [f"<h1>FinNeX evaluation report</h1>", _provenance_html(doc),
              f"<p class='note'>Test dates {doc['test']['first']} – {doc['test']['last']} ({doc['test']['n']} sessions); "
              f"training {doc['train']['first']} – {doc['train']['last']} ({doc['train']['n']}). Models: "
-             f"{', '.join(doc['models']) or 'none trained'}. Costs {cfg['cost_bps']} bp per unit of turnover; "
+             f"{', '.join(doc['models']) or 'none trained'}. Costs {cfg['cost_bps']} bp per unit of turnover, short "
+             f"borrow {cfg.get('borrow_bps', 0)} bp a year; trades {cfg.get('execution_lag', 0)} session(s) after the "
+             f"signal's close{', over h staggered sub-portfolios' if cfg.get('staggered') else ''}; "
              f"Sell = {'short' if cfg['short_on_sell'] else 'flat'}; intervals are 95 % circular block bootstrap "
              f"(block {doc['test']['bootstrap_block']} sessions, {cfg['n_boot']} resamples). Split {doc['split_hash'][:12]}, "
              f"layout {doc['spec_hash'][:12]}.</p>",
              "<p class='note'>Honest daily single-stock direction accuracy is in the low 50s for up/down; with three "
-             "classes, chance balanced accuracy is 1/3. A result far above that is a leak until proven otherwise. "
-             "With a test set this short, the intervals are wide: read them, not the point estimates.</p>"]
-    status = "<span class='ok'>passed</span>" if leak["passed"] else "<span class='bad'>FAILED</span>"
+             "classes, chance balanced accuracy is 1/3 (fixed, also on resamples lacking a class). A result far above "
+             "that is a leak until proven otherwise.</p>"]
+    if under:
+        parts.append(f"<p class='bad'>{MARK} The test span is under one year ({doc['test']['n']} sessions): annualised "
+                     f"ratios ({MARK}) are extrapolations and Calmar, Sortino and annual return are not shown.</p>")
+
+    parts.append("<h2>Read this first: each model against its best baseline</h2>")
+    parts.append("<p class='note'>Best baseline: the lowest mean Brier loss on the same dates (naive baselines for the "
+                 "tabular models; naive or tabular for the networks). Test: Diebold–Mariano on the per-date Brier loss "
+                 "(HAC, Harvey–Leybourne–Newbold), p-value one-sided for 'model better'. permutation_p: block "
+                 "permutation of the labels against the fixed predictions; refit_permutation_p: the model refitted on "
+                 "block-permuted training labels. n_independent = n_days / h. mde_*: the smallest true effect (annual "
+                 "Sharpe; balanced accuracy above 1/3) a 5 % test finds with 80 % power on this span. Rows are only "
+                 "shown beside their best baseline; a degenerate model calls one class on more than "
+                 f"{cfg.get('degenerate_threshold', 0.9):.0%} of the dates.</p>")
+    for span in sorted({r.get("span", "") for r in t.get("headline", [])}, reverse=True):
+        rows = [r for r in t["headline"] if r.get("span") == span]
+        span_under = any(r.get("annualised_from_under_a_year") for r in rows)
+        view, cols = _annualised_view(rows, HEADLINE_COLUMNS, span_under)
+        parts.append(f"<h3>{html.escape(span)}</h3>" + html_table(
+            view, cols, row_class=lambda r: "fail" if r.get("degenerate") or r.get("placebo_passed") is False else ""))
+    if t.get("spa"):
+        parts.append("<h3>Hansen's SPA (arch): does any model beat the best naive baseline?</h3>" + html_table(t["spa"]))
+
+    status = ("<span class='bad'>FAILED (blocking)</span>" if not leak["passed"] else
+              "<span class='ok'>passed</span>" if not leak.get("warnings") else "<span class='bad'>warnings</span>")
     parts.append(f"<h2>Leak checks: {status}</h2>")
-    parts.append(f"<p class='note'>Feature scan: |Spearman ρ| of each daily feature with the next return on the "
-                 f"{leak['feature_scan']['training_dates']} training dates, bar {leak['feature_scan']['threshold_abs_spearman']:.3f}. "
-                 f"Model bar: balanced-accuracy interval wholly above {leak['max_balanced_accuracy']}.</p>")
-    parts.append("<h3>Largest feature correlations</h3>" + html_table(leak["feature_scan"]["top"]))
-    if leak["feature_scan"]["flagged"]:
-        parts.append("<p class='bad'>Flagged features:</p>" + html_table(leak["feature_scan"]["flagged"]))
+    fs = leak["feature_scan"]
+    parts.append(f"<p class='note'>Blocking: a balanced-accuracy interval wholly above {leak['max_balanced_accuracy']} "
+                 "(networks and tabular models), or skill that survives the label-shift placebo. Warning only: a "
+                 f"feature whose |Spearman ρ| with a forward return (horizons {fs.get('horizons')}) on the "
+                 f"{fs['training_dates']} training dates beats the family-wise bar {fs['threshold_abs_spearman']:.3f} "
+                 f"(the {1 - fs.get('alpha', 0.05):.0%} quantile of the largest |ρ| over {fs.get('permutations')} block "
+                 "permutations of the returns); a strong legitimate signal does that too.</p>")
+    for b in leak.get("blocking", []):
+        parts.append(f"<p class='bad'>{html.escape(b)}</p>")
+    for w in leak.get("warnings", [])[:20]:
+        parts.append(f"<p class='note'>warning: {html.escape(w)}</p>")
+    if fs.get("canary"):
+        parts.append("<h3>Canaries: a feature built from the future return, through the same bar</h3>"
+                     + html_table(fs["canary"]))
+    parts.append("<h3>Largest feature correlations</h3>" + html_table(fs["top"]))
+    if fs["flagged"]:
+        parts.append("<p class='bad'>Flagged features:</p>" + html_table(fs["flagged"]))
     if leak["suspicious_models"]:
         parts.append("<p class='bad'>Suspiciously good models:</p>" + html_table(leak["suspicious_models"]))
+    if t.get("label_shift_placebo"):
+        parts.append("<h3>Label-shift placebo (skill against labels k sessions later must vanish)</h3>"
+                     + html_table(t["label_shift_placebo"], row_class=lambda r: "fail" if r.get("fails") else ""))
 
     model_row = lambda r: "model" if r.get("kind") == "model" else ""  # noqa: E731
-    parts.append("<h2>Test split: models and baselines</h2>" + html_table(t["test"], TEST_COLUMNS, row_class=model_row))
-    reg = [r for r in t["test"] if r.get("mae") is not None]
-    parts.append("<h3>Return regression</h3>" + html_table(reg, REG_COLUMNS, row_class=model_row))
+    view, cols = _annualised_view(t["test"], TEST_COLUMNS, under)
+    parts.append("<h2>Test split: models and baselines</h2><p class='note'>sharpe: the headline backtest (execution "
+                 "lag, staggered, costs, borrow); sharpe_same_close: trading at the signal's own close, for comparison. "
+                 "Degenerate rows are shaded.</p>"
+                 + html_table(view, cols, row_class=lambda r: "fail" if r.get("degenerate") else model_row(r)))
+    reg = [{**r, "on row of": r["model"], "return_model": r.get("return_model") or r["model"]}
+           for r in t["test"] if r.get("mae") is not None]
+    parts.append("<h3>Return regression</h3><p class='note'>return_model is the model whose return predictions are "
+                 "scored: the regression baseline is a ridge regression (shown on gradient boosting's row), the "
+                 "majority row predicts the training mean return.</p>" + html_table(reg, REG_COLUMNS, row_class=model_row))
     if doc.get("deflated_sharpe"):
         rows = [{"strategy": k, **v} for k, v in doc["deflated_sharpe"].items()]
-        parts.append("<h3>Deflated Sharpe (all strategies above count as trials)</h3>" + html_table(rows))
+        trials = doc.get("deflated_sharpe_trials") or {}
+        parts.append(f"<h3>Deflated Sharpe</h3><p class='note'>Trials: {html.escape(str(trials.get('source', '')))}; "
+                     f"N = {trials.get('n_trials')}, variance of the per-period trial Sharpes "
+                     f"{_fmt(trials.get('variance'))}.</p>" + html_table(rows))
+    pooled = doc.get("pooled_oos") or {}
+    if pooled.get("rows"):
+        pview, pcols = _annualised_view(pooled["rows"], TEST_COLUMNS, pooled.get("n", 0) < 252)
+        ptrials = pooled.get("deflated_sharpe_trials") or {}
+        parts.append(f"<h2>Pooled out-of-sample walk-forward: {pooled['first']} – {pooled['last']} ({pooled['n']} "
+                     f"sessions, {pooled.get('years', 0):.1f} years)</h2><p class='note'>{html.escape(pooled.get('note', ''))}"
+                     "</p>" + html_table(pview, pcols, row_class=lambda r: "fail" if r.get("degenerate") else "")
+                     + "<h3>Folds</h3>" + html_table(pooled.get("folds", [])))
+        if pooled.get("deflated_sharpe"):
+            parts.append(f"<h3>Deflated Sharpe, pooled</h3><p class='note'>Trials: "
+                         f"{html.escape(str(ptrials.get('source', '')))}; N = {ptrials.get('n_trials')}.</p>"
+                         + html_table([{"strategy": k, **v} for k, v in pooled["deflated_sharpe"].items()]))
 
     if equity.height:
         fig = go.Figure()
@@ -156,7 +259,9 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
                  "(luck or too few test dates).</p>"
                  + html_table(t["permuted_labels"],
                               row_class=lambda r: "fail" if r.get("above_chance") or r.get("below_chance") else ""))
-    parts.append("<h2>Regime breakdown (trailing return known at t)</h2>" + html_table(t["regimes"]))
+    parts.append("<h2>Regime breakdown (trailing return known at t)</h2><p class='note'>Shaded: fewer than 20 "
+                 "dates, too few to read anything into.</p>"
+                 + html_table(t["regimes"], row_class=lambda r: "fail" if r.get("small_sample") else ""))
     if doc.get("horizon_consistency"):
         parts.append("<h2>Multi-horizon consistency</h2>" + html_table(
             [{"model": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, list)}}
@@ -166,7 +271,8 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
     if interp:
         parts.append("<h2>Interpretability</h2>")
         for name, d in interp.items():
-            parts.append(f"<h3>{html.escape(name)}</h3><p class='note'>{html.escape(d.get('note', ''))}</p>")
+            parts.append(f"<h3>{html.escape(name)}</h3><p class='{'bad' if d.get('skipped') else 'note'}'>"
+                         f"{html.escape(d.get('note', ''))}</p>")
             for kind, agg in (d.get("aggregates") or {}).items():
                 secs = agg.get("section", {})
                 top = agg.get("top_features", [])[:15]
