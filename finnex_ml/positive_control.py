@@ -23,6 +23,7 @@ from finnex_ml.data.synthetic import PlantedSignal, SyntheticSource
 from finnex_ml.encoding.encoder import encode_dates, history_needed
 from finnex_ml.encoding.layout import LayoutSpec, build_layout
 from finnex_ml.encoding.normalize import NormConfig
+from finnex_ml.evaluation.metrics import balanced_accuracy, is_degenerate, prediction_diversity
 from finnex_ml.labels import LabelConfig, class_col, classify, compute_labels, return_col, threshold_col
 from finnex_ml.pipeline import daily_features_from_snapshots, modality_snapshots
 
@@ -111,18 +112,6 @@ class ControlResult:
     train_seconds: float = 0.0
 
 
-def prediction_diversity(pred: np.ndarray, k: int = 3) -> dict[str, Any]:
-    """Class shares of the predictions; ``degenerate`` when one class takes over 90 % of them."""
-    shares = np.bincount(np.asarray(pred, dtype=np.int64), minlength=k) / max(len(pred), 1)
-    return {"shares": shares.round(4).tolist(), "degenerate": bool(shares.max() > 0.9)}
-
-
-def balanced_accuracy(y: np.ndarray, p: np.ndarray, k: int = 3) -> float:
-    """Mean recall over the classes present in ``y`` (chance = 1/k whatever the predictor)."""
-    rec = [float((p[y == c] == c).mean()) for c in range(k) if (y == c).any()]
-    return float(np.mean(rec)) if rec else float("nan")
-
-
 def logistic_baseline(x: np.ndarray, y: np.ndarray, split: ControlSplit) -> np.ndarray:
     """Standardised (train statistics) multinomial logistic regression on the date-t features."""
     from sklearn.linear_model import LogisticRegression
@@ -188,7 +177,8 @@ def run_control(data: ControlData, *, model: str = "cnn", seeds: Sequence[int] =
         n_train=len(split.train), n_test=len(split.test),
         test_span=(data.dates[split.test[0]].isoformat(), data.dates[split.test[-1]].isoformat()),
         balanced_accuracy={k: balanced_accuracy(yt, v) for k, v in preds.items()},
-        test_pred=preds, test_labels=yt, diversity=prediction_diversity(preds["model"]), train_seconds=secs)
+        test_pred=preds, test_labels=yt, diversity={**prediction_diversity(preds["model"]), "degenerate": is_degenerate(preds["model"])},
+        train_seconds=secs)
 
 
-__all__ = ["ControlData", "ControlResult", "balanced_accuracy", "build_control_data", "run_control", "split_dates"]
+__all__ = ["ControlData", "ControlResult", "build_control_data", "run_control", "split_dates"]

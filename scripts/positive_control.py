@@ -19,7 +19,8 @@ import numpy as np
 from arch.bootstrap import StationaryBootstrap
 
 from finnex_ml.data.synthetic import PlantedSignal
-from finnex_ml.positive_control import balanced_accuracy, build_control_data, run_control
+from finnex_ml.evaluation.metrics import balanced_accuracy
+from finnex_ml.positive_control import build_control_data, run_control
 
 
 def paired_difference_ci(y: np.ndarray, a: np.ndarray, b: np.ndarray, reps: int = 2000,

@@ -11,7 +11,8 @@ import torch
 from finnex_ml.data.synthetic import PlantedSignal, SyntheticSource
 from finnex_ml.encoding.encoder import decode
 from finnex_ml.models import LayoutCells, create_model
-from finnex_ml.positive_control import balanced_accuracy, build_control_data, run_control, split_dates
+from finnex_ml.evaluation.metrics import balanced_accuracy
+from finnex_ml.positive_control import build_control_data, run_control, split_dates
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ from finnex_assets.io_managers import ImageStore
 from finnex_assets.resources import MlflowTracking
 from finnex_ml.datasets_io import set_dataset
 from finnex_ml.encoding.layout import LayoutSpec
+from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity
 from finnex_ml.models import CLASS_NAMES, MODEL_REGISTRY, layout_json
 from finnex_ml.training import H5ArrayDataset, TrainConfig, train_ensemble
 
-# a model predicting one class on more than this share of dates is flagged, not interpreted
-DEGENERATE_SHARE = 0.9
 
 
 class TrainingConfig(dg.Config):
@@ -97,8 +96,8 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
             cm = result.confusion_matrix  # of the averaged prediction (per patch in patch mode)
             members = result.members
             pred = result.val_probs[:, 0].argmax(-1)
-            shares = np.bincount(pred, minlength=len(CLASS_NAMES)) / max(len(pred), 1)
-            degenerate = bool(shares.max() > DEGENERATE_SHARE)
+            shares = np.asarray(prediction_diversity(pred)["shares"])
+            degenerate = is_degenerate(pred)  # flagged, not interpreted
             cm_doc = {"labels": list(CLASS_NAMES), "rows": "true", "columns": "predicted", "ensemble": cm.tolist(),
                       "members_patch_level": [r.confusion_matrix.tolist() for r in members]}
             mlflow.log_dict(cm_doc, "confusion_matrix.json")

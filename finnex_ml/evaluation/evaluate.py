@@ -241,6 +241,7 @@ def _train_short(lm: LoadedModel, train_file: Path, val_file: Path, ckpt_dir: Pa
     from finnex_ml.training import TrainConfig, train_model
 
     cfg = dict(lm.config)
+    cfg.pop("seeds", None)  # a seed ensemble's checkpoint: fold retraining fits one member
     cfg.update(epochs=epochs, warmup_epochs=min(float(cfg.get("warmup_epochs", 0)), max(epochs - 1, 0)),
                patience=None, seed=seed)
     tc = TrainConfig(**cfg)
