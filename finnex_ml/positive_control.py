@@ -11,7 +11,7 @@ signal in the market?": a model that cannot recover a planted, noise-free rule i
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Sequence
 
@@ -80,6 +80,29 @@ def build_control_data(plant: PlantedSignal | None, start: date | str, end: date
     return ControlData(dates, images, lab[class_col(horizon)].to_numpy().astype(np.int64),
                        lab[return_col(horizon)].to_numpy().astype(np.float64), feat_np, list(spec.features),
                        np.asarray(oracle, dtype=np.int64), spec, horizon, plant)
+
+
+ABLATIONS = ("shuffle_history", "permute_features", "blank_macro", "blank_behavioral", "blank_fundamental",
+             "blank_red", "blank_green", "blank_blue")
+
+
+def ablate(data: ControlData, kind: str, seed: int = 0) -> ControlData:
+    """The same dates and labels with the images' structure ablated (``finnex_ml.encoding.ablate``),
+    for retraining: what a model can still learn without that structure."""
+    from finnex_ml.encoding import ablate as ab
+
+    if kind == "shuffle_history":
+        images = ab.shuffle_history(data.images, data.spec, seed)
+    elif kind == "permute_features":
+        images = ab.permute_features(data.images, data.spec, seed)
+    elif kind.startswith("blank_") and kind in ABLATIONS:
+        what = kind.removeprefix("blank_")
+        channels = [n for n in data.spec.channel_names]
+        images = (ab.blank_tiles(data.images, data.spec, channel=channels.index(what)) if what in channels
+                  else ab.blank_tiles(data.images, data.spec, section=what))
+    else:
+        raise ValueError(f"unknown ablation {kind!r}; expected one of {ABLATIONS}")
+    return replace(data, images=images)
 
 
 @dataclass
@@ -181,4 +204,4 @@ def run_control(data: ControlData, *, model: str = "cnn", seeds: Sequence[int] =
         train_seconds=secs)
 
 
-__all__ = ["ControlData", "ControlResult", "build_control_data", "run_control", "split_dates"]
+__all__ = ["ABLATIONS", "ControlData", "ControlResult", "ablate", "build_control_data", "run_control", "split_dates"]

@@ -86,3 +86,24 @@ def test_default_image_model_learns_the_noise_free_level_rule():
     assert not res.diversity["degenerate"]
     split = split_dates(len(data.dates), 1)
     assert balanced_accuracy(data.labels[split.test], res.test_pred["majority"]) == pytest.approx(1 / 3)
+
+
+def test_ablations_destroy_only_their_structure(level_quarter):
+    from finnex_ml.positive_control import ablate
+
+    d = level_quarter
+    base = np.stack([decode(im, d.spec) for im in d.images[:4]])  # [n, L, F]
+    hist = np.stack([decode(im, d.spec) for im in ablate(d, "shuffle_history").images[:4]])
+    np.testing.assert_array_equal(hist[:, -1], base[:, -1])  # the image date stays
+    assert not np.array_equal(hist[:, :-1], base[:, :-1])
+    np.testing.assert_array_equal(np.sort(hist, axis=1), np.sort(base, axis=1))  # same values, other order
+    perm = np.stack([decode(im, d.spec) for im in ablate(d, "permute_features").images[:4]])
+    np.testing.assert_array_equal(np.sort(perm, axis=2), np.sort(base, axis=2))
+    assert not np.array_equal(perm, base)
+    macro = ablate(d, "blank_macro").images[:2]
+    rows = d.spec.section("macro")
+    assert (macro[:, rows.row0:rows.row1] == d.spec.fill_value).all()
+    np.testing.assert_array_equal(macro[:, rows.row1:], d.images[:2, rows.row1:])
+    blue = ablate(d, "blank_blue").images[:2]
+    assert (blue[..., 2] == d.spec.fill_value).all()
+    np.testing.assert_array_equal(blue[..., :2], d.images[:2, ..., :2])
