@@ -36,8 +36,7 @@ import polars as pl
 
 from finnex_ml.errors import ConfigError, DataInputError
 
-SELL, HOLD, BUY = 0, 1, 2
-CLASS_NAMES: tuple[str, str, str] = ("sell", "hold", "buy")
+from finnex_ml.geometry import BUY, CLASS_NAMES, HOLD, SELL  # noqa: F401  (re-exported)
 DEFAULT_HORIZONS: tuple[int, ...] = (1, 5)
 
 

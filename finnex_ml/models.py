@@ -42,19 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Class ids used everywhere (labels, heads, confusion matrices); the same as finnex_ml.labels.
-SELL, HOLD, BUY = 0, 1, 2
-CLASS_NAMES: tuple[str, ...] = ("sell", "hold", "buy")
-NUM_CLASSES = 3
+from finnex_ml.geometry import (  # noqa: F401  (re-exported for existing imports)
+    BUY, CLASS_NAMES, GRID, HOLD, NUM_CLASSES, SECTION_NAMES, SECTION_ROWS, SELL,
+)
+from finnex_ml.geometry import HEIGHT as IMAGE_SIZE
+from finnex_ml.geometry import PATCH as PATCH_SIZE
 
-IMAGE_SIZE = 512
-PATCH_SIZE = 32
-GRID = IMAGE_SIZE // PATCH_SIZE  # 16 patches per side, 256 per image
-
-# Same boundaries as finnex_ml.encoding.layout.SECTIONS (kept here so importing the models does
-# not import the encoding package and polars; a test checks they agree).
-SECTION_NAMES: tuple[str, ...] = ("macro", "behavioral", "fundamental")
-SECTION_ROWS: tuple[tuple[int, int], ...] = ((0, 171), (171, 342), (342, 512))  # end exclusive
 UNKNOWN_SECTION = 3  # a lone patch whose position is not given
 
 
@@ -382,17 +375,21 @@ class MultiScaleCNN(nn.Module):
         return torch.cat(tokens, dim=1)  # [B, 9, C]
 
     def _layout_tokens(self, x: torch.Tensor, patch_pos: torch.Tensor | None) -> torch.Tensor:
-        if patch_pos is not None or x.shape[2:] != (512, 512):
+        if patch_pos is not None or x.shape[2:] != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError("a layout-aware model reads whole 512x512 images (input_mode='image'), "
                              f"got {tuple(x.shape[2:])}")
-        cells = _center_input(self.cells(x), self.config.input_center, self.config.input_scale)
+        return self.cell_tokens(self.cells(x))
+
+    def cell_tokens(self, cells: torch.Tensor) -> torch.Tensor:
+        """The 9 tokens from ``[B, F, L]`` cells (``LayoutCells`` output)."""
+        cells = _center_input(cells, self.config.input_center, self.config.input_scale)
         groups = []
         for s in range(3):
             rows = getattr(self, f"section_rows_{s}")
             groups.append(cells.index_select(1, rows) if rows.numel() else cells.new_zeros(cells.shape[0], 1,
                                                                                            cells.shape[2]))
         tokens = [branch(groups[j % 3]) for j, branch in enumerate(self.layout_branches)]
-        tok = torch.stack(tokens, dim=1).view(x.shape[0], 3, 3, -1)  # [B, scale, section, C]
+        tok = torch.stack(tokens, dim=1).view(cells.shape[0], 3, 3, -1)  # [B, scale, section, C]
         tok = tok + self.branch_embed.view(1, 3, 1, -1) + self.slot_embed.view(1, 1, 3, -1)
         return tok.flatten(1, 2)  # [B, 9, C], the pixel path's token order (scale-major)
 

@@ -43,13 +43,9 @@ import finnex_ml
 from finnex_ml.encoding.encoder import pixel_lookup
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.geometry import GRID, IMAGE_SHAPE, N_PATCHES, PATCH, PATCHES_SHAPE  # noqa: F401  (re-exported)
 from finnex_ml.paths import atomic_path, resolve_under, as_date as _as_date, date_shard_path
 
-PATCH = 32
-GRID = 16
-N_PATCHES = GRID * GRID
-IMAGE_SHAPE = (PATCH * GRID, PATCH * GRID, 3)
-PATCHES_SHAPE = (N_PATCHES, PATCH, PATCH, 3)
 FORMAT_VERSION = 1
 LAYOUT_DIR = "layout"
 _FILE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.h5$")

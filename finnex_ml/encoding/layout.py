@@ -51,39 +51,31 @@ from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 from finnex_ml.errors import ConfigError
+from finnex_ml.geometry import CHANNEL_NAMES, CHANNELS, HEIGHT, SECTIONS, WIDTH
 
 SPEC_VERSION = 1
-HEIGHT, WIDTH, CHANNELS = 512, 512, 3
 DEFAULT_SESSIONS = 56
 DEFAULT_FILL = 0.0  # unused pixels (padding columns, empty tiles)
 
-CHANNEL_NAMES = ("red", "green", "blue")
 CHANNEL_DESCRIPTIONS = (
     "RED: sentiment and behavioural psychology",
     "GREEN: price action and technical indicators",
     "BLUE: macro-economic and fundamental data",
 )
 
-# (name, first row, end row exclusive, description)
-SECTIONS: tuple[tuple[str, int, int, str], ...] = (
-    ("macro", 0, 171, "Macro-economic environment (rows 0-170)"),
-    ("behavioral", 171, 342, "Behavioural + technical fusion (rows 171-341)"),
-    ("fundamental", 342, 512, "Fundamental + competitive analysis (rows 342-511)"),
-)
-
 # (tile name, section, channel, first column, end column exclusive, description)
 TILES: tuple[tuple[str, str, int, int, int, str], ...] = (
-    ("macro.red", "macro", 0, 0, 512, "macro sentiment: fear/greed regime (VIX, realised-minus-implied, credit spread)"),
-    ("macro.green", "macro", 1, 0, 512, "rates, market and sector momentum"),
-    ("macro.blue", "macro", 2, 0, 512, "economic calendar / FRED-like monthly series, factor returns, yields"),
+    ("macro.red", "macro", 0, 0, WIDTH, "macro sentiment: fear/greed regime (VIX, realised-minus-implied, credit spread)"),
+    ("macro.green", "macro", 1, 0, WIDTH, "rates, market and sector momentum"),
+    ("macro.blue", "macro", 2, 0, WIDTH, "economic calendar / FRED-like monthly series, factor returns, yields"),
     ("behavioral.red.news", "behavioral", 0, 0, 171, "news sentiment"),
     ("behavioral.red.social", "behavioral", 0, 171, 342, "social-media sentiment"),
-    ("behavioral.red.historical", "behavioral", 0, 342, 512, "historical sentiment context"),
-    ("behavioral.green", "behavioral", 1, 0, 512, "price action (OHLCV) and technical indicators"),
-    ("behavioral.blue", "behavioral", 2, 0, 512, "options flow and volatility regime"),
-    ("fundamental.red", "fundamental", 0, 0, 512, "management tone and analyst ratings"),
-    ("fundamental.green", "fundamental", 1, 0, 512, "revenue/earnings growth and margin trends"),
-    ("fundamental.blue", "fundamental", 2, 0, 512, "valuation yields, balance sheet, competitive position (peers)"),
+    ("behavioral.red.historical", "behavioral", 0, 342, WIDTH, "historical sentiment context"),
+    ("behavioral.green", "behavioral", 1, 0, WIDTH, "price action (OHLCV) and technical indicators"),
+    ("behavioral.blue", "behavioral", 2, 0, WIDTH, "options flow and volatility regime"),
+    ("fundamental.red", "fundamental", 0, 0, WIDTH, "management tone and analyst ratings"),
+    ("fundamental.green", "fundamental", 1, 0, WIDTH, "revenue/earnings growth and margin trends"),
+    ("fundamental.blue", "fundamental", 2, 0, WIDTH, "valuation yields, balance sheet, competitive position (peers)"),
 )
 
 DEFAULT_ASSIGNMENT: dict[str, list[str]] = {

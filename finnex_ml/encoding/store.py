@@ -50,10 +50,10 @@ from finnex_ml.encoding.encoder import EncodedImage
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.normalize import NormConfig, _config_hash, normalization_parameters
 from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.geometry import IMAGE_SHAPE  # noqa: F401  (re-exported)
 from finnex_ml.paths import atomic_path, resolve_under, as_date as _as_date, date_shard_path
 
 FORMAT_VERSION = 1
-IMAGE_SHAPE = (512, 512, 3)
 CHUNKS = (32, 512, 3)
 DEFAULT_COMPRESSION: str | None = None  # see the module docstring
 DEFAULT_GZIP_LEVEL = 1

@@ -14,6 +14,7 @@ import torch
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.evaluation import interpret as ip
 from finnex_ml.evaluation.predict import LoadedModel
+from finnex_ml.geometry import GRID, IMAGE_SHAPE
 from finnex_ml.paths import atomic_path
 
 
@@ -37,7 +38,7 @@ def explain_model(name: str, lm: LoadedModel, set_file: Path | str, spec: Layout
             dates = [f["dates"][i].decode() for i in picks]
             images = [f["images"][i] for i in picks]
         fill_arr = np.asarray(fill, dtype=np.float32)
-        occ, sal, roll = np.zeros((16, 16)), np.zeros((512, 512, 3)), np.zeros((16, 16))
+        occ, sal, roll = np.zeros((GRID, GRID)), np.zeros(IMAGE_SHAPE), np.zeros((GRID, GRID))
         rollout_note = ""
         for img in images:
             probs = ip.image_probabilities(lm.model, img, lm.input_mode)

@@ -39,9 +39,9 @@ from finnex_ml.encoding.encoder import pixel_lookup
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.preview import BACKGROUND, SECTION_LINE, _ADVANCE, _draw_text, png_bytes
 from finnex_ml.models import FinNeXViT, MultiTaskModel
-from finnex_ml.patches import GRID, N_PATCHES, PATCH
+from finnex_ml.geometry import GRID, HEIGHT, N_PATCHES, PATCH
 
-IMAGE_SIZE = GRID * PATCH  # 512
+IMAGE_SIZE = HEIGHT
 INPUT_MODES = ("image", "patch")
 TOP_FEATURES = 20
 

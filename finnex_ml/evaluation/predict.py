@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import torch
 
+from finnex_ml.geometry import IMAGE_SHAPE
 from finnex_ml.training import load_checkpoint_model
 
 ImageTransform = Callable[[np.ndarray], np.ndarray]
@@ -83,7 +84,7 @@ def predict_set(lm: LoadedModel, set_file: Path | str, *, transform: ImageTransf
             true_ret = f["image_returns"][:][:, cols].astype(np.float64)
             n, H = len(dates), len(lm.horizons)
             probs, rets = np.empty((n, H, 3)), np.empty((n, H))
-            buf = np.empty((512, 512, 3), dtype=np.float32)
+            buf = np.empty(IMAGE_SHAPE, dtype=np.float32)
             for i in range(n):
                 f["images"].read_direct(buf, np.s_[i])
                 if not np.isfinite(buf).all():
