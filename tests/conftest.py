@@ -58,3 +58,31 @@ def synthetic_2024() -> FeatureRun:
     from finnex_ml.data.synthetic import SyntheticSource
 
     return run_features(SyntheticSource(7), calendar.sessions(date(2024, 1, 1), date(2024, 12, 31)))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: the machine's 2 cores are shared, and 1 OpenMP thread is faster than 2
+    fighting for them. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def pipeline_resources(tmp, *, datasets: str | None = "datasets") -> dict:
+    """Resources for the ingestion -> images (-> datasets) assets, all under ``tmp``; import with
+    ``from conftest import pipeline_resources``."""
+    from finnex_assets.assets.datasets import DatasetStore
+    from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
+    from finnex_assets.resources import DataSourceResource
+
+    store = ImageStore(base_dir=str(tmp / "images"))
+    out = {"data_source": DataSourceResource(kind="synthetic"),
+           "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
+           "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
+    if datasets is not None:
+        out["dataset_store"] = DatasetStore(base_dir=str(tmp / datasets))
+    return out

@@ -23,13 +23,7 @@ FILL = np.array([0.5, 0.45, 0.55], dtype=np.float32)
 HOT = 37  # grid row 2, column 5: pixel rows 64-95, columns 160-191 (all macro, all used)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the machine's 2 cores are shared: 1 OpenMP thread is faster than 2 fighting for them
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,18 @@ import pytest
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import LOOKBACK, mega_images
 from finnex_assets.assets.ingestion import modalities
-from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
-from finnex_assets.resources import DataSourceResource
+from finnex_assets.io_managers import ImageStore, MegaImageIOManager
 from finnex_ml import calendar
 from finnex_ml.encoding import decode, image_path, read_image, read_record, read_spec
 from finnex_ml.encoding.layout import LayoutSpec
+from conftest import pipeline_resources
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 FIRST, LAST = "2024-03-04", "2024-03-08"
 
 
 def _resources(tmp):
-    store = ImageStore(base_dir=str(tmp / "images"))
-    return {"data_source": DataSourceResource(kind="synthetic"),
-            "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
-            "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
+    return pipeline_resources(tmp, datasets=None)
 
 
 def _range(assets, resources, a, b, selection=None):

@@ -12,13 +12,7 @@ from finnex_ml.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the machine's 2 cores are shared: 1 OpenMP thread is faster than 2 fighting for them
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EXPECTED_ROW_SECTIONS = (0,) * 5 + (1,) * 6 + (2,) * 5  # patch rows 0-4 macro, 5-10 behavioural, 11-15 fundamental

@@ -14,8 +14,7 @@ from finnex_assets.assets.datasets import DatasetStore, labels, patch_dataset
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import LOOKBACK, mega_images
 from finnex_assets.assets.ingestion import modalities
-from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
-from finnex_assets.resources import DataSourceResource
+from finnex_assets.io_managers import ImageStore
 from finnex_ml import calendar
 from finnex_ml.encoding import build_layout, pixel_lookup, read_image, read_spec
 from finnex_ml.encoding.layout import Section
@@ -23,6 +22,7 @@ from finnex_ml.patches import (
     N_PATCHES, PATCHES_SHAPE, extract_patches, list_shard_dates, patch_bounds, patch_layout, patches_to_image,
     read_shard, section_of_patches, shard_path, table_path,
 )
+from conftest import pipeline_resources
 
 NAMES = ["macro__vix", "macro__rate_2y", "macro__cpi", "news__mood", "social__mood", "sentiment__avg",
          "price__ret_1d", "price__rsi_14", "market__implied_vol", "fundamental__analyst_rating",
@@ -93,11 +93,7 @@ FIRST, LAST = "2024-03-04", "2024-03-08"
 
 
 def _resources(tmp, datasets="datasets"):
-    store = ImageStore(base_dir=str(tmp / "images"))
-    return {"data_source": DataSourceResource(kind="synthetic"),
-            "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
-            "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store),
-            "dataset_store": DatasetStore(base_dir=str(tmp / datasets))}
+    return pipeline_resources(tmp, datasets=datasets)
 
 
 ASSETS = [modalities, daily_features, mega_images, labels, patch_dataset]

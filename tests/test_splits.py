@@ -13,12 +13,10 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from finnex_assets.assets.datasets import DatasetStore, dataset_splits, labels, patch_dataset
+from finnex_assets.assets.datasets import dataset_splits, labels, patch_dataset
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
-from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
-from finnex_assets.resources import DataSourceResource
 from finnex_ml import calendar
 from finnex_ml.encoding import NormConfig, build_layout, read_image, write_image, write_spec
 from finnex_ml.errors import ConfigError
@@ -26,6 +24,7 @@ from finnex_ml.patches import N_PATCHES, read_shard
 from finnex_ml.splits import (
     RunningMoments, check_no_leak, class_weights, development_dates, required_gap, temporal_split, walk_forward,
 )
+from conftest import pipeline_resources
 
 # ---- property: no leakage on random calendars -------------------------------------------------
 
@@ -126,12 +125,7 @@ def _write(root, spec, d: date, seed: int) -> None:
     write_image(root, d, _image(seed), spec=spec, norm_config=NormConfig(), params_hash=f"p{seed}")
 
 
-def _resources(tmp):
-    store = ImageStore(base_dir=str(tmp / "images"))
-    return {"data_source": DataSourceResource(kind="synthetic"),
-            "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
-            "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store),
-            "dataset_store": DatasetStore(base_dir=str(tmp / "datasets"))}
+_resources = pipeline_resources
 
 
 def _run(res, selection, a=None, b=None):

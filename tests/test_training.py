@@ -22,13 +22,7 @@ SMALL_CNN = {"widths": (8, 16, 16, 16), "token_dim": 16, "attn_heads": 2, "fusio
 SMALL_VIT = {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the machine's 2 cores are shared: 1 OpenMP thread is faster than 2 fighting for them
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(n: int, size: int, seed: int, tile: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, dict[str, np.ndarray]]:

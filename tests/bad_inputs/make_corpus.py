@@ -15,7 +15,7 @@ substrings) or ``accepted``. Cases marked ``generate`` are built by the test in 
 from __future__ import annotations
 
 import shutil
-from datetime import date, datetime, timezone
+from datetime import date
 from pathlib import Path
 
 import polars as pl
