@@ -94,7 +94,8 @@ def gate(asset: str, results: Iterable[dg.AssetCheckResult], partitions: int) ->
 def _describe(result: dg.AssetCheckResult) -> str:
     meta = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
     parts = [f"{result.check_name} on {meta.get('failing_rows', '?')} row(s)"]
-    for key, label in (("failing_dates", "dates"), ("failing_columns", "columns"), ("failing_checks", "rules")):
+    # failing_columns holds pandera's check names (a column's or a frame-wide rule)
+    for key, label in (("failing_dates", "dates"), ("failing_columns", "rules"), ("failing_checks", "rules")):
         vals = meta.get(key)
         if vals:
             parts.append(f"{label} {', '.join(map(str, vals[:5]))}" + (" ..." if len(vals) > 5 else ""))
@@ -113,5 +114,6 @@ def _first_case(cases: pl.DataFrame) -> str:
     if cases.height == 0:
         return ""
     row = cases.row(0, named=True)
-    text = ", ".join(f"{k}={v}" for k, v in row.items() if v is not None and k != "index")
-    return text[:300]
+    keys = [k for k in ("check", "column", "failure_case") if row.get(k) is not None]
+    text = ", ".join(f"{k}={row[k]}" for k in keys)
+    return text[:300] + (" ..." if len(text) > 300 else "")

@@ -19,6 +19,14 @@ def _use_project_instance() -> None:
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
 
 
+def _ensure_initialised() -> None:
+    """Storage and MLflow schemas created once, under a lock, before any run (see home.py)."""
+    from finnex_assets.home import ensure_home
+
+    _use_project_instance()
+    ensure_home(os.environ["DAGSTER_HOME"])
+
+
 LATER_STAGES = ["mega_images", "labels", "patch_dataset"]
 UNPARTITIONED = ("dataset_splits", "cnn_model")
 EVALUATION = ("model_evaluation", "evaluation_report", "qa_report")
@@ -38,7 +46,7 @@ def _keys(start: str, end: str) -> list[str]:
 
 
 def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bool:
-    _use_project_instance()
+    _ensure_initialised()
     warnings.filterwarnings("ignore", message=".*currently in beta.*")
     import dagster as dg
 
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "materialize":
         selection = [s.strip() for s in args.select.split(",") if s.strip()] or None
         return 0 if run_range(args.start, args.end, selection) else 1
-    _use_project_instance()
+    _ensure_initialised()
     _sweep(dry_run=False)  # runs killed since the last start would hold the queue's slots forever
     cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", args.port, "-w", str(REPO_ROOT / "workspace.yaml")]
     # exec, not a child: a SIGTERM from a process manager must reach dagster dev itself, and

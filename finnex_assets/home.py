@@ -24,6 +24,8 @@ import dagster as dg
 
 from finnex_ml.paths import file_lock
 
+INIT_MARKER = ".finnex-init"  # written by init_home: the Dagster version it migrated for
+
 
 def init_home(home: Path | str) -> dict[str, str]:
     """Create or migrate the Dagster storage under ``home`` and the MLflow store, idempotently."""
@@ -39,7 +41,22 @@ def init_home(home: Path | str) -> dict[str, str]:
             instance.upgrade()  # the storage's alembic migrations, as `dagster instance migrate`
         tracking = MlflowTracking()
         experiment = tracking.experiment_id()
+        (home / INIT_MARKER).write_text(f"{dg.__version__}\n", encoding="utf-8")
     return {"dagster_home": str(home), "mlflow": tracking.uri(), "experiment_id": experiment}
+
+
+def ensure_home(home: Path | str) -> None:
+    """:func:`init_home` unless it already ran for this Dagster version (a marker file says so):
+    the CLI calls it before every run, so a home set up without scripts/setup.sh is safe too."""
+    home = Path(home)
+    marker = home / INIT_MARKER
+    try:
+        if marker.read_text(encoding="utf-8").strip() == dg.__version__:
+            return
+    except OSError:
+        pass
+    if (home / "dagster.yaml").exists():
+        init_home(home)
 
 
 @dataclass(frozen=True)

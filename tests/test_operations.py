@@ -180,8 +180,9 @@ def test_cli_ui_binds_to_loopback(monkeypatch):
     monkeypatch.chdir(cli.REPO_ROOT)  # the ui command changes into the repository
     monkeypatch.setattr(cli.os, "execv", lambda path, cmd: seen.update(path=path, cmd=cmd))
     monkeypatch.setattr(cli, "_sweep", lambda dry_run: seen.update(swept=not dry_run))  # not the repo's home
+    monkeypatch.setattr(cli, "_ensure_initialised", lambda: seen.update(initialised=True))
     cli.main(["ui", "--port", "3999"])
-    assert seen["swept"]  # killed runs are failed before the UI and daemon start
+    assert seen["swept"] and seen["initialised"]  # killed runs are failed before the UI and daemon start
     cmd = seen["cmd"]
     assert seen["path"] == cmd[0] and cmd[1:5] == ["-m", "dagster", "dev", "-h"]  # replaces the process
     assert cmd[cmd.index("-h") + 1] == "127.0.0.1" and "3999" in cmd

@@ -117,7 +117,13 @@ files, unparsable dates or numbers in used columns, duplicate dates in daily pri
 / peers files (both rows named), daily rows on dates that are not NYSE sessions (checked
 within the calendar's range, 1995 on), prices
 ``<= 0``, negative volumes, high below low or open / close outside [low, high], partially
-empty price rows (fully empty ones such as Yahoo's ``null`` rows are dropped), missing or pre-period release dates, duplicate releases.
+empty price rows (fully empty ones such as Yahoo's ``null`` rows are dropped), missing or
+pre-period release dates, duplicate releases, dates after today, ambiguous day/month order,
+two dates in one period of a monthly / quarterly series, midnight-UTC timestamps in dated
+files, texts over ``MAX_TEXT_CHARS``, binary files, and ``;`` / tab / ``|`` delimited ``.csv``.
+Accepted input worth a look (non-UTF-8 text, ``inf`` cells in optional columns, skipped
+columns, day-first dates, naive tweet times) is logged as a warning and listed in
+:attr:`FilesSource.warnings`, which the ingestion asset logs to the run.
 Bad mappings raise :class:`~finnex_ml.errors.ConfigError` naming the mapping file and entry.
 """
 
@@ -630,7 +636,7 @@ def _ragged(entry: FileEntry, text: str, separator: str) -> None:
         for i, fields in enumerate(rows, start=1):
             if fields and len(fields) != width:
                 hint = (" (decimal commas? quote them or use '.' as the decimal point)"
-                        if any(re.fullmatch(r"-?\d+", f.strip()) for f in fields) else "")
+                        if len(fields) > width and any(re.fullmatch(r"-?\d+", f.strip()) for f in fields) else "")
                 raise DataInputError(
                     f"row has {len(fields)} fields, the header has {width}{hint}; check the delimiter and quoting",
                     file=entry.rel, row=i)
