@@ -312,9 +312,10 @@ def test_headline_pooled_walk_forward_and_an_honest_report(evaluated):
             # the row's model and its baseline are the test table's rows
             assert r["balanced_accuracy"] == test_rows[(r["model"], r["horizon"])]["balanced_accuracy"]
     assert {r["model"] for r in head if r["span"] == "test split"} == {"cnn_model", "logistic", "gradient_boosting"}
-    # pooled: 100 dates, 60 of history then blocks of 20 -> the last 40 dates in two refitted folds
+    # pooled: the split sets' dates (100 less the purge gaps), 60 of history, then blocks of 20
+    n = len({d for v in w["splits"]["sets"].values() for d in v})
     pooled = doc["pooled_oos"]
-    assert [f["test"] for f in pooled["folds"]] == [20, 20] and pooled["n"] == 40
+    assert [f["test"] for f in pooled["folds"]] == [20, n - 80] and pooled["n"] == n - 60
     assert [f["train"] for f in pooled["folds"]] == [60 - 5, 80 - 5]  # purged by the longest horizon
     assert {r["model"] for r in pooled["rows"]} == {"majority", "momentum", "buy_and_hold", "logistic",
                                                     "gradient_boosting"}
