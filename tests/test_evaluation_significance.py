@@ -183,8 +183,8 @@ def test_yearly_folds_purge_and_pooled_predictions_are_out_of_sample() -> None:
 
     from finnex_ml.evaluation.walkforward import pooled_tabular, yearly_folds
 
-    dates = [date(2019, 1, 1) + timedelta(days=i) for i in range(0, 3 * 365, 2)]  # ~3 years, 548 rows
-    folds = yearly_folds(dates, purge=5, min_train=150)
+    dates = [date(2019, 1, 1) + timedelta(days=i) for i in range(0, 3 * 365, 5)]  # ~3 years, 219 rows
+    folds = yearly_folds(dates, purge=5, min_train=60)
     years = [f.label for f in folds]
     assert years == ["2020", "2021"]  # 2019 has no history before it
     for f in folds:
@@ -195,8 +195,38 @@ def test_yearly_folds_purge_and_pooled_predictions_are_out_of_sample() -> None:
     pp = pooled_tabular(X, y, folds, seed=0, purge=5)
     assert pp.rows.tolist() == [i for f in folds for i in f.test.tolist()]
     assert pp.probs["gradient_boosting"].shape == (pp.rows.size, 3)
-    assert all("gradient_boosting_iterations" in m for m in pp.folds)
+    # the last fold has enough rows for an inner purged validation block to choose the iterations
+    assert pp.folds[-1]["gradient_boosting_early_stopped"] and 1 <= pp.folds[-1]["gradient_boosting_iterations"] <= 200
     # each pooled row's prior is its own fold's training class shares
     f0 = folds[0]
     np.testing.assert_allclose(pp.train_prior[0], np.bincount(y[f0.train], minlength=3) / f0.train.size)
     assert balanced_accuracy(y[pp.rows], pp.probs["logistic"].argmax(1)) > 0.5
+
+
+def test_a_strong_legitimate_signal_warns_but_does_not_block() -> None:
+    """A feature known at t that really predicts the next return (rho ~ 0.35) is flagged by the
+    correlation scan, but the blocking verdict rests on the placebo and implausible skill, which
+    it passes: its skill vanishes against labels shifted past the forecast window."""
+    from finnex_ml.evaluation.evaluate import EvalConfig, _leak_doc
+    from finnex_ml.evaluation.leakage import suspicious_scores
+
+    rng = np.random.default_rng(8)
+    n = 400
+    signal = rng.standard_normal(n + 3)  # known at t's close
+    r1 = 0.4 * signal[:-3] + rng.standard_normal(n)  # r1[t]: return over (t, t+1], driven by signal[t]
+    X = np.column_stack([signal[:n], rng.standard_normal((n, 5))])
+    rep = scan_features(X, ["legit"] + [f"f{j}" for j in range(5)], {1: r1}, n_perm=200, seed=0)
+    assert [f for f, _ in rep.flagged] == ["legit"] and abs(dict(rep.top)["legit"]) > 0.3
+    y = np.digitize(r1, np.quantile(r1, [1 / 3, 2 / 3]))
+    pred = np.digitize(signal[:n], np.quantile(signal[:n], [1 / 3, 2 / 3]))
+    assert sg.permutation_test(y, pred, block=2, n_perm=200, seed=0)["p_value"] < 0.01  # real skill
+    shifted = {k: np.concatenate([y[k:], np.full(k, np.nan)]) for k in (1, 2)}
+    placebo = [{"model": "logistic", "horizon": 1, **r}
+               for r in sg.label_shift_placebo(pred, shifted, block=2, n_perm=400, seed=0)]
+    assert not any(r["fails"] for r in placebo)
+    ci = classification_intervals(y, pred, block=2, n_boot=300, seed=0)["balanced_accuracy"]
+    rows = [{"model": "logistic", "horizon": 1, "balanced_accuracy_lower": ci["lower"],
+             "balanced_accuracy_ci": [ci["lower"], ci["upper"]]}]
+    doc = _leak_doc(rep, suspicious_scores(rows), placebo, EvalConfig())
+    assert doc["passed"] and doc["blocking"] == [] and len(doc["warnings"]) == 1
+    assert doc["feature_scan"]["verdict"] == "warning only"

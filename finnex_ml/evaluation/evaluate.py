@@ -490,6 +490,7 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
 
 
 TABULAR = ("logistic", "gradient_boosting")
+QUARTER = 63
 NAIVE = ("majority", "prior_random", "momentum")
 
 
@@ -527,15 +528,16 @@ def _comparisons(rows: Sequence[dict[str, Any]], scored: Mapping[tuple[str, int]
 
 
 def _headline(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]],
-              placebo: Sequence[dict[str, Any]], dates: Sequence[date], span: str) -> list[dict[str, Any]]:
-    """The table a quant reads first: each model against its best baseline on one span."""
+              placebo: Sequence[dict[str, Any]] | None, dates: Sequence[date], span: str) -> list[dict[str, Any]]:
+    """The table a quant reads first: each model against its best baseline on one span
+    (``placebo`` None: the placebo was not run on this span)."""
     by = {(r["model"], r["horizon"]): r for r in rows}
     out = []
     for c in comparisons:
         m, h, b = c["model"], c["horizon"], c["best_baseline"]
         r, rb = by[(m, h)], by[(b, h)]
         mde = sg.minimum_detectable_effect(len(dates), h)
-        fails = [p for p in placebo if p["model"] == m and p["horizon"] == h and p.get("fails")]
+        fails = [p for p in placebo or [] if p["model"] == m and p["horizon"] == h and p.get("fails")]
         out.append({"model": m, "horizon": h, "best_baseline": b, "span": span,
                     "first": dates[0].isoformat(), "last": dates[-1].isoformat(), "n_days": len(dates),
                     "n_independent": len(dates) / h,
@@ -544,7 +546,7 @@ def _headline(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, An
                     "test": "DM (Brier)", "dm": c["dm"], "p_value": c["p_value"],
                     "brier_skill": r.get("brier_skill"), "sharpe": r["sharpe"], "baseline_sharpe": rb["sharpe"],
                     "mde_sharpe": mde["sharpe"], "mde_accuracy": mde["accuracy"],
-                    "degenerate": r["degenerate"], "placebo_passed": not fails,
+                    "degenerate": r["degenerate"], "placebo_passed": None if placebo is None else not fails,
                     "annualised_from_under_a_year": bool(len(dates) < ONE_YEAR)})
     return out
 
@@ -579,6 +581,14 @@ def _pooled_oos(inp: EvalInputs, fr: _Frame, sets: Mapping[str, list[date]], hor
     dates = sorted({d for v in sets.values() for d in v})
     folds = wf.yearly_folds(dates, purge=max(horizons), min_train=cfg.pooled_min_train,
                             block_sessions=cfg.pooled_block_sessions or None)
+    blocks = f"blocks of {cfg.pooled_block_sessions} sessions" if cfg.pooled_block_sessions else "calendar years"
+    if not folds and not cfg.pooled_block_sessions:
+        # under two years of data (the one-year demo): quarters after half the dates of history
+        # still pool several times the test split's length out of sample
+        folds = wf.yearly_folds(dates, purge=max(horizons), min_train=min(cfg.pooled_min_train, len(dates) // 2),
+                                block_sessions=QUARTER)
+        blocks = (f"quarters ({QUARTER} sessions) after {min(cfg.pooled_min_train, len(dates) // 2)} dates of "
+                  f"history: too few dates for calendar years after {cfg.pooled_min_train}")
     if not folds:
         log(f"pooled walk-forward skipped: fewer than {cfg.pooled_min_train} dates before the last test block")
         return None
@@ -611,8 +621,9 @@ def _pooled_oos(inp: EvalInputs, fr: _Frame, sets: Mapping[str, list[date]], hor
     return {"rows": rows_all, "comparisons": comparisons, "spa": spa_rows, "folds": pp.folds,
             "first": pdates[0].isoformat(), "last": pdates[-1].isoformat(), "n": len(pdates),
             "years": len(pdates) / ONE_YEAR, "deflated_sharpe": deflated, "deflated_sharpe_trials": trials_doc,
-            "headline": _headline(rows_all, comparisons, [], pdates, "pooled walk-forward"),
-            "note": "tabular models only: each fold refitted on all earlier dates (purged by h sessions), "
+            "headline": _headline(rows_all, comparisons, None, pdates, "pooled walk-forward"),
+            "blocks": blocks,
+            "note": f"test blocks: {blocks}. Tabular models only: each fold refitted on all earlier dates (purged by the longest horizon), "
                     "gradient boosting's iterations chosen on an inner purged validation block; the networks "
                     "are not retrained per year (CPU budget) and appear on the test split only"}
 

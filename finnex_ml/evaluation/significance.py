@@ -57,7 +57,10 @@ def block_permutation_indices(n: int, block: int, n_perm: int, seed: int) -> np.
 
 
 def _p_value(observed: float, null: np.ndarray) -> float:
-    """One-sided (greater) permutation p-value with the +1 correction, so it is never 0."""
+    """One-sided (greater) permutation p-value with the +1 correction, so it is never 0; NaN when
+    the observed statistic is undefined (e.g. a balanced accuracy on one-class labels)."""
+    if not math.isfinite(observed):
+        return math.nan
     valid = null[np.isfinite(null)]
     return float((1 + np.sum(valid >= observed - 1e-12)) / (1 + valid.size))
 

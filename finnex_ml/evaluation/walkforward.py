@@ -64,7 +64,7 @@ def yearly_folds(dates: Sequence[date], *, purge: int, min_train: int = 252,
 
 
 def fit_early_stopped(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, purge: int,
-                      val_fraction: float = 0.2, max_iter: int = 300):
+                      val_fraction: float = 0.2, max_iter: int = 200):
     """A fitted classifier. Gradient boosting picks its number of iterations on the last
     ``val_fraction`` of the rows (purged by ``purge`` rows from the fitted part) by validation
     log loss, then refits on all rows; logistic regression has nothing to stop early."""
@@ -77,6 +77,7 @@ def fit_early_stopped(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, pur
     n_val = int(round(n * val_fraction))
     fit_end = n - n_val - int(purge)
     best_iter = 150  # baselines' fixed budget when the inner block is too small to choose
+    stopped = False
     if n_val >= 20 and fit_end >= 50 and len(np.unique(y[:fit_end])) > 1:
         params = dict(max_depth=3, learning_rate=0.05, l2_regularization=1.0, class_weight="balanced",
                       early_stopping=False, random_state=seed)
@@ -87,11 +88,11 @@ def fit_early_stopped(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, pur
             full = np.full((n_val, bl.N_CLASSES), 1e-7)
             full[:, inner.classes_.astype(int)] = np.clip(p, 1e-7, 1.0)
             losses.append(log_loss(yv, full / full.sum(1, keepdims=True), labels=list(range(bl.N_CLASSES))))
-        best_iter = int(np.argmin(losses)) + 1
+        best_iter, stopped = int(np.argmin(losses)) + 1, True
     model = HistGradientBoostingClassifier(max_iter=best_iter, max_depth=3, learning_rate=0.05, l2_regularization=1.0,
                                            class_weight="balanced", early_stopping=False, random_state=seed)
     model.fit(X, y)
-    model.finnex_best_iter_ = best_iter
+    model.finnex_best_iter_, model.finnex_early_stopped_ = best_iter, stopped
     return model
 
 
@@ -120,6 +121,7 @@ def pooled_tabular(X: np.ndarray, y: np.ndarray, folds: Sequence[WalkForwardFold
             probs[k].append(bl._full_proba(model, X[f.test]))
             if hasattr(model, "finnex_best_iter_"):
                 info[f"{k}_iterations"] = int(model.finnex_best_iter_)
+                info[f"{k}_early_stopped"] = bool(model.finnex_early_stopped_)
         meta.append(info)
     if not rows:
         return PooledPredictions(rows=np.zeros(0, dtype=np.int64))
