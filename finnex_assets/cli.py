@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="backfill the default date range through the latest stage, as one run")
     demo.add_argument("--source", choices=sorted(DEFAULT_RANGE), default=os.environ.get("FINNEX_SOURCE", "synthetic"))
+    demo.add_argument("--planted-signal", default="", metavar="FORM:STRENGTH",
+                      help="synthetic source: plant a positive control, e.g. level:1.0 or temporal:0.7 (data go to "
+                           "data/planted_<form>_<strength> unless FINNEX_DATA_DIR is set)")
     demo.add_argument("--start")
     demo.add_argument("--end")
     mat = sub.add_parser("materialize", help="materialise assets over a date range as one run")
@@ -138,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "demo":
         os.environ["FINNEX_SOURCE"] = args.source
+        if args.planted_signal:
+            if args.source != "synthetic":
+                print("--planted-signal needs --source synthetic", file=sys.stderr)
+                return 2
+            os.environ["FINNEX_PLANTED_SIGNAL"] = args.planted_signal
+            # a planted world has other features (and so another layout): never mix it with the plain demo's store
+            planted_dir = REPO_ROOT / "data" / ("planted_" + args.planted_signal.replace(":", "_"))
+            os.environ.setdefault("FINNEX_DATA_DIR", str(planted_dir))
         if args.source == "files":
             os.environ.setdefault("FINNEX_FILES_MAPPING", "examples/files_source/mapping.yaml")
         start, end = args.start or DEFAULT_RANGE[args.source][0], args.end or DEFAULT_RANGE[args.source][1]

@@ -23,17 +23,33 @@ class DataSourceResource(dg.ConfigurableResource):
     seed: int = Field(default=7, description="Seed of the synthetic world (also packaged's synthetic parts).")
     mapping_path: str = Field(
         default="", description="files source: mapping YAML/TOML, relative to the repo or FINNEX_FILES_ROOT.")
+    planted_signal: str = Field(
+        default="", description="synthetic source only: a positive control planted in next-day returns, "
+        "'level:1.0' or 'temporal:0.7' (form:strength); empty = none (finnex_ml.data.synthetic.PlantedSignal).")
 
     def synthetic_modalities(self) -> list[str]:
         """Modalities that are generated rather than observed, shown in asset metadata."""
         return {"synthetic": ["prices", "peers", "texts", "macro", "fundamental"],
                 "packaged": ["texts", "fundamental"]}.get(self.kind, [])
 
+    def plant(self):  # -> PlantedSignal | None
+        if not self.planted_signal:
+            return None
+        from finnex_ml.data.synthetic import PlantedSignal
+
+        if self.kind != "synthetic":
+            raise ConfigError(f"planted_signal {self.planted_signal!r} needs the synthetic source, not {self.kind!r}")
+        form, _, strength = self.planted_signal.partition(":")
+        try:
+            return PlantedSignal(form, float(strength or 1.0))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError(f"planted_signal {self.planted_signal!r}: {exc}; expected e.g. 'level:1.0'") from exc
+
     def source(self) -> DataSource:
         if self.kind == "synthetic":
             from finnex_ml.data.synthetic import SyntheticSource
 
-            return SyntheticSource(self.seed)
+            return SyntheticSource(self.seed, plant=self.plant())
         if self.kind == "packaged":
             from finnex_ml.data.packaged import PackagedSource
 
@@ -52,6 +68,7 @@ def default_data_source() -> DataSourceResource:
         kind=os.environ.get("FINNEX_SOURCE", "synthetic"),  # type: ignore[arg-type]
         seed=int(os.environ.get("FINNEX_SEED", "7")),
         mapping_path=os.environ.get("FINNEX_FILES_MAPPING", ""),
+        planted_signal=os.environ.get("FINNEX_PLANTED_SIGNAL", ""),
     )
 
 

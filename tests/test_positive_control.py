@@ -107,3 +107,16 @@ def test_ablations_destroy_only_their_structure(level_quarter):
     blue = ablate(d, "blank_blue").images[:2]
     assert (blue[..., 2] == d.spec.fill_value).all()
     np.testing.assert_array_equal(blue[..., :2], d.images[:2, ..., :2])
+
+
+def test_data_source_resource_plants_the_control_from_config():
+    from finnex_assets.resources import DataSourceResource
+    from finnex_ml.errors import ConfigError
+
+    src = DataSourceResource(kind="synthetic", planted_signal="temporal:0.7").source()
+    assert src.plant == PlantedSignal("temporal", 0.7)
+    assert DataSourceResource(kind="synthetic").source().plant is None
+    with pytest.raises(ConfigError, match="expected e.g. 'level:1.0'"):
+        DataSourceResource(kind="synthetic", planted_signal="level:2").source()
+    with pytest.raises(ConfigError, match="needs the synthetic source"):
+        DataSourceResource(kind="packaged", planted_signal="level:1").plant()
