@@ -4,12 +4,19 @@ Pure torch (no dagster, no data code). Inputs are ``[B, 3, H, W]`` float tensors
 HDF5 stores keep images as ``[H, W, 3]``, so the trainer permutes (an NHWC tensor permuted to NCHW
 is a channels-last view, which convolutions take without a copy).
 
-Both backbones take the full 512×512 image (a 16×16 grid of 32-pixel patches) and a single
+Two stems. With ``config.layout`` (the canonical JSON of the images' layout spec; the default of
+the training assets) a backbone reads whole images through :class:`LayoutCells`: every (feature,
+session) cell of the layout becomes one value, so feature identity and recency survive, and the
+CNN mixes them over time and features per section while the ViT attends across feature tokens.
+This is the path that learns a planted rule (``finnex_ml.positive_control``). Without a layout,
+the pixel stems below are used, which is the only option for lone 32×32 patches.
+
+The pixel stems take the full 512×512 image (a 16×16 grid of 32-pixel patches) and a single
 32×32 patch (a 1×1 grid). For a patch the position in its image is not visible in the pixels, so
 ``forward(x, patch_pos=...)`` optionally takes its grid index (0..255, row-major in the 16×16
 grid); the models then add the learned embedding of that position and of its row section.
 
-Row sections (from the layout, ``finnex_ml.encoding.layout.SECTIONS``): pixel rows 0-170 macro,
+Row sections (``finnex_ml.geometry.SECTIONS``): pixel rows 0-170 macro,
 171-341 behavioural + technical, 342-511 fundamental. A patch row belongs to the section holding
 most of its 32 pixel rows, which gives patch rows 0-4 macro, 5-10 behavioural, 11-15 fundamental
 (patch row 5 = pixels 160-191 has 11 macro and 21 behavioural rows; row 10 = pixels 320-351 has
@@ -289,6 +296,10 @@ def _branch(cfg: CNNConfig, b: BranchConfig) -> nn.Sequential:
 
 class MultiScaleCNN(nn.Module):
     """Three branches (large / medium / small receptive field) fused by attention.
+
+    Layout path (``config.layout``): the branches are temporal scales (``temporal_kernels``
+    sessions) applied per section to the cells, giving the same 3 × 3 tokens with exact section
+    membership and the session axis kept (see :class:`_SectionBranch`). Pixel path:
 
     Each branch ends at stride 32 (a 16×16 map for a 512 image, 1×1 for a 32×32 patch) and is
     pooled to 3 row tokens (average over columns, then adaptive-pooling bins over rows: roughly
