@@ -267,6 +267,25 @@ def test_files_source_high_below_low_writes_nothing(tmp_path, monkeypatch):
     assert result.get_asset_materialization_events() == []
 
 
+def test_files_source_without_peers_fails_before_writing_any_modality(tmp_path, monkeypatch):
+    """A mapping with prices only cannot fill peer_data: the step fails naming the modality and
+    the first date before any modality is written (the IO manager used to write market_data first)."""
+    feeds = tmp_path / "feeds"
+    _prices_csv(feeds / "prices.csv", negative_on=date(1990, 1, 1))
+    (feeds / "mapping.yaml").write_text("files:\n  - path: prices.csv\n    modality: prices\n", encoding="utf-8")
+    monkeypatch.setenv("FINNEX_FILES_ROOT", str(tmp_path))
+    data = tmp_path / "tables"
+    result = dg.materialize([modalities], resources={
+        "data_source": DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
+        "io_manager": PartitionedParquetIOManager(base_dir=str(data))}, instance=dg.DagsterInstance.ephemeral(),
+        tags={RANGE_TAGS[0]: "2024-03-04", RANGE_TAGS[1]: "2024-03-08"}, raise_on_error=False)
+    assert not result.success
+    message = error_text(result)
+    assert "peer_data has no rows for 5 of the run's 5 partition(s), first 2024-03-04" in message
+    assert "Nothing was written" in message
+    assert not data.exists() or list(data.rglob("*.parquet")) == []
+
+
 class NonFiniteFeaturesResource(DataSourceResource):
     """Synthetic data whose VIX-like macro value is missing from one day on, so a feature is
     null after warm-up and ``finite_after_warmup`` fails on daily_features."""

@@ -121,3 +121,54 @@ def test_setup_initialises_the_instance_once():
     lines = (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8").splitlines()
     assert ".venv/bin/finnex init" in lines  # a command of its own, after the install
     assert lines.index(".venv/bin/finnex init") > next(i for i, line in enumerate(lines) if "pip install" in line)
+
+
+DEFS = """
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from finnex_assets.assets.datasets import DatasetStore
+from finnex_assets.assets.training import cnn_model, vit_model
+from finnex_assets.io_managers import ImageStore
+from finnex_assets.resources import MlflowTracking
+
+root = Path(os.environ["FINNEX_TEST_ROOT"])
+defs = dg.Definitions(assets=[cnn_model, vit_model], resources={
+    "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
+    "image_store": ImageStore(base_dir=str(root / "images")),
+    "mlflow_tracking": MlflowTracking(),  # the default store: sqlite under the fresh DAGSTER_HOME
+})
+"""
+
+
+def test_both_models_in_one_multiprocess_run_on_a_fresh_home(tmp_path):
+    """The issue's case: cnn_model and vit_model in one run (two step processes, started at
+    once by the multiprocess executor) on a home whose MLflow store does not exist yet."""
+    import json
+
+    from test_training_assets import _fake_sets
+
+    home = _home(tmp_path)  # no finnex init: the run itself creates MLflow's store
+    _fake_sets(tmp_path)
+    (tmp_path / "defs.py").write_text(DEFS, encoding="utf-8")
+    cfg = {"epochs": 1, "batch_size": 128, "patience": 5, "lr": 2e-3}
+    run_config = {"ops": {"cnn_model": {"config": cfg}, "vit_model": {"config": cfg}}}
+    env = {**_env(home), "FINNEX_TEST_ROOT": str(tmp_path)}
+    dagster = Path(sys.executable).parent / "dagster"
+    proc = subprocess.run([str(dagster), "asset", "materialize", "-f", str(tmp_path / "defs.py"),
+                           "--select", "cnn_model,vit_model", "--config-json", json.dumps(run_config)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    with sqlite3.connect(home / "mlflow.db") as db:
+        runs = db.execute("select r.name from runs r join experiments e using (experiment_id) "
+                          "where e.name = 'finnex'").fetchall()
+    assert len(runs) == 2
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_runs()[0]
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        steps = {e.step_key for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+        assert steps == {"cnn_model", "vit_model"}
+        starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+        assert len({e.dagster_event.pid for e in starts}) == 2  # two processes: the concurrent case

@@ -15,6 +15,7 @@ from finnex_assets import checks
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import DataSourceResource
 from finnex_ml import pipeline
+from finnex_ml.errors import DataInputError
 
 DESCRIPTIONS = {
     "market_data": "Target stock OHLCV (plus any market__* columns), trailing window per date.",
@@ -47,6 +48,15 @@ def modalities(context: dg.AssetExecutionContext, data_source: DataSourceResourc
     snaps, provenance = pipeline.modality_snapshots(source, asof)
     for note in getattr(source, "warnings", ()):  # accepted input the user should look at (files source)
         context.log.warning(f"{source.name}: {note}")
+    for name in sorted(selected):  # the IO manager refuses an empty partition: say so before any write
+        have = set(snaps[name]["asof"].to_list()) if snaps[name].height else set()
+        missing = [d for d in asof if d not in have]
+        if missing:
+            raise DataInputError(
+                f"{name} has no rows for {len(missing)} of the run's {len(asof)} partition(s), first {missing[0]}; "
+                f"the {source.name} source holds no {PROVENANCE_KEY[name]} data up to then (files source: add an "
+                f"entry for it to the mapping, or leave {name} out of the selection). Nothing was written.",
+                date=str(missing[0]))
     if "market_data" in selected:
         # before any output: a failing blocking check must leave every modality unwritten
         yield from checks.gate("market_data", checks.results(
