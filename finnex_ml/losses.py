@@ -18,7 +18,7 @@ weighted term settles at ``exp(-s_i) L_i = 1``, i.e. the weights rescale the tas
 footing instead of choosing one. Driving a weight to 0 needs ``s_i -> +inf``, which the ``+ s_i``
 term penalises linearly, so the weights cannot collapse (they stay at ``1 / L_i``). The weights do
 grow when a task's loss goes to 0 (a memorised regression target); early stopping on the
-unweighted validation loss (see training.py) guards against that.
+unweighted validation loss (see finnex_ml.training) guards against that.
 
 Cross-entropy with class weights is written for soft targets (mixup) and normalised by the total
 weight of the targets, which equals ``F.cross_entropy(weight=..., reduction="mean")`` for hard

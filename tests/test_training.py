@@ -13,9 +13,18 @@ import torch
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.losses import MultiTaskLoss, class_weights_from_labels, soft_cross_entropy
 from finnex_ml.training import (
-    BUY, HOLD, SELL, ArrayDataset, BlockBatchSampler, H5ArrayDataset, TrainConfig, _Augment, load_checkpoint_model,
-    make_loader, train_model,
+    BUY,
+    HOLD,
+    SELL,
+    ArrayDataset,
+    BlockBatchSampler,
+    H5ArrayDataset,
+    TrainConfig,
+    load_checkpoint_model,
+    make_loader,
+    train_model,
 )
+from finnex_ml.training.trainer import _Augment
 
 TINY_CNN = {"widths": (4, 8, 8, 8), "token_dim": 8, "attn_heads": 2, "fusion_dim": 16}
 SMALL_CNN = {"widths": (8, 16, 16, 16), "token_dim": 16, "attn_heads": 2, "fusion_dim": 32}

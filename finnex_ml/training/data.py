@@ -1,0 +1,432 @@
+"""Datasets, block-shuffled sampling and read-ahead loading for the trainer (see the package docstring)."""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.models import (
+    GRID,
+)
+
+PATCHES_PER_IMAGE = GRID * GRID  # 256
+
+
+# ============================================================================================
+# Datasets
+# ============================================================================================
+
+class BatchDataset(Protocol):
+    """What the trainer needs from a dataset (both classes below implement it)."""
+
+    def __len__(self) -> int: ...
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]: ...
+    def target_array(self, name: str) -> np.ndarray: ...
+    def group_ids(self) -> np.ndarray | None: ...
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
+    @property
+    def target_names(self) -> tuple[str, ...]: ...
+
+
+def _as_indices(indices: Sequence[int] | np.ndarray | slice | range | None, n_rows: int, what: str) -> np.ndarray:
+    if indices is None:
+        return np.arange(n_rows, dtype=np.int64)
+    if isinstance(indices, slice):
+        return np.arange(n_rows, dtype=np.int64)[indices]
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_rows):
+        raise ConfigError(f"{what}: indices must lie in [0, {n_rows}), got {idx.min()}..{idx.max()}")
+    return idx
+
+
+def _runs(sorted_unique: np.ndarray) -> list[tuple[int, int, int]]:
+    """Split sorted unique rows into contiguous runs ``(first_row, end_row, offset_in_output)``."""
+    if sorted_unique.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_unique) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [sorted_unique.size]])
+    return [(int(sorted_unique[s]), int(sorted_unique[e - 1]) + 1, int(s)) for s, e in zip(starts, ends)]
+
+
+def _torch_dtype_for(dt: np.dtype) -> np.dtype:
+    # labels become int64 (what CE wants), everything else float32
+    return np.dtype(np.int64) if np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.bool_) else np.dtype(np.float32)
+
+
+class H5ArrayDataset(Dataset):
+    """Rows ``indices`` of HDF5 arrays: inputs ``x_key`` ``[n, ...]`` and targets ``y_keys``.
+
+    ``y_keys`` is a sequence of dataset paths (each also its batch name) or a mapping
+    ``{batch name: dataset path}`` or ``{batch name: (dataset path, column)}`` for one column of
+    a 2-D ``[n, H]`` array, e.g. for the ``cnn_ready`` set files (``labels`` / ``returns`` hold
+    one column per horizon)::
+
+        H5ArrayDataset(path, "patches", {"label_h1": ("labels", 0), "return_h1": ("returns", 0),
+                                         "label_h5": ("labels", 1), "return_h5": ("returns", 1)},
+                       patches_per_image=256)
+    ``indices`` (rows of the file this dataset exposes, e.g. a split) default to all rows.
+
+    With ``check_finite`` (default) a batch with a NaN/inf pixel raises :class:`DataInputError`
+    naming the rows (about 1 ms per 256 patches, done in the reading thread or worker).
+
+    Reads are lazy: the file is opened on first use in each process (so DataLoader workers each
+    get their own handle), and a batch is read as contiguous runs of sorted unique rows with
+    ``read_direct`` into one preallocated array. ``rows_read`` / ``read_calls`` count what this
+    process actually read. ``rdcc_nbytes`` sizes HDF5's chunk cache (default 1 MiB in HDF5,
+    smaller than one compressed 256-patch chunk, which would then be decompressed again for every
+    run inside it).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], x_key: str, y_keys: Sequence[str] | Mapping[str, str] = (),
+                 indices: Sequence[int] | np.ndarray | slice | range | None = None, *,
+                 patches_per_image: int | None = None, rdcc_nbytes: int = 64 * 2**20,
+                 check_finite: bool = True) -> None:
+        self.path = Path(path)
+        self.check_finite = check_finite
+        self.x_key = x_key
+        raw = dict(y_keys) if isinstance(y_keys, Mapping) else {k: k for k in y_keys}
+        # name -> (dataset path, column or None)
+        self.y_keys: dict[str, tuple[str, int | None]] = {
+            name: ((v, None) if isinstance(v, str) else (str(v[0]), int(v[1]))) for name, v in raw.items()}
+        self.patches_per_image = patches_per_image
+        self.rdcc_nbytes = int(rdcc_nbytes)
+        if not self.path.is_file():
+            raise ConfigError(f"HDF5 file not found: {self.path}")
+        with h5py.File(self.path, "r") as f:
+            for key in [x_key, *(k for k, _ in self.y_keys.values())]:
+                if key not in f or not isinstance(f[key], h5py.Dataset):
+                    raise ConfigError(f"{self.path}: no dataset {key!r}")
+            xd = f[x_key]
+            self.n_rows = int(xd.shape[0])
+            self._sample_shape = tuple(int(s) for s in xd.shape[1:])
+            self._x_dtype = xd.dtype
+            self._y_meta: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+            for name, (key, col) in self.y_keys.items():
+                yd = f[key]
+                if yd.shape[0] != self.n_rows:
+                    raise ConfigError(f"{self.path}: {key!r} has {yd.shape[0]} rows, {x_key!r} has {self.n_rows}")
+                if col is not None and (yd.ndim != 2 or not 0 <= col < yd.shape[1]):
+                    raise ConfigError(f"{self.path}: {key!r} {yd.shape} has no column {col}")
+                self._y_meta[name] = (tuple(int(s) for s in yd.shape[1:]), yd.dtype)
+        self.indices = _as_indices(indices, self.n_rows, str(self.path))
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self.rows_read = 0
+        self.read_calls = 0
+
+    # --- file handle ------------------------------------------------------------------------
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            # a handle inherited through fork is not safe to use: open our own
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=self.rdcc_nbytes, rdcc_nslots=10007)
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- reading ----------------------------------------------------------------------------
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self._sample_shape
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(self.y_keys)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def _read_rows(self, key: str, rows: np.ndarray, item_shape: tuple[int, ...], src_dtype: np.dtype) -> np.ndarray:
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        dtype = _torch_dtype_for(src_dtype)
+        out = np.empty((uniq.size, *item_shape), dtype=dtype)
+        ds = self._h5()[key]
+        for a, b, o in _runs(uniq):
+            if src_dtype == dtype:
+                ds.read_direct(out, np.s_[a:b], np.s_[o:o + (b - a)])  # no intermediate copy
+            else:
+                out[o:o + (b - a)] = ds[a:b]
+            self.read_calls += 1
+        if key == self.x_key:
+            self.rows_read += int(uniq.size)
+        if uniq.size == rows.size and np.array_equal(uniq, rows):
+            return out
+        return out[inverse]
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        x = self._read_rows(self.x_key, rows, self._sample_shape, self._x_dtype)
+        if self.check_finite and not np.isfinite(x).all():
+            # the cnn_ready virtual datasets read a missing source file as NaN (their fill value)
+            bad = rows[~np.isfinite(x.reshape(len(rows), -1)).all(axis=1)]
+            raise DataInputError(f"non-finite pixels in rows {bad[:10].tolist()} of {self.x_key!r} "
+                                 "(a missing or damaged source file?)", file=str(self.path), row=int(bad[0]))
+        batch = {"x": torch.from_numpy(x)}
+        for name, (key, col) in self.y_keys.items():
+            shape, dt = self._y_meta[name]
+            y = self._read_rows(key, rows, shape, dt)
+            batch[name] = torch.from_numpy(y if col is None else np.ascontiguousarray(y[:, col]))
+        batch["row"] = torch.from_numpy(rows.copy())
+        if self.patches_per_image:
+            batch["patch_pos"] = torch.from_numpy(rows % self.patches_per_image)
+        return batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([int(position)]).items()}
+
+    def target_array(self, name: str) -> np.ndarray:
+        """All values of target ``name`` for this dataset's rows (small: one value per row)."""
+        if name not in self.y_keys:
+            raise ConfigError(f"{self.path}: no target {name!r} (have {sorted(self.y_keys)})")
+        key, col = self.y_keys[name]
+        with h5py.File(self.path, "r") as f:  # a short-lived handle: never leak one into forked workers
+            ds = f[key]
+            uniq, inverse = np.unique(self.indices, return_inverse=True)
+            out = np.empty((uniq.size, *ds.shape[1:]), dtype=ds.dtype)
+            for a, b, o in _runs(uniq):
+                out[o:o + (b - a)] = ds[a:b]
+        out = out[inverse]
+        return out if col is None else out[:, col]
+
+    def group_ids(self) -> np.ndarray | None:
+        """Image id of each row (``row // patches_per_image``) for patch datasets, else None."""
+        return None if not self.patches_per_image else self.indices // self.patches_per_image
+
+
+class ArrayDataset(Dataset):
+    """In-memory counterpart of :class:`H5ArrayDataset` (same batches, same interface)."""
+
+    def __init__(self, x: np.ndarray | torch.Tensor, targets: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+                 indices: Sequence[int] | np.ndarray | slice | range | None = None, *,
+                 patches_per_image: int | None = None) -> None:
+        self.x = torch.as_tensor(x)
+        if self.x.dtype != torch.float32:
+            self.x = self.x.float()
+        self.targets: dict[str, torch.Tensor] = {}
+        for name, arr in (targets or {}).items():
+            t = torch.as_tensor(np.asarray(arr) if not isinstance(arr, torch.Tensor) else arr)
+            t = t.long() if not t.is_floating_point() else t.float()
+            if t.shape[0] != self.x.shape[0]:
+                raise ConfigError(f"target {name!r} has {t.shape[0]} rows, x has {self.x.shape[0]}")
+            self.targets[name] = t
+        self.n_rows = int(self.x.shape[0])
+        self.indices = _as_indices(indices, self.n_rows, "ArrayDataset")
+        self.patches_per_image = patches_per_image
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(self.targets)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        r = torch.from_numpy(rows)
+        batch = {"x": self.x[r]}
+        batch.update({k: v[r] for k, v in self.targets.items()})
+        batch["row"] = r.clone()
+        if self.patches_per_image:
+            batch["patch_pos"] = r % self.patches_per_image
+        return batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([int(position)]).items()}
+
+    def target_array(self, name: str) -> np.ndarray:
+        if name not in self.targets:
+            raise ConfigError(f"no target {name!r} (have {sorted(self.targets)})")
+        return self.targets[name][torch.from_numpy(self.indices)].numpy()
+
+    def group_ids(self) -> np.ndarray | None:
+        return None if not self.patches_per_image else self.indices // self.patches_per_image
+
+
+# ============================================================================================
+# Sampling and loading
+# ============================================================================================
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed from ``seed`` and keys (e.g. epoch, stream), independent per key tuple."""
+    a, b = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, np.uint32)
+    return (int(a) << 31) ^ int(b)
+
+
+def _run_starts(lo: int, hi: int, run_length: int, offset: int) -> np.ndarray:
+    """Starts of the runs cutting ``[lo, hi)``: the first run is ``offset`` long (if > 0)."""
+    if hi <= lo:
+        return np.zeros(0, dtype=np.int64)
+    first = lo + offset if 0 < offset < hi - lo else lo + run_length
+    return np.concatenate([[lo], np.arange(first, hi, run_length)]).astype(np.int64)
+
+
+class BlockBatchSampler(Sampler[list[int]]):
+    """Batches of dataset positions built from shuffled runs of consecutive positions.
+
+    * ``run_length``: positions are cut into runs of this many consecutive positions (at a random
+      offset per epoch) and whole runs are shuffled, so a batch reads as a few contiguous slices.
+      ``run_length=1`` is a plain shuffle.
+    * ``block_size`` / ``window`` (chunk-aware shuffling): with a ``block_size`` (e.g. 256 = one
+      stored patch chunk = one image), the blocks are shuffled, taken ``window`` at a time, and
+      the runs are shuffled only inside each window of ``window`` blocks. A compressed chunk is
+      then decompressed once per epoch (its window's batches follow each other while the chunk
+      cache holds it) instead of once per run, and a batch still mixes up to ``window``
+      randomly chosen images. Without ``block_size`` runs are shuffled over the whole dataset.
+
+    Positions inside a batch are sorted (contiguous reads). Without ``shuffle`` the batches are
+    consecutive. Everything is a function of ``(seed, epoch)``, set with ``set_epoch``.
+
+    Patches of one image share its label, so many patches of one image in a batch are
+    correlated samples: keep ``run_length`` well below ``batch_size`` (a batch then mixes
+    ``batch_size / run_length`` runs).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, run_length: int = 1, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, block_size: int | None = None, window: int = 8) -> None:
+        if batch_size < 1 or run_length < 1 or window < 1 or (block_size is not None and block_size < 1):
+            raise ValueError("batch_size, run_length, block_size and window must be >= 1")
+        self.n, self.batch_size, self.run_length = int(n), int(batch_size), int(run_length)
+        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.block_size, self.window = (int(block_size) if block_size else None), int(window)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def _shuffled_runs(self, lo_hi: list[tuple[int, int]], rng: np.random.Generator) -> list[np.ndarray]:
+        L = self.run_length
+        runs = []
+        for lo, hi in lo_hi:
+            starts = _run_starts(lo, hi, L, int(rng.integers(0, L)) if L > 1 else 0)
+            ends = np.append(starts[1:], hi)
+            runs += [np.arange(a, b, dtype=np.int64) for a, b in zip(starts, ends)]
+        return [runs[i] for i in rng.permutation(len(runs))]
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle or self.n == 0:
+            return np.arange(self.n, dtype=np.int64)
+        rng = np.random.default_rng(derive_seed(self.seed, self.epoch, 0))
+        if self.block_size is None:
+            return np.concatenate(self._shuffled_runs([(0, self.n)], rng))
+        B = self.block_size
+        blocks = rng.permutation(math.ceil(self.n / B))
+        parts: list[np.ndarray] = []
+        for g in range(0, blocks.size, self.window):
+            spans = [(int(b) * B, min((int(b) + 1) * B, self.n)) for b in blocks[g:g + self.window]]
+            parts += self._shuffled_runs(spans, rng)
+        return np.concatenate(parts)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        for i in range(0, self.n, self.batch_size):
+            b = order[i:i + self.batch_size]
+            if self.drop_last and b.size < self.batch_size:
+                break
+            yield np.sort(b).tolist() if self.shuffle else b.tolist()
+
+
+def _identity_collate(batch: Any) -> Any:
+    return batch  # __getitems__ already returns a batched dict
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, run_length: int = 1,
+                block_size: int | None = None, window: int = 8, num_workers: int = 0, drop_last: bool = False,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over :class:`BlockBatchSampler` batches (call ``loader.batch_sampler.set_epoch``).
+
+    With ``num_workers > 0`` the workers are persistent and prefetch 2 batches each; the sampler
+    runs in the main process, so the batch order does not depend on ``num_workers``.
+    """
+    sampler = BlockBatchSampler(len(dataset), batch_size, run_length=run_length, shuffle=shuffle, seed=seed,
+                                drop_last=drop_last, block_size=block_size, window=window)
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=2)
+    # a private generator: DataLoader otherwise draws its worker base seed from the global RNG
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_identity_collate,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+class _ThreadPrefetcher:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
+
+    Torch ops release the GIL, so HDF5 reads (and decompression) overlap the training step
+    without worker processes and their copies through shared memory.
+    """
+
+    _END = object()
+
+    def __init__(self, iterable: Iterable[Any], depth: int) -> None:
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(iterable),), daemon=True)
+        self._thread.start()
+
+    def _run(self, it: Iterator[Any]) -> None:
+        try:
+            for item in it:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._q.put(self._END)
+        except BaseException as exc:  # re-raised in the consumer
+            self._q.put(exc)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._q.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
