@@ -18,9 +18,10 @@ What is realistic about it:
 A positive control (:class:`PlantedSignal`, off by default) plants a known rule in next-day
 returns: two extra i.i.d. N(0, 1) series, ``market__control_a`` (a market column: behavioural
 section, blue channel) and the daily macro series ``control_b`` (macro section, red channel),
-and a score z(t) known at t's close. ``level``: z = control_a(t). ``temporal``: z = the mean of
-control_a over lags 6-14 minus the mean of control_b over lags 10-18, scaled to unit variance
-(lags in sessions before t; no date-t feature shows it). The next session's log return becomes
+and a score z(t) known at t's close. ``level``: z = control_a(t). ``temporal``: z = (control_a 9
+sessions before t minus control_b 17 sessions before t) / sqrt(2). Single lags keep z free of
+autocorrelation, so past returns (which the planted rule drives) say nothing about z(t): only the
+two series' histories do, and no date-t feature shows them. The next session's log return is
 ``strength * 0.015 * z(t) + sqrt(1 - strength^2) * r(t+1)``: strength 1 is noise-free.
 :meth:`SyntheticSource.oracle_returns` gives the expected h-session log return given all that is
 known at t, from which the oracle's classes and accuracy follow.
@@ -50,8 +51,9 @@ _S_RATES, _S_VIX, _S_MONTHLY, _S_FUND, _S_PEER, _S_TEXT, _S_OPTIONS = range(7, 1
 _S_CONTROL = 14
 
 PLANT_SCALE = 0.015  # daily log-return sd of the planted component at strength 1
-# temporal form: (series, first lag, last lag) of the two windows, +a and -b
-TEMPORAL_WINDOWS = (("a", 6, 14), ("b", 10, 18))
+# temporal form: (series, first lag, last lag) of the two windows, +a and -b; one lag each, so
+# that z has no autocorrelation (a window mean would let yesterday's return reveal most of z)
+TEMPORAL_WINDOWS = (("a", 9, 9), ("b", 17, 17))
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ class SyntheticSource:
                     else:
                         known = w.control[: t + 1]  # unknown future controls have mean 0
                         padded = np.vstack([known, np.zeros((j, 2))])
-                        z = control_score(padded[t + j - 20: t + j + 1], "temporal")[-1]
+                        z = control_score(padded[t + j - 20: t + j + 1], "temporal")[-1]  # max lag < 21
                     total += z
                 exp[i] = self.plant.strength * PLANT_SCALE * total
             out[f"oracle_h{h}"] = exp
