@@ -259,9 +259,12 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
                  "(luck or too few test dates).</p>"
                  + html_table(t["permuted_labels"],
                               row_class=lambda r: "fail" if r.get("above_chance") or r.get("below_chance") else ""))
+    regimes = t["regimes"]
+    rview, rcols = _annualised_view(regimes, list(regimes[0]) if regimes else [], under)
     parts.append("<h2>Regime breakdown (trailing return known at t)</h2><p class='note'>Shaded: fewer than 20 "
-                 "dates, too few to read anything into.</p>"
-                 + html_table(t["regimes"], row_class=lambda r: "fail" if r.get("small_sample") else ""))
+                 "dates, too few to read anything into. Each regime's Sharpe is annualised from its own (non-"
+                 "contiguous) dates.</p>"
+                 + html_table(rview, rcols, row_class=lambda r: "fail" if r.get("small_sample") else ""))
     if doc.get("horizon_consistency"):
         parts.append("<h2>Multi-horizon consistency</h2>" + html_table(
             [{"model": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, list)}}
