@@ -161,7 +161,9 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
                  "Sharpe; balanced accuracy above 1/3) a 5 % test finds with 80 % power on this span. Rows are only "
                  "shown beside their best baseline; a degenerate model calls one class on more than "
                  f"{cfg.get('degenerate_threshold', 0.9):.0%} of the dates.</p>")
-    for span in sorted({r.get("span", "") for r in t.get("headline", [])}, reverse=True):
+    spans = {r.get("span", "") for r in t.get("headline", [])}
+    # the longest out-of-sample series first: it is the one that can show something
+    for span in sorted(spans, key=lambda sp: (sp != "pooled walk-forward", sp)):
         rows = [r for r in t["headline"] if r.get("span") == span]
         span_under = any(r.get("annualised_from_under_a_year") for r in rows)
         view, cols = _annualised_view(rows, HEADLINE_COLUMNS, span_under)
