@@ -190,6 +190,7 @@ def _resources(root: Path) -> dict:
 def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     root, w = world
     monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FINNEX_SOURCE", "synthetic")
     cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2, **DAGSTER_FAST}
     result = dg.materialize([model_evaluation, evaluation_report, qa_report], resources=_resources(root),
                             instance=dg.DagsterInstance.ephemeral(),
@@ -207,6 +208,10 @@ def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     html = Path(meta["report"].value).read_text(encoding="utf-8")
     assert "Equity curves" in html and "cnn_model" in html and "plotly" in html.lower()
     assert "<script src=" not in html  # self-contained: no external script
+    # no ingestion ran in this instance: the configured source (synthetic by default) is named,
+    # with its synthetic modalities, before anything else
+    assert html.index("Data source: synthetic") < html.index("Read this first")
+    assert "Nothing below is evidence about any real market" in html
     qa = result.asset_materializations_for_node("qa_report")[0].metadata
     text = Path(qa["report"].value).read_text(encoding="utf-8")
     assert "model_evaluation:no_leakage_detected" in text

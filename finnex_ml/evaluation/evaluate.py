@@ -186,8 +186,7 @@ def _ci(d: Mapping[str, float]) -> list[float]:
     return [float(d["lower"]), float(d["upper"])]
 
 
-# ratios that compound or scale a mean to a year: meaningless from a few weeks of data
-ANNUALISED = ("sharpe", "sortino", "calmar", "annual_volatility", "annual_return")
+# spans shorter than this many sessions get their annualised ratios marked (report.py)
 ONE_YEAR = 252
 
 
@@ -410,10 +409,10 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     # --- label-shift placebo: skill against labels k >= h sessions further ahead must vanish --
     tested = [(r["model"], r["horizon"]) for r in test_rows if r["kind"] == "model" or r["model"] in TABULAR]
     n_calls = max(len(tested) * max(len(cfg.placebo_shifts), 1), 1)
-    placebo_perm = max(cfg.n_permutations, int(math.ceil(5 * n_calls / 0.05)))  # p can reach the family bar
+    placebo_perm = max(cfg.n_permutations, math.ceil(5 * n_calls / 0.05))  # p can reach the family bar
     placebo_rows = []
     for name, h in tested:
-        y, probs = scored[(name, h)]
+        _, probs = scored[(name, h)]
         shifted = {m * h: fr.shifted_classes(h, test_d, m * h) for m in cfg.placebo_shifts}
         for r in sg.label_shift_placebo(probs.argmax(-1), shifted, block=block, n_perm=placebo_perm, seed=cfg.seed,
                                         alpha=0.05 / max(len(tested), 1)):

@@ -18,6 +18,9 @@ better is treated as a leak until proven otherwise.
   (skill against labels k >= h sessions further in the future must vanish) and implausible
   skill (``suspicious_scores``: a balanced-accuracy interval wholly above
   ``max_balanced_accuracy``, for the networks and the tabular models fitted on these features).
+  The placebo catches skill from something slower than the forecast (a misaligned join, a
+  feature keyed to a later date); a feature that copies the next return passes it and is caught
+  only by the implausible-skill bar (blocking) or the correlation scan (warning).
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ def hac_mean_test(x: np.ndarray, lags: int | None = None) -> dict[str, float]:
         return {"mean": float(np.mean(v)) if n else nan, "se": nan, "t": nan, "p_value": nan, "n": n,
                 "lags": nan}
     if lags is None:
-        lags = int(math.floor(4 * (n / 100.0) ** (2.0 / 9.0)))
+        lags = math.floor(4 * (n / 100.0) ** (2.0 / 9.0))
     lags = int(min(max(lags, 0), n - 2))
     fit = sm.OLS(v, np.ones((n, 1))).fit(cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True})
     return {"mean": float(fit.params[0]), "se": float(fit.bse[0]), "t": float(fit.tvalues[0]),

@@ -161,7 +161,9 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
                  "Sharpe; balanced accuracy above 1/3) a 5 % test finds with 80 % power on this span. Rows are only "
                  "shown beside their best baseline; a degenerate model calls one class on more than "
                  f"{cfg.get('degenerate_threshold', 0.9):.0%} of the dates.</p>")
-    for span in sorted({r.get("span", "") for r in t.get("headline", [])}, reverse=True):
+    spans = {r.get("span", "") for r in t.get("headline", [])}
+    # the longest out-of-sample series first: it is the one that can show something
+    for span in sorted(spans, key=lambda sp: (sp != "pooled walk-forward", sp)):
         rows = [r for r in t["headline"] if r.get("span") == span]
         span_under = any(r.get("annualised_from_under_a_year") for r in rows)
         view, cols = _annualised_view(rows, HEADLINE_COLUMNS, span_under)
@@ -259,9 +261,12 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
                  "(luck or too few test dates).</p>"
                  + html_table(t["permuted_labels"],
                               row_class=lambda r: "fail" if r.get("above_chance") or r.get("below_chance") else ""))
+    regimes = t["regimes"]
+    rview, rcols = _annualised_view(regimes, list(regimes[0]) if regimes else [], under)
     parts.append("<h2>Regime breakdown (trailing return known at t)</h2><p class='note'>Shaded: fewer than 20 "
-                 "dates, too few to read anything into.</p>"
-                 + html_table(t["regimes"], row_class=lambda r: "fail" if r.get("small_sample") else ""))
+                 "dates, too few to read anything into. Each regime's Sharpe is annualised from its own (non-"
+                 "contiguous) dates.</p>"
+                 + html_table(rview, rcols, row_class=lambda r: "fail" if r.get("small_sample") else ""))
     if doc.get("horizon_consistency"):
         parts.append("<h2>Multi-horizon consistency</h2>" + html_table(
             [{"model": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, list)}}

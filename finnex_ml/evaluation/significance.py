@@ -24,13 +24,13 @@ from finnex_ml.evaluation.metrics import NUM_CLASSES, balanced_accuracy, hac_mea
 
 __all__ = [
     "block_permutation_indices",
-    "permutation_test",
-    "refit_permutation_test",
-    "label_shift_placebo",
     "brier_losses",
     "diebold_mariano",
-    "spa_test",
+    "label_shift_placebo",
     "minimum_detectable_effect",
+    "permutation_test",
+    "refit_permutation_test",
+    "spa_test",
 ]
 
 
@@ -175,7 +175,7 @@ def diebold_mariano(loss_model: np.ndarray, loss_base: np.ndarray, horizon: int 
     d = d[np.isfinite(d)]
     n, h = int(d.size), max(int(horizon), 1)
     nan = math.nan
-    hac = hac_mean_test(d, lags=max(h - 1, int(math.floor(4 * (max(n, 1) / 100.0) ** (2.0 / 9.0)))))
+    hac = hac_mean_test(d, lags=max(h - 1, math.floor(4 * (max(n, 1) / 100.0) ** (2.0 / 9.0))))
     if not np.isfinite(hac["t"]) or n < 3:
         return {"mean_diff": float(np.mean(d)) if n else nan, "dm": nan, "p_value": nan,
                 "p_value_model_better": nan, "n": n}

@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import pairwise
 
 import numpy as np
 
 from finnex_ml.evaluation import baselines as bl
 
-__all__ = ["WalkForwardFold", "yearly_folds", "fit_early_stopped", "PooledPredictions", "pooled_tabular"]
+__all__ = ["PooledPredictions", "WalkForwardFold", "fit_early_stopped", "pooled_tabular", "yearly_folds"]
 
 
 @dataclass
@@ -44,7 +45,7 @@ def yearly_folds(dates: Sequence[date], *, purge: int, min_train: int = 252,
     ``block_sessions`` rows), the first one being the earliest with at least ``min_train``
     earlier rows. Each fold trains on every earlier row except the last ``purge`` rows."""
     d = list(dates)
-    if any(b <= a for a, b in zip(d, d[1:])):
+    if any(b <= a for a, b in pairwise(d)):
         raise ValueError("dates must be strictly increasing")
     n = len(d)
     if block_sessions:
@@ -74,13 +75,13 @@ def fit_early_stopped(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, pur
     from sklearn.metrics import log_loss
 
     n = X.shape[0]
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     fit_end = n - n_val - int(purge)
     best_iter = 150  # baselines' fixed budget when the inner block is too small to choose
     stopped = False
     if n_val >= 20 and fit_end >= 50 and len(np.unique(y[:fit_end])) > 1:
-        params = dict(max_depth=3, learning_rate=0.05, l2_regularization=1.0, class_weight="balanced",
-                      early_stopping=False, random_state=seed)
+        params = {"max_depth": 3, "learning_rate": 0.05, "l2_regularization": 1.0, "class_weight": "balanced",
+                  "early_stopping": False, "random_state": seed}
         inner = HistGradientBoostingClassifier(max_iter=max_iter, **params).fit(X[:fit_end], y[:fit_end])
         yv = y[n - n_val:]
         losses = []
