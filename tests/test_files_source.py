@@ -171,8 +171,8 @@ def test_fred_dot_rows_dropped_and_daily_released_same_day(tmp_path):
     r = raw.releases
     assert r.schema == pl.Schema(RELEASE_SCHEMA)
     assert r.rows() == [
-        ("macro", "dgs10", date(2024, 3, 4), date(2024, 3, 4), 4.20),
-        ("macro", "dgs10", date(2024, 3, 7), date(2024, 3, 7), 4.10),
+        ("macro", "rate_10y", date(2024, 3, 4), date(2024, 3, 4), 4.20),  # DGS10 is the 10-year rate role
+        ("macro", "rate_10y", date(2024, 3, 7), date(2024, 3, 7), 4.10),
     ]
     assert raw.provenance == {"macro": "file:fred_DGS10.csv"}
 
@@ -187,7 +187,7 @@ def test_monthly_release_lag_and_fred_period_start(tmp_path):
     r = load(tmp_path, files).releases
     unemp = r.filter(pl.col("series") == "unemployment")
     assert unemp["released"].to_list() == [date(2023, 2, 14), date(2023, 3, 14), date(2023, 4, 14)]  # +14 default
-    cpi = r.filter(pl.col("series") == "cpiaucsl")
+    cpi = r.filter(pl.col("series") == "cpi")  # CPIAUCSL: the cpi role
     assert cpi["period_end"].to_list() == [date(2023, 1, 31), date(2023, 2, 28), date(2023, 3, 31)]
     assert cpi["released"].to_list() == [date(2023, 2, 12), date(2023, 3, 12), date(2023, 4, 12)]
     assert cpi["value"].to_list() == [299.17, 300.84, 301.84]
@@ -219,10 +219,11 @@ def test_quarterly_fundamentals_use_filing_date_and_window(tmp_path):
     assert sorted(set(r["series"])) == ["eps", "revenue"]
     rev = r.filter(pl.col("series") == "revenue")
     # earlier filings are history (two years back); Q4 is filed after the window's end
+    # date-only filing dates count from the next session (published: next_session, the default)
     assert rev.rows() == [
-        ("fundamental", "revenue", date(2023, 3, 31), date(2023, 5, 4), 21454.0),
-        ("fundamental", "revenue", date(2023, 6, 30), date(2023, 8, 2), 22010.0),
-        ("fundamental", "revenue", date(2023, 9, 30), date(2023, 11, 1), 23500.5),
+        ("fundamental", "revenue", date(2023, 3, 31), date(2023, 5, 5), 21454.0),
+        ("fundamental", "revenue", date(2023, 6, 30), date(2023, 8, 3), 22010.0),
+        ("fundamental", "revenue", date(2023, 9, 30), date(2023, 11, 2), 23500.5),
     ]
     eps = r.filter(pl.col("series") == "eps")
     assert eps["value"].to_list() == [1.23, -0.12, 0.98]
@@ -231,7 +232,7 @@ def test_quarterly_fundamentals_use_filing_date_and_window(tmp_path):
               "release_column": "filing_date", "release_lag_days": 1, "columns": {"revenue": "Revenue (USD m)"}}]  # fmt: skip
     r = load(tmp_path, files).releases
     assert r["series"].unique().to_list() == ["revenue_usd_m"]
-    assert r["released"].to_list()[0] == date(2023, 5, 5)
+    assert r["released"].to_list()[0] == date(2023, 5, 8)  # filed 5/4 + 1 day = Fri 5/5, counts from Mon 5/8
 
 
 def test_texts_tweets_and_headlines(tmp_path):
@@ -255,9 +256,10 @@ def test_texts_tweets_and_headlines(tmp_path):
     assert t.rows() == [
         (datetime(2024, 3, 5, 14, 31, tzinfo=UTC), "social", "naive is New York time"),
         (datetime(2024, 3, 5, 14, 31, tzinfo=UTC), "social", "with, a comma"),
-        (datetime(2024, 3, 5, 17, 0, tzinfo=UTC), "news", "ACME beats estimates"),  # 12:00 EST
         (datetime(2024, 3, 5, 21, 30, tzinfo=UTC), "social", "after the close"),
-        (datetime(2024, 3, 6, 17, 0, tzinfo=UTC), "news", "ACME misses"),
+        # date-only headlines count from the next session (end of the day, 23:59:59 EST)
+        (datetime(2024, 3, 6, 4, 59, 59, tzinfo=UTC), "news", "ACME beats estimates"),
+        (datetime(2024, 3, 7, 4, 59, 59, tzinfo=UTC), "news", "ACME misses"),
     ]
     after_close = t.filter(pl.col("text") == "after the close")
     assert after_close.select(assign_session(pl.col("published_at")))["published_at"][0] == date(2024, 3, 6)
@@ -265,6 +267,7 @@ def test_texts_tweets_and_headlines(tmp_path):
     # the tweet after the 5th's close counts for the 6th, so a window ending on the 5th drops it
     raw = load(tmp_path, files, start=date(2024, 3, 5), end=date(2024, 3, 5))
     assert "after the close" not in raw.texts["text"].to_list()
+    assert "ACME beats estimates" not in raw.texts["text"].to_list()
 
 
 def test_peers_long_and_wide(tmp_path):
