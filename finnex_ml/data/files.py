@@ -58,7 +58,8 @@ the entry's modality):
       ``<TICKER> Volume`` are found.
     * macro / fundamental / sentiment: when given, only the listed columns are series,
       named by their targets; otherwise every numeric column is a series named by its
-      sanitised column name (FRED ``DGS10`` -> ``dgs10``).
+      sanitised column name (``Gold ($/oz)`` -> ``gold_oz``), or for macro by its role when
+      the name is a known FRED ID / Yahoo ticker (FRED ``DGS10`` -> ``rate_10y``).
 ``frequency``
     ``daily | weekly | monthly | quarterly | annual``; releases only (prices, market and
     peers accept only ``daily``). Inferred from the median spacing of the dates when absent.
@@ -78,6 +79,34 @@ the entry's modality):
     ``mdy`` (US) or ``dmy``, for ``d/d/yyyy`` dates. Without it the file must settle the order
     itself (a first part over 12 means day first, a second part over 12 month first);
     otherwise ``03/04/2024`` is an error, never a guess.
+``keep`` / ``drop`` (market, macro, fundamental, sentiment)
+    Lists of value columns to keep (only these become features / series) or to leave out,
+    named after any rename under ``columns`` (exactly, else case-insensitively, else by the
+    sanitised form: ``Stock Splits`` = ``stock_splits``). ``columns: [a, b]`` (a list) is
+    ``keep: [a, b]``. A name that is not a column of the file is a ``DataInputError`` listing
+    the file's columns; a kept column that is not a value column (the date, a price field of a
+    market file) or holds text is an error too.
+``ticker`` (peers)
+    The file holds one peer without a ticker column (a Yahoo OHLCV export): its ``Close`` and
+    ``Volume`` (found by name, or mapped under ``columns``) are that ticker's.
+``role`` / ``roles`` (macro)
+    The semantic role of a series, one of :data:`ROLES`; the role becomes the series name, which
+    places it in its image tile and feeds the cross-features (VIX: ``rvol_minus_vix``; ``rate_2y``
+    + ``rate_10y``: ``term_spread``; ``aaa_yield`` + ``baa_yield``: ``credit_spread``;
+    ``market_index`` / ``sector_etf``: beta, return and relative strength). ``role`` makes the
+    whole file one series: its only value column, else its ``Close`` column. ``roles`` maps
+    columns (after renames) to roles. Without either, :data:`KNOWN_SERIES` (common FRED IDs and
+    Yahoo tickers) gives the role of a column named like ``VIXCLS`` / ``^VIX`` that is not
+    renamed, or of a whole file named like ``XLK.csv`` / ``VIXCLS.csv``.
+``published`` (texts, macro, fundamental, sentiment)
+    When a *date-only* timestamp (no time of day) became public: ``next_session`` (from the
+    first session after that date; the default for texts, fundamental and sentiment),
+    ``same_session`` (at that date: texts at 12:00 New York time, releases on the date; the
+    default for macro, whose ``release_lag_days`` already covers publication), or a New York
+    time of day ``"16:30"`` (quoted in YAML), which counts from the first session whose close
+    comes after it (a daily VIX close at ``"16:15"`` counts from the next session). For
+    releases it applies to the release date (release column, or period end plus
+    ``release_lag_days``); timestamps with a time are read by their time.
 
 What ``load(start, end)`` returns (canonical schemas of :mod:`finnex_ml.data.base`):
 
@@ -100,8 +129,8 @@ Parsing rules:
   ``Mar 5, 2024``, ``05 Mar 2024``, each optionally followed by a time (``16:00``,
   ``4:00:00 PM``, fractional seconds) and an offset (``Z``, ``UTC``, ``GMT``, ``+00:00``,
   ``-0500``). A time without an offset is New York time. For daily files the session is the
-  New York date. A text dated without a time was published at 12:00 New York time (during
-  the session, before the close).
+  New York date. A text or release dated without a time follows the entry's ``published``
+  (by default news and filings count from the next session).
 * Monthly / quarterly / annual series dated on the first day of the period (the FRED
   convention: ``2023-01-01`` is January) are moved to the last day of the period, so
   ``released = period_end + lag`` never predates the period's end.
