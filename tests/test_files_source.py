@@ -304,7 +304,9 @@ def test_example_data_set_loads():
     for frame in (raw.prices, raw.peers, raw.texts, raw.releases):
         assert frame.height > 0
     assert raw.prices["date"].min() >= date(2023, 3, 1) and raw.prices["date"].max() <= date(2023, 12, 29)
-    assert len([c for c in raw.prices.columns if c.startswith("market__")]) >= 20
+    # three of the ~21 daily columns are read as macro roles instead (vix, rate_2y, market_index)
+    assert len([c for c in raw.prices.columns if c.startswith("market__")]) >= 17
+    assert {"vix", "rate_2y", "rate_10y", "market_index", "cpi"} <= set(raw.releases["series"])
     assert set(raw.releases["modality"]) == {"macro", "fundamental", "sentiment"}
     assert set(raw.texts["source"]) == {"news", "social"}
     assert set(raw.provenance) == {"prices", "market", "peers", "texts", "macro", "fundamental", "sentiment"}
@@ -656,3 +658,12 @@ def test_daily_macro_published_after_the_close_counts_next_session(tmp_path):
 def test_published_bad_values(tmp_path, value, part):
     write(tmp_path, "news.csv", "title,date\nx,2024-03-05\n")
     raises(tmp_path, [{"path": "news.csv", "modality": "texts", "source": "news", "published": value}], part, exc=ConfigError)
+
+
+def test_published_time_in_the_spring_forward_gap_and_weekend_dates(tmp_path):
+    write(tmp_path, "news.csv", "title,date\ngap,2024-03-10\nsaturday,2024-03-09\n")
+    files = [{"path": "news.csv", "modality": "texts", "source": "news", "published": "02:30"}]
+    t = load(tmp_path, files, start=date(2024, 3, 11), end=date(2024, 3, 11)).texts
+    assert t["published_at"].to_list() == [datetime(2024, 3, 9, 7, 30, tzinfo=UTC), datetime(2024, 3, 10, 7, 30, tzinfo=UTC)]
+    files[0]["published"] = "next_session"  # a weekend date counts from Monday either way
+    assert load(tmp_path, files, start=date(2024, 3, 11), end=date(2024, 3, 11)).texts.height == 2

@@ -1328,7 +1328,8 @@ def _parse_peers(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
 
     if ticker_col is not None:  # long
         if any("." in d for d in mapped.values()):
-            raise ConfigError(f"{entry.where}: a long peers file (ticker column {ticker_col!r}) maps to close/volume, not TICKER.close")
+            what = f"ticker {entry.ticker!r}" if entry.ticker else f"ticker column {ticker_col!r}"
+            raise ConfigError(f"{entry.where}: a long peers file ({what}) maps to close/volume, not TICKER.close")
         fields = {d.lower(): c for c, d in mapped.items()}
         for fld in ("close", "volume"):
             if fld not in fields:
@@ -1558,7 +1559,9 @@ def _date_only_instant(day: pl.Expr, policy: str, noon: bool = False) -> pl.Expr
         hh, mm = policy.split(":")
         offset = timedelta(hours=int(hh), minutes=int(mm))
     wall = day.cast(pl.Datetime("us")) + offset
-    return wall.dt.replace_time_zone(NEW_YORK, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
+    local = wall.dt.replace_time_zone(NEW_YORK, ambiguous="earliest", non_existent="null")
+    shifted = (wall + timedelta(hours=1)).dt.replace_time_zone(NEW_YORK, ambiguous="earliest", non_existent="null")
+    return pl.coalesce(local, shifted).dt.convert_time_zone("UTC")  # a time in the spring-forward gap: an hour on
 
 
 def _date_only_release(day: pl.Series, policy: str) -> pl.Series:
