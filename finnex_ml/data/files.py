@@ -792,12 +792,9 @@ def _resolve_names(frame: pl.DataFrame, entry: FileEntry, names: tuple[str, ...]
     out: list[str] = []
     for name in names:
         bare = re.sub(r"^(market|macro|fundamental|sentiment)__", "", name)
-        hits: list[str] = []
-        for test in (lambda v: v == name, lambda v: v.casefold() == name.casefold(),
-                     lambda v: bool(_norm(v)) and _norm(v) == _norm(bare)):
-            hits = [c for c, v in shown.items() if test(v)]
-            if hits:
-                break
+        hits = ([c for c, v in shown.items() if v == name]
+                or [c for c, v in shown.items() if v.casefold() == name.casefold()]
+                or [c for c, v in shown.items() if _norm(v) and _norm(v) == _norm(bare)])
         if len(hits) != 1:
             have = ", ".join(repr(v) for v in shown.values())
             what = "is not a column of" if not hits else "matches several columns of"
