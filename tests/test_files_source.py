@@ -510,6 +510,10 @@ def test_two_yfinance_etf_market_files_drop_the_shared_extra_columns(tmp_path):
     raises(tmp_path, plain, "market column market__dividends comes from both XLK.csv and XLF.csv")
     junk = ["Dividends", "stock splits", "capital_gains"]  # names match case-insensitively or sanitised
     files = [plain[0], {**plain[1], "drop": junk}, {**plain[2], "drop": list(junk)}]
+    src = FilesSource.from_mapping(mapping(tmp_path, plain[:2]))
+    src.load(date(2024, 3, 4), date(2024, 3, 7))
+    assert [w for w in src.warnings if "'Stock Splits' holds 0.0 in every row" in w and "drop: [Stock Splits]" in w]
+    assert not [w for w in src.warnings if "'Dividends'" in w]
     raw = load(tmp_path, files)
     assert raw.prices.columns == ["date", *("open", "high", "low", "close", "volume"), "market__xlk", "market__xlf"]
     assert raw.prices["market__xlk"].to_list() == [200.5] * 4

@@ -151,7 +151,7 @@ pre-period release dates, duplicate releases, dates after today, ambiguous day/m
 two dates in one period of a monthly / quarterly series, midnight-UTC timestamps in dated
 files, texts over ``MAX_TEXT_CHARS``, binary files, and ``;`` / tab / ``|`` delimited ``.csv``.
 Accepted input worth a look (non-UTF-8 text, ``inf`` cells in optional columns, skipped
-columns, day-first dates, naive tweet times) is logged as a warning and listed in
+columns, day-first dates, naive tweet times, market columns with one value in every row) is logged as a warning and listed in
 :attr:`FilesSource.warnings`, which the ingestion asset logs to the run.
 Bad mappings raise :class:`~finnex_ml.errors.ConfigError` naming the mapping file and entry.
 """
@@ -1292,6 +1292,11 @@ def _parse_market(entry: FileEntry, frame: pl.DataFrame) -> tuple[pl.DataFrame |
     auto = [c for c in auto if c not in dropped]
     strict_vals, _ = _numbers(frame, explicit, entry, strict=True, days=day)
     loose_vals, _skipped = _numbers(frame, auto, entry, strict=False, days=day)
+    for col in loose_vals.columns:  # e.g. yfinance's Stock Splits / Capital Gains: all zeros
+        values = loose_vals[col].drop_nulls()
+        if frame.height > 1 and values.len() == frame.height and values.n_unique() == 1:
+            entry.warn(f"column {col!r} holds {values[0]!r} in every row, a feature without information; leave it "
+                       f"out with drop: [{col}] in {entry.where}", column=col)
     names: dict[str, str] = {}
     for col in [*explicit, *[c for c in auto if c in loose_vals.columns]]:
         name = "market__" + _sanitise(re.sub(r"^market__", "", mapped.get(col, col)))
