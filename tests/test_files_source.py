@@ -586,6 +586,9 @@ def test_fred_ids_and_yahoo_names_get_their_roles(tmp_path):
                                         "sector_etf", "term_spread", "vix"]
     assert r.filter(pl.col("series") == "sector_etf")["value"].to_list() == [200.5] * 4
     assert r.filter(pl.col("series") == "market_index")["value"].to_list() == [5110.0] * 2
+    etf(tmp_path, "^GSPC.csv", 5100.0)  # a yfinance file named by its ticker
+    r = load(tmp_path, [{"path": "^GSPC.csv", "modality": "macro", "drop": ["Dividends"]}]).releases
+    assert set(r["series"]) == {"market_index"} and r["value"].to_list() == [5100.5] * 4
     # per-column roles (names after renames); other columns keep their sanitised names
     r = load(tmp_path, [{"path": "wide.csv", "modality": "macro", "roles": {"VIX Close": "vix", "us2y": "rate_2y"}}]).releases
     assert sorted(set(r["series"])) == ["copper", "rate_2y", "vix"]
