@@ -217,7 +217,7 @@ def _release_features(group: str, cols: list[str], trends: bool) -> list[pl.Expr
 def _cross_features(macro_cols: set[str], fund_cols: set[str]) -> list[pl.Expr]:
     out: list[pl.Expr] = []
     r_self = (pl.col("close") / _lag(pl.col("close"), 1)).log()
-    if {"rate_2y", "rate_10y"} <= macro_cols:
+    if {"rate_2y", "rate_10y"} <= macro_cols and "term_spread" not in macro_cols:  # a T10Y2Y series is it already
         out.append((pl.col("rate_10y") - pl.col("rate_2y")).alias("macro__term_spread"))
     if {"aaa_yield", "baa_yield"} <= macro_cols:
         out.append((pl.col("baa_yield") - pl.col("aaa_yield")).alias("macro__credit_spread"))

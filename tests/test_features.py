@@ -366,3 +366,7 @@ def test_files_example_features_are_finite_after_warmup():
     assert feats["market__short_interest_m_z63"].drop_nulls().len() == feats.height
     outcome = schemas.run_schema(schemas.finite_after_warmup(schemas.feature_columns(feats)), feats)
     assert outcome.passed, outcome.failures.head()
+    # the mapping's roles and known FRED IDs feed the semantic tiles' cross-features
+    assert {"macro__vix", "macro__rvol_minus_vix", "macro__term_spread", "macro__rate_10y",
+            "macro__beta_market_index_63", "macro__cpi"} <= set(feats.columns)
+    assert "market__vix" not in feats.columns

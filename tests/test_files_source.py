@@ -171,8 +171,8 @@ def test_fred_dot_rows_dropped_and_daily_released_same_day(tmp_path):
     r = raw.releases
     assert r.schema == pl.Schema(RELEASE_SCHEMA)
     assert r.rows() == [
-        ("macro", "dgs10", date(2024, 3, 4), date(2024, 3, 4), 4.20),
-        ("macro", "dgs10", date(2024, 3, 7), date(2024, 3, 7), 4.10),
+        ("macro", "rate_10y", date(2024, 3, 4), date(2024, 3, 4), 4.20),  # DGS10 is the 10-year rate role
+        ("macro", "rate_10y", date(2024, 3, 7), date(2024, 3, 7), 4.10),
     ]
     assert raw.provenance == {"macro": "file:fred_DGS10.csv"}
 
@@ -187,7 +187,7 @@ def test_monthly_release_lag_and_fred_period_start(tmp_path):
     r = load(tmp_path, files).releases
     unemp = r.filter(pl.col("series") == "unemployment")
     assert unemp["released"].to_list() == [date(2023, 2, 14), date(2023, 3, 14), date(2023, 4, 14)]  # +14 default
-    cpi = r.filter(pl.col("series") == "cpiaucsl")
+    cpi = r.filter(pl.col("series") == "cpi")  # CPIAUCSL: the cpi role
     assert cpi["period_end"].to_list() == [date(2023, 1, 31), date(2023, 2, 28), date(2023, 3, 31)]
     assert cpi["released"].to_list() == [date(2023, 2, 12), date(2023, 3, 12), date(2023, 4, 12)]
     assert cpi["value"].to_list() == [299.17, 300.84, 301.84]
@@ -219,10 +219,11 @@ def test_quarterly_fundamentals_use_filing_date_and_window(tmp_path):
     assert sorted(set(r["series"])) == ["eps", "revenue"]
     rev = r.filter(pl.col("series") == "revenue")
     # earlier filings are history (two years back); Q4 is filed after the window's end
+    # date-only filing dates count from the next session (published: next_session, the default)
     assert rev.rows() == [
-        ("fundamental", "revenue", date(2023, 3, 31), date(2023, 5, 4), 21454.0),
-        ("fundamental", "revenue", date(2023, 6, 30), date(2023, 8, 2), 22010.0),
-        ("fundamental", "revenue", date(2023, 9, 30), date(2023, 11, 1), 23500.5),
+        ("fundamental", "revenue", date(2023, 3, 31), date(2023, 5, 5), 21454.0),
+        ("fundamental", "revenue", date(2023, 6, 30), date(2023, 8, 3), 22010.0),
+        ("fundamental", "revenue", date(2023, 9, 30), date(2023, 11, 2), 23500.5),
     ]
     eps = r.filter(pl.col("series") == "eps")
     assert eps["value"].to_list() == [1.23, -0.12, 0.98]
@@ -231,7 +232,7 @@ def test_quarterly_fundamentals_use_filing_date_and_window(tmp_path):
               "release_column": "filing_date", "release_lag_days": 1, "columns": {"revenue": "Revenue (USD m)"}}]  # fmt: skip
     r = load(tmp_path, files).releases
     assert r["series"].unique().to_list() == ["revenue_usd_m"]
-    assert r["released"].to_list()[0] == date(2023, 5, 5)
+    assert r["released"].to_list()[0] == date(2023, 5, 8)  # filed 5/4 + 1 day = Fri 5/5, counts from Mon 5/8
 
 
 def test_texts_tweets_and_headlines(tmp_path):
@@ -255,9 +256,10 @@ def test_texts_tweets_and_headlines(tmp_path):
     assert t.rows() == [
         (datetime(2024, 3, 5, 14, 31, tzinfo=UTC), "social", "naive is New York time"),
         (datetime(2024, 3, 5, 14, 31, tzinfo=UTC), "social", "with, a comma"),
-        (datetime(2024, 3, 5, 17, 0, tzinfo=UTC), "news", "ACME beats estimates"),  # 12:00 EST
         (datetime(2024, 3, 5, 21, 30, tzinfo=UTC), "social", "after the close"),
-        (datetime(2024, 3, 6, 17, 0, tzinfo=UTC), "news", "ACME misses"),
+        # date-only headlines count from the next session (end of the day, 23:59:59 EST)
+        (datetime(2024, 3, 6, 4, 59, 59, tzinfo=UTC), "news", "ACME beats estimates"),
+        (datetime(2024, 3, 7, 4, 59, 59, tzinfo=UTC), "news", "ACME misses"),
     ]
     after_close = t.filter(pl.col("text") == "after the close")
     assert after_close.select(assign_session(pl.col("published_at")))["published_at"][0] == date(2024, 3, 6)
@@ -265,6 +267,7 @@ def test_texts_tweets_and_headlines(tmp_path):
     # the tweet after the 5th's close counts for the 6th, so a window ending on the 5th drops it
     raw = load(tmp_path, files, start=date(2024, 3, 5), end=date(2024, 3, 5))
     assert "after the close" not in raw.texts["text"].to_list()
+    assert "ACME beats estimates" not in raw.texts["text"].to_list()
 
 
 def test_peers_long_and_wide(tmp_path):
@@ -301,7 +304,9 @@ def test_example_data_set_loads():
     for frame in (raw.prices, raw.peers, raw.texts, raw.releases):
         assert frame.height > 0
     assert raw.prices["date"].min() >= date(2023, 3, 1) and raw.prices["date"].max() <= date(2023, 12, 29)
-    assert len([c for c in raw.prices.columns if c.startswith("market__")]) >= 20
+    # three of the ~21 daily columns are read as macro roles instead (vix, rate_2y, market_index)
+    assert len([c for c in raw.prices.columns if c.startswith("market__")]) >= 17
+    assert {"vix", "rate_2y", "rate_10y", "market_index", "cpi"} <= set(raw.releases["series"])
     assert set(raw.releases["modality"]) == {"macro", "fundamental", "sentiment"}
     assert set(raw.texts["source"]) == {"news", "social"}
     assert set(raw.provenance) == {"prices", "market", "peers", "texts", "macro", "fundamental", "sentiment"}
@@ -478,3 +483,194 @@ def test_release_window_keeps_history_and_the_value_in_force(tmp_path):
     ]
     # monthly: two years of history, not 2021, and nothing released after the end
     assert r.filter(pl.col("series") == "x")["period_end"].to_list() == [date(2022, 12, 31), date(2023, 11, 30)]
+
+
+# --------------------------------------------------------------------------- issue 17: real exports
+
+# yfinance ETF export: OHLCV plus Dividends / Stock Splits / Capital Gains (mostly zeros)
+ETF = """Date,Open,High,Low,Close,Volume,Dividends,Stock Splits,Capital Gains
+2024-03-04 00:00:00-05:00,{o},{h},{lo},{c},1000,0.0,0.0,0.0
+2024-03-05 00:00:00-05:00,{o},{h},{lo},{c},2000,0.15,0.0,0.0
+2024-03-06 00:00:00-05:00,{o},{h},{lo},{c},3000,0.0,0.0,0.0
+2024-03-07 00:00:00-05:00,{o},{h},{lo},{c},4000,0.0,0.0,0.0
+"""
+
+
+def etf(folder: Path, name: str, base: float) -> None:
+    write(folder, name, ETF.format(o=base, h=base + 1, lo=base - 1, c=base + 0.5))
+
+
+def test_two_yfinance_etf_market_files_drop_the_shared_extra_columns(tmp_path):
+    write(tmp_path, "prices.csv", PRICES)
+    etf(tmp_path, "XLK.csv", 200.0)
+    etf(tmp_path, "XLF.csv", 40.0)
+    plain = [{"path": "prices.csv", "modality": "prices"},
+             {"path": "XLK.csv", "modality": "market", "columns": {"Close": "xlk"}},
+             {"path": "XLF.csv", "modality": "market", "columns": {"Close": "xlf"}}]
+    raises(tmp_path, plain, "market column market__dividends comes from both XLK.csv and XLF.csv")
+    junk = ["Dividends", "stock splits", "capital_gains"]  # names match case-insensitively or sanitised
+    files = [plain[0], {**plain[1], "drop": junk}, {**plain[2], "drop": list(junk)}]
+    src = FilesSource.from_mapping(mapping(tmp_path, plain[:2]))
+    src.load(date(2024, 3, 4), date(2024, 3, 7))
+    assert [w for w in src.warnings if "'Stock Splits' holds 0.0 in every row" in w and "drop: [Stock Splits]" in w]
+    assert not [w for w in src.warnings if "'Dividends'" in w]
+    raw = load(tmp_path, files)
+    assert raw.prices.columns == ["date", *("open", "high", "low", "close", "volume"), "market__xlk", "market__xlf"]
+    assert raw.prices["market__xlk"].to_list() == [200.5] * 4
+    # keep: names after the rename; only the kept columns become features
+    files = [plain[0], {**plain[1], "keep": ["xlk"]}, {**plain[2], "keep": ["XLF"]}]
+    assert load(tmp_path, files).prices.columns[-2:] == ["market__xlk", "market__xlf"]
+    # columns as a list is keep
+    write(tmp_path, "wide.csv", "Date,SPX Close,Put/Call Ratio,Constant\n2024-03-04,5100,0.8,1\n2024-03-05,5110,0.9,1\n")
+    files = [plain[0], {"path": "wide.csv", "modality": "market", "columns": ["Put/Call Ratio"]}]
+    assert load(tmp_path, files).prices.columns[-1:] == ["market__put_call_ratio"]
+
+
+def test_keep_drop_unknown_column_is_an_error_naming_file_and_columns(tmp_path):
+    write(tmp_path, "prices.csv", PRICES)
+    etf(tmp_path, "XLK.csv", 200.0)
+    base = {"path": "XLK.csv", "modality": "market", "columns": {"Close": "xlk"}}
+    err = raises(tmp_path, [{"path": "prices.csv", "modality": "prices"}, {**base, "drop": ["Dividend"]}],
+                 "drop: 'Dividend' is not a column of the file", "'Dividends'", "'Stock Splits'", "'xlk'", "XLK.csv")
+    assert err.file == "XLK.csv"
+    # a source name that was renamed is not the name after the rename
+    raises(tmp_path, [{"path": "prices.csv", "modality": "prices"}, {**base, "keep": ["Close"]}],
+           "keep: 'Close' is not a column of the file")
+    write(tmp_path, "DGS.csv", "DATE,DGS2,DGS10\n2024-03-04,4.5,4.2\n2024-03-05,4.6,4.3\n")
+    raises(tmp_path, [{"path": "DGS.csv", "modality": "macro", "keep": ["DGS30"]}], "keep: 'DGS30'", "'DGS2'", "DGS.csv")
+    raises(tmp_path, [{"path": "DGS.csv", "modality": "macro", "keep": ["DGS2"], "drop": ["DGS2"]}],
+           "both kept and dropped", exc=ConfigError)
+    raises(tmp_path, [{"path": "DGS.csv", "modality": "macro", "columns": ["DGS2"], "keep": ["DGS10"]}],
+           "give the columns to keep once", exc=ConfigError)
+    r = load(tmp_path, [{"path": "DGS.csv", "modality": "macro", "drop": ["dgs2"]}]).releases
+    assert set(r["series"]) == {"rate_10y"}
+
+
+def test_one_peer_per_file_with_ticker_key(tmp_path):
+    for name, base in (("AMZN.csv", 175.0), ("MSFT.csv", 415.0)):  # Yahoo OHLCV, no ticker column
+        write(tmp_path, name, "Date,Open,High,Low,Close,Adj Close,Volume\n"
+              f"2024-03-04,{base},{base + 2},{base - 2},{base + 1},{base},100\n"
+              "2024-03-05,null,null,null,null,null,null\n"
+              f"2024-03-06,{base},{base + 2},{base - 2},{base - 1},{base},200\n")
+    files = [{"path": "AMZN.csv", "modality": "peers", "ticker": "AMZN"},
+             {"path": "MSFT.csv", "modality": "peers", "ticker": "MSFT"}]
+    assert load(tmp_path, files).peers.rows() == [
+        (date(2024, 3, 4), "AMZN", 176.0, 100.0),
+        (date(2024, 3, 4), "MSFT", 416.0, 100.0),
+        (date(2024, 3, 6), "AMZN", 174.0, 200.0),
+        (date(2024, 3, 6), "MSFT", 414.0, 200.0),
+    ]
+    # Adj Close when mapped; the same ticker twice is named
+    files[1] = {"path": "MSFT.csv", "modality": "peers", "ticker": "MSFT", "columns": {"Adj Close": "close"}}
+    assert load(tmp_path, files).peers.filter(pl.col("ticker") == "MSFT")["close"].to_list() == [415.0, 415.0]
+    files[1] = {"path": "MSFT.csv", "modality": "peers", "ticker": "AMZN"}
+    raises(tmp_path, files, "peer AMZN on 2024-03-04 appears in AMZN.csv and MSFT.csv")
+    raises(tmp_path, [{"path": "AMZN.csv", "modality": "peers", "ticker": "AMZN", "ticker_column": "t"}],
+           "exclude each other", exc=ConfigError)
+    raises(tmp_path, [{"path": "AMZN.csv", "modality": "prices", "ticker": "AMZN"}],
+           "key 'ticker' does not apply to modality 'prices'", exc=ConfigError)
+
+
+def test_fred_ids_and_yahoo_names_get_their_roles(tmp_path):
+    fred = {"VIXCLS": "14.1", "DGS2": "4.55", "DGS10": "4.20", "T10Y2Y": "-0.35", "BAA": "5.9", "AAA": "5.1"}
+    for sid, v in fred.items():
+        write(tmp_path, f"fred_{sid}.csv", f"DATE,{sid}\n2024-03-04,{v}\n2024-03-05,.\n2024-03-06,{v}\n")
+    etf(tmp_path, "XLK.csv", 200.0)  # yfinance, by file name: the sector ETF, its Close
+    write(tmp_path, "spx.csv", "Date,Open,High,Low,Close,Volume\n2024-03-04,5100,5120,5090,5110,1\n2024-03-05,5100,5120,5090,5110,1\n")
+    write(tmp_path, "wide.csv", "Date,VIX Close,US2Y,Copper\n2024-03-04,14.1,4.55,3.9\n2024-03-05,14.2,4.56,3.8\n")
+    files = [{"path": f"fred_{sid}.csv", "modality": "macro"} for sid in fred]
+    files += [{"path": "XLK.csv", "modality": "macro"},
+              {"path": "spx.csv", "modality": "macro", "role": "market_index"}]
+    r = load(tmp_path, files).releases
+    assert sorted(set(r["series"])) == ["aaa_yield", "baa_yield", "market_index", "rate_10y", "rate_2y",
+                                        "sector_etf", "term_spread", "vix"]
+    assert r.filter(pl.col("series") == "sector_etf")["value"].to_list() == [200.5] * 4
+    assert r.filter(pl.col("series") == "market_index")["value"].to_list() == [5110.0] * 2
+    etf(tmp_path, "^GSPC.csv", 5100.0)  # a yfinance file named by its ticker
+    r = load(tmp_path, [{"path": "^GSPC.csv", "modality": "macro", "drop": ["Dividends"]}]).releases
+    assert set(r["series"]) == {"market_index"} and r["value"].to_list() == [5100.5] * 4
+    # per-column roles (names after renames); other columns keep their sanitised names
+    r = load(tmp_path, [{"path": "wide.csv", "modality": "macro", "roles": {"VIX Close": "vix", "us2y": "rate_2y"}}]).releases
+    assert sorted(set(r["series"])) == ["copper", "rate_2y", "vix"]
+    # an explicit rename wins over the table
+    r = load(tmp_path, [{"path": "fred_VIXCLS.csv", "modality": "macro", "columns": {"VIXCLS": "cboe_vix"}}]).releases
+    assert set(r["series"]) == {"cboe_vix"}
+    raises(tmp_path, [{"path": "wide.csv", "modality": "macro", "role": "vix"}], "role 'vix' makes the file one series")
+    raises(tmp_path, [{"path": "wide.csv", "modality": "macro", "role": "fear"}], "role 'fear' is not one of", exc=ConfigError)
+    raises(tmp_path, [{"path": "wide.csv", "modality": "macro", "roles": {"Gold": "vix"}}], "roles: 'Gold' is not a column")
+    raises(tmp_path, [{"path": "fred_VIXCLS.csv", "modality": "macro"}, {"path": "wide.csv", "modality": "macro", "roles": {"VIX Close": "vix"}}],
+           "macro series 'vix' comes from both")
+
+
+def test_roles_land_in_their_tiles_and_feed_the_cross_features():
+    from finnex_ml.encoding.layout import DEFAULT_ASSIGNMENT, resolve_assignment
+    from finnex_ml.features import _cross_features
+
+    macro = {"vix", "rate_2y", "rate_10y", "term_spread", "aaa_yield", "baa_yield", "market_index", "sector_etf"}
+    crossed = {e.meta.output_name() for e in _cross_features(macro, set())}
+    assert {"macro__rvol_minus_vix", "macro__credit_spread", "macro__beta_sector_etf_63",
+            "macro__beta_market_index_63"} <= crossed
+    assert "macro__term_spread" not in crossed  # the T10Y2Y series is the term spread itself
+    names = ["macro__vix", "macro__vix_z63", "macro__term_spread", "macro__term_spread_chg5", "macro__rate_10y",
+             "macro__sector_etf", "macro__market_index_chg21", "macro__cpi", "macro__baa_yield"]
+    per_tile, _ = resolve_assignment(names, DEFAULT_ASSIGNMENT)
+    tile = {f: t for t, fs in per_tile.items() for f in fs}
+    assert tile["macro__vix"] == tile["macro__vix_z63"] == "macro.red"
+    assert {tile[n] for n in names[2:7]} == {"macro.green"}
+    assert tile["macro__cpi"] == tile["macro__baa_yield"] == "macro.blue"
+
+
+def test_date_only_filing_and_headline_count_from_the_next_session(tmp_path):
+    # a 10-Q filed after the close on Tue 2024-03-05, the export keeps only the date
+    write(tmp_path, "fund.csv", "period_end,filing_date,revenue\n2023-12-31,2024-03-05,\"$21,454\"\n")
+    write(tmp_path, "news.csv", "title,date\nACME 10-Q shows a loss,2024-03-05\n")
+    files = [{"path": "fund.csv", "modality": "fundamental"}, {"path": "news.csv", "modality": "texts", "source": "news"}]
+    on_the_day = load(tmp_path, files, start=date(2024, 3, 5), end=date(2024, 3, 5))
+    assert on_the_day.releases.height == 0 and on_the_day.texts.height == 0
+    nxt = load(tmp_path, files, start=date(2024, 3, 6), end=date(2024, 3, 6))
+    assert nxt.releases["released"].to_list() == [date(2024, 3, 6)]
+    assert nxt.texts.select(assign_session(pl.col("published_at")))["published_at"].to_list() == [date(2024, 3, 6)]
+    # the features of 3/5 never see them: the point-in-time join is on released / session
+    # published: same_session restores the old reading (the filing date, the headline at noon)
+    same = [{**f, "published": "same_session"} for f in files]
+    old = load(tmp_path, same, start=date(2024, 3, 5), end=date(2024, 3, 5))
+    assert old.releases["released"].to_list() == [date(2024, 3, 5)]
+    assert old.texts["published_at"].to_list() == [datetime(2024, 3, 5, 17, 0, tzinfo=UTC)]
+    # a time of day in New York: before the close the same session, after it the next
+    morning = [{**f, "published": "09:00"} for f in files]
+    r = load(tmp_path, morning, start=date(2024, 3, 5), end=date(2024, 3, 5))
+    assert r.releases["released"].to_list() == [date(2024, 3, 5)] and r.texts.height == 1
+    evening = [{**f, "published": "16:30"} for f in files]
+    assert load(tmp_path, evening, start=date(2024, 3, 5), end=date(2024, 3, 5)).releases.height == 0
+    # a filing with a time is read by its time whatever the policy
+    write(tmp_path, "fund.csv", "period_end,filing_date,revenue\n2023-12-31,2024-03-05 08:00,\"$21,454\"\n")
+    assert load(tmp_path, files[:1], start=date(2024, 3, 5), end=date(2024, 3, 5)).releases.height == 1
+
+
+def test_daily_macro_published_after_the_close_counts_next_session(tmp_path):
+    write(tmp_path, "VIXCLS.csv", "DATE,VIXCLS\n2024-03-07,14.4\n2024-03-08,14.7\n")
+    r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro"}]).releases  # default: its date
+    assert r["released"].to_list() == [date(2024, 3, 7), date(2024, 3, 8)]
+    r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro", "published": "16:15"}]).releases
+    assert r.select("period_end", "released").rows() == [(date(2024, 3, 7), date(2024, 3, 8)),
+                                                         (date(2024, 3, 8), date(2024, 3, 11))]  # Fri -> Mon
+    # weekly survey and monthly macro dates are date-only too: sentiment defaults to next session
+    write(tmp_path, "aaii.csv", "Reported Date,Bullish\n2024-03-07,45.0%\n2024-03-14,47.0%\n")
+    r = load(tmp_path, [{"path": "aaii.csv", "modality": "sentiment", "release_lag_days": 0}]).releases
+    assert r["released"].to_list() == [date(2024, 3, 8), date(2024, 3, 15)]
+
+
+@pytest.mark.parametrize("value, part", [(990, "quote a time of day"), ("tomorrow", "'tomorrow' is not one of"),
+                                         ("25:00", "'25:00' is not one of")])
+def test_published_bad_values(tmp_path, value, part):
+    write(tmp_path, "news.csv", "title,date\nx,2024-03-05\n")
+    raises(tmp_path, [{"path": "news.csv", "modality": "texts", "source": "news", "published": value}], part, exc=ConfigError)
+
+
+def test_published_time_in_the_spring_forward_gap_and_weekend_dates(tmp_path):
+    write(tmp_path, "news.csv", "title,date\ngap,2024-03-10\nsaturday,2024-03-09\n")
+    files = [{"path": "news.csv", "modality": "texts", "source": "news", "published": "02:30"}]
+    t = load(tmp_path, files, start=date(2024, 3, 11), end=date(2024, 3, 11)).texts
+    assert t["published_at"].to_list() == [datetime(2024, 3, 9, 7, 30, tzinfo=UTC), datetime(2024, 3, 10, 7, 30, tzinfo=UTC)]
+    files[0]["published"] = "next_session"  # a weekend date counts from Monday either way
+    assert load(tmp_path, files, start=date(2024, 3, 11), end=date(2024, 3, 11)).texts.height == 2

@@ -58,7 +58,8 @@ the entry's modality):
       ``<TICKER> Volume`` are found.
     * macro / fundamental / sentiment: when given, only the listed columns are series,
       named by their targets; otherwise every numeric column is a series named by its
-      sanitised column name (FRED ``DGS10`` -> ``dgs10``).
+      sanitised column name (``Gold ($/oz)`` -> ``gold_oz``), or for macro by its role when
+      the name is a known FRED ID / Yahoo ticker (FRED ``DGS10`` -> ``rate_10y``).
 ``frequency``
     ``daily | weekly | monthly | quarterly | annual``; releases only (prices, market and
     peers accept only ``daily``). Inferred from the median spacing of the dates when absent.
@@ -78,6 +79,34 @@ the entry's modality):
     ``mdy`` (US) or ``dmy``, for ``d/d/yyyy`` dates. Without it the file must settle the order
     itself (a first part over 12 means day first, a second part over 12 month first);
     otherwise ``03/04/2024`` is an error, never a guess.
+``keep`` / ``drop`` (market, macro, fundamental, sentiment)
+    Lists of value columns to keep (only these become features / series) or to leave out,
+    named after any rename under ``columns`` (exactly, else case-insensitively, else by the
+    sanitised form: ``Stock Splits`` = ``stock_splits``). ``columns: [a, b]`` (a list) is
+    ``keep: [a, b]``. A name that is not a column of the file is a ``DataInputError`` listing
+    the file's columns; a kept column that is not a value column (the date, a price field of a
+    market file) or holds text is an error too.
+``ticker`` (peers)
+    The file holds one peer without a ticker column (a Yahoo OHLCV export): its ``Close`` and
+    ``Volume`` (found by name, or mapped under ``columns``) are that ticker's.
+``role`` / ``roles`` (macro)
+    The semantic role of a series, one of :data:`ROLES`; the role becomes the series name, which
+    places it in its image tile and feeds the cross-features (VIX: ``rvol_minus_vix``; ``rate_2y``
+    + ``rate_10y``: ``term_spread``; ``aaa_yield`` + ``baa_yield``: ``credit_spread``;
+    ``market_index`` / ``sector_etf``: beta, return and relative strength). ``role`` makes the
+    whole file one series: its only value column, else its ``Close`` column. ``roles`` maps
+    columns (after renames) to roles. Without either, :data:`KNOWN_SERIES` (common FRED IDs and
+    Yahoo tickers) gives the role of a column named like ``VIXCLS`` / ``^VIX`` that is not
+    renamed, or of a whole file named like ``XLK.csv`` / ``VIXCLS.csv``.
+``published`` (texts, macro, fundamental, sentiment)
+    When a *date-only* timestamp (no time of day) became public: ``next_session`` (from the
+    first session after that date; the default for texts, fundamental and sentiment),
+    ``same_session`` (at that date: texts at 12:00 New York time, releases on the date; the
+    default for macro, whose ``release_lag_days`` already covers publication), or a New York
+    time of day ``"16:30"`` (quoted in YAML), which counts from the first session whose close
+    comes after it (a daily VIX close at ``"16:15"`` counts from the next session). For
+    releases it applies to the release date (release column, or period end plus
+    ``release_lag_days``); timestamps with a time are read by their time.
 
 What ``load(start, end)`` returns (canonical schemas of :mod:`finnex_ml.data.base`):
 
@@ -100,8 +129,8 @@ Parsing rules:
   ``Mar 5, 2024``, ``05 Mar 2024``, each optionally followed by a time (``16:00``,
   ``4:00:00 PM``, fractional seconds) and an offset (``Z``, ``UTC``, ``GMT``, ``+00:00``,
   ``-0500``). A time without an offset is New York time. For daily files the session is the
-  New York date. A text dated without a time was published at 12:00 New York time (during
-  the session, before the close).
+  New York date. A text or release dated without a time follows the entry's ``published``
+  (by default news and filings count from the next session).
 * Monthly / quarterly / annual series dated on the first day of the period (the FRED
   convention: ``2023-01-01`` is January) are moved to the last day of the period, so
   ``released = period_end + lag`` never predates the period's end.
@@ -122,7 +151,7 @@ pre-period release dates, duplicate releases, dates after today, ambiguous day/m
 two dates in one period of a monthly / quarterly series, midnight-UTC timestamps in dated
 files, texts over ``MAX_TEXT_CHARS``, binary files, and ``;`` / tab / ``|`` delimited ``.csv``.
 Accepted input worth a look (non-UTF-8 text, ``inf`` cells in optional columns, skipped
-columns, day-first dates, naive tweet times) is logged as a warning and listed in
+columns, day-first dates, naive tweet times, market columns with one value in every row) is logged as a warning and listed in
 :attr:`FilesSource.warnings`, which the ingestion asset logs to the run.
 Bad mappings raise :class:`~finnex_ml.errors.ConfigError` naming the mapping file and entry.
 """
@@ -158,7 +187,8 @@ from finnex_ml.data.base import (
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.paths import resolve_under
 
-__all__ = ["FilesSource", "FileEntry", "MODALITIES", "FREQUENCIES", "DEFAULT_RELEASE_LAG_DAYS"]
+__all__ = ["FilesSource", "FileEntry", "MODALITIES", "FREQUENCIES", "DEFAULT_RELEASE_LAG_DAYS", "ROLES",
+           "KNOWN_SERIES", "DEFAULT_PUBLISHED"]
 
 MODALITIES = ("prices", "market", "peers", "texts", "macro", "fundamental", "sentiment")
 RELEASE_KINDS = ("macro", "fundamental", "sentiment")
@@ -187,7 +217,33 @@ _ENTRY_KEYS: dict[str, tuple[str, ...]] = {
     "source": ("texts",),
     "text_column": ("texts",),
     "date_order": MODALITIES,
+    "keep": ("market", *RELEASE_KINDS),
+    "drop": ("market", *RELEASE_KINDS),
+    "ticker": ("peers",),
+    "role": ("macro",),
+    "roles": ("macro",),
+    "published": ("texts", *RELEASE_KINDS),
 }
+# Semantic roles of macro series: the role is the series name, which places it in its image
+# tile (finnex_ml.encoding.layout.DEFAULT_ASSIGNMENT) and feeds the cross-features
+# (finnex_ml.features._cross_features), the names the synthetic and packaged sources use.
+ROLES = ("vix", "rate_2y", "rate_10y", "term_spread", "aaa_yield", "baa_yield", "cpi", "unemployment",
+         "market_index", "sector_etf")
+# Common FRED IDs and Yahoo / yfinance tickers -> role. Matched case-insensitively against a
+# macro file's column names (FRED: DATE,VIXCLS) and its file name stem (yfinance: XLK.csv).
+KNOWN_SERIES: dict[str, str] = {
+    "VIXCLS": "vix", "^VIX": "vix",
+    "DGS10": "rate_10y", "DGS2": "rate_2y", "T10Y2Y": "term_spread",
+    "BAA": "baa_yield", "DBAA": "baa_yield", "AAA": "aaa_yield", "DAAA": "aaa_yield",
+    "CPIAUCSL": "cpi", "CPIAUCNS": "cpi", "UNRATE": "unemployment",
+    "SP500": "market_index", "^GSPC": "market_index", "SPY": "market_index",
+    **{etf: "sector_etf" for etf in ("XLB", "XLC", "XLE", "XLF", "XLI", "XLK", "XLP", "XLRE", "XLU", "XLV", "XLY")},
+}  # fmt: skip
+PUBLISHED = ("next_session", "same_session")  # or "HH:MM", New York time
+# published default per modality, for date-only timestamps: news, filings and survey releases
+# without a time count from the next session; macro keeps its date (release_lag_days covers it)
+DEFAULT_PUBLISHED = {"texts": "next_session", "fundamental": "next_session", "sentiment": "next_session",
+                     "macro": "same_session"}
 _TOP_KEYS = ("ticker", "files")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -236,6 +292,12 @@ class FileEntry:
     source: str | None = None
     text_column: str | None = None
     date_order: str | None = None  # for d/d/yyyy dates: mdy or dmy; None: inferred, error if ambiguous
+    keep: tuple[str, ...] | None = None  # value columns to keep (names after any rename); None: all
+    drop: tuple[str, ...] = ()  # value columns to leave out (names after any rename)
+    ticker: str | None = None  # peers: the one peer of a file without a ticker column
+    role: str | None = None  # macro: the file is this one series (see ROLES)
+    roles: dict[str, str] = field(default_factory=dict)  # macro: column (after rename) -> role
+    published: str | None = None  # date-only timestamps: next_session | same_session | HH:MM
     notes: list[str] = field(default_factory=list, compare=False)  # warnings of the last parse
 
     def warn(self, message: str, **where: Any) -> None:
@@ -334,8 +396,16 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
     rel = target.relative_to(root).as_posix()
 
     columns_raw = raw.get("columns") or {}
+    keep = _name_list(raw, "keep", where)
+    if isinstance(columns_raw, list):  # columns: [a, b] is keep: [a, b]
+        if modality not in ("market", *RELEASE_KINDS):
+            raise ConfigError(f"{where}: columns must be a mapping of source column -> name for {modality} files")
+        if keep is not None:
+            raise ConfigError(f"{where}: give the columns to keep once, as columns: [...] or keep: [...]")
+        keep = _name_list(raw, "columns", where)
+        columns_raw = {}
     if not isinstance(columns_raw, dict):
-        raise ConfigError(f"{where}: columns must be a mapping of source column -> name")
+        raise ConfigError(f"{where}: columns must be a mapping of source column -> name (or a list to keep)")
     columns: dict[str, str] = {}
     for src, dst in columns_raw.items():
         if not isinstance(dst, str) or not dst.strip():
@@ -373,6 +443,30 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
     order = raw.get("date_order")
     if order is not None and order not in DATE_ORDERS:
         raise ConfigError(f"{where}: date_order {order!r} is not one of {', '.join(DATE_ORDERS)}")
+    published = raw.get("published")
+    if published is not None:
+        if isinstance(published, int) and not isinstance(published, bool):
+            raise ConfigError(f"{where}: published {published!r}: quote a time of day (published: \"16:30\"); "
+                              "YAML reads an unquoted 16:30 as a number")
+        m = re.fullmatch(r"(\d{1,2}):(\d{2})", str(published).strip())
+        if published not in PUBLISHED and not (m and int(m[1]) < 24 and int(m[2]) < 60):
+            raise ConfigError(f"{where}: published {published!r} is not one of {', '.join(PUBLISHED)} "
+                              "or a New York time of day like \"16:30\"")
+        published = str(published).strip()
+    role = raw.get("role")
+    if role is not None and role not in ROLES:
+        raise ConfigError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+    roles_raw = raw.get("roles") or {}
+    if not isinstance(roles_raw, dict):
+        raise ConfigError(f"{where}: roles must be a mapping of column -> role")
+    for col, r in roles_raw.items():
+        if r not in ROLES:
+            raise ConfigError(f"{where}: roles[{col!r}] {r!r} is not one of {', '.join(ROLES)}")
+    if role is not None and roles_raw:
+        raise ConfigError(f"{where}: give role (the file is one series) or roles (per column), not both")
+    ticker = _opt_str(raw, "ticker", where)
+    if ticker is not None and raw.get("ticker_column") is not None:
+        raise ConfigError(f"{where}: ticker (one peer per file) and ticker_column (a long file) exclude each other")
     source = raw.get("source")
     if modality == "texts":
         if source is None:
@@ -395,7 +489,24 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
         source=source,
         text_column=_opt_str(raw, "text_column", where),
         date_order=order,
+        keep=keep,
+        drop=_name_list(raw, "drop", where) or (),
+        ticker=ticker.strip() if ticker else None,
+        role=role,
+        roles={str(k): v for k, v in roles_raw.items()},
+        published=published,
     )
+
+
+def _name_list(raw: dict, key: str, where: str) -> tuple[str, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{where}: {key} must be a non-empty list of column names, got {value!r}")
+    return tuple(v.strip() for v in value)
 
 
 # --------------------------------------------------------------------------- source
@@ -669,6 +780,47 @@ def _norm(name: str) -> str:
 
 def _sanitise(name: str) -> str:
     return _norm(name)
+
+
+def _resolve_names(frame: pl.DataFrame, entry: FileEntry, names: tuple[str, ...], renamed: dict[str, str],
+                   key: str) -> list[str]:
+    """The file columns that ``names`` (from the entry's ``key``) refer to. A name is a column's
+    name after any rename under ``columns`` (exactly, else case-insensitively, else by its
+    sanitised form: ``Stock Splits``, ``stock splits``, ``stock_splits``). Unknown names are an
+    error naming the file and its columns."""
+    shown = {c: renamed.get(c, c) for c in frame.columns if c != ROW}
+    out: list[str] = []
+    for name in names:
+        bare = re.sub(r"^(market|macro|fundamental|sentiment)__", "", name)
+        hits = ([c for c, v in shown.items() if v == name]
+                or [c for c, v in shown.items() if v.casefold() == name.casefold()]
+                or [c for c, v in shown.items() if _norm(v) and _norm(v) == _norm(bare)])
+        if len(hits) != 1:
+            have = ", ".join(repr(v) for v in shown.values())
+            what = "is not a column of" if not hits else "matches several columns of"
+            raise DataInputError(f"{key}: {name!r} {what} the file (its columns, after renames: {have}); "
+                                 f"see {entry.where}", file=entry.rel, column=name)
+        out.append(hits[0])
+    return out
+
+
+def _keep_drop(frame: pl.DataFrame, entry: FileEntry, renamed: dict[str, str], candidates: list[str],
+               ) -> tuple[list[str], set[str]]:
+    """(kept value columns, or [] without ``keep``; dropped columns) of the entry's keep / drop."""
+    kept: list[str] = []
+    if entry.keep is not None:
+        kept = _resolve_names(frame, entry, entry.keep, renamed, "keep")
+        odd = [c for c in kept if c not in candidates]
+        if odd:
+            raise DataInputError(
+                f"keep: {renamed.get(odd[0], odd[0])!r} is not a value column of this {entry.modality} file (it is "
+                "the date, release, ticker or a price field); rename it under columns to make it a series",
+                file=entry.rel, column=odd[0])
+    dropped = set(_resolve_names(frame, entry, entry.drop, renamed, "drop"))
+    both = [c for c in kept if c in dropped]
+    if both:
+        raise ConfigError(f"{entry.where}: column {both[0]!r} is both kept and dropped")
+    return kept, dropped
 
 
 def _date_column(frame: pl.DataFrame, entry: FileEntry, exclude: set[str]) -> str:
@@ -1133,8 +1285,18 @@ def _parse_market(entry: FileEntry, frame: pl.DataFrame) -> tuple[pl.DataFrame |
     taken = {date_col, *fields.values()}
     explicit = [c for c, d in mapped.items() if d not in OHLCV]
     auto = [c for c in frame.columns if c not in taken and c not in mapped and c != ROW and _norm(c) != "adj_close"]
+    kept, dropped = _keep_drop(frame, entry, mapped, [*explicit, *auto])
+    if entry.keep is not None:  # kept columns are asked for: a text cell in them is an error
+        explicit, auto = kept, []
+    explicit = [c for c in explicit if c not in dropped]
+    auto = [c for c in auto if c not in dropped]
     strict_vals, _ = _numbers(frame, explicit, entry, strict=True, days=day)
     loose_vals, _skipped = _numbers(frame, auto, entry, strict=False, days=day)
+    for col in loose_vals.columns:  # e.g. yfinance's Stock Splits / Capital Gains: all zeros
+        values = loose_vals[col].drop_nulls()
+        if frame.height > 1 and values.len() == frame.height and values.n_unique() == 1:
+            entry.warn(f"column {col!r} holds {values[0]!r} in every row, a feature without information; leave it "
+                       f"out with drop: [{col}] in {entry.where}", column=col)
     names: dict[str, str] = {}
     for col in [*explicit, *[c for c in auto if c in loose_vals.columns]]:
         name = "market__" + _sanitise(re.sub(r"^market__", "", mapped.get(col, col)))
@@ -1154,8 +1316,11 @@ def _parse_market(entry: FileEntry, frame: pl.DataFrame) -> tuple[pl.DataFrame |
 
 
 def _parse_peers(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
-    if entry.ticker_column:
-        ticker_col: str | None = _column(frame, entry.ticker_column, entry, "ticker_column")
+    if entry.ticker:  # one peer per file (a Yahoo OHLCV export): a long file of one ticker
+        ticker_col: str | None = "__ticker__"
+        frame = frame.with_columns(pl.lit(entry.ticker).alias(ticker_col))
+    elif entry.ticker_column:
+        ticker_col = _column(frame, entry.ticker_column, entry, "ticker_column")
     else:
         hits = _by_name(frame, _TICKER_NAMES, set())
         ticker_col = hits[0] if len(hits) == 1 else None
@@ -1165,7 +1330,8 @@ def _parse_peers(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
 
     if ticker_col is not None:  # long
         if any("." in d for d in mapped.values()):
-            raise ConfigError(f"{entry.where}: a long peers file (ticker column {ticker_col!r}) maps to close/volume, not TICKER.close")
+            what = f"ticker {entry.ticker!r}" if entry.ticker else f"ticker column {ticker_col!r}"
+            raise ConfigError(f"{entry.where}: a long peers file ({what}) maps to close/volume, not TICKER.close")
         fields = {d.lower(): c for c, d in mapped.items()}
         for fld in ("close", "volume"):
             if fld not in fields:
@@ -1292,7 +1458,9 @@ def _parse_texts(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
             f"text of {lengths[i]:,} characters; the limit is {MAX_TEXT_CHARS:,} per text (a headline, post or "
             "article); is a delimiter or quote missing so that several records ran together?",
             file=entry.rel, column=text_col, row=int(frame[ROW][i]))
-    when = _when(frame, date_col, entry, default_hour=12)
+    when = _when(frame, date_col, entry)
+    when = when.with_columns(utc=pl.when(pl.col("has_time")).then(pl.col("utc"))
+                             .otherwise(_date_only_instant(pl.col("day"), _published(entry), noon=True)))
     naive = _naive_times(frame[date_col])
     if naive.any():
         i = int(naive.arg_true()[0])
@@ -1377,6 +1545,48 @@ def _one_per_period(entry: FileEntry, frame: pl.DataFrame, col: str, day: pl.Ser
             file=entry.rel, column=col, row=b[ROW], date=str(b["day"]))
 
 
+def _published(entry: FileEntry) -> str:
+    return entry.published or DEFAULT_PUBLISHED[entry.modality]
+
+
+def _date_only_instant(day: pl.Expr, policy: str, noon: bool = False) -> pl.Expr:
+    """The UTC instant a date-only value counts from under ``policy``: ``next_session`` the end
+    of that New York day (so the first session after it), ``same_session`` that day's noon (texts)
+    or midnight (releases, which then count at that date), ``HH:MM`` that New York time."""
+    if policy == "next_session":
+        offset = timedelta(hours=23, minutes=59, seconds=59)
+    elif policy == "same_session":
+        offset = timedelta(hours=12 if noon else 0)
+    else:
+        hh, mm = policy.split(":")
+        offset = timedelta(hours=int(hh), minutes=int(mm))
+    wall = day.cast(pl.Datetime("us")) + offset
+    local = wall.dt.replace_time_zone(NEW_YORK, ambiguous="earliest", non_existent="null")
+    shifted = (wall + timedelta(hours=1)).dt.replace_time_zone(NEW_YORK, ambiguous="earliest", non_existent="null")
+    return pl.coalesce(local, shifted).dt.convert_time_zone("UTC")  # a time in the spring-forward gap: an hour on
+
+
+def _date_only_release(day: pl.Series, policy: str) -> pl.Series:
+    """Release dates of date-only rows under ``policy`` (see :func:`_date_only_instant`):
+    ``same_session`` keeps the date; otherwise the session whose close comes after the instant
+    (outside the calendar's range: the next day for next_session, or a time after 16:00)."""
+    if policy == "same_session" or day.len() == 0:
+        return day
+    frame = pl.DataFrame({"day": day}).with_row_index("i").with_columns(
+        utc=_date_only_instant(pl.col("day"), policy),
+        use=pl.col("day").is_between(CALENDAR_START, calendar_end() - timedelta(days=7)),
+    )
+    late = policy == "next_session" or tuple(map(int, policy.split(":"))) >= (16, 0)
+    fallback = pl.col("day") + timedelta(days=1) if late else pl.col("day")
+    inside = frame.filter(pl.col("use") & pl.col("utc").is_not_null())
+    if inside.height:
+        inside = inside.select("i", assign_session(pl.col("utc")).alias("session"))
+        frame = frame.join(inside, on="i", how="left").sort("i")
+    else:
+        frame = frame.with_columns(session=pl.lit(None, pl.Date))
+    return frame.select(pl.coalesce("session", fallback).alias("day")).to_series().alias(day.name)
+
+
 def _release_day(when: pl.DataFrame) -> pl.Series:
     """The release date of each row: the New York date, except that a timestamp counts from
     the first session whose close comes after it (a filing at 16:05 enters the next session).
@@ -1408,8 +1618,14 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
     _one_per_period(entry, frame, date_col, day, frequency)
     period_end = _period_end(day, frequency)
 
+    policy = _published(entry)
     if release_col is not None:
-        released = _release_day(_when(frame, release_col, entry)) + timedelta(days=entry.release_lag_days or 0)
+        rwhen = _when(frame, release_col, entry)
+        lag = timedelta(days=entry.release_lag_days or 0)
+        timed = _release_day(rwhen) + lag
+        stated = rwhen["day"] + lag  # the release date as the file states it
+        dated = _date_only_release(stated, policy)  # a date-only filing, see published
+        released = pl.select(pl.when(rwhen["has_time"]).then(timed).otherwise(dated)).to_series()
     else:
         if entry.release_lag_days is None and frequency is None:
             raise DataInputError(
@@ -1418,12 +1634,13 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
                 column=date_col,
             )
         lag = entry.release_lag_days if entry.release_lag_days is not None else DEFAULT_RELEASE_LAG_DAYS[frequency]
-        released = period_end + timedelta(days=lag)
-    early = (released < period_end).fill_null(False)
+        stated = period_end + timedelta(days=lag)
+        released = _date_only_release(stated, policy)
+    early = (stated < period_end).fill_null(False)
     if early.any():
         i = int(early.arg_true()[0])
         raise DataInputError(
-            f"released {released[i]} before the period ends ({period_end[i]}); are the date and release "
+            f"released {stated[i]} before the period ends ({period_end[i]}); are the date and release "
             f"columns swapped? (see {entry.where})",
             file=entry.rel,
             column=release_col,
@@ -1431,19 +1648,30 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
             date=str(day[i]),
         )
 
-    if mapped:
-        values, _ = _numbers(frame, list(mapped), entry, strict=True, days=day)
-        names = {c: _sanitise(d) for c, d in mapped.items()}
-    else:
-        skip = {date_col, release_col, *_by_name(frame, _TICKER_NAMES, set())}
-        auto = [c for c in frame.columns if c not in skip and c != ROW]
-        values, _ = _numbers(frame, auto, entry, strict=False, days=day)
-        names = {c: _sanitise(c) or f"col{frame.columns.index(c)}" for c in values.columns}
-        if not names:
-            raise DataInputError(
-                f"no numeric value column found; map the value columns under columns in {entry.where}",
-                file=entry.rel,
-            )
+    skip = {date_col, release_col, *_by_name(frame, _TICKER_NAMES, set())}
+    every = [c for c in frame.columns if c not in skip and c != ROW]
+    kept, dropped = _keep_drop(frame, entry, mapped, every)
+    strict = bool(kept or mapped)
+    cols = kept or list(mapped) or every
+    cols = [c for c in cols if c not in dropped]
+    role = entry.role
+    if role is None and not (mapped or entry.roles or entry.keep) and entry.modality == "macro":
+        role = _known_role(entry.path.stem)  # yfinance XLK.csv, FRED VIXCLS.csv
+    if role is not None:  # the file is one series: its only value column, or Close of an OHLCV export
+        cols = _role_column(frame, entry, cols, role, mapped)
+    values, _ = _numbers(frame, cols, entry, strict=strict or role is not None, days=day)
+    names = {c: _sanitise(mapped.get(c, c)) or f"col{frame.columns.index(c)}" for c in values.columns}
+    if entry.modality == "macro":
+        by_role = dict(zip(_resolve_names(frame, entry, tuple(entry.roles), mapped, "roles"), entry.roles.values()))
+        for c in names:
+            known = role or by_role.get(c) or (None if c in mapped else _known_role(c))
+            if known:
+                names[c] = known
+    if not names:
+        raise DataInputError(
+            f"no numeric value column found; map the value columns under columns in {entry.where}",
+            file=entry.rel,
+        )
     clash = [n for n in names.values() if list(names.values()).count(n) > 1]
     if clash:
         cols = [c for c, n in names.items() if n == clash[0]]
@@ -1477,6 +1705,23 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
             date=str(first["period_end"]),
         )
     return long.select(*RELEASE_SCHEMA).cast(RELEASE_SCHEMA)
+
+
+def _known_role(name: str) -> str | None:
+    """The role of a common FRED ID / Yahoo ticker (KNOWN_SERIES), by exact case-insensitive name."""
+    return KNOWN_SERIES.get(name.strip().upper())
+
+
+def _role_column(frame: pl.DataFrame, entry: FileEntry, cols: list[str], role: str, mapped: dict[str, str]) -> list[str]:
+    if len(cols) == 1:
+        return cols
+    close = [c for c in cols if _norm(mapped.get(c, c)) == "close"]
+    if len(close) == 1:
+        return close
+    raise DataInputError(
+        f"role {role!r} makes the file one series, but it has {len(cols)} value columns "
+        f"({', '.join(repr(c) for c in cols[:8])}) and no single Close column; keep one with columns: [...] or "
+        f"give roles per column in {entry.where}", file=entry.rel)
 
 
 def _concat_releases(frames: list[pl.DataFrame]) -> pl.DataFrame:

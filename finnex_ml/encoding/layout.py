@@ -82,7 +82,7 @@ DEFAULT_ASSIGNMENT: dict[str, list[str]] = {
     # macro__control_*: the positive control's second series (finnex_ml.data.synthetic)
     "macro.red": ["macro__vix", "macro__vix_*", "macro__rvol_minus_vix", "macro__credit_spread",
                   "macro__control_*"],
-    "macro.green": ["macro__rate_*", "macro__term_spread", "macro__market_index*", "macro__sector_etf*",
+    "macro.green": ["macro__rate_*", "macro__term_spread*", "macro__market_index*", "macro__sector_etf*",
                     "macro__beta_*", "macro__rel_strength_*"],
     # everything else in macro: monthly FRED-like series (cpi, unemployment, pmi), corporate
     # yields, Fama-French factors, commodities
