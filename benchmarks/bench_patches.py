@@ -85,8 +85,10 @@ def main() -> None:
             days = [date(2024, 1, 1) + timedelta(days=i) for i in range(args.n)]
 
             # 8x8-pixel blocks of random values: compresses like a real mega-image (bands of repeats)
-            blocky = [np.ascontiguousarray(np.repeat(np.repeat(rng.random((64, 64, 3), dtype=np.float32), 8, 0), 8, 1))
-                      for _ in range(args.n)]
+            blocky = [
+                np.ascontiguousarray(np.repeat(np.repeat(rng.random((64, 64, 3), dtype=np.float32), 8, 0), 8, 1))
+                for _ in range(args.n)
+            ]
 
             def bare() -> None:
                 for i, src in enumerate(blocky):
@@ -97,7 +99,9 @@ def main() -> None:
                 buf = np.empty(PATCHES_SHAPE, dtype=np.float32)
                 for d, src in zip(days, blocky):
                     extract_patches(src, out=buf)
-                    write_shard(tmp / "shards", PatchShard(d, buf, (1, 5), np.zeros(2, np.int8), np.zeros(2), "0" * 64, ""))
+                    write_shard(
+                        tmp / "shards", PatchShard(d, buf, (1, 5), np.zeros(2, np.int8), np.zeros(2), "0" * 64, "")
+                    )
 
             t_bare = best_of(max(1, args.repeat // 2), bare)
             t_shard = best_of(max(1, args.repeat // 2), shards)

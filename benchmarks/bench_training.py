@@ -65,9 +65,14 @@ def write_sharded(folder: Path, x: np.ndarray, y: np.ndarray, r: np.ndarray) -> 
     for i in range(n_img):
         shard = folder / f"shard_{i:04d}.h5"
         with h5py.File(shard, "w") as f:
-            f.create_dataset("patches", data=x[i * PPI:(i + 1) * PPI], chunks=(PPI, 32, 32, 3),
-                             compression="gzip", compression_opts=1)
-        layout[i * PPI:(i + 1) * PPI] = h5py.VirtualSource(shard.name, "patches", shape=(PPI, 32, 32, 3))
+            f.create_dataset(
+                "patches",
+                data=x[i * PPI : (i + 1) * PPI],
+                chunks=(PPI, 32, 32, 3),
+                compression="gzip",
+                compression_opts=1,
+            )
+        layout[i * PPI : (i + 1) * PPI] = h5py.VirtualSource(shard.name, "patches", shape=(PPI, 32, 32, 3))
     path = folder / "train.h5"
     with h5py.File(path, "w", libver="latest") as f:
         f.create_virtual_dataset("patches", layout, fillvalue=np.nan)
@@ -98,9 +103,11 @@ def main() -> None:
     write_plain(plain, x, y, r)
     sharded = write_sharded(tmp, x, y, r)
     shard_mb = sum(p.stat().st_size for p in tmp.glob("shard_*.h5")) / 2**20
-    print(f"{n} training patches ({x.nbytes / 2**20:.0f} MiB), batch {args.batch}, model {args.model} small, "
-          f"run length {args.run_length}, threads {args.threads or torch.get_num_threads()}; "
-          f"plain file {plain.stat().st_size / 2**20:.0f} MiB, gzip-1 shards {shard_mb:.1f} MiB")
+    print(
+        f"{n} training patches ({x.nbytes / 2**20:.0f} MiB), batch {args.batch}, model {args.model} small, "
+        f"run length {args.run_length}, threads {args.threads or torch.get_num_threads()}; "
+        f"plain file {plain.stat().st_size / 2**20:.0f} MiB, gzip-1 shards {shard_mb:.1f} MiB"
+    )
 
     targets = {"label_h1": y, "return_h1": r}
     keys = {"label_h1": ("labels", 0), "return_h1": ("returns", 0)}
@@ -127,9 +134,18 @@ def main() -> None:
     best: dict[str, tuple[float, float]] = {}
     for _ in range(args.repeat):
         for label, make, extra in cases:
-            cfg = TrainConfig(model=args.model, input_mode="patch", epochs=args.epochs, batch_size=args.batch,
-                              lr=1e-3, warmup_epochs=0, patience=None, run_length=args.run_length,
-                              num_threads=args.threads or None, **extra)
+            cfg = TrainConfig(
+                model=args.model,
+                input_mode="patch",
+                epochs=args.epochs,
+                batch_size=args.batch,
+                lr=1e-3,
+                warmup_epochs=0,
+                patience=None,
+                run_length=args.run_length,
+                num_threads=args.threads or None,
+                **extra,
+            )
             res = train_model(cfg, make(train_rows), make(val_rows), checkpoint_dir=tmp / "ckpt")
             m = res.history[-1]
             if label not in best or m["samples_per_s"] > best[label][0]:
@@ -139,6 +155,7 @@ def main() -> None:
     for label, _, _ in cases:
         sps, wait = best[label]
         print(f"{label:46s} {sps:10.0f} {wait:10.1%} {sps / base:11.2f}x")
+
 
 if __name__ == "__main__":
     main()

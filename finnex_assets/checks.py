@@ -19,25 +19,34 @@ from finnex_ml import schemas
 MAX_LISTED = 20
 
 MARKET_CHECKS: dict[str, tuple[str, Callable[[pl.DataFrame], schemas.CheckOutcome]]] = {
-    "ohlc_consistency": ("low <= open, close <= high on every row",
-                         lambda f: schemas.run_schema(schemas.OHLC_CONSISTENCY, f)),
-    "prices_positive_volume_nonnegative": ("prices > 0 and volume >= 0",
-                                           lambda f: schemas.run_schema(schemas.PRICES_POSITIVE, f)),
-    "unique_sessions": ("one row per (partition, session)",
-                        lambda f: schemas.run_schema(schemas.UNIQUE_SNAPSHOT_ROWS, f)),
+    "ohlc_consistency": (
+        "low <= open, close <= high on every row",
+        lambda f: schemas.run_schema(schemas.OHLC_CONSISTENCY, f),
+    ),
+    "prices_positive_volume_nonnegative": (
+        "prices > 0 and volume >= 0",
+        lambda f: schemas.run_schema(schemas.PRICES_POSITIVE, f),
+    ),
+    "unique_sessions": (
+        "one row per (partition, session)",
+        lambda f: schemas.run_schema(schemas.UNIQUE_SNAPSHOT_ROWS, f),
+    ),
 }
 FEATURE_CHECKS: dict[str, tuple[str, Callable[[pl.DataFrame], schemas.CheckOutcome]]] = {
     "unique_sessions": ("one row per trading date", lambda f: schemas.run_schema(schemas.UNIQUE_SESSIONS, f)),
-    "finite_after_warmup": ("no null, NaN or inf in any feature once warm-up is complete",
-                            lambda f: schemas.run_schema(schemas.finite_after_warmup(schemas.feature_columns(f)), f)),
-    "staleness_within_bounds": ("carried-forward values are younger than their modality's limit",
-                                lambda f: schemas.run_schema(schemas.staleness_within_bounds(f), f)),
+    "finite_after_warmup": (
+        "no null, NaN or inf in any feature once warm-up is complete",
+        lambda f: schemas.run_schema(schemas.finite_after_warmup(schemas.feature_columns(f)), f),
+    ),
+    "staleness_within_bounds": (
+        "carried-forward values are younger than their modality's limit",
+        lambda f: schemas.run_schema(schemas.staleness_within_bounds(f), f),
+    ),
 }
 
 
 def specs(asset: str, checks: dict[str, tuple[str, object]]) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=asset, description=desc, blocking=True)
-            for name, (desc, _) in checks.items()]
+    return [dg.AssetCheckSpec(name, asset=asset, description=desc, blocking=True) for name, (desc, _) in checks.items()]
 
 
 def results(
@@ -62,12 +71,14 @@ def results(
                 "failing_rows": len(rows),
                 "failing_dates": dg.MetadataValue.json(dates[:MAX_LISTED]),
                 "failing_columns": dg.MetadataValue.json(
-                    sorted(set(outcome.failures["check"].cast(pl.String).to_list()))[:MAX_LISTED]),
+                    sorted(set(outcome.failures["check"].cast(pl.String).to_list()))[:MAX_LISTED]
+                ),
                 "failure_cases": dg.MetadataValue.md(_markdown(cases)),
                 "first_failure": _first_case(cases),
             }
-        yield dg.AssetCheckResult(asset_key=asset, check_name=name, passed=outcome.passed,
-                                  severity=dg.AssetCheckSeverity.ERROR, metadata=meta)
+        yield dg.AssetCheckResult(
+            asset_key=asset, check_name=name, passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=meta
+        )
 
 
 class BlockingCheckError(Exception):
@@ -88,7 +99,8 @@ def gate(asset: str, results: Iterable[dg.AssetCheckResult], partitions: int) ->
             f"{asset}: blocking check(s) failed, nothing written for the run's {partitions} partition(s): "
             + "; ".join(_describe(r) for r in failed)
             + ". Hint: fix those rows in the source data (the check's failure_cases metadata lists them) "
-              "and re-run.")
+            "and re-run."
+        )
 
 
 def _describe(result: dg.AssetCheckResult) -> str:

@@ -9,8 +9,11 @@ import warnings
 
 from finnex_ml.paths import REPO_ROOT, data_root, validate_partition_key
 
-DEFAULT_RANGE = {"synthetic": ("2024-01-02", "2024-12-31"), "packaged": ("2016-01-04", "2016-12-30"),
-                 "files": ("2024-01-02", "2024-03-13")}
+DEFAULT_RANGE = {
+    "synthetic": ("2024-01-02", "2024-12-31"),
+    "packaged": ("2016-01-04", "2016-12-30"),
+    "files": ("2024-01-02", "2024-03-13"),
+}
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -55,12 +58,16 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
     unpartitioned = bool(selection) and all(s in UNPARTITIONED + EVALUATION for s in selection)
     job = defs.resolve_implicit_global_asset_job_def() if unpartitioned else defs.resolve_job_def(main_job.name)
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
-    result = job.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags,
-                                    asset_selection=selection_keys, raise_on_error=False)
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.get(), tags=tags, asset_selection=selection_keys, raise_on_error=False
+    )
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} ({what})")
     for ev in result.get_asset_check_evaluations():
-        verdict = "passed" if ev.passed else ("FAILED" if ev.severity == dg.AssetCheckSeverity.ERROR
-                                              else "failed (warning, not blocking)")
+        verdict = (
+            "passed"
+            if ev.passed
+            else ("FAILED" if ev.severity == dg.AssetCheckSeverity.ERROR else "failed (warning, not blocking)")
+        )
         print(f"  check {ev.asset_key.to_user_string()}:{ev.check_name} {verdict}")
     return result.success
 
@@ -68,8 +75,11 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
 def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
     """Materialise ``selection`` (default: every per-date asset) over [start, end] as ONE run."""
     keys = _keys(start, end)
-    return _execute(selection, {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
-                    f"{len(keys)} sessions {keys[0]}..{keys[-1]}: {', '.join(selection or ['all'])}")
+    return _execute(
+        selection,
+        {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
+        f"{len(keys)} sessions {keys[0]}..{keys[-1]}: {', '.join(selection or ['all'])}",
+    )
 
 
 def run_pipeline(start: str, end: str) -> bool:
@@ -112,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="backfill the default date range through the latest stage, as one run")
     demo.add_argument("--source", choices=sorted(DEFAULT_RANGE), default=os.environ.get("FINNEX_SOURCE", "synthetic"))
-    demo.add_argument("--planted-signal", default="", metavar="FORM:STRENGTH",
-                      help="synthetic source: plant a positive control, e.g. level:1.0 or temporal:0.7 (data go to "
-                           "data/planted_<form>_<strength> unless FINNEX_DATA_DIR is set)")
+    demo.add_argument(
+        "--planted-signal",
+        default="",
+        metavar="FORM:STRENGTH",
+        help="synthetic source: plant a positive control, e.g. level:1.0 or temporal:0.7 (data go to "
+        "data/planted_<form>_<strength> unless FINNEX_DATA_DIR is set)",
+    )
     demo.add_argument("--start")
     demo.add_argument("--end")
     mat = sub.add_parser("materialize", help="materialise assets over a date range as one run")
@@ -133,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
         _use_project_instance()
         done = init_home(os.environ["DAGSTER_HOME"])
-        print(f"instance {done['dagster_home']} migrated; MLflow store {done['mlflow']} ready "
-              f"(experiment {done['experiment_id']})")
+        print(
+            f"instance {done['dagster_home']} migrated; MLflow store {done['mlflow']} ready "
+            f"(experiment {done['experiment_id']})"
+        )
         return 0
     if args.command == "sweep-runs":
         return 0 if _sweep(dry_run=args.dry_run) is not None else 1
@@ -173,7 +189,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if run_range(args.start, args.end, selection) else 1
     _ensure_initialised()
     _sweep(dry_run=False)  # runs killed since the last start would hold the queue's slots forever
-    cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", args.port, "-w", str(REPO_ROOT / "workspace.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        args.port,
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+    ]
     # exec, not a child: a SIGTERM from a process manager must reach dagster dev itself, and
     # killing a wrapper would leave the webserver and daemon running
     os.chdir(REPO_ROOT)

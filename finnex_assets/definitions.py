@@ -19,7 +19,9 @@ ALL_ASSETS = [modalities, daily_features, mega_images, *DATASET_ASSETS, *TRAININ
 # The main job: every per-date stage, as one run per partition range. The unpartitioned
 # dataset_splits (and training and evaluation after it) run on their own over whatever dates exist.
 main_job = dg.define_asset_job(
-    "finnex_main", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("dataset_splits")
+    "finnex_main",
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets("dataset_splits")
     - dg.AssetSelection.groups("training", "evaluation"),
     description="Ingestion through patches for a range of trading dates.",
 )
@@ -27,10 +29,16 @@ main_job = dg.define_asset_job(
 
 def build_resources() -> dict[str, object]:
     store = ImageStore()
-    return {"data_source": default_data_source(), "io_manager": PartitionedParquetIOManager(),
-            "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store),
-            "dataset_store": DatasetStore(), "mlflow_tracking": MlflowTracking()}
+    return {
+        "data_source": default_data_source(),
+        "io_manager": PartitionedParquetIOManager(),
+        "image_store": store,
+        "mega_image_io_manager": MegaImageIOManager(store=store),
+        "dataset_store": DatasetStore(),
+        "mlflow_tracking": MlflowTracking(),
+    }
 
 
-defs = dg.Definitions(assets=ALL_ASSETS, jobs=[main_job, daily_job], schedules=[daily_after_close],
-                      resources=build_resources())
+defs = dg.Definitions(
+    assets=ALL_ASSETS, jobs=[main_job, daily_job], schedules=[daily_after_close], resources=build_resources()
+)

@@ -96,7 +96,9 @@ def sweep_orphaned_runs(instance: dg.DagsterInstance, dry_run: bool = False) -> 
         orphans.append(Orphan(run.run_id, run.job_name, pid))
         if not dry_run:
             instance.report_run_failed(
-                run, f"orphaned: the run's process {pid} is gone (killed or the machine restarted); marked failed "
-                     "by finnex's start-up sweep so it no longer holds a run-queue slot. Re-launch the run; "
-                     "partitions it wrote are complete files (atomic writes), the rest were never written.")
+                run,
+                f"orphaned: the run's process {pid} is gone (killed or the machine restarted); marked failed "
+                "by finnex's start-up sweep so it no longer holds a run-queue slot. Re-launch the run; "
+                "partitions it wrote are complete files (atomic writes), the rest were never written.",
+            )
     return orphans

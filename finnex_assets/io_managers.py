@@ -9,15 +9,21 @@ import polars as pl
 from pydantic import Field
 
 from finnex_ml.paths import (
-    atomic_path, data_root, resolve_under, safe_name, sweep_stale_temps, validate_partition_key,
+    atomic_path,
+    data_root,
+    resolve_under,
+    safe_name,
+    sweep_stale_temps,
+    validate_partition_key,
 )
 
 
 def _sweep(context: dg.OutputContext, root: Path) -> None:
     removed = sweep_stale_temps(root)
     if removed:
-        context.log.warning(f"removed {len(removed)} stale temp file(s) left by killed writers under {root}, "
-                            f"e.g. {removed[0].name}")
+        context.log.warning(
+            f"removed {len(removed)} stale temp file(s) left by killed writers under {root}, e.g. {removed[0].name}"
+        )
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
@@ -44,7 +50,9 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         present = obj[column].cast(pl.String)
         stray = sorted(set(present.unique().to_list()) - set(keys))
         if stray:
-            raise ValueError(f"{context.asset_key.to_user_string()}: rows for {stray[:3]} fall outside the run's partitions")
+            raise ValueError(
+                f"{context.asset_key.to_user_string()}: rows for {stray[:3]} fall outside the run's partitions"
+            )
         _sweep(context, resolve_under(self._root(), "/".join(safe_name(p) for p in context.asset_key.path)))
         for key in keys:
             part = obj.filter(present == key)
@@ -62,7 +70,8 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             path = self._path(key, pk)
             if not path.exists():
                 raise FileNotFoundError(
-                    f"{key.to_user_string()} has no materialisation for {pk} (expected {path}); materialise it first")
+                    f"{key.to_user_string()} has no materialisation for {pk} (expected {path}); materialise it first"
+                )
             frames.append(pl.read_parquet(path))
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
 
@@ -87,8 +96,10 @@ class MegaImageIOManager(dg.ConfigurableIOManager):
 
     store: ImageStore
     compression: str = Field(
-        default="none", description="Image compression: none (default: fastest write and read, 3 MB per date), "
-                                    "gzip (level 1, ~14x smaller, ~6x slower to write) or lzf (~10x smaller).")
+        default="none",
+        description="Image compression: none (default: fastest write and read, 3 MB per date), "
+        "gzip (level 1, ~14x smaller, ~6x slower to write) or lzf (~10x smaller).",
+    )
 
     def root(self) -> Path:
         return self.store.root()
@@ -109,8 +120,9 @@ class MegaImageIOManager(dg.ConfigurableIOManager):
             written.add(item.date)
         if written != expected:
             raise ValueError(f"mega_images: no image for partition(s) {sorted(expected - written)[:3]}")
-        context.add_output_metadata({"root": dg.MetadataValue.path(str(root)), "images_written": len(written),
-                                     "compression": self.compression})
+        context.add_output_metadata(
+            {"root": dg.MetadataValue.path(str(root)), "images_written": len(written), "compression": self.compression}
+        )
 
     def load_input(self, context: dg.InputContext):
         from finnex_ml.encoding import open_range

@@ -19,18 +19,24 @@ class DataSourceResource(dg.ConfigurableResource):
     """Which data feeds the pipeline: ``synthetic`` (default), ``packaged`` or ``files``."""
 
     kind: Literal["synthetic", "packaged", "files"] = Field(
-        default="synthetic", description="synthetic | packaged (real, offline) | files (your CSV/Parquet)")
+        default="synthetic", description="synthetic | packaged (real, offline) | files (your CSV/Parquet)"
+    )
     seed: int = Field(default=7, description="Seed of the synthetic world (also packaged's synthetic parts).")
     mapping_path: str = Field(
-        default="", description="files source: mapping YAML/TOML, relative to the repo or FINNEX_FILES_ROOT.")
+        default="", description="files source: mapping YAML/TOML, relative to the repo or FINNEX_FILES_ROOT."
+    )
     planted_signal: str = Field(
-        default="", description="synthetic source only: a positive control planted in next-day returns, "
-        "'level:1.0' or 'temporal:0.7' (form:strength); empty = none (finnex_ml.data.synthetic.PlantedSignal).")
+        default="",
+        description="synthetic source only: a positive control planted in next-day returns, "
+        "'level:1.0' or 'temporal:0.7' (form:strength); empty = none (finnex_ml.data.synthetic.PlantedSignal).",
+    )
 
     def synthetic_modalities(self) -> list[str]:
         """Modalities that are generated rather than observed, shown in asset metadata."""
-        return {"synthetic": ["prices", "peers", "texts", "macro", "fundamental"],
-                "packaged": ["texts", "fundamental"]}.get(self.kind, [])
+        return {
+            "synthetic": ["prices", "peers", "texts", "macro", "fundamental"],
+            "packaged": ["texts", "fundamental"],
+        }.get(self.kind, [])
 
     def plant(self):  # -> PlantedSignal | None
         if not self.planted_signal:
@@ -96,7 +102,9 @@ class MlflowTracking(dg.ConfigurableResource):
         import mlflow
 
         uri = self.uri()
-        lock = file_lock(Path(uri.removeprefix("sqlite:///") + ".lock")) if uri.startswith("sqlite:///") else nullcontext()
+        lock = (
+            file_lock(Path(uri.removeprefix("sqlite:///") + ".lock")) if uri.startswith("sqlite:///") else nullcontext()
+        )
         with lock:
             client = mlflow.MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(self.experiment)

@@ -37,5 +37,7 @@ def daily_after_close(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | 
         return dg.SkipReason(f"{context.scheduled_execution_time.date()} is not an NYSE session")
     first = calendar.sessions_back(date.fromisoformat(key), RELABEL_SESSIONS + 1).isoformat()
     # One run over [t-5, t]; run_key makes re-evaluating the same tick idempotent.
-    return dg.RunRequest(run_key=f"daily-{key}", tags={
-        "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key})
+    return dg.RunRequest(
+        run_key=f"daily-{key}",
+        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key},
+    )

@@ -34,8 +34,9 @@ def align_releases(releases: pl.DataFrame, sessions: list[date], modality: str) 
                 (pl.col("value") / pl.col("value").shift(4) - 1.0).alias("yoy"),
                 # Explicit sum of four lags, not rolling_sum: a rolling sum carries float error
                 # from wherever the series starts, so the same date would differ by window.
-                (pl.col("value") + pl.col("value").shift(1) + pl.col("value").shift(2)
-                 + pl.col("value").shift(3)).alias("ttm"),
+                (
+                    pl.col("value") + pl.col("value").shift(1) + pl.col("value").shift(2) + pl.col("value").shift(3)
+                ).alias("ttm"),
             )
         )
         cols = [
@@ -45,12 +46,14 @@ def align_releases(releases: pl.DataFrame, sessions: list[date], modality: str) 
         ]
         if modality == "fundamental" and series in FLOW_SERIES:
             cols += [pl.col("yoy").alias(f"{series}_yoy"), pl.col("ttm").alias(f"{series}_ttm")]
-        joined = grid.join_asof(
-            s.select(pl.col("released").alias("date"), *cols), on="date", strategy="backward"
+        joined = grid.join_asof(s.select(pl.col("released").alias("date"), *cols), on="date", strategy="backward")
+        out = (
+            out.join(joined, on="date", how="left")
+            .with_columns(
+                (pl.col("date") - pl.col(f"_{series}_released")).dt.total_days().cast(pl.Float64).alias(f"{series}_age")
+            )
+            .drop(f"_{series}_released")
         )
-        out = out.join(joined, on="date", how="left").with_columns(
-            (pl.col("date") - pl.col(f"_{series}_released")).dt.total_days().cast(pl.Float64).alias(f"{series}_age")
-        ).drop(f"_{series}_released")
     return out
 
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -74,8 +74,9 @@ def write_set_file(
             if not p.exists():
                 raise DataInputError(f"set {name}: no {what} for {d}", file=str(p), date=d.isoformat())
         img_layout[i] = h5py.VirtualSource(_rel(ip, folder), "image", shape=IMAGE_SHAPE)
-        patch_layout[i * N_PATCHES:(i + 1) * N_PATCHES] = h5py.VirtualSource(_rel(sp, folder), "patches",
-                                                                              shape=PATCHES_SHAPE)
+        patch_layout[i * N_PATCHES : (i + 1) * N_PATCHES] = h5py.VirtualSource(
+            _rel(sp, folder), "patches", shape=PATCHES_SHAPE
+        )
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
             # fillvalue NaN: a source file that disappears reads as NaN, never as plausible zeros
@@ -88,13 +89,16 @@ def write_set_file(
             f.create_dataset("patch_image", data=np.repeat(np.arange(n, dtype=np.int32), N_PATCHES), track_times=False)
             f.create_dataset("patch_index", data=np.tile(np.arange(N_PATCHES, dtype=np.int16), n), track_times=False)
             f.create_dataset("dates", data=np.array([d.isoformat() for d in dates], dtype="S10"), track_times=False)
-            f.attrs.update({"set": name, "horizons": json.dumps(list(horizons)),
-                            "class_names": json.dumps(list(CLASS_NAMES)), "spec_hash": spec_hash,
-                            "split_hash": split_hash})
+            f.attrs.update(
+                {
+                    "set": name,
+                    "horizons": json.dumps(list(horizons)),
+                    "class_names": json.dumps(list(CLASS_NAMES)),
+                    "spec_hash": spec_hash,
+                    "split_hash": split_hash,
+                }
+            )
     return out
-
-
-
 
 
 def set_horizons(path: Path | str) -> list[int]:
@@ -115,8 +119,9 @@ def set_dataset(path: Path | str, input_mode: str, horizons: Sequence[int]):
     stored = set_horizons(path)
     missing = [h for h in horizons if h not in stored]
     if missing:
-        raise DataInputError(f"horizons {missing} are not in the labels of {path.name} ({stored}); "
-                             "re-materialise labels", file=str(path))
+        raise DataInputError(
+            f"horizons {missing} are not in the labels of {path.name} ({stored}); re-materialise labels", file=str(path)
+        )
     patch = input_mode == "patch"
     lab, ret = ("labels", "returns") if patch else ("image_labels", "image_returns")
     keys = {}
@@ -125,4 +130,6 @@ def set_dataset(path: Path | str, input_mode: str, horizons: Sequence[int]):
         keys[f"label_h{h}"], keys[f"return_h{h}"] = (lab, col), (ret, col)
     kwargs = {"patches_per_image": N_PATCHES} if patch else {}
     return H5ArrayDataset(path, "patches" if patch else "images", keys, **kwargs)
+
+
 __all__ = ["set_dataset", "set_horizons", "write_set_file"]

@@ -17,9 +17,7 @@ class DataInputError(ValueError):
     ) -> None:
         self.file, self.column, self.row, self.date = file, column, row, date
         where = [
-            f"{k}={v}"
-            for k, v in (("file", file), ("column", column), ("row", row), ("date", date))
-            if v is not None
+            f"{k}={v}" for k, v in (("file", file), ("column", column), ("row", row), ("date", date)) if v is not None
         ]
         super().__init__(f"{message}" + (f" [{', '.join(where)}]" if where else ""))
 

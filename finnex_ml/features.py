@@ -80,7 +80,9 @@ def _price_features() -> list[pl.Expr]:
         out.append((_rstd(r1, n) * math.sqrt(252)).alias(f"price__rvol_{n}d"))
     out.append((_rstd(r1, 21) / (_rstd(r1, 126) + EPS)).alias("price__vol_ratio_21_126"))
     hl = (h / lo).log()
-    out.append((_o((hl**2).rolling_mean(21)) / (4 * math.log(2))).sqrt().mul(math.sqrt(252)).alias("price__parkinson_21d"))
+    out.append(
+        (_o((hl**2).rolling_mean(21)) / (4 * math.log(2))).sqrt().mul(math.sqrt(252)).alias("price__parkinson_21d")
+    )
     gk = 0.5 * hl**2 - (2 * math.log(2) - 1) * ((c / op).log() ** 2)
     out.append((_o(gk.rolling_mean(21)).clip(lower_bound=0).sqrt() * math.sqrt(252)).alias("price__garman_klass_21d"))
     # RSI (Wilder smoothing)
@@ -91,11 +93,16 @@ def _price_features() -> list[pl.Expr]:
         out.append((100 - 100 / (1 + gain / (loss + EPS))).alias(f"price__rsi_{n}"))
     macd = _ewm_span(c, 12) - _ewm_span(c, 26)
     signal = _o(macd.ewm_mean(span=9, adjust=False, min_samples=9))
-    out += [(macd / c).alias("price__macd"), (signal / c).alias("price__macd_signal"),
-            ((macd - signal) / c).alias("price__macd_hist")]
+    out += [
+        (macd / c).alias("price__macd"),
+        (signal / c).alias("price__macd_signal"),
+        ((macd - signal) / c).alias("price__macd_hist"),
+    ]
     sma20, sd20 = _rmean(c, 20), _rstd(c, 20)
-    out += [((c - (sma20 - 2 * sd20)) / (4 * sd20 + EPS)).alias("price__bb_pctb_20"),
-            (4 * sd20 / sma20).alias("price__bb_width_20")]
+    out += [
+        ((c - (sma20 - 2 * sd20)) / (4 * sd20 + EPS)).alias("price__bb_pctb_20"),
+        (4 * sd20 / sma20).alias("price__bb_width_20"),
+    ]
     tr = pl.max_horizontal(h - lo, (h - prev).abs(), (lo - prev).abs())
     out.append((_wilder(tr, 14) / c).alias("price__atr_14"))
     obv_step = pl.when(diff > 0).then(v).when(diff < 0).then(-v).otherwise(0.0)
@@ -119,8 +126,11 @@ def _price_features() -> list[pl.Expr]:
     out.append((c / op - 1).alias("price__intraday_ret"))
     hh14, ll14 = _o(h.rolling_max(14)), _o(lo.rolling_min(14))
     k = 100 * (c - ll14) / (hh14 - ll14 + EPS)
-    out += [k.alias("price__stoch_k_14"), _o(k.rolling_mean(3)).alias("price__stoch_d_3"),
-            (-100 * (hh14 - c) / (hh14 - ll14 + EPS)).alias("price__williams_r_14")]
+    out += [
+        k.alias("price__stoch_k_14"),
+        _o(k.rolling_mean(3)).alias("price__stoch_d_3"),
+        (-100 * (hh14 - c) / (hh14 - ll14 + EPS)).alias("price__williams_r_14"),
+    ]
     tp = (h + lo + c) / 3
     mad = _o((tp - _rmean(tp, 20)).abs().rolling_mean(20))
     out.append(((tp - _rmean(tp, 20)) / (0.015 * mad + EPS)).alias("price__cci_20"))
@@ -143,8 +153,11 @@ def _market_features(market_cols: list[str]) -> list[pl.Expr]:
     for col in market_cols:
         name = col.split("__", 1)[1]
         x = pl.col(col)
-        out += [x.alias(f"market__{name}"), _z(x, 63).alias(f"market__{name}_z63"),
-                (x - _lag(x, 5)).alias(f"market__{name}_chg5")]
+        out += [
+            x.alias(f"market__{name}"),
+            _z(x, 63).alias(f"market__{name}_z63"),
+            (x - _lag(x, 5)).alias(f"market__{name}_chg5"),
+        ]
     return out
 
 
@@ -162,14 +175,19 @@ def _peer_features(tickers: list[str]) -> list[pl.Expr]:
             (pc / _lag(pc, 5) - 1).alias(f"peer__{key}_ret_5d"),
             (pc / _lag(pc, 21) - 1).alias(f"peer__{key}_ret_21d"),
             (_rstd(pr, 21) * math.sqrt(252)).alias(f"peer__{key}_rvol_21d"),
-            ((pl.col("close") / _lag(pl.col("close"), 21)) / (pc / _lag(pc, 21)) - 1).alias(f"peer__{key}_rel_strength_21"),
+            ((pl.col("close") / _lag(pl.col("close"), 21)) / (pc / _lag(pc, 21)) - 1).alias(
+                f"peer__{key}_rel_strength_21"
+            ),
             _o(pl.rolling_corr(r_self, pr, window_size=63)).alias(f"peer__{key}_corr_63"),
             _z((pl.col(f"peer_{t}_volume") + 1).log(), 21).alias(f"peer__{key}_volume_z_21"),
         ]
     if rets:
         avg = pl.mean_horizontal(*rets)
-        out += [avg.alias("peer__avg_ret_1d"), (r_self - avg).alias("peer__excess_ret_1d"),
-                _o((r_self - avg).rolling_sum(21)).alias("peer__excess_ret_21d")]
+        out += [
+            avg.alias("peer__avg_ret_1d"),
+            (r_self - avg).alias("peer__excess_ret_1d"),
+            _o((r_self - avg).rolling_sum(21)).alias("peer__excess_ret_21d"),
+        ]
     return out
 
 
@@ -177,12 +195,17 @@ def _sentiment_features() -> list[pl.Expr]:
     out: list[pl.Expr] = []
     for s in TEXT_SOURCES:
         m, n = pl.col(f"{s}_mean"), pl.col(f"{s}_count")
-        out += [m.alias(f"{s}__mean"), n.alias(f"{s}__count"), pl.col(f"{s}_std").alias(f"{s}__std"),
-                pl.col(f"{s}_pos_share").alias(f"{s}__pos_share"),
-                pl.col(f"{s}_neg_share").alias(f"{s}__neg_share"),
-                _rmean(m, 5).alias(f"{s}__mean_5d"), _rmean(m, 21).alias(f"{s}__mean_21d"),
-                (_rmean(m, 5) - _rmean(m, 21)).alias(f"{s}__momentum_5_21"),
-                _z((n + 1).log(), 21).alias(f"{s}__count_z_21")]
+        out += [
+            m.alias(f"{s}__mean"),
+            n.alias(f"{s}__count"),
+            pl.col(f"{s}_std").alias(f"{s}__std"),
+            pl.col(f"{s}_pos_share").alias(f"{s}__pos_share"),
+            pl.col(f"{s}_neg_share").alias(f"{s}__neg_share"),
+            _rmean(m, 5).alias(f"{s}__mean_5d"),
+            _rmean(m, 21).alias(f"{s}__mean_21d"),
+            (_rmean(m, 5) - _rmean(m, 21)).alias(f"{s}__momentum_5_21"),
+            _z((n + 1).log(), 21).alias(f"{s}__count_z_21"),
+        ]
     news, social = pl.col("news_mean"), pl.col("social_mean")
     r1 = (pl.col("close") / _lag(pl.col("close"), 1)).log()
     both = (news + social) / 2
@@ -208,9 +231,11 @@ def _release_features(group: str, cols: list[str], trends: bool) -> list[pl.Expr
         x = pl.col(col)
         out.append(x.alias(f"{group}__{col}"))
         if trends:
-            out += [(x - _lag(x, 5)).alias(f"{group}__{col}_chg5"),
-                    (x - _lag(x, 21)).alias(f"{group}__{col}_chg21"),
-                    _z(x, 63).alias(f"{group}__{col}_z63")]
+            out += [
+                (x - _lag(x, 5)).alias(f"{group}__{col}_chg5"),
+                (x - _lag(x, 21)).alias(f"{group}__{col}_chg21"),
+                _z(x, 63).alias(f"{group}__{col}_z63"),
+            ]
     return out
 
 
@@ -225,10 +250,13 @@ def _cross_features(macro_cols: set[str], fund_cols: set[str]) -> list[pl.Expr]:
         if ref in macro_cols:
             rr = (pl.col(ref) / _lag(pl.col(ref), 1)).log()
             cov = _o(pl.rolling_cov(r_self, rr, window_size=63))
-            out += [(rr).alias(f"macro__{ref}_ret_1d"),
-                    (cov / (_o(rr.rolling_var(63)) + EPS)).alias(f"macro__beta_{ref}_63"),
-                    ((pl.col("close") / _lag(pl.col("close"), 21)) / (pl.col(ref) / _lag(pl.col(ref), 21)) - 1)
-                    .alias(f"macro__rel_strength_{ref}_21")]
+            out += [
+                (rr).alias(f"macro__{ref}_ret_1d"),
+                (cov / (_o(rr.rolling_var(63)) + EPS)).alias(f"macro__beta_{ref}_63"),
+                ((pl.col("close") / _lag(pl.col("close"), 21)) / (pl.col(ref) / _lag(pl.col(ref), 21)) - 1).alias(
+                    f"macro__rel_strength_{ref}_21"
+                ),
+            ]
     if "vix" in macro_cols:
         out.append((_rstd(r_self, 21) * math.sqrt(252) * 100 - pl.col("vix")).alias("macro__rvol_minus_vix"))
     # Yields rather than P/E and P/S: they stay finite and monotone when earnings cross zero.
@@ -237,7 +265,9 @@ def _cross_features(macro_cols: set[str], fund_cols: set[str]) -> list[pl.Expr]:
     if {"revenue_ttm", "shares_out"} <= fund_cols:
         out.append((pl.col("revenue_ttm") / (pl.col("close") * pl.col("shares_out"))).alias("fundamental__sales_yield"))
     if "free_cash_flow" in fund_cols and "shares_out" in fund_cols:
-        out.append((4 * pl.col("free_cash_flow") / (pl.col("close") * pl.col("shares_out"))).alias("fundamental__fcf_yield"))
+        out.append(
+            (4 * pl.col("free_cash_flow") / (pl.col("close") * pl.col("shares_out"))).alias("fundamental__fcf_yield")
+        )
     return out
 
 
@@ -258,8 +288,10 @@ def build_daily_features(
         frame = frame.join(wide, on=["asof", "date"], how="left")
     # Carry the last known mood over quiet days inside each snapshot only, so the value never
     # depends on data before the snapshot's window.
-    frame = frame.join(sentiment, on=["asof", "date"], how="left").sort("asof", "date").with_columns(
-        *[_o(pl.col(f"{s}_mean").forward_fill()) for s in TEXT_SOURCES]
+    frame = (
+        frame.join(sentiment, on=["asof", "date"], how="left")
+        .sort("asof", "date")
+        .with_columns(*[_o(pl.col(f"{s}_mean").forward_fill()) for s in TEXT_SOURCES])
     )
     macro_cols = [c for c in macro.columns if c not in ("asof", "date")]
     fund_cols = [c for c in fundamental.columns if c not in ("asof", "date")]

@@ -26,17 +26,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandera.polars as pa
 import polars as pl
 
 from finnex_ml.errors import ConfigError, DataInputError
-
 from finnex_ml.geometry import BUY, CLASS_NAMES, HOLD, SELL  # noqa: F401  (re-exported)
+
 DEFAULT_HORIZONS: tuple[int, ...] = (1, 5)
 
 
@@ -97,7 +98,7 @@ def fwd_date_col(h: int) -> str:
 
 def horizons_of(table: pl.DataFrame) -> list[int]:
     """Horizons present in a labels table, from its ``class_{h}d`` columns, ascending."""
-    out = sorted(int(c[len("class_"):-1]) for c in table.columns if c.startswith("class_") and c.endswith("d"))
+    out = sorted(int(c[len("class_") : -1]) for c in table.columns if c.startswith("class_") and c.endswith("d"))
     if not out:
         raise DataInputError(f"labels table has no class_{{h}}d column (columns: {table.columns[:12]})")
     return out
@@ -111,7 +112,7 @@ def trailing_sigma(closes: np.ndarray, window: int) -> float:
     c = np.asarray(closes, dtype=np.float64)
     if c.size < window + 1:
         return float("nan")
-    tail = c[-(window + 1):]
+    tail = c[-(window + 1) :]
     if not (np.isfinite(tail).all() and (tail > 0).all()):
         return float("nan")
     r = tail[1:] / tail[:-1] - 1.0
@@ -192,11 +193,15 @@ def compute_labels(
             rows[return_col(h)].append(_none(ret))
             rows[threshold_col(h)].append(_none(thr))
             rows[class_col(h)].append(None if cls < 0 else cls)
-    schema: dict[str, pl.DataType] = {"date": pl.Date, "close": pl.Float64, "sigma": pl.Float64,
-                                      "n_returns": pl.Int32}
+    schema: dict[str, pl.DataType] = {"date": pl.Date, "close": pl.Float64, "sigma": pl.Float64, "n_returns": pl.Int32}
     for h in cfg.horizons:
-        schema |= {fwd_date_col(h): pl.Date, close_col(h): pl.Float64, return_col(h): pl.Float64,
-                   threshold_col(h): pl.Float64, class_col(h): pl.Int8}
+        schema |= {
+            fwd_date_col(h): pl.Date,
+            close_col(h): pl.Float64,
+            return_col(h): pl.Float64,
+            threshold_col(h): pl.Float64,
+            class_col(h): pl.Int8,
+        }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -222,6 +227,7 @@ def class_distribution(table: pl.DataFrame) -> dict[str, dict[str, float | int]]
 
 # ---- QA schemas (pandera) ---------------------------------------------------------------------
 
+
 def _frame_check(expr: pl.Expr, name: str) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
 
@@ -242,7 +248,9 @@ def past_volatility_schema(horizons: Sequence[int], cfg: LabelConfig, rtol: floa
     return pa.DataFrameSchema(checks=checks)
 
 
-def future_price_schema(horizons: Sequence[int], *, needs_sigma: bool = True, rtol: float = 1e-12) -> pa.DataFrameSchema:
+def future_price_schema(
+    horizons: Sequence[int], *, needs_sigma: bool = True, rtol: float = 1e-12
+) -> pa.DataFrameSchema:
     """A class or return exists only with its future price: ``fwd_available_{h}d`` (the price of
     t+h was actually read), ``fwd_date_{h}d == expected_fwd_{h}d`` (the h-th session after t) and
     the return equals close_h / close - 1; and the class follows from the return and threshold."""
@@ -252,15 +260,26 @@ def future_price_schema(horizons: Sequence[int], *, needs_sigma: bool = True, rt
         avail = pl.col(f"fwd_available_{h}d")
         checks.append(_frame_check(ret.is_null() | (avail & c1.is_not_null()), f"return_{h}d_has_future_price"))
         checks.append(_frame_check(cls.is_null() | ret.is_not_null(), f"class_{h}d_has_return"))
-        checks.append(_frame_check(ret.is_null() | (pl.col(fwd_date_col(h)) == pl.col(f"expected_fwd_{h}d")).fill_null(False),
-                                   f"fwd_date_{h}d_is_t_plus_{h}_sessions"))
+        checks.append(
+            _frame_check(
+                ret.is_null() | (pl.col(fwd_date_col(h)) == pl.col(f"expected_fwd_{h}d")).fill_null(False),
+                f"fwd_date_{h}d_is_t_plus_{h}_sessions",
+            )
+        )
         implied = c1 / pl.col("close") - 1.0
-        checks.append(_frame_check(ret.is_null() | ((ret - implied).abs() <= rtol * implied.abs() + 1e-15).fill_null(False),
-                                   f"return_{h}d_matches_prices"))
+        checks.append(
+            _frame_check(
+                ret.is_null() | ((ret - implied).abs() <= rtol * implied.abs() + 1e-15).fill_null(False),
+                f"return_{h}d_matches_prices",
+            )
+        )
         thr = pl.col(threshold_col(h))
         expect = pl.when(ret > thr).then(BUY).when(ret < -thr).then(SELL).otherwise(HOLD)
-        checks.append(_frame_check(cls.is_null() | (cls.cast(pl.Int32) == expect).fill_null(False),
-                                   f"class_{h}d_follows_threshold"))
+        checks.append(
+            _frame_check(
+                cls.is_null() | (cls.cast(pl.Int32) == expect).fill_null(False), f"class_{h}d_follows_threshold"
+            )
+        )
         # unlabeled only for a reason: no future price or no sigma
         no_sigma = pl.col("sigma").is_null() if needs_sigma else pl.lit(False)
         checks.append(_frame_check(cls.is_not_null() | ret.is_null() | no_sigma, f"class_{h}d_present_when_computable"))
@@ -269,19 +288,41 @@ def future_price_schema(horizons: Sequence[int], *, needs_sigma: bool = True, rt
 
 def class_bounds_schema(horizons: Sequence[int], low: float = 0.10, high: float = 0.70) -> pa.DataFrameSchema:
     """On a per-horizon frame of shares (``horizon, sell_share, hold_share, buy_share``)."""
-    checks = [_frame_check(pl.col(f"{n}_share").is_between(low, high), f"{n}_share_in_[{low},{high}]")
-              for n in CLASS_NAMES]
+    checks = [
+        _frame_check(pl.col(f"{n}_share").is_between(low, high), f"{n}_share_in_[{low},{high}]") for n in CLASS_NAMES
+    ]
     return pa.DataFrameSchema(checks=checks)
 
 
 def class_share_frame(dist: Mapping[str, Mapping[str, float | int]]) -> pl.DataFrame:
-    return pl.DataFrame([{"horizon": k, "labeled": v["labeled"],
-                          **{f"{n}_share": float(v[f"{n}_share"]) for n in CLASS_NAMES}} for k, v in dist.items()])
+    return pl.DataFrame(
+        [
+            {"horizon": k, "labeled": v["labeled"], **{f"{n}_share": float(v[f"{n}_share"]) for n in CLASS_NAMES}}
+            for k, v in dist.items()
+        ]
+    )
 
 
 __all__ = [
-    "BUY", "CLASS_NAMES", "DEFAULT_HORIZONS", "HOLD", "LabelConfig", "SELL", "class_bounds_schema", "class_col",
-    "class_distribution", "class_share_frame", "classify", "close_col", "compute_labels", "fwd_date_col",
-    "future_price_schema", "horizons_of", "past_volatility_schema", "return_col", "threshold_col", "thresholds",
+    "BUY",
+    "CLASS_NAMES",
+    "DEFAULT_HORIZONS",
+    "HOLD",
+    "LabelConfig",
+    "SELL",
+    "class_bounds_schema",
+    "class_col",
+    "class_distribution",
+    "class_share_frame",
+    "classify",
+    "close_col",
+    "compute_labels",
+    "fwd_date_col",
+    "future_price_schema",
+    "horizons_of",
+    "past_volatility_schema",
+    "return_col",
+    "threshold_col",
+    "thresholds",
     "trailing_sigma",
 ]

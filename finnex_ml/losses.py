@@ -27,7 +27,8 @@ labels, so the loss scale is the same with or without mixup.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,9 @@ WEIGHTINGS = ("uncertainty", "fixed", "softmax")
 REGRESSION_LOSSES = ("huber", "mse")
 
 
-def class_weights_from_labels(labels: Sequence[int] | np.ndarray | torch.Tensor,
-                              num_classes: int = NUM_CLASSES) -> torch.Tensor:
+def class_weights_from_labels(
+    labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int = NUM_CLASSES
+) -> torch.Tensor:
     """Balanced class weights ``n / (k * count_c)`` fitted on (training) labels.
 
     A class absent from the labels gets the weight of a class seen once (it never appears in
@@ -90,9 +92,17 @@ class MultiTaskLoss(nn.Module):
     epochs, what validation monitors), ``task_losses`` and ``task_weights`` (detached, ``[T]``).
     """
 
-    def __init__(self, n_horizons: int = 1, class_weights: Sequence[float] | torch.Tensor | None = None, *,
-                 regression: bool = True, regression_loss: str = "huber", huber_delta: float = 1.0,
-                 weighting: str = "uncertainty", fixed_weights: tuple[float, float] = (1.0, 1.0)) -> None:
+    def __init__(
+        self,
+        n_horizons: int = 1,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
+        *,
+        regression: bool = True,
+        regression_loss: str = "huber",
+        huber_delta: float = 1.0,
+        weighting: str = "uncertainty",
+        fixed_weights: tuple[float, float] = (1.0, 1.0),
+    ) -> None:
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -134,15 +144,17 @@ class MultiTaskLoss(nn.Module):
         c, r = self.fixed_weights
         return torch.tensor([c] * self.n_horizons + ([r] * self.n_horizons if self.regression else []))
 
-    def forward(self, outputs: Mapping[str, Any], class_target: torch.Tensor,
-                reg_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: Mapping[str, Any], class_target: torch.Tensor, reg_target: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         logits = outputs["classification_by_horizon"]
         if logits.ndim != 3 or logits.shape[1] != self.n_horizons:
             raise ValueError(f"expected logits [B, {self.n_horizons}, C], got {tuple(logits.shape)}")
         if class_target.ndim == 1:
             class_target = class_target[:, None]
-        losses = [soft_cross_entropy(logits[:, h], class_target[:, h], self.class_weights)
-                  for h in range(self.n_horizons)]
+        losses = [
+            soft_cross_entropy(logits[:, h], class_target[:, h], self.class_weights) for h in range(self.n_horizons)
+        ]
         if self.regression:
             if reg_target is None:
                 raise ValueError("regression targets required (regression=True)")

@@ -42,15 +42,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from finnex_ml.geometry import (  # noqa: F401  (re-exported for existing imports)
-    BUY, CLASS_NAMES, GRID, HOLD, NUM_CLASSES, SECTION_NAMES, SECTION_ROWS, SELL,
+    BUY,
+    CLASS_NAMES,
+    GRID,
+    HOLD,
+    NUM_CLASSES,
+    SECTION_NAMES,
+    SECTION_ROWS,
+    SELL,
 )
 from finnex_ml.geometry import HEIGHT as IMAGE_SIZE
 from finnex_ml.geometry import PATCH as PATCH_SIZE
@@ -108,6 +116,7 @@ def row_pool_matrix(h: int, bins: int = 3) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BranchConfig:
@@ -182,6 +191,7 @@ VIT_SIZES: dict[str, ViTConfig] = {
 # Layout-aware stem: image -> [features x sessions] cells
 # --------------------------------------------------------------------------------------------
 
+
 class LayoutCells(nn.Module):
     """``[B, 3, 512, 512]`` image -> ``[B, F, L]``: the mean of every (feature row band x session
     column band) cell, features in ``spec.features`` order, sessions oldest first (index L-1 is
@@ -210,7 +220,7 @@ class LayoutCells(nn.Module):
             u0, c1 = t["used_cols"]
             pool = torch.zeros(len(t["features"]), r1 - r0)
             for i, (a, b) in enumerate(t["row_bands"]):
-                pool[i, a - r0:b - r0] = 1.0 / (b - a)
+                pool[i, a - r0 : b - r0] = 1.0 / (b - a)
             self.register_buffer(f"rows_{k}", pool, persistent=False)
             self.tiles.append((int(t["channel"]), r0, r1, u0, c1, k))
             for f in t["features"]:
@@ -239,8 +249,9 @@ class _SectionBranch(nn.Module):
     section's feature rows (weights per feature, so identity survives), then learned weightings
     of the session axis (so recency survives), projected to a token."""
 
-    def __init__(self, n_features: int, sessions: int, kernel: int, channels: int, slots: int,
-                 token_dim: int, dropout: float) -> None:
+    def __init__(
+        self, n_features: int, sessions: int, kernel: int, channels: int, slots: int, token_dim: int, dropout: float
+    ) -> None:
         super().__init__()
         k = min(kernel, sessions) | 1  # odd, so "same" padding keeps session t at index L-1
         f = max(n_features, 1)
@@ -250,7 +261,10 @@ class _SectionBranch(nn.Module):
         self.conv = nn.Sequential(
             nn.Conv1d(f, f, k, padding=k // 2, groups=f, bias=False),
             nn.Conv1d(f, channels, 1, bias=False),
-            nn.BatchNorm1d(channels), nn.GELU(), nn.Dropout(dropout))
+            nn.BatchNorm1d(channels),
+            nn.GELU(),
+            nn.Dropout(dropout),
+        )
         self.readout = nn.Linear(sessions, slots)
         self.proj = nn.Linear(channels * slots, token_dim)
         nn.init.dirac_(self.conv[0].weight)  # start as the identity in time: lag structure is learned
@@ -258,8 +272,8 @@ class _SectionBranch(nn.Module):
             self.readout.weight.zero_()
             self.readout.bias.zero_()
             for j in range(slots):
-                span = min(sessions, 1 if j == 0 else 5 ** j)
-                self.readout.weight[j, sessions - span:] = 1.0 / span
+                span = min(sessions, 1 if j == 0 else 5**j)
+                self.readout.weight[j, sessions - span :] = 1.0 / span
         nn.init.xavier_uniform_(self.conv[1].weight)
         nn.init.xavier_uniform_(self.proj.weight)
 
@@ -271,10 +285,14 @@ class _SectionBranch(nn.Module):
 # Multi-scale CNN
 # --------------------------------------------------------------------------------------------
 
+
 def _conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
     pad = dilation * (k - 1) // 2
-    return [nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def _branch(cfg: CNNConfig, b: BranchConfig) -> nn.Sequential:
@@ -320,8 +338,11 @@ class MultiScaleCNN(nn.Module):
         self.attn = nn.MultiheadAttention(cfg.token_dim, cfg.attn_heads, dropout=0.0, batch_first=True)
         self.attn_norm = nn.LayerNorm(cfg.token_dim)
         self.fusion = nn.Sequential(
-            nn.Linear(9 * cfg.token_dim, cfg.fusion_dim), nn.GELU(), nn.Dropout(cfg.dropout),
-            nn.LayerNorm(cfg.fusion_dim))
+            nn.Linear(9 * cfg.token_dim, cfg.fusion_dim),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.LayerNorm(cfg.fusion_dim),
+        )
         # used only when a lone patch comes with its grid position
         self.pos_embed = nn.Embedding(cfg.grid * cfg.grid, cfg.fusion_dim)
         self.section_embed = nn.Embedding(3, cfg.fusion_dim)
@@ -341,16 +362,28 @@ class MultiScaleCNN(nn.Module):
         for s in range(3):
             self.register_buffer(f"section_rows_{s}", torch.nonzero(secs == s).flatten(), persistent=False)
         L = self.cells.sessions
-        self.layout_branches = nn.ModuleList([
-            _SectionBranch(int((secs == s).sum()), L, k, cfg.temporal_channels, cfg.readout_slots,
-                           cfg.token_dim, cfg.layout_dropout)
-            for k in cfg.temporal_kernels for s in range(3)])
+        self.layout_branches = nn.ModuleList(
+            [
+                _SectionBranch(
+                    int((secs == s).sum()),
+                    L,
+                    k,
+                    cfg.temporal_channels,
+                    cfg.readout_slots,
+                    cfg.token_dim,
+                    cfg.layout_dropout,
+                )
+                for k in cfg.temporal_kernels
+                for s in range(3)
+            ]
+        )
         self.branch_embed = nn.Parameter(torch.zeros(3, 1, cfg.token_dim))
         self.slot_embed = nn.Parameter(torch.zeros(1, 3, cfg.token_dim))
 
     def _init_pixels(self, cfg: CNNConfig) -> None:
-        self.branches = nn.ModuleDict({
-            "large": _branch(cfg, cfg.large), "medium": _branch(cfg, cfg.medium), "small": _branch(cfg, cfg.small)})
+        self.branches = nn.ModuleDict(
+            {"large": _branch(cfg, cfg.large), "medium": _branch(cfg, cfg.medium), "small": _branch(cfg, cfg.small)}
+        )
         self.register_buffer("row_sections", torch.tensor(grid_row_sections(cfg.grid)), persistent=False)
         self.branch_embed = nn.Parameter(torch.zeros(3, 1, cfg.token_dim))
         self.slot_embed = nn.Parameter(torch.zeros(1, 3, cfg.token_dim))
@@ -359,8 +392,9 @@ class MultiScaleCNN(nn.Module):
     def feature_dim(self) -> int:
         return self.config.fusion_dim
 
-    def forward_features(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
-                         return_attention: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(
+        self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_input(x, self.config.in_channels)
         if self.config.layout:
             tok = self._layout_tokens(x, patch_pos)
@@ -387,8 +421,9 @@ class MultiScaleCNN(nn.Module):
 
     def _layout_tokens(self, x: torch.Tensor, patch_pos: torch.Tensor | None) -> torch.Tensor:
         if patch_pos is not None or x.shape[2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError("a layout-aware model reads whole 512x512 images (input_mode='image'), "
-                             f"got {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"a layout-aware model reads whole 512x512 images (input_mode='image'), got {tuple(x.shape[2:])}"
+            )
         return self.cell_tokens(self.cells(x))
 
     def cell_tokens(self, cells: torch.Tensor) -> torch.Tensor:
@@ -397,8 +432,9 @@ class MultiScaleCNN(nn.Module):
         groups = []
         for s in range(3):
             rows = getattr(self, f"section_rows_{s}")
-            groups.append(cells.index_select(1, rows) if rows.numel() else cells.new_zeros(cells.shape[0], 1,
-                                                                                           cells.shape[2]))
+            groups.append(
+                cells.index_select(1, rows) if rows.numel() else cells.new_zeros(cells.shape[0], 1, cells.shape[2])
+            )
         tokens = [branch(groups[j % 3]) for j, branch in enumerate(self.layout_branches)]
         tok = torch.stack(tokens, dim=1).view(cells.shape[0], 3, 3, -1)  # [B, scale, section, C]
         tok = tok + self.branch_embed.view(1, 3, 1, -1) + self.slot_embed.view(1, 1, 3, -1)
@@ -411,6 +447,7 @@ class MultiScaleCNN(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Vision transformer
 # --------------------------------------------------------------------------------------------
+
 
 def _center_input(x: torch.Tensor, center: float, scale: float) -> torch.Tensor:
     """Map the stores' [0, 1] pixels (0.5 = a neutral, z = 0 value) to roughly zero mean, unit scale.
@@ -481,12 +518,17 @@ class FinNeXViT(nn.Module):
         self.register_buffer("row_sections", torch.tensor(grid_row_sections(self.grid)), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, dim_feedforward=int(cfg.dim * cfg.mlp_ratio), dropout=cfg.dropout,
-            activation="gelu", batch_first=True, norm_first=True)
+            cfg.dim,
+            cfg.heads,
+            dim_feedforward=int(cfg.dim * cfg.mlp_ratio),
+            dropout=cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         layer.self_attn.dropout = cfg.attn_dropout
         # nested tensors only help with padding masks, and warn with norm_first
-        self.encoder = nn.TransformerEncoder(layer, cfg.depth, norm=nn.LayerNorm(cfg.dim),
-                                             enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(layer, cfg.depth, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
         self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, cfg.num_classes))
         for p in (self.pos_embed, self.pos_unknown, self.cls_token):
             nn.init.trunc_normal_(p, std=0.02)
@@ -500,8 +542,9 @@ class FinNeXViT(nn.Module):
         """Section id per patch token (row-major, CLS excluded) for a ``grid_h × grid_w`` input grid."""
         return grid_sections(grid_h, grid_w)
 
-    def _positions(self, gh: int, gw: int, b: int, patch_pos: torch.Tensor | None,
-                   device: torch.device) -> torch.Tensor:
+    def _positions(
+        self, gh: int, gw: int, b: int, patch_pos: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
         """Position + section embedding to add to the ``[B, gh*gw, dim]`` patch tokens."""
         dim = self.config.dim
         if gh == 1 and gw == 1 and (patch_pos is not None or self.grid != 1):
@@ -525,19 +568,20 @@ class FinNeXViT(nn.Module):
         sec = self.section_embed(ids)[None]
         return (pos + sec).expand(b, -1, -1)
 
-    def forward_features(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
-                         return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_features(
+        self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         _check_input(x, self.config.in_channels)
         if x.shape[2] % self.config.patch_size or x.shape[3] % self.config.patch_size:
             raise ValueError(f"input sides must be multiples of {self.config.patch_size}, got {tuple(x.shape[2:])}")
         b = x.shape[0]
         if self.config.layout:
             if patch_pos is not None or x.shape[2:] != (self.config.image_size, self.config.image_size):
-                raise ValueError("a layout-aware model reads whole images (input_mode='image'), "
-                                 f"got {tuple(x.shape[2:])}")
+                raise ValueError(
+                    f"a layout-aware model reads whole images (input_mode='image'), got {tuple(x.shape[2:])}"
+                )
             cells = _center_input(self.cells(x), self.config.input_center, self.config.input_scale)
-            tok = (self.history_embed(cells) + self.feature_embed
-                   + self.section_embed(self.cells.feature_sections)[None])
+            tok = self.history_embed(cells) + self.feature_embed + self.section_embed(self.cells.feature_sections)[None]
         else:
             x = _center_input(x, self.config.input_center, self.config.input_scale)
             tok = self.patch_embed(x)  # [B, dim, gh, gw]
@@ -564,22 +608,30 @@ class FinNeXViT(nn.Module):
 # Multi-task wrappers
 # --------------------------------------------------------------------------------------------
 
+
 class MultiTaskHeads(nn.Module):
     """Per-horizon classification (3 logits) and regression (1 value) heads on shared features."""
 
-    def __init__(self, feature_dim: int, horizons: Sequence[int] = (1,), num_classes: int = NUM_CLASSES,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, feature_dim: int, horizons: Sequence[int] = (1,), num_classes: int = NUM_CLASSES, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         horizons = tuple(int(h) for h in horizons)
         if not horizons or len(set(horizons)) != len(horizons):
             raise ValueError(f"horizons must be distinct and non-empty, got {horizons}")
         self.horizons = horizons
         hidden = max(16, feature_dim // 2)
-        self.cls = nn.ModuleDict({f"h{h}": nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
-                                  for h in horizons})
-        self.reg = nn.ModuleDict({f"h{h}": nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(),
-                                                         nn.Dropout(dropout), nn.Linear(hidden, 1))
-                                  for h in horizons})
+        self.cls = nn.ModuleDict(
+            {f"h{h}": nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes)) for h in horizons}
+        )
+        self.reg = nn.ModuleDict(
+            {
+                f"h{h}": nn.Sequential(
+                    nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+                )
+                for h in horizons
+            }
+        )
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = torch.stack([self.cls[f"h{h}"](feats) for h in self.horizons], dim=1)  # [B, H, C]
@@ -596,8 +648,9 @@ class MultiTaskModel(nn.Module):
         # the backbone's own single-task classifier is unused here; drop it so it holds no
         # parameters that never get a gradient (AdamW would still decay them)
         self.backbone.classifier = nn.Identity()
-        self.heads = MultiTaskHeads(backbone.feature_dim, horizons, backbone.config.num_classes,
-                                    backbone.config.dropout)
+        self.heads = MultiTaskHeads(
+            backbone.feature_dim, horizons, backbone.config.num_classes, backbone.config.dropout
+        )
 
     @property
     def horizons(self) -> tuple[int, ...]:
@@ -607,8 +660,9 @@ class MultiTaskModel(nn.Module):
     def config(self) -> Any:
         return self.backbone.config
 
-    def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
-                return_attention: bool = False) -> dict[str, Any]:
+    def forward(
+        self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = False
+    ) -> dict[str, Any]:
         feats, attn = self.backbone.forward_features(x, patch_pos, return_attention=return_attention)
         logits, reg = self.heads(feats)
         return {
@@ -649,20 +703,27 @@ class SeedEnsemble(nn.Module):
     def config(self) -> Any:
         return self.members[0].config
 
-    def forward(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None,
-                return_attention: bool = False) -> dict[str, Any]:
+    def forward(
+        self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = False
+    ) -> dict[str, Any]:
         outs = [m(x, patch_pos, return_attention=return_attention) for m in self.members]
         probs = torch.stack([o["classification_by_horizon"].softmax(-1) for o in outs]).mean(0)
         logits = probs.clamp_min(1e-12).log()
         reg = torch.stack([o["regression_by_horizon"] for o in outs]).mean(0)
-        return {"classification": logits[:, 0], "regression": reg[:, :1], "classification_by_horizon": logits,
-                "regression_by_horizon": reg, "features": torch.stack([o["features"] for o in outs]).mean(0),
-                "attention_weights": outs[0]["attention_weights"]}
+        return {
+            "classification": logits[:, 0],
+            "regression": reg[:, :1],
+            "classification_by_horizon": logits,
+            "regression_by_horizon": reg,
+            "features": torch.stack([o["features"] for o in outs]).mean(0),
+            "attention_weights": outs[0]["attention_weights"],
+        }
 
 
 # --------------------------------------------------------------------------------------------
 # Registry (what checkpoints record, so an evaluation step can rebuild the model)
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -677,8 +738,14 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register_model(name: str, title: str, backbone: type[nn.Module], multitask: type[MultiTaskModel],
-                   sizes: Mapping[str, Any], aliases: Sequence[str] = ()) -> ModelEntry:
+def register_model(
+    name: str,
+    title: str,
+    backbone: type[nn.Module],
+    multitask: type[MultiTaskModel],
+    sizes: Mapping[str, Any],
+    aliases: Sequence[str] = (),
+) -> ModelEntry:
     """Add an architecture under ``name`` (and lower-case ``aliases``); the training assets and
     ``model_evaluation`` are generated from this registry."""
     if name in MODEL_REGISTRY:
@@ -711,8 +778,13 @@ def model_config(name: str, size: str = "small", **overrides: Any) -> Any:
     if "layout" in overrides:
         overrides["layout"] = layout_json(overrides["layout"])
     if overrides:
-        cfg = replace(cfg, **{k: (BranchConfig(**v) if isinstance(v, Mapping) else
-                                  tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})
+        cfg = replace(
+            cfg,
+            **{
+                k: (BranchConfig(**v) if isinstance(v, Mapping) else tuple(v) if isinstance(v, list) else v)
+                for k, v in overrides.items()
+            },
+        )
     return cfg
 
 
@@ -726,8 +798,9 @@ def layout_json(layout: Any) -> str:
     return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def create_model(name: str, size: str = "small", *, horizons: Sequence[int] = (1,), multitask: bool = True,
-                 **overrides: Any) -> nn.Module:
+def create_model(
+    name: str, size: str = "small", *, horizons: Sequence[int] = (1,), multitask: bool = True, **overrides: Any
+) -> nn.Module:
     """Build a registered model (``"cnn"`` :class:`MultiScaleCNN`, ``"vit"`` :class:`FinNeXViT`),
     multi-task by default; ``layout=spec`` selects the layout-aware path for whole images."""
     entry = model_entry(name)
@@ -744,16 +817,21 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     name = next((e.name for e in MODEL_REGISTRY.values() if type(backbone) is e.backbone), None)
     if name is None:
         raise TypeError(f"no spec for {type(model).__name__}")
-    return {"name": name, "config": asdict(backbone.config), "multitask": multitask,
-            "horizons": list(model.horizons) if multitask else []}
+    return {
+        "name": name,
+        "config": asdict(backbone.config),
+        "multitask": multitask,
+        "horizons": list(model.horizons) if multitask else [],
+    }
 
 
 def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     if spec["name"] == "ensemble":
         return SeedEnsemble([model_from_spec(m) for m in spec["members"]])
     cfg = dict(spec["config"])
-    return create_model(spec["name"], "small", horizons=spec.get("horizons") or (1,),
-                       multitask=bool(spec.get("multitask", True)), **cfg)
+    return create_model(
+        spec["name"], "small", horizons=spec.get("horizons") or (1,), multitask=bool(spec.get("multitask", True)), **cfg
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,10 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -44,7 +45,8 @@ from finnex_ml.encoding.encoder import pixel_lookup
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.geometry import GRID, IMAGE_SHAPE, N_PATCHES, PATCH, PATCHES_SHAPE  # noqa: F401  (re-exported)
-from finnex_ml.paths import atomic_path, resolve_under, as_date as _as_date, date_shard_path
+from finnex_ml.paths import as_date as _as_date
+from finnex_ml.paths import atomic_path, date_shard_path, resolve_under
 
 FORMAT_VERSION = 1
 LAYOUT_DIR = "layout"
@@ -52,6 +54,7 @@ _FILE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.h5$")
 
 
 # ---- geometry ----------------------------------------------------------------------------
+
 
 def _grid_view(image: np.ndarray) -> np.ndarray:
     """(512,512,3) -> (16,16,32,32,3) view (no copy): [grid row, grid col, y, x, c]."""
@@ -95,11 +98,12 @@ def patch_bounds(p: int) -> tuple[int, int, int, int]:
 
 # ---- static layout --------------------------------------------------------------------------
 
+
 def section_of_patches(spec: LayoutSpec) -> tuple[list[str], np.ndarray, list[list[str]]]:
     """Per patch: majority section (ties -> first listed), its pixel share, all sections touched."""
     rows = np.full(spec.height, -1, dtype=np.int64)
     for i, s in enumerate(spec.sections):
-        rows[s.row0:s.row1] = i
+        rows[s.row0 : s.row1] = i
     names, shares, touched = [], np.zeros(N_PATCHES), []
     for p in range(N_PATCHES):
         r0, r1, _, _ = patch_bounds(p)
@@ -129,20 +133,45 @@ def patch_layout(spec: LayoutSpec) -> pl.DataFrame:
         lg = lag[p][lag[p] >= 0]
         t = np.unique(tile[p][tile[p] >= 0])
         r0, _, c0, _ = patch_bounds(p)
-        recs.append({
-            "patch": p, "grid_row": p // GRID, "grid_col": p % GRID, "row0": r0, "col0": c0,
-            "section": names[p], "section_share": float(shares[p]), "straddles": len(touched[p]) > 1,
-            "sections": touched[p], "tiles": [spec.tiles[i].name for i in t],
-            "features": [spec.features[i] for i in f], "feature_index": [int(i) for i in f],
-            "lag_min": int(lg.min()) if lg.size else None, "lag_max": int(lg.max()) if lg.size else None,
-            "used_share": float((feat[p] >= 0).mean()),
-        })
-    return pl.DataFrame(recs, schema={
-        "patch": pl.Int16, "grid_row": pl.Int8, "grid_col": pl.Int8, "row0": pl.Int16, "col0": pl.Int16,
-        "section": pl.String, "section_share": pl.Float64, "straddles": pl.Boolean,
-        "sections": pl.List(pl.String), "tiles": pl.List(pl.String), "features": pl.List(pl.String),
-        "feature_index": pl.List(pl.Int32), "lag_min": pl.Int32, "lag_max": pl.Int32, "used_share": pl.Float64,
-    })
+        recs.append(
+            {
+                "patch": p,
+                "grid_row": p // GRID,
+                "grid_col": p % GRID,
+                "row0": r0,
+                "col0": c0,
+                "section": names[p],
+                "section_share": float(shares[p]),
+                "straddles": len(touched[p]) > 1,
+                "sections": touched[p],
+                "tiles": [spec.tiles[i].name for i in t],
+                "features": [spec.features[i] for i in f],
+                "feature_index": [int(i) for i in f],
+                "lag_min": int(lg.min()) if lg.size else None,
+                "lag_max": int(lg.max()) if lg.size else None,
+                "used_share": float((feat[p] >= 0).mean()),
+            }
+        )
+    return pl.DataFrame(
+        recs,
+        schema={
+            "patch": pl.Int16,
+            "grid_row": pl.Int8,
+            "grid_col": pl.Int8,
+            "row0": pl.Int16,
+            "col0": pl.Int16,
+            "section": pl.String,
+            "section_share": pl.Float64,
+            "straddles": pl.Boolean,
+            "sections": pl.List(pl.String),
+            "tiles": pl.List(pl.String),
+            "features": pl.List(pl.String),
+            "feature_index": pl.List(pl.Int32),
+            "lag_min": pl.Int32,
+            "lag_max": pl.Int32,
+            "used_share": pl.Float64,
+        },
+    )
 
 
 def write_layout(root: Path | str, spec: LayoutSpec) -> Path:
@@ -162,6 +191,7 @@ def layout_path(root: Path | str, spec_hash: str) -> Path:
 
 
 # ---- per-image statistics -------------------------------------------------------------------
+
 
 def patch_channel_stats(patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-patch per-channel mean and population std, float64 [256, 3] each."""
@@ -188,6 +218,7 @@ def duplicate_flags(patches: np.ndarray, informative: np.ndarray) -> np.ndarray:
 
 # ---- shards ---------------------------------------------------------------------------------
 
+
 def shard_path(root: Path | str, d: date | str) -> Path:
     return date_shard_path(root, d)
 
@@ -199,16 +230,15 @@ def table_path(root: Path | str, d: date | str) -> Path:
 @dataclass(frozen=True)
 class PatchShard:
     date: date
-    patches: np.ndarray        # float32 [256, 32, 32, 3]
+    patches: np.ndarray  # float32 [256, 32, 32, 3]
     horizons: tuple[int, ...]
-    label_class: np.ndarray    # int8 [H], -1 = no label
-    label_return: np.ndarray   # float64 [H], NaN = no label
+    label_class: np.ndarray  # int8 [H], -1 = no label
+    label_return: np.ndarray  # float64 [H], NaN = no label
     spec_hash: str
     image_params_hash: str
 
 
-def write_shard(root: Path | str, shard: PatchShard, *, compression: str | None = "gzip",
-                level: int = 1) -> Path:
+def write_shard(root: Path | str, shard: PatchShard, *, compression: str | None = "gzip", level: int = 1) -> Path:
     """Atomically write one date's patches and labels (see module docstring)."""
     p = shard.patches
     if p.shape != PATCHES_SHAPE or p.dtype != np.float32:
@@ -226,12 +256,18 @@ def write_shard(root: Path | str, shard: PatchShard, *, compression: str | None 
             f.create_dataset("patches", data=p, chunks=PATCHES_SHAPE, track_times=False, **comp)
             f.create_dataset("label_class", data=np.asarray(shard.label_class, dtype=np.int8), track_times=False)
             f.create_dataset("label_return", data=np.asarray(shard.label_return, dtype=np.float64), track_times=False)
-            f.attrs.update({
-                "date": shard.date.isoformat(), "spec_hash": shard.spec_hash,
-                "horizons": json.dumps(list(shard.horizons)), "image_params_hash": shard.image_params_hash,
-                "patch_size": PATCH, "grid": GRID, "format_version": FORMAT_VERSION,
-                "code_version": finnex_ml.__version__,
-            })
+            f.attrs.update(
+                {
+                    "date": shard.date.isoformat(),
+                    "spec_hash": shard.spec_hash,
+                    "horizons": json.dumps(list(shard.horizons)),
+                    "image_params_hash": shard.image_params_hash,
+                    "patch_size": PATCH,
+                    "grid": GRID,
+                    "format_version": FORMAT_VERSION,
+                    "code_version": finnex_ml.__version__,
+                }
+            )
     return final
 
 
@@ -241,9 +277,15 @@ def read_shard(root: Path | str, d: date | str) -> PatchShard:
         raise DataInputError(f"no patch shard stored for {_as_date(d)}", file=str(path), date=str(d))
     with h5py.File(path, "r") as f:
         a = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        return PatchShard(_as_date(a["date"]), f["patches"][...], tuple(json.loads(a["horizons"])),
-                          f["label_class"][...], f["label_return"][...], str(a["spec_hash"]),
-                          str(a["image_params_hash"]))
+        return PatchShard(
+            _as_date(a["date"]),
+            f["patches"][...],
+            tuple(json.loads(a["horizons"])),
+            f["label_class"][...],
+            f["label_return"][...],
+            str(a["spec_hash"]),
+            str(a["image_params_hash"]),
+        )
 
 
 def shard_attrs(root: Path | str, d: date | str) -> dict[str, Any]:
@@ -270,9 +312,15 @@ def list_shard_dates(root: Path | str, start: date | None = None, end: date | No
     return sorted(out)
 
 
-def patch_table(d: date, patches: np.ndarray, layout: pl.DataFrame, spec_hash: str,
-                horizons: Sequence[int], label_class: Sequence[int | None],
-                label_return: Sequence[float | None]) -> pl.DataFrame:
+def patch_table(
+    d: date,
+    patches: np.ndarray,
+    layout: pl.DataFrame,
+    spec_hash: str,
+    horizons: Sequence[int],
+    label_class: Sequence[int | None],
+    label_return: Sequence[float | None],
+) -> pl.DataFrame:
     """The per-patch metadata of one image: position, per-channel mean/std, the duplicate flag,
     and the image's labels on every patch. Static layout columns stay in the layout table
     (join on ``patch`` and ``spec_hash``)."""
@@ -298,8 +346,26 @@ def patch_table(d: date, patches: np.ndarray, layout: pl.DataFrame, spec_hash: s
 
 
 __all__ = [
-    "GRID", "IMAGE_SHAPE", "N_PATCHES", "PATCH", "PATCHES_SHAPE", "PatchShard", "duplicate_flags",
-    "extract_patches", "layout_path", "list_shard_dates", "patch_bounds", "patch_channel_stats", "patch_layout",
-    "patch_table", "patches_to_image", "read_shard", "section_of_patches", "shard_attrs", "shard_path",
-    "table_path", "write_layout", "write_shard",
+    "GRID",
+    "IMAGE_SHAPE",
+    "N_PATCHES",
+    "PATCH",
+    "PATCHES_SHAPE",
+    "PatchShard",
+    "duplicate_flags",
+    "extract_patches",
+    "layout_path",
+    "list_shard_dates",
+    "patch_bounds",
+    "patch_channel_stats",
+    "patch_layout",
+    "patch_table",
+    "patches_to_image",
+    "read_shard",
+    "section_of_patches",
+    "shard_attrs",
+    "shard_path",
+    "table_path",
+    "write_layout",
+    "write_shard",
 ]

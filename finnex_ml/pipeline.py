@@ -26,12 +26,15 @@ def load_window(source: DataSource, asof: list[date], history: int = HISTORY_SES
     missing = sorted(set(asof) - set(raw.prices["date"].to_list()))
     if missing:
         raise DataInputError(
-            f"source {source.name!r} has no price row for {len(missing)} requested session(s), "
-            f"first {missing[0]}", date=missing[0].isoformat())
+            f"source {source.name!r} has no price row for {len(missing)} requested session(s), first {missing[0]}",
+            date=missing[0].isoformat(),
+        )
     return raw, calendar.sessions(start, max(asof))
 
 
-def modality_snapshots(source: DataSource, asof: list[date], history: int = HISTORY_SESSIONS) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
+def modality_snapshots(
+    source: DataSource, asof: list[date], history: int = HISTORY_SESSIONS
+) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
     """One trailing snapshot per date and modality, as known at that date's close."""
     raw, sess = load_window(source, asof, history)
     market = raw.prices.sort("date")
@@ -40,7 +43,8 @@ def modality_snapshots(source: DataSource, asof: list[date], history: int = HIST
         "peer_data": raw.peers.sort("date", "ticker"),
         # Text aggregates plus any pre-scored sentiment series (e.g. a survey), as of release.
         "sentiment_data": daily_sentiment(raw.texts, sess).join(
-            align_releases(raw.releases, sess, "sentiment"), on="date", how="left"),
+            align_releases(raw.releases, sess, "sentiment"), on="date", how="left"
+        ),
         "macro_data": align_releases(raw.releases, sess, "macro"),
         "fundamental_data": align_releases(raw.releases, sess, "fundamental"),
     }
@@ -49,6 +53,9 @@ def modality_snapshots(source: DataSource, asof: list[date], history: int = HIST
 
 def daily_features_from_snapshots(snaps: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return build_daily_features(
-        snaps["market_data"], snaps["peer_data"], snaps["sentiment_data"],
-        snaps["macro_data"], snaps["fundamental_data"],
+        snaps["market_data"],
+        snaps["peer_data"],
+        snaps["sentiment_data"],
+        snaps["macro_data"],
+        snaps["fundamental_data"],
     )

@@ -11,9 +11,10 @@ signal in the market?": a model that cannot recover a planted, noise-free rule i
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -42,8 +43,9 @@ class ControlData:
     plant: PlantedSignal | None
 
 
-def build_control_data(plant: PlantedSignal | None, start: date | str, end: date | str, *, horizon: int = 1,
-                       seed: int = 7) -> ControlData:
+def build_control_data(
+    plant: PlantedSignal | None, start: date | str, end: date | str, *, horizon: int = 1, seed: int = 7
+) -> ControlData:
     """Images, labels, date-t features and oracle classes for every session in [start, end]
     whose label is known. ``plant=None`` is the plain (pure-noise for this purpose) world."""
     source = SyntheticSource(seed, plant=plant or PlantedSignal("level", 0.0))
@@ -77,13 +79,30 @@ def build_control_data(plant: PlantedSignal | None, start: date | str, end: date
         oracle = classify(np.nan_to_num(expected), lab[threshold_col(horizon)].to_numpy())
     else:  # no planted rule: the oracle knows nothing beyond the training prior (set by the caller)
         oracle = np.full(len(dates), -1)
-    return ControlData(dates, images, lab[class_col(horizon)].to_numpy().astype(np.int64),
-                       lab[return_col(horizon)].to_numpy().astype(np.float64), feat_np, list(spec.features),
-                       np.asarray(oracle, dtype=np.int64), spec, horizon, plant)
+    return ControlData(
+        dates,
+        images,
+        lab[class_col(horizon)].to_numpy().astype(np.int64),
+        lab[return_col(horizon)].to_numpy().astype(np.float64),
+        feat_np,
+        list(spec.features),
+        np.asarray(oracle, dtype=np.int64),
+        spec,
+        horizon,
+        plant,
+    )
 
 
-ABLATIONS = ("shuffle_history", "permute_features", "blank_macro", "blank_behavioral", "blank_fundamental",
-             "blank_red", "blank_green", "blank_blue")
+ABLATIONS = (
+    "shuffle_history",
+    "permute_features",
+    "blank_macro",
+    "blank_behavioral",
+    "blank_fundamental",
+    "blank_red",
+    "blank_green",
+    "blank_blue",
+)
 
 
 def ablate(data: ControlData, kind: str, seed: int = 0) -> ControlData:
@@ -98,8 +117,11 @@ def ablate(data: ControlData, kind: str, seed: int = 0) -> ControlData:
     elif kind.startswith("blank_") and kind in ABLATIONS:
         what = kind.removeprefix("blank_")
         channels = [n for n in data.spec.channel_names]
-        images = (ab.blank_tiles(data.images, data.spec, channel=channels.index(what)) if what in channels
-                  else ab.blank_tiles(data.images, data.spec, section=what))
+        images = (
+            ab.blank_tiles(data.images, data.spec, channel=channels.index(what))
+            if what in channels
+            else ab.blank_tiles(data.images, data.spec, section=what)
+        )
     else:
         raise ValueError(f"unknown ablation {kind!r}; expected one of {ABLATIONS}")
     return replace(data, images=images)
@@ -146,9 +168,18 @@ def logistic_baseline(x: np.ndarray, y: np.ndarray, split: ControlSplit) -> np.n
     return clf.predict(z[split.test])
 
 
-def train_image_model(data: ControlData, split: ControlSplit, *, model: str = "cnn", seeds: Sequence[int] = (0, 1, 2),
-                      epochs: int = 30, batch_size: int = 32, lr: float = 2e-3, threads: int | None = None,
-                      overrides: dict[str, Any] | None = None) -> np.ndarray:
+def train_image_model(
+    data: ControlData,
+    split: ControlSplit,
+    *,
+    model: str = "cnn",
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 30,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    threads: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> np.ndarray:
     """An ensemble of ``len(seeds)`` layout-aware models; returns test probabilities [n_test, 3]."""
     import torch
 
@@ -161,47 +192,78 @@ def train_image_model(data: ControlData, split: ControlSplit, *, model: str = "c
     tr, va = (ArrayDataset(x, targets, indices=split.train), ArrayDataset(x, targets, indices=split.val))
     probs = []
     for seed in seeds:
-        cfg = TrainConfig(model=model, input_mode="image", horizons=(h,), class_targets=(f"label_h{h}",),
-                          reg_targets=(f"return_h{h}",), epochs=epochs, batch_size=batch_size, lr=lr,
-                          weight_decay=1e-4, warmup_epochs=1, patience=6, seed=seed, noise_std=0.0,
-                          mixup_alpha=0.0, loss_weighting="fixed", fixed_weights=(1.0, 0.1),
-                          num_threads=threads, model_overrides={"layout": layout_json(data.spec), **(overrides or {})})
+        cfg = TrainConfig(
+            model=model,
+            input_mode="image",
+            horizons=(h,),
+            class_targets=(f"label_h{h}",),
+            reg_targets=(f"return_h{h}",),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=1e-4,
+            warmup_epochs=1,
+            patience=6,
+            seed=seed,
+            noise_std=0.0,
+            mixup_alpha=0.0,
+            loss_weighting="fixed",
+            fixed_weights=(1.0, 0.1),
+            num_threads=threads,
+            model_overrides={"layout": layout_json(data.spec), **(overrides or {})},
+        )
         with tempfile.TemporaryDirectory() as tmp:
             res = train_model(cfg, tr, va, checkpoint_dir=tmp)
         m = res.model.eval()
         with torch.no_grad():
             out = []
             for i in range(0, len(split.test), 64):
-                xb = x[split.test[i:i + 64]].permute(0, 3, 1, 2)
+                xb = x[split.test[i : i + 64]].permute(0, 3, 1, 2)
                 out.append(torch.softmax(m(xb)["classification"], -1).numpy())
         probs.append(np.concatenate(out))
     return np.mean(probs, axis=0)
 
 
-def run_control(data: ControlData, *, model: str = "cnn", seeds: Sequence[int] = (0, 1, 2), epochs: int = 30,
-                threads: int | None = None, overrides: dict[str, Any] | None = None) -> ControlResult:
+def run_control(
+    data: ControlData,
+    *,
+    model: str = "cnn",
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 30,
+    threads: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ControlResult:
     """Model versus oracle versus baselines on the held-out last 20 % of dates."""
     import time
 
     split = split_dates(len(data.dates), data.horizon)
     y = data.labels
     t0 = time.perf_counter()
-    probs = train_image_model(data, split, model=model, seeds=seeds, epochs=epochs, threads=threads,
-                              overrides=overrides)
+    probs = train_image_model(
+        data, split, model=model, seeds=seeds, epochs=epochs, threads=threads, overrides=overrides
+    )
     secs = time.perf_counter() - t0
     majority = int(np.bincount(y[split.train], minlength=3).argmax())
     oracle = data.oracle[split.test] if data.plant is not None else np.full(len(split.test), majority)
-    preds = {"model": probs.argmax(1), "oracle": oracle,
-             "logistic": logistic_baseline(data.date_features, y, split),
-             "majority": np.full(len(split.test), majority)}
+    preds = {
+        "model": probs.argmax(1),
+        "oracle": oracle,
+        "logistic": logistic_baseline(data.date_features, y, split),
+        "majority": np.full(len(split.test), majority),
+    }
     yt = y[split.test]
     return ControlResult(
-        form=data.plant.form if data.plant else "none", strength=data.plant.strength if data.plant else 0.0,
-        n_train=len(split.train), n_test=len(split.test),
+        form=data.plant.form if data.plant else "none",
+        strength=data.plant.strength if data.plant else 0.0,
+        n_train=len(split.train),
+        n_test=len(split.test),
         test_span=(data.dates[split.test[0]].isoformat(), data.dates[split.test[-1]].isoformat()),
         balanced_accuracy={k: balanced_accuracy(yt, v) for k, v in preds.items()},
-        test_pred=preds, test_labels=yt, diversity={**prediction_diversity(preds["model"]), "degenerate": is_degenerate(preds["model"])},
-        train_seconds=secs)
+        test_pred=preds,
+        test_labels=yt,
+        diversity={**prediction_diversity(preds["model"]), "degenerate": is_degenerate(preds["model"])},
+        train_seconds=secs,
+    )
 
 
 __all__ = ["ABLATIONS", "ControlData", "ControlResult", "ablate", "build_control_data", "run_control", "split_dates"]

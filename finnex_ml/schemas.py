@@ -60,10 +60,7 @@ def finite_after_warmup(feature_columns: list[str]) -> pa.DataFrameSchema:
     """Every feature is non-null and finite on rows whose warm-up is complete."""
     warm = pl.col("warmup_complete")
     return pa.DataFrameSchema(
-        checks=[
-            _frame_check(~warm | (pl.col(c).is_not_null() & pl.col(c).is_finite()), c)
-            for c in feature_columns
-        ]
+        checks=[_frame_check(~warm | (pl.col(c).is_not_null() & pl.col(c).is_finite()), c) for c in feature_columns]
     )
 
 

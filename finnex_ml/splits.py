@@ -23,9 +23,9 @@ Splits are by date (never by patch), so all 256 patches of an image stay in one 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -73,7 +73,9 @@ def _positions(dates: Sequence[date], sessions: Sequence[date]) -> tuple[list[da
     return ds, pos
 
 
-def _purge(earlier: Sequence[date], later_first: date, pos: Mapping[date, int], gap: int) -> tuple[list[date], list[date]]:
+def _purge(
+    earlier: Sequence[date], later_first: date, pos: Mapping[date, int], gap: int
+) -> tuple[list[date], list[date]]:
     keep = [d for d in earlier if pos[d] + gap < pos[later_first]]
     return keep, [d for d in earlier if pos[d] + gap >= pos[later_first]]
 
@@ -97,15 +99,18 @@ def temporal_split(
     c1 = int(math.floor(n * train + 1e-9))
     c2 = int(math.floor(n * (train + val) + 1e-9))
     if c1 < 1 or c2 <= c1 or c2 >= n:
-        raise ConfigError(f"{n} dates are too few for fractions train={train}, val={val}: "
-                          f"a set would be empty before purging")
+        raise ConfigError(
+            f"{n} dates are too few for fractions train={train}, val={val}: a set would be empty before purging"
+        )
     tr, pt = _purge(ds[:c1], ds[c1], pos, gap)
     va, pv = _purge(ds[c1:c2], ds[c2], pos, gap)
     te = ds[c2:]
     for name, s in (("train", tr), ("val", va)):
         if not s:
-            raise ConfigError(f"{n} dates: the {name} set is empty after purging a gap of {gap} sessions "
-                              f"(horizon {max_horizon} + embargo {embargo}); add dates or change fractions")
+            raise ConfigError(
+                f"{n} dates: the {name} set is empty after purging a gap of {gap} sessions "
+                f"(horizon {max_horizon} + embargo {embargo}); add dates or change fractions"
+            )
     return Split(tuple(tr), tuple(va), tuple(te), tuple(pt + pv), gap, max_horizon, embargo)
 
 
@@ -132,8 +137,10 @@ def walk_forward(
         history = [d for b in blocks[:k] for d in b]
         keep, purged = _purge(history, blocks[k][0], pos, gap)
         if not keep:
-            raise ConfigError(f"walk-forward fold {k}: no training dates left after purging a gap of {gap} "
-                              f"sessions; use fewer folds or more dates ({len(ds)} development dates)")
+            raise ConfigError(
+                f"walk-forward fold {k}: no training dates left after purging a gap of {gap} "
+                f"sessions; use fewer folds or more dates ({len(ds)} development dates)"
+            )
         out.append(Fold(k, tuple(keep), tuple(blocks[k]), tuple(purged)))
     return out
 
@@ -143,8 +150,9 @@ def development_dates(split: Split) -> list[date]:
     return sorted(set(split.train) | set(split.val) | {d for d in split.purged if d < split.val[0]})
 
 
-def check_no_leak(sets: Mapping[str, Sequence[date]], sessions: Sequence[date], max_horizon: int,
-                  gap: int) -> list[str]:
+def check_no_leak(
+    sets: Mapping[str, Sequence[date]], sessions: Sequence[date], max_horizon: int, gap: int
+) -> list[str]:
     """Violations of the gap rule and of label-window isolation among ordered sets (empty = ok).
 
     ``sets`` in time order. Checks disjointness, ``pos(later min) - pos(earlier max) > gap``, and
@@ -155,7 +163,7 @@ def check_no_leak(sets: Mapping[str, Sequence[date]], sessions: Sequence[date], 
     names = list(sets)
     for a_i, a in enumerate(names):
         A = sorted(sets[a])
-        for b in names[a_i + 1:]:
+        for b in names[a_i + 1 :]:
             B = sorted(sets[b])
             if not A or not B:
                 continue
@@ -163,8 +171,10 @@ def check_no_leak(sets: Mapping[str, Sequence[date]], sessions: Sequence[date], 
             if both:
                 problems.append(f"{a} and {b} share {len(both)} date(s), first {min(both)}")
             if not pos[B[0]] - pos[A[-1]] > gap:
-                problems.append(f"{a} ends {A[-1]} and {b} starts {B[0]}: {pos[B[0]] - pos[A[-1]]} sessions apart, "
-                                f"need more than {gap}")
+                problems.append(
+                    f"{a} ends {A[-1]} and {b} starts {B[0]}: {pos[B[0]] - pos[A[-1]]} sessions apart, "
+                    f"need more than {gap}"
+                )
     occupied = {pos[d]: n for n, s in sets.items() for d in s}
     for n, s in sets.items():
         for d in s:
@@ -177,6 +187,7 @@ def check_no_leak(sets: Mapping[str, Sequence[date]], sessions: Sequence[date], 
 
 
 # ---- statistics ------------------------------------------------------------------------------
+
 
 class RunningMoments:
     """Per-channel count, mean and M2 merged image by image (Chan et al.), float64 throughout,
@@ -203,7 +214,7 @@ class RunningMoments:
         tot = n + m
         delta = mu - self.mean
         self.mean = self.mean + delta * (m / tot)
-        self.m2 = self.m2 + m2 + delta ** 2 * (n * m / tot)
+        self.m2 = self.m2 + m2 + delta**2 * (n * m / tot)
         self.n = tot
 
     @property
@@ -212,8 +223,12 @@ class RunningMoments:
         return np.sqrt(self.m2 / self.n) if self.n else np.full(self.mean.shape, np.nan)
 
     def to_dict(self) -> dict:
-        return {"pixels_per_channel": int(self.n), "images": self.items,
-                "channel_mean": [float(v) for v in self.mean], "channel_std": [float(v) for v in self.std]}
+        return {
+            "pixels_per_channel": int(self.n),
+            "images": self.items,
+            "channel_mean": [float(v) for v in self.mean],
+            "channel_std": [float(v) for v in self.std],
+        }
 
 
 def class_weights(classes: Sequence[int] | np.ndarray, n_classes: int = 3) -> tuple[list[float], list[int]]:
@@ -229,6 +244,14 @@ def class_weights(classes: Sequence[int] | np.ndarray, n_classes: int = 3) -> tu
 
 
 __all__ = [
-    "Fold", "RunningMoments", "SET_NAMES", "Split", "check_no_leak", "class_weights", "development_dates",
-    "required_gap", "temporal_split", "walk_forward",
+    "Fold",
+    "RunningMoments",
+    "SET_NAMES",
+    "Split",
+    "check_no_leak",
+    "class_weights",
+    "development_dates",
+    "required_gap",
+    "temporal_split",
+    "walk_forward",
 ]

@@ -23,13 +23,17 @@ from finnex_ml.evaluation.metrics import balanced_accuracy
 from finnex_ml.positive_control import ablate, build_control_data, run_control
 
 
-def paired_difference_ci(y: np.ndarray, a: np.ndarray, b: np.ndarray, reps: int = 2000,
-                         seed: int = 0) -> tuple[float, float, float]:
+def paired_difference_ci(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """BA(a) - BA(b) on the same dates with a stationary-bootstrap 95 % interval (block ~5 dates)."""
     bs = StationaryBootstrap(5, np.arange(len(y)), seed=seed)
     diffs = [balanced_accuracy(y[i], a[i]) - balanced_accuracy(y[i], b[i]) for (i,), _ in bs.bootstrap(reps)]
-    return (balanced_accuracy(y, a) - balanced_accuracy(y, b), float(np.quantile(diffs, 0.025)),
-            float(np.quantile(diffs, 0.975)))
+    return (
+        balanced_accuracy(y, a) - balanced_accuracy(y, b),
+        float(np.quantile(diffs, 0.025)),
+        float(np.quantile(diffs, 0.975)),
+    )
 
 
 def main() -> None:
@@ -38,8 +42,12 @@ def main() -> None:
     parser.add_argument("--start", default="2022-01-01")
     parser.add_argument("--end", default="2023-12-31")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--ablations", nargs="*", default=["shuffle_history", "permute_features"],
-                        help="retrain on ablated images for each planted case (finnex_ml.positive_control.ABLATIONS)")
+    parser.add_argument(
+        "--ablations",
+        nargs="*",
+        default=["shuffle_history", "permute_features"],
+        help="retrain on ablated images for each planted case (finnex_ml.positive_control.ABLATIONS)",
+    )
     parser.add_argument("--out", default="benchmarks/positive_control.md")
     args = parser.parse_args()
     rows, ablations = [], []
@@ -57,27 +65,44 @@ def main() -> None:
         if plant is not None:
             for kind in args.ablations:
                 abl = run_control(ablate(data, kind), epochs=args.epochs)
-                ablations.append((case, kind, ba["model"], abl.balanced_accuracy["model"],
-                                  paired_difference_ci(abl.test_labels, abl.test_pred["model"], res.test_pred["model"])))
+                ablations.append(
+                    (
+                        case,
+                        kind,
+                        ba["model"],
+                        abl.balanced_accuracy["model"],
+                        paired_difference_ci(abl.test_labels, abl.test_pred["model"], res.test_pred["model"]),
+                    )
+                )
                 print(case, kind, abl.balanced_accuracy["model"], flush=True)
     lines = [
         f"Positive control, one ticker, image dates {args.start} .. {args.end}, horizon 1, "
-        "default layout-aware MultiScaleCNN (ensemble of 3 seeds); test = last 20 % of dates.", "",
+        "default layout-aware MultiScaleCNN (ensemble of 3 seeds); test = last 20 % of dates.",
+        "",
         "| planted rule | strength | train / test dates | test span | BA model | BA oracle | BA logistic (date-t) "
         "| BA majority | model share of oracle edge | model - logistic [95 % CI] | model degenerate | minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for case, res, edge, (d, lo, hi), secs in rows:
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _case, res, edge, (d, lo, hi), secs in rows:
         ba = res.balanced_accuracy
         lines.append(
             f"| {res.form} | {res.strength:g} | {res.n_train} / {res.n_test} | {res.test_span[0]} .. {res.test_span[1]} "
             f"| {ba['model']:.3f} | {ba['oracle']:.3f} | {ba['logistic']:.3f} | {ba['majority']:.3f} "
             f"| {'' if edge is None else f'{edge:.2f}'} | {d:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-            f"| {res.diversity['degenerate']} | {secs / 60:.1f} |")
+            f"| {res.diversity['degenerate']} | {secs / 60:.1f} |"
+        )
     if ablations:
-        lines += ["", "Ablations: the same ensemble retrained and tested on ablated images (same dates and labels).", "",
-                  "| planted rule | ablation | BA intact | BA ablated | ablated - intact [95 % CI] |", "|---|---|---|---|---|"]
-        lines += [f"| {case} | {kind} | {a:.3f} | {b:.3f} | {d:+.3f} [{lo:+.3f}, {hi:+.3f}] |"
-                  for case, kind, a, b, (d, lo, hi) in ablations]
+        lines += [
+            "",
+            "Ablations: the same ensemble retrained and tested on ablated images (same dates and labels).",
+            "",
+            "| planted rule | ablation | BA intact | BA ablated | ablated - intact [95 % CI] |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {case} | {kind} | {a:.3f} | {b:.3f} | {d:+.3f} [{lo:+.3f}, {hi:+.3f}] |"
+            for case, kind, a, b, (d, lo, hi) in ablations
+        ]
     out = Path(args.out)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(out.read_text())

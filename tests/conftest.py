@@ -80,9 +80,12 @@ def pipeline_resources(tmp, *, datasets: str | None = "datasets") -> dict:
     from finnex_assets.resources import DataSourceResource
 
     store = ImageStore(base_dir=str(tmp / "images"))
-    out = {"data_source": DataSourceResource(kind="synthetic"),
-           "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
-           "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
+    out = {
+        "data_source": DataSourceResource(kind="synthetic"),
+        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
+        "image_store": store,
+        "mega_image_io_manager": MegaImageIOManager(store=store),
+    }
     if datasets is not None:
         out["dataset_store"] = DatasetStore(base_dir=str(tmp / datasets))
     return out

@@ -41,8 +41,9 @@ def test_corpus_is_big_and_well_formed():
 def _generate(kind: str, folder: Path, outside: Path) -> None:
     if kind == "oversized_text":  # 150k characters: too big to keep in git for one cell
         (folder / "tweets.csv").write_text(
-            "Datetime,Text\n2024-03-01T15:00:00Z,short\n2024-03-04T15:00:00Z,\"" + "x" * 150_000 + "\"\n",
-            encoding="utf-8")
+            'Datetime,Text\n2024-03-01T15:00:00Z,short\n2024-03-04T15:00:00Z,"' + "x" * 150_000 + '"\n',
+            encoding="utf-8",
+        )
     elif kind == "symlink_escape":  # git keeps symlinks, but not one to a path on this machine
         target = outside / "secret.csv"
         target.write_text("Date,Secret\n2024-03-04,1\n", encoding="utf-8")
@@ -64,10 +65,13 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def job():
-    defs = dg.Definitions(assets=[modalities], resources={
-        "data_source": DataSourceResource.configure_at_launch(),
-        "io_manager": PartitionedParquetIOManager.configure_at_launch(),
-    })
+    defs = dg.Definitions(
+        assets=[modalities],
+        resources={
+            "data_source": DataSourceResource.configure_at_launch(),
+            "io_manager": PartitionedParquetIOManager.configure_at_launch(),
+        },
+    )
     return defs.resolve_implicit_global_asset_job_def()
 
 
@@ -91,9 +95,15 @@ def test_case(case, corpus, job, instance, tmp_path, monkeypatch):
     monkeypatch.setenv("FINNEX_FILES_ROOT", str(corpus))
     data = tmp_path / "tables"
     result = job.execute_in_process(
-        instance=instance, raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in case["assets"]],
-        run_config={"resources": {"data_source": {"config": {"kind": "files", "mapping_path": case["mapping"]}},
-                                  "io_manager": {"config": {"base_dir": str(data)}}}},
+        instance=instance,
+        raise_on_error=False,
+        asset_selection=[dg.AssetKey(a) for a in case["assets"]],
+        run_config={
+            "resources": {
+                "data_source": {"config": {"kind": "files", "mapping_path": case["mapping"]}},
+                "io_manager": {"config": {"base_dir": str(data)}},
+            }
+        },
         tags={"dagster/asset_partition_range_start": RANGE[0], "dagster/asset_partition_range_end": RANGE[1]},
     )
     written = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.parquet")) if data.exists() else []
@@ -107,8 +117,11 @@ def test_case(case, corpus, job, instance, tmp_path, monkeypatch):
         return
     assert result.success, f"{case['name']}: {_error_text(result)}"
     assert len(written) == PARTITIONS * len(case["assets"])
-    warnings = [e.user_message for e in instance.all_logs(result.run_id)
-                if e.level >= 30 and e.user_message and "files:" in e.user_message]
+    warnings = [
+        e.user_message
+        for e in instance.all_logs(result.run_id)
+        if e.level >= 30 and e.user_message and "files:" in e.user_message
+    ]
     if case["expect"] == "warning":
         hits = [w for w in warnings if all(part in w for part in case["contains"])]
         assert hits, f"{case['name']}: no warning with {case['contains']} in {warnings}"

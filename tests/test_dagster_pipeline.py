@@ -28,21 +28,41 @@ from finnex_ml.paths import atomic_path
 REPO = Path(__file__).resolve().parent.parent
 MODALITIES = ("market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data")
 ASSETS = (*MODALITIES, "daily_features")
-CHECKS = {("market_data", "ohlc_consistency"), ("market_data", "prices_positive_volume_nonnegative"),
-          ("market_data", "unique_sessions"), ("daily_features", "unique_sessions"),
-          ("daily_features", "finite_after_warmup"), ("daily_features", "staleness_within_bounds")}
+CHECKS = {
+    ("market_data", "ohlc_consistency"),
+    ("market_data", "prices_positive_volume_nonnegative"),
+    ("market_data", "unique_sessions"),
+    ("daily_features", "unique_sessions"),
+    ("daily_features", "finite_after_warmup"),
+    ("daily_features", "staleness_within_bounds"),
+}
 RANGE = ("2024-03-01", "2024-03-28")
 RANGE_KEYS = [d.isoformat() for d in calendar.sessions(*RANGE)]
 RANGE_TAGS = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
-def materialize(base: Path, source: DataSourceResource | None = None, *, start: str | None = None,
-                end: str | None = None, partition: str | None = None, instance=None):
-    resources = {"data_source": source or DataSourceResource(kind="synthetic"),
-                 "io_manager": PartitionedParquetIOManager(base_dir=str(base))}
+def materialize(
+    base: Path,
+    source: DataSourceResource | None = None,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    partition: str | None = None,
+    instance=None,
+):
+    resources = {
+        "data_source": source or DataSourceResource(kind="synthetic"),
+        "io_manager": PartitionedParquetIOManager(base_dir=str(base)),
+    }
     tags = {RANGE_TAGS[0]: start, RANGE_TAGS[1]: end} if start else None
-    return dg.materialize([modalities, daily_features], resources=resources, partition_key=partition,
-                          instance=instance or dg.DagsterInstance.ephemeral(), tags=tags, raise_on_error=False)
+    return dg.materialize(
+        [modalities, daily_features],
+        resources=resources,
+        partition_key=partition,
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        tags=tags,
+        raise_on_error=False,
+    )
 
 
 def files(base: Path, asset: str) -> dict[str, Path]:
@@ -99,8 +119,11 @@ def test_one_parquet_file_per_partition(range_run, asset):
     written = files(base, asset)
     assert list(written) == RANGE_KEYS
     assert all(p.parent == base / asset / "2024" for p in written.values())
-    mats = [m.partition for m in result.asset_materializations_for_node(
-        "modalities" if asset in MODALITIES else "daily_features") if m.asset_key.to_user_string() == asset]
+    mats = [
+        m.partition
+        for m in result.asset_materializations_for_node("modalities" if asset in MODALITIES else "daily_features")
+        if m.asset_key.to_user_string() == asset
+    ]
     assert sorted(mats) == RANGE_KEYS
 
 
@@ -130,14 +153,14 @@ def test_daily_features_metadata(range_run):
     assert meta["rows"].value == len(RANGE_KEYS)
     assert meta["warmup_rows"].value == 0
     assert meta["first_date"].value == RANGE[0] and meta["last_date"].value == RANGE[1]
-    market = [m for m in result.asset_materializations_for_node("modalities")
-              if m.asset_key.to_user_string() == "market_data"][0]
+    market = [
+        m for m in result.asset_materializations_for_node("modalities") if m.asset_key.to_user_string() == "market_data"
+    ][0]
     assert market.metadata["synthetic"].value is True
     assert market.metadata["provenance"].value == "synthetic(seed=7)"
 
 
 # --------------------------------------------------------------------------- determinism
-
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +182,17 @@ def test_first_partition_of_a_range_alone_is_byte_identical(range_run, single_ru
     assert alone["2024-03-01"].read_bytes() == files(base, asset)["2024-03-01"].read_bytes()
 
 
-@pytest.mark.parametrize("asset", [
-    "market_data", "peer_data", "sentiment_data",
-    "macro_data",
-    "fundamental_data",
-    "daily_features",
-])
+@pytest.mark.parametrize(
+    "asset",
+    [
+        "market_data",
+        "peer_data",
+        "sentiment_data",
+        "macro_data",
+        "fundamental_data",
+        "daily_features",
+    ],
+)
 def test_partition_alone_is_byte_identical_to_the_range(range_run, single_runs, asset):
     base, _, _ = range_run
     alone = files(single_runs["2024-03-14"], asset)
@@ -185,7 +213,9 @@ class BadOHLCSource:
     def load(self, start: date, end: date) -> RawData:
         raw = SyntheticSource(7).load(start, end)
         bad = pl.col("date") == BAD_DAY
-        prices = raw.prices.with_columns(pl.when(bad).then(pl.col("low") * 0.95).otherwise(pl.col("high")).alias("high"))
+        prices = raw.prices.with_columns(
+            pl.when(bad).then(pl.col("low") * 0.95).otherwise(pl.col("high")).alias("high")
+        )
         return dataclasses.replace(raw, prices=prices)
 
 
@@ -228,8 +258,12 @@ def test_bad_row_in_the_history_window_is_named_in_the_failure_cases(tmp_path):
         def load(self, start, end):
             raw = SyntheticSource(7).load(start, end)
             bad = pl.col("date") == bad_day
-            return dataclasses.replace(raw, prices=raw.prices.with_columns(
-                pl.when(bad).then(pl.col("low") * 0.95).otherwise(pl.col("high")).alias("high")))
+            return dataclasses.replace(
+                raw,
+                prices=raw.prices.with_columns(
+                    pl.when(bad).then(pl.col("low") * 0.95).otherwise(pl.col("high")).alias("high")
+                ),
+            )
 
     class Resource(DataSourceResource):
         def source(self):
@@ -257,8 +291,9 @@ def test_files_source_high_below_low_writes_nothing(tmp_path, monkeypatch):
     (feeds / "mapping.yaml").write_text("files:\n  - path: prices.csv\n    modality: prices\n", encoding="utf-8")
     monkeypatch.setenv("FINNEX_FILES_ROOT", str(tmp_path))
     data = tmp_path / "tables"
-    result = materialize(data, DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
-                         start="2024-03-04", end="2024-03-08")
+    result = materialize(
+        data, DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"), start="2024-03-04", end="2024-03-08"
+    )
     assert not result.success
     message = error_text(result)
     assert "below low" in message and "file=prices.csv" in message and "date=2024-03-05" in message
@@ -275,10 +310,16 @@ def test_files_source_without_peers_fails_before_writing_any_modality(tmp_path, 
     (feeds / "mapping.yaml").write_text("files:\n  - path: prices.csv\n    modality: prices\n", encoding="utf-8")
     monkeypatch.setenv("FINNEX_FILES_ROOT", str(tmp_path))
     data = tmp_path / "tables"
-    result = dg.materialize([modalities], resources={
-        "data_source": DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
-        "io_manager": PartitionedParquetIOManager(base_dir=str(data))}, instance=dg.DagsterInstance.ephemeral(),
-        tags={RANGE_TAGS[0]: "2024-03-04", RANGE_TAGS[1]: "2024-03-08"}, raise_on_error=False)
+    result = dg.materialize(
+        [modalities],
+        resources={
+            "data_source": DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
+            "io_manager": PartitionedParquetIOManager(base_dir=str(data)),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        tags={RANGE_TAGS[0]: "2024-03-04", RANGE_TAGS[1]: "2024-03-08"},
+        raise_on_error=False,
+    )
     assert not result.success
     message = error_text(result)
     assert "peer_data has no rows for 5 of the run's 5 partition(s), first 2024-03-04" in message
@@ -296,9 +337,15 @@ class NonFiniteFeaturesResource(DataSourceResource):
 
             def load(self, start, end):
                 raw = SyntheticSource(7).load(start, end)
-                return dataclasses.replace(raw, releases=raw.releases.with_columns(
-                    pl.when(pl.col("released") >= date(2024, 3, 5)).then(float("nan"))
-                    .otherwise(pl.col("value")).alias("value")))
+                return dataclasses.replace(
+                    raw,
+                    releases=raw.releases.with_columns(
+                        pl.when(pl.col("released") >= date(2024, 3, 5))
+                        .then(float("nan"))
+                        .otherwise(pl.col("value"))
+                        .alias("value")
+                    ),
+                )
 
         return Source()
 
@@ -338,8 +385,12 @@ def test_failed_run_leaves_earlier_materialisations_untouched(tmp_path, monkeypa
     _prices_csv(feeds / "prices.csv", negative_on=date(2024, 3, 5))
     (feeds / "mapping.yaml").write_text("files:\n  - path: prices.csv\n    modality: prices\n", encoding="utf-8")
     monkeypatch.setenv("FINNEX_FILES_ROOT", str(tmp_path))
-    bad = materialize(tables, DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
-                      start="2024-03-04", end="2024-03-08")
+    bad = materialize(
+        tables,
+        DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
+        start="2024-03-04",
+        end="2024-03-08",
+    )
     assert not bad.success
     message = error_text(bad)
     assert "prices.csv" in message and "2024-03-05" in message and "non-positive" in message
@@ -408,16 +459,34 @@ def _cli(tmp_path: Path, partition_range: str, **env_overrides: str) -> tuple[su
     home, data = tmp_path / "dagster_home", tmp_path / "data"
     home.mkdir()
     (home / "dagster.yaml").write_text("", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FINNEX_SOURCE", "FINNEX_FILES_MAPPING", "FINNEX_PARTITION_START", "FINNEX_SEED")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FINNEX_SOURCE", "FINNEX_FILES_MAPPING", "FINNEX_PARTITION_START", "FINNEX_SEED")
+    }
     env |= {"DAGSTER_HOME": str(home), "FINNEX_DATA_DIR": str(data), **env_overrides}
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "finnex_assets.definitions", "--select", ",".join(ASSETS),
-         "--partition-range", partition_range,
-         # one process for all steps: the default spawns a process per step (~20 s each here)
-         "--config-json", '{"execution": {"config": {"in_process": {}}}}'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            str(dagster),
+            "asset",
+            "materialize",
+            "-m",
+            "finnex_assets.definitions",
+            "--select",
+            ",".join(ASSETS),
+            "--partition-range",
+            partition_range,
+            # one process for all steps: the default spawns a process per step (~20 s each here)
+            "--config-json",
+            '{"execution": {"config": {"in_process": {}}}}',
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc, home, data
 
 
@@ -429,10 +498,13 @@ def _runs(home: Path) -> list:
         instance.dispose()
 
 
-@pytest.mark.parametrize("source, partition_range, year, n", [
-    ("synthetic", "2024-03-04...2024-03-08", "2024", 5),
-    ("packaged", "2016-03-01...2016-03-04", "2016", 4),
-])
+@pytest.mark.parametrize(
+    "source, partition_range, year, n",
+    [
+        ("synthetic", "2024-03-04...2024-03-08", "2024", 5),
+        ("packaged", "2016-03-01...2016-03-04", "2016", 4),
+    ],
+)
 def test_dagster_cli_materialises_a_range_in_one_run(tmp_path, source, partition_range, year, n):
     proc, home, data = _cli(tmp_path, partition_range, **({"FINNEX_SOURCE": source} if source != "synthetic" else {}))
     assert proc.returncode == 0, proc.stderr[-4000:]

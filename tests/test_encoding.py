@@ -17,10 +17,27 @@ import pytest
 from finnex_ml import calendar
 from finnex_ml.data.synthetic import SyntheticSource
 from finnex_ml.encoding import (
-    LayoutSpec, NormConfig, build_layout, channel_section_stats, check_feature_preservation, check_image,
-    check_spatial_integrity, check_temporal_continuity, decode, describe_pixel, encode, encode_dates,
-    feature_matrix, history_needed, normalization_summary, normalize_session, normalize_window, pixel_lookup, preview_png, read_png,
+    LayoutSpec,
+    NormConfig,
     TrailingNormalizer,
+    build_layout,
+    channel_section_stats,
+    check_feature_preservation,
+    check_image,
+    check_spatial_integrity,
+    check_temporal_continuity,
+    decode,
+    describe_pixel,
+    encode,
+    encode_dates,
+    feature_matrix,
+    history_needed,
+    normalization_summary,
+    normalize_session,
+    normalize_window,
+    pixel_lookup,
+    preview_png,
+    read_png,
 )
 from finnex_ml.encoding.layout import TILES
 from finnex_ml.errors import ConfigError, DataInputError
@@ -47,7 +64,7 @@ def spec(table: pl.DataFrame) -> LayoutSpec:
 @pytest.fixture(scope="module")
 def image_dates(table: pl.DataFrame, spec: LayoutSpec) -> list:
     first = history_needed(spec, CFG) - 1
-    return table["date"].to_list()[first: first + N_IMAGES]
+    return table["date"].to_list()[first : first + N_IMAGES]
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +75,44 @@ def encoded(table, spec, image_dates) -> list:
 # ---- layout ---------------------------------------------------------------------------------
 
 SMALL_FEATURES = [
-    "macro__vix", "macro__vix_z63", "macro__rvol_minus_vix", "macro__rate_10y", "macro__cpi_yoy",
-    "macro__ff_hml_z63", "news__mean", "social__count", "sentiment__hist_z_63", "price__rsi_14",
-    "price__rvol_21d", "market__put_call_ratio", "fundamental__mgmt_tone", "fundamental__revenue_yoy",
-    "fundamental__earnings_yield", "peer__amzn_corr_63",
+    "macro__vix",
+    "macro__vix_z63",
+    "macro__rvol_minus_vix",
+    "macro__rate_10y",
+    "macro__cpi_yoy",
+    "macro__ff_hml_z63",
+    "news__mean",
+    "social__count",
+    "sentiment__hist_z_63",
+    "price__rsi_14",
+    "price__rvol_21d",
+    "market__put_call_ratio",
+    "fundamental__mgmt_tone",
+    "fundamental__revenue_yoy",
+    "fundamental__earnings_yield",
+    "peer__amzn_corr_63",
 ]
 
 
 def test_default_assignment_places_features_per_spec() -> None:
     spec = build_layout(SMALL_FEATURES)
     expected = {
-        "macro__vix": "macro.red", "macro__vix_z63": "macro.red", "macro__rvol_minus_vix": "macro.red",
-        "macro__rate_10y": "macro.green", "macro__cpi_yoy": "macro.blue", "macro__ff_hml_z63": "macro.blue",
-        "news__mean": "behavioral.red.news", "social__count": "behavioral.red.social",
-        "sentiment__hist_z_63": "behavioral.red.historical", "price__rsi_14": "behavioral.green",
-        "price__rvol_21d": "behavioral.blue", "market__put_call_ratio": "behavioral.blue",
-        "fundamental__mgmt_tone": "fundamental.red", "fundamental__revenue_yoy": "fundamental.green",
-        "fundamental__earnings_yield": "fundamental.blue", "peer__amzn_corr_63": "fundamental.blue",
+        "macro__vix": "macro.red",
+        "macro__vix_z63": "macro.red",
+        "macro__rvol_minus_vix": "macro.red",
+        "macro__rate_10y": "macro.green",
+        "macro__cpi_yoy": "macro.blue",
+        "macro__ff_hml_z63": "macro.blue",
+        "news__mean": "behavioral.red.news",
+        "social__count": "behavioral.red.social",
+        "sentiment__hist_z_63": "behavioral.red.historical",
+        "price__rsi_14": "behavioral.green",
+        "price__rvol_21d": "behavioral.blue",
+        "market__put_call_ratio": "behavioral.blue",
+        "fundamental__mgmt_tone": "fundamental.red",
+        "fundamental__revenue_yoy": "fundamental.green",
+        "fundamental__earnings_yield": "fundamental.blue",
+        "peer__amzn_corr_63": "fundamental.blue",
     }
     assert spec.tile_of == expected
     assert spec.features == tuple(SMALL_FEATURES)  # window columns keep the table's order
@@ -114,8 +152,9 @@ def test_unassigned_ambiguous_and_empty_tiles() -> None:
     with pytest.raises(ConfigError, match="ambiguous.*news__mean"):
         build_layout(["news__mean"], {"behavioral.red.news": ["news__*"], "behavioral.red.social": ["*__mean"]})
     # exact name beats a glob; an empty tile is recorded and masked
-    spec = build_layout(["news__mean", "news__std"],
-                        {"behavioral.red.news": ["news__*"], "behavioral.red.social": ["news__std"]})
+    spec = build_layout(
+        ["news__mean", "news__std"], {"behavioral.red.news": ["news__*"], "behavioral.red.social": ["news__std"]}
+    )
     assert spec.tile("behavioral.red.social").features == ("news__std",)
     assert spec.tile("macro.red").empty and spec.to_dict()["tiles"][0]["empty"] is True
     look = pixel_lookup(spec)
@@ -127,8 +166,7 @@ def test_unassigned_ambiguous_and_empty_tiles() -> None:
 def test_spec_json_round_trip_and_hash_stability(spec: LayoutSpec) -> None:
     again = LayoutSpec.from_json(spec.to_json())
     assert again == spec and again.spec_hash() == spec.spec_hash()
-    expected = hashlib.sha256(
-        json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    expected = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert spec.spec_hash() == expected
     # pinned: the default layout of a fixed feature list must not drift silently
     assert build_layout(SMALL_FEATURES).spec_hash() == PINNED_SMALL_HASH
@@ -144,19 +182,20 @@ PINNED_SMALL_HASH = "29765a06c845a99f5fc43079f316d71c07d270d8786282216ad10cb595f
 
 # ---- pixel lookup -------------------------------------------------------------------------
 
+
 def test_pixel_lookup_matches_spec(spec: LayoutSpec) -> None:
     look = pixel_lookup(spec)
     L = spec.sessions
     assert look.feature.shape == look.lag.shape == (512, 512, 3)
     for ti, t in enumerate(spec.tiles):
         s = spec.section(t.section)
-        assert (look.tile[s.row0:s.row1, t.col0:t.col1, t.channel] == ti).all()
+        assert (look.tile[s.row0 : s.row1, t.col0 : t.col1, t.channel] == ti).all()
         # padding columns on the left are unused
-        assert (look.feature[s.row0:s.row1, t.col0:t.used_col0, t.channel] == -1).all()
+        assert (look.feature[s.row0 : s.row1, t.col0 : t.used_col0, t.channel] == -1).all()
         for f, (r0, r1) in zip(t.features, t.row_bands):
-            band = look.feature[r0:r1, t.used_col0:t.col1, t.channel]
+            band = look.feature[r0:r1, t.used_col0 : t.col1, t.channel]
             assert (band == spec.feature_index[f]).all()
-            lags = look.lag[r0, t.used_col0:t.col1, t.channel]
+            lags = look.lag[r0, t.used_col0 : t.col1, t.channel]
             expected = np.repeat(np.arange(L - 1, -1, -1), t.px_per_session)  # newest on the right
             assert np.array_equal(lags, expected)
     # every (feature, lag) pair appears, with band rows x px pixels
@@ -167,19 +206,24 @@ def test_pixel_lookup_matches_spec(spec: LayoutSpec) -> None:
         for f, (r0, r1) in zip(t.features, t.row_bands):
             assert (counts[spec.feature_index[f]] == (r1 - r0) * t.px_per_session).all()
     assert describe_pixel(spec, 171, 170, 0) == {
-        "channel": "red", "section": "behavioral", "tile": "behavioral.red.news",
-        "feature": spec.tile("behavioral.red.news").features[0], "lag": 0}
+        "channel": "red",
+        "section": "behavioral",
+        "tile": "behavioral.red.news",
+        "feature": spec.tile("behavioral.red.news").features[0],
+        "lag": 0,
+    }
     assert describe_pixel(spec, 171, 0, 0)["feature"] is None  # padding column
     assert describe_pixel(spec, 511, 8, 2)["lag"] == L - 1
 
 
 # ---- encode / decode -------------------------------------------------------------------------
 
+
 def test_decode_round_trip_on_real_features(table, spec, encoded) -> None:
     assert len(encoded) == N_IMAGES
     _, mat = feature_matrix(table, spec)
     dates = table["date"].to_list()
-    for item in encoded[:: 13]:
+    for item in encoded[::13]:
         assert item.image.dtype == np.float32 and item.image.shape == (512, 512, 3)
         got = decode(item.image, spec)
         assert np.abs(got.astype(np.float64) - item.window).max() <= 1e-6
@@ -210,14 +254,19 @@ def _reference_image(window: np.ndarray, spec: LayoutSpec) -> np.ndarray:
 def test_row_run_painter_equals_full_gather_byte_for_byte(spec, encoded) -> None:
     from finnex_ml.encoding.encoder import _maps, paint
 
-    empty_tiles = build_layout(["news__mean", "news__std"],
-                               {"behavioral.red.news": ["news__*"], "behavioral.red.social": ["news__std"]})
+    empty_tiles = build_layout(
+        ["news__mean", "news__std"], {"behavioral.red.news": ["news__*"], "behavioral.red.social": ["news__std"]}
+    )
     rng = np.random.default_rng(3)
     cases = [(spec, item.window) for item in encoded[::9]]
     cases += [(sp, rng.random((sp.sessions, sp.n_features), dtype=np.float32)) for sp in (spec, empty_tiles)]
-    cases += [(spec, np.zeros((spec.sessions, spec.n_features), np.float32)),
-              (build_layout(SMALL_FEATURES, sessions=28, fill_value=0.125),
-               rng.random((28, len(SMALL_FEATURES)), dtype=np.float32))]
+    cases += [
+        (spec, np.zeros((spec.sessions, spec.n_features), np.float32)),
+        (
+            build_layout(SMALL_FEATURES, sessions=28, fill_value=0.125),
+            rng.random((28, len(SMALL_FEATURES)), dtype=np.float32),
+        ),
+    ]
     for sp, w in cases:
         ext = np.append(w.ravel(), np.float32(sp.fill_value)).astype(np.float32)
         full = np.take(ext, _maps(sp).gather).reshape(sp.shape)  # the previous one-gather painter
@@ -259,8 +308,16 @@ def test_params_hash_is_the_documented_digest(table, spec, image_dates, encoded)
     miss[3, 7] = not miss[3, 7]
     center = one.center.copy()
     center[0, 0] += 1e-12
-    assert len({params_hash(CFG, one), params_hash(CFG, one._replace(missing=miss)),
-                params_hash(CFG, one._replace(center=center))}) == 3
+    assert (
+        len(
+            {
+                params_hash(CFG, one),
+                params_hash(CFG, one._replace(missing=miss)),
+                params_hash(CFG, one._replace(center=center)),
+            }
+        )
+        == 3
+    )
 
 
 def test_batched_normalisation_is_bit_identical_to_one_session_at_a_time() -> None:
@@ -272,14 +329,14 @@ def test_batched_normalisation_is_bit_identical_to_one_session_at_a_time() -> No
     raw[:, 1] = 7.0
     raw[::3, 2] = np.nan
     raw[:60, 3] = np.nan
-    raw[:, 4] = np.repeat(rng.integers(0, 3, 16), 10)          # step-like
+    raw[:, 4] = np.repeat(rng.integers(0, 3, 16), 10)  # step-like
     raw[20:140, 5] = np.where(rng.random(120) < 0.9, 1.0, 5.0)  # IQR 0: mean-abs-dev fallback
     raw[50, 6] = np.inf
     raw[::5, 7], raw[::7, 7] = -0.0, 0.0
     for block in (1, 3, 8, 64):
         tn = TrailingNormalizer(raw, cfg, block=block, cache_rows=16)
         for i in range(cfg.window - 1, len(raw)):
-            alone = normalize_session(raw[i - cfg.window + 1: i + 1], cfg)
+            alone = normalize_session(raw[i - cfg.window + 1 : i + 1], cfg)
             got = tn.row(i)
             for name, a, b in zip(alone._fields, alone, got):
                 assert a.tobytes() == b.tobytes(), (block, i, name)
@@ -293,9 +350,15 @@ def test_summary_without_missing_cells(encoded) -> None:
     assert clean  # the synthetic table has complete dates
     for item in clean[:3]:
         assert item.missing_summary == {
-            "missing_cells": 0, "missing_fraction": 0.0, "missing_short_history_cells": 0, "missing_raw_cells": 0,
-            "missing_at_date": [], "missing_by_tile": {}, "fill_value": CFG.fill_value,
-            "warmup_complete": item.missing_summary["warmup_complete"]}
+            "missing_cells": 0,
+            "missing_fraction": 0.0,
+            "missing_short_history_cells": 0,
+            "missing_raw_cells": 0,
+            "missing_at_date": [],
+            "missing_by_tile": {},
+            "fill_value": CFG.fill_value,
+            "warmup_complete": item.missing_summary["warmup_complete"],
+        }
         assert isinstance(item.missing_summary["warmup_complete"], bool)
 
 
@@ -314,8 +377,9 @@ def test_no_future_data(table, spec, image_dates, encoded) -> None:
     t = image_dates[t_idx]
     base = encoded[t_idx].image
     feats = list(spec.features)
-    after = table.with_columns([
-        pl.when(pl.col("date") > t).then(pl.col(f) * 3.0 + 1.0).otherwise(pl.col(f)).alias(f) for f in feats])
+    after = table.with_columns(
+        [pl.when(pl.col("date") > t).then(pl.col(f) * 3.0 + 1.0).otherwise(pl.col(f)).alias(f) for f in feats]
+    )
     img_after = next(encode_dates(after, [t], spec, CFG)).image
     assert img_after.tobytes() == base.tobytes()
     # the table cut at t (and to the minimum history) gives the same bytes as the long run
@@ -329,8 +393,11 @@ def test_no_future_data(table, spec, image_dates, encoded) -> None:
     # perturbing a row before t (inside the normalisation window) changes image t
     prev_day = dates[i - 3]
     before = table.with_columns(
-        pl.when(pl.col("date") == prev_day).then(pl.col("price__rsi_14") + 50.0).otherwise(pl.col("price__rsi_14"))
-        .alias("price__rsi_14"))
+        pl.when(pl.col("date") == prev_day)
+        .then(pl.col("price__rsi_14") + 50.0)
+        .otherwise(pl.col("price__rsi_14"))
+        .alias("price__rsi_14")
+    )
     img_before = next(encode_dates(before, [t], spec, CFG)).image
     assert img_before.tobytes() != base.tobytes()
     changed = np.argwhere(img_before != base)
@@ -343,7 +410,8 @@ def test_missing_values_are_masked_and_filled(table, spec, image_dates) -> None:
     dates = table["date"].to_list()
     gap_day = dates[dates.index(t) - 1]
     holed = table.with_columns(
-        pl.when(pl.col("date") == gap_day).then(None).otherwise(pl.col("news__mean")).alias("news__mean"))
+        pl.when(pl.col("date") == gap_day).then(None).otherwise(pl.col("news__mean")).alias("news__mean")
+    )
     item = next(encode_dates(holed, [t], spec, CFG))
     j = spec.feature_index["news__mean"]
     assert item.missing.sum() == 1 and item.missing[-2, j]
@@ -364,6 +432,7 @@ def test_missing_values_are_masked_and_filled(table, spec, image_dates) -> None:
 
 # ---- normalisation -----------------------------------------------------------------------
 
+
 def test_normalisation_uses_trailing_window_only_default_config() -> None:
     cfg = NormConfig()  # window 252
     rng = np.random.default_rng(1)
@@ -373,10 +442,10 @@ def test_normalisation_uses_trailing_window_only_default_config() -> None:
     long_run = normalize_window(raw, cfg, 100)  # sessions 300..399
     for k in (0, 57, 99):
         s = 300 + k
-        alone = normalize_session(raw[s - 251: s + 1], cfg)
+        alone = normalize_session(raw[s - 251 : s + 1], cfg)
         assert alone.values.tobytes() == long_run.values[k].tobytes()
         # reference: robust z from numpy's own quantiles
-        w = raw[s - 251: s + 1, 0]
+        w = raw[s - 251 : s + 1, 0]
         q1, med, q3 = np.quantile(w, [0.25, 0.5, 0.75])
         z = (w[-1] - med) / ((q3 - q1) / 1.349)
         assert alone.values[0] == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-6)
@@ -393,8 +462,8 @@ def test_normalisation_uses_trailing_window_only_default_config() -> None:
 def test_normalisation_missing_rules() -> None:
     cfg = NormConfig(window=10, min_periods=5, fill_value=0.25)
     h = np.arange(10.0)[:, None].repeat(3, axis=1)
-    h[-1, 0] = np.nan          # today's raw value missing
-    h[:7, 1] = np.nan          # only 3 finite values: short history
+    h[-1, 0] = np.nan  # today's raw value missing
+    h[:7, 1] = np.nan  # only 3 finite values: short history
     h[:, 2] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 5]  # IQR 0: mean-abs-dev fallback, still finite z
     out = normalize_session(h, cfg)
     assert out.missing.tolist() == [True, True, False]
@@ -404,6 +473,7 @@ def test_normalisation_missing_rules() -> None:
 
 
 # ---- QA and preview ---------------------------------------------------------------------------
+
 
 def test_qa_checks_pass_and_fail(spec, encoded) -> None:
     item = encoded[3]
@@ -433,12 +503,18 @@ def _check_image_reference(img: np.ndarray, spec: LayoutSpec) -> dict:
     for t in spec.tiles:
         if t.features:
             s = spec.section(t.section)
-            unused[s.row0:s.row1, t.used_col0:t.col1, t.channel] = False
-    return {"dtype": "float32", "shape": [512, 512, 3], "non_finite": int((~finite).sum()),
-            "min": float(img[finite].min()) if finite.any() else None,
-            "max": float(img[finite].max()) if finite.any() else None,
-            "below_0": int((img < 0).sum()), "above_1": int((img > 1).sum()), "unused_pixels": int(unused.sum()),
-            "unused_not_fill": int((img[unused] != np.float32(spec.fill_value)).sum())}
+            unused[s.row0 : s.row1, t.used_col0 : t.col1, t.channel] = False
+    return {
+        "dtype": "float32",
+        "shape": [512, 512, 3],
+        "non_finite": int((~finite).sum()),
+        "min": float(img[finite].min()) if finite.any() else None,
+        "max": float(img[finite].max()) if finite.any() else None,
+        "below_0": int((img < 0).sum()),
+        "above_1": int((img > 1).sum()),
+        "unused_pixels": int(unused.sum()),
+        "unused_not_fill": int((img[unused] != np.float32(spec.fill_value)).sum()),
+    }
 
 
 def test_fast_qa_and_stats_equal_the_obvious_computation(spec, encoded) -> None:
@@ -462,14 +538,18 @@ def test_fast_qa_and_stats_equal_the_obvious_computation(spec, encoded) -> None:
         bad, worst = {}, 0.0  # the per-feature loop of the original check
         for t in spec.tiles:
             for f, (r0, r1) in zip(t.features, t.row_bands):
-                block = v[r0:r1, t.used_col0:t.col1, t.channel].reshape(r1 - r0, spec.sessions, t.px_per_session)
+                block = v[r0:r1, t.used_col0 : t.col1, t.channel].reshape(r1 - r0, spec.sessions, t.px_per_session)
                 err = float(np.abs(block - win[:, spec.feature_index[f]][None, :, None]).max())
                 worst = max(worst, err)
                 if err != 0.0:
                     bad.setdefault(t.name, []).append(f)
         ok, details = check_spatial_integrity(v, spec, win)
-        assert details == {"tiles_checked": len(spec.tiles), "features_checked": spec.n_features,
-                           "max_abs_error": worst, "mismatched": bad}
+        assert details == {
+            "tiles_checked": len(spec.tiles),
+            "features_checked": spec.n_features,
+            "max_abs_error": worst,
+            "mismatched": bad,
+        }
         assert ok == (not bad)
     assert check_spatial_integrity(in_band, spec, win)[1]["mismatched"] == {"fundamental.green": [green.features[2]]}
     assert check_spatial_integrity(variants[1], spec, win)[1]["max_abs_error"] == np.inf
@@ -478,10 +558,14 @@ def test_fast_qa_and_stats_equal_the_obvious_computation(spec, encoded) -> None:
         got = channel_section_stats(img, spec, used_only=used_only)
         for c, cname in enumerate(spec.channel_names):
             for s in spec.sections:
-                vals = img[s.row0:s.row1, :, c][mask[s.row0:s.row1, :, c]].astype(np.float64)
-                assert got[cname][s.name] == {"mean": float(vals.mean()), "std": float(vals.std()),
-                                              "min": float(vals.min()), "max": float(vals.max()),
-                                              "pixels": int(vals.size)}
+                vals = img[s.row0 : s.row1, :, c][mask[s.row0 : s.row1, :, c]].astype(np.float64)
+                assert got[cname][s.name] == {
+                    "mean": float(vals.mean()),
+                    "std": float(vals.std()),
+                    "min": float(vals.min()),
+                    "max": float(vals.max()),
+                    "pixels": int(vals.size),
+                }
 
 
 def test_png_round_trip_and_an_independent_decoder() -> None:
@@ -506,15 +590,14 @@ def test_preview_png_and_stats(spec, encoded) -> None:
     assert rgb.shape[0] > 512 and rgb.shape[1] > 4 * 512
     top, margin = 36, 88
     # section lines at rows 171 and 342 of the composite panel, in yellow
-    assert (rgb[top + 171, margin:margin + 512] == (255, 220, 0)).all()
-    assert (rgb[top + 342, margin:margin + 512] == (255, 220, 0)).all()
+    assert (rgb[top + 171, margin : margin + 512] == (255, 220, 0)).all()
+    assert (rgb[top + 342, margin : margin + 512] == (255, 220, 0)).all()
     # the composite otherwise shows the image itself
-    assert np.array_equal(rgb[top + 10, margin:margin + 512],
-                          np.round(img[10] * 255).astype(np.uint8))
+    assert np.array_equal(rgb[top + 10, margin : margin + 512], np.round(img[10] * 255).astype(np.uint8))
     stats = channel_section_stats(img, spec)
     assert set(stats) == {"red", "green", "blue"}
     assert set(stats["green"]) == {"macro", "behavioral", "fundamental"}
     g = stats["green"]["behavioral"]
-    block = img[171:342, spec.tile("behavioral.green").used_col0:, 1]
+    block = img[171:342, spec.tile("behavioral.green").used_col0 :, 1]
     assert g["mean"] == pytest.approx(float(block.mean()), abs=1e-6) and g["pixels"] == block.size
     assert 0.0 <= g["min"] <= g["mean"] <= g["max"] <= 1.0

@@ -17,7 +17,9 @@ from finnex_assets.assets.datasets import DatasetStore
 from finnex_assets.assets.evaluation import evaluation_report, model_evaluation, qa_report
 from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking
-from finnex_ml import calendar, labels as lb, splits as sp
+from finnex_ml import calendar
+from finnex_ml import labels as lb
+from finnex_ml import splits as sp
 from finnex_ml.datasets_io import set_dataset, write_set_file
 from finnex_ml.encoding import NormConfig, build_layout, write_spec
 from finnex_ml.encoding.store import image_path
@@ -32,13 +34,20 @@ N_DATES = 100
 # modest permutation counts keep the suite fast (the report's defaults are larger: 1000 label
 # permutations, 100 refits); pooled walk-forward over blocks of 20 rows after 60 rows of
 # history, since the world has 100 dates
-FAST = EvalConfig(n_boot=200, walk_forward_epochs=1, permuted_label_epochs=1, n_permutations=200,
-                  refit_permutations=3, pooled_min_train=60, pooled_block_sessions=20)
+FAST = EvalConfig(
+    n_boot=200,
+    walk_forward_epochs=1,
+    permuted_label_epochs=1,
+    n_permutations=200,
+    refit_permutations=3,
+    pooled_min_train=60,
+    pooled_block_sessions=20,
+)
 
 
 def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bool = False) -> dict:
     """Tables, random images and shards, splits, cnn_ready sets and a trained tiny CNN under ``root``."""
-    dates = features["date"].to_list()[-N_DATES - 10:-10]  # labels need 5 later sessions
+    dates = features["date"].to_list()[-N_DATES - 10 : -10]  # labels need 5 later sessions
     labels = lb.compute_labels(closes, dates, lb.LabelConfig(horizons=HORIZONS), sessions=calendar.all_sessions())
     labels = labels.with_columns(pl.lit("cfg").alias("config_hash"))
     feats = features.filter(pl.col("date").is_in(dates))
@@ -56,29 +65,60 @@ def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bo
     rng = np.random.default_rng(1)
     for d in dates:
         img = rng.random((512, 512, 3), dtype=np.float32)
-        for path, key, arr in ((image_path(images, d), "image", img), (shard_path(shards, d), "patches", extract_patches(img))):
+        for path, key, arr in (
+            (image_path(images, d), "image", img),
+            (shard_path(shards, d), "patches", extract_patches(img)),
+        ):
             path.parent.mkdir(parents=True, exist_ok=True)
             with h5py.File(path, "w") as f:
                 f.create_dataset(key, data=arr)
     split = sp.temporal_split(dates, calendar.all_sessions(), max(HORIZONS), train=0.7, val=0.1)
     folds = sp.walk_forward(sp.development_dates(split), calendar.all_sessions(), max(HORIZONS), folds=2)
-    doc = {"horizons": list(HORIZONS), "sets": {k: [d.isoformat() for d in v] for k, v in split.sets().items()},
-           "folds": [{"fold": f.index, "train": [d.isoformat() for d in f.train], "val": [d.isoformat() for d in f.val]}
-                     for f in folds], "split_hash": "h" * 64}
+    doc = {
+        "horizons": list(HORIZONS),
+        "sets": {k: [d.isoformat() for d in v] for k, v in split.sets().items()},
+        "folds": [
+            {"fold": f.index, "train": [d.isoformat() for d in f.train], "val": [d.isoformat() for d in f.val]}
+            for f in folds
+        ],
+        "split_hash": "h" * 64,
+    }
     (root / "datasets" / "splits").mkdir(parents=True)
     (root / "datasets" / "splits" / "splits.json").write_text(json.dumps(doc))
     for name, ds in split.sets().items():
         sub = labels.filter(pl.col("date").is_in(list(ds))).sort("date")
-        write_set_file(ready / f"{name}.h5", name, list(ds), images, shards,
-                       sub.select([lb.class_col(h) for h in HORIZONS]).to_numpy(),
-                       sub.select([lb.return_col(h) for h in HORIZONS]).to_numpy(), HORIZONS,
-                       spec_hash=spec.spec_hash(), split_hash=doc["split_hash"])
+        write_set_file(
+            ready / f"{name}.h5",
+            name,
+            list(ds),
+            images,
+            shards,
+            sub.select([lb.class_col(h) for h in HORIZONS]).to_numpy(),
+            sub.select([lb.return_col(h) for h in HORIZONS]).to_numpy(),
+            HORIZONS,
+            spec_hash=spec.spec_hash(),
+            split_hash=doc["split_hash"],
+        )
     (ready / "statistics.json").write_text(json.dumps({"train": {"channel_mean": [0.5, 0.5, 0.5]}}))
-    cfg = TrainConfig(model="cnn", input_mode="patch", horizons=HORIZONS, class_targets=("label_h1", "label_h5"),
-                      reg_targets=("return_h1", "return_h5"), epochs=1, batch_size=256, lr=1e-3, warmup_epochs=0,
-                      patience=None, num_threads=1)
-    train_model(cfg, set_dataset(ready / "train.h5", "patch", HORIZONS), set_dataset(ready / "val.h5", "patch", HORIZONS),
-                checkpoint_dir=root / "datasets" / "models" / "cnn_model")
+    cfg = TrainConfig(
+        model="cnn",
+        input_mode="patch",
+        horizons=HORIZONS,
+        class_targets=("label_h1", "label_h5"),
+        reg_targets=("return_h1", "return_h5"),
+        epochs=1,
+        batch_size=256,
+        lr=1e-3,
+        warmup_epochs=0,
+        patience=None,
+        num_threads=1,
+    )
+    train_model(
+        cfg,
+        set_dataset(ready / "train.h5", "patch", HORIZONS),
+        set_dataset(ready / "val.h5", "patch", HORIZONS),
+        checkpoint_dir=root / "datasets" / "models" / "cnn_model",
+    )
     return {"labels": labels, "features": feats, "splits": doc, "spec": spec, "dates": dates}
 
 
@@ -91,11 +131,18 @@ def world(tmp_path_factory, synthetic_2024):
 
 
 def _inputs(root: Path, w: dict, models: bool = True) -> EvalInputs:
-    return EvalInputs(labels=w["labels"], features=w["features"], feature_columns=feature_columns(w["features"]),
-                      splits=w["splits"], ready_root=root / "datasets" / "cnn_ready", image_root=root / "images",
-                      shard_root=root / "datasets" / "patch_datasets", work_dir=root / "work",
-                      channel_means=[0.5, 0.5, 0.5],
-                      models={"cnn_model": root / "datasets" / "models" / "cnn_model" / "best.pt"} if models else {})
+    return EvalInputs(
+        labels=w["labels"],
+        features=w["features"],
+        feature_columns=feature_columns(w["features"]),
+        splits=w["splits"],
+        ready_root=root / "datasets" / "cnn_ready",
+        image_root=root / "images",
+        shard_root=root / "datasets" / "patch_datasets",
+        work_dir=root / "work",
+        channel_means=[0.5, 0.5, 0.5],
+        models={"cnn_model": root / "datasets" / "models" / "cnn_model" / "best.pt"} if models else {},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +217,9 @@ def test_planted_leak_is_caught_loudly(world, synthetic_2024, tmp_path):
     inp = _inputs(root, {**w, "features": leaky}, models=False)
     inp.feature_columns = feature_columns(leaky)
     inp.work_dir = tmp_path / "work"
-    doc, _, _ = run_evaluation(inp, EvalConfig(n_boot=50, n_permutations=100, refit_permutations=0,
-                                               pooled_min_train=0), log=lambda m: None)
+    doc, _, _ = run_evaluation(
+        inp, EvalConfig(n_boot=50, n_permutations=100, refit_permutations=0, pooled_min_train=0), log=lambda m: None
+    )
     assert not doc["leakage"]["passed"]
     assert doc["leakage"]["feature_scan"]["flagged"][0]["feature"] == "technical__planted_leak"
 
@@ -181,10 +229,12 @@ DAGSTER_FAST = {"n_permutations": 100, "refit_permutations": 0, "pooled_min_trai
 
 
 def _resources(root: Path) -> dict:
-    return {"io_manager": PartitionedParquetIOManager(base_dir=str(root / "tables")),
-            "image_store": ImageStore(base_dir=str(root / "images")),
-            "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
-            "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test")}
+    return {
+        "io_manager": PartitionedParquetIOManager(base_dir=str(root / "tables")),
+        "image_store": ImageStore(base_dir=str(root / "images")),
+        "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
+        "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"),
+    }
 
 
 def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
@@ -192,9 +242,12 @@ def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("FINNEX_SOURCE", "synthetic")
     cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2, **DAGSTER_FAST}
-    result = dg.materialize([model_evaluation, evaluation_report, qa_report], resources=_resources(root),
-                            instance=dg.DagsterInstance.ephemeral(),
-                            run_config={"ops": {"model_evaluation": {"config": cfg}}})
+    result = dg.materialize(
+        [model_evaluation, evaluation_report, qa_report],
+        resources=_resources(root),
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {"model_evaluation": {"config": cfg}}},
+    )
     assert result.success
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"no_leakage_detected", "permuted_labels_at_chance"}
@@ -241,9 +294,13 @@ def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkey
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
     cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}
-    result = dg.materialize([model_evaluation, evaluation_report], resources={**_resources(root), "io_manager": io},
-                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
-                            run_config={"ops": {"model_evaluation": {"config": cfg}}})
+    result = dg.materialize(
+        [model_evaluation, evaluation_report],
+        resources={**_resources(root), "io_manager": io},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        run_config={"ops": {"model_evaluation": {"config": cfg}}},
+    )
     leak = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_leakage_detected")
     assert not leak.passed and leak.severity == dg.AssetCheckSeverity.ERROR
     assert leak.metadata["flagged_features"].value[0]["feature"] == "technical__planted_leak"
@@ -257,8 +314,11 @@ def test_permuted_control_verdict_is_family_wise_and_one_sided():
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 120)
-    controls = [("perfect", 1, y, y.copy()), ("independent", 1, y, rng.integers(0, 3, 120)),
-                ("always_wrong", 1, y, (y + 1) % 3)]
+    controls = [
+        ("perfect", 1, y, y.copy()),
+        ("independent", 1, y, rng.integers(0, 3, 120)),
+        ("always_wrong", 1, y, (y + 1) % 3),
+    ]
     rows = {r["model"]: r for r in _permuted_rows(controls, block=5, cfg=EvalConfig(n_boot=300))}
     assert rows["perfect"]["above_chance"] and not rows["perfect"]["below_chance"]
     assert rows["always_wrong"]["below_chance"] and not rows["always_wrong"]["above_chance"]
@@ -288,9 +348,13 @@ def test_dagster_control_off_chance_warns_below_and_blocks_above(world, tmp_path
 
     monkeypatch.setattr(ev_mod, "_permuted_rows", one_off)
     cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}
-    result = dg.materialize([model_evaluation, evaluation_report], resources=_resources(root),
-                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
-                            run_config={"ops": {"model_evaluation": {"config": cfg}}})
+    result = dg.materialize(
+        [model_evaluation, evaluation_report],
+        resources=_resources(root),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        run_config={"ops": {"model_evaluation": {"config": cfg}}},
+    )
     check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "permuted_labels_at_chance")
     other = "above_chance" if side == "below_chance" else "below_chance"
     assert not check.passed and len(check.metadata[side].value) == 1 and check.metadata[other].value == []
@@ -322,8 +386,13 @@ def test_headline_pooled_walk_forward_and_an_honest_report(evaluated):
     pooled = doc["pooled_oos"]
     assert [f["test"] for f in pooled["folds"]] == [20, n - 80] and pooled["n"] == n - 60
     assert [f["train"] for f in pooled["folds"]] == [60 - 5, 80 - 5]  # purged by the longest horizon
-    assert {r["model"] for r in pooled["rows"]} == {"majority", "momentum", "buy_and_hold", "logistic",
-                                                    "gradient_boosting"}
+    assert {r["model"] for r in pooled["rows"]} == {
+        "majority",
+        "momentum",
+        "buy_and_hold",
+        "logistic",
+        "gradient_boosting",
+    }
     # the tabular models' refit permutation test ran with the configured count
     for kind in ("logistic", "gradient_boosting"):
         row = test_rows[(kind, 1)]

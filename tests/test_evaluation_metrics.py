@@ -90,8 +90,9 @@ def test_log_loss_clips_zero_probability() -> None:
 
 def test_auc_of_perfectly_separating_scores_is_one() -> None:
     y = np.array([0, 1, 2, 0, 1, 2])
-    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6],
-                      [0.5, 0.3, 0.2], [0.3, 0.5, 0.2], [0.2, 0.2, 0.6]])
+    probs = np.array(
+        [[0.7, 0.2, 0.1], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6], [0.5, 0.3, 0.2], [0.3, 0.5, 0.2], [0.2, 0.2, 0.6]]
+    )
     m = classification_metrics(y, probs)
     assert m["roc_auc_ovr"] == pytest.approx(1.0)
     assert all(v == pytest.approx(1.0) for v in m["roc_auc_per_class"].values())

@@ -155,7 +155,7 @@ def test_minimum_detectable_effect_by_hand() -> None:
 def _leak_world(n: int = 250, seed: int = 0) -> tuple[np.ndarray, list[str], dict[int, np.ndarray]]:
     rng = np.random.default_rng(seed)
     daily = rng.standard_normal(n + 5) * 0.01
-    fwd = {h: np.array([daily[t + 1:t + 1 + h].sum() for t in range(n)]) for h in (1, 5)}
+    fwd = {h: np.array([daily[t + 1 : t + 1 + h].sum() for t in range(n)]) for h in (1, 5)}
     X = rng.standard_normal((n, 6))
     return X, [f"f{j}" for j in range(6)], fwd
 
@@ -221,12 +221,20 @@ def test_a_strong_legitimate_signal_warns_but_does_not_block() -> None:
     pred = np.digitize(signal[:n], np.quantile(signal[:n], [1 / 3, 2 / 3]))
     assert sg.permutation_test(y, pred, block=2, n_perm=200, seed=0)["p_value"] < 0.01  # real skill
     shifted = {k: np.concatenate([y[k:], np.full(k, np.nan)]) for k in (1, 2)}
-    placebo = [{"model": "logistic", "horizon": 1, **r}
-               for r in sg.label_shift_placebo(pred, shifted, block=2, n_perm=400, seed=0)]
+    placebo = [
+        {"model": "logistic", "horizon": 1, **r}
+        for r in sg.label_shift_placebo(pred, shifted, block=2, n_perm=400, seed=0)
+    ]
     assert not any(r["fails"] for r in placebo)
     ci = classification_intervals(y, pred, block=2, n_boot=300, seed=0)["balanced_accuracy"]
-    rows = [{"model": "logistic", "horizon": 1, "balanced_accuracy_lower": ci["lower"],
-             "balanced_accuracy_ci": [ci["lower"], ci["upper"]]}]
+    rows = [
+        {
+            "model": "logistic",
+            "horizon": 1,
+            "balanced_accuracy_lower": ci["lower"],
+            "balanced_accuracy_ci": [ci["lower"], ci["upper"]],
+        }
+    ]
     doc = _leak_doc(rep, suspicious_scores(rows), placebo, EvalConfig())
     assert doc["passed"] and doc["blocking"] == [] and len(doc["warnings"]) == 1
     assert doc["feature_scan"]["verdict"] == "warning only"

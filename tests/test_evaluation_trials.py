@@ -10,8 +10,18 @@ from finnex_ml.evaluation.evaluate import EvalInputs, _deflated
 
 
 def _inputs(**kw) -> EvalInputs:
-    return EvalInputs(labels=None, features=None, feature_columns=[], splits={}, ready_root=None, image_root=None,
-                      shard_root=None, work_dir=None, channel_means=[0.5] * 3, **kw)
+    return EvalInputs(
+        labels=None,
+        features=None,
+        feature_columns=[],
+        splits={},
+        ready_root=None,
+        image_root=None,
+        shard_root=None,
+        work_dir=None,
+        channel_means=[0.5] * 3,
+        **kw,
+    )
 
 
 def test_deflated_sharpe_counts_logged_trials() -> None:
@@ -38,8 +48,11 @@ def test_logged_trial_sharpes_reads_runs_tagged_with_the_split(tmp_path) -> None
     tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="trials")
     mlflow.set_tracking_uri(tracking.uri())
     ids = []
-    for split, values in (("s1", {"test_sharpe_per_period_h1": 0.03, "test_sharpe_per_period_h5": -0.01}),
-                          ("s1", {"test_sharpe_per_period_h1": 0.07}), ("s2", {"test_sharpe_per_period_h1": 0.5})):
+    for split, values in (
+        ("s1", {"test_sharpe_per_period_h1": 0.03, "test_sharpe_per_period_h5": -0.01}),
+        ("s1", {"test_sharpe_per_period_h1": 0.07}),
+        ("s2", {"test_sharpe_per_period_h1": 0.5}),
+    ):
         with mlflow.start_run(experiment_id=tracking.experiment_id()) as run:
             mlflow.log_metrics({**values, "test_accuracy_h1": 0.4})
             mlflow.set_tag(TRIAL_TAG, split)

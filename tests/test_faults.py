@@ -27,13 +27,20 @@ def _home(root: Path) -> Path:
     return home
 
 
-def _materialize(home: Path, data: Path, start: str = RANGE[0], end: str = RANGE[1],
-                 select: str = ASSETS) -> subprocess.Popen:
+def _materialize(
+    home: Path, data: Path, start: str = RANGE[0], end: str = RANGE[1], select: str = ASSETS
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FINNEX_", "MLFLOW_"))}
     env.update(PYTHONPATH=str(REPO), DAGSTER_HOME=str(home), FINNEX_DATA_DIR=str(data))
-    return subprocess.Popen([sys.executable, "-m", "finnex_assets.cli", "materialize", "--select", select,
-                             "--start", start, "--end", end], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "finnex_assets.cli", "materialize", "--select", select, "--start", start, "--end", end],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finals(data: Path) -> dict[str, bytes]:
@@ -57,8 +64,13 @@ def test_kill_9_mid_backfill_then_rerun_gives_the_clean_bytes_and_no_orphan(tmp_
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert [r.status for r in instance.get_runs()] == [dg.DagsterRunStatus.STARTED]  # orphaned
-    sweep = subprocess.run([sys.executable, "-m", "finnex_assets.cli", "sweep-runs"], cwd=REPO, text=True,
-                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO), "DAGSTER_HOME": str(home)})
+    sweep = subprocess.run(
+        [sys.executable, "-m", "finnex_assets.cli", "sweep-runs"],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "DAGSTER_HOME": str(home)},
+    )
     assert sweep.returncode == 0 and "marked run" in sweep.stdout, sweep.stdout + sweep.stderr
 
     rerun = _materialize(home, data)

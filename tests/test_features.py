@@ -7,15 +7,15 @@ import csv
 import dataclasses
 import math
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import run_features
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from conftest import run_features
 from finnex_ml import calendar
 from finnex_ml.data.base import PEER_SCHEMA, PRICE_SCHEMA, RELEASE_SCHEMA, TEXT_SCHEMA, RawData
 from finnex_ml.features import META_COLUMNS, WARMUP_SESSIONS
@@ -25,16 +25,18 @@ SESSIONS = calendar.sessions(date(2022, 1, 3), date(2023, 12, 29))[:N]
 GROWTH, PEER_GROWTH = 1.001, 1.002
 NEWS_FILLER, SOCIAL_FILLER = "ACME daily update", "ACME shares traded today"
 D = SESSIONS[300]  # 2023-03-15: the session with hand-placed texts
-NEWS_ON_D = ["The outlook is great and the results are excellent",
-             "Terrible losses and a weak, disappointing quarter",
-             "The company will hold its meeting on Tuesday"]
+NEWS_ON_D = [
+    "The outlook is great and the results are excellent",
+    "Terrible losses and a weak, disappointing quarter",
+    "The company will hold its meeting on Tuesday",
+]
 SOCIAL_LATE = "what a wonderful, amazing rally, I love it"  # 18:00 NY the session before D
 NEWS_AFTER_CLOSE = "shares slump after a dreadful, awful report"  # 16:30 NY on D
 CPI_LAG, FILING_LAG = 10, 40
 
 
 def _ny(d: date, hh: int, mm: int = 0) -> datetime:
-    return datetime(d.year, d.month, d.day, hh, mm, tzinfo=calendar.NEW_YORK).astimezone(timezone.utc)
+    return datetime(d.year, d.month, d.day, hh, mm, tzinfo=calendar.NEW_YORK).astimezone(UTC)
 
 
 def _month_ends(first: date, last: date) -> list[date]:
@@ -51,10 +53,20 @@ def _month_ends(first: date, last: date) -> list[date]:
 def _releases() -> pl.DataFrame:
     months = _month_ends(date(2020, 1, 1), date(2023, 12, 31))
     quarters = [m for m in months if m.month in (3, 6, 9, 12)]
-    rows = [("macro", "cpi", m, calendar.session_on_or_after(m + timedelta(days=CPI_LAG)), 2.0 + 0.05 * k + 0.01 * k * k)
-            for k, m in enumerate(months)]
-    rows += [("fundamental", "revenue", q, calendar.session_on_or_after(q + timedelta(days=FILING_LAG)),
-              1000.0 + 10.0 * k + k * k) for k, q in enumerate(quarters)]
+    rows = [
+        ("macro", "cpi", m, calendar.session_on_or_after(m + timedelta(days=CPI_LAG)), 2.0 + 0.05 * k + 0.01 * k * k)
+        for k, m in enumerate(months)
+    ]
+    rows += [
+        (
+            "fundamental",
+            "revenue",
+            q,
+            calendar.session_on_or_after(q + timedelta(days=FILING_LAG)),
+            1000.0 + 10.0 * k + k * k,
+        )
+        for k, q in enumerate(quarters)
+    ]
     return pl.DataFrame(rows, schema=RELEASE_SCHEMA, orient="row")
 
 
@@ -73,19 +85,30 @@ class TinySource:
 
     name = "tiny"
     i = np.arange(N)
-    close = 100.0 * GROWTH ** i
+    close = 100.0 * GROWTH**i
     open = close / 1.0005
     high = close * 1.01
     low = open * 0.99
-    peer_close = 50.0 * PEER_GROWTH ** i
+    peer_close = 50.0 * PEER_GROWTH**i
 
     def load(self, start: date, end: date) -> RawData:
         dates = pl.Series("date", SESSIONS, dtype=pl.Date)
         keep = (dates >= start) & (dates <= end)
-        prices = pl.DataFrame({"date": dates, "open": self.open, "high": self.high, "low": self.low,
-                               "close": self.close, "volume": np.full(N, 1e6)}, schema=PRICE_SCHEMA).filter(keep)
-        peers = pl.DataFrame({"date": dates, "ticker": ["PEER"] * N, "close": self.peer_close,
-                              "volume": np.full(N, 5e5)}, schema=PEER_SCHEMA).filter(keep)
+        prices = pl.DataFrame(
+            {
+                "date": dates,
+                "open": self.open,
+                "high": self.high,
+                "low": self.low,
+                "close": self.close,
+                "volume": np.full(N, 1e6),
+            },
+            schema=PRICE_SCHEMA,
+        ).filter(keep)
+        peers = pl.DataFrame(
+            {"date": dates, "ticker": ["PEER"] * N, "close": self.peer_close, "volume": np.full(N, 5e5)},
+            schema=PEER_SCHEMA,
+        ).filter(keep)
         close_end = calendar.session_close_utc(end)
         texts = _texts().filter(pl.col("published_at") < close_end)
         releases = _releases().filter(pl.col("released") <= end)
@@ -115,9 +138,9 @@ def test_price_features_by_hand(tiny):
     assert row["price__logret_lag1"] == pytest.approx(math.log(GROWTH), rel=1e-9)
     assert row["price__ret_5d"] == pytest.approx(GROWTH**5 - 1, rel=1e-9)
     assert row["price__ret_21d"] == pytest.approx(c[i] / c[i - 21] - 1, rel=1e-9)
-    assert row["price__ma_ratio_20"] == pytest.approx(c[i] / c[i - 19:i + 1].mean() - 1, rel=1e-9)
-    assert row["price__ma_ratio_20"] == pytest.approx(20 / sum(GROWTH ** -k for k in range(20)) - 1, rel=1e-9)
-    assert row["price__ma_ratio_200"] == pytest.approx(c[i] / c[i - 199:i + 1].mean() - 1, rel=1e-9)
+    assert row["price__ma_ratio_20"] == pytest.approx(c[i] / c[i - 19 : i + 1].mean() - 1, rel=1e-9)
+    assert row["price__ma_ratio_20"] == pytest.approx(20 / sum(GROWTH**-k for k in range(20)) - 1, rel=1e-9)
+    assert row["price__ma_ratio_200"] == pytest.approx(c[i] / c[i - 199 : i + 1].mean() - 1, rel=1e-9)
     assert row["price__rvol_21d"] == pytest.approx(0.0, abs=1e-9)  # constant growth: no volatility
     assert row["price__rvol_5d"] == pytest.approx(0.0, abs=1e-9)
     assert row["price__intraday_ret"] == pytest.approx(0.0005, rel=1e-9)
@@ -207,7 +230,7 @@ def test_quarterly_fundamental_enters_on_its_filing_date_not_its_period_end(tiny
     k = rel["period_end"].to_list().index(date(2022, 9, 30))
     values = rel["value"].to_list()
     assert on["fundamental__revenue_yoy"] == pytest.approx(values[k] / values[k - 4] - 1, rel=1e-12)
-    assert on["fundamental__revenue_ttm"] == pytest.approx(sum(values[k - 3:k + 1]), rel=1e-12)
+    assert on["fundamental__revenue_ttm"] == pytest.approx(sum(values[k - 3 : k + 1]), rel=1e-12)
 
 
 # --------------------------------------------------------------------------- warm-up
@@ -304,13 +327,17 @@ def _nvda_csv() -> dict[str, dict[str, str]]:
 def test_packaged_prices_are_the_real_nvda_rows(packaged_june_2016):
     rows = _nvda_csv()
     day = rows["2016-06-15"]
-    snap = packaged_june_2016.snapshots["market_data"].filter(
-        (pl.col("asof") == date(2016, 6, 15)) & (pl.col("date") == date(2016, 6, 15))).row(0, named=True)
+    snap = (
+        packaged_june_2016.snapshots["market_data"]
+        .filter((pl.col("asof") == date(2016, 6, 15)) & (pl.col("date") == date(2016, 6, 15)))
+        .row(0, named=True)
+    )
     for col in ("Open", "High", "Low", "Close", "Volume"):
         assert snap[col.lower()] == float(day[col]), col
     feat = packaged_june_2016.row(date(2016, 6, 15))
     assert feat["price__logret_1d"] == pytest.approx(
-        math.log(float(day["Close"]) / float(rows["2016-06-14"]["Close"])), rel=1e-12)
+        math.log(float(day["Close"]) / float(rows["2016-06-14"]["Close"])), rel=1e-12
+    )
 
 
 def test_packaged_provenance_flags_synthetic_parts(packaged_june_2016):
@@ -335,7 +362,7 @@ def test_z_score_tolerates_an_isolated_blank_point_in_time():
     assert all(v is None for v in z[: n - 1])  # window not yet full
     assert z[70] is None  # the blank day itself has no value to score
     for t in (71, 90, 99):
-        window = [v for v in vals[t - n + 1: t + 1] if v is not None]
+        window = [v for v in vals[t - n + 1 : t + 1] if v is not None]
         expect = (vals[t] - np.mean(window)) / (np.std(window, ddof=1) + EPS)
         assert z[t] == pytest.approx(expect, rel=1e-9)
     # point in time: changing a later value leaves earlier z-scores alone
@@ -367,6 +394,12 @@ def test_files_example_features_are_finite_after_warmup():
     outcome = schemas.run_schema(schemas.finite_after_warmup(schemas.feature_columns(feats)), feats)
     assert outcome.passed, outcome.failures.head()
     # the mapping's roles and known FRED IDs feed the semantic tiles' cross-features
-    assert {"macro__vix", "macro__rvol_minus_vix", "macro__term_spread", "macro__rate_10y",
-            "macro__beta_market_index_63", "macro__cpi"} <= set(feats.columns)
+    assert {
+        "macro__vix",
+        "macro__rvol_minus_vix",
+        "macro__term_spread",
+        "macro__rate_10y",
+        "macro__beta_market_index_63",
+        "macro__cpi",
+    } <= set(feats.columns)
     assert "market__vix" not in feats.columns

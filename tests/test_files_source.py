@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from finnex_ml.errors import ConfigError, DataInputError
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "files_source" / "mapping.yaml"
-UTC = timezone.utc
+UTC = UTC
 
 PRICES = """Date,Open,High,Low,Close,Adj Close,Volume
 2024-03-04,10.0,11.0,9.5,10.5,10.1,"1,000"
@@ -42,7 +42,9 @@ def load(folder: Path, files: list[dict], start=date(2020, 1, 1), end=date(2025,
     return FilesSource.from_mapping(mapping(folder, files)).load(start, end)
 
 
-def raises(folder: Path, files: list[dict], *parts: str, exc=DataInputError, start=date(2020, 1, 1), end=date(2025, 12, 31)):
+def raises(
+    folder: Path, files: list[dict], *parts: str, exc=DataInputError, start=date(2020, 1, 1), end=date(2025, 12, 31)
+):
     with pytest.raises(exc) as info:
         FilesSource.from_mapping(mapping(folder, files)).load(start, end)
     message = str(info.value)
@@ -88,7 +90,11 @@ def test_prices_mapped_columns_and_dates_with_times_and_offsets(tmp_path):
 
 
 def test_yahoo_null_rows_are_dropped_and_blank_lines_ignored(tmp_path):
-    write(tmp_path, "p.csv", PRICES.replace("2024-03-06,11.0,12.0,10.5,11.5,11.2,3000", "2024-03-06,null,null,null,null,null,null") + "\n")
+    write(
+        tmp_path,
+        "p.csv",
+        PRICES.replace("2024-03-06,11.0,12.0,10.5,11.5,11.2,3000", "2024-03-06,null,null,null,null,null,null") + "\n",
+    )
     raw = load(tmp_path, [{"path": "p.csv", "modality": "prices"}])
     assert raw.prices["date"].to_list() == [date(2024, 3, 4), date(2024, 3, 5), date(2024, 3, 7)]
 
@@ -106,9 +112,9 @@ def test_parquet_with_typed_columns(tmp_path):
     ).write_parquet(tmp_path / "p.parquet")
     with pytest.raises(DataInputError, match="missing value"):
         load(tmp_path, [{"path": "p.parquet", "modality": "prices"}])
-    pl.DataFrame({"date": [date(2024, 3, 4)], "open": [1.0], "high": [1.5], "low": [0.5], "close": [1.2], "volume": [10]}).write_parquet(
-        tmp_path / "q.parquet"
-    )
+    pl.DataFrame(
+        {"date": [date(2024, 3, 4)], "open": [1.0], "high": [1.5], "low": [0.5], "close": [1.2], "volume": [10]}
+    ).write_parquet(tmp_path / "q.parquet")
     raw = load(tmp_path, [{"path": "q.parquet", "modality": "prices"}])
     assert raw.prices.row(0) == (date(2024, 3, 4), 1.0, 1.5, 0.5, 1.2, 10.0)
 
@@ -119,9 +125,9 @@ def test_market_wide_columns_join_prices(tmp_path):
         tmp_path,
         "market.csv",
         "Date,VIX Close,Gold ($/oz),Net Flows ($M),Implied Vol,Rating,Open\n"
-        "3/4/2024,14.5,\"$2,100.50\",\"(1,234)\",12.5%,Buy,99\n"
-        "3/5/2024,15.0,\"$2,110.00\",\"$1,234\",,Hold,99\n"
-        "3/7/2024,15.5,\"$2,120.00\",.,13%,Buy,99\n",
+        '3/4/2024,14.5,"$2,100.50","(1,234)",12.5%,Buy,99\n'
+        '3/5/2024,15.0,"$2,110.00","$1,234",,Hold,99\n'
+        '3/7/2024,15.5,"$2,120.00",.,13%,Buy,99\n',
     )
     files = [
         {"path": "prices.csv", "modality": "prices"},
@@ -140,7 +146,11 @@ def test_market_wide_columns_join_prices(tmp_path):
 
 
 def test_market_file_alone_supplies_prices(tmp_path):
-    write(tmp_path, "m.csv", "Date,Open,High,Low,Close,Volume,SPX\n2024-03-04,1,2,0.5,1.5,100,5000\n2024-03-05,1,2,0.5,1.6,100,5010\n")
+    write(
+        tmp_path,
+        "m.csv",
+        "Date,Open,High,Low,Close,Volume,SPX\n2024-03-04,1,2,0.5,1.5,100,5000\n2024-03-05,1,2,0.5,1.6,100,5010\n",
+    )
     raw = load(tmp_path, [{"path": "m.csv", "modality": "market"}])
     assert raw.prices["close"].to_list() == [1.5, 1.6]
     assert raw.prices["market__spx"].to_list() == [5000.0, 5010.0]
@@ -197,7 +207,11 @@ def test_weekly_and_quarterly_defaults(tmp_path):
     write(tmp_path, "ICSA.csv", "DATE,ICSA\n2024-01-06,202000\n2024-01-13,187000\n2024-01-20,214000\n")
     write(tmp_path, "GDP.csv", "DATE,GDP\n2023-01-01,26813.6\n2023-04-01,27063.0\n2023-07-01,27610.1\n")
     r = load(tmp_path, [{"path": "ICSA.csv", "modality": "macro"}, {"path": "GDP.csv", "modality": "macro"}]).releases
-    assert r.filter(pl.col("series") == "icsa")["released"].to_list() == [date(2024, 1, 11), date(2024, 1, 18), date(2024, 1, 25)]
+    assert r.filter(pl.col("series") == "icsa")["released"].to_list() == [
+        date(2024, 1, 11),
+        date(2024, 1, 18),
+        date(2024, 1, 25),
+    ]
     gdp = r.filter(pl.col("series") == "gdp")
     assert gdp["period_end"].to_list() == [date(2023, 3, 31), date(2023, 6, 30), date(2023, 9, 30)]
     assert gdp["released"].to_list() == [date(2023, 5, 15), date(2023, 8, 14), date(2023, 11, 14)]
@@ -271,8 +285,16 @@ def test_texts_tweets_and_headlines(tmp_path):
 
 
 def test_peers_long_and_wide(tmp_path):
-    write(tmp_path, "long.csv", "date,ticker,close,volume\n2024-03-04,AMZN,175.1,100\n2024-03-04,MSFT,$415.5,200\n2024-03-05,AMZN,,\n")
-    write(tmp_path, "wide.csv", "Date,GOOG_Close,GOOG_Volume,META Close\n2024-03-04,133.3,\"1,000\",500.1\n2024-03-05,134.0,2000,\n")
+    write(
+        tmp_path,
+        "long.csv",
+        "date,ticker,close,volume\n2024-03-04,AMZN,175.1,100\n2024-03-04,MSFT,$415.5,200\n2024-03-05,AMZN,,\n",
+    )
+    write(
+        tmp_path,
+        "wide.csv",
+        'Date,GOOG_Close,GOOG_Volume,META Close\n2024-03-04,133.3,"1,000",500.1\n2024-03-05,134.0,2000,\n',
+    )
     raw = load(tmp_path, [{"path": "long.csv", "modality": "peers"}, {"path": "wide.csv", "modality": "peers"}])
     assert raw.peers.schema == pl.Schema(PEER_SCHEMA)
     assert raw.peers.rows() == [
@@ -291,8 +313,7 @@ def test_toml_mapping(tmp_path):
     write(
         tmp_path,
         "map.toml",
-        'ticker = "ACME"\n[[files]]\npath = "prices.csv"\nmodality = "prices"\n'
-        'columns = { Close = "close" }\n',
+        'ticker = "ACME"\n[[files]]\npath = "prices.csv"\nmodality = "prices"\ncolumns = { Close = "close" }\n',
     )
     raw = FilesSource.from_mapping(tmp_path / "map.toml").load(date(2024, 3, 4), date(2024, 3, 4))
     assert raw.prices["close"].to_list() == [10.5]
@@ -317,7 +338,13 @@ def test_example_data_set_loads():
 
 def test_missing_required_column(tmp_path):
     write(tmp_path, "p.csv", "Date,Open,High,Low,Volume\n2024-03-04,1,2,0.5,10\n")
-    err = raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], "missing required column 'close'", "file=p.csv", "mapping.yaml files[0]")
+    err = raises(
+        tmp_path,
+        [{"path": "p.csv", "modality": "prices"}],
+        "missing required column 'close'",
+        "file=p.csv",
+        "mapping.yaml files[0]",
+    )
     assert err.column == "close"
 
 
@@ -330,19 +357,25 @@ def test_mapping_names_a_column_that_is_not_there(tmp_path):
 
 def test_unparsable_date(tmp_path):
     write(tmp_path, "p.csv", PRICES.replace("2024-03-06,", "2024-13-06,"))
-    err = raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], "'2024-13-06'", "file=p.csv", "column=Date", "row=3")
+    err = raises(
+        tmp_path, [{"path": "p.csv", "modality": "prices"}], "'2024-13-06'", "file=p.csv", "column=Date", "row=3"
+    )
     assert (err.file, err.column, err.row) == ("p.csv", "Date", 3)
 
 
 def test_unparsable_number(tmp_path):
     write(tmp_path, "p.csv", PRICES.replace("10.5,11.5,10.0", "10.5,n/a?,10.0"))
-    err = raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], "'n/a?'", "column=High", "row=2", "date=2024-03-05")
+    err = raises(
+        tmp_path, [{"path": "p.csv", "modality": "prices"}], "'n/a?'", "column=High", "row=2", "date=2024-03-05"
+    )
     assert err.row == 2
 
 
 def test_duplicate_date(tmp_path):
     write(tmp_path, "p.csv", PRICES.replace("2024-03-06,", "2024-03-05,"))
-    err = raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], "duplicate date 2024-03-05", "rows 2 and 3", "file=p.csv")
+    err = raises(
+        tmp_path, [{"path": "p.csv", "modality": "prices"}], "duplicate date 2024-03-05", "rows 2 and 3", "file=p.csv"
+    )
     assert err.date == "2024-03-05"
 
 
@@ -357,7 +390,11 @@ def test_duplicate_date_in_market_file(tmp_path):
 def test_non_session_date(tmp_path, bad_day, weekday):
     write(tmp_path, "p.csv", PRICES.replace("2024-03-06,", f"{bad_day},"))
     err = raises(
-        tmp_path, [{"path": "p.csv", "modality": "prices"}], f"{bad_day} ({weekday}) is not an NYSE trading session", "row=3", "file=p.csv"
+        tmp_path,
+        [{"path": "p.csv", "modality": "prices"}],
+        f"{bad_day} ({weekday}) is not an NYSE trading session",
+        "row=3",
+        "file=p.csv",
     )
     assert err.date == bad_day
 
@@ -372,7 +409,15 @@ def test_non_session_date(tmp_path, bad_day, weekday):
 )
 def test_non_positive_price_or_negative_volume(tmp_path, old, new, column, what):
     write(tmp_path, "p.csv", PRICES.replace(old, new))
-    raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], what, f"column={column}", "row=2", "date=2024-03-05", "file=p.csv")
+    raises(
+        tmp_path,
+        [{"path": "p.csv", "modality": "prices"}],
+        what,
+        f"column={column}",
+        "row=2",
+        "date=2024-03-05",
+        "file=p.csv",
+    )
 
 
 @pytest.mark.parametrize(
@@ -385,15 +430,32 @@ def test_non_positive_price_or_negative_volume(tmp_path, old, new, column, what)
 )
 def test_incoherent_ohlc_row(tmp_path, old, new, column, what):
     write(tmp_path, "p.csv", PRICES.replace(old, new))
-    raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], what, f"column={column}", "row=2", "date=2024-03-05", "file=p.csv")
+    raises(
+        tmp_path,
+        [{"path": "p.csv", "modality": "prices"}],
+        what,
+        f"column={column}",
+        "row=2",
+        "date=2024-03-05",
+        "file=p.csv",
+    )
 
 
 def test_negative_peer_price(tmp_path):
     write(tmp_path, "peers.csv", "date,ticker,close,volume\n2024-03-04,AMZN,175.1,100\n2024-03-05,AMZN,-1,100\n")
-    raises(tmp_path, [{"path": "peers.csv", "modality": "peers"}], "non-positive price -1.0 for peer AMZN", "column=close", "row=2", "date=2024-03-05")
+    raises(
+        tmp_path,
+        [{"path": "peers.csv", "modality": "peers"}],
+        "non-positive price -1.0 for peer AMZN",
+        "column=close",
+        "row=2",
+        "date=2024-03-05",
+    )
 
 
-@pytest.mark.parametrize("content, what", [("", "empty (zero bytes)"), ("Date,Open,High,Low,Close,Volume\n", "header but no data rows")])
+@pytest.mark.parametrize(
+    "content, what", [("", "empty (zero bytes)"), ("Date,Open,High,Low,Close,Volume\n", "header but no data rows")]
+)
 def test_empty_file(tmp_path, content, what):
     write(tmp_path, "p.csv", content)
     raises(tmp_path, [{"path": "p.csv", "modality": "prices"}], what, "file=p.csv")
@@ -406,7 +468,13 @@ def test_missing_partial_price_value(tmp_path):
 
 def test_release_before_period_end(tmp_path):
     write(tmp_path, "f.csv", "period_end,filing_date,eps\n2023-03-31,2023-05-04,1\n2023-06-30,2023-06-01,2\n")
-    raises(tmp_path, [{"path": "f.csv", "modality": "fundamental"}], "released 2023-06-01 before the period ends", "row=2", "column=filing_date")
+    raises(
+        tmp_path,
+        [{"path": "f.csv", "modality": "fundamental"}],
+        "released 2023-06-01 before the period ends",
+        "row=2",
+        "column=filing_date",
+    )
 
 
 @pytest.mark.parametrize(
@@ -415,7 +483,10 @@ def test_release_before_period_end(tmp_path):
         ({"path": "prices.csv", "modality": "quotes"}, ["unknown modality 'quotes'", "files[0] (prices.csv)"]),
         ({"path": "nope.csv", "modality": "prices"}, ["files[0] (nope.csv)", "does not exist"]),
         ({"path": "prices.csv", "modality": "prices", "colums": {}}, ["files[0] (prices.csv)", "unknown key 'colums'"]),
-        ({"path": "prices.csv", "modality": "prices", "source": "news"}, ["key 'source' does not apply to modality 'prices'"]),
+        (
+            {"path": "prices.csv", "modality": "prices", "source": "news"},
+            ["key 'source' does not apply to modality 'prices'"],
+        ),
         ({"path": "../prices.csv", "modality": "prices"}, ["files[0]", "escapes the mapping folder"]),
         ({"path": "/etc/hosts", "modality": "prices"}, ["files[0]", "escapes the mapping folder"]),
         ({"path": "tweets.csv", "modality": "texts"}, ["files[0] (tweets.csv)", "texts need source"]),
@@ -504,9 +575,11 @@ def test_two_yfinance_etf_market_files_drop_the_shared_extra_columns(tmp_path):
     write(tmp_path, "prices.csv", PRICES)
     etf(tmp_path, "XLK.csv", 200.0)
     etf(tmp_path, "XLF.csv", 40.0)
-    plain = [{"path": "prices.csv", "modality": "prices"},
-             {"path": "XLK.csv", "modality": "market", "columns": {"Close": "xlk"}},
-             {"path": "XLF.csv", "modality": "market", "columns": {"Close": "xlf"}}]
+    plain = [
+        {"path": "prices.csv", "modality": "prices"},
+        {"path": "XLK.csv", "modality": "market", "columns": {"Close": "xlk"}},
+        {"path": "XLF.csv", "modality": "market", "columns": {"Close": "xlf"}},
+    ]
     raises(tmp_path, plain, "market column market__dividends comes from both XLK.csv and XLF.csv")
     junk = ["Dividends", "stock splits", "capital_gains"]  # names match case-insensitively or sanitised
     files = [plain[0], {**plain[1], "drop": junk}, {**plain[2], "drop": list(junk)}]
@@ -521,7 +594,9 @@ def test_two_yfinance_etf_market_files_drop_the_shared_extra_columns(tmp_path):
     files = [plain[0], {**plain[1], "keep": ["xlk"]}, {**plain[2], "keep": ["XLF"]}]
     assert load(tmp_path, files).prices.columns[-2:] == ["market__xlk", "market__xlf"]
     # columns as a list is keep
-    write(tmp_path, "wide.csv", "Date,SPX Close,Put/Call Ratio,Constant\n2024-03-04,5100,0.8,1\n2024-03-05,5110,0.9,1\n")
+    write(
+        tmp_path, "wide.csv", "Date,SPX Close,Put/Call Ratio,Constant\n2024-03-04,5100,0.8,1\n2024-03-05,5110,0.9,1\n"
+    )
     files = [plain[0], {"path": "wide.csv", "modality": "market", "columns": ["Put/Call Ratio"]}]
     assert load(tmp_path, files).prices.columns[-1:] == ["market__put_call_ratio"]
 
@@ -530,30 +605,56 @@ def test_keep_drop_unknown_column_is_an_error_naming_file_and_columns(tmp_path):
     write(tmp_path, "prices.csv", PRICES)
     etf(tmp_path, "XLK.csv", 200.0)
     base = {"path": "XLK.csv", "modality": "market", "columns": {"Close": "xlk"}}
-    err = raises(tmp_path, [{"path": "prices.csv", "modality": "prices"}, {**base, "drop": ["Dividend"]}],
-                 "drop: 'Dividend' is not a column of the file", "'Dividends'", "'Stock Splits'", "'xlk'", "XLK.csv")
+    err = raises(
+        tmp_path,
+        [{"path": "prices.csv", "modality": "prices"}, {**base, "drop": ["Dividend"]}],
+        "drop: 'Dividend' is not a column of the file",
+        "'Dividends'",
+        "'Stock Splits'",
+        "'xlk'",
+        "XLK.csv",
+    )
     assert err.file == "XLK.csv"
     # a source name that was renamed is not the name after the rename
-    raises(tmp_path, [{"path": "prices.csv", "modality": "prices"}, {**base, "keep": ["Close"]}],
-           "keep: 'Close' is not a column of the file")
+    raises(
+        tmp_path,
+        [{"path": "prices.csv", "modality": "prices"}, {**base, "keep": ["Close"]}],
+        "keep: 'Close' is not a column of the file",
+    )
     write(tmp_path, "DGS.csv", "DATE,DGS2,DGS10\n2024-03-04,4.5,4.2\n2024-03-05,4.6,4.3\n")
-    raises(tmp_path, [{"path": "DGS.csv", "modality": "macro", "keep": ["DGS30"]}], "keep: 'DGS30'", "'DGS2'", "DGS.csv")
-    raises(tmp_path, [{"path": "DGS.csv", "modality": "macro", "keep": ["DGS2"], "drop": ["DGS2"]}],
-           "both kept and dropped", exc=ConfigError)
-    raises(tmp_path, [{"path": "DGS.csv", "modality": "macro", "columns": ["DGS2"], "keep": ["DGS10"]}],
-           "give the columns to keep once", exc=ConfigError)
+    raises(
+        tmp_path, [{"path": "DGS.csv", "modality": "macro", "keep": ["DGS30"]}], "keep: 'DGS30'", "'DGS2'", "DGS.csv"
+    )
+    raises(
+        tmp_path,
+        [{"path": "DGS.csv", "modality": "macro", "keep": ["DGS2"], "drop": ["DGS2"]}],
+        "both kept and dropped",
+        exc=ConfigError,
+    )
+    raises(
+        tmp_path,
+        [{"path": "DGS.csv", "modality": "macro", "columns": ["DGS2"], "keep": ["DGS10"]}],
+        "give the columns to keep once",
+        exc=ConfigError,
+    )
     r = load(tmp_path, [{"path": "DGS.csv", "modality": "macro", "drop": ["dgs2"]}]).releases
     assert set(r["series"]) == {"rate_10y"}
 
 
 def test_one_peer_per_file_with_ticker_key(tmp_path):
     for name, base in (("AMZN.csv", 175.0), ("MSFT.csv", 415.0)):  # Yahoo OHLCV, no ticker column
-        write(tmp_path, name, "Date,Open,High,Low,Close,Adj Close,Volume\n"
-              f"2024-03-04,{base},{base + 2},{base - 2},{base + 1},{base},100\n"
-              "2024-03-05,null,null,null,null,null,null\n"
-              f"2024-03-06,{base},{base + 2},{base - 2},{base - 1},{base},200\n")
-    files = [{"path": "AMZN.csv", "modality": "peers", "ticker": "AMZN"},
-             {"path": "MSFT.csv", "modality": "peers", "ticker": "MSFT"}]
+        write(
+            tmp_path,
+            name,
+            "Date,Open,High,Low,Close,Adj Close,Volume\n"
+            f"2024-03-04,{base},{base + 2},{base - 2},{base + 1},{base},100\n"
+            "2024-03-05,null,null,null,null,null,null\n"
+            f"2024-03-06,{base},{base + 2},{base - 2},{base - 1},{base},200\n",
+        )
+    files = [
+        {"path": "AMZN.csv", "modality": "peers", "ticker": "AMZN"},
+        {"path": "MSFT.csv", "modality": "peers", "ticker": "MSFT"},
+    ]
     assert load(tmp_path, files).peers.rows() == [
         (date(2024, 3, 4), "AMZN", 176.0, 100.0),
         (date(2024, 3, 4), "MSFT", 416.0, 100.0),
@@ -565,10 +666,18 @@ def test_one_peer_per_file_with_ticker_key(tmp_path):
     assert load(tmp_path, files).peers.filter(pl.col("ticker") == "MSFT")["close"].to_list() == [415.0, 415.0]
     files[1] = {"path": "MSFT.csv", "modality": "peers", "ticker": "AMZN"}
     raises(tmp_path, files, "peer AMZN on 2024-03-04 appears in AMZN.csv and MSFT.csv")
-    raises(tmp_path, [{"path": "AMZN.csv", "modality": "peers", "ticker": "AMZN", "ticker_column": "t"}],
-           "exclude each other", exc=ConfigError)
-    raises(tmp_path, [{"path": "AMZN.csv", "modality": "prices", "ticker": "AMZN"}],
-           "key 'ticker' does not apply to modality 'prices'", exc=ConfigError)
+    raises(
+        tmp_path,
+        [{"path": "AMZN.csv", "modality": "peers", "ticker": "AMZN", "ticker_column": "t"}],
+        "exclude each other",
+        exc=ConfigError,
+    )
+    raises(
+        tmp_path,
+        [{"path": "AMZN.csv", "modality": "prices", "ticker": "AMZN"}],
+        "key 'ticker' does not apply to modality 'prices'",
+        exc=ConfigError,
+    )
 
 
 def test_fred_ids_and_yahoo_names_get_their_roles(tmp_path):
@@ -576,30 +685,59 @@ def test_fred_ids_and_yahoo_names_get_their_roles(tmp_path):
     for sid, v in fred.items():
         write(tmp_path, f"fred_{sid}.csv", f"DATE,{sid}\n2024-03-04,{v}\n2024-03-05,.\n2024-03-06,{v}\n")
     etf(tmp_path, "XLK.csv", 200.0)  # yfinance, by file name: the sector ETF, its Close
-    write(tmp_path, "spx.csv", "Date,Open,High,Low,Close,Volume\n2024-03-04,5100,5120,5090,5110,1\n2024-03-05,5100,5120,5090,5110,1\n")
+    write(
+        tmp_path,
+        "spx.csv",
+        "Date,Open,High,Low,Close,Volume\n2024-03-04,5100,5120,5090,5110,1\n2024-03-05,5100,5120,5090,5110,1\n",
+    )
     write(tmp_path, "wide.csv", "Date,VIX Close,US2Y,Copper\n2024-03-04,14.1,4.55,3.9\n2024-03-05,14.2,4.56,3.8\n")
     files = [{"path": f"fred_{sid}.csv", "modality": "macro"} for sid in fred]
-    files += [{"path": "XLK.csv", "modality": "macro"},
-              {"path": "spx.csv", "modality": "macro", "role": "market_index"}]
+    files += [
+        {"path": "XLK.csv", "modality": "macro"},
+        {"path": "spx.csv", "modality": "macro", "role": "market_index"},
+    ]
     r = load(tmp_path, files).releases
-    assert sorted(set(r["series"])) == ["aaa_yield", "baa_yield", "market_index", "rate_10y", "rate_2y",
-                                        "sector_etf", "term_spread", "vix"]
+    assert sorted(set(r["series"])) == [
+        "aaa_yield",
+        "baa_yield",
+        "market_index",
+        "rate_10y",
+        "rate_2y",
+        "sector_etf",
+        "term_spread",
+        "vix",
+    ]
     assert r.filter(pl.col("series") == "sector_etf")["value"].to_list() == [200.5] * 4
     assert r.filter(pl.col("series") == "market_index")["value"].to_list() == [5110.0] * 2
     etf(tmp_path, "^GSPC.csv", 5100.0)  # a yfinance file named by its ticker
     r = load(tmp_path, [{"path": "^GSPC.csv", "modality": "macro", "drop": ["Dividends"]}]).releases
     assert set(r["series"]) == {"market_index"} and r["value"].to_list() == [5100.5] * 4
     # per-column roles (names after renames); other columns keep their sanitised names
-    r = load(tmp_path, [{"path": "wide.csv", "modality": "macro", "roles": {"VIX Close": "vix", "us2y": "rate_2y"}}]).releases
+    r = load(
+        tmp_path, [{"path": "wide.csv", "modality": "macro", "roles": {"VIX Close": "vix", "us2y": "rate_2y"}}]
+    ).releases
     assert sorted(set(r["series"])) == ["copper", "rate_2y", "vix"]
     # an explicit rename wins over the table
     r = load(tmp_path, [{"path": "fred_VIXCLS.csv", "modality": "macro", "columns": {"VIXCLS": "cboe_vix"}}]).releases
     assert set(r["series"]) == {"cboe_vix"}
     raises(tmp_path, [{"path": "wide.csv", "modality": "macro", "role": "vix"}], "role 'vix' makes the file one series")
-    raises(tmp_path, [{"path": "wide.csv", "modality": "macro", "role": "fear"}], "role 'fear' is not one of", exc=ConfigError)
-    raises(tmp_path, [{"path": "wide.csv", "modality": "macro", "roles": {"Gold": "vix"}}], "roles: 'Gold' is not a column")
-    raises(tmp_path, [{"path": "fred_VIXCLS.csv", "modality": "macro"}, {"path": "wide.csv", "modality": "macro", "roles": {"VIX Close": "vix"}}],
-           "macro series 'vix' comes from both")
+    raises(
+        tmp_path,
+        [{"path": "wide.csv", "modality": "macro", "role": "fear"}],
+        "role 'fear' is not one of",
+        exc=ConfigError,
+    )
+    raises(
+        tmp_path, [{"path": "wide.csv", "modality": "macro", "roles": {"Gold": "vix"}}], "roles: 'Gold' is not a column"
+    )
+    raises(
+        tmp_path,
+        [
+            {"path": "fred_VIXCLS.csv", "modality": "macro"},
+            {"path": "wide.csv", "modality": "macro", "roles": {"VIX Close": "vix"}},
+        ],
+        "macro series 'vix' comes from both",
+    )
 
 
 def test_roles_land_in_their_tiles_and_feed_the_cross_features():
@@ -608,11 +746,24 @@ def test_roles_land_in_their_tiles_and_feed_the_cross_features():
 
     macro = {"vix", "rate_2y", "rate_10y", "term_spread", "aaa_yield", "baa_yield", "market_index", "sector_etf"}
     crossed = {e.meta.output_name() for e in _cross_features(macro, set())}
-    assert {"macro__rvol_minus_vix", "macro__credit_spread", "macro__beta_sector_etf_63",
-            "macro__beta_market_index_63"} <= crossed
+    assert {
+        "macro__rvol_minus_vix",
+        "macro__credit_spread",
+        "macro__beta_sector_etf_63",
+        "macro__beta_market_index_63",
+    } <= crossed
     assert "macro__term_spread" not in crossed  # the T10Y2Y series is the term spread itself
-    names = ["macro__vix", "macro__vix_z63", "macro__term_spread", "macro__term_spread_chg5", "macro__rate_10y",
-             "macro__sector_etf", "macro__market_index_chg21", "macro__cpi", "macro__baa_yield"]
+    names = [
+        "macro__vix",
+        "macro__vix_z63",
+        "macro__term_spread",
+        "macro__term_spread_chg5",
+        "macro__rate_10y",
+        "macro__sector_etf",
+        "macro__market_index_chg21",
+        "macro__cpi",
+        "macro__baa_yield",
+    ]
     per_tile, _ = resolve_assignment(names, DEFAULT_ASSIGNMENT)
     tile = {f: t for t, fs in per_tile.items() for f in fs}
     assert tile["macro__vix"] == tile["macro__vix_z63"] == "macro.red"
@@ -622,9 +773,12 @@ def test_roles_land_in_their_tiles_and_feed_the_cross_features():
 
 def test_date_only_filing_and_headline_count_from_the_next_session(tmp_path):
     # a 10-Q filed after the close on Tue 2024-03-05, the export keeps only the date
-    write(tmp_path, "fund.csv", "period_end,filing_date,revenue\n2023-12-31,2024-03-05,\"$21,454\"\n")
+    write(tmp_path, "fund.csv", 'period_end,filing_date,revenue\n2023-12-31,2024-03-05,"$21,454"\n')
     write(tmp_path, "news.csv", "title,date\nACME 10-Q shows a loss,2024-03-05\n")
-    files = [{"path": "fund.csv", "modality": "fundamental"}, {"path": "news.csv", "modality": "texts", "source": "news"}]
+    files = [
+        {"path": "fund.csv", "modality": "fundamental"},
+        {"path": "news.csv", "modality": "texts", "source": "news"},
+    ]
     on_the_day = load(tmp_path, files, start=date(2024, 3, 5), end=date(2024, 3, 5))
     assert on_the_day.releases.height == 0 and on_the_day.texts.height == 0
     nxt = load(tmp_path, files, start=date(2024, 3, 6), end=date(2024, 3, 6))
@@ -643,7 +797,7 @@ def test_date_only_filing_and_headline_count_from_the_next_session(tmp_path):
     evening = [{**f, "published": "16:30"} for f in files]
     assert load(tmp_path, evening, start=date(2024, 3, 5), end=date(2024, 3, 5)).releases.height == 0
     # a filing with a time is read by its time whatever the policy
-    write(tmp_path, "fund.csv", "period_end,filing_date,revenue\n2023-12-31,2024-03-05 08:00,\"$21,454\"\n")
+    write(tmp_path, "fund.csv", 'period_end,filing_date,revenue\n2023-12-31,2024-03-05 08:00,"$21,454"\n')
     assert load(tmp_path, files[:1], start=date(2024, 3, 5), end=date(2024, 3, 5)).releases.height == 1
 
 
@@ -652,25 +806,37 @@ def test_daily_macro_published_after_the_close_counts_next_session(tmp_path):
     r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro"}]).releases  # default: its date
     assert r["released"].to_list() == [date(2024, 3, 7), date(2024, 3, 8)]
     r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro", "published": "16:15"}]).releases
-    assert r.select("period_end", "released").rows() == [(date(2024, 3, 7), date(2024, 3, 8)),
-                                                         (date(2024, 3, 8), date(2024, 3, 11))]  # Fri -> Mon
+    assert r.select("period_end", "released").rows() == [
+        (date(2024, 3, 7), date(2024, 3, 8)),
+        (date(2024, 3, 8), date(2024, 3, 11)),
+    ]  # Fri -> Mon
     # weekly survey and monthly macro dates are date-only too: sentiment defaults to next session
     write(tmp_path, "aaii.csv", "Reported Date,Bullish\n2024-03-07,45.0%\n2024-03-14,47.0%\n")
     r = load(tmp_path, [{"path": "aaii.csv", "modality": "sentiment", "release_lag_days": 0}]).releases
     assert r["released"].to_list() == [date(2024, 3, 8), date(2024, 3, 15)]
 
 
-@pytest.mark.parametrize("value, part", [(990, "quote a time of day"), ("tomorrow", "'tomorrow' is not one of"),
-                                         ("25:00", "'25:00' is not one of")])
+@pytest.mark.parametrize(
+    "value, part",
+    [(990, "quote a time of day"), ("tomorrow", "'tomorrow' is not one of"), ("25:00", "'25:00' is not one of")],
+)
 def test_published_bad_values(tmp_path, value, part):
     write(tmp_path, "news.csv", "title,date\nx,2024-03-05\n")
-    raises(tmp_path, [{"path": "news.csv", "modality": "texts", "source": "news", "published": value}], part, exc=ConfigError)
+    raises(
+        tmp_path,
+        [{"path": "news.csv", "modality": "texts", "source": "news", "published": value}],
+        part,
+        exc=ConfigError,
+    )
 
 
 def test_published_time_in_the_spring_forward_gap_and_weekend_dates(tmp_path):
     write(tmp_path, "news.csv", "title,date\ngap,2024-03-10\nsaturday,2024-03-09\n")
     files = [{"path": "news.csv", "modality": "texts", "source": "news", "published": "02:30"}]
     t = load(tmp_path, files, start=date(2024, 3, 11), end=date(2024, 3, 11)).texts
-    assert t["published_at"].to_list() == [datetime(2024, 3, 9, 7, 30, tzinfo=UTC), datetime(2024, 3, 10, 7, 30, tzinfo=UTC)]
+    assert t["published_at"].to_list() == [
+        datetime(2024, 3, 9, 7, 30, tzinfo=UTC),
+        datetime(2024, 3, 10, 7, 30, tzinfo=UTC),
+    ]
     files[0]["published"] = "next_session"  # a weekend date counts from Monday either way
     assert load(tmp_path, files, start=date(2024, 3, 11), end=date(2024, 3, 11)).texts.height == 2

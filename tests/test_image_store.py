@@ -18,17 +18,39 @@ import pytest
 import finnex_ml
 from finnex_ml import calendar
 from finnex_ml.encoding import (
-    LayoutSpec, NormConfig, build_layout, decode, encode, image_path, list_dates, open_range, read_image,
-    read_record, read_spec, write_image, write_spec,
+    LayoutSpec,
+    NormConfig,
+    build_layout,
+    decode,
+    encode,
+    image_path,
+    list_dates,
+    open_range,
+    read_image,
+    read_record,
+    read_spec,
+    store,
+    write_image,
+    write_spec,
 )
-from finnex_ml.encoding import store
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.paths import sweep_stale_temps
 
-FEATURES = ["macro__vix", "macro__rate_10y", "macro__cpi_yoy", "news__mean", "social__mean",
-            "sentiment__hist_z_63", "price__rsi_14", "price__ret_5d", "price__rvol_21d",
-            "fundamental__mgmt_tone", "fundamental__revenue_yoy", "fundamental__earnings_yield",
-            "peer__avg_ret_1d"]
+FEATURES = [
+    "macro__vix",
+    "macro__rate_10y",
+    "macro__cpi_yoy",
+    "news__mean",
+    "social__mean",
+    "sentiment__hist_z_63",
+    "price__rsi_14",
+    "price__ret_5d",
+    "price__rvol_21d",
+    "fundamental__mgmt_tone",
+    "fundamental__revenue_yoy",
+    "fundamental__earnings_yield",
+    "peer__avg_ret_1d",
+]
 CFG = NormConfig()
 DATES = calendar.sessions("2024-03-25", "2024-05-31")[:40]
 
@@ -47,9 +69,18 @@ def _write(root: Path, spec: LayoutSpec, d: date, seed: int, **kw) -> tuple[Path
     missing = np.zeros(w.shape, dtype=bool)
     missing[-1, 0] = True
     img = encode(w, spec)
-    path = write_image(root, d, img, spec=spec, norm_config=CFG, missing=missing,
-                       center=np.arange(spec.n_features, dtype=float), scale=np.ones(spec.n_features),
-                       params_hash=f"p{seed}", **kw)
+    path = write_image(
+        root,
+        d,
+        img,
+        spec=spec,
+        norm_config=CFG,
+        missing=missing,
+        center=np.arange(spec.n_features, dtype=float),
+        scale=np.ones(spec.n_features),
+        params_hash=f"p{seed}",
+        **kw,
+    )
     return path, img
 
 
@@ -142,8 +173,13 @@ def test_killed_writer_leaves_previous_file_intact(tmp_path: Path, spec: LayoutS
         w = np.full((spec.sessions, spec.n_features), 0.75, dtype=np.float32)
         write_image({str(tmp_path)!r}, "{d.isoformat()}", encode(w, spec), spec=spec, norm_config=NormConfig())
     """)
-    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert proc.returncode == 137, proc.stderr
     assert path.read_bytes() == before
     assert np.array_equal(read_image(tmp_path, d), old)
@@ -186,8 +222,9 @@ def test_range_view_errors(tmp_path: Path, spec: LayoutSpec) -> None:
     with pytest.raises(DataInputError, match=f"first {DATES[3]}"):
         open_range(tmp_path, DATES[:4])
     other = build_layout(FEATURES, sessions=28)
-    write_image(tmp_path, DATES[3], encode(np.zeros((28, len(FEATURES)), np.float32), other),
-                spec=other, norm_config=CFG)
+    write_image(
+        tmp_path, DATES[3], encode(np.zeros((28, len(FEATURES)), np.float32), other), spec=other, norm_config=CFG
+    )
     with pytest.raises(DataInputError, match="mixes 2 layouts"):
         open_range(tmp_path, DATES[:4])
 

@@ -28,8 +28,14 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _spawn(code: str, home: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=_env(home), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=_env(home),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:
@@ -157,13 +163,29 @@ def test_both_models_in_one_multiprocess_run_on_a_fresh_home(tmp_path):
     run_config = {"ops": {"cnn_model": {"config": cfg}, "vit_model": {"config": cfg}}}
     env = {**_env(home), "FINNEX_TEST_ROOT": str(tmp_path)}
     dagster = Path(sys.executable).parent / "dagster"
-    proc = subprocess.run([str(dagster), "asset", "materialize", "-f", str(tmp_path / "defs.py"),
-                           "--select", "cnn_model,vit_model", "--config-json", json.dumps(run_config)],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            str(dagster),
+            "asset",
+            "materialize",
+            "-f",
+            str(tmp_path / "defs.py"),
+            "--select",
+            "cnn_model,vit_model",
+            "--config-json",
+            json.dumps(run_config),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     with sqlite3.connect(home / "mlflow.db") as db:
-        runs = db.execute("select r.name from runs r join experiments e using (experiment_id) "
-                          "where e.name = 'finnex'").fetchall()
+        runs = db.execute(
+            "select r.name from runs r join experiments e using (experiment_id) where e.name = 'finnex'"
+        ).fetchall()
     assert len(runs) == 2
     with dg.DagsterInstance.from_config(str(home)) as instance:
         run = instance.get_runs()[0]

@@ -14,9 +14,21 @@ from finnex_ml.evaluation.predict import LoadedModel, forward_image
 from finnex_ml.models import create_model
 from finnex_ml.patches import extract_patches, patch_bounds
 
-NAMES = ["macro__vix", "macro__rate_2y", "macro__cpi", "news__mood", "social__mood", "sentiment__avg",
-         "price__ret_1d", "price__rsi_14", "market__implied_vol", "fundamental__analyst_rating",
-         "fundamental__revenue_yoy", "fundamental__earnings_yield", "peer__ret"]
+NAMES = [
+    "macro__vix",
+    "macro__rate_2y",
+    "macro__cpi",
+    "news__mood",
+    "social__mood",
+    "sentiment__avg",
+    "price__ret_1d",
+    "price__rsi_14",
+    "market__implied_vol",
+    "fundamental__analyst_rating",
+    "fundamental__revenue_yoy",
+    "fundamental__earnings_yield",
+    "peer__ret",
+]
 TINY_CNN = {"widths": (4, 8, 8, 8), "token_dim": 8, "attn_heads": 2, "fusion_dim": 16}
 TINY_VIT = {"dim": 16, "depth": 1, "heads": 2}
 FILL = np.array([0.5, 0.45, 0.55], dtype=np.float32)
@@ -52,8 +64,14 @@ class OnePatchModel(nn.Module):
             m = torch.where(patch_pos == HOT, x.mean(dim=(1, 2, 3)), torch.full_like(x[:, 0, 0, 0], 0.5))
         z = self.gain * (m - 0.5)
         logits = torch.stack([z, torch.zeros_like(z), -z], dim=1)
-        return {"classification": logits, "regression": z[:, None], "classification_by_horizon": logits[:, None],
-                "regression_by_horizon": z[:, None], "features": z[:, None], "attention_weights": []}
+        return {
+            "classification": logits,
+            "regression": z[:, None],
+            "classification_by_horizon": logits[:, None],
+            "regression_by_horizon": z[:, None],
+            "features": z[:, None],
+            "attention_weights": [],
+        }
 
 
 def _softmax_z(z: float) -> np.ndarray:
@@ -69,6 +87,7 @@ def _hot_mask() -> np.ndarray:
 
 
 # ---- the one-patch model: all importance on patch 37 ----------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["image", "patch"])
 def test_one_patch_model_occlusion_is_exact(image: np.ndarray, mode: str) -> None:
@@ -122,7 +141,8 @@ def test_one_patch_model_saliency_and_attribution(image: np.ndarray, spec, mode:
             assert s == pytest.approx(1 / 3, rel=1e-9)
         assert agg["section"] == pytest.approx({"macro": 1.0, "behavioral": 0.0, "fundamental": 0.0})
         assert {t: s for t, s in agg["tile"].items() if s > 0} == pytest.approx(
-            {"macro.red": 1 / 3, "macro.green": 1 / 3, "macro.blue": 1 / 3})
+            {"macro.red": 1 / 3, "macro.green": 1 / 3, "macro.blue": 1 / 3}
+        )
         assert agg["channel"] == pytest.approx({"red": 1 / 3, "green": 1 / 3, "blue": 1 / 3})
         assert agg["unused"] == 0.0
         # lags: columns 160-191 of a full-width tile (9 px per session) -> the sessions those columns show
@@ -137,6 +157,7 @@ def test_one_patch_model_saliency_and_attribution(image: np.ndarray, spec, mode:
 
 
 # ---- real models: patch-mode decomposition against brute force -------------------------------
+
 
 def _brute_patch_mode_prob(model: nn.Module, image: np.ndarray, target: int) -> float:
     """p(target) of an image as the mean of its 256 patch probabilities, computed directly."""
@@ -223,6 +244,7 @@ def test_image_outputs_match_predict_and_batches(image: np.ndarray) -> None:
 
 # ---- attention rollout -----------------------------------------------------------------------
 
+
 def _hand_rollout(weights: list[torch.Tensor]) -> np.ndarray:
     r = np.eye(257)
     for w in weights:
@@ -258,6 +280,7 @@ def test_rollout_refuses_cnn_and_patch_mode(image: np.ndarray) -> None:
 
 # ---- aggregation and PNG ---------------------------------------------------------------------
 
+
 def test_aggregate_splits_a_straddling_patch_exactly(spec) -> None:
     # patch 85 = rows 160-191 (11 macro + 21 behavioural rows), columns 160-191 (red: 11 news
     # columns, then the social tile whose columns 171-173 are left padding)
@@ -268,8 +291,15 @@ def test_aggregate_splits_a_straddling_patch_exactly(spec) -> None:
     agg = ip.aggregate_importance(pixels, spec)
     assert agg["total"] == pytest.approx(2.0)
     n = 3072
-    expected = {"macro__vix": 352 / n, "macro__rate_2y": 352 / n, "macro__cpi": 352 / n, "news__mood": 231 / n,
-                "social__mood": 378 / n, "price__ret_1d": 672 / n, "market__implied_vol": 672 / n}
+    expected = {
+        "macro__vix": 352 / n,
+        "macro__rate_2y": 352 / n,
+        "macro__cpi": 352 / n,
+        "news__mood": 231 / n,
+        "social__mood": 378 / n,
+        "price__ret_1d": 672 / n,
+        "market__implied_vol": 672 / n,
+    }
     assert {f: s for f, s in agg["feature"].items() if s > 0} == pytest.approx(expected)
     assert agg["unused"] == pytest.approx(63 / n)
     assert sum(agg["feature"].values()) + agg["unused"] == pytest.approx(1.0, abs=1e-12)
@@ -278,8 +308,10 @@ def test_aggregate_splits_a_straddling_patch_exactly(spec) -> None:
     assert agg["tile"]["behavioral.red.social"] == pytest.approx((378 + 63) / n)
     assert agg["tile"]["behavioral.red.news"] == pytest.approx(231 / n)
     assert sum(agg["tile"].values()) == pytest.approx(1.0)
-    assert agg["top_features"][:2] == [("price__ret_1d", pytest.approx(672 / n)),
-                                       ("market__implied_vol", pytest.approx(672 / n))]
+    assert agg["top_features"][:2] == [
+        ("price__ret_1d", pytest.approx(672 / n)),
+        ("market__implied_vol", pytest.approx(672 / n)),
+    ]
     # a channel-resolved map puts it where the channels say: all mass on the red channel
     red = np.zeros((512, 512, 3))
     red[160:192, 160:192, 0] = 1.0
@@ -324,4 +356,4 @@ def test_importance_png_round_trips(spec) -> None:
     signed = read_png(ip.importance_png(-map16, spec))
     assert tuple(signed[top + 64 + 5, left + 160 + 5]) == (90, 170, 255)
     pix = read_png(ip.importance_png(np.repeat(ip.patch_map_to_pixels(map16)[..., None], 3, 2), spec))
-    np.testing.assert_array_equal(pix[top:top + 512, left:left + 512], back[top:top + 512, left:left + 512])
+    np.testing.assert_array_equal(pix[top : top + 512, left : left + 512], back[top : top + 512, left : left + 512])

@@ -36,18 +36,18 @@ def test_hand_computed_example() -> None:
     # t = D[3] (99.96): the three returns up to t are +2 %, 0 %, -2 % -> sample sd exactly 0.02
     r = _row(out, D[3])
     assert r["sigma"] == pytest.approx(0.02, rel=1e-12)
-    assert r["threshold_1d"] == pytest.approx(0.01, rel=1e-12)          # 0.5 * 0.02
-    assert r["threshold_4d"] == pytest.approx(0.02, rel=1e-12)          # 0.5 * 0.02 * sqrt(4)
-    assert r["return_1d"] == pytest.approx(101.0 / 99.96 - 1)           # +1.04 % > 1 %
+    assert r["threshold_1d"] == pytest.approx(0.01, rel=1e-12)  # 0.5 * 0.02
+    assert r["threshold_4d"] == pytest.approx(0.02, rel=1e-12)  # 0.5 * 0.02 * sqrt(4)
+    assert r["return_1d"] == pytest.approx(101.0 / 99.96 - 1)  # +1.04 % > 1 %
     assert r["class_1d"] == BUY
-    assert r["return_4d"] == pytest.approx(101.5 / 99.96 - 1)           # +1.54 % < 2 %: Hold
-    assert r["class_4d"] == HOLD                                          # (Buy without the sqrt(h))
+    assert r["return_4d"] == pytest.approx(101.5 / 99.96 - 1)  # +1.54 % < 2 %: Hold
+    assert r["class_4d"] == HOLD  # (Buy without the sqrt(h))
     assert r["fwd_date_4d"] == D[7] and r["close_4d"] == 101.5
     # t = D[4] (101): returns 0 %, -2 %, +1.0404 %
     r = _row(out, D[4])
     sd = statistics.stdev([102 / 102 - 1, 99.96 / 102 - 1, 101 / 99.96 - 1])
     assert r["sigma"] == pytest.approx(sd, rel=1e-12)
-    assert r["return_1d"] == pytest.approx(99 / 101 - 1)                 # -1.98 % < -0.765 %: Sell
+    assert r["return_1d"] == pytest.approx(99 / 101 - 1)  # -1.98 % < -0.765 %: Sell
     assert r["class_1d"] == SELL
     # no-label tail: D[4] + 4 sessions is past the last price -> null, not Hold
     assert r["return_4d"] is None and r["class_4d"] is None and r["close_4d"] is None
@@ -62,11 +62,11 @@ def test_hand_computed_example() -> None:
 
 def test_fixed_thresholds_do_not_scale() -> None:
     out = compute_labels(PRICES, D, LabelConfig(horizons=(1, 4), threshold="fixed", fixed=0.02, vol_window=3))
-    assert _row(out, D[3])["class_1d"] == HOLD      # +1.04 %
-    assert _row(out, D[4])["class_1d"] == HOLD      # -1.98 % is inside +/-2 %
-    assert _row(out, D[5])["class_1d"] == SELL      # 97/99 - 1 = -2.02 %
+    assert _row(out, D[3])["class_1d"] == HOLD  # +1.04 %
+    assert _row(out, D[4])["class_1d"] == HOLD  # -1.98 % is inside +/-2 %
+    assert _row(out, D[5])["class_1d"] == SELL  # 97/99 - 1 = -2.02 %
     assert _row(out, D[3])["threshold_4d"] == 0.02  # fixed means fixed, for every horizon
-    assert _row(out, D[1])["class_1d"] == HOLD      # fixed rule needs no sigma
+    assert _row(out, D[1])["class_1d"] == HOLD  # fixed rule needs no sigma
 
 
 def test_horizon_counts_calendar_sessions_not_rows() -> None:
@@ -112,14 +112,22 @@ FIRST, LAST = "2024-03-01", "2024-04-30"
 
 
 def _res(tmp):
-    return {"data_source": DataSourceResource(kind="synthetic"),
-            "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables"))}
+    return {
+        "data_source": DataSourceResource(kind="synthetic"),
+        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
+    }
 
 
 def _run(res, a, b, selection, config=None):
-    return dg.materialize([modalities, labels], resources=res, instance=dg.DagsterInstance.ephemeral(),
-                          selection=selection, raise_on_error=False, run_config=config,
-                          tags={"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b})
+    return dg.materialize(
+        [modalities, labels],
+        resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=selection,
+        raise_on_error=False,
+        run_config=config,
+        tags={"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b},
+    )
 
 
 def _read(tmp, asset, d: date) -> pl.DataFrame:
@@ -139,8 +147,11 @@ def test_asset_labels_tail_is_null_and_checks_pass(market) -> None:
     tmp, _, out = market
     assert out.success
     checks = {e.check_name: e.passed for e in out.get_asset_check_evaluations()}
-    assert checks == {"past_volatility_only": True, "no_label_without_future_price": True,
-                      "class_distribution_within_bounds": True}
+    assert checks == {
+        "past_volatility_only": True,
+        "no_label_without_future_price": True,
+        "class_distribution_within_bounds": True,
+    }
     days = calendar.sessions(FIRST, LAST)
     table = pl.concat([_read(tmp, "labels", d) for d in days])
     assert table["date"].to_list() == days
@@ -151,8 +162,9 @@ def test_asset_labels_tail_is_null_and_checks_pass(market) -> None:
     meta = out.asset_materializations_for_node("labels")[0].metadata
     assert meta["unlabeled_dates"].data == [d.isoformat() for d in days[-5:]]
     # sqrt(h) scaling of the threshold
-    np.testing.assert_allclose(table["threshold_5d"].to_numpy(), table["threshold_1d"].to_numpy() * math.sqrt(5),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        table["threshold_5d"].to_numpy(), table["threshold_1d"].to_numpy() * math.sqrt(5), rtol=1e-12
+    )
 
 
 def test_asset_values_match_market_data_by_hand(market) -> None:
@@ -205,8 +217,9 @@ def test_failing_blocking_label_check_writes_no_labels(tmp_path, monkeypatch) ->
     res = _res(tmp_path)
     assert _run(res, "2024-03-01", "2024-03-15", [dg.AssetKey("market_data")]).success
     bad = date(2024, 3, 6)
-    forced = pa.DataFrameSchema(checks=[pa.Check(lambda data: data.lazyframe.select(pl.col("date") != bad),
-                                                 name="forced_failure")])
+    forced = pa.DataFrameSchema(
+        checks=[pa.Check(lambda data: data.lazyframe.select(pl.col("date") != bad), name="forced_failure")]
+    )
     monkeypatch.setattr("finnex_ml.labels.future_price_schema", lambda *a, **k: forced)
     out = _run(res, "2024-03-04", "2024-03-08", [labels])
     assert not out.success

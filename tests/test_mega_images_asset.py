@@ -8,6 +8,7 @@ import dagster as dg
 import h5py
 import numpy as np
 import pytest
+from conftest import pipeline_resources
 
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import LOOKBACK, mega_images
@@ -16,7 +17,6 @@ from finnex_assets.io_managers import ImageStore, MegaImageIOManager
 from finnex_ml import calendar
 from finnex_ml.encoding import decode, image_path, read_image, read_record, read_spec
 from finnex_ml.encoding.layout import LayoutSpec
-from conftest import pipeline_resources
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 FIRST, LAST = "2024-03-04", "2024-03-08"
@@ -27,9 +27,14 @@ def _resources(tmp):
 
 
 def _range(assets, resources, a, b, selection=None):
-    return dg.materialize(assets, resources=resources, instance=dg.DagsterInstance.ephemeral(),
-                          selection=selection, raise_on_error=False,
-                          tags={"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b})
+    return dg.materialize(
+        assets,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=selection,
+        raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,12 @@ def test_range_run_writes_one_shard_per_date_and_checks_pass(built):
     tmp, _, result = built
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"dtype_shape_range": True, "spatial_integrity": True,
-                      "temporal_continuity": True, "feature_preservation": True}
+    assert checks == {
+        "dtype_shape_range": True,
+        "spatial_integrity": True,
+        "temporal_continuity": True,
+        "feature_preservation": True,
+    }
     files = sorted(p.name for p in (tmp / "images" / "2024" / "03").glob("*.h5"))
     assert files == [f"{d}.h5" for d in ["2024-03-04", "2024-03-05", "2024-03-06", "2024-03-07", "2024-03-08"]]
     rec = read_record(tmp / "images", "2024-03-06")
@@ -83,17 +92,24 @@ def test_partition_alone_is_byte_identical_to_range(built, tmp_path):
     store = ImageStore(base_dir=str(tmp_path / "images"))
     # stored gzip-compressed this time: compression must not change a single image byte either
     alone = dict(res, image_store=store, mega_image_io_manager=MegaImageIOManager(store=store, compression="gzip"))
-    out = dg.materialize([modalities, daily_features, mega_images], resources=alone,
-                         instance=dg.DagsterInstance.ephemeral(), selection=[mega_images],
-                         partition_key="2024-03-07")
+    out = dg.materialize(
+        [modalities, daily_features, mega_images],
+        resources=alone,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=[mega_images],
+        partition_key="2024-03-07",
+    )
     assert out.success
-    assert (read_image(tmp_path / "images", "2024-03-07").tobytes()
-            == read_image(tmp / "images", "2024-03-07").tobytes())
-    with (h5py.File(image_path(tmp_path / "images", "2024-03-07")) as alone_f,
-          h5py.File(image_path(tmp / "images", "2024-03-07")) as range_f):
+    assert read_image(tmp_path / "images", "2024-03-07").tobytes() == read_image(tmp / "images", "2024-03-07").tobytes()
+    with (
+        h5py.File(image_path(tmp_path / "images", "2024-03-07")) as alone_f,
+        h5py.File(image_path(tmp / "images", "2024-03-07")) as range_f,
+    ):
         assert (alone_f["image"].compression, range_f["image"].compression) == ("gzip", None)  # default: none
-    assert (read_record(tmp_path / "images", "2024-03-07")["normalization_hash"]
-            == read_record(tmp / "images", "2024-03-07")["normalization_hash"])
+    assert (
+        read_record(tmp_path / "images", "2024-03-07")["normalization_hash"]
+        == read_record(tmp / "images", "2024-03-07")["normalization_hash"]
+    )
 
 
 def test_missing_feature_history_is_a_clear_error(tmp_path):

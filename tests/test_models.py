@@ -7,10 +7,19 @@ import torch
 
 from finnex_ml import models as M
 from finnex_ml.models import (
-    CNN_SIZES, VIT_SIZES, FinNeXViT, MultiScaleCNN, MultiTaskCNN, MultiTaskViT, create_model, grid_row_sections,
-    grid_sections, model_from_spec, model_spec, patch_pos_sections,
+    CNN_SIZES,
+    VIT_SIZES,
+    FinNeXViT,
+    MultiScaleCNN,
+    MultiTaskCNN,
+    MultiTaskViT,
+    create_model,
+    grid_row_sections,
+    grid_sections,
+    model_from_spec,
+    model_spec,
+    patch_pos_sections,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,10 +159,13 @@ def test_size_presets() -> None:
         create_model("vit", "huge")
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("cnn", {"widths": (4, 8, 8, 8), "token_dim": 8, "attn_heads": 2, "fusion_dim": 16}),
-    ("vit", {"dim": 16, "depth": 1, "heads": 2}),
-])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("cnn", {"widths": (4, 8, 8, 8), "token_dim": 8, "attn_heads": 2, "fusion_dim": 16}),
+        ("vit", {"dim": 16, "depth": 1, "heads": 2}),
+    ],
+)
 def test_model_spec_round_trip(name: str, overrides: dict) -> None:
     torch.manual_seed(0)
     model = create_model(name, horizons=(1, 5), **overrides).eval()

@@ -27,16 +27,19 @@ def _tick(day: str, hh: int = 17, mm: int = 30):
     return daily_after_close(dg.build_schedule_context(scheduled_execution_time=datetime(y, m, d, hh, mm, tzinfo=NY)))
 
 
-@pytest.mark.parametrize("day,expected", [
-    ("2024-11-27", "2024-11-27"),  # Wednesday before Thanksgiving
-    ("2024-11-28", None),          # Thanksgiving
-    ("2024-11-29", "2024-11-29"),  # early close (13:00) is still a session
-    ("2024-07-04", None),          # Independence Day
-    ("2024-07-05", "2024-07-05"),  # Friday after
-    ("2025-01-09", None),          # national day of mourning (special closure)
-    ("2024-12-31", "2024-12-31"),
-    ("2025-01-01", None),
-])
+@pytest.mark.parametrize(
+    "day,expected",
+    [
+        ("2024-11-27", "2024-11-27"),  # Wednesday before Thanksgiving
+        ("2024-11-28", None),  # Thanksgiving
+        ("2024-11-29", "2024-11-29"),  # early close (13:00) is still a session
+        ("2024-07-04", None),  # Independence Day
+        ("2024-07-05", "2024-07-05"),  # Friday after
+        ("2025-01-09", None),  # national day of mourning (special closure)
+        ("2024-12-31", "2024-12-31"),
+        ("2025-01-01", None),
+    ],
+)
 def test_schedule_ticks_target_the_session_or_skip(day, expected):
     result = _tick(day)
     if expected is None:
@@ -202,9 +205,23 @@ def test_secrets_entrypoint_puts_the_password_in_the_environment_only(tmp_path):
 
     secret = tmp_path / "postgres_password"
     secret.write_text("p@ss:w/rd", encoding="utf-8")
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "POSTGRES_PASSWORD_FILE": str(secret),
-           "DAGSTER_PG_USER": "finnex", "DAGSTER_PG_HOST": "postgres"}
-    out = subprocess.run(["sh", str(DOCKER / "with-secrets.sh"), sys.executable, "-c",
-                          "import os; print(os.environ['DAGSTER_PG_PASSWORD']); print(os.environ['MLFLOW_BACKEND_STORE_URI'])"],
-                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "POSTGRES_PASSWORD_FILE": str(secret),
+        "DAGSTER_PG_USER": "finnex",
+        "DAGSTER_PG_HOST": "postgres",
+    }
+    out = subprocess.run(
+        [
+            "sh",
+            str(DOCKER / "with-secrets.sh"),
+            sys.executable,
+            "-c",
+            "import os; print(os.environ['DAGSTER_PG_PASSWORD']); print(os.environ['MLFLOW_BACKEND_STORE_URI'])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert out == ["p@ss:w/rd", "postgresql://finnex:p%40ss%3Aw%2Frd@postgres:5432/mlflow"]

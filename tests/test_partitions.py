@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import exchange_calendars as xcals
 import polars as pl
@@ -23,14 +23,16 @@ def keys_2024() -> list[str]:
 
 
 def test_2024_keys_are_exactly_the_xnys_sessions(keys_2024):
-    expected = [ts.strftime("%Y-%m-%d") for ts in
-                xcals.get_calendar("XNYS").sessions_in_range("2024-01-01", "2024-12-31")]
+    expected = [
+        ts.strftime("%Y-%m-%d") for ts in xcals.get_calendar("XNYS").sessions_in_range("2024-01-01", "2024-12-31")
+    ]
     assert len(expected) == 252
     assert keys_2024 == expected  # same keys, same (sorted) order, no duplicates
 
 
-@pytest.mark.parametrize("holiday", ["2024-01-01", "2024-01-15", "2024-03-29", "2024-07-04",
-                                     "2024-11-28", "2024-12-25"])
+@pytest.mark.parametrize(
+    "holiday", ["2024-01-01", "2024-01-15", "2024-03-29", "2024-07-04", "2024-11-28", "2024-12-25"]
+)
 def test_holidays_are_not_partitions(keys_2024, holiday):
     assert holiday not in keys_2024
 
@@ -48,11 +50,14 @@ def test_partition_start_on_a_session():
     assert trading_day_partitions("2020-01-02").get_first_partition_key() == "2020-01-02"
 
 
-@pytest.mark.parametrize("start, first", [
-    ("2024-01-01", "2024-01-02"),  # New Year's Day
-    ("2024-01-06", "2024-01-08"),  # Saturday
-    ("2024-03-29", "2024-04-01"),  # Good Friday
-])
+@pytest.mark.parametrize(
+    "start, first",
+    [
+        ("2024-01-01", "2024-01-02"),  # New Year's Day
+        ("2024-01-06", "2024-01-08"),  # Saturday
+        ("2024-03-29", "2024-04-01"),  # Good Friday
+    ],
+)
 def test_partition_start_on_a_closed_day_begins_at_next_session(start, first):
     assert trading_day_partitions(start).get_first_partition_key() == first
 
@@ -65,8 +70,9 @@ def test_partition_start_must_be_an_iso_date():
 # --------------------------------------------------------------------------- paths
 
 
-@pytest.mark.parametrize("bad", ["../etc", "2024-13-01", "2024-1-2", "2024-02-30", "2024-01-02/../x",
-                                 "2024-01-02 ", "", "20240102"])
+@pytest.mark.parametrize(
+    "bad", ["../etc", "2024-13-01", "2024-1-2", "2024-02-30", "2024-01-02/../x", "2024-01-02 ", "", "20240102"]
+)
 def test_validate_partition_key_rejects(bad):
     with pytest.raises(ConfigError):
         validate_partition_key(bad)
@@ -126,7 +132,7 @@ CASES = [
 
 
 def _assign(stamps: list[datetime]) -> list[date]:
-    utc = [s.astimezone(timezone.utc) for s in stamps]
+    utc = [s.astimezone(UTC) for s in stamps]
     frame = pl.DataFrame({"ts": utc}, schema={"ts": pl.Datetime("us", "UTC")})
     return frame.select(assign_session(pl.col("ts")).alias("s"))["s"].to_list()
 
@@ -147,11 +153,10 @@ def test_assign_session_vectorised_and_timezone_agnostic():
 
 def test_assign_session_one_microsecond_before_and_at_the_close():
     close = session_close_utc(date(2024, 11, 29))
-    assert close == datetime(2024, 11, 29, 18, 0, tzinfo=timezone.utc)  # 13:00 EST
+    assert close == datetime(2024, 11, 29, 18, 0, tzinfo=UTC)  # 13:00 EST
     assert _assign([close - timedelta(microseconds=1), close]) == [date(2024, 11, 29), date(2024, 12, 2)]
 
 
 def test_session_close_rejects_non_sessions():
     with pytest.raises(ValueError):
         session_close_utc(date(2024, 7, 4))
-

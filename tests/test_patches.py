@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import polars as pl
 import pytest
+from conftest import pipeline_resources
 
 from finnex_assets.assets.datasets import DatasetStore, labels, patch_dataset
 from finnex_assets.assets.features import daily_features
@@ -19,17 +20,38 @@ from finnex_ml import calendar
 from finnex_ml.encoding import build_layout, pixel_lookup, read_image, read_spec
 from finnex_ml.encoding.layout import Section
 from finnex_ml.patches import (
-    N_PATCHES, PATCHES_SHAPE, extract_patches, list_shard_dates, patch_bounds, patch_layout, patches_to_image,
-    read_shard, section_of_patches, shard_path, table_path,
+    N_PATCHES,
+    PATCHES_SHAPE,
+    extract_patches,
+    list_shard_dates,
+    patch_bounds,
+    patch_layout,
+    patches_to_image,
+    read_shard,
+    section_of_patches,
+    shard_path,
+    table_path,
 )
-from conftest import pipeline_resources
 
-NAMES = ["macro__vix", "macro__rate_2y", "macro__cpi", "news__mood", "social__mood", "sentiment__avg",
-         "price__ret_1d", "price__rsi_14", "market__implied_vol", "fundamental__analyst_rating",
-         "fundamental__revenue_yoy", "fundamental__earnings_yield", "peer__ret"]
+NAMES = [
+    "macro__vix",
+    "macro__rate_2y",
+    "macro__cpi",
+    "news__mood",
+    "social__mood",
+    "sentiment__avg",
+    "price__ret_1d",
+    "price__rsi_14",
+    "market__implied_vol",
+    "fundamental__analyst_rating",
+    "fundamental__revenue_yoy",
+    "fundamental__earnings_yield",
+    "peer__ret",
+]
 
 
 # ---- pure ----------------------------------------------------------------------------------
+
 
 def test_round_trip_is_bit_exact() -> None:
     rng = np.random.default_rng(0)
@@ -57,13 +79,14 @@ def test_sections_by_majority_with_straddling_rows() -> None:
     names, shares, touched = section_of_patches(spec)
     by_row = [names[r * 16] for r in range(16)]
     assert by_row == ["macro"] * 5 + ["behavioral"] * 6 + ["fundamental"] * 5
-    assert shares[5 * 16] == pytest.approx(21 / 32)   # rows 160-191: 11 macro + 21 behavioural
+    assert shares[5 * 16] == pytest.approx(21 / 32)  # rows 160-191: 11 macro + 21 behavioural
     assert shares[10 * 16] == pytest.approx(22 / 32)  # rows 320-351: 22 behavioural + 10 fundamental
     assert touched[5 * 16] == ["macro", "behavioral"] and touched[10 * 16] == ["behavioral", "fundamental"]
     assert sum(len(t) > 1 for t in touched) == 32
     # tie rule: a boundary at row 176 splits patch row 5 16/16 -> the upper section wins
-    tied = dataclasses.replace(spec, sections=(Section("macro", 0, 176), Section("behavioral", 176, 342),
-                                               Section("fundamental", 342, 512)))
+    tied = dataclasses.replace(
+        spec, sections=(Section("macro", 0, 176), Section("behavioral", 176, 342), Section("fundamental", 342, 512))
+    )
     names, shares, _ = section_of_patches(tied)
     assert names[5 * 16] == "macro" and shares[5 * 16] == 0.5
 
@@ -100,9 +123,14 @@ ASSETS = [modalities, daily_features, mega_images, labels, patch_dataset]
 
 
 def _range(res, a, b, selection):
-    return dg.materialize(ASSETS, resources=res, instance=dg.DagsterInstance.ephemeral(), selection=selection,
-                          raise_on_error=False,
-                          tags={"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b})
+    return dg.materialize(
+        ASSETS,
+        resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=selection,
+        raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +166,7 @@ def test_patch_dataset_shards_checks_and_labels(built) -> None:
         for i, h in enumerate(shard.horizons):
             want = row[f"class_{h}d"]
             assert shard.label_class[i] == (-1 if want is None else want)
-            assert (np.isnan(shard.label_return[i]) if want is None
-                    else shard.label_return[i] == row[f"return_{h}d"])
+            assert np.isnan(shard.label_return[i]) if want is None else shard.label_return[i] == row[f"return_{h}d"]
     # prices end 2 sessions after LAST: the 1-day label exists everywhere, the 5-day one only for
     # dates whose t+5 is materialised (03-04 -> 03-11 and 03-05 -> 03-12)
     assert [read_shard(root, d).label_class[1] >= 0 for d in days] == [True, True, False, False, False]
@@ -173,27 +200,43 @@ def test_date_alone_equals_its_slice_of_the_range(built) -> None:
     tmp, res, _, days = built
     alone = _resources(tmp, datasets="alone")
     d = days[3]
-    out = dg.materialize(ASSETS, resources=alone, instance=dg.DagsterInstance.ephemeral(), selection=[patch_dataset],
-                         partition_key=d.isoformat())
+    out = dg.materialize(
+        ASSETS,
+        resources=alone,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=[patch_dataset],
+        partition_key=d.isoformat(),
+    )
     assert out.success
     a = read_shard(tmp / "alone" / "patch_datasets", d)
     b = read_shard(tmp / "datasets" / "patch_datasets", d)
     assert a.patches.tobytes() == b.patches.tobytes()
     assert a.label_class.tobytes() == b.label_class.tobytes() and a.label_return.tobytes() == b.label_return.tobytes()
     assert pl.read_parquet(table_path(tmp / "alone" / "patch_datasets", d)).equals(
-        pl.read_parquet(table_path(tmp / "datasets" / "patch_datasets", d)))
+        pl.read_parquet(table_path(tmp / "datasets" / "patch_datasets", d))
+    )
     assert list_shard_dates(tmp / "alone" / "patch_datasets") == [d]
 
 
 def test_missing_image_is_a_clear_error(built, tmp_path) -> None:
     tmp, res, _, _ = built
-    other = dict(res, image_store=ImageStore(base_dir=str(tmp_path / "no_images")),
-                 dataset_store=DatasetStore(base_dir=str(tmp_path / "ds")))
+    other = dict(
+        res,
+        image_store=ImageStore(base_dir=str(tmp_path / "no_images")),
+        dataset_store=DatasetStore(base_dir=str(tmp_path / "ds")),
+    )
     (tmp_path / "no_images" / "metadata").mkdir(parents=True)
     (tmp_path / "no_images" / "metadata" / "channel_encoding_spec.json").write_bytes(
-        (tmp / "images" / "metadata" / "channel_encoding_spec.json").read_bytes())
-    out = dg.materialize(ASSETS, resources=other, instance=dg.DagsterInstance.ephemeral(), selection=[patch_dataset],
-                         partition_key=FIRST, raise_on_error=False)
+        (tmp / "images" / "metadata" / "channel_encoding_spec.json").read_bytes()
+    )
+    out = dg.materialize(
+        ASSETS,
+        resources=other,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=[patch_dataset],
+        partition_key=FIRST,
+        raise_on_error=False,
+    )
     assert not out.success
     err = [e for e in out.all_events if e.is_step_failure][0].step_failure_data.error
     msg = err.message + (err.cause.message if err.cause else "")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import pytest
+from conftest import run_features
 from polars.testing import assert_frame_equal
 
-from conftest import run_features
 from finnex_ml import calendar, pipeline
 from finnex_ml.data.base import RELEASE_SCHEMA, TEXT_SCHEMA, RawData
 from finnex_ml.data.synthetic import SyntheticSource
@@ -62,12 +62,18 @@ def perturb_after(raw: RawData, t: date) -> RawData:
     texts = raw.texts.with_columns(pl.when(late).then(pl.lit(NEGATIVE)).otherwise(pl.col("text")).alias("text"))
     # Extra posts right at and just after the close: they belong to the next session.
     extra = pl.DataFrame(
-        [(close_t + timedelta(microseconds=m), src, NEGATIVE) for m in (0, 1, 3_600_000_000)
-         for src in ("news", "social")],
-        schema=TEXT_SCHEMA, orient="row")
+        [
+            (close_t + timedelta(microseconds=m), src, NEGATIVE)
+            for m in (0, 1, 3_600_000_000)
+            for src in ("news", "social")
+        ],
+        schema=TEXT_SCHEMA,
+        orient="row",
+    )
     texts = pl.concat([texts, extra])
     releases = raw.releases.with_columns(
-        pl.when(pl.col("released") > t).then(pl.col("value") + 100).otherwise(pl.col("value")).alias("value"))
+        pl.when(pl.col("released") > t).then(pl.col("value") + 100).otherwise(pl.col("value")).alias("value")
+    )
     return dataclasses.replace(raw, prices=prices, peers=peers, texts=texts, releases=releases)
 
 
@@ -124,8 +130,9 @@ def test_leaking_source_really_hands_over_future_data():
     assert raw.prices.filter(before).equals(pert.prices.filter(before))
     ratio = pert.prices.filter(~before)["close"] / raw.prices.filter(~before)["close"]
     assert ((ratio - 1.5).abs() < 1e-12).all()
-    assert (pert.releases.filter(pl.col("released") > t)["value"]
-            - raw.releases.filter(pl.col("released") > t)["value"]).round(9).unique().to_list() == [100.0]
+    assert (
+        pert.releases.filter(pl.col("released") > t)["value"] - raw.releases.filter(pl.col("released") > t)["value"]
+    ).round(9).unique().to_list() == [100.0]
     changed = pert.texts.head(raw.texts.height).filter(pl.col("text") != raw.texts["text"])
     assert changed.height > 20 and changed["published_at"].min() >= calendar.session_close_utc(t)
 
@@ -158,8 +165,17 @@ def test_perturbing_from_t_on_changes_t(leaky_runs, t):
     base = leaky_runs[t].row(t)
     prev = next_session(t, -1)
     row = run_features(PerturbedAfter(FutureLeakingSource(), prev), [t]).row(t)
-    for col in ("price__logret_1d", "price__volume_z_5", "peer__peera_ret_1d", "macro__vix",
-                "macro__vix_chg", "news__mean", "social__mean", "news__count", "social__count"):
+    for col in (
+        "price__logret_1d",
+        "price__volume_z_5",
+        "peer__peera_ret_1d",
+        "macro__vix",
+        "macro__vix_chg",
+        "news__mean",
+        "social__mean",
+        "news__count",
+        "social__count",
+    ):
         assert row[col] != pytest.approx(base[col], rel=1e-9, abs=1e-12), col
     assert row["price__logret_1d"] == pytest.approx(base["price__logret_1d"] + math.log(1.5), abs=1e-12)
     assert row["news__count"] >= base["news__count"] + 3  # the three posts at and after prev's close
@@ -172,9 +188,15 @@ def test_monthly_release_after_t_is_invisible_at_t():
     """May's CPI revision released on 2 July must not show on 28 June, though May has ended."""
     t, released = date(2024, 6, 28), date(2024, 7, 2)
     inject = pl.DataFrame(
-        {"modality": ["macro", "macro"], "series": ["cpi_yoy", "late_series"],
-         "period_end": [date(2024, 5, 31)] * 2, "released": [released] * 2, "value": [999.0, 42.0]},
-        schema=RELEASE_SCHEMA)
+        {
+            "modality": ["macro", "macro"],
+            "series": ["cpi_yoy", "late_series"],
+            "period_end": [date(2024, 5, 31)] * 2,
+            "released": [released] * 2,
+            "value": [999.0, 42.0],
+        },
+        schema=RELEASE_SCHEMA,
+    )
     plain = run_features(SyntheticSource(7), [t])
     alone = run_features(Injecting(SyntheticSource(7), releases=inject), [t])
     rng = run_features(Injecting(SyntheticSource(7), releases=inject), calendar.sessions(t, released))
@@ -197,16 +219,23 @@ def test_monthly_release_after_t_is_invisible_at_t():
     assert (snap["cpi_yoy"] != 999.0).all() and snap["late_series"].is_null().all()
 
 
-@pytest.mark.parametrize("t, before, after, next_t", [
-    (date(2024, 3, 14), (15, 59), (16, 30), date(2024, 3, 15)),
-    (date(2024, 11, 29), (12, 59), (13, 30), date(2024, 12, 2)),  # early close at 13:00
-], ids=["normal-day", "early-close"])
+@pytest.mark.parametrize(
+    "t, before, after, next_t",
+    [
+        (date(2024, 3, 14), (15, 59), (16, 30), date(2024, 3, 15)),
+        (date(2024, 11, 29), (12, 59), (13, 30), date(2024, 12, 2)),  # early close at 13:00
+    ],
+    ids=["normal-day", "early-close"],
+)
 def test_text_after_the_close_counts_for_the_next_session(t, before, after, next_t):
     def stamp(hm):
-        return datetime(t.year, t.month, t.day, *hm, tzinfo=calendar.NEW_YORK).astimezone(timezone.utc)
+        return datetime(t.year, t.month, t.day, *hm, tzinfo=calendar.NEW_YORK).astimezone(UTC)
 
-    texts = pl.DataFrame([(stamp(before), "news", "great excellent wonderful results, superb"),
-                          (stamp(after), "news", NEGATIVE)], schema=TEXT_SCHEMA, orient="row")
+    texts = pl.DataFrame(
+        [(stamp(before), "news", "great excellent wonderful results, superb"), (stamp(after), "news", NEGATIVE)],
+        schema=TEXT_SCHEMA,
+        orient="row",
+    )
     dates = [t, next_t]
     base = run_features(SyntheticSource(7), dates)
     inj = run_features(Injecting(SyntheticSource(7), texts=texts), dates)
@@ -231,15 +260,12 @@ def test_range_run_rows_up_to_t_ignore_later_data():
     assert_frame_equal(base.features.filter(upto), pert.features.filter(upto), check_exact=True)
     for name in pipeline.MODALITIES:
         keep = pl.col("asof") <= t
-        assert_frame_equal(base.snapshots[name].filter(keep), pert.snapshots[name].filter(keep),
-                           check_exact=True)
+        assert_frame_equal(base.snapshots[name].filter(keep), pert.snapshots[name].filter(keep), check_exact=True)
     # Control: every later row does change.
     later_base = base.features.filter(~upto)
     later_pert = pert.features.filter(~upto)
     assert later_base.height == 5
     assert (later_base["price__ret_10d"] != later_pert["price__ret_10d"]).all()
-
-
 
 
 @pytest.fixture(scope="module")
@@ -252,11 +278,16 @@ def alone_and_range():
     return t, alone, rng, first
 
 
-@pytest.mark.parametrize("name", [
-    "market_data", "peer_data", "sentiment_data",
-    "macro_data",
-    "fundamental_data",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "market_data",
+        "peer_data",
+        "sentiment_data",
+        "macro_data",
+        "fundamental_data",
+    ],
+)
 def test_snapshot_alone_equals_snapshot_in_a_range(alone_and_range, name):
     t, alone, rng, _ = alone_and_range
     assert_frame_equal(alone.snapshots[name], rng.snapshots[name].filter(pl.col("asof") == t), check_exact=True)

@@ -10,8 +10,8 @@ import torch
 
 from finnex_ml.data.synthetic import PlantedSignal, SyntheticSource
 from finnex_ml.encoding.encoder import decode
-from finnex_ml.models import LayoutCells, create_model
 from finnex_ml.evaluation.metrics import balanced_accuracy
+from finnex_ml.models import LayoutCells, create_model
 from finnex_ml.positive_control import build_control_data, run_control, split_dates
 
 
@@ -102,8 +102,8 @@ def test_ablations_destroy_only_their_structure(level_quarter):
     assert not np.array_equal(perm, base)
     macro = ablate(d, "blank_macro").images[:2]
     rows = d.spec.section("macro")
-    assert (macro[:, rows.row0:rows.row1] == d.spec.fill_value).all()
-    np.testing.assert_array_equal(macro[:, rows.row1:], d.images[:2, rows.row1:])
+    assert (macro[:, rows.row0 : rows.row1] == d.spec.fill_value).all()
+    np.testing.assert_array_equal(macro[:, rows.row1 :], d.images[:2, rows.row1 :])
     blue = ablate(d, "blank_blue").images[:2]
     assert (blue[..., 2] == d.spec.fill_value).all()
     np.testing.assert_array_equal(blue[..., :2], d.images[:2, ..., :2])

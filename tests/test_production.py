@@ -68,7 +68,9 @@ def pg_database():
 def _instance_home(tmp: Path, url: str) -> Path:
     home = tmp / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {url}\ntelemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(
+        f"storage:\n  postgres:\n    postgres_url: {url}\ntelemetry:\n  enabled: false\n"
+    )
     return home
 
 
@@ -174,7 +176,10 @@ def _assert_identical(a: Path, b: Path) -> None:
     for key in ia:
         assert ia[key].tobytes() == ib[key].tobytes(), key
     for f in (a / "tables" / "daily_features").rglob("*.parquet"):
-        assert f.read_bytes() == (b / "tables" / "daily_features" / f.relative_to(a / "tables" / "daily_features")).read_bytes()
+        assert (
+            f.read_bytes()
+            == (b / "tables" / "daily_features" / f.relative_to(a / "tables" / "daily_features")).read_bytes()
+        )
 
 
 @needs_pg
@@ -190,17 +195,35 @@ def test_celery_executor_with_two_workers_is_byte_identical(reference):
     conf_dir = tmp / "celery_conf"
     conf_dir.mkdir()
     (conf_dir / "dagster_celery_config.py").write_text(
-        f"broker_url = {broker!r}\nresult_backend = {broker!r}\n"
-        + "".join(f"{k} = {v!r}\n" for k, v in conf.items()))
+        f"broker_url = {broker!r}\nresult_backend = {broker!r}\n" + "".join(f"{k} = {v!r}\n" for k, v in conf.items())
+    )
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, DAGSTER_HOME=str(home), FINNEX_DATA_DIR=str(other), FINNEX_SOURCE="synthetic",
-               PYTHONPATH=f"{conf_dir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(
+        os.environ,
+        DAGSTER_HOME=str(home),
+        FINNEX_DATA_DIR=str(other),
+        FINNEX_SOURCE="synthetic",
+        PYTHONPATH=f"{conf_dir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
     # `celery` itself in its own session, so teardown can kill the worker and its pool children.
     workers = [
-        subprocess.Popen([str(bin_dir / "celery"), "-A", "dagster_celery.app", "worker", "--prefetch-multiplier=1",
-                          "--concurrency=1", "--loglevel=INFO", "-n", f"finnex{i}-{uuid.uuid4().hex[:6]}@%h"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"worker{i}.log", "w"),
-                         start_new_session=True)
+        subprocess.Popen(
+            [
+                str(bin_dir / "celery"),
+                "-A",
+                "dagster_celery.app",
+                "worker",
+                "--prefetch-multiplier=1",
+                "--concurrency=1",
+                "--loglevel=INFO",
+                "-n",
+                f"finnex{i}-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / f"worker{i}.log", "w"),
+            start_new_session=True,
+        )
         for i in range(2)
     ]
     old = {k: os.environ.get(k) for k in ("DAGSTER_HOME", "FINNEX_DATA_DIR")}
@@ -211,8 +234,12 @@ def test_celery_executor_with_two_workers_is_byte_identical(reference):
             from dagster._core.definitions.reconstruct import ReconstructableJob
 
             recon = ReconstructableJob.for_file(str(TESTS / "prod_jobs.py"), "celery_job")
-            result = dg.execute_job(recon, instance=instance, tags=_range_tags(FIRST, LAST), run_config={
-                "execution": {"config": {"broker": broker, "backend": broker, "config_source": conf}}})
+            result = dg.execute_job(
+                recon,
+                instance=instance,
+                tags=_range_tags(FIRST, LAST),
+                run_config={"execution": {"config": {"broker": broker, "backend": broker, "config_source": conf}}},
+            )
             engine = [e.message for e in result.all_events if e.is_engine_event]
     finally:
         for k, v in old.items():
@@ -272,7 +299,9 @@ def test_mlflow_tracks_into_postgres(pg_database):
         client.set_terminated(run.info.run_id)
         got = mlflow.MlflowClient(tracking_uri=uri).get_run(run.info.run_id)
         assert got.data.params == {"model": "MultiScaleCNN"}
-        assert [m.value for m in mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_loss")] == [1.0, 0.8, 0.7]
+        assert [
+            m.value for m in mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "val_loss")
+        ] == [1.0, 0.8, 0.7]
         with psycopg2.connect(uri) as conn, conn.cursor() as cur:
             cur.execute("select count(*) from metrics")
             assert cur.fetchone()[0] == 3

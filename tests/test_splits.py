@@ -11,7 +11,9 @@ import h5py
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import pipeline_resources
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from finnex_assets.assets.datasets import dataset_splits, labels, patch_dataset
 from finnex_assets.assets.features import daily_features
@@ -22,9 +24,14 @@ from finnex_ml.encoding import NormConfig, build_layout, read_image, write_image
 from finnex_ml.errors import ConfigError
 from finnex_ml.patches import N_PATCHES, read_shard
 from finnex_ml.splits import (
-    RunningMoments, check_no_leak, class_weights, development_dates, required_gap, temporal_split, walk_forward,
+    RunningMoments,
+    check_no_leak,
+    class_weights,
+    development_dates,
+    required_gap,
+    temporal_split,
+    walk_forward,
 )
-from conftest import pipeline_resources
 
 # ---- property: no leakage on random calendars -------------------------------------------------
 
@@ -47,7 +54,7 @@ def _windows_isolated(sets: dict, sessions: list[date], h: int) -> None:
     owner = {d: name for name, s in sets.items() for d in s}
     for name, s in sets.items():
         for t in s:
-            window = sessions[pos[t]: pos[t] + h + 1]  # [t, t+h]
+            window = sessions[pos[t] : pos[t] + h + 1]  # [t, t+h]
             assert all(owner.get(d, name) == name for d in window), (name, t, h)
 
 
@@ -108,9 +115,21 @@ def test_running_moments_and_class_weights() -> None:
 
 # ---- the asset: random images (fast), real labels -------------------------------------------
 
-NAMES = ["macro__vix", "macro__rate_2y", "macro__cpi", "news__mood", "social__mood", "sentiment__avg",
-         "price__ret_1d", "price__rsi_14", "market__implied_vol", "fundamental__analyst_rating",
-         "fundamental__revenue_yoy", "fundamental__earnings_yield", "peer__ret"]
+NAMES = [
+    "macro__vix",
+    "macro__rate_2y",
+    "macro__cpi",
+    "news__mood",
+    "social__mood",
+    "sentiment__avg",
+    "price__ret_1d",
+    "price__rsi_14",
+    "market__implied_vol",
+    "fundamental__analyst_rating",
+    "fundamental__revenue_yoy",
+    "fundamental__earnings_yield",
+    "peer__ret",
+]
 DAYS = calendar.sessions("2024-01-02", "2024-04-30")[:70]
 ASSETS = [modalities, daily_features, mega_images, labels, patch_dataset, dataset_splits]
 
@@ -130,8 +149,14 @@ _resources = pipeline_resources
 
 def _run(res, selection, a=None, b=None):
     tags = {"dagster/asset_partition_range_start": a, "dagster/asset_partition_range_end": b} if a else None
-    return dg.materialize(ASSETS, resources=res, instance=dg.DagsterInstance.ephemeral(), selection=selection,
-                          raise_on_error=False, tags=tags)
+    return dg.materialize(
+        ASSETS,
+        resources=res,
+        instance=dg.DagsterInstance.ephemeral(),
+        selection=selection,
+        raise_on_error=False,
+        tags=tags,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +213,10 @@ def test_cnn_ready_arrays_point_at_images_and_shards(world) -> None:
             assert [x.decode() for x in f["dates"][...]] == doc["sets"][name]
             i = len(ds) // 2
             np.testing.assert_array_equal(f["images"][i], read_image(tmp / "images", ds[i]))
-            np.testing.assert_array_equal(f["patches"][i * N_PATCHES:(i + 1) * N_PATCHES],
-                                          read_shard(tmp / "datasets" / "patch_datasets", ds[i]).patches)
+            np.testing.assert_array_equal(
+                f["patches"][i * N_PATCHES : (i + 1) * N_PATCHES],
+                read_shard(tmp / "datasets" / "patch_datasets", ds[i]).patches,
+            )
             row = lab.filter(pl.col("date") == ds[i]).to_dicts()[0]
             assert f["labels"][i * N_PATCHES + 7].tolist() == [row["class_1d"], row["class_5d"]]
             assert f["image_labels"][i].tolist() == [row["class_1d"], row["class_5d"]]
@@ -203,11 +230,11 @@ def test_statistics_are_train_only_and_correct(world) -> None:
     for d in train:  # naive sums as an independent reference
         x = read_image(tmp / "images", d).reshape(-1, 3).astype(np.float64)
         s += x.sum(0)
-        ss += (x ** 2).sum(0)
+        ss += (x**2).sum(0)
         n += x.shape[0]
     mean = s / n
     np.testing.assert_allclose(stats["train"]["channel_mean"], mean, rtol=1e-10)
-    np.testing.assert_allclose(stats["train"]["channel_std"], np.sqrt(ss / n - mean ** 2), rtol=1e-6)
+    np.testing.assert_allclose(stats["train"]["channel_std"], np.sqrt(ss / n - mean**2), rtol=1e-6)
     lab = pl.read_parquet(tmp / "tables" / "labels" / "2024" / "*.parquet").filter(pl.col("date").is_in(train))
     w, counts = class_weights(lab["class_5d"].to_numpy())
     assert stats["train"]["class_weights"]["5d"]["counts"] == dict(zip(("sell", "hold", "buy"), counts))

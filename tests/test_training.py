@@ -42,8 +42,8 @@ def planted(n: int, size: int, seed: int, tile: tuple[int, int] = (0, 0)) -> tup
     x = (0.5 + 0.1 * rng.standard_normal((n, size, size, 3))).astype(np.float32)
     stripes = np.repeat((np.arange(8) % 2)[:, None], 8, axis=1).astype(np.float32) * 0.4 - 0.2
     r, c = tile[0] + 8, tile[1] + 16
-    x[y == BUY, r:r + 8, c:c + 8, 1] += stripes
-    x[y == SELL, r:r + 8, c:c + 8, 1] += stripes.T
+    x[y == BUY, r : r + 8, c : c + 8, 1] += stripes
+    x[y == SELL, r : r + 8, c : c + 8, 1] += stripes.T
     ret = ((y - 1) * 0.01 + 0.003 * rng.standard_normal(n)).astype(np.float32)
     return x, {"label_h1": y.astype(np.int64), "return_h1": ret}
 
@@ -60,13 +60,19 @@ def write_h5(path: Path, x: np.ndarray, targets: dict[str, np.ndarray], chunks: 
 # datasets and sampling
 # --------------------------------------------------------------------------------------------
 
+
 def test_h5_dataset_reads_the_right_rows_lazily(tmp_path: Path) -> None:
     n = 600
     x = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None, None], (n, 32, 32, 3)).copy()
     targets = {"label_h1": np.arange(n) % 3, "return_h1": np.arange(n, dtype=np.float64) / 100}
     path = write_h5(tmp_path / "p.h5", x, targets, chunks=(16, 32, 32, 3))
-    ds = H5ArrayDataset(path, "x", {"label_h1": "labels/label_h1", "return_h1": "labels/return_h1"},
-                        indices=np.arange(256, 512), patches_per_image=256)
+    ds = H5ArrayDataset(
+        path,
+        "x",
+        {"label_h1": "labels/label_h1", "return_h1": "labels/return_h1"},
+        indices=np.arange(256, 512),
+        patches_per_image=256,
+    )
     assert len(ds) == 256 and ds.sample_shape == (32, 32, 3) and ds._file is None  # nothing opened yet
     positions = [0, 1, 2, 10, 11, 200, 3]  # unsorted on purpose
     batch = ds.__getitems__(positions)
@@ -106,8 +112,11 @@ def test_h5_dataset_reads_columns_of_per_horizon_arrays(tmp_path: Path) -> None:
         f.create_dataset("patches", data=np.zeros((n, 32, 32, 3), np.float32))
         f.create_dataset("labels", data=np.stack([np.arange(n) % 3, (np.arange(n) + 1) % 3], 1).astype(np.int8))
         f.create_dataset("returns", data=np.stack([np.arange(n), -np.arange(n)], 1).astype(np.float32))
-    ds = H5ArrayDataset(tmp_path / "set.h5", "patches", {"label_h1": ("labels", 0), "label_h5": ("labels", 1),
-                                                         "return_h5": ("returns", 1)})
+    ds = H5ArrayDataset(
+        tmp_path / "set.h5",
+        "patches",
+        {"label_h1": ("labels", 0), "label_h5": ("labels", 1), "return_h5": ("returns", 1)},
+    )
     b = ds.__getitems__([3, 4, 20])
     assert b["label_h1"].dtype == torch.int64 and b["label_h1"].tolist() == [0, 1, 2]
     assert b["label_h5"].tolist() == [1, 2, 0] and b["return_h5"].tolist() == [-3.0, -4.0, -20.0]
@@ -178,6 +187,7 @@ def test_augmentation_keeps_the_layout() -> None:
 # loss
 # --------------------------------------------------------------------------------------------
 
+
 def test_soft_cross_entropy_equals_weighted_ce_for_hard_labels() -> None:
     torch.manual_seed(0)
     logits, y = torch.randn(20, 3), torch.randint(0, 3, (20,))
@@ -229,6 +239,7 @@ def test_uncertainty_weighting_does_not_collapse_where_softmax_does() -> None:
 # trainer
 # --------------------------------------------------------------------------------------------
 
+
 def test_cnn_learns_a_planted_pattern_from_hdf5_patches(tmp_path: Path) -> None:
     xt, yt = planted(480, 32, 0)
     xv, yv = planted(256, 32, 1)
@@ -239,17 +250,40 @@ def test_cnn_learns_a_planted_pattern_from_hdf5_patches(tmp_path: Path) -> None:
     train = H5ArrayDataset(path, "x", keys, indices=range(0, 480), patches_per_image=256)
     val = H5ArrayDataset(path, "x", keys, indices=range(480, 736), patches_per_image=256)
     seen: list[tuple[int, dict]] = []
-    cfg = TrainConfig(model="cnn", input_mode="patch", model_overrides=SMALL_CNN, epochs=5, batch_size=32,
-                      lr=3e-3, warmup_epochs=1, patience=None, seed=0)
-    res = train_model(cfg, train, val, checkpoint_dir=tmp_path / "ckpt",
-                      class_weights=class_weights_from_labels(train.target_array("label_h1")),
-                      on_epoch_end=lambda e, m: seen.append((e, m)))
+    cfg = TrainConfig(
+        model="cnn",
+        input_mode="patch",
+        model_overrides=SMALL_CNN,
+        epochs=5,
+        batch_size=32,
+        lr=3e-3,
+        warmup_epochs=1,
+        patience=None,
+        seed=0,
+    )
+    res = train_model(
+        cfg,
+        train,
+        val,
+        checkpoint_dir=tmp_path / "ckpt",
+        class_weights=class_weights_from_labels(train.target_array("label_h1")),
+        on_epoch_end=lambda e, m: seen.append((e, m)),
+    )
     hist = res.history
     assert [e for e, _ in seen] == [1, 2, 3, 4, 5] and len(hist) == 5
     assert hist[-1]["train_cls_loss"] < 0.6 * hist[0]["train_cls_loss"]
     assert res.best_metrics["val_accuracy"] > 0.8  # chance is 1/3
-    for key in ("val_loss", "val_mae", "val_directional_accuracy", "weight_cls_h1", "weight_reg_h1",
-                "lr", "samples_per_s", "data_wait_share", "val_image_accuracy"):
+    for key in (
+        "val_loss",
+        "val_mae",
+        "val_directional_accuracy",
+        "weight_cls_h1",
+        "weight_reg_h1",
+        "lr",
+        "samples_per_s",
+        "data_wait_share",
+        "val_image_accuracy",
+    ):
         assert key in seen[-1][1], key
     assert res.confusion_matrix.shape == (3, 3) and res.confusion_matrix.sum() == 256
     assert res.image_confusion_matrix is not None and res.image_confusion_matrix.sum() == 2  # rows 480-735: images 1, 2
@@ -269,16 +303,36 @@ def test_vit_learns_a_planted_tile_in_image_mode(tmp_path: Path) -> None:
     xt, yt = planted(512, 64, 0, tile=(32, 0))  # bottom-left patch of a 2×2 grid
     xv, yv = planted(192, 64, 1, tile=(32, 0))
     # default augmentation (noise 0.02, mixup 0.2); mixed targets keep the train CE above 0.2
-    cfg = TrainConfig(model="vit", input_mode="image", model_overrides=SMALL_VIT, epochs=6, batch_size=32,
-                      lr=2e-3, warmup_epochs=1, patience=None, seed=0)
+    cfg = TrainConfig(
+        model="vit",
+        input_mode="image",
+        model_overrides=SMALL_VIT,
+        epochs=6,
+        batch_size=32,
+        lr=2e-3,
+        warmup_epochs=1,
+        patience=None,
+        seed=0,
+    )
     res = train_model(cfg, ArrayDataset(xt, yt), ArrayDataset(xv, yv), checkpoint_dir=tmp_path)
     assert res.history[-1]["train_cls_loss"] < 0.5 * res.history[0]["train_cls_loss"]
     assert res.best_metrics["val_accuracy"] > 0.8
 
 
 def _tiny_run(tmp: Path, **kw) -> TrainConfig:
-    base = dict(model="cnn", input_mode="patch", model_overrides=TINY_CNN, epochs=4, batch_size=16, lr=3e-3,
-                warmup_epochs=1, patience=None, seed=5, noise_std=0.05, mixup_alpha=0.4)
+    base = dict(
+        model="cnn",
+        input_mode="patch",
+        model_overrides=TINY_CNN,
+        epochs=4,
+        batch_size=16,
+        lr=3e-3,
+        warmup_epochs=1,
+        patience=None,
+        seed=5,
+        noise_std=0.05,
+        mixup_alpha=0.4,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -299,6 +353,7 @@ def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
     def crash_after_2(epoch: int, metrics: dict) -> None:
         if epoch == 2:
             raise _Crash
+
     with pytest.raises(_Crash):
         train_model(cfg, train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, on_epoch_end=crash_after_2)
     torch.manual_seed(12345)  # the global RNG is disturbed in between: the checkpoint must restore it
@@ -321,8 +376,9 @@ def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
     assert max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa) == 0.0  # best weights too
 
     with pytest.raises(ConfigError, match="lr"):
-        train_model(_tiny_run(tmp_path, lr=1e-2), train, val, checkpoint_dir=tmp_path / "b", class_weights=cw,
-                    resume=True)
+        train_model(
+            _tiny_run(tmp_path, lr=1e-2), train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True
+        )
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:

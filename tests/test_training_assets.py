@@ -32,16 +32,31 @@ def _fake_sets(tmp):
     classes = np.array([[i % 3, (i + 1) % 3] for i in range(len(dates))], dtype=np.int8)
     for d, c in zip(dates, classes):
         img = (rng.random((512, 512, 3), dtype=np.float32) * 0.2 + 0.3 * c[0]).astype(np.float32)
-        for path, key, arr in ((image_path(images, d), "image", img),
-                               (shard_path(shards, d), "patches",
-                                img.reshape(16, 32, 16, 32, 3).transpose(0, 2, 1, 3, 4).reshape(256, 32, 32, 3))):
+        for path, key, arr in (
+            (image_path(images, d), "image", img),
+            (
+                shard_path(shards, d),
+                "patches",
+                img.reshape(16, 32, 16, 32, 3).transpose(0, 2, 1, 3, 4).reshape(256, 32, 32, 3),
+            ),
+        ):
             path.parent.mkdir(parents=True, exist_ok=True)
             with h5py.File(path, "w") as f:
                 f.create_dataset(key, data=arr)
     returns = (classes.astype(np.float32) - 1) * 0.01
     for name, sl in (("train", slice(0, 6)), ("val", slice(8, 11))):
-        write_set_file(ready / f"{name}.h5", name, dates[sl], images, shards, classes[sl], returns[sl], HORIZONS,
-                       spec_hash="test", split_hash="test")
+        write_set_file(
+            ready / f"{name}.h5",
+            name,
+            dates[sl],
+            images,
+            shards,
+            classes[sl],
+            returns[sl],
+            HORIZONS,
+            spec_hash="test",
+            split_hash="test",
+        )
     (ready / "statistics.json").write_text(json.dumps({"train": {"n_dates": 6}}))
     return ready
 
@@ -50,18 +65,32 @@ def _fake_sets(tmp):
 def setup(tmp_path):
     _fake_sets(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {"dataset_store": DatasetStore(base_dir=str(tmp_path / "datasets")),
-                 "image_store": ImageStore(base_dir=str(tmp_path / "images")),
-                 "mlflow_tracking": MlflowTracking(tracking_uri=uri, experiment="test")}
+    resources = {
+        "dataset_store": DatasetStore(base_dir=str(tmp_path / "datasets")),
+        "image_store": ImageStore(base_dir=str(tmp_path / "images")),
+        "mlflow_tracking": MlflowTracking(tracking_uri=uri, experiment="test"),
+    }
     return tmp_path, resources, uri
 
 
 def _train(asset, resources, **config):
-    cfg = {"epochs": 2, "batch_size": 128, "patience": 5, "lr": 2e-3, "input_mode": "patch", "seeds": [0],
-           "num_threads": 1, **config}
-    return dg.materialize([asset], resources=resources, instance=dg.DagsterInstance.ephemeral(),
-                          run_config={"ops": {asset.key.path[-1]: {"config": cfg}}},
-                          selection=[asset])
+    cfg = {
+        "epochs": 2,
+        "batch_size": 128,
+        "patience": 5,
+        "lr": 2e-3,
+        "input_mode": "patch",
+        "seeds": [0],
+        "num_threads": 1,
+        **config,
+    }
+    return dg.materialize(
+        [asset],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {asset.key.path[-1]: {"config": cfg}}},
+        selection=[asset],
+    )
 
 
 @pytest.mark.parametrize("asset", [cnn_model, vit_model])
@@ -103,13 +132,17 @@ def test_training_resumes_from_its_checkpoint(setup):
         _train(cnn_model, resources, epochs=3, resume=True)
     fresh = _train(cnn_model, resources, epochs=3, resume=False)
     history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(
-        fresh.asset_materializations_for_node("cnn_model")[0].metadata["mlflow_run_id"].value, "seed0_val_loss")
+        fresh.asset_materializations_for_node("cnn_model")[0].metadata["mlflow_run_id"].value, "seed0_val_loss"
+    )
     assert [m.step for m in history] == [1, 2, 3]
 
 
 def test_training_without_dataset_splits_is_a_clear_error(tmp_path):
-    resources = {"dataset_store": DatasetStore(base_dir=str(tmp_path)), "image_store": ImageStore(base_dir=str(tmp_path)),
-                 "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")}
+    resources = {
+        "dataset_store": DatasetStore(base_dir=str(tmp_path)),
+        "image_store": ImageStore(base_dir=str(tmp_path)),
+        "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"),
+    }
     with pytest.raises(Exception, match="materialise dataset_splits first"):
         _train(cnn_model, resources)
 

@@ -31,10 +31,10 @@ def test_block_bootstrap_indices_are_circular_blocks() -> None:
     assert idx.min() >= 0 and idx.max() < n
     # Inside each block of 3 positions, the next row is the previous + 1 (mod n).
     for start in range(0, n, block):
-        chunk = idx[:, start:start + block]
+        chunk = idx[:, start : start + block]
         assert np.all((chunk[:, 1:] - chunk[:, :-1]) % n == 1)
     # Some blocks wrap from the last row to row 0.
-    within = np.concatenate([idx[:, s:s + block] for s in range(0, n - block + 1, block)], axis=1)
+    within = np.concatenate([idx[:, s : s + block] for s in range(0, n - block + 1, block)], axis=1)
     assert np.any((within[:, :-1] == n - 1) & (within[:, 1:] == 0))
     np.testing.assert_array_equal(idx, block_bootstrap_indices(n, block, n_boot=200, seed=7))
     assert not np.array_equal(idx, block_bootstrap_indices(n, block, n_boot=200, seed=8))
@@ -113,7 +113,8 @@ def test_dsr_matches_formula_and_deflates() -> None:
     n = len(trials)
     gamma = 0.5772156649015329
     e_max = math.sqrt(np.var(trials, ddof=1)) * (
-        (1 - gamma) * norm.ppf(1 - 1 / n) + gamma * norm.ppf(1 - 1 / (n * math.e)))
+        (1 - gamma) * norm.ppf(1 - 1 / n) + gamma * norm.ppf(1 - 1 / (n * math.e))
+    )
     out = deflated_sharpe_ratio(RETURNS, trials)
     assert out["expected_max_sharpe"] == pytest.approx(e_max, rel=1e-12)
     assert out["deflated_sharpe"] == pytest.approx(_hand_psr(RETURNS, e_max), rel=1e-12)
@@ -139,7 +140,7 @@ def test_regimes_use_only_past_data() -> None:
     base = regimes_from_closes(closes, window=20)
     for i in (0, 19, 20, 50, 118):
         changed = closes.copy()
-        changed[i + 1:] = changed[i + 1:] * rng.uniform(0.5, 1.5, len(changed) - i - 1)
+        changed[i + 1 :] = changed[i + 1 :] * rng.uniform(0.5, 1.5, len(changed) - i - 1)
         np.testing.assert_array_equal(regimes_from_closes(changed, window=20)[: i + 1], base[: i + 1])
 
 

@@ -10,7 +10,7 @@ text and peer files. ``mapping.yaml`` (kept by hand) ties them together.
 from __future__ import annotations
 
 import csv
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -167,8 +167,10 @@ notes = ["ahead of earnings", "after that guidance", "into the close", "on this 
 tweets = []
 for d in days:
     for _ in range(int(rng.poisson(1.8))):
-        local = datetime.combine(d, time(int(rng.integers(6, 23)), int(rng.integers(0, 60)), int(rng.integers(0, 60))), NY)
-        stamp = local.astimezone(timezone.utc).isoformat(sep=" ")
+        local = datetime.combine(
+            d, time(int(rng.integers(6, 23)), int(rng.integers(0, 60)), int(rng.integers(0, 60))), NY
+        )
+        stamp = local.astimezone(UTC).isoformat(sep=" ")
         text = f"$ACME {rng.choice(moods)} {rng.choice(notes)}".strip()
         if rng.random() < 0.2:
             text += ', "the chart says it all"'

@@ -12,11 +12,10 @@ synthetic are read from the latest ingestion materialisations and named at the t
 under ``{data}/reports/``, linked from metadata and logged to an MLflow run.
 """
 
-
 import base64
 import json
 from dataclasses import replace
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import polars as pl
 from pydantic import Field
 
 from finnex_assets.assets.datasets import DatasetStore, read_all_labels
-from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
+from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking
 from finnex_ml import schemas
 from finnex_ml.errors import DataInputError
@@ -37,13 +36,13 @@ from finnex_ml.paths import atomic_path, data_root
 MODEL_ASSETS = tuple(f"{e.name}_model" for e in MODEL_REGISTRY.values())  # the training assets' names
 EVAL_CHECKS = {
     "no_leakage_detected": "no model's (network or tabular) balanced-accuracy interval lies wholly above the "
-                           "plausibility bar and no skill survives the label-shift placebo (ERROR, blocks the "
-                           "reports); a daily feature correlating with a forward return beyond the permutation "
-                           "bar is a WARN (a strong legitimate signal does that too)",
+    "plausibility bar and no skill survives the label-shift placebo (ERROR, blocks the "
+    "reports); a daily feature correlating with a forward return beyond the permutation "
+    "bar is a WARN (a strong legitimate signal does that too)",
     "permuted_labels_at_chance": "models and baselines trained on shuffled labels score at chance: no "
-                                 "family-wise (Bonferroni) balanced-accuracy interval lies wholly above 1/3 "
-                                 "(ERROR, blocks the reports: a leak) or wholly below (WARN: luck or too few "
-                                 "test dates)",
+    "family-wise (Bonferroni) balanced-accuracy interval lies wholly above 1/3 "
+    "(ERROR, blocks the reports: a leak) or wholly below (WARN: luck or too few "
+    "test dates)",
 }
 
 
@@ -62,7 +61,9 @@ class EvaluationConfig(dg.Config):
     leak_min_abs_corr: float = Field(default=0.0, description="Optional floor on the leak scan's permutation bar.")
     leak_alpha: float = Field(default=0.05, description="Family-wise level of the leak scan (its flags only warn).")
     leak_permutations: int = Field(default=200, description="Block permutations of the leak scan's null.")
-    max_balanced_accuracy: float = Field(default=0.6, description="A model whose whole interval beats this is a suspect.")
+    max_balanced_accuracy: float = Field(
+        default=0.6, description="A model whose whole interval beats this is a suspect."
+    )
     execution_lag: int = Field(default=1, description="Sessions between a signal's close and its trade (headline).")
     staggered: bool = Field(default=True, description="h staggered sub-portfolios for h-session horizons.")
     borrow_bps: float = Field(default=50.0, description="Annual borrow fee on short notional, basis points.")
@@ -70,7 +71,9 @@ class EvaluationConfig(dg.Config):
     refit_permutations: int = Field(default=100, description="Refits on permuted training labels, tabular models.")
     placebo_shifts: list[int] = Field(default=[1, 2], description="Label-shift placebo at k = m * h sessions.")
     degenerate_threshold: float = Field(default=0.9, description="One class on more than this share: degenerate.")
-    pooled_min_train: int = Field(default=252, description="Pooled walk-forward: rows before the first test year; 0 off.")
+    pooled_min_train: int = Field(
+        default=252, description="Pooled walk-forward: rows before the first test year; 0 off."
+    )
     pooled_block_sessions: int = Field(default=0, description="Pooled walk-forward test blocks: 0 = calendar years.")
 
     def eval_config(self) -> EvalConfig:
@@ -93,8 +96,11 @@ def _read_features(io_manager: PartitionedParquetIOManager, dates: list[date]) -
     for d in dates:
         path = io_manager._path(dg.AssetKey("daily_features"), d.isoformat())
         if not path.exists():
-            raise DataInputError(f"daily_features for {d} is not materialised (the tabular baselines need it)",
-                                 file=str(path), date=d.isoformat())
+            raise DataInputError(
+                f"daily_features for {d} is not materialised (the tabular baselines need it)",
+                file=str(path),
+                date=d.isoformat(),
+            )
         frames.append(pl.read_parquet(path))
     return pl.concat(frames, how="diagonal_relaxed").sort("date")
 
@@ -120,12 +126,19 @@ def provenance(instance: dg.DagsterInstance) -> dict[str, Any]:
         modalities[name] = md
     if modalities:
         sources = sorted({str(m.get("source")) for m in modalities.values() if m.get("source") is not None})
-        return {"source": ", ".join(sources) or "unknown", "how": "latest ingestion materialisations",
-                "modalities": modalities,
-                "synthetic_modalities": sorted(n for n, m in modalities.items() if m.get("synthetic"))}
+        return {
+            "source": ", ".join(sources) or "unknown",
+            "how": "latest ingestion materialisations",
+            "modalities": modalities,
+            "synthetic_modalities": sorted(n for n, m in modalities.items() if m.get("synthetic")),
+        }
     ds = default_data_source()
-    return {"source": ds.kind, "how": "configured source (FINNEX_SOURCE); no ingestion materialisation recorded",
-            "modalities": {}, "synthetic_modalities": ds.synthetic_modalities()}
+    return {
+        "source": ds.kind,
+        "how": "configured source (FINNEX_SOURCE); no ingestion materialisation recorded",
+        "modalities": {},
+        "synthetic_modalities": ds.synthetic_modalities(),
+    }
 
 
 TRIAL_TAG = "finnex_eval_split_hash"
@@ -137,8 +150,11 @@ def logged_trial_sharpes(tracking: MlflowTracking, split_hash: str, exclude_runs
     import mlflow
 
     mlflow.set_tracking_uri(tracking.uri())
-    runs = mlflow.search_runs(experiment_ids=[tracking.experiment_id()],
-                              filter_string=f"tags.{TRIAL_TAG} = '{split_hash}'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_ids=[tracking.experiment_id()],
+        filter_string=f"tags.{TRIAL_TAG} = '{split_hash}'",
+        output_format="list",
+    )
     out = []
     for run in runs:
         if run.info.run_id in exclude_runs:
@@ -157,8 +173,9 @@ def _model_run_id(instance: dg.DagsterInstance, name: str) -> str | None:
 @dg.asset(
     deps=["dataset_splits", *MODEL_ASSETS],
     required_resource_keys={"io_manager", "image_store", "dataset_store", "mlflow_tracking"},
-    check_specs=[dg.AssetCheckSpec(n, asset="model_evaluation", description=d, blocking=True)
-                 for n, d in EVAL_CHECKS.items()],
+    check_specs=[
+        dg.AssetCheckSpec(n, asset="model_evaluation", description=d, blocking=True) for n, d in EVAL_CHECKS.items()
+    ],
     group_name="evaluation",
     kinds={"pytorch", "scikitlearn", "mlflow"},
 )
@@ -178,8 +195,10 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     splits = json.loads(splits_file.read_text(encoding="utf-8"))
     stats = json.loads(stats_file.read_text(encoding="utf-8"))
     labels = read_all_labels(io_manager)
-    wanted = sorted({date.fromisoformat(d) for v in splits["sets"].values() for d in v}
-                    | {date.fromisoformat(d) for f in splits["folds"] for d in f["train"] + f["val"]})
+    wanted = sorted(
+        {date.fromisoformat(d) for v in splits["sets"].values() for d in v}
+        | {date.fromisoformat(d) for f in splits["folds"] for d in f["train"] + f["val"]}
+    )
     features = _read_features(io_manager, wanted)
     models = {n: store.root() / "models" / n / "best.pt" for n in MODEL_ASSETS}
     trained = {n: p for n, p in models.items() if p.exists()}
@@ -198,18 +217,33 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     tracking: MlflowTracking = context.resources.mlflow_tracking
     run_ids = {name: _model_run_id(context.instance, name) for name in trained}
     trials = logged_trial_sharpes(tracking, str(splits.get("split_hash", "")), {r for r in run_ids.values() if r})
-    inputs = EvalInputs(labels=labels, features=features, feature_columns=schemas.feature_columns(features),
-                        splits=splits, ready_root=store.cnn_ready_root(), image_root=image_root,
-                        shard_root=store.patches_root(), work_dir=out / "work",
-                        channel_means=stats["train"]["channel_mean"], models=trained,
-                        trial_sharpes=trials or None,
-                        trial_source=f"MLflow: {len(trials)} per-period test Sharpe(s) of earlier runs on split "
-                                     f"{str(splits.get('split_hash', ''))[:12]}, plus this report's strategies",
-                        provenance=prov)
+    inputs = EvalInputs(
+        labels=labels,
+        features=features,
+        feature_columns=schemas.feature_columns(features),
+        splits=splits,
+        ready_root=store.cnn_ready_root(),
+        image_root=image_root,
+        shard_root=store.patches_root(),
+        work_dir=out / "work",
+        channel_means=stats["train"]["channel_mean"],
+        models=trained,
+        trial_sharpes=trials or None,
+        trial_source=f"MLflow: {len(trials)} per-period test Sharpe(s) of earlier runs on split "
+        f"{str(splits.get('split_hash', ''))[:12]}, plus this report's strategies",
+        provenance=prov,
+    )
 
     def interpret(name, lm, set_file):
-        return explain_model(name, lm, set_file, spec, out / "interpret", fill=stats["train"]["channel_mean"],
-                             n_images=config.interpret_images)
+        return explain_model(
+            name,
+            lm,
+            set_file,
+            spec,
+            out / "interpret",
+            fill=stats["train"]["channel_mean"],
+            n_images=config.interpret_images,
+        )
 
     doc, predictions, equity = run_evaluation(inputs, cfg, log=context.log.info, interpret=interpret)
     doc["not_trained"] = missing
@@ -228,9 +262,13 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         rows = [r for r in doc["tables"]["test"] if r["model"] == name]
         with mlflow.start_run(run_id=run_id):
             for r in rows:
-                mlflow.log_metrics({f"test_{k}_h{r['horizon']}": float(r[k]) for k in
-                                    ("accuracy", "balanced_accuracy", "macro_f1", "sharpe", "max_drawdown")
-                                    if r.get(k) is not None})
+                mlflow.log_metrics(
+                    {
+                        f"test_{k}_h{r['horizon']}": float(r[k])
+                        for k in ("accuracy", "balanced_accuracy", "macro_f1", "sharpe", "max_drawdown")
+                        if r.get(k) is not None
+                    }
+                )
                 dsr = (doc.get("deflated_sharpe") or {}).get(f"{name} ({r['horizon']}d)") or {}
                 if dsr.get("sharpe_per_period") is not None:  # this configuration is a trial for the next DSR
                     mlflow.log_metric(f"test_sharpe_per_period_h{r['horizon']}", float(dsr["sharpe_per_period"]))
@@ -239,15 +277,39 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         logged[name] = run_id
 
     rows = [r for r in doc["tables"]["test"]]
-    summary = [{k: r.get(k) for k in ("model", "horizon", "balanced_accuracy", "balanced_accuracy_ci", "sharpe",
-                                       "sharpe_ci")} for r in rows]
+    summary = [
+        {k: r.get(k) for k in ("model", "horizon", "balanced_accuracy", "balanced_accuracy_ci", "sharpe", "sharpe_ci")}
+        for r in rows
+    ]
     meta: dict[str, Any] = {
-        "evaluated_models": dg.MetadataValue.json(sorted(trained)), "not_trained": dg.MetadataValue.json(missing),
-        "test_dates": doc["test"]["n"], "test_range": f"{doc['test']['first']}..{doc['test']['last']}",
+        "evaluated_models": dg.MetadataValue.json(sorted(trained)),
+        "not_trained": dg.MetadataValue.json(missing),
+        "test_dates": doc["test"]["n"],
+        "test_range": f"{doc['test']['first']}..{doc['test']['last']}",
         "summary": dg.MetadataValue.md(_md_table(summary)),
-        "headline": dg.MetadataValue.md(_md_table([{k: r.get(k) for k in (
-            "model", "horizon", "best_baseline", "span", "n_days", "n_independent", "balanced_accuracy",
-            "baseline_balanced_accuracy", "p_value", "mde_sharpe", "degenerate")} for r in doc["tables"]["headline"]])),
+        "headline": dg.MetadataValue.md(
+            _md_table(
+                [
+                    {
+                        k: r.get(k)
+                        for k in (
+                            "model",
+                            "horizon",
+                            "best_baseline",
+                            "span",
+                            "n_days",
+                            "n_independent",
+                            "balanced_accuracy",
+                            "baseline_balanced_accuracy",
+                            "p_value",
+                            "mde_sharpe",
+                            "degenerate",
+                        )
+                    }
+                    for r in doc["tables"]["headline"]
+                ]
+            )
+        ),
         "data_source": str(doc.get("provenance", {}).get("source", "unknown")),
         "evaluation_json": dg.MetadataValue.path(str(out / "evaluation.json")),
         "mlflow_runs": dg.MetadataValue.json(logged),
@@ -261,33 +323,54 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     leak = doc["leakage"]
     blocking = bool(leak["blocking"])
     yield dg.AssetCheckResult(
-        check_name="no_leakage_detected", passed=not blocking and not leak["warnings"],
+        check_name="no_leakage_detected",
+        passed=not blocking and not leak["warnings"],
         severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
-        metadata={"flagged_features": dg.MetadataValue.json(leak["feature_scan"]["flagged"][:20]),
-                  "threshold_abs_spearman": leak["feature_scan"]["threshold_abs_spearman"],
-                  "top_features": dg.MetadataValue.json(leak["feature_scan"]["top"][:5]),
-                  "suspicious_models": dg.MetadataValue.json(leak["suspicious_models"]),
-                  "blocking": dg.MetadataValue.json(leak["blocking"]),
-                  "warnings": dg.MetadataValue.json(leak["warnings"][:20])})
+        metadata={
+            "flagged_features": dg.MetadataValue.json(leak["feature_scan"]["flagged"][:20]),
+            "threshold_abs_spearman": leak["feature_scan"]["threshold_abs_spearman"],
+            "top_features": dg.MetadataValue.json(leak["feature_scan"]["top"][:5]),
+            "suspicious_models": dg.MetadataValue.json(leak["suspicious_models"]),
+            "blocking": dg.MetadataValue.json(leak["blocking"]),
+            "warnings": dg.MetadataValue.json(leak["warnings"][:20]),
+        },
+    )
     perm = doc["tables"]["permuted_labels"]
     above = [r for r in perm if r["above_chance"]]
     below = [r for r in perm if r["below_chance"]]
     yield dg.AssetCheckResult(
-        check_name="permuted_labels_at_chance", passed=not (above or below),
+        check_name="permuted_labels_at_chance",
+        passed=not (above or below),
         severity=dg.AssetCheckSeverity.ERROR if above else dg.AssetCheckSeverity.WARN,
-        metadata={"controls": len(perm), "above_chance": dg.MetadataValue.json(above),
-                  "below_chance": dg.MetadataValue.json(below),
-                  "outside_95pct_interval": sum(not r["at_chance"] for r in perm)})
+        metadata={
+            "controls": len(perm),
+            "above_chance": dg.MetadataValue.json(above),
+            "below_chance": dg.MetadataValue.json(below),
+            "outside_95pct_interval": sum(not r["at_chance"] for r in perm),
+        },
+    )
 
 
 def _md_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(none)"
     cols = list(rows[0])
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else (  # noqa: E731
-        f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) and len(v) == 2 and None not in v else str(v))
-    return ("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-            + "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows))
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        if isinstance(v, list) and len(v) == 2 and None not in v:
+            return f"[{v[0]:.3f}, {v[1]:.3f}]"
+        return str(v)
+
+    return (
+        "| "
+        + " | ".join(cols)
+        + " |\n|"
+        + "---|" * len(cols)
+        + "\n"
+        + "".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |\n" for r in rows)
+    )
 
 
 def _log_report(tracking: MlflowTracking, path: Path, run_name: str) -> str:
@@ -299,8 +382,12 @@ def _log_report(tracking: MlflowTracking, path: Path, run_name: str) -> str:
         return run.info.run_id
 
 
-@dg.asset(deps=["model_evaluation"], required_resource_keys={"dataset_store", "image_store", "mlflow_tracking"},
-          group_name="evaluation", kinds={"plotly", "html"})
+@dg.asset(
+    deps=["model_evaluation"],
+    required_resource_keys={"dataset_store", "image_store", "mlflow_tracking"},
+    group_name="evaluation",
+    kinds={"plotly", "html"},
+)
 def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """One self-contained HTML: tables, equity curves against buy-and-hold, confusion matrices, importance."""
     out = evaluation_root(context.resources.dataset_store)
@@ -309,14 +396,23 @@ def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult
         raise DataInputError(f"{doc_file} is missing: materialise model_evaluation first", file=str(doc_file))
     doc = json.loads(doc_file.read_text(encoding="utf-8"))
     equity = pl.read_parquet(out / "equity.parquet")
-    images = {f"{name}: {kind}": Path(p).read_bytes() for name, d in (doc.get("interpretation") or {}).items()
-              for kind, p in (d.get("pngs") or {}).items() if Path(p).exists()}
+    images = {
+        f"{name}: {kind}": Path(p).read_bytes()
+        for name, d in (doc.get("interpretation") or {}).items()
+        for kind, p in (d.get("pngs") or {}).items()
+        if Path(p).exists()
+    }
     path = report.write_html(reports_root() / "evaluation_report.html", report.evaluation_html(doc, equity, images))
     run_id = _log_report(context.resources.mlflow_tracking, path, f"evaluation-report-{context.run.run_id[:8]}")
     context.log.info(f"evaluation report: {path}")
-    return dg.MaterializeResult(metadata={"report": dg.MetadataValue.path(str(path)),
-                                          "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
-                                          "bytes": path.stat().st_size, "mlflow_run_id": run_id})
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(str(path)),
+            "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
+            "bytes": path.stat().st_size,
+            "mlflow_run_id": run_id,
+        }
+    )
 
 
 def check_history(instance: dg.DagsterInstance, check_keys, limit: int = 1000) -> list[dict[str, Any]]:
@@ -344,15 +440,28 @@ def check_history(instance: dg.DagsterInstance, check_keys, limit: int = 1000) -
             if i == 0:
                 latest = {True: "passed", False: "failed", None: rec.status.value.lower()}[ok]
                 latest_run = rec.run_id[:8]
-                latest_at = datetime.fromtimestamp(rec.create_timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
-        rows.append({"check": f"{key.asset_key.to_user_string()}:{key.name}", "executions": len(records),
-                     "passed": passed, "failed": failed, "latest": latest, "latest_run": latest_run,
-                     "latest_at_utc": latest_at, "failing_dates": ", ".join(sorted(set(failing_dates))[:20])})
+                latest_at = datetime.fromtimestamp(rec.create_timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M")
+        rows.append(
+            {
+                "check": f"{key.asset_key.to_user_string()}:{key.name}",
+                "executions": len(records),
+                "passed": passed,
+                "failed": failed,
+                "latest": latest,
+                "latest_run": latest_run,
+                "latest_at_utc": latest_at,
+                "failing_dates": ", ".join(sorted(set(failing_dates))[:20]),
+            }
+        )
     return rows
 
 
-@dg.asset(deps=["model_evaluation"], required_resource_keys={"mlflow_tracking"}, group_name="evaluation",
-          kinds={"plotly", "html"})
+@dg.asset(
+    deps=["model_evaluation"],
+    required_resource_keys={"mlflow_tracking"},
+    group_name="evaluation",
+    kinds={"plotly", "html"},
+)
 def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Every asset check of the project across runs and partitions: pass/fail counts, the latest
     outcome and the dates that failed."""
@@ -360,20 +469,32 @@ def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
     keys = defs.resolve_asset_graph().asset_check_keys
     rows = check_history(context.instance, keys)
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     path = report.write_html(reports_root() / "qa_report.html", report.qa_html(rows, generated))
     run_id = _log_report(context.resources.mlflow_tracking, path, f"qa-report-{context.run.run_id[:8]}")
     failing = [r["check"] for r in rows if r["latest"] == "failed"]
-    return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.path(str(path)), "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
-        "checks": len(rows), "never_run": sum(r["latest"] == "never run" for r in rows),
-        "failing_latest": dg.MetadataValue.json(failing), "mlflow_run_id": run_id,
-        "summary": dg.MetadataValue.md(_md_table([{k: r[k] for k in ("check", "executions", "passed", "failed", "latest")}
-                                                  for r in rows])),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(str(path)),
+            "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
+            "checks": len(rows),
+            "never_run": sum(r["latest"] == "never run" for r in rows),
+            "failing_latest": dg.MetadataValue.json(failing),
+            "mlflow_run_id": run_id,
+            "summary": dg.MetadataValue.md(
+                _md_table([{k: r[k] for k in ("check", "executions", "passed", "failed", "latest")} for r in rows])
+            ),
+        }
+    )
 
 
 EVALUATION_ASSETS = [model_evaluation, evaluation_report, qa_report]
 
-__all__ = ["EVALUATION_ASSETS", "EvaluationConfig", "check_history", "evaluation_report", "model_evaluation",
-           "qa_report"]
+__all__ = [
+    "EVALUATION_ASSETS",
+    "EvaluationConfig",
+    "check_history",
+    "evaluation_report",
+    "model_evaluation",
+    "qa_report",
+]

@@ -12,12 +12,23 @@ import polars as pl
 from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.partitions import trading_days
-from finnex_ml.encoding import (
-    EncodedImage, LayoutSpec, NormConfig, build_layout, channel_section_stats, check_feature_preservation, check_image,
-    check_spatial_integrity, check_temporal_continuity, encode_dates, history_needed, read_image,
-    write_preview, write_spec,
-)
 from finnex_ml import calendar
+from finnex_ml.encoding import (
+    EncodedImage,
+    LayoutSpec,
+    NormConfig,
+    build_layout,
+    channel_section_stats,
+    check_feature_preservation,
+    check_image,
+    check_spatial_integrity,
+    check_temporal_continuity,
+    encode_dates,
+    history_needed,
+    read_image,
+    write_preview,
+    write_spec,
+)
 from finnex_ml.encoding.layout import DEFAULT_SESSIONS
 
 NORM = NormConfig()
@@ -26,7 +37,7 @@ IMAGE_CHECKS = {
     "dtype_shape_range": "float32, (512, 512, 3), every value in [0, 1]",
     "spatial_integrity": "each tile's row bands carry exactly its features",
     "temporal_continuity": "image t's session column c equals image t-1's column c+1 (same trailing "
-                           "normalisation per session makes this exact)",
+    "normalisation per session makes this exact)",
     "feature_preservation": "decode(image) equals the normalised feature window within 1e-6",
 }
 
@@ -47,18 +58,26 @@ class ImageBatch:
 
 
 @dg.asset(
-    ins={"daily_features": dg.AssetIn(partition_mapping=dg.TimeWindowPartitionMapping(
-        start_offset=-(LOOKBACK - 1), allow_nonexistent_upstream_partitions=True))},
+    ins={
+        "daily_features": dg.AssetIn(
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-(LOOKBACK - 1), allow_nonexistent_upstream_partitions=True
+            )
+        )
+    },
     partitions_def=trading_days,
     backfill_policy=dg.BackfillPolicy.single_run(),
     io_manager_key="mega_image_io_manager",
-    check_specs=[dg.AssetCheckSpec(n, asset="mega_images", description=d, blocking=True)
-                 for n, d in IMAGE_CHECKS.items()],
+    check_specs=[
+        dg.AssetCheckSpec(n, asset="mega_images", description=d, blocking=True) for n, d in IMAGE_CHECKS.items()
+    ],
     group_name="images",
     kinds={"hdf5", "numpy"},
 )
 def mega_images(
-    context: dg.AssetExecutionContext, daily_features: pl.DataFrame, image_store: ImageStore,
+    context: dg.AssetExecutionContext,
+    daily_features: pl.DataFrame,
+    image_store: ImageStore,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Encode each date's trailing feature window with the layout spec; previews and QA per date.
 
@@ -74,8 +93,10 @@ def mega_images(
     have = set(table["date"].to_list())
     gap = [d for d in need if d not in have]
     if gap:
-        raise ValueError(f"mega_images for {dates[0]} needs daily_features from {need[0]}; "
-                         f"missing {len(gap)} session(s), first {gap[0]}. Materialise daily_features first.")
+        raise ValueError(
+            f"mega_images for {dates[0]} needs daily_features from {need[0]}; "
+            f"missing {len(gap)} session(s), first {gap[0]}. Materialise daily_features first."
+        )
     root = image_store.root()
     write_spec(root, spec, NORM)
     failures: dict[str, list[str]] = {name: [] for name in IMAGE_CHECKS}
@@ -95,22 +116,40 @@ def mega_images(
             if not ok:
                 failures[name].append(key)
         stats = channel_section_stats(item.image, spec)
-        context.add_asset_metadata(partition_key=key, metadata={
-            "preview": dg.MetadataValue.path(str(png)),
-            "preview_image": dg.MetadataValue.md(f"![{key}](data:image/png;base64,{thumb})"),
-            "spec_hash": spec.spec_hash(), "normalization_hash": item.params_hash,
-            "features": len(spec.features), "missing_cells": int(item.missing.sum()),
-            "channel_section_stats": dg.MetadataValue.json(stats),
-        })
+        context.add_asset_metadata(
+            partition_key=key,
+            metadata={
+                "preview": dg.MetadataValue.path(str(png)),
+                "preview_image": dg.MetadataValue.md(f"![{key}](data:image/png;base64,{thumb})"),
+                "spec_hash": spec.spec_hash(),
+                "normalization_hash": item.params_hash,
+                "features": len(spec.features),
+                "missing_cells": int(item.missing.sum()),
+                "channel_section_stats": dg.MetadataValue.json(stats),
+            },
+        )
         prev = item.image
         context.log.info(f"mega_images {key}: encoded, {int(item.missing.sum())} missing cells")
     # every check has run on every image of the range: a failure raises here, before the IO
     # manager writes any image (the previews stay, to look at what failed)
-    yield from checks.gate("mega_images", [
-        dg.AssetCheckResult(asset_key="mega_images", check_name=name, passed=not failures[name],
-                            metadata={"dates_checked": len(dates), "failing_rows": len(failures[name]),
-                                      "failing_dates": dg.MetadataValue.json(failures[name][:20]), "rule": desc})
-        for name, desc in IMAGE_CHECKS.items()], len(dates))
+    yield from checks.gate(
+        "mega_images",
+        [
+            dg.AssetCheckResult(
+                asset_key="mega_images",
+                check_name=name,
+                passed=not failures[name],
+                metadata={
+                    "dates_checked": len(dates),
+                    "failing_rows": len(failures[name]),
+                    "failing_dates": dg.MetadataValue.json(failures[name][:20]),
+                    "rule": desc,
+                },
+            )
+            for name, desc in IMAGE_CHECKS.items()
+        ],
+        len(dates),
+    )
     yield dg.Output(ImageBatch(table, dates, spec, NORM))
 
 

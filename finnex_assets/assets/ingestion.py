@@ -5,7 +5,6 @@ at t's close. That is how downstream assets get their lookback: each date carrie
 so any date can be materialised alone, and gives the same bytes as in a backfill.
 """
 
-
 from collections.abc import Iterator
 from datetime import date
 
@@ -24,14 +23,24 @@ DESCRIPTIONS = {
     "macro_data": "Macro series aligned on release dates with age in days, carried forward.",
     "fundamental_data": "Fundamentals aligned on filing dates with age, yoy and TTM, carried forward.",
 }
-PROVENANCE_KEY = {"market_data": "prices", "peer_data": "peers", "sentiment_data": "texts",
-                  "macro_data": "macro", "fundamental_data": "fundamental"}
+PROVENANCE_KEY = {
+    "market_data": "prices",
+    "peer_data": "peers",
+    "sentiment_data": "texts",
+    "macro_data": "macro",
+    "fundamental_data": "fundamental",
+}
 
 
 @dg.multi_asset(
     outs={
-        name: dg.AssetOut(description=desc, group_name="ingestion", kinds={"polars"},
-                          metadata={"partition_column": "asof"}, is_required=False)
+        name: dg.AssetOut(
+            description=desc,
+            group_name="ingestion",
+            kinds={"polars"},
+            metadata={"partition_column": "asof"},
+            is_required=False,
+        )
         for name, desc in DESCRIPTIONS.items()
     },
     check_specs=checks.specs("market_data", checks.MARKET_CHECKS),
@@ -39,7 +48,9 @@ PROVENANCE_KEY = {"market_data": "prices", "peer_data": "peers", "sentiment_data
     backfill_policy=dg.BackfillPolicy.single_run(),
     can_subset=True,
 )
-def modalities(context: dg.AssetExecutionContext, data_source: DataSourceResource) -> Iterator[dg.Output | dg.AssetCheckResult]:
+def modalities(
+    context: dg.AssetExecutionContext, data_source: DataSourceResource
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Load the source once for the whole partition range and cut per-date snapshots."""
     asof = [date.fromisoformat(k) for k in context.partition_keys]
     selected = {k.path[-1] for k in context.selected_asset_keys}
@@ -56,18 +67,29 @@ def modalities(context: dg.AssetExecutionContext, data_source: DataSourceResourc
                 f"{name} has no rows for {len(missing)} of the run's {len(asof)} partition(s), first {missing[0]}; "
                 f"the {source.name} source holds no {PROVENANCE_KEY[name]} data up to then (files source: add an "
                 f"entry for it to the mapping, or leave {name} out of the selection). Nothing was written.",
-                date=str(missing[0]))
+                date=str(missing[0]),
+            )
     if "market_data" in selected:
         # before any output: a failing blocking check must leave every modality unwritten
-        yield from checks.gate("market_data", checks.results(
-            context, "market_data", snaps["market_data"], checks.MARKET_CHECKS, "asof"), len(asof))
+        yield from checks.gate(
+            "market_data",
+            checks.results(context, "market_data", snaps["market_data"], checks.MARKET_CHECKS, "asof"),
+            len(asof),
+        )
     for name in DESCRIPTIONS:
         if name not in selected:
             continue
         frame = snaps[name]
         origin = provenance.get(PROVENANCE_KEY[name], "")
-        yield dg.Output(frame, output_name=name, metadata={
-            "rows": frame.height, "partitions": len(asof), "columns": frame.width,
-            "source": source.name, "provenance": origin,
-            "synthetic": origin.startswith("synthetic"),
-        })
+        yield dg.Output(
+            frame,
+            output_name=name,
+            metadata={
+                "rows": frame.height,
+                "partitions": len(asof),
+                "columns": frame.width,
+                "source": source.name,
+                "provenance": origin,
+                "synthetic": origin.startswith("synthetic"),
+            },
+        )

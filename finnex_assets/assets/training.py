@@ -16,13 +16,15 @@ from finnex_ml.models import CLASS_NAMES, MODEL_REGISTRY, layout_json
 from finnex_ml.training import H5ArrayDataset, TrainConfig, train_ensemble
 
 
-
 class TrainingConfig(dg.Config):
     """Launchpad settings. Defaults: the layout-aware model on whole images, plain cross-entropy,
     an ensemble of 3 seeds, early stopping on the (purged) validation split; minutes on 2 cores."""
 
-    input_mode: str = Field(default="image", description="'image' (512x512, layout-aware stem read from the "
-                            "stored layout spec) or 'patch' (32x32 crops, pixel stem; does not learn a planted rule).")
+    input_mode: str = Field(
+        default="image",
+        description="'image' (512x512, layout-aware stem read from the "
+        "stored layout spec) or 'patch' (32x32 crops, pixel stem; does not learn a planted rule).",
+    )
     size: str = Field(default="small", description="'small' (CPU) or 'full' (the spec's sizes; needs a GPU).")
     horizons: list[int] = Field(default=[1, 5], description="Label horizons to learn (heads per horizon).")
     epochs: int = Field(default=20)
@@ -34,23 +36,37 @@ class TrainingConfig(dg.Config):
     seeds: list[int] = Field(default=[0, 1, 2], description="One ensemble member per seed, averaged at prediction.")
     noise_std: float = Field(default=0.0, description="Gaussian noise; flips are never used (they reverse time).")
     mixup_alpha: float = Field(default=0.0)
-    loss_weighting: str = Field(default="fixed", description="'fixed' (cross-entropy + 0.1 x return loss), "
-                                "'uncertainty' (learned) or 'softmax'.")
+    loss_weighting: str = Field(
+        default="fixed",
+        description="'fixed' (cross-entropy + 0.1 x return loss), 'uncertainty' (learned) or 'softmax'.",
+    )
     class_weighted: bool = Field(default=False, description="Weight cross-entropy by inverse train class shares.")
     resume: bool = Field(default=True, description="Continue each member from its last checkpoint if one exists.")
     num_threads: int = Field(default=2, description="torch CPU threads.")
 
 
 def _datasets(ready: Path, cfg: TrainingConfig) -> tuple[H5ArrayDataset, H5ArrayDataset]:
-    return (set_dataset(ready / "train.h5", cfg.input_mode, cfg.horizons),
-            set_dataset(ready / "val.h5", cfg.input_mode, cfg.horizons))
+    return (
+        set_dataset(ready / "train.h5", cfg.input_mode, cfg.horizons),
+        set_dataset(ready / "val.h5", cfg.input_mode, cfg.horizons),
+    )
 
 
 def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
-    @dg.asset(name=name, deps=["dataset_splits"], group_name="training", kinds={"pytorch", "mlflow"},
-              description=f"{title}: multi-task (Buy/Sell/Hold + return) seed ensemble trained on dataset_splits.")
-    def _asset(context: dg.AssetExecutionContext, config: TrainingConfig, dataset_store: DatasetStore,
-               image_store: ImageStore, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
+    @dg.asset(
+        name=name,
+        deps=["dataset_splits"],
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        description=f"{title}: multi-task (Buy/Sell/Hold + return) seed ensemble trained on dataset_splits.",
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: TrainingConfig,
+        dataset_store: DatasetStore,
+        image_store: ImageStore,
+        mlflow_tracking: MlflowTracking,
+    ) -> dg.MaterializeResult:
         import mlflow
 
         from finnex_ml.losses import class_weights_from_labels
@@ -63,23 +79,47 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
         overrides = {}
         if config.input_mode == "image":
             if not spec_file.exists():
-                raise FileNotFoundError(f"{spec_file} is missing: the layout-aware model reads the stored layout "
-                                        "spec; materialise mega_images first")
+                raise FileNotFoundError(
+                    f"{spec_file} is missing: the layout-aware model reads the stored layout "
+                    "spec; materialise mega_images first"
+                )
             overrides["layout"] = layout_json(LayoutSpec.from_json(spec_file.read_text(encoding="utf-8")))
         cfg = TrainConfig(
-            model=model, size=config.size, input_mode=config.input_mode, horizons=tuple(config.horizons),
+            model=model,
+            size=config.size,
+            input_mode=config.input_mode,
+            horizons=tuple(config.horizons),
             class_targets=tuple(f"label_h{h}" for h in config.horizons),
             reg_targets=tuple(f"return_h{h}" for h in config.horizons),
-            epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
-            warmup_epochs=config.warmup_epochs, patience=config.patience, seed=config.seeds[0],
-            noise_std=config.noise_std, mixup_alpha=config.mixup_alpha, loss_weighting=config.loss_weighting,
-            fixed_weights=(1.0, 0.1), num_threads=config.num_threads, model_overrides=overrides)
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_epochs=config.warmup_epochs,
+            patience=config.patience,
+            seed=config.seeds[0],
+            noise_std=config.noise_std,
+            mixup_alpha=config.mixup_alpha,
+            loss_weighting=config.loss_weighting,
+            fixed_weights=(1.0, 0.1),
+            num_threads=config.num_threads,
+            model_overrides=overrides,
+        )
         ckpt = dataset_store.root() / "models" / name
         mlflow.set_tracking_uri(mlflow_tracking.uri())
-        with mlflow.start_run(experiment_id=mlflow_tracking.experiment_id(), run_name=f"{name}-{context.run.run_id[:8]}",
-                              tags={"dagster_run_id": context.run.run_id, "asset": name}) as run:
-            mlflow.log_params({**{k: v for k, v in config.model_dump().items()}, "model": model,
-                               "train_rows": len(train), "val_rows": len(val)})
+        with mlflow.start_run(
+            experiment_id=mlflow_tracking.experiment_id(),
+            run_name=f"{name}-{context.run.run_id[:8]}",
+            tags={"dagster_run_id": context.run.run_id, "asset": name},
+        ) as run:
+            mlflow.log_params(
+                {
+                    **{k: v for k, v in config.model_dump().items()},
+                    "model": model,
+                    "train_rows": len(train),
+                    "val_rows": len(val),
+                }
+            )
             if spec_file.exists():
                 mlflow.log_artifact(str(spec_file), artifact_path="layout")
             stats_file = ready / "statistics.json"
@@ -91,40 +131,65 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
                 shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "loss" in k or "acc" in k)
                 context.log.info(f"{name} seed {seed} epoch {epoch}/{config.epochs}: {shown}")
 
-            result = train_ensemble(cfg, train, val, seeds=config.seeds, checkpoint_dir=ckpt, class_weights=weights,
-                                    on_member_epoch_end=on_epoch_end, resume=config.resume)
+            result = train_ensemble(
+                cfg,
+                train,
+                val,
+                seeds=config.seeds,
+                checkpoint_dir=ckpt,
+                class_weights=weights,
+                on_member_epoch_end=on_epoch_end,
+                resume=config.resume,
+            )
             cm = result.confusion_matrix  # of the averaged prediction (per patch in patch mode)
             members = result.members
             pred = result.val_probs[:, 0].argmax(-1)
             shares = np.asarray(prediction_diversity(pred)["shares"])
             degenerate = is_degenerate(pred)  # flagged, not interpreted
-            cm_doc = {"labels": list(CLASS_NAMES), "rows": "true", "columns": "predicted", "ensemble": cm.tolist(),
-                      "members_patch_level": [r.confusion_matrix.tolist() for r in members]}
+            cm_doc = {
+                "labels": list(CLASS_NAMES),
+                "rows": "true",
+                "columns": "predicted",
+                "ensemble": cm.tolist(),
+                "members_patch_level": [r.confusion_matrix.tolist() for r in members],
+            }
             mlflow.log_dict(cm_doc, "confusion_matrix.json")
             val_acc = float(np.trace(cm) / max(cm.sum(), 1))
             majority = float(cm.sum(axis=1).max() / max(cm.sum(), 1))
-            mlflow.log_metrics({"val_image_accuracy": val_acc, "val_majority_baseline": majority,
-                                "val_max_class_share": float(shares.max())})
+            mlflow.log_metrics(
+                {
+                    "val_image_accuracy": val_acc,
+                    "val_majority_baseline": majority,
+                    "val_max_class_share": float(shares.max()),
+                }
+            )
             mlflow.set_tag("degenerate", str(degenerate).lower())
             sample = val[0]["x"].permute(2, 0, 1)[None].float()  # stored NHWC, models take NCHW
             model_uri = _log_model(result.model.cpu().eval(), sample)
             mlflow.log_artifact(str(result.checkpoint_path), artifact_path="checkpoint")
             run_id = run.info.run_id
         if degenerate:
-            context.log.warning(f"{name} predicts one class on {shares.max():.0%} of validation dates: degenerate, "
-                                "not to be interpreted")
-        return dg.MaterializeResult(metadata={
-            "mlflow_run_id": run_id, "mlflow_tracking_uri": mlflow_tracking.uri(), "mlflow_model_uri": model_uri,
-            "checkpoint": dg.MetadataValue.path(str(result.checkpoint_path)),
-            "seeds": dg.MetadataValue.json(list(config.seeds)),
-            "best_epochs": dg.MetadataValue.json([r.best_epoch for r in members]),
-            "epochs_run": dg.MetadataValue.json([r.epochs_run for r in members]),
-            "val_accuracy": val_acc, "val_majority_baseline": majority,
-            "val_class_shares": dg.MetadataValue.json({c: round(float(v), 4) for c, v in zip(CLASS_NAMES, shares)}),
-            "degenerate": degenerate,
-            "confusion_matrix": dg.MetadataValue.md(_cm_markdown(cm)),
-            "note": "validation only; honest test-set evaluation against baselines is model_evaluation's job",
-        })
+            context.log.warning(
+                f"{name} predicts one class on {shares.max():.0%} of validation dates: degenerate, "
+                "not to be interpreted"
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "mlflow_run_id": run_id,
+                "mlflow_tracking_uri": mlflow_tracking.uri(),
+                "mlflow_model_uri": model_uri,
+                "checkpoint": dg.MetadataValue.path(str(result.checkpoint_path)),
+                "seeds": dg.MetadataValue.json(list(config.seeds)),
+                "best_epochs": dg.MetadataValue.json([r.best_epoch for r in members]),
+                "epochs_run": dg.MetadataValue.json([r.epochs_run for r in members]),
+                "val_accuracy": val_acc,
+                "val_majority_baseline": majority,
+                "val_class_shares": dg.MetadataValue.json({c: round(float(v), 4) for c, v in zip(CLASS_NAMES, shares)}),
+                "degenerate": degenerate,
+                "confusion_matrix": dg.MetadataValue.md(_cm_markdown(cm)),
+                "note": "validation only; honest test-set evaluation against baselines is model_evaluation's job",
+            }
+        )
 
     return _asset
 
@@ -145,10 +210,12 @@ def _log_model(model, sample) -> str:
 
 def _cm_markdown(cm: np.ndarray) -> str:
     head = "| true \\ predicted | " + " | ".join(CLASS_NAMES) + " |\n|---|---|---|---|\n"
-    return head + "".join(f"| {CLASS_NAMES[i]} | " + " | ".join(str(int(v)) for v in row) + " |\n"
-                          for i, row in enumerate(cm))
+    return head + "".join(
+        f"| {CLASS_NAMES[i]} | " + " | ".join(str(int(v)) for v in row) + " |\n" for i, row in enumerate(cm)
+    )
 
 
 # one training asset per registered architecture (finnex_ml.models.register_model)
-TRAINING_ASSETS: list[dg.AssetsDefinition] = [_train_asset(f"{e.name}_model", e.name, e.title)
-                                              for e in MODEL_REGISTRY.values()]
+TRAINING_ASSETS: list[dg.AssetsDefinition] = [
+    _train_asset(f"{e.name}_model", e.name, e.title) for e in MODEL_REGISTRY.values()
+]

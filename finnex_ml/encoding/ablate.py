@@ -45,12 +45,17 @@ def permute_features(images: np.ndarray, spec: LayoutSpec, seed: int = 0) -> np.
     return _rewrite(images, spec, lambda _, window: window[:, perm])
 
 
-def blank_tiles(images: np.ndarray, spec: LayoutSpec, *, section: str | None = None,
-                channel: int | None = None) -> np.ndarray:
+def blank_tiles(
+    images: np.ndarray, spec: LayoutSpec, *, section: str | None = None, channel: int | None = None
+) -> np.ndarray:
     if (section is None) == (channel is None):
         raise ValueError("blank one section or one channel")
-    cols = [spec.feature_index[f] for t in spec.tiles for f in t.features
-            if (section is not None and t.section == section) or (channel is not None and t.channel == channel)]
+    cols = [
+        spec.feature_index[f]
+        for t in spec.tiles
+        for f in t.features
+        if (section is not None and t.section == section) or (channel is not None and t.channel == channel)
+    ]
 
     def alter(_: int, window: np.ndarray) -> np.ndarray:
         window = window.copy()

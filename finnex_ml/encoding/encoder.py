@@ -15,9 +15,10 @@ once per spec); this gives the same bytes as gathering all 786,432 pixels, about
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -29,13 +30,13 @@ from finnex_ml.errors import ConfigError, DataInputError
 
 @dataclass(frozen=True)
 class _Maps:
-    gather: np.ndarray    # intp [H*W*C] into window.ravel() + [fill] (sentinel L*F)
-    readout: np.ndarray   # intp [L, F] into image.ravel()
-    feature: np.ndarray   # int32 [H, W, C]
-    lag: np.ndarray       # int32 [H, W, C]
-    tile: np.ndarray      # int16 [H, W, C]
-    rows: np.ndarray      # intp [R, W*C]: gather (as [H, W*C]) once per run of identical rows
-    row_of: np.ndarray    # intp [H]: which of ``rows`` each image row shows
+    gather: np.ndarray  # intp [H*W*C] into window.ravel() + [fill] (sentinel L*F)
+    readout: np.ndarray  # intp [L, F] into image.ravel()
+    feature: np.ndarray  # int32 [H, W, C]
+    lag: np.ndarray  # int32 [H, W, C]
+    tile: np.ndarray  # int16 [H, W, C]
+    rows: np.ndarray  # intp [R, W*C]: gather (as [H, W*C]) once per run of identical rows
+    row_of: np.ndarray  # intp [H]: which of ``rows`` each image row shows
 
 
 _MAPS: dict[str, _Maps] = {}
@@ -55,14 +56,14 @@ def _maps(spec: LayoutSpec) -> _Maps:
     fidx = spec.feature_index
     for ti, t in enumerate(spec.tiles):
         s = spec.section(t.section)
-        tile_ix[s.row0:s.row1, t.col0:t.col1, t.channel] = ti
+        tile_ix[s.row0 : s.row1, t.col0 : t.col1, t.channel] = ti
         x0 = t.used_col0
         cols = np.arange(x0, t.col1)
         col_lag = (t.col1 - 1 - cols) // t.px_per_session
         for f, (r0, r1) in zip(t.features, t.row_bands):
             fi = fidx[f]
-            feature[r0:r1, x0:t.col1, t.channel] = fi
-            lag[r0:r1, x0:t.col1, t.channel] = col_lag[None, :]
+            feature[r0:r1, x0 : t.col1, t.channel] = fi
+            lag[r0:r1, x0 : t.col1, t.channel] = col_lag[None, :]
             for k in range(L):
                 bx0, _ = t.session_cols(k)
                 readout[L - 1 - k, fi] = (r0 * w + bx0) * c + t.channel
@@ -128,8 +129,8 @@ def decode(image: np.ndarray, spec: LayoutSpec) -> np.ndarray:
 
 class PixelLookup(NamedTuple):
     feature: np.ndarray  # int32 [H, W, C]: index into spec.features, -1 unused
-    lag: np.ndarray      # int32 [H, W, C]: sessions before the image date, -1 unused
-    tile: np.ndarray     # int16 [H, W, C]: index into spec.tiles (-1 never happens: tiles cover all)
+    lag: np.ndarray  # int32 [H, W, C]: sessions before the image date, -1 unused
+    tile: np.ndarray  # int16 [H, W, C]: index into spec.tiles (-1 never happens: tiles cover all)
 
 
 def pixel_lookup(spec: LayoutSpec) -> PixelLookup:
@@ -146,22 +147,27 @@ def describe_pixel(spec: LayoutSpec, row: int, col: int, channel: int) -> dict[s
     m = _maps(spec)
     fi, lg, ti = int(m.feature[row, col, channel]), int(m.lag[row, col, channel]), int(m.tile[row, col, channel])
     sec = next(s.name for s in spec.sections if s.row0 <= row < s.row1)
-    return {"channel": spec.channel_names[channel], "section": sec,
-            "tile": spec.tiles[ti].name if ti >= 0 else None,
-            "feature": spec.features[fi] if fi >= 0 else None, "lag": lg if lg >= 0 else None}
+    return {
+        "channel": spec.channel_names[channel],
+        "section": sec,
+        "tile": spec.tiles[ti].name if ti >= 0 else None,
+        "feature": spec.features[fi] if fi >= 0 else None,
+        "lag": lg if lg >= 0 else None,
+    }
 
 
 # ---- dates -> images -------------------------------------------------------------------
 
+
 class EncodedImage(NamedTuple):
     date: date
-    image: np.ndarray            # float32 (512, 512, 3)
+    image: np.ndarray  # float32 (512, 512, 3)
     missing_summary: dict[str, Any]
-    missing: np.ndarray          # bool [L, F]: cells filled with norm_config.fill_value
-    window: np.ndarray           # float32 [L, F]: the normalised window (== decode(image))
-    center: np.ndarray           # float64 [F]: trailing centre at the image date
-    scale: np.ndarray            # float64 [F]: trailing scale at the image date
-    params_hash: str             # per-date hash of config + centres + scales + mask of the window
+    missing: np.ndarray  # bool [L, F]: cells filled with norm_config.fill_value
+    window: np.ndarray  # float32 [L, F]: the normalised window (== decode(image))
+    center: np.ndarray  # float64 [F]: trailing centre at the image date
+    scale: np.ndarray  # float64 [F]: trailing scale at the image date
+    params_hash: str  # per-date hash of config + centres + scales + mask of the window
 
 
 def history_needed(spec: LayoutSpec, norm_config: NormConfig) -> int:
@@ -180,12 +186,16 @@ def feature_matrix(table: pl.DataFrame, spec: LayoutSpec) -> tuple[list[date], n
     cols = [c for c in table.columns if c not in META_COLUMNS]
     missing = [f for f in spec.features if f not in table.columns]
     if missing:
-        raise DataInputError(f"feature table lacks {len(missing)} column(s) of the layout: {missing[:10]}",
-                             column=missing[0])
+        raise DataInputError(
+            f"feature table lacks {len(missing)} column(s) of the layout: {missing[:10]}", column=missing[0]
+        )
     extra = sorted(set(cols) - set(spec.features) - set(spec.unassigned))
     if extra:
-        raise DataInputError(f"feature table has {len(extra)} column(s) the layout does not place "
-                             f"(rebuild the layout or assign them): {extra[:10]}", column=extra[0])
+        raise DataInputError(
+            f"feature table has {len(extra)} column(s) the layout does not place "
+            f"(rebuild the layout or assign them): {extra[:10]}",
+            column=extra[0],
+        )
     dates = table["date"].to_list()
     if any(dates[i] >= dates[i + 1] for i in range(len(dates) - 1)):
         i = next(i for i in range(len(dates) - 1) if dates[i] >= dates[i + 1])
@@ -197,7 +207,7 @@ def feature_matrix(table: pl.DataFrame, spec: LayoutSpec) -> tuple[list[date], n
 def _contiguous(dates: list[date], lo: int, hi: int) -> bool:
     from finnex_ml import calendar  # lazy: exchange_calendars is slow to import and only needed here
 
-    return calendar.sessions(dates[lo], dates[hi]) == dates[lo: hi + 1]
+    return calendar.sessions(dates[lo], dates[hi]) == dates[lo : hi + 1]
 
 
 def _check_contiguous(dates: list[date], lo: int, hi: int, target: date) -> None:
@@ -205,12 +215,13 @@ def _check_contiguous(dates: list[date], lo: int, hi: int, target: date) -> None
         return
     from finnex_ml import calendar
 
-    got = set(dates[lo: hi + 1])
+    got = set(dates[lo : hi + 1])
     gap = next((d for d in calendar.sessions(dates[lo], dates[hi]) if d not in got), None)
     raise DataInputError(
         f"history for {target} is not contiguous NYSE sessions from {dates[lo]} to {dates[hi]}"
         + (f": session {gap} is missing from the table" if gap else ": table has non-session dates"),
-        date=target.isoformat())
+        date=target.isoformat(),
+    )
 
 
 def _as_date(d: date | str) -> date:
@@ -260,7 +271,8 @@ def encode_dates(
             raise DataInputError(
                 f"not enough history for {d}: need {need} sessions up to and including it "
                 f"({L} image sessions + {cfg.window - 1} normalisation rows), table has {i + 1}",
-                date=d.isoformat())
+                date=d.isoformat(),
+            )
         if not span_ok:
             _check_contiguous(all_dates, i - need + 1, i, d)
         # the window's rows, stacked only where needed: centres and scales go to the hash row by row
@@ -280,16 +292,35 @@ def encode_dates(
                 "missing_by_tile": {t.name: int(n) for t, n in zip(spec.tiles, by_tile) if n},
             }
         else:  # the usual case: same values the general branch gives (short history implies missing)
-            counts = {"missing_cells": 0, "missing_fraction": 0.0, "missing_short_history_cells": 0,
-                      "missing_raw_cells": 0, "missing_at_date": [], "missing_by_tile": {}}
-        summary = {**counts, "fill_value": cfg.fill_value,
-                   "warmup_complete": bool(warm[i]) if warm is not None else None}
-        yield EncodedImage(d, image, summary, miss, values, rows[-1].center.copy(), rows[-1].scale.copy(),
-                           params_hash_digests(cfg, [normalizer.digest(j) for j in range(i - L + 1, i + 1)], miss))
+            counts = {
+                "missing_cells": 0,
+                "missing_fraction": 0.0,
+                "missing_short_history_cells": 0,
+                "missing_raw_cells": 0,
+                "missing_at_date": [],
+                "missing_by_tile": {},
+            }
+        summary = {
+            **counts,
+            "fill_value": cfg.fill_value,
+            "warmup_complete": bool(warm[i]) if warm is not None else None,
+        }
+        yield EncodedImage(
+            d,
+            image,
+            summary,
+            miss,
+            values,
+            rows[-1].center.copy(),
+            rows[-1].scale.copy(),
+            params_hash_digests(cfg, [normalizer.digest(j) for j in range(i - L + 1, i + 1)], miss),
+        )
 
 
 def normalization_summary(
-    table: pl.DataFrame, spec: LayoutSpec, norm_config: NormConfig | None = None,
+    table: pl.DataFrame,
+    spec: LayoutSpec,
+    norm_config: NormConfig | None = None,
     dates: Iterable[date | str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per-feature summary for ``normalization_parameters.json`` over the sessions ``dates``
@@ -312,6 +343,15 @@ def normalization_summary(
 
 
 __all__ = [
-    "EncodedImage", "normalization_summary", "PixelLookup", "decode", "describe_pixel", "encode", "encode_dates",
-    "feature_matrix", "history_needed", "pixel_lookup", "used_mask",
+    "EncodedImage",
+    "normalization_summary",
+    "PixelLookup",
+    "decode",
+    "describe_pixel",
+    "encode",
+    "encode_dates",
+    "feature_matrix",
+    "history_needed",
+    "pixel_lookup",
+    "used_mask",
 ]

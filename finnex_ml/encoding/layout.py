@@ -46,9 +46,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from finnex_ml.errors import ConfigError
 from finnex_ml.geometry import CHANNEL_NAMES, CHANNELS, HEIGHT, SECTIONS, WIDTH
@@ -65,7 +66,14 @@ CHANNEL_DESCRIPTIONS = (
 
 # (tile name, section, channel, first column, end column exclusive, description)
 TILES: tuple[tuple[str, str, int, int, int, str], ...] = (
-    ("macro.red", "macro", 0, 0, WIDTH, "macro sentiment: fear/greed regime (VIX, realised-minus-implied, credit spread)"),
+    (
+        "macro.red",
+        "macro",
+        0,
+        0,
+        WIDTH,
+        "macro sentiment: fear/greed regime (VIX, realised-minus-implied, credit spread)",
+    ),
     ("macro.green", "macro", 1, 0, WIDTH, "rates, market and sector momentum"),
     ("macro.blue", "macro", 2, 0, WIDTH, "economic calendar / FRED-like monthly series, factor returns, yields"),
     ("behavioral.red.news", "behavioral", 0, 0, 171, "news sentiment"),
@@ -80,10 +88,15 @@ TILES: tuple[tuple[str, str, int, int, int, str], ...] = (
 
 DEFAULT_ASSIGNMENT: dict[str, list[str]] = {
     # macro__control_*: the positive control's second series (finnex_ml.data.synthetic)
-    "macro.red": ["macro__vix", "macro__vix_*", "macro__rvol_minus_vix", "macro__credit_spread",
-                  "macro__control_*"],
-    "macro.green": ["macro__rate_*", "macro__term_spread*", "macro__market_index*", "macro__sector_etf*",
-                    "macro__beta_*", "macro__rel_strength_*"],
+    "macro.red": ["macro__vix", "macro__vix_*", "macro__rvol_minus_vix", "macro__credit_spread", "macro__control_*"],
+    "macro.green": [
+        "macro__rate_*",
+        "macro__term_spread*",
+        "macro__market_index*",
+        "macro__sector_etf*",
+        "macro__beta_*",
+        "macro__rel_strength_*",
+    ],
     # everything else in macro: monthly FRED-like series (cpi, unemployment, pmi), corporate
     # yields, Fama-French factors, commodities
     "macro.blue": ["macro__*"],
@@ -91,15 +104,33 @@ DEFAULT_ASSIGNMENT: dict[str, list[str]] = {
     "behavioral.red.social": ["social__*"],
     "behavioral.red.historical": ["sentiment__*"],
     "behavioral.green": ["price__*"],
-    "behavioral.blue": ["market__*", "price__rvol_*",
-                        "price__vol_ratio_*", "price__parkinson_*", "price__garman_klass_*",
-                        "price__atr_*", "price__bb_width_*", "price__range_hl"],
+    "behavioral.blue": [
+        "market__*",
+        "price__rvol_*",
+        "price__vol_ratio_*",
+        "price__parkinson_*",
+        "price__garman_klass_*",
+        "price__atr_*",
+        "price__bb_width_*",
+        "price__range_hl",
+    ],
     "fundamental.red": ["fundamental__analyst_rating*", "fundamental__mgmt_tone*"],
-    "fundamental.green": ["fundamental__revenue*", "fundamental__eps*", "fundamental__gross_margin*",
-                          "fundamental__op_margin*", "fundamental__free_cash_flow*"],
-    "fundamental.blue": ["fundamental__earnings_yield", "fundamental__sales_yield", "fundamental__fcf_yield",
-                         "fundamental__debt_to_equity*", "fundamental__shares_out*", "fundamental__*",
-                         "peer__*"],
+    "fundamental.green": [
+        "fundamental__revenue*",
+        "fundamental__eps*",
+        "fundamental__gross_margin*",
+        "fundamental__op_margin*",
+        "fundamental__free_cash_flow*",
+    ],
+    "fundamental.blue": [
+        "fundamental__earnings_yield",
+        "fundamental__sales_yield",
+        "fundamental__fcf_yield",
+        "fundamental__debt_to_equity*",
+        "fundamental__shares_out*",
+        "fundamental__*",
+        "peer__*",
+    ],
 }
 
 
@@ -202,19 +233,31 @@ class LayoutSpec:
             "value_range": [0.0, 1.0],
             "sessions": self.sessions,
             "time_axis": "columns; oldest session left, newest (lag 0 = image date) right; "
-                         "sessions right-aligned in each tile, left remainder columns unused",
+            "sessions right-aligned in each tile, left remainder columns unused",
             "row_bands": "equal bands per feature; the first (rows % n_features) bands get one extra row",
             "fill_value": self.fill_value,
-            "channels": [{"index": i, "name": n, "description": d}
-                         for i, (n, d) in enumerate(zip(self.channel_names, self.channel_descriptions))],
-            "sections": [{"name": s.name, "rows": [s.row0, s.row1], "description": s.description}
-                         for s in self.sections],
-            "tiles": [{
-                "name": t.name, "section": t.section, "channel": t.channel, "cols": [t.col0, t.col1],
-                "px_per_session": t.px_per_session, "used_cols": [t.used_col0, t.col1],
-                "empty": t.empty, "description": t.description, "features": list(t.features),
-                "row_bands": [list(b) for b in t.row_bands],
-            } for t in self.tiles],
+            "channels": [
+                {"index": i, "name": n, "description": d}
+                for i, (n, d) in enumerate(zip(self.channel_names, self.channel_descriptions))
+            ],
+            "sections": [
+                {"name": s.name, "rows": [s.row0, s.row1], "description": s.description} for s in self.sections
+            ],
+            "tiles": [
+                {
+                    "name": t.name,
+                    "section": t.section,
+                    "channel": t.channel,
+                    "cols": [t.col0, t.col1],
+                    "px_per_session": t.px_per_session,
+                    "used_cols": [t.used_col0, t.col1],
+                    "empty": t.empty,
+                    "description": t.description,
+                    "features": list(t.features),
+                    "row_bands": [list(b) for b in t.row_bands],
+                }
+                for t in self.tiles
+            ],
             "features": list(self.features),
             "unassigned": list(self.unassigned),
         }
@@ -234,22 +277,42 @@ class LayoutSpec:
         return hashlib.sha256(self.canonical_json().encode("ascii")).hexdigest()
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LayoutSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> LayoutSpec:
         try:
             if d["version"] != SPEC_VERSION:
                 raise ConfigError(f"layout spec version {d['version']} is not supported (expected {SPEC_VERSION})")
             h, w, c = d["shape"]
-            sections = tuple(Section(s["name"], s["rows"][0], s["rows"][1], s.get("description", ""))
-                             for s in d["sections"])
-            tiles = tuple(Tile(t["name"], t["section"], int(t["channel"]), t["cols"][0], t["cols"][1],
-                               int(t["px_per_session"]), int(d["sessions"]), tuple(t["features"]),
-                               tuple((int(a), int(b)) for a, b in t["row_bands"]), t.get("description", ""))
-                          for t in d["tiles"])
-            spec = cls(sessions=int(d["sessions"]), sections=sections, tiles=tiles,
-                       features=tuple(d["features"]), unassigned=tuple(d.get("unassigned", ())),
-                       fill_value=float(d["fill_value"]), height=h, width=w, channels=c,
-                       channel_names=tuple(ch["name"] for ch in d["channels"]),
-                       channel_descriptions=tuple(ch["description"] for ch in d["channels"]))
+            sections = tuple(
+                Section(s["name"], s["rows"][0], s["rows"][1], s.get("description", "")) for s in d["sections"]
+            )
+            tiles = tuple(
+                Tile(
+                    t["name"],
+                    t["section"],
+                    int(t["channel"]),
+                    t["cols"][0],
+                    t["cols"][1],
+                    int(t["px_per_session"]),
+                    int(d["sessions"]),
+                    tuple(t["features"]),
+                    tuple((int(a), int(b)) for a, b in t["row_bands"]),
+                    t.get("description", ""),
+                )
+                for t in d["tiles"]
+            )
+            spec = cls(
+                sessions=int(d["sessions"]),
+                sections=sections,
+                tiles=tiles,
+                features=tuple(d["features"]),
+                unassigned=tuple(d.get("unassigned", ())),
+                fill_value=float(d["fill_value"]),
+                height=h,
+                width=w,
+                channels=c,
+                channel_names=tuple(ch["name"] for ch in d["channels"]),
+                channel_descriptions=tuple(ch["description"] for ch in d["channels"]),
+            )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -258,11 +321,12 @@ class LayoutSpec:
         return spec
 
     @classmethod
-    def from_json(cls, text: str) -> "LayoutSpec":
+    def from_json(cls, text: str) -> LayoutSpec:
         return cls.from_dict(json.loads(text))
 
 
 # ---- construction -----------------------------------------------------------------------
+
 
 def row_bands(row0: int, row1: int, n: int) -> tuple[tuple[int, int], ...]:
     """``n`` contiguous bands covering [row0, row1); the first ``(row1-row0) % n`` get one extra row."""
@@ -300,7 +364,8 @@ def _is_glob(pattern: str) -> bool:
 
 
 def resolve_assignment(
-    feature_names: Sequence[str], assignment: Mapping[str, Sequence[str]],
+    feature_names: Sequence[str],
+    assignment: Mapping[str, Sequence[str]],
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Map every feature to its most specific matching tile; return (tile -> features, unassigned)."""
     tile_names = [t[0] for t in TILES]
@@ -328,9 +393,9 @@ def resolve_assignment(
         raise ConfigError(f"ambiguous assignment, equally specific patterns in several tiles: {desc}")
     order = {f: i for i, f in enumerate(feature_names)}
     out: dict[str, list[str]] = {t: [] for t in tile_names}
-    for f, (_, tile, p_idx) in best.items():
+    for f, (_, tile, _) in best.items():
         out[tile].append(f)
-    for tile, feats in out.items():
+    for feats in out.values():
         feats.sort(key=lambda f: (best[f][2], order[f]))
     unassigned = [f for f in feature_names if f not in best]
     return out, unassigned
@@ -376,9 +441,14 @@ def build_layout(
             raise ConfigError(f"tile {name!r}: {exc}") from exc
         tiles.append(Tile(name, section, channel, c0, c1, px, sessions, feats, bands, desc))
     assigned = {f for t in tiles for f in t.features}
-    spec = LayoutSpec(sessions=sessions, sections=sections, tiles=tuple(tiles),
-                      features=tuple(f for f in names if f in assigned), unassigned=tuple(unassigned),
-                      fill_value=float(fill_value))
+    spec = LayoutSpec(
+        sessions=sessions,
+        sections=sections,
+        tiles=tuple(tiles),
+        features=tuple(f for f in names if f in assigned),
+        unassigned=tuple(unassigned),
+        fill_value=float(fill_value),
+    )
     validate(spec)
     return spec
 
@@ -404,8 +474,7 @@ def validate(spec: LayoutSpec) -> None:
         if not 0 <= t.channel < spec.channels or not 0 <= t.col0 < t.col1 <= spec.width:
             raise ConfigError(f"tile {t.name!r} has channel {t.channel} / cols [{t.col0}, {t.col1}) out of range")
         if t.sessions != spec.sessions or t.px_per_session != t.width // spec.sessions or t.px_per_session < 1:
-            raise ConfigError(f"tile {t.name!r}: px_per_session {t.px_per_session} != "
-                              f"{t.width} // {spec.sessions}")
+            raise ConfigError(f"tile {t.name!r}: px_per_session {t.px_per_session} != {t.width} // {spec.sessions}")
         s = sec[t.section]
         if t.row_bands != row_bands(s.row0, s.row1, len(t.features)):
             raise ConfigError(f"tile {t.name!r}: row bands do not follow the equal-band rule")
@@ -415,9 +484,14 @@ def validate(spec: LayoutSpec) -> None:
             seen[f] = t.name
     # tiles must not overlap on the same channel
     for i, a in enumerate(spec.tiles):
-        for b in spec.tiles[i + 1:]:
-            if (a.channel == b.channel and sec[a.section].row0 < sec[b.section].row1
-                    and sec[b.section].row0 < sec[a.section].row1 and a.col0 < b.col1 and b.col0 < a.col1):
+        for b in spec.tiles[i + 1 :]:
+            if (
+                a.channel == b.channel
+                and sec[a.section].row0 < sec[b.section].row1
+                and sec[b.section].row0 < sec[a.section].row1
+                and a.col0 < b.col1
+                and b.col0 < a.col1
+            ):
                 raise ConfigError(f"tiles {a.name!r} and {b.name!r} overlap")
     if set(seen) != set(spec.features) or len(spec.features) != len(set(spec.features)):
         raise ConfigError("spec.features must list each tiled feature exactly once")
@@ -435,6 +509,14 @@ def section_of_row(spec: LayoutSpec, row: int) -> str:
 
 
 __all__ = [
-    "DEFAULT_ASSIGNMENT", "DEFAULT_SESSIONS", "LayoutSpec", "Section", "Tile", "build_layout",
-    "resolve_assignment", "row_bands", "section_of_row", "validate",
+    "DEFAULT_ASSIGNMENT",
+    "DEFAULT_SESSIONS",
+    "LayoutSpec",
+    "Section",
+    "Tile",
+    "build_layout",
+    "resolve_assignment",
+    "row_bands",
+    "section_of_row",
+    "validate",
 ]

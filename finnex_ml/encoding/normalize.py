@@ -40,8 +40,9 @@ import functools
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -69,8 +70,10 @@ class NormConfig:
         if self.squash not in ("logistic", "tanh"):
             raise ConfigError(f"unknown squash {self.squash!r}; use 'logistic' or 'tanh'")
         if self.window < 2 or not 1 <= self.min_periods <= self.window:
-            raise ConfigError(f"need window >= 2 and 1 <= min_periods <= window, got "
-                              f"window={self.window}, min_periods={self.min_periods}")
+            raise ConfigError(
+                f"need window >= 2 and 1 <= min_periods <= window, got "
+                f"window={self.window}, min_periods={self.min_periods}"
+            )
         if not self.squash_scale > 0 or not self.epsilon >= 0:
             raise ConfigError("squash_scale must be > 0 and epsilon >= 0")
         if not 0.0 <= self.fill_value <= 1.0:
@@ -78,11 +81,17 @@ class NormConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(center="median", scale="iqr/1.349, fallback mean_abs_dev*sqrt(pi/2)",
-                 window_rule="the `window` table rows ending at the session, inclusive; no later rows",
-                 missing_rule="non-finite raw value or fewer than min_periods finite values in the window",
-                 squash_formula=("0.5 + 0.5*tanh(z / (2*squash_scale))" if self.squash == "logistic"
-                                 else "0.5 + 0.5*tanh(z / squash_scale)"))
+        d.update(
+            center="median",
+            scale="iqr/1.349, fallback mean_abs_dev*sqrt(pi/2)",
+            window_rule="the `window` table rows ending at the session, inclusive; no later rows",
+            missing_rule="non-finite raw value or fewer than min_periods finite values in the window",
+            squash_formula=(
+                "0.5 + 0.5*tanh(z / (2*squash_scale))"
+                if self.squash == "logistic"
+                else "0.5 + 0.5*tanh(z / squash_scale)"
+            ),
+        )
         return d
 
     def config_hash(self) -> str:
@@ -90,26 +99,26 @@ class NormConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NormConfig":
+    def from_dict(cls, d: dict[str, Any]) -> NormConfig:
         keys = {"method", "window", "min_periods", "squash", "squash_scale", "epsilon", "fill_value", "version"}
         return cls(**{k: v for k, v in d.items() if k in keys})
 
 
 class SessionNorm(NamedTuple):
-    values: np.ndarray      # float32 [F] in [0, 1]; fill_value where missing
-    missing: np.ndarray     # bool [F]
-    center: np.ndarray      # float64 [F] (NaN when the window has no finite value)
-    scale: np.ndarray       # float64 [F] (0 when degenerate)
+    values: np.ndarray  # float32 [F] in [0, 1]; fill_value where missing
+    missing: np.ndarray  # bool [F]
+    center: np.ndarray  # float64 [F] (NaN when the window has no finite value)
+    scale: np.ndarray  # float64 [F] (0 when degenerate)
     short_history: np.ndarray  # bool [F]: fewer than min_periods finite values
-    fallback: np.ndarray    # bool [F]: IQR ~0, mean absolute deviation used
+    fallback: np.ndarray  # bool [F]: IQR ~0, mean absolute deviation used
     degenerate: np.ndarray  # bool [F]: every finite window value equals the centre
 
 
 class NormWindow(NamedTuple):
-    values: np.ndarray   # float32 [L, F], oldest session first
+    values: np.ndarray  # float32 [L, F], oldest session first
     missing: np.ndarray  # bool [L, F]
-    center: np.ndarray   # float64 [L, F]
-    scale: np.ndarray    # float64 [L, F]
+    center: np.ndarray  # float64 [L, F]
+    scale: np.ndarray  # float64 [L, F]
 
 
 def _quantile_sorted(srt: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
@@ -147,7 +156,7 @@ def _normalize_windows(windows: np.ndarray, config: NormConfig) -> SessionNorm:
     block), never a change of bits.
     """
     srt = np.ascontiguousarray(windows)  # C order [B, F, W]: the same layout for any B
-    srt.sort(axis=-1)                     # NaNs last
+    srt.sort(axis=-1)  # NaNs last
     n = np.count_nonzero(~np.isnan(srt), axis=-1)
     x = windows[..., -1]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -186,16 +195,21 @@ def normalize_window(raw: np.ndarray, config: NormConfig, sessions: int) -> Norm
     raw = np.asarray(raw, dtype=np.float64)
     need = sessions + config.window - 1
     if raw.ndim != 2 or raw.shape[0] < need:
-        raise ValueError(f"need at least {need} rows (sessions {sessions} + window {config.window} - 1), "
-                         f"got {raw.shape}")
+        raise ValueError(
+            f"need at least {need} rows (sessions {sessions} + window {config.window} - 1), got {raw.shape}"
+        )
     t = raw.shape[0]
-    rows = [normalize_session(raw[i - config.window + 1: i + 1], config) for i in range(t - sessions, t)]
+    rows = [normalize_session(raw[i - config.window + 1 : i + 1], config) for i in range(t - sessions, t)]
     return stack_window(rows)
 
 
 def stack_window(rows: Sequence[SessionNorm]) -> NormWindow:
-    return NormWindow(np.stack([r.values for r in rows]), np.stack([r.missing for r in rows]),
-                      np.stack([r.center for r in rows]), np.stack([r.scale for r in rows]))
+    return NormWindow(
+        np.stack([r.values for r in rows]),
+        np.stack([r.missing for r in rows]),
+        np.stack([r.center for r in rows]),
+        np.stack([r.scale for r in rows]),
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -216,8 +230,7 @@ def params_hash(config: NormConfig, window: NormWindow) -> str:
     sha256 of the config hash, then each window row's :func:`row_digest` (oldest first), then the
     bit-packed mask. Row digests, not the raw [L, F] statistics, so a backfill hashes each
     session's statistics once instead of once per image that shows it."""
-    return params_hash_digests(config, [row_digest(c, s) for c, s in zip(window.center, window.scale)],
-                               window.missing)
+    return params_hash_digests(config, [row_digest(c, s) for c, s in zip(window.center, window.scale)], window.missing)
 
 
 def params_hash_digests(config: NormConfig, digests: Sequence[bytes], missing: np.ndarray) -> str:
@@ -238,8 +251,15 @@ class TrailingNormalizer:
     its own W rows, never a later one.
     """
 
-    def __init__(self, raw: np.ndarray, config: NormConfig, dates: Sequence[Any] | None = None,
-                 cache_rows: int = 512, block: int = 8, stop: int | None = None) -> None:
+    def __init__(
+        self,
+        raw: np.ndarray,
+        config: NormConfig,
+        dates: Sequence[Any] | None = None,
+        cache_rows: int = 512,
+        block: int = 8,
+        stop: int | None = None,
+    ) -> None:
         self.raw = _clean(raw)
         self.config = config
         self.dates = dates
@@ -256,12 +276,14 @@ class TrailingNormalizer:
         w = self.config.window
         if i - w + 1 < 0 or i >= self.raw.shape[0]:
             d = self.dates[i] if self.dates is not None and 0 <= i < len(self.dates) else None
-            raise DataInputError(f"row {i}{f' ({d})' if d is not None else ''} needs {w} rows of history, "
-                                 f"has {i + 1}", date=str(d) if d is not None else None)
+            raise DataInputError(
+                f"row {i}{f' ({d})' if d is not None else ''} needs {w} rows of history, has {i + 1}",
+                date=str(d) if d is not None else None,
+            )
         end = max(min(i + self.block, self.stop), i + 1)
         end = next((j for j in range(i + 1, end) if j in self._cache), end)
         # [end - i, F, W]: session j's window is raw[j-W+1 : j+1], one strided view for the block
-        views = np.lib.stride_tricks.sliding_window_view(self.raw[i - w + 1: end], w, axis=0)
+        views = np.lib.stride_tricks.sliding_window_view(self.raw[i - w + 1 : end], w, axis=0)
         block = _normalize_windows(views, self.config)
         if len(self._cache) + end - i > self.cache_rows:  # evict the oldest rows: dates arrive in order
             for k in sorted(self._cache)[: len(self._cache) + end - i - self.cache_rows]:
@@ -280,7 +302,9 @@ class TrailingNormalizer:
         return hit
 
 
-def feature_summary(norm_rows: Sequence[SessionNorm], raw_rows: np.ndarray, features: Sequence[str]) -> dict[str, dict[str, Any]]:
+def feature_summary(
+    norm_rows: Sequence[SessionNorm], raw_rows: np.ndarray, features: Sequence[str]
+) -> dict[str, dict[str, Any]]:
     """Per-feature summary of normalised sessions (e.g. every session of a backfill)."""
     if not norm_rows:
         return {f: {"sessions": 0} for f in features}
@@ -311,13 +335,16 @@ def feature_summary(norm_rows: Sequence[SessionNorm], raw_rows: np.ndarray, feat
                 "center_median": _f(np.nanmedian(cen[:, j])) if np.isfinite(cen[:, j]).any() else None,
                 "scale_median": _f(np.nanmedian(sca[:, j])) if np.isfinite(sca[:, j]).any() else None,
                 "value_mean": _f(val[ok, j].mean()) if ok.any() else None,
-                "value_saturated_fraction": float(((val[:, j] <= 0.01) | (val[:, j] >= 0.99))[ok].mean()) if ok.any() else None,
+                "value_saturated_fraction": float(((val[:, j] <= 0.01) | (val[:, j] >= 0.99))[ok].mean())
+                if ok.any()
+                else None,
             }
     return out
 
 
-def normalization_parameters(config: NormConfig, features: Sequence[str],
-                             summary: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def normalization_parameters(
+    config: NormConfig, features: Sequence[str], summary: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The content of ``normalization_parameters.json``."""
     return {
         **config.to_dict(),
@@ -328,7 +355,16 @@ def normalization_parameters(config: NormConfig, features: Sequence[str],
 
 
 __all__ = [
-    "NormConfig", "NormWindow", "SessionNorm", "TrailingNormalizer", "feature_summary",
-    "normalization_parameters", "normalize_session", "normalize_window", "params_hash", "params_hash_digests",
-    "row_digest", "squash",
+    "NormConfig",
+    "NormWindow",
+    "SessionNorm",
+    "TrailingNormalizer",
+    "feature_summary",
+    "normalization_parameters",
+    "normalize_session",
+    "normalize_window",
+    "params_hash",
+    "params_hash_digests",
+    "row_digest",
+    "squash",
 ]

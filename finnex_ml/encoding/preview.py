@@ -21,26 +21,47 @@ from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.paths import atomic_path
 
 _GLYPHS: dict[str, tuple[str, ...]] = {
-    "A": (".#.", "#.#", "###", "#.#", "#.#"), "B": ("##.", "#.#", "##.", "#.#", "##."),
-    "C": (".##", "#..", "#..", "#..", ".##"), "D": ("##.", "#.#", "#.#", "#.#", "##."),
-    "E": ("###", "#..", "##.", "#..", "###"), "F": ("###", "#..", "##.", "#..", "#.."),
-    "G": (".##", "#..", "#.#", "#.#", ".##"), "H": ("#.#", "#.#", "###", "#.#", "#.#"),
-    "I": ("###", ".#.", ".#.", ".#.", "###"), "J": ("..#", "..#", "..#", "#.#", ".#."),
-    "K": ("#.#", "#.#", "##.", "#.#", "#.#"), "L": ("#..", "#..", "#..", "#..", "###"),
-    "M": ("#.#", "###", "###", "#.#", "#.#"), "N": ("##.", "#.#", "#.#", "#.#", "#.#"),
-    "O": (".#.", "#.#", "#.#", "#.#", ".#."), "P": ("##.", "#.#", "##.", "#..", "#.."),
-    "Q": (".#.", "#.#", "#.#", "##.", ".##"), "R": ("##.", "#.#", "##.", "#.#", "#.#"),
-    "S": (".##", "#..", ".#.", "..#", "##."), "T": ("###", ".#.", ".#.", ".#.", ".#."),
-    "U": ("#.#", "#.#", "#.#", "#.#", "###"), "V": ("#.#", "#.#", "#.#", "#.#", ".#."),
-    "W": ("#.#", "#.#", "###", "###", "#.#"), "X": ("#.#", "#.#", ".#.", "#.#", "#.#"),
-    "Y": ("#.#", "#.#", ".#.", ".#.", ".#."), "Z": ("###", "..#", ".#.", "#..", "###"),
-    "0": ("###", "#.#", "#.#", "#.#", "###"), "1": (".#.", "##.", ".#.", ".#.", "###"),
-    "2": ("##.", "..#", ".#.", "#..", "###"), "3": ("##.", "..#", ".#.", "..#", "##."),
-    "4": ("#.#", "#.#", "###", "..#", "..#"), "5": ("###", "#..", "##.", "..#", "##."),
-    "6": (".##", "#..", "###", "#.#", "###"), "7": ("###", "..#", ".#.", ".#.", ".#."),
-    "8": ("###", "#.#", "###", "#.#", "###"), "9": ("###", "#.#", "###", "..#", "##."),
-    " ": ("...",) * 5, "+": ("...", ".#.", "###", ".#.", "..."), "/": ("..#", "..#", ".#.", "#..", "#.."),
-    "-": ("...", "...", "###", "...", "..."), ".": ("...", "...", "...", "...", ".#."),
+    "A": (".#.", "#.#", "###", "#.#", "#.#"),
+    "B": ("##.", "#.#", "##.", "#.#", "##."),
+    "C": (".##", "#..", "#..", "#..", ".##"),
+    "D": ("##.", "#.#", "#.#", "#.#", "##."),
+    "E": ("###", "#..", "##.", "#..", "###"),
+    "F": ("###", "#..", "##.", "#..", "#.."),
+    "G": (".##", "#..", "#.#", "#.#", ".##"),
+    "H": ("#.#", "#.#", "###", "#.#", "#.#"),
+    "I": ("###", ".#.", ".#.", ".#.", "###"),
+    "J": ("..#", "..#", "..#", "#.#", ".#."),
+    "K": ("#.#", "#.#", "##.", "#.#", "#.#"),
+    "L": ("#..", "#..", "#..", "#..", "###"),
+    "M": ("#.#", "###", "###", "#.#", "#.#"),
+    "N": ("##.", "#.#", "#.#", "#.#", "#.#"),
+    "O": (".#.", "#.#", "#.#", "#.#", ".#."),
+    "P": ("##.", "#.#", "##.", "#..", "#.."),
+    "Q": (".#.", "#.#", "#.#", "##.", ".##"),
+    "R": ("##.", "#.#", "##.", "#.#", "#.#"),
+    "S": (".##", "#..", ".#.", "..#", "##."),
+    "T": ("###", ".#.", ".#.", ".#.", ".#."),
+    "U": ("#.#", "#.#", "#.#", "#.#", "###"),
+    "V": ("#.#", "#.#", "#.#", "#.#", ".#."),
+    "W": ("#.#", "#.#", "###", "###", "#.#"),
+    "X": ("#.#", "#.#", ".#.", "#.#", "#.#"),
+    "Y": ("#.#", "#.#", ".#.", ".#.", ".#."),
+    "Z": ("###", "..#", ".#.", "#..", "###"),
+    "0": ("###", "#.#", "#.#", "#.#", "###"),
+    "1": (".#.", "##.", ".#.", ".#.", "###"),
+    "2": ("##.", "..#", ".#.", "#..", "###"),
+    "3": ("##.", "..#", ".#.", "..#", "##."),
+    "4": ("#.#", "#.#", "###", "..#", "..#"),
+    "5": ("###", "#..", "##.", "..#", "##."),
+    "6": (".##", "#..", "###", "#.#", "###"),
+    "7": ("###", "..#", ".#.", ".#.", ".#."),
+    "8": ("###", "#.#", "###", "#.#", "###"),
+    "9": ("###", "#.#", "###", "..#", "##."),
+    " ": ("...",) * 5,
+    "+": ("...", ".#.", "###", ".#.", "..."),
+    "/": ("..#", "..#", ".#.", "#..", "#.."),
+    "-": ("...", "...", "###", "...", "..."),
+    ".": ("...", "...", "...", "...", ".#."),
     ":": ("...", ".#.", "...", ".#.", "..."),
 }
 _FONT_SCALE = 2
@@ -58,7 +79,7 @@ def _draw_text(canvas: np.ndarray, x: int, y: int, text: str, color: tuple[int, 
             for gx, bit in enumerate(line):
                 if bit == "#":
                     y0, x0 = y + gy * _FONT_SCALE, x + i * _ADVANCE + gx * _FONT_SCALE
-                    canvas[y0:y0 + _FONT_SCALE, x0:x0 + _FONT_SCALE] = color
+                    canvas[y0 : y0 + _FONT_SCALE, x0 : x0 + _FONT_SCALE] = color
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -80,8 +101,12 @@ def png_bytes(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 def read_png(data: bytes) -> np.ndarray:
@@ -90,8 +115,8 @@ def read_png(data: bytes) -> np.ndarray:
         raise ValueError("not a PNG")
     pos, idat, w, h = 8, b"", 0, 0
     while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
         if tag == b"IHDR":
             w, h = struct.unpack(">II", body[:8])
         elif tag == b"IDAT":
@@ -129,7 +154,7 @@ def _frame(spec: LayoutSpec, step: int) -> np.ndarray:
             _draw_text(hit, _MARGIN + k * (w + _GAP), _TOP - 14, label)
         for s, label in zip(spec.sections, ("MACRO", "BEH+TECH", "FUND+COMP")):
             _draw_text(hit, 4, _TOP + (s.row0 + s.row1) // 2 // step - 5, label)
-            hit[_TOP + s.row0 // step, _MARGIN - 6:_MARGIN] = SECTION_LINE
+            hit[_TOP + s.row0 // step, _MARGIN - 6 : _MARGIN] = SECTION_LINE
         hit.setflags(write=False)
         _FRAMES[key] = hit
     return hit
@@ -151,13 +176,13 @@ def preview_rgb(image: np.ndarray, spec: LayoutSpec, *, title: str = "", step: i
     red_mid_cuts = sorted({t.col0 for t in spec.tiles if t.section == "behavioral" and t.channel == 0} - {0})
     for k, (_, ch) in enumerate(_PANELS):
         x0 = _MARGIN + k * (w + _GAP)
-        panel = canvas[_TOP:_TOP + h, x0:x0 + w]
+        panel = canvas[_TOP : _TOP + h, x0 : x0 + w]
         panel[...] = u8 if ch is None else u8[..., ch, None]  # a channel as grey levels
         for s in spec.sections[1:]:
             panel[s.row0 // step, :] = SECTION_LINE
         if ch in (None, 0):
             for c in red_mid_cuts:
-                panel[(behav.row0 + 1) // step: behav.row1 // step, c // step] = TILE_LINE
+                panel[(behav.row0 + 1) // step : behav.row1 // step, c // step] = TILE_LINE
     return canvas
 
 
@@ -188,7 +213,7 @@ def _stats_index(spec: LayoutSpec, used_only: bool) -> list[list[np.ndarray]]:
             per_section = []
             for s in spec.sections:
                 sel = np.zeros(spec.shape, dtype=bool)
-                sel[s.row0:s.row1, :, c] = mask[s.row0:s.row1, :, c]
+                sel[s.row0 : s.row1, :, c] = mask[s.row0 : s.row1, :, c]
                 per_section.append(np.flatnonzero(sel))
             hit.append(per_section)
         _STATS_INDEX[key] = hit
@@ -204,9 +229,17 @@ def channel_section_stats(image: np.ndarray, spec: LayoutSpec, *, used_only: boo
         out[cname] = {}
         for s, idx in zip(spec.sections, index[c]):
             vals = np.take(img, idx).astype(np.float64)
-            out[cname][s.name] = ({"mean": float(vals.mean()), "std": float(vals.std()),
-                                   "min": float(vals.min()), "max": float(vals.max()), "pixels": int(vals.size)}
-                                  if vals.size else {"mean": None, "std": None, "min": None, "max": None, "pixels": 0})
+            out[cname][s.name] = (
+                {
+                    "mean": float(vals.mean()),
+                    "std": float(vals.std()),
+                    "min": float(vals.min()),
+                    "max": float(vals.max()),
+                    "pixels": int(vals.size),
+                }
+                if vals.size
+                else {"mean": None, "std": None, "min": None, "max": None, "pixels": 0}
+            )
     return out
 
 

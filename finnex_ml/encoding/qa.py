@@ -30,7 +30,7 @@ def _unused_index(spec: LayoutSpec) -> np.ndarray:
         for t in spec.tiles:
             s = spec.section(t.section)
             if t.features:
-                unused[s.row0:s.row1, t.used_col0:t.col1, t.channel] = False
+                unused[s.row0 : s.row1, t.used_col0 : t.col1, t.channel] = False
         hit = np.flatnonzero(unused)
         hit.setflags(write=False)
         _UNUSED[key] = hit
@@ -78,7 +78,7 @@ def check_spatial_integrity(image: np.ndarray, spec: LayoutSpec, window: np.ndar
         # window[:, f] over f's row band and over px_per_session columns per session
         heights = [r1 - r0 for r0, r1 in t.row_bands]
         r0, r1 = t.row_bands[0][0], t.row_bands[-1][1]
-        region = img[r0:r1, t.used_col0:t.col1, t.channel].reshape(r1 - r0, L, t.px_per_session)
+        region = img[r0:r1, t.used_col0 : t.col1, t.channel].reshape(r1 - r0, L, t.px_per_session)
         expected = np.repeat(win[:, [spec.feature_index[f] for f in t.features]].T, heights, axis=0)
         row_err = np.abs(region - expected[:, :, None]).max(axis=(1, 2))
         band_err = np.maximum.reduceat(row_err, np.cumsum([0] + heights[:-1]))
@@ -87,8 +87,12 @@ def check_spatial_integrity(image: np.ndarray, spec: LayoutSpec, window: np.ndar
             worst = max(worst, err)
             if err != 0.0:
                 bad.setdefault(t.name, []).append(f)
-    return not bad, {"tiles_checked": len(spec.tiles), "features_checked": spec.n_features,
-                     "max_abs_error": worst, "mismatched": bad}
+    return not bad, {
+        "tiles_checked": len(spec.tiles),
+        "features_checked": spec.n_features,
+        "max_abs_error": worst,
+        "mismatched": bad,
+    }
 
 
 def check_temporal_continuity(prev_image: np.ndarray, image: np.ndarray, spec: LayoutSpec) -> QAResult:
@@ -112,8 +116,8 @@ def check_temporal_continuity(prev_image: np.ndarray, image: np.ndarray, spec: L
             continue
         s = spec.section(t.section)
         px = t.px_per_session
-        old = a[s.row0:s.row1, t.used_col0 + px:t.col1, t.channel]
-        new = b[s.row0:s.row1, t.used_col0:t.col1 - px, t.channel]
+        old = a[s.row0 : s.row1, t.used_col0 + px : t.col1, t.channel]
+        new = b[s.row0 : s.row1, t.used_col0 : t.col1 - px, t.channel]
         diff = np.abs(old - new)
         n_bad = int((diff != 0).sum())
         per_tile[t.name] = {"mismatched_pixels": n_bad, "max_abs_diff": float(diff.max()) if diff.size else 0.0}
@@ -121,8 +125,7 @@ def check_temporal_continuity(prev_image: np.ndarray, image: np.ndarray, spec: L
     return passed, {"tiles": per_tile}
 
 
-def check_feature_preservation(image: np.ndarray, spec: LayoutSpec, window: np.ndarray,
-                               atol: float = 1e-6) -> QAResult:
+def check_feature_preservation(image: np.ndarray, spec: LayoutSpec, window: np.ndarray, atol: float = 1e-6) -> QAResult:
     """decode(image) equals the normalised window within ``atol`` (float32 storage is exact)."""
     win = np.asarray(window, dtype=np.float64)
     got = decode(image, spec).astype(np.float64)
@@ -133,14 +136,16 @@ def check_feature_preservation(image: np.ndarray, spec: LayoutSpec, window: np.n
     worst = int(np.argmax(per_feature)) if per_feature.size else -1
     max_err = float(per_feature.max()) if per_feature.size else 0.0
     return bool(max_err <= atol), {
-        "max_abs_error": max_err, "atol": atol,
+        "max_abs_error": max_err,
+        "atol": atol,
         "worst_feature": spec.features[worst] if worst >= 0 else None,
         "features_over_atol": [spec.features[j] for j in np.flatnonzero(per_feature > atol)],
     }
 
 
-def run_qa(image: np.ndarray, spec: LayoutSpec, window: np.ndarray | None = None,
-           prev_image: np.ndarray | None = None) -> dict[str, QAResult]:
+def run_qa(
+    image: np.ndarray, spec: LayoutSpec, window: np.ndarray | None = None, prev_image: np.ndarray | None = None
+) -> dict[str, QAResult]:
     """All checks that the given inputs allow."""
     out = {"image": check_image(image, spec)}
     if window is not None:
@@ -151,5 +156,10 @@ def run_qa(image: np.ndarray, spec: LayoutSpec, window: np.ndarray | None = None
     return out
 
 
-__all__ = ["check_feature_preservation", "check_image", "check_spatial_integrity",
-           "check_temporal_continuity", "run_qa"]
+__all__ = [
+    "check_feature_preservation",
+    "check_image",
+    "check_spatial_integrity",
+    "check_temporal_continuity",
+    "run_qa",
+]

@@ -38,9 +38,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -51,7 +52,8 @@ from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.normalize import NormConfig, _config_hash, normalization_parameters
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.geometry import IMAGE_SHAPE  # noqa: F401  (re-exported)
-from finnex_ml.paths import atomic_path, resolve_under, as_date as _as_date, date_shard_path
+from finnex_ml.paths import as_date as _as_date
+from finnex_ml.paths import atomic_path, date_shard_path, resolve_under
 
 FORMAT_VERSION = 1
 CHUNKS = (32, 512, 3)
@@ -84,12 +86,19 @@ def _write_payload(f: h5py.File, image: np.ndarray, compression: str | None, lev
     if compression is None:
         _new_dataset(f, "image", image)
     else:
-        f.create_dataset("image", data=image, chunks=CHUNKS, track_times=False,
-                         **_compression_kwargs(compression, level))
+        f.create_dataset(
+            "image", data=image, chunks=CHUNKS, track_times=False, **_compression_kwargs(compression, level)
+        )
 
 
-def _write_metadata(f: h5py.File, attrs: dict[str, Any], missing: np.ndarray | None,
-                    center: np.ndarray | None, scale: np.ndarray | None, compress_missing: bool = True) -> None:
+def _write_metadata(
+    f: h5py.File,
+    attrs: dict[str, Any],
+    missing: np.ndarray | None,
+    center: np.ndarray | None,
+    scale: np.ndarray | None,
+    compress_missing: bool = True,
+) -> None:
     if missing is not None:
         mask = np.asarray(missing, dtype=np.uint8)
         if compress_missing:  # matters next to a 0.2 MB compressed image, not next to 3 MB raw
@@ -175,13 +184,28 @@ def write_image(
     return final
 
 
-def write_encoded(root: Path | str, item: EncodedImage, spec: LayoutSpec, norm_config: NormConfig,
-                  compression: str | None = DEFAULT_COMPRESSION, compression_level: int | None = None) -> Path:
+def write_encoded(
+    root: Path | str,
+    item: EncodedImage,
+    spec: LayoutSpec,
+    norm_config: NormConfig,
+    compression: str | None = DEFAULT_COMPRESSION,
+    compression_level: int | None = None,
+) -> Path:
     """Write one :class:`EncodedImage` from ``encode_dates``."""
-    return write_image(root, item.date, item.image, spec=spec, norm_config=norm_config,
-                       missing=item.missing, center=item.center, scale=item.scale,
-                       params_hash=item.params_hash, compression=compression,
-                       compression_level=compression_level)
+    return write_image(
+        root,
+        item.date,
+        item.image,
+        spec=spec,
+        norm_config=norm_config,
+        missing=item.missing,
+        center=item.center,
+        scale=item.scale,
+        params_hash=item.params_hash,
+        compression=compression,
+        compression_level=compression_level,
+    )
 
 
 def read_image(root: Path | str, d: date | str) -> np.ndarray:
@@ -245,8 +269,10 @@ def write_spec(
     if spec_path.exists() and not overwrite:
         old = LayoutSpec.from_json(spec_path.read_text(encoding="utf-8"))
         if old.spec_hash() != spec.spec_hash():
-            raise ConfigError(f"{spec_path} holds a different layout (hash {old.spec_hash()[:12]} vs "
-                              f"{spec.spec_hash()[:12]}); pass overwrite=True or use another root")
+            raise ConfigError(
+                f"{spec_path} holds a different layout (hash {old.spec_hash()[:12]} vs "
+                f"{spec.spec_hash()[:12]}); pass overwrite=True or use another root"
+            )
     doc = spec.to_dict()
     doc["spec_hash"] = spec.spec_hash()
     _atomic_write_text(spec_path, json.dumps(doc, indent=2, sort_keys=True))
@@ -267,6 +293,7 @@ def read_spec(root: Path | str) -> LayoutSpec:
 
 
 # ---- range views --------------------------------------------------------------------------
+
 
 class RangeView:
     """A lazy [N, 512, 512, 3] view over per-date files through an HDF5 virtual dataset.
@@ -302,15 +329,14 @@ class RangeView:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "RangeView":
+    def __enter__(self) -> RangeView:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def write_range_vds(root: Path | str, dates: Sequence[date | str], path: Path | str,
-                    *, check: bool = True) -> Path:
+def write_range_vds(root: Path | str, dates: Sequence[date | str], path: Path | str, *, check: bool = True) -> Path:
     """Write a virtual dataset ``images`` [N, 512, 512, 3] mapping each date's file, atomically.
 
     With ``check`` every source file is opened once to confirm shape, dtype and that all share
@@ -323,8 +349,9 @@ def write_range_vds(root: Path | str, dates: Sequence[date | str], path: Path | 
     paths = [image_path(root, d) for d in ds]
     absent = [d for d, p in zip(ds, paths) if not p.exists()]
     if absent:
-        raise DataInputError(f"{len(absent)} date(s) have no stored image, first {absent[0]}",
-                             date=absent[0].isoformat())
+        raise DataInputError(
+            f"{len(absent)} date(s) have no stored image, first {absent[0]}", date=absent[0].isoformat()
+        )
     hashes: set[str] = set()
     if check:
         for d, p in zip(ds, paths):
@@ -348,8 +375,9 @@ def write_range_vds(root: Path | str, dates: Sequence[date | str], path: Path | 
     return out
 
 
-def open_range(root: Path | str, dates: Iterable[date | str], *, cache_dir: Path | str | None = None,
-               check: bool = True) -> RangeView:
+def open_range(
+    root: Path | str, dates: Iterable[date | str], *, cache_dir: Path | str | None = None, check: bool = True
+) -> RangeView:
     """Lazy [N, 512, 512, 3] view of ``dates`` (in the given order) without copying images.
 
     The VDS file goes to ``cache_dir`` (default ``{root}/.vds_cache``), named by a hash of the
@@ -366,6 +394,16 @@ def open_range(root: Path | str, dates: Iterable[date | str], *, cache_dir: Path
 
 
 __all__ = [
-    "DEFAULT_COMPRESSION", "RangeView", "image_path", "list_dates", "open_range", "read_image",
-    "read_record", "read_spec", "write_encoded", "write_image", "write_range_vds", "write_spec",
+    "DEFAULT_COMPRESSION",
+    "RangeView",
+    "image_path",
+    "list_dates",
+    "open_range",
+    "read_image",
+    "read_record",
+    "read_spec",
+    "write_encoded",
+    "write_image",
+    "write_range_vds",
+    "write_spec",
 ]

@@ -116,8 +116,7 @@ def positions_from_signals(
     valid = np.isin(sig, (SELL, HOLD, BUY))
     if not valid.all():
         i = int(np.flatnonzero(~valid)[0])
-        raise DataInputError(f"signals must be class codes 0/1/2; row {i} is {sig[i]!r}",
-                             column="signals", row=i)
+        raise DataInputError(f"signals must be class codes 0/1/2; row {i} is {sig[i]!r}", column="signals", row=i)
     n = sig.shape[0]
     direction = np.zeros(n, dtype=np.float64)
     direction[sig == BUY] = 1.0

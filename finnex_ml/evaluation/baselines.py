@@ -77,11 +77,21 @@ def fit_tabular(kind: str, X: np.ndarray, y: np.ndarray, seed: int):
     from sklearn.preprocessing import StandardScaler
 
     if kind == "logistic":
-        model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
-                              LogisticRegression(C=0.05, max_iter=2000, class_weight="balanced"))
+        model = make_pipeline(
+            SimpleImputer(strategy="median", keep_empty_features=True),
+            StandardScaler(),
+            LogisticRegression(C=0.05, max_iter=2000, class_weight="balanced"),
+        )
     elif kind == "gradient_boosting":
-        model = HistGradientBoostingClassifier(max_depth=3, learning_rate=0.05, max_iter=150, l2_regularization=1.0,
-                                               class_weight="balanced", early_stopping=False, random_state=seed)
+        model = HistGradientBoostingClassifier(
+            max_depth=3,
+            learning_rate=0.05,
+            max_iter=150,
+            l2_regularization=1.0,
+            class_weight="balanced",
+            early_stopping=False,
+            random_state=seed,
+        )
     else:
         raise ValueError(f"unknown tabular baseline {kind!r}")
     return model.fit(X, y)
@@ -98,8 +108,11 @@ def ridge_returns(X_train: np.ndarray, r_train: np.ndarray, X_eval: np.ndarray) 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
-                          Ridge(alpha=float(X_train.shape[1])))
+    model = make_pipeline(
+        SimpleImputer(strategy="median", keep_empty_features=True),
+        StandardScaler(),
+        Ridge(alpha=float(X_train.shape[1])),
+    )
     return model.fit(X_train, r_train).predict(X_eval)
 
 
@@ -108,13 +121,23 @@ def feature_matrix(features: pl.DataFrame, dates: Sequence, columns: Sequence[st
     idx = {d: i for i, d in enumerate(features["date"].to_list())}
     missing = [d for d in dates if d not in idx]
     if missing:
-        raise DataInputError(f"no daily_features row for {len(missing)} evaluation date(s), first {missing[0]}",
-                             date=str(missing[0]))
+        raise DataInputError(
+            f"no daily_features row for {len(missing)} evaluation date(s), first {missing[0]}", date=str(missing[0])
+        )
     X = features.select([pl.col(c).cast(pl.Float64) for c in columns]).to_numpy()
     X = X[[idx[d] for d in dates]]
     X[~np.isfinite(X)] = np.nan
     return X
 
 
-__all__ = ["constant_probs", "feature_matrix", "fit_tabular", "majority_probs", "momentum_probs",
-           "prior_random_probs", "ridge_returns", "tabular_probs", "trailing_returns"]
+__all__ = [
+    "constant_probs",
+    "feature_matrix",
+    "fit_tabular",
+    "majority_probs",
+    "momentum_probs",
+    "prior_random_probs",
+    "ridge_returns",
+    "tabular_probs",
+    "trailing_returns",
+]

@@ -174,8 +174,15 @@ def _positions(probs: np.ndarray, h: int, cfg: EvalConfig, pred_returns: np.ndar
     return bt.lag_positions(pos, lag)
 
 
-def _backtest_row(daily: np.ndarray, probs: np.ndarray, h: int, cfg: EvalConfig,
-                  pred_returns: np.ndarray | None = None, *, lag: int | None = None) -> bt.BacktestResult:
+def _backtest_row(
+    daily: np.ndarray,
+    probs: np.ndarray,
+    h: int,
+    cfg: EvalConfig,
+    pred_returns: np.ndarray | None = None,
+    *,
+    lag: int | None = None,
+) -> bt.BacktestResult:
     """The headline backtest: ``cfg.execution_lag`` sessions late, staggered over the h phases,
     with trading costs and the short borrow fee."""
     pos = _positions(probs, h, cfg, pred_returns, cfg.execution_lag if lag is None else lag)
@@ -190,10 +197,21 @@ def _ci(d: Mapping[str, float]) -> list[float]:
 ONE_YEAR = 252
 
 
-def _score_row(name: str, kind: str, h: int, y: np.ndarray, probs: np.ndarray, daily: np.ndarray,
-               cfg: EvalConfig, *, true_ret: np.ndarray | None = None, pred_ret: np.ndarray | None = None,
-               block: int, prior: np.ndarray | None = None, return_model: str | None = None
-               ) -> tuple[dict[str, Any], dict[str, Any], bt.BacktestResult]:
+def _score_row(
+    name: str,
+    kind: str,
+    h: int,
+    y: np.ndarray,
+    probs: np.ndarray,
+    daily: np.ndarray,
+    cfg: EvalConfig,
+    *,
+    true_ret: np.ndarray | None = None,
+    pred_ret: np.ndarray | None = None,
+    block: int,
+    prior: np.ndarray | None = None,
+    return_model: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], bt.BacktestResult]:
     """One (model, horizon) row. ``prior`` [3] or [n, 3]: the training class shares the skill
     scores are measured against. Buy-and-hold (kind "benchmark") needs no signal, so it is not
     delayed by the execution lag."""
@@ -207,25 +225,52 @@ def _score_row(name: str, kind: str, h: int, y: np.ndarray, probs: np.ndarray, d
     diversity = mt.prediction_diversity(pred)
     perm = sg.permutation_test(y, pred, block=block, n_perm=cfg.n_permutations, seed=cfg.seed)
     row: dict[str, Any] = {
-        "model": name, "kind": kind, "horizon": h, "n": int(y.size),
-        "accuracy": cls["accuracy"], "accuracy_ci": _ci(ints["accuracy"]),
-        "balanced_accuracy": cls["balanced_accuracy"], "balanced_accuracy_ci": _ci(ints["balanced_accuracy"]),
+        "model": name,
+        "kind": kind,
+        "horizon": h,
+        "n": int(y.size),
+        "accuracy": cls["accuracy"],
+        "accuracy_ci": _ci(ints["accuracy"]),
+        "balanced_accuracy": cls["balanced_accuracy"],
+        "balanced_accuracy_ci": _ci(ints["balanced_accuracy"]),
         "balanced_accuracy_lower": float(ints["balanced_accuracy"]["lower"]),
-        "permutation_p": perm["p_value"], "permutations": int(perm["n_perm"]),
-        "macro_f1": cls["macro_f1"], "roc_auc_ovr": cls["roc_auc_ovr"], "log_loss": cls["log_loss"],
-        **{k: res.metrics[k] for k in ("sharpe", "sortino", "max_drawdown", "calmar", "win_rate", "profit_factor",
-                                        "annual_volatility", "annual_return", "turnover", "total_return", "exposure")},
-        "sharpe_ci": _ci(sharpe_ci), "sharpe_same_close": same_close.metrics["sharpe"],
-        "execution_lag": lag, "top_class_share": diversity["top_share"],
+        "permutation_p": perm["p_value"],
+        "permutations": int(perm["n_perm"]),
+        "macro_f1": cls["macro_f1"],
+        "roc_auc_ovr": cls["roc_auc_ovr"],
+        "log_loss": cls["log_loss"],
+        **{
+            k: res.metrics[k]
+            for k in (
+                "sharpe",
+                "sortino",
+                "max_drawdown",
+                "calmar",
+                "win_rate",
+                "profit_factor",
+                "annual_volatility",
+                "annual_return",
+                "turnover",
+                "total_return",
+                "exposure",
+            )
+        },
+        "sharpe_ci": _ci(sharpe_ci),
+        "sharpe_same_close": same_close.metrics["sharpe"],
+        "execution_lag": lag,
+        "top_class_share": diversity["top_share"],
         "degenerate": bool(diversity["top_share"] > cfg.degenerate_threshold),
         "annualised_from_under_a_year": bool(y.size < ONE_YEAR),
     }
     if prior is not None:
         skill = mt.probabilistic_skill(y, probs, prior)
-        row |= {"log_loss_skill": skill["log_loss_skill"], "brier_skill": skill["brier_skill"],
-                "brier": skill["brier"]}
-    detail: dict[str, Any] = {"classification": cls, "backtest": res.metrics, "diversity": diversity,
-                              "permutation_test": perm}
+        row |= {"log_loss_skill": skill["log_loss_skill"], "brier_skill": skill["brier_skill"], "brier": skill["brier"]}
+    detail: dict[str, Any] = {
+        "classification": cls,
+        "backtest": res.metrics,
+        "diversity": diversity,
+        "permutation_test": perm,
+    }
     if true_ret is not None and pred_ret is not None:
         reg = mt.regression_metrics(true_ret, pred_ret, cfg.hit_tolerance)
         row |= {k: reg[k] for k in ("mae", "rmse", "r2", "directional_accuracy", "hit_ratio")}
@@ -241,8 +286,12 @@ def _train_short(lm: LoadedModel, train_file: Path, val_file: Path, ckpt_dir: Pa
 
     cfg = dict(lm.config)
     cfg.pop("seeds", None)  # a seed ensemble's checkpoint: fold retraining fits one member
-    cfg.update(epochs=epochs, warmup_epochs=min(float(cfg.get("warmup_epochs", 0)), max(epochs - 1, 0)),
-               patience=None, seed=seed)
+    cfg.update(
+        epochs=epochs,
+        warmup_epochs=min(float(cfg.get("warmup_epochs", 0)), max(epochs - 1, 0)),
+        patience=None,
+        seed=seed,
+    )
     tc = TrainConfig(**cfg)
     train = set_dataset(train_file, tc.input_mode, tc.horizons)
     val = set_dataset(val_file, tc.input_mode, tc.horizons)
@@ -251,19 +300,41 @@ def _train_short(lm: LoadedModel, train_file: Path, val_file: Path, ckpt_dir: Pa
     return load_model(result.checkpoint_path)
 
 
-def _write_set(path: Path, name: str, dates: Sequence[date], fr: _Frame, inp: EvalInputs, spec_hash: str,
-               split_hash: str, permutation: np.ndarray | None = None) -> Path:
+def _write_set(
+    path: Path,
+    name: str,
+    dates: Sequence[date],
+    fr: _Frame,
+    inp: EvalInputs,
+    spec_hash: str,
+    split_hash: str,
+    permutation: np.ndarray | None = None,
+) -> Path:
     cls = np.stack([fr.classes(h, dates) for h in fr.horizons], axis=1)
     ret = np.stack([fr.col(lb.return_col(h), dates) for h in fr.horizons], axis=1)
     if permutation is not None:
         cls, ret = cls[permutation], ret[permutation]
-    return write_set_file(path, name, dates, inp.image_root, inp.shard_root, cls, ret, fr.horizons,
-                          spec_hash=spec_hash, split_hash=split_hash)
+    return write_set_file(
+        path,
+        name,
+        dates,
+        inp.image_root,
+        inp.shard_root,
+        cls,
+        ret,
+        fr.horizons,
+        spec_hash=spec_hash,
+        split_hash=split_hash,
+    )
 
 
-def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
-                   interpret: Callable[[str, LoadedModel, Path], dict[str, Any]] | None = None
-                   ) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
+def run_evaluation(
+    inp: EvalInputs,
+    cfg: EvalConfig,
+    *,
+    log: Log = print,
+    interpret: Callable[[str, LoadedModel, Path], dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
     """Score models and baselines (module docstring). Returns (document, predictions, equity curves)."""
     import h5py
 
@@ -277,14 +348,17 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
         spec_hash, split_hash = str(f.attrs["spec_hash"]), str(f.attrs["split_hash"])
         stored = [d.decode() for d in f["dates"][:]]
     if stored != [d.isoformat() for d in test_d] or split_hash != inp.splits.get("split_hash"):
-        raise DataInputError("cnn_ready/test.h5 does not match splits.json; re-materialise dataset_splits",
-                             file=str(inp.ready_root / "test.h5"))
+        raise DataInputError(
+            "cnn_ready/test.h5 does not match splits.json; re-materialise dataset_splits",
+            file=str(inp.ready_root / "test.h5"),
+        )
     daily = fr.daily_returns(test_d)
     # arch's Politis–White block for the test span's market returns, never below the longest horizon
     block = un.optimal_block(daily, max(horizons))
     closes = fr.table.select("date", "close")
-    regimes_all = un.regimes_from_closes(closes["close"].to_numpy().astype(np.float64), cfg.regime_window,
-                                         cfg.regime_band)
+    regimes_all = un.regimes_from_closes(
+        closes["close"].to_numpy().astype(np.float64), cfg.regime_window, cfg.regime_band
+    )
     regime = np.array([regimes_all[fr.row[d]] for d in test_d])
 
     X_train = bl.feature_matrix(inp.features, train_d, inp.feature_columns)
@@ -298,11 +372,32 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     strategy_returns: dict[str, np.ndarray] = {}
     scored: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}  # (name, h) -> (truth, probs) on the test split
 
-    def record(name: str, kind: str, h: int, y: np.ndarray, probs: np.ndarray, *, true_ret=None, pred_ret=None,
-               return_model: str | None = None):
+    def record(
+        name: str,
+        kind: str,
+        h: int,
+        y: np.ndarray,
+        probs: np.ndarray,
+        *,
+        true_ret=None,
+        pred_ret=None,
+        return_model: str | None = None,
+    ):
         prior = mt.class_shares(fr.classes(h, train_d))
-        row, detail, res = _score_row(name, kind, h, y, probs, daily, cfg, true_ret=true_ret, pred_ret=pred_ret,
-                                      block=block, prior=prior, return_model=return_model)
+        row, detail, res = _score_row(
+            name,
+            kind,
+            h,
+            y,
+            probs,
+            daily,
+            cfg,
+            true_ret=true_ret,
+            pred_ret=pred_ret,
+            block=block,
+            prior=prior,
+            return_model=return_model,
+        )
         test_rows.append(row)
         scored[(name, h)] = (y, probs)
         details.setdefault(name, {})[f"{h}d"] = detail
@@ -310,13 +405,26 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
         if kind != "benchmark":
             strategy_returns[f"{name} ({h}d)"] = res.returns
         for reg_name, m in un.metrics_by_regime(regime, y, probs.argmax(-1), res.returns).items():
-            regime_rows.append({"model": name, "horizon": h, "regime": reg_name, **m,
-                                "small_sample": bool(m["n"] < 20)})
-        pred_frames.append(pl.DataFrame({
-            "model": name, "horizon": h, "date": test_d, "label": y, "p_sell": probs[:, 0], "p_hold": probs[:, 1],
-            "p_buy": probs[:, 2], "predicted": probs.argmax(-1),
-            "predicted_return": pred_ret if pred_ret is not None else np.full(len(test_d), np.nan),
-            "true_return": fr.col(lb.return_col(h), test_d)}, schema_overrides={"date": pl.Date}))
+            regime_rows.append(
+                {"model": name, "horizon": h, "regime": reg_name, **m, "small_sample": bool(m["n"] < 20)}
+            )
+        pred_frames.append(
+            pl.DataFrame(
+                {
+                    "model": name,
+                    "horizon": h,
+                    "date": test_d,
+                    "label": y,
+                    "p_sell": probs[:, 0],
+                    "p_hold": probs[:, 1],
+                    "p_buy": probs[:, 2],
+                    "predicted": probs.argmax(-1),
+                    "predicted_return": pred_ret if pred_ret is not None else np.full(len(test_d), np.nan),
+                    "true_return": fr.col(lb.return_col(h), test_d),
+                },
+                schema_overrides={"date": pl.Date},
+            )
+        )
 
     # --- baselines, per horizon, on the test dates ------------------------------------------
     for h in horizons:
@@ -328,16 +436,32 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
             "majority": ("baseline", bl.majority_probs(y_tr, n), np.full(n, np.nanmean(r_tr)), "training mean"),
             "prior_random": ("baseline", bl.prior_random_probs(y_tr, n, cfg.seed + h), None, None),
             "buy_and_hold": ("benchmark", bl.constant_probs(lb.BUY, n), None, None),
-            "momentum": ("baseline", bl.momentum_probs(bl.trailing_returns(closes, test_d, h),
-                                                       fr.col(lb.threshold_col(h), test_d)), None, None),
+            "momentum": (
+                "baseline",
+                bl.momentum_probs(bl.trailing_returns(closes, test_d, h), fr.col(lb.threshold_col(h), test_d)),
+                None,
+                None,
+            ),
             "logistic": ("baseline", bl.tabular_probs("logistic", X_train, y_tr, X_test, cfg.seed), None, None),
             # the regression baseline is a ridge: its return metrics sit on this row but are ridge's
-            "gradient_boosting": ("baseline", bl.tabular_probs("gradient_boosting", X_train, y_tr, X_test, cfg.seed),
-                                  bl.ridge_returns(X_train, r_tr, X_test), "ridge"),
+            "gradient_boosting": (
+                "baseline",
+                bl.tabular_probs("gradient_boosting", X_train, y_tr, X_test, cfg.seed),
+                bl.ridge_returns(X_train, r_tr, X_test),
+                "ridge",
+            ),
         }
         for name, (kind, probs, pred_ret, ret_model) in candidates.items():
-            record(name, kind, h, y_te, probs, true_ret=r_te if pred_ret is not None else None, pred_ret=pred_ret,
-                   return_model=ret_model)
+            record(
+                name,
+                kind,
+                h,
+                y_te,
+                probs,
+                true_ret=r_te if pred_ret is not None else None,
+                pred_ret=pred_ret,
+                return_model=ret_model,
+            )
         log(f"baselines scored for the {h}-session horizon on {n} test dates")
 
     # --- models ------------------------------------------------------------------------------
@@ -348,26 +472,44 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     for name, lm in loaded.items():
         sp = predict_set(lm, inp.ready_root / "test.h5")
         for j, h in enumerate(lm.horizons):
-            record(name, "model", h, sp.labels[:, j], sp.probs[:, j], true_ret=sp.true_returns[:, j],
-                   pred_ret=sp.returns[:, j])
+            record(
+                name,
+                "model",
+                h,
+                sp.labels[:, j],
+                sp.probs[:, j],
+                true_ret=sp.true_returns[:, j],
+                pred_ret=sp.returns[:, j],
+            )
         consistency[name] = mt.horizon_consistency(_scores(sp.probs), lm.horizons)
         log(f"{name}: scored on {len(sp.dates)} test dates")
         if cfg.ablations:
             for c, cname in enumerate(CHANNELS):
-                ab = predict_set(lm, inp.ready_root / "test.h5", transform=blank_channel(c, float(inp.channel_means[c])))
+                ab = predict_set(
+                    lm, inp.ready_root / "test.h5", transform=blank_channel(c, float(inp.channel_means[c]))
+                )
                 for j, h in enumerate(lm.horizons):
                     cm = mt.classification_metrics(ab.labels[:, j], ab.probs[:, j])
                     full = mt.classification_metrics(sp.labels[:, j], sp.probs[:, j])
-                    ablation_rows.append({"model": name, "ablation": f"blank {cname}", "horizon": h,
-                                          "accuracy": cm["accuracy"], "balanced_accuracy": cm["balanced_accuracy"],
-                                          "delta_balanced_accuracy": cm["balanced_accuracy"] - full["balanced_accuracy"],
-                                          "changed_predictions": float((ab.pred[:, j] != sp.pred[:, j]).mean())})
+                    ablation_rows.append(
+                        {
+                            "model": name,
+                            "ablation": f"blank {cname}",
+                            "horizon": h,
+                            "accuracy": cm["accuracy"],
+                            "balanced_accuracy": cm["balanced_accuracy"],
+                            "delta_balanced_accuracy": cm["balanced_accuracy"] - full["balanced_accuracy"],
+                            "changed_predictions": float((ab.pred[:, j] != sp.pred[:, j]).mean()),
+                        }
+                    )
             log(f"{name}: channel ablations done")
         if cfg.permuted_label_epochs > 0:
             perm = np.random.default_rng(cfg.seed).permutation(len(train_d))
             pdir = inp.work_dir / "permuted" / name
             ptrain = _write_set(pdir / "train.h5", "train_permuted", train_d, fr, inp, spec_hash, split_hash, perm)
-            plm = _train_short(lm, ptrain, inp.ready_root / "val.h5", pdir / "model", cfg.permuted_label_epochs, cfg.seed)
+            plm = _train_short(
+                lm, ptrain, inp.ready_root / "val.h5", pdir / "model", cfg.permuted_label_epochs, cfg.seed
+            )
             psp = predict_set(plm, inp.ready_root / "test.h5")
             for j, h in enumerate(plm.horizons):
                 controls.append((name, h, psp.labels[:, j], psp.pred[:, j]))
@@ -377,9 +519,13 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
             degenerate = mt.is_degenerate(sp.pred[:, 0], cfg.degenerate_threshold)
             if degenerate:
                 share = mt.prediction_diversity(sp.pred[:, 0])["top_share"]
-                interpretation[name] = {"skipped": True, "note": (
-                    f"not explained: a degenerate predictor (one class on {share:.0%} of the test dates at "
-                    f"h={lm.horizons[0]}, above {cfg.degenerate_threshold:.0%}); its maps would explain a constant")}
+                interpretation[name] = {
+                    "skipped": True,
+                    "note": (
+                        f"not explained: a degenerate predictor (one class on {share:.0%} of the test dates at "
+                        f"h={lm.horizons[0]}, above {cfg.degenerate_threshold:.0%}); its maps would explain a constant"
+                    ),
+                }
             else:
                 interpretation[name] = interpret(name, lm, inp.ready_root / "test.h5")
 
@@ -397,11 +543,17 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
         for h in horizons:
             y_tr, y_te = fr.classes(h, train_d), fr.classes(h, test_d)
             for kind in TABULAR:
+
                 def score(y: np.ndarray, kind: str = kind, y_te: np.ndarray = y_te) -> float:
                     return mt.balanced_accuracy(y_te, bl.tabular_probs(kind, X_train, y, X_test, cfg.seed).argmax(-1))
 
-                res = sg.refit_permutation_test(score, y_tr, block=un.default_block(len(train_d), h),
-                                                n_perm=cfg.refit_permutations, seed=cfg.seed + h)
+                res = sg.refit_permutation_test(
+                    score,
+                    y_tr,
+                    block=un.default_block(len(train_d), h),
+                    n_perm=cfg.refit_permutations,
+                    seed=cfg.seed + h,
+                )
                 row = next(r for r in test_rows if r["model"] == kind and r["horizon"] == h)
                 row["refit_permutation_p"], row["refit_permutations"] = res["p_value"], int(res["n_perm"])
             log(f"refit permutation tests ({cfg.refit_permutations} block permutations) done for h={h}")
@@ -414,8 +566,9 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     for name, h in tested:
         _, probs = scored[(name, h)]
         shifted = {m * h: fr.shifted_classes(h, test_d, m * h) for m in cfg.placebo_shifts}
-        for r in sg.label_shift_placebo(probs.argmax(-1), shifted, block=block, n_perm=placebo_perm, seed=cfg.seed,
-                                        alpha=0.05 / max(len(tested), 1)):
+        for r in sg.label_shift_placebo(
+            probs.argmax(-1), shifted, block=block, n_perm=placebo_perm, seed=cfg.seed, alpha=0.05 / max(len(tested), 1)
+        ):
             placebo_rows.append({"model": name, "horizon": h, **r})
 
     # --- each model against the best baseline: Diebold–Mariano on the Brier loss, SPA --------
@@ -424,13 +577,18 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
     # --- walk-forward ------------------------------------------------------------------------
     for fold in inp.splits.get("folds", []):
         k, f_tr, f_va = fold["fold"], _dates(fold["train"]), _dates(fold["val"])
-        Xa, Xb = bl.feature_matrix(inp.features, f_tr, inp.feature_columns), bl.feature_matrix(inp.features, f_va, inp.feature_columns)
+        Xa, Xb = (
+            bl.feature_matrix(inp.features, f_tr, inp.feature_columns),
+            bl.feature_matrix(inp.features, f_va, inp.feature_columns),
+        )
         for h in horizons:
             ya, yb = fr.classes(h, f_tr), fr.classes(h, f_va)
-            fold_probs = {"majority": bl.majority_probs(ya, len(f_va)),
-                          "momentum": bl.momentum_probs(bl.trailing_returns(closes, f_va, h), fr.col(lb.threshold_col(h), f_va)),
-                          "logistic": bl.tabular_probs("logistic", Xa, ya, Xb, cfg.seed),
-                          "gradient_boosting": bl.tabular_probs("gradient_boosting", Xa, ya, Xb, cfg.seed)}
+            fold_probs = {
+                "majority": bl.majority_probs(ya, len(f_va)),
+                "momentum": bl.momentum_probs(bl.trailing_returns(closes, f_va, h), fr.col(lb.threshold_col(h), f_va)),
+                "logistic": bl.tabular_probs("logistic", Xa, ya, Xb, cfg.seed),
+                "gradient_boosting": bl.tabular_probs("gradient_boosting", Xa, ya, Xb, cfg.seed),
+            }
             for name, probs in fold_probs.items():
                 wf_rows.append(_fold_row(name, k, h, yb, probs, f_va))
         if cfg.walk_forward_epochs > 0 and loaded:
@@ -449,42 +607,76 @@ def run_evaluation(inp: EvalInputs, cfg: EvalConfig, *, log: Log = print,
 
     # --- selection-aware Sharpe, leaks ------------------------------------------------------
     deflated, trials_doc = _deflated(strategy_returns, inp)
-    leak = scan_features(X_train, inp.feature_columns, {h: fr.col(lb.return_col(h), train_d) for h in horizons},
-                         min_abs_corr=cfg.leak_min_abs_corr, alpha=cfg.leak_alpha, n_perm=cfg.leak_permutations,
-                         block=max(horizons), seed=cfg.seed)
+    leak = scan_features(
+        X_train,
+        inp.feature_columns,
+        {h: fr.col(lb.return_col(h), train_d) for h in horizons},
+        min_abs_corr=cfg.leak_min_abs_corr,
+        alpha=cfg.leak_alpha,
+        n_perm=cfg.leak_permutations,
+        block=max(horizons),
+        seed=cfg.seed,
+    )
     # implausible skill counts for the tabular models too: they are fitted on the very features a
     # leak would sit in
-    suspicious = suspicious_scores([r for r in test_rows if r["kind"] == "model" or r["model"] in TABULAR],
-                                   max_balanced_accuracy=cfg.max_balanced_accuracy)
+    suspicious = suspicious_scores(
+        [r for r in test_rows if r["kind"] == "model" or r["model"] in TABULAR],
+        max_balanced_accuracy=cfg.max_balanced_accuracy,
+    )
 
     headline = _headline(test_rows, comparisons, placebo_rows, test_d, "test split")
     if pooled:
         headline = pooled["headline"] + headline
     doc = {
-        "config": asdict(cfg), "horizons": horizons, "models": sorted(loaded),
+        "config": asdict(cfg),
+        "horizons": horizons,
+        "models": sorted(loaded),
         "provenance": dict(inp.provenance),
-        "test": {"first": test_d[0].isoformat(), "last": test_d[-1].isoformat(), "n": len(test_d),
-                 "class_shares": {f"{h}d": mt.class_shares(fr.classes(h, test_d)) for h in horizons},
-                 "bootstrap_block": block, "under_one_year": len(test_d) < ONE_YEAR,
-                 "minimum_detectable_effect": {f"{h}d": sg.minimum_detectable_effect(len(test_d), h)
-                                               for h in horizons}},
+        "test": {
+            "first": test_d[0].isoformat(),
+            "last": test_d[-1].isoformat(),
+            "n": len(test_d),
+            "class_shares": {f"{h}d": mt.class_shares(fr.classes(h, test_d)) for h in horizons},
+            "bootstrap_block": block,
+            "under_one_year": len(test_d) < ONE_YEAR,
+            "minimum_detectable_effect": {f"{h}d": sg.minimum_detectable_effect(len(test_d), h) for h in horizons},
+        },
         "train": {"first": train_d[0].isoformat(), "last": train_d[-1].isoformat(), "n": len(train_d)},
-        "split_hash": split_hash, "spec_hash": spec_hash,
-        "tables": {"headline": headline, "test": test_rows, "walk_forward": wf_rows,
-                   "walk_forward_summary": _fold_summary(wf_rows), "ablations": ablation_rows,
-                   "permuted_labels": permuted_rows, "regimes": regime_rows, "comparisons": comparisons,
-                   "spa": spa_rows, "label_shift_placebo": placebo_rows},
+        "split_hash": split_hash,
+        "spec_hash": spec_hash,
+        "tables": {
+            "headline": headline,
+            "test": test_rows,
+            "walk_forward": wf_rows,
+            "walk_forward_summary": _fold_summary(wf_rows),
+            "ablations": ablation_rows,
+            "permuted_labels": permuted_rows,
+            "regimes": regime_rows,
+            "comparisons": comparisons,
+            "spa": spa_rows,
+            "label_shift_placebo": placebo_rows,
+        },
         "pooled_oos": {k: v for k, v in (pooled or {}).items() if k != "headline"},
-        "details": details, "horizon_consistency": consistency, "deflated_sharpe": deflated,
+        "details": details,
+        "horizon_consistency": consistency,
+        "deflated_sharpe": deflated,
         "deflated_sharpe_trials": trials_doc,
-        "leakage": _leak_doc(leak, suspicious, placebo_rows, cfg), "interpretation": interpretation,
-        "chance": {"balanced_accuracy": 1 / 3,
-                   "note": "any predictor independent of the label has expected balanced accuracy 1/3; a "
-                           "resample lacking a class keeps chance at 1/3 (metrics.balanced_accuracy)"},
+        "leakage": _leak_doc(leak, suspicious, placebo_rows, cfg),
+        "interpretation": interpretation,
+        "chance": {
+            "balanced_accuracy": 1 / 3,
+            "note": "any predictor independent of the label has expected balanced accuracy 1/3; a "
+            "resample lacking a class keeps chance at 1/3 (metrics.balanced_accuracy)",
+        },
     }
     predictions = pl.concat(pred_frames, how="vertical_relaxed")
-    equity = pl.concat([pl.DataFrame({"series": k, "date": test_d, "equity": v}, schema_overrides={"date": pl.Date})
-                        for k, v in curves.items()], how="vertical_relaxed")
+    equity = pl.concat(
+        [
+            pl.DataFrame({"series": k, "date": test_d, "equity": v}, schema_overrides={"date": pl.Date})
+            for k, v in curves.items()
+        ],
+        how="vertical_relaxed",
+    )
     return _jsonable(doc), predictions, equity
 
 
@@ -493,9 +685,14 @@ QUARTER = 63
 NAIVE = ("majority", "prior_random", "momentum")
 
 
-def _comparisons(rows: Sequence[dict[str, Any]], scored: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
-                 horizons: Sequence[int], block: int, cfg: EvalConfig, span: str
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _comparisons(
+    rows: Sequence[dict[str, Any]],
+    scored: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
+    horizons: Sequence[int],
+    block: int,
+    cfg: EvalConfig,
+    span: str,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Diebold–Mariano of every network against the best baseline (naive or tabular) and of
     every tabular model against the best naive baseline, on the per-row Brier loss; "best" is
     the lowest mean Brier loss on these very dates (which favours the baseline). Plus one SPA
@@ -514,20 +711,41 @@ def _comparisons(rows: Sequence[dict[str, Any]], scored: Mapping[tuple[str, int]
         for m in challengers:
             base = best_naive if m in TABULAR else best_all
             dm = sg.diebold_mariano(loss[m], loss[base], horizon=h)
-            out.append({"model": m, "horizon": h, "span": span, "best_baseline": base,
-                        "test": "Diebold–Mariano, Brier loss, HAC (Newey–West) + HLN correction",
-                        "mean_loss_model": float(np.mean(loss[m])), "mean_loss_baseline": float(np.mean(loss[base])),
-                        "dm": dm["dm"], "p_value": dm["p_value_model_better"], "p_value_two_sided": dm["p_value"]})
+            out.append(
+                {
+                    "model": m,
+                    "horizon": h,
+                    "span": span,
+                    "best_baseline": base,
+                    "test": "Diebold–Mariano, Brier loss, HAC (Newey–West) + HLN correction",
+                    "mean_loss_model": float(np.mean(loss[m])),
+                    "mean_loss_baseline": float(np.mean(loss[base])),
+                    "dm": dm["dm"],
+                    "p_value": dm["p_value_model_better"],
+                    "p_value_two_sided": dm["p_value"],
+                }
+            )
         if challengers:
-            spa = sg.spa_test(loss[best_naive], np.column_stack([loss[m] for m in challengers]), block=block,
-                              reps=max(cfg.n_boot, 100), seed=cfg.seed)
-            spa_rows.append({"horizon": h, "span": span, "benchmark": best_naive, "models": ", ".join(challengers),
-                             **spa})
+            spa = sg.spa_test(
+                loss[best_naive],
+                np.column_stack([loss[m] for m in challengers]),
+                block=block,
+                reps=max(cfg.n_boot, 100),
+                seed=cfg.seed,
+            )
+            spa_rows.append(
+                {"horizon": h, "span": span, "benchmark": best_naive, "models": ", ".join(challengers), **spa}
+            )
     return out, spa_rows
 
 
-def _headline(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]],
-              placebo: Sequence[dict[str, Any]] | None, dates: Sequence[date], span: str) -> list[dict[str, Any]]:
+def _headline(
+    rows: Sequence[dict[str, Any]],
+    comparisons: Sequence[dict[str, Any]],
+    placebo: Sequence[dict[str, Any]] | None,
+    dates: Sequence[date],
+    span: str,
+) -> list[dict[str, Any]]:
     """The table a quant reads first: each model against its best baseline on one span
     (``placebo`` None: the placebo was not run on this span)."""
     by = {(r["model"], r["horizon"]): r for r in rows}
@@ -537,21 +755,39 @@ def _headline(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, An
         r, rb = by[(m, h)], by[(b, h)]
         mde = sg.minimum_detectable_effect(len(dates), h)
         fails = [p for p in placebo or [] if p["model"] == m and p["horizon"] == h and p.get("fails")]
-        out.append({"model": m, "horizon": h, "best_baseline": b, "span": span,
-                    "first": dates[0].isoformat(), "last": dates[-1].isoformat(), "n_days": len(dates),
-                    "n_independent": len(dates) / h,
-                    "balanced_accuracy": r["balanced_accuracy"], "baseline_balanced_accuracy": rb["balanced_accuracy"],
-                    "permutation_p": r.get("permutation_p"), "refit_permutation_p": r.get("refit_permutation_p"),
-                    "test": "DM (Brier)", "dm": c["dm"], "p_value": c["p_value"],
-                    "brier_skill": r.get("brier_skill"), "sharpe": r["sharpe"], "baseline_sharpe": rb["sharpe"],
-                    "mde_sharpe": mde["sharpe"], "mde_accuracy": mde["accuracy"],
-                    "degenerate": r["degenerate"], "placebo_passed": None if placebo is None else not fails,
-                    "annualised_from_under_a_year": bool(len(dates) < ONE_YEAR)})
+        out.append(
+            {
+                "model": m,
+                "horizon": h,
+                "best_baseline": b,
+                "span": span,
+                "first": dates[0].isoformat(),
+                "last": dates[-1].isoformat(),
+                "n_days": len(dates),
+                "n_independent": len(dates) / h,
+                "balanced_accuracy": r["balanced_accuracy"],
+                "baseline_balanced_accuracy": rb["balanced_accuracy"],
+                "permutation_p": r.get("permutation_p"),
+                "refit_permutation_p": r.get("refit_permutation_p"),
+                "test": "DM (Brier)",
+                "dm": c["dm"],
+                "p_value": c["p_value"],
+                "brier_skill": r.get("brier_skill"),
+                "sharpe": r["sharpe"],
+                "baseline_sharpe": rb["sharpe"],
+                "mde_sharpe": mde["sharpe"],
+                "mde_accuracy": mde["accuracy"],
+                "degenerate": r["degenerate"],
+                "placebo_passed": None if placebo is None else not fails,
+                "annualised_from_under_a_year": bool(len(dates) < ONE_YEAR),
+            }
+        )
     return out
 
 
-def _deflated(strategy_returns: Mapping[str, np.ndarray], inp: EvalInputs
-              ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def _deflated(
+    strategy_returns: Mapping[str, np.ndarray], inp: EvalInputs
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Deflated Sharpe of every strategy. N and the variance of the trial Sharpes come from the
     earlier trials on this dataset (``inp.trial_sharpes``, e.g. from MLflow) plus this report's
     strategies; without such a log, from this report's strategies alone (which undercounts the
@@ -563,31 +799,50 @@ def _deflated(strategy_returns: Mapping[str, np.ndarray], inp: EvalInputs
         trials, source = logged + current, inp.trial_source or "logged trials"
     else:
         trials, source = current, "this report's strategies only (no trial log for this dataset)"
-    doc = {"source": source, "n_trials": len(trials), "n_logged": len(logged), "n_report": len(current),
-           "variance": float(np.var(trials, ddof=1)) if len(trials) > 1 else math.nan}
-    deflated = {k: un.deflated_sharpe_ratio(r, trials) for k, r in strategy_returns.items()
-                if np.isfinite(per_period[k]) and len(trials) > 1}
+    doc = {
+        "source": source,
+        "n_trials": len(trials),
+        "n_logged": len(logged),
+        "n_report": len(current),
+        "variance": float(np.var(trials, ddof=1)) if len(trials) > 1 else math.nan,
+    }
+    deflated = {
+        k: un.deflated_sharpe_ratio(r, trials)
+        for k, r in strategy_returns.items()
+        if np.isfinite(per_period[k]) and len(trials) > 1
+    }
     return deflated, doc
 
 
-def _pooled_oos(inp: EvalInputs, fr: _Frame, sets: Mapping[str, list[date]], horizons: Sequence[int],
-                closes: pl.DataFrame, cfg: EvalConfig, log: Log) -> dict[str, Any] | None:
+def _pooled_oos(
+    inp: EvalInputs,
+    fr: _Frame,
+    sets: Mapping[str, list[date]],
+    horizons: Sequence[int],
+    closes: pl.DataFrame,
+    cfg: EvalConfig,
+    log: Log,
+) -> dict[str, Any] | None:
     """Walk-forward over years of the tabular models with every fold's test predictions pooled
     (``finnex_ml.evaluation.walkforward``); the naive baselines are scored on the same pooled
     dates with each fold's training data. None when there is not enough history for one fold."""
     if cfg.pooled_min_train <= 0:
         return None
     dates = sorted({d for v in sets.values() for d in v})
-    folds = wf.yearly_folds(dates, purge=max(horizons), min_train=cfg.pooled_min_train,
-                            block_sessions=cfg.pooled_block_sessions or None)
+    folds = wf.yearly_folds(
+        dates, purge=max(horizons), min_train=cfg.pooled_min_train, block_sessions=cfg.pooled_block_sessions or None
+    )
     blocks = f"blocks of {cfg.pooled_block_sessions} sessions" if cfg.pooled_block_sessions else "calendar years"
     if not folds and not cfg.pooled_block_sessions:
         # under two years of data (the one-year demo): quarters after half the dates of history
         # still pool several times the test split's length out of sample
-        folds = wf.yearly_folds(dates, purge=max(horizons), min_train=min(cfg.pooled_min_train, len(dates) // 2),
-                                block_sessions=QUARTER)
-        blocks = (f"quarters ({QUARTER} sessions) after {min(cfg.pooled_min_train, len(dates) // 2)} dates of "
-                  f"history: too few dates for calendar years after {cfg.pooled_min_train}")
+        folds = wf.yearly_folds(
+            dates, purge=max(horizons), min_train=min(cfg.pooled_min_train, len(dates) // 2), block_sessions=QUARTER
+        )
+        blocks = (
+            f"quarters ({QUARTER} sessions) after {min(cfg.pooled_min_train, len(dates) // 2)} dates of "
+            f"history: too few dates for calendar years after {cfg.pooled_min_train}"
+        )
     if not folds:
         log(f"pooled walk-forward skipped: fewer than {cfg.pooled_min_train} dates before the last test block")
         return None
@@ -601,34 +856,56 @@ def _pooled_oos(inp: EvalInputs, fr: _Frame, sets: Mapping[str, list[date]], hor
         yt = y[pp.rows]
         daily = fr.daily_returns(pdates)
         block = un.optimal_block(daily, h)
-        candidates = {"majority": ("baseline", pp.train_prior),
-                      "momentum": ("baseline", bl.momentum_probs(bl.trailing_returns(closes, pdates, h),
-                                                                 fr.col(lb.threshold_col(h), pdates))),
-                      "buy_and_hold": ("benchmark", bl.constant_probs(lb.BUY, len(pdates))),
-                      **{k: ("baseline", p) for k, p in pp.probs.items()}}
+        candidates = {
+            "majority": ("baseline", pp.train_prior),
+            "momentum": (
+                "baseline",
+                bl.momentum_probs(bl.trailing_returns(closes, pdates, h), fr.col(lb.threshold_col(h), pdates)),
+            ),
+            "buy_and_hold": ("benchmark", bl.constant_probs(lb.BUY, len(pdates))),
+            **{k: ("baseline", p) for k, p in pp.probs.items()},
+        }
         for name, (kind, probs) in candidates.items():
             row, _, res = _score_row(name, kind, h, yt, probs, daily, cfg, block=block, prior=pp.train_prior)
             rows_all.append({**row, "span": "pooled walk-forward"})
             scored[(name, h)] = (yt, probs)
             if kind != "benchmark":
                 returns[f"{name} ({h}d)"] = res.returns
-        log(f"pooled walk-forward h={h}: {len(folds)} folds, {len(pdates)} out-of-sample dates "
-            f"{pdates[0]}..{pdates[-1]}")
-    comparisons, spa_rows = _comparisons(rows_all, scored, horizons, un.optimal_block(
-        fr.daily_returns(pdates), max(horizons)), cfg, "pooled walk-forward")
+        log(
+            f"pooled walk-forward h={h}: {len(folds)} folds, {len(pdates)} out-of-sample dates "
+            f"{pdates[0]}..{pdates[-1]}"
+        )
+    comparisons, spa_rows = _comparisons(
+        rows_all,
+        scored,
+        horizons,
+        un.optimal_block(fr.daily_returns(pdates), max(horizons)),
+        cfg,
+        "pooled walk-forward",
+    )
     deflated, trials_doc = _deflated(returns, inp)
-    return {"rows": rows_all, "comparisons": comparisons, "spa": spa_rows, "folds": pp.folds,
-            "first": pdates[0].isoformat(), "last": pdates[-1].isoformat(), "n": len(pdates),
-            "years": len(pdates) / ONE_YEAR, "deflated_sharpe": deflated, "deflated_sharpe_trials": trials_doc,
-            "headline": _headline(rows_all, comparisons, None, pdates, "pooled walk-forward"),
-            "blocks": blocks,
-            "note": f"test blocks: {blocks}. Tabular models only: each fold refitted on all earlier dates (purged by the longest horizon), "
-                    "gradient boosting's iterations chosen on an inner purged validation block; the networks "
-                    "are not retrained per year (CPU budget) and appear on the test split only"}
+    return {
+        "rows": rows_all,
+        "comparisons": comparisons,
+        "spa": spa_rows,
+        "folds": pp.folds,
+        "first": pdates[0].isoformat(),
+        "last": pdates[-1].isoformat(),
+        "n": len(pdates),
+        "years": len(pdates) / ONE_YEAR,
+        "deflated_sharpe": deflated,
+        "deflated_sharpe_trials": trials_doc,
+        "headline": _headline(rows_all, comparisons, None, pdates, "pooled walk-forward"),
+        "blocks": blocks,
+        "note": f"test blocks: {blocks}. Tabular models only: each fold refitted on all earlier dates (purged by the longest horizon), "
+        "gradient boosting's iterations chosen on an inner purged validation block; the networks "
+        "are not retrained per year (CPU budget) and appear on the test split only",
+    }
 
 
-def _permuted_rows(controls: Sequence[tuple[str, int, np.ndarray, np.ndarray]], block: int,
-                   cfg: EvalConfig) -> list[dict[str, Any]]:
+def _permuted_rows(
+    controls: Sequence[tuple[str, int, np.ndarray, np.ndarray]], block: int, cfg: EvalConfig
+) -> list[dict[str, Any]]:
     """One row per permuted-label control: balanced accuracy with its 95 % interval (``ci``,
     ``at_chance``) and the verdict on a family-wise interval (Bonferroni, alpha 0.05 / k for k
     controls): with six controls, one of six 95 % intervals misses 1/3 by luck about a quarter of
@@ -641,28 +918,52 @@ def _permuted_rows(controls: Sequence[tuple[str, int, np.ndarray, np.ndarray]], 
         common = dict(block=block, n_boot=cfg.n_boot, seed=cfg.seed)
         ci = un.classification_intervals(y, pred, **common)["balanced_accuracy"]
         fw = un.classification_intervals(y, pred, alpha=family_alpha, **common)["balanced_accuracy"]
-        rows.append({"model": name, "horizon": h, "balanced_accuracy": float(ci["estimate"]), "ci": _ci(ci),
-                     "chance": 1 / 3, "at_chance": bool(ci["lower"] <= 1 / 3 <= ci["upper"]),
-                     "ci_familywise": _ci(fw), "above_chance": bool(fw["lower"] > 1 / 3),
-                     "below_chance": bool(fw["upper"] < 1 / 3)})
+        rows.append(
+            {
+                "model": name,
+                "horizon": h,
+                "balanced_accuracy": float(ci["estimate"]),
+                "ci": _ci(ci),
+                "chance": 1 / 3,
+                "at_chance": bool(ci["lower"] <= 1 / 3 <= ci["upper"]),
+                "ci_familywise": _ci(fw),
+                "above_chance": bool(fw["lower"] > 1 / 3),
+                "below_chance": bool(fw["upper"] < 1 / 3),
+            }
+        )
     return rows
 
 
 def _fold_row(name: str, k: int, h: int, y: np.ndarray, probs: np.ndarray, dates: Sequence[date]) -> dict[str, Any]:
     m = mt.classification_metrics(y, probs)
-    return {"model": name, "fold": k, "horizon": h, "n": int(y.size), "first": dates[0].isoformat(),
-            "last": dates[-1].isoformat(), "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-            "macro_f1": m["macro_f1"]}
+    return {
+        "model": name,
+        "fold": k,
+        "horizon": h,
+        "n": int(y.size),
+        "first": dates[0].isoformat(),
+        "last": dates[-1].isoformat(),
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "macro_f1": m["macro_f1"],
+    }
 
 
 def _fold_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for (name, h) in sorted({(r["model"], r["horizon"]) for r in rows}):
+    for name, h in sorted({(r["model"], r["horizon"]) for r in rows}):
         sel = [r for r in rows if r["model"] == name and r["horizon"] == h]
         ba = np.array([r["balanced_accuracy"] for r in sel])
-        out.append({"model": name, "horizon": h, "folds": len(sel), "mean_balanced_accuracy": float(ba.mean()),
-                    "std_balanced_accuracy": float(ba.std(ddof=1)) if len(ba) > 1 else float("nan"),
-                    "mean_accuracy": float(np.mean([r["accuracy"] for r in sel]))})
+        out.append(
+            {
+                "model": name,
+                "horizon": h,
+                "folds": len(sel),
+                "mean_balanced_accuracy": float(ba.mean()),
+                "std_balanced_accuracy": float(ba.std(ddof=1)) if len(ba) > 1 else float("nan"),
+                "mean_accuracy": float(np.mean([r["accuracy"] for r in sel])),
+            }
+        )
     return out
 
 
@@ -671,33 +972,53 @@ def _per_period_sharpe(r: np.ndarray) -> float:
     return float(np.mean(r) / s) if s > 0 else float("nan")
 
 
-def _leak_doc(leak: LeakReport, suspicious: list[dict], placebo: Sequence[dict[str, Any]],
-              cfg: EvalConfig) -> dict[str, Any]:
+def _leak_doc(
+    leak: LeakReport, suspicious: list[dict], placebo: Sequence[dict[str, Any]], cfg: EvalConfig
+) -> dict[str, Any]:
     """The leak verdict. Blocking (``passed`` False): implausible skill of a network or tabular
     model, or skill that survives the label-shift placebo. Warning only: features whose
     correlation with a forward return beats the permutation bar (a strong legitimate signal
     does that too)."""
     placebo_fail = [p for p in placebo if p.get("fails")]
-    blocking = ([f"implausible skill: {r['model']} h={r['horizon']} balanced accuracy interval "
-                 f"{r['balanced_accuracy_ci']} wholly above {cfg.max_balanced_accuracy}" for r in suspicious]
-                + [f"label-shift placebo: {p['model']} h={p['horizon']} keeps skill against labels {p['shift']} "
-                   f"sessions later (balanced accuracy {p['balanced_accuracy']:.3f}, p={p['p_value']:.4f})"
-                   for p in placebo_fail])
-    warnings = [f"feature {d['feature']} correlates with the {d['horizon']}-session forward return "
-                f"(rho={d['spearman']:+.3f}, family-wise p={d['p_value']:.3f})" for d in leak.flagged_by_horizon]
-    return {"feature_scan": {"passed": leak.passed, "threshold_abs_spearman": leak.threshold, "training_dates": leak.n,
-                             "horizons": leak.horizons, "permutations": leak.n_perm, "alpha": leak.alpha,
-                             "null_max_median": leak.null_max_median, "verdict": "warning only",
-                             "flagged": [{"feature": f, "spearman": r} for f, r in leak.flagged],
-                             "flagged_by_horizon": leak.flagged_by_horizon,
-                             "top": [{"feature": f, "spearman": r} for f, r in leak.top],
-                             "canary": leak.canary},
-            "suspicious_models": [{"model": r["model"], "horizon": r["horizon"],
-                                   "balanced_accuracy_ci": r["balanced_accuracy_ci"]} for r in suspicious],
-            "label_shift_placebo_failed": placebo_fail,
-            "max_balanced_accuracy": cfg.max_balanced_accuracy,
-            "blocking": blocking, "warnings": warnings,
-            "passed": not blocking}
+    blocking = [
+        f"implausible skill: {r['model']} h={r['horizon']} balanced accuracy interval "
+        f"{r['balanced_accuracy_ci']} wholly above {cfg.max_balanced_accuracy}"
+        for r in suspicious
+    ] + [
+        f"label-shift placebo: {p['model']} h={p['horizon']} keeps skill against labels {p['shift']} "
+        f"sessions later (balanced accuracy {p['balanced_accuracy']:.3f}, p={p['p_value']:.4f})"
+        for p in placebo_fail
+    ]
+    warnings = [
+        f"feature {d['feature']} correlates with the {d['horizon']}-session forward return "
+        f"(rho={d['spearman']:+.3f}, family-wise p={d['p_value']:.3f})"
+        for d in leak.flagged_by_horizon
+    ]
+    return {
+        "feature_scan": {
+            "passed": leak.passed,
+            "threshold_abs_spearman": leak.threshold,
+            "training_dates": leak.n,
+            "horizons": leak.horizons,
+            "permutations": leak.n_perm,
+            "alpha": leak.alpha,
+            "null_max_median": leak.null_max_median,
+            "verdict": "warning only",
+            "flagged": [{"feature": f, "spearman": r} for f, r in leak.flagged],
+            "flagged_by_horizon": leak.flagged_by_horizon,
+            "top": [{"feature": f, "spearman": r} for f, r in leak.top],
+            "canary": leak.canary,
+        },
+        "suspicious_models": [
+            {"model": r["model"], "horizon": r["horizon"], "balanced_accuracy_ci": r["balanced_accuracy_ci"]}
+            for r in suspicious
+        ],
+        "label_shift_placebo_failed": placebo_fail,
+        "max_balanced_accuracy": cfg.max_balanced_accuracy,
+        "blocking": blocking,
+        "warnings": warnings,
+        "passed": not blocking,
+    }
 
 
 def _jsonable(x: Any) -> Any:

@@ -24,8 +24,17 @@ def _write_png(path: Path, data: bytes) -> str:
     return str(path)
 
 
-def explain_model(name: str, lm: LoadedModel, set_file: Path | str, spec: LayoutSpec, out_dir: Path | str, *,
-                  fill: Sequence[float], n_images: int = 4, threads: int = 1) -> dict[str, Any]:
+def explain_model(
+    name: str,
+    lm: LoadedModel,
+    set_file: Path | str,
+    spec: LayoutSpec,
+    out_dir: Path | str,
+    *,
+    fill: Sequence[float],
+    n_images: int = 4,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Occlusion and gradient saliency (and ViT attention rollout in image mode) for the predicted
     class of ``n_images`` evenly spaced images of ``set_file``; mean maps as PNGs and aggregates."""
     out = Path(out_dir)
@@ -61,10 +70,13 @@ def explain_model(name: str, lm: LoadedModel, set_file: Path | str, spec: Layout
     aggregates, pngs = {}, {}
     for kind, m in maps.items():
         aggregates[kind] = ip.aggregate_importance(m, spec)
-        pngs[kind] = _write_png(out / f"{name}_{kind}.png",
-                                ip.importance_png(m, spec, title=f"{name} {kind} (mean of {k} test images)"))
-    note = (f"Importance for the predicted class on {k} test images ({', '.join(dates)}): occlusion replaces each "
-            "32x32 patch by the training channel means; saliency is |d log p / d pixel|.")
+        pngs[kind] = _write_png(
+            out / f"{name}_{kind}.png", ip.importance_png(m, spec, title=f"{name} {kind} (mean of {k} test images)")
+        )
+    note = (
+        f"Importance for the predicted class on {k} test images ({', '.join(dates)}): occlusion replaces each "
+        "32x32 patch by the training channel means; saliency is |d log p / d pixel|."
+    )
     if rollout_note:
         note += f" No attention rollout: {rollout_note}"
     return {"images": dates, "aggregates": aggregates, "pngs": pngs, "note": note}

@@ -37,9 +37,9 @@ from torch import nn
 
 from finnex_ml.encoding.encoder import pixel_lookup
 from finnex_ml.encoding.layout import LayoutSpec
-from finnex_ml.encoding.preview import BACKGROUND, SECTION_LINE, _ADVANCE, _draw_text, png_bytes
-from finnex_ml.models import FinNeXViT, MultiTaskModel
+from finnex_ml.encoding.preview import _ADVANCE, BACKGROUND, SECTION_LINE, _draw_text, png_bytes
 from finnex_ml.geometry import GRID, HEIGHT, N_PATCHES, PATCH
+from finnex_ml.models import FinNeXViT, MultiTaskModel
 
 IMAGE_SIZE = HEIGHT
 INPUT_MODES = ("image", "patch")
@@ -47,6 +47,7 @@ TOP_FEATURES = 20
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
@@ -97,8 +98,7 @@ def _to_patches(x: torch.Tensor) -> torch.Tensor:
     """``[B, 512, 512, 3]`` (HWC) -> ``[B*256, 3, 32, 32]``, patch p = row-major grid index, as
     :func:`finnex_ml.patches.extract_patches` orders them."""
     b = x.shape[0]
-    return (x.reshape(b, GRID, PATCH, GRID, PATCH, 3).permute(0, 1, 3, 5, 2, 4)
-            .reshape(b * N_PATCHES, 3, PATCH, PATCH))
+    return x.reshape(b, GRID, PATCH, GRID, PATCH, 3).permute(0, 1, 3, 5, 2, 4).reshape(b * N_PATCHES, 3, PATCH, PATCH)
 
 
 def _patches_to_hwc(p: torch.Tensor) -> torch.Tensor:
@@ -117,12 +117,13 @@ def _check_horizon(n_horizons: int, horizon_index: int) -> None:
         raise ValueError(f"horizon_index {horizon_index} outside 0..{n_horizons - 1}")
 
 
-def _patch_forward(model: nn.Module, patches: torch.Tensor, pos: torch.Tensor, batch_size: int,
-                   use_positions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _patch_forward(
+    model: nn.Module, patches: torch.Tensor, pos: torch.Tensor, batch_size: int, use_positions: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities ``[N, H, 3]`` and regression ``[N, H]`` of N patches, in chunks."""
     probs, regs = [], []
     for i in range(0, patches.shape[0], batch_size):
-        logits, reg = _logits(model, patches[i:i + batch_size], pos[i:i + batch_size] if use_positions else None)
+        logits, reg = _logits(model, patches[i : i + batch_size], pos[i : i + batch_size] if use_positions else None)
         probs.append(torch.softmax(logits, dim=-1))
         regs.append(reg)
     return torch.cat(probs), torch.cat(regs)
@@ -139,8 +140,16 @@ def _fill_patch(fill: np.ndarray | float) -> np.ndarray:
 
 # ---- predictions -----------------------------------------------------------------------------
 
-def image_outputs(model: nn.Module, images: np.ndarray, input_mode: str, *, batch_size: int = 256,
-                  image_batch: int = 4, patch_positions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+
+def image_outputs(
+    model: nn.Module,
+    images: np.ndarray,
+    input_mode: str,
+    *,
+    batch_size: int = 256,
+    image_batch: int = 4,
+    patch_positions: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Image-level class probabilities and raw (still standardised) regression outputs.
 
     ``images``: one HWC image ``[512, 512, 3]`` -> ``(probs [H, 3], regression [H])``, or a batch
@@ -165,7 +174,7 @@ def image_outputs(model: nn.Module, images: np.ndarray, input_mode: str, *, batc
         else:
             ps, rs = [], []
             for i in range(0, b, image_batch):
-                logits, reg = _logits(model, x[i:i + image_batch].permute(0, 3, 1, 2), None)
+                logits, reg = _logits(model, x[i : i + image_batch].permute(0, 3, 1, 2), None)
                 ps.append(torch.softmax(logits, dim=-1).double())
                 rs.append(reg.double())
             probs, regs = torch.cat(ps), torch.cat(rs)
@@ -173,8 +182,15 @@ def image_outputs(model: nn.Module, images: np.ndarray, input_mode: str, *, batc
     return (probs_np[0], regs_np[0]) if single else (probs_np, regs_np)
 
 
-def image_probabilities(model: nn.Module, image: np.ndarray, input_mode: str, *, horizon_index: int = 0,
-                        batch_size: int = 256, patch_positions: bool = True) -> np.ndarray:
+def image_probabilities(
+    model: nn.Module,
+    image: np.ndarray,
+    input_mode: str,
+    *,
+    horizon_index: int = 0,
+    batch_size: int = 256,
+    patch_positions: bool = True,
+) -> np.ndarray:
     """Softmax probabilities ``[3]`` (sell, hold, buy) of one image for one horizon (``[B, 3]`` for a batch)."""
     probs, _ = image_outputs(model, image, input_mode, batch_size=batch_size, patch_positions=patch_positions)
     _check_horizon(probs.shape[-2], horizon_index)
@@ -183,9 +199,19 @@ def image_probabilities(model: nn.Module, image: np.ndarray, input_mode: str, *,
 
 # ---- occlusion -------------------------------------------------------------------------------
 
-def occlusion_importance(model: nn.Module, image: np.ndarray, input_mode: str, target_class: int, *,
-                         fill: np.ndarray | float, horizon_index: int = 0, batch_size: int = 256,
-                         image_batch: int = 4, patch_positions: bool = True) -> np.ndarray:
+
+def occlusion_importance(
+    model: nn.Module,
+    image: np.ndarray,
+    input_mode: str,
+    target_class: int,
+    *,
+    fill: np.ndarray | float,
+    horizon_index: int = 0,
+    batch_size: int = 256,
+    image_batch: int = 4,
+    patch_positions: bool = True,
+) -> np.ndarray:
     """``[16, 16]`` float64: p(target) of the image minus p(target) with that patch replaced by ``fill``.
 
     Positive = the patch supports the target class. ``fill`` is a scalar, per-channel values
@@ -218,7 +244,7 @@ def occlusion_importance(model: nn.Module, image: np.ndarray, input_mode: str, t
                 xb = x.expand(len(ks), -1, -1, -1).clone()  # built per chunk: 256 copies would be 800 MB
                 for j, k in enumerate(ks):
                     r, c = divmod(k, GRID)
-                    xb[j, :, r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = fill_t
+                    xb[j, :, r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH] = fill_t
                 lg, _ = _logits(model, xb, None)
                 occluded.append(torch.softmax(lg[:, horizon_index], dim=-1)[:, target_class].double())
             drop = base - torch.cat(occluded)
@@ -227,8 +253,17 @@ def occlusion_importance(model: nn.Module, image: np.ndarray, input_mode: str, t
 
 # ---- gradients -------------------------------------------------------------------------------
 
-def gradient_saliency(model: nn.Module, image: np.ndarray, input_mode: str, target_class: int, *,
-                      horizon_index: int = 0, batch_size: int = 256, patch_positions: bool = True) -> np.ndarray:
+
+def gradient_saliency(
+    model: nn.Module,
+    image: np.ndarray,
+    input_mode: str,
+    target_class: int,
+    *,
+    horizon_index: int = 0,
+    batch_size: int = 256,
+    patch_positions: bool = True,
+) -> np.ndarray:
     """``[512, 512, 3]`` float64 HWC map of ``|d log p(target) / d pixel|``.
 
     In patch mode ``p`` is the mean of the 256 patch probabilities, so
@@ -245,12 +280,12 @@ def gradient_saliency(model: nn.Module, image: np.ndarray, input_mode: str, targ
             pos = torch.arange(N_PATCHES, device=device)
             grads, q_sum = torch.empty_like(patches), torch.zeros((), dtype=torch.float64, device=device)
             for i in range(0, N_PATCHES, batch_size):
-                chunk = patches[i:i + batch_size].clone().requires_grad_(True)
-                logits, _ = _logits(model, chunk, pos[i:i + batch_size] if patch_positions else None)
+                chunk = patches[i : i + batch_size].clone().requires_grad_(True)
+                logits, _ = _logits(model, chunk, pos[i : i + batch_size] if patch_positions else None)
                 _check_horizon(logits.shape[1], horizon_index)
                 q = torch.softmax(logits[:, horizon_index], dim=-1)[:, target_class]
                 (g,) = torch.autograd.grad(q.sum(), chunk)
-                grads[i:i + batch_size] = g
+                grads[i : i + batch_size] = g
                 q_sum += q.detach().double().sum()
             sal = _patches_to_hwc(grads).double() / q_sum
         else:
@@ -264,6 +299,7 @@ def gradient_saliency(model: nn.Module, image: np.ndarray, input_mode: str, targ
 
 
 # ---- attention rollout -----------------------------------------------------------------------
+
 
 def attention_rollout(model: nn.Module, image: np.ndarray, *, input_mode: str = "image") -> np.ndarray:
     """``[16, 16]`` float64 attention rollout of a ViT on a whole image, non-negative, summing to 1.
@@ -281,11 +317,15 @@ def attention_rollout(model: nn.Module, image: np.ndarray, *, input_mode: str = 
     _check_mode(input_mode)
     backbone = model.backbone if isinstance(model, MultiTaskModel) else model
     if not isinstance(backbone, FinNeXViT):
-        raise ValueError(f"attention rollout needs a FinNeX ViT, got {type(backbone).__name__}: the CNN's attention "
-                         "mixes 9 branch x section tokens, not image patches")
+        raise ValueError(
+            f"attention rollout needs a FinNeX ViT, got {type(backbone).__name__}: the CNN's attention "
+            "mixes 9 branch x section tokens, not image patches"
+        )
     if input_mode == "patch":
-        raise ValueError("attention rollout needs a model run on whole images: in patch mode each forward sees a "
-                         "single patch token (plus CLS), so there is no attention between patches to roll out")
+        raise ValueError(
+            "attention rollout needs a model run on whole images: in patch mode each forward sees a "
+            "single patch token (plus CLS), so there is no attention between patches to roll out"
+        )
     device = _device(model)
     with _eval_mode(model), torch.no_grad():
         x = _image_tensor(image, device)
@@ -313,6 +353,7 @@ def attention_rollout(model: nn.Module, image: np.ndarray, *, input_mode: str = 
 
 
 # ---- attribution to the layout ---------------------------------------------------------------
+
 
 def patch_map_to_pixels(map16: np.ndarray) -> np.ndarray:
     """``[16, 16]`` patch values -> ``[512, 512]`` pixel map with each patch's value divided evenly
@@ -373,7 +414,7 @@ def aggregate_importance(pixel_importance: np.ndarray, spec: LayoutSpec) -> dict
     return {
         "total": total,
         "channel": {n: float(channel_mass[c] * scale) for c, n in enumerate(spec.channel_names)},
-        "section": {s.name: float(row_mass[s.row0:s.row1].sum() * scale) for s in spec.sections},
+        "section": {s.name: float(row_mass[s.row0 : s.row1].sum() * scale) for s in spec.sections},
         "tile": {t.name: float(tile_mass[i + 1] * scale) for i, t in enumerate(spec.tiles)},
         "feature": features,
         "lag": [float(v * scale) for v in lag_mass[1:]],
@@ -429,15 +470,17 @@ def importance_rgb(map16_or_pixels: np.ndarray, spec: LayoutSpec, *, title: str 
         heat[s.row0, :] = SECTION_LINE
     canvas = np.empty(HEATMAP_CANVAS + (3,), dtype=np.uint8)
     canvas[...] = BACKGROUND
-    canvas[_TOP:_TOP + IMAGE_SIZE, _MARGIN:_MARGIN + IMAGE_SIZE] = heat
+    canvas[_TOP : _TOP + IMAGE_SIZE, _MARGIN : _MARGIN + IMAGE_SIZE] = heat
     if title:
-        _draw_text(canvas, 4, 2, title[:(HEATMAP_CANVAS[1] - 8) // _ADVANCE])
+        _draw_text(canvas, 4, 2, title[: (HEATMAP_CANVAS[1] - 8) // _ADVANCE])
     for s in spec.sections:
-        _draw_text(canvas, 4, _TOP + (s.row0 + s.row1) // 2 - 5, s.name[:(_MARGIN - 8) // _ADVANCE])
-        canvas[_TOP + s.row0, _MARGIN - 6:_MARGIN] = SECTION_LINE
+        _draw_text(canvas, 4, _TOP + (s.row0 + s.row1) // 2 - 5, s.name[: (_MARGIN - 8) // _ADVANCE])
+        canvas[_TOP + s.row0, _MARGIN - 6 : _MARGIN] = SECTION_LINE
     y0 = _TOP + IMAGE_SIZE + _BAR_GAP
     lo = -1.0 if signed else 0.0
-    canvas[y0:y0 + _BAR, _MARGIN:_MARGIN + IMAGE_SIZE] = _ramp(np.linspace(lo, 1.0, IMAGE_SIZE), stops, colors)[None]
+    canvas[y0 : y0 + _BAR, _MARGIN : _MARGIN + IMAGE_SIZE] = _ramp(np.linspace(lo, 1.0, IMAGE_SIZE), stops, colors)[
+        None
+    ]
     lo_label, hi_label = (f"{-peak:.3g}" if signed else "0"), f"{peak:.3g}"
     _draw_text(canvas, _MARGIN, y0 + _BAR + 4, lo_label)
     _draw_text(canvas, _MARGIN + IMAGE_SIZE - len(hi_label) * _ADVANCE, y0 + _BAR + 4, hi_label)
@@ -450,7 +493,15 @@ def importance_png(map16_or_pixels: np.ndarray, spec: LayoutSpec, *, title: str 
 
 
 __all__ = [
-    "HEATMAP_CANVAS", "INPUT_MODES", "aggregate_importance", "attention_rollout", "gradient_saliency",
-    "image_outputs", "image_probabilities", "importance_png", "importance_rgb", "occlusion_importance",
+    "HEATMAP_CANVAS",
+    "INPUT_MODES",
+    "aggregate_importance",
+    "attention_rollout",
+    "gradient_saliency",
+    "image_outputs",
+    "image_probabilities",
+    "importance_png",
+    "importance_rgb",
+    "occlusion_importance",
     "patch_map_to_pixels",
 ]

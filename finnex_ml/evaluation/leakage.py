@@ -56,9 +56,11 @@ class LeakReport:
     def raise_if_failed(self) -> None:
         if self.flagged:
             names = ", ".join(f"{n} (rho={r:+.3f})" for n, r in self.flagged[:10])
-            raise LeakageError(f"{len(self.flagged)} feature(s) predict the forward return far beyond chance "
-                               f"(|rho| > {self.threshold:.3f} on {self.n} training dates): {names}. "
-                               "A feature at t must use only data known at t's close.")
+            raise LeakageError(
+                f"{len(self.flagged)} feature(s) predict the forward return far beyond chance "
+                f"(|rho| > {self.threshold:.3f} on {self.n} training dates): {names}. "
+                "A feature at t must use only data known at t's close."
+            )
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -93,9 +95,19 @@ def _rank_z(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def scan_features(X: np.ndarray, names: Sequence[str], forward_return: np.ndarray | Mapping[int, np.ndarray], *,
-                  min_abs_corr: float = 0.0, alpha: float = 0.05, n_perm: int = 200, block: int | None = None,
-                  seed: int = 0, top: int = 10, canary_rho: float = 0.2) -> LeakReport:
+def scan_features(
+    X: np.ndarray,
+    names: Sequence[str],
+    forward_return: np.ndarray | Mapping[int, np.ndarray],
+    *,
+    min_abs_corr: float = 0.0,
+    alpha: float = 0.05,
+    n_perm: int = 200,
+    block: int | None = None,
+    seed: int = 0,
+    top: int = 10,
+    canary_rho: float = 0.2,
+) -> LeakReport:
     """Flag features whose |Spearman rho| with a forward return beats the permutation bar.
 
     ``forward_return`` is one series (horizon 1) or {h: series}. Rows where any horizon's return
@@ -119,8 +131,9 @@ def scan_features(X: np.ndarray, names: Sequence[str], forward_return: np.ndarra
     Zx, Zy = _rank_z(Xf), _rank_z(Y)
     rho = Zx.T @ Zy / n  # [features, horizons]
     blk = int(block or max(horizons))
-    null_max = np.array([float(np.max(np.abs(Zx.T @ Zy[idx] / n)))
-                         for idx in block_permutation_indices(n, blk, n_perm, seed)])
+    null_max = np.array(
+        [float(np.max(np.abs(Zx.T @ Zy[idx] / n))) for idx in block_permutation_indices(n, blk, n_perm, seed)]
+    )
     bar = max(float(np.quantile(null_max, 1 - alpha)), float(min_abs_corr))
 
     by_h, worst = [], {}
@@ -147,14 +160,23 @@ def scan_features(X: np.ndarray, names: Sequence[str], forward_return: np.ndarra
         c = canary_rho * z + np.sqrt(max(1 - canary_rho**2, 0.0)) * noise
         r = float(_rank_z(c[:, None])[:, 0] @ z / n)
         canary.append({"horizon": h, "target_rho": canary_rho, "spearman": r, "caught": bool(abs(r) > bar)})
-    return LeakReport(threshold=float(bar), n=n, flagged=[(nm, r) for nm, r in ranked if nm in flagged_names],
-                      top=ranked[:top], flagged_by_horizon=sorted(by_h, key=lambda d: -abs(d["spearman"])),
-                      horizons=horizons, n_perm=int(n_perm), alpha=float(alpha),
-                      null_max_median=float(np.median(null_max)), canary=canary)
+    return LeakReport(
+        threshold=float(bar),
+        n=n,
+        flagged=[(nm, r) for nm, r in ranked if nm in flagged_names],
+        top=ranked[:top],
+        flagged_by_horizon=sorted(by_h, key=lambda d: -abs(d["spearman"])),
+        horizons=horizons,
+        n_perm=int(n_perm),
+        alpha=float(alpha),
+        null_max_median=float(np.median(null_max)),
+        canary=canary,
+    )
 
 
 def suspicious_scores(rows: Sequence[dict], *, max_balanced_accuracy: float = 0.6) -> list[dict]:
     """Rows (model, horizon, balanced_accuracy_lower, ...) whose whole interval beats the bar."""
+
     def lower(r: dict) -> float:
         v = r.get("balanced_accuracy_lower")
         return float(v) if v is not None else float("nan")

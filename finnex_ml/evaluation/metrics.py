@@ -8,7 +8,8 @@ that is not defined for the given data, e.g. an AUC for a class that never occur
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -94,9 +95,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, A
     n = int(y.shape[0])
 
     cm = confusion_matrix(y, pred, labels=LABELS)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y, pred, labels=LABELS, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=LABELS, zero_division=0)
     balanced = balanced_accuracy(y, pred)
 
     per_class = {
@@ -206,8 +205,14 @@ def probabilistic_skill(y_true: np.ndarray, probs: np.ndarray, prior: Sequence[f
     ll_m, ll_p = ll(p), ll(prior_rows)
     bs_m = float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
     bs_p = float(np.mean(np.sum((prior_rows - onehot) ** 2, axis=1)))
-    return {"log_loss": ll_m, "log_loss_prior": ll_p, "log_loss_skill": 1.0 - ll_m / ll_p if ll_p > 0 else math.nan,
-            "brier": bs_m, "brier_prior": bs_p, "brier_skill": 1.0 - bs_m / bs_p if bs_p > 0 else math.nan}
+    return {
+        "log_loss": ll_m,
+        "log_loss_prior": ll_p,
+        "log_loss_skill": 1.0 - ll_m / ll_p if ll_p > 0 else math.nan,
+        "brier": bs_m,
+        "brier_prior": bs_p,
+        "brier_skill": 1.0 - bs_m / bs_p if bs_p > 0 else math.nan,
+    }
 
 
 def prediction_diversity(pred: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
@@ -220,9 +225,13 @@ def prediction_diversity(pred: np.ndarray, num_classes: int = NUM_CLASSES) -> di
     counts = np.bincount(p, minlength=num_classes)[:num_classes]
     shares = counts / p.size
     nz = shares[shares > 0]
-    return {"shares": [float(s) for s in shares], "top_class": int(np.argmax(counts)),
-            "top_share": float(shares.max()), "n_classes_used": int((counts > 0).sum()),
-            "entropy": float(-np.sum(nz * np.log2(nz)))}
+    return {
+        "shares": [float(s) for s in shares],
+        "top_class": int(np.argmax(counts)),
+        "top_share": float(shares.max()),
+        "n_classes_used": int((counts > 0).sum()),
+        "entropy": float(-np.sum(nz * np.log2(nz))),
+    }
 
 
 def is_degenerate(pred: np.ndarray, threshold: float = 0.9, num_classes: int = NUM_CLASSES) -> bool:
@@ -247,14 +256,19 @@ def hac_mean_test(x: np.ndarray, lags: int | None = None) -> dict[str, float]:
     n = int(v.size)
     nan = math.nan
     if n < 3 or float(np.std(v)) == 0.0:
-        return {"mean": float(np.mean(v)) if n else nan, "se": nan, "t": nan, "p_value": nan, "n": n,
-                "lags": nan}
+        return {"mean": float(np.mean(v)) if n else nan, "se": nan, "t": nan, "p_value": nan, "n": n, "lags": nan}
     if lags is None:
         lags = math.floor(4 * (n / 100.0) ** (2.0 / 9.0))
     lags = int(min(max(lags, 0), n - 2))
     fit = sm.OLS(v, np.ones((n, 1))).fit(cov_type="HAC", cov_kwds={"maxlags": lags, "use_correction": True})
-    return {"mean": float(fit.params[0]), "se": float(fit.bse[0]), "t": float(fit.tvalues[0]),
-            "p_value": float(fit.pvalues[0]), "n": n, "lags": float(lags)}
+    return {
+        "mean": float(fit.params[0]),
+        "se": float(fit.bse[0]),
+        "t": float(fit.tvalues[0]),
+        "p_value": float(fit.pvalues[0]),
+        "n": n,
+        "lags": float(lags),
+    }
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float) -> dict[str, float]:
@@ -280,8 +294,17 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, tolerance: float)
     n = int(t.size)
     nan = math.nan
     if n == 0:
-        return {"n": 0, "dropped": dropped, "mae": nan, "rmse": nan, "r2": nan,
-                "directional_accuracy": nan, "hit_ratio": nan, "pred_mean": nan, "pred_std": nan}
+        return {
+            "n": 0,
+            "dropped": dropped,
+            "mae": nan,
+            "rmse": nan,
+            "r2": nan,
+            "directional_accuracy": nan,
+            "hit_ratio": nan,
+            "pred_mean": nan,
+            "pred_std": nan,
+        }
 
     # R² is undefined for one row or a constant target (zero total sum of squares).
     r2 = float(r2_score(t, p)) if n >= 2 and np.ptp(t) > 0 else nan
@@ -331,12 +354,16 @@ def horizon_consistency(scores: np.ndarray, horizons: Sequence[int]) -> dict[str
     s = s[~np.any(np.isnan(s), axis=1)]
     n, h = s.shape
     if h == 1:
-        return {"horizons": hs, "n": int(n), "pearson": [[1.0]], "spearman": [[1.0]],
-                "mean_offdiag_spearman": math.nan}
+        return {"horizons": hs, "n": int(n), "pearson": [[1.0]], "spearman": [[1.0]], "mean_offdiag_spearman": math.nan}
     if n < 2:
         nan_m = np.full((h, h), np.nan)
-        return {"horizons": hs, "n": int(n), "pearson": nan_m.tolist(), "spearman": nan_m.tolist(),
-                "mean_offdiag_spearman": math.nan}
+        return {
+            "horizons": hs,
+            "n": int(n),
+            "pearson": nan_m.tolist(),
+            "spearman": nan_m.tolist(),
+            "mean_offdiag_spearman": math.nan,
+        }
     pearson = _corr_matrix(s)
     # Spearman = Pearson of the (average-tie) ranks within each column.
     spearman = _corr_matrix(np.column_stack([rankdata(s[:, j]) for j in range(h)]))

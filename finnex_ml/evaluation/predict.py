@@ -28,9 +28,9 @@ ImageTransform = Callable[[np.ndarray], np.ndarray]
 @dataclass
 class SetPredictions:
     dates: list[str]
-    probs: np.ndarray        # float64 [n, H, 3]
-    returns: np.ndarray      # float64 [n, H]: predicted forward return, original units
-    labels: np.ndarray       # int [n, H]: true class
+    probs: np.ndarray  # float64 [n, H, 3]
+    returns: np.ndarray  # float64 [n, H]: predicted forward return, original units
+    labels: np.ndarray  # int [n, H]: true class
     true_returns: np.ndarray  # float64 [n, H]
     horizons: list[int]
 
@@ -64,13 +64,15 @@ def forward_image(lm: LoadedModel, image: np.ndarray) -> tuple[np.ndarray, np.nd
     """Probabilities [H, 3] and predicted returns [H] (original units) for one [512, 512, 3] image."""
     from finnex_ml.evaluation.interpret import image_outputs
 
-    p, r = image_outputs(lm.model, image, lm.input_mode,
-                         patch_positions=bool(lm.config.get("use_patch_positions", True)))
+    p, r = image_outputs(
+        lm.model, image, lm.input_mode, patch_positions=bool(lm.config.get("use_patch_positions", True))
+    )
     return p, r * lm.reg_std + lm.reg_mean  # the trainer standardised returns with train statistics
 
 
-def predict_set(lm: LoadedModel, set_file: Path | str, *, transform: ImageTransform | None = None,
-                threads: int = 1) -> SetPredictions:
+def predict_set(
+    lm: LoadedModel, set_file: Path | str, *, transform: ImageTransform | None = None, threads: int = 1
+) -> SetPredictions:
     """Predict every image of a set file (``finnex_ml.datasets_io``); ``transform`` alters each
     image first (e.g. a blanked channel for an ablation)."""
     prev = torch.get_num_threads()
@@ -99,9 +101,11 @@ def predict_set(lm: LoadedModel, set_file: Path | str, *, transform: ImageTransf
 def blank_channel(channel: int, fill: float) -> ImageTransform:
     """Replace one channel by a constant (the training mean of that channel), which removes its
     information without pushing the input off the distribution the way zeros would."""
+
     def _t(image: np.ndarray) -> np.ndarray:
         image[..., channel] = fill
         return image
+
     return _t
 
 

@@ -50,7 +50,7 @@ def block_permutation_indices(n: int, block: int, n_perm: int, seed: int) -> np.
     base = np.arange(n)
     for i in range(int(n_perm)):
         rolled = np.roll(base, -int(rng.integers(0, n)))
-        blocks = [rolled[s:s + block] for s in range(0, n, block)]
+        blocks = [rolled[s : s + block] for s in range(0, n, block)]
         order = rng.permutation(len(blocks))
         out[i] = np.concatenate([blocks[j] for j in order])
     return out
@@ -87,8 +87,14 @@ def permutation_test(
         raise ValueError(f"y_true and y_pred must be non-empty 1-D of equal length, got {y.shape}, {p.shape}")
     observed = float(statistic(y, p))
     null = np.array([float(statistic(y[idx], p)) for idx in block_permutation_indices(y.size, block, n_perm, seed)])
-    return {"statistic": observed, "null_mean": float(np.nanmean(null)), "null_q95": float(np.nanquantile(null, 0.95)),
-            "p_value": _p_value(observed, null), "n_perm": float(n_perm), "block": float(min(block, y.size))}
+    return {
+        "statistic": observed,
+        "null_mean": float(np.nanmean(null)),
+        "null_q95": float(np.nanquantile(null, 0.95)),
+        "p_value": _p_value(observed, null),
+        "n_perm": float(n_perm),
+        "block": float(min(block, y.size)),
+    }
 
 
 def refit_permutation_test(
@@ -111,8 +117,14 @@ def refit_permutation_test(
     y = np.asarray(y_train)
     observed = float(score(y))
     null = np.array([float(score(y[idx])) for idx in block_permutation_indices(y.size, block, n_perm, seed)])
-    return {"statistic": observed, "null_mean": float(np.nanmean(null)), "null_q95": float(np.nanquantile(null, 0.95)),
-            "p_value": _p_value(observed, null), "n_perm": float(n_perm), "block": float(min(block, y.size))}
+    return {
+        "statistic": observed,
+        "null_mean": float(np.nanmean(null)),
+        "null_q95": float(np.nanquantile(null, 0.95)),
+        "p_value": _p_value(observed, null),
+        "n_perm": float(n_perm),
+        "block": float(min(block, y.size)),
+    }
 
 
 def label_shift_placebo(
@@ -145,8 +157,15 @@ def label_shift_placebo(
             rows.append({"shift": int(k), "n": n, "balanced_accuracy": math.nan, "p_value": math.nan, "fails": False})
             continue
         test = permutation_test(lab[ok].astype(np.int64), p[ok], block=block, n_perm=n_perm, seed=seed + int(k))
-        rows.append({"shift": int(k), "n": n, "balanced_accuracy": test["statistic"], "p_value": test["p_value"],
-                     "fails": bool(test["p_value"] < family)})
+        rows.append(
+            {
+                "shift": int(k),
+                "n": n,
+                "balanced_accuracy": test["statistic"],
+                "p_value": test["p_value"],
+                "fails": bool(test["p_value"] < family),
+            }
+        )
     return rows
 
 
@@ -177,16 +196,27 @@ def diebold_mariano(loss_model: np.ndarray, loss_base: np.ndarray, horizon: int 
     nan = math.nan
     hac = hac_mean_test(d, lags=max(h - 1, math.floor(4 * (max(n, 1) / 100.0) ** (2.0 / 9.0))))
     if not np.isfinite(hac["t"]) or n < 3:
-        return {"mean_diff": float(np.mean(d)) if n else nan, "dm": nan, "p_value": nan,
-                "p_value_model_better": nan, "n": n}
+        return {
+            "mean_diff": float(np.mean(d)) if n else nan,
+            "dm": nan,
+            "p_value": nan,
+            "p_value_model_better": nan,
+            "n": n,
+        }
     factor = (n + 1 - 2 * h + h * (h - 1) / n) / n
     dm = hac["t"] * math.sqrt(factor) if factor > 0 else hac["t"]
-    return {"mean_diff": hac["mean"], "dm": float(dm), "p_value": float(2 * student_t.sf(abs(dm), n - 1)),
-            "p_value_model_better": float(student_t.cdf(dm, n - 1)), "n": n}
+    return {
+        "mean_diff": hac["mean"],
+        "dm": float(dm),
+        "p_value": float(2 * student_t.sf(abs(dm), n - 1)),
+        "p_value_model_better": float(student_t.cdf(dm, n - 1)),
+        "n": n,
+    }
 
 
-def spa_test(loss_base: np.ndarray, loss_models: np.ndarray, *, block: int, reps: int = 1000,
-             seed: int = 0) -> dict[str, float]:
+def spa_test(
+    loss_base: np.ndarray, loss_models: np.ndarray, *, block: int, reps: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """Hansen's (2005) Superior Predictive Ability test with ``arch.bootstrap.SPA``: H0 is that no
     model in ``loss_models`` [n, m] has a lower expected loss than the baseline ``loss_base``
     [n]. Stationary bootstrap with mean block ``block``. Returns the consistent, lower and upper
@@ -200,13 +230,25 @@ def spa_test(loss_base: np.ndarray, loss_models: np.ndarray, *, block: int, reps
     spa = SPA(base, models, block_size=int(block), reps=int(reps), seed=np.random.default_rng(seed))
     spa.compute()
     pv = spa.pvalues
-    return {"p_value": float(pv["consistent"]), "p_value_lower": float(pv["lower"]),
-            "p_value_upper": float(pv["upper"]), "reps": float(reps), "block": float(block),
-            "n_models": float(models.shape[1])}
+    return {
+        "p_value": float(pv["consistent"]),
+        "p_value_lower": float(pv["lower"]),
+        "p_value_upper": float(pv["upper"]),
+        "reps": float(reps),
+        "block": float(block),
+        "n_models": float(models.shape[1]),
+    }
 
 
-def minimum_detectable_effect(n_days: int, horizon: int, *, alpha: float = 0.05, power: float = 0.8,
-                              periods_per_year: float = 252.0, chance: float = 1 / 3) -> dict[str, float]:
+def minimum_detectable_effect(
+    n_days: int,
+    horizon: int,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    periods_per_year: float = 252.0,
+    chance: float = 1 / 3,
+) -> dict[str, float]:
     """Smallest true effect a two-sided level-``alpha`` test detects with probability ``power``
     on ``n_days`` out-of-sample sessions at horizon h.
 
@@ -219,6 +261,12 @@ def minimum_detectable_effect(n_days: int, horizon: int, *, alpha: float = 0.05,
         raise ValueError(f"n_days and horizon must be >= 1, got {n_days}, {horizon}")
     z = float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
     n_eff = n_days / float(horizon)
-    return {"n_days": float(n_days), "n_independent": float(n_eff), "alpha": alpha, "power": power,
-            "sharpe": z * math.sqrt(periods_per_year / n_days),
-            "accuracy": z * math.sqrt(chance * (1 - chance) / n_eff), "ic": z / math.sqrt(n_eff)}
+    return {
+        "n_days": float(n_days),
+        "n_independent": float(n_eff),
+        "alpha": alpha,
+        "power": power,
+        "sharpe": z * math.sqrt(periods_per_year / n_days),
+        "accuracy": z * math.sqrt(chance * (1 - chance) / n_eff),
+        "ic": z / math.sqrt(n_eff),
+    }

@@ -188,8 +188,9 @@ def sharpe_interval(
     r = np.asarray(returns, dtype=np.float64)
     if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)):
         raise ValueError("returns must be a non-empty 1-D array of finite values")
-    return bootstrap_ci(lambda x: _annualised_sharpe(x, periods_per_year), [r],
-                        block=block, n_boot=n_boot, alpha=alpha, seed=seed)
+    return bootstrap_ci(
+        lambda x: _annualised_sharpe(x, periods_per_year), [r], block=block, n_boot=n_boot, alpha=alpha, seed=seed
+    )
 
 
 def _sharpe_moments(returns: np.ndarray) -> tuple[float, float, float, int]:
@@ -243,8 +244,10 @@ def deflated_sharpe_ratio(returns: np.ndarray, trial_sharpes: Sequence[float]) -
         expected_max = 0.0
     else:
         spread = math.sqrt(float(np.var(trials, ddof=1)))
-        expected_max = spread * ((1.0 - EULER_GAMMA) * float(norm.ppf(1.0 - 1.0 / n_trials))
-                                 + EULER_GAMMA * float(norm.ppf(1.0 - 1.0 / (n_trials * math.e))))
+        expected_max = spread * (
+            (1.0 - EULER_GAMMA) * float(norm.ppf(1.0 - 1.0 / n_trials))
+            + EULER_GAMMA * float(norm.ppf(1.0 - 1.0 / (n_trials * math.e)))
+        )
     sr = _sharpe_moments(returns)[0]
     return {
         "deflated_sharpe": probabilistic_sharpe_ratio(returns, expected_max),

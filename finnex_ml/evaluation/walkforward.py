@@ -39,8 +39,9 @@ class WalkForwardFold:
     label: str  # e.g. "2019"
 
 
-def yearly_folds(dates: Sequence[date], *, purge: int, min_train: int = 252,
-                 block_sessions: int | None = None) -> list[WalkForwardFold]:
+def yearly_folds(
+    dates: Sequence[date], *, purge: int, min_train: int = 252, block_sessions: int | None = None
+) -> list[WalkForwardFold]:
     """Test blocks over sorted ``dates``: calendar years (or consecutive blocks of
     ``block_sessions`` rows), the first one being the earliest with at least ``min_train``
     earlier rows. Each fold trains on every earlier row except the last ``purge`` rows."""
@@ -64,8 +65,9 @@ def yearly_folds(dates: Sequence[date], *, purge: int, min_train: int = 252,
     return folds
 
 
-def fit_early_stopped(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, purge: int,
-                      val_fraction: float = 0.2, max_iter: int = 200):
+def fit_early_stopped(
+    kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, purge: int, val_fraction: float = 0.2, max_iter: int = 200
+):
     """A fitted classifier. Gradient boosting picks its number of iterations on the last
     ``val_fraction`` of the rows (purged by ``purge`` rows from the fitted part) by validation
     log loss, then refits on all rows; logistic regression has nothing to stop early."""
@@ -80,18 +82,31 @@ def fit_early_stopped(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, pur
     best_iter = 150  # baselines' fixed budget when the inner block is too small to choose
     stopped = False
     if n_val >= 20 and fit_end >= 50 and len(np.unique(y[:fit_end])) > 1:
-        params = {"max_depth": 3, "learning_rate": 0.05, "l2_regularization": 1.0, "class_weight": "balanced",
-                  "early_stopping": False, "random_state": seed}
+        params = {
+            "max_depth": 3,
+            "learning_rate": 0.05,
+            "l2_regularization": 1.0,
+            "class_weight": "balanced",
+            "early_stopping": False,
+            "random_state": seed,
+        }
         inner = HistGradientBoostingClassifier(max_iter=max_iter, **params).fit(X[:fit_end], y[:fit_end])
-        yv = y[n - n_val:]
+        yv = y[n - n_val :]
         losses = []
-        for p in inner.staged_predict_proba(X[n - n_val:]):
+        for p in inner.staged_predict_proba(X[n - n_val :]):
             full = np.full((n_val, bl.N_CLASSES), 1e-7)
             full[:, inner.classes_.astype(int)] = np.clip(p, 1e-7, 1.0)
             losses.append(log_loss(yv, full / full.sum(1, keepdims=True), labels=list(range(bl.N_CLASSES))))
         best_iter, stopped = int(np.argmin(losses)) + 1, True
-    model = HistGradientBoostingClassifier(max_iter=best_iter, max_depth=3, learning_rate=0.05, l2_regularization=1.0,
-                                           class_weight="balanced", early_stopping=False, random_state=seed)
+    model = HistGradientBoostingClassifier(
+        max_iter=best_iter,
+        max_depth=3,
+        learning_rate=0.05,
+        l2_regularization=1.0,
+        class_weight="balanced",
+        early_stopping=False,
+        random_state=seed,
+    )
     model.fit(X, y)
     model.finnex_best_iter_, model.finnex_early_stopped_ = best_iter, stopped
     return model
@@ -105,8 +120,15 @@ class PooledPredictions:
     folds: list[dict] = field(default_factory=list)
 
 
-def pooled_tabular(X: np.ndarray, y: np.ndarray, folds: Sequence[WalkForwardFold], *, seed: int, purge: int,
-                   kinds: Sequence[str] = ("logistic", "gradient_boosting")) -> PooledPredictions:
+def pooled_tabular(
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[WalkForwardFold],
+    *,
+    seed: int,
+    purge: int,
+    kinds: Sequence[str] = ("logistic", "gradient_boosting"),
+) -> PooledPredictions:
     """Each fold's models fitted on its training rows and applied to its test rows; the test
     rows of all folds pooled in date order. Also returns each row's training prior (the
     majority baseline and the skill scores' reference)."""
@@ -126,5 +148,9 @@ def pooled_tabular(X: np.ndarray, y: np.ndarray, folds: Sequence[WalkForwardFold
         meta.append(info)
     if not rows:
         return PooledPredictions(rows=np.zeros(0, dtype=np.int64))
-    return PooledPredictions(rows=np.concatenate(rows), probs={k: np.concatenate(v) for k, v in probs.items()},
-                             train_prior=np.concatenate(priors), folds=meta)
+    return PooledPredictions(
+        rows=np.concatenate(rows),
+        probs={k: np.concatenate(v) for k, v in probs.items()},
+        train_prior=np.concatenate(priors),
+        folds=meta,
+    )

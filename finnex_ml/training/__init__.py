@@ -50,7 +50,19 @@ from finnex_ml.training.ensemble import EnsembleResult, train_ensemble
 from finnex_ml.training.trainer import confusion_matrix, load_checkpoint_model, train_model
 
 __all__ = [
-    "SELL", "HOLD", "BUY", "CLASS_NAMES", "ArrayDataset", "BlockBatchSampler", "H5ArrayDataset", "TrainConfig",
-    "TrainResult", "EnsembleResult", "confusion_matrix", "load_checkpoint_model", "make_loader", "train_ensemble",
+    "SELL",
+    "HOLD",
+    "BUY",
+    "CLASS_NAMES",
+    "ArrayDataset",
+    "BlockBatchSampler",
+    "H5ArrayDataset",
+    "TrainConfig",
+    "TrainResult",
+    "EnsembleResult",
+    "confusion_matrix",
+    "load_checkpoint_model",
+    "make_loader",
+    "train_ensemble",
     "train_model",
 ]

@@ -30,6 +30,7 @@ from finnex_ml.training.data import (  # noqa: F401
 # Config and result
 # ============================================================================================
 
+
 @dataclass
 class TrainConfig:
     """Training settings. Defaults follow the spec's training configuration where it is sound

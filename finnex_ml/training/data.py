@@ -6,8 +6,9 @@ import math
 import os
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -25,6 +26,7 @@ PATCHES_PER_IMAGE = GRID * GRID  # 256
 # ============================================================================================
 # Datasets
 # ============================================================================================
+
 
 class BatchDataset(Protocol):
     """What the trainer needs from a dataset (both classes below implement it)."""
@@ -89,17 +91,25 @@ class H5ArrayDataset(Dataset):
     run inside it).
     """
 
-    def __init__(self, path: str | os.PathLike[str], x_key: str, y_keys: Sequence[str] | Mapping[str, str] = (),
-                 indices: Sequence[int] | np.ndarray | slice | range | None = None, *,
-                 patches_per_image: int | None = None, rdcc_nbytes: int = 64 * 2**20,
-                 check_finite: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        x_key: str,
+        y_keys: Sequence[str] | Mapping[str, str] = (),
+        indices: Sequence[int] | np.ndarray | slice | range | None = None,
+        *,
+        patches_per_image: int | None = None,
+        rdcc_nbytes: int = 64 * 2**20,
+        check_finite: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.check_finite = check_finite
         self.x_key = x_key
         raw = dict(y_keys) if isinstance(y_keys, Mapping) else {k: k for k in y_keys}
         # name -> (dataset path, column or None)
         self.y_keys: dict[str, tuple[str, int | None]] = {
-            name: ((v, None) if isinstance(v, str) else (str(v[0]), int(v[1]))) for name, v in raw.items()}
+            name: ((v, None) if isinstance(v, str) else (str(v[0]), int(v[1]))) for name, v in raw.items()
+        }
         self.patches_per_image = patches_per_image
         self.rdcc_nbytes = int(rdcc_nbytes)
         if not self.path.is_file():
@@ -170,9 +180,9 @@ class H5ArrayDataset(Dataset):
         ds = self._h5()[key]
         for a, b, o in _runs(uniq):
             if src_dtype == dtype:
-                ds.read_direct(out, np.s_[a:b], np.s_[o:o + (b - a)])  # no intermediate copy
+                ds.read_direct(out, np.s_[a:b], np.s_[o : o + (b - a)])  # no intermediate copy
             else:
-                out[o:o + (b - a)] = ds[a:b]
+                out[o : o + (b - a)] = ds[a:b]
             self.read_calls += 1
         if key == self.x_key:
             self.rows_read += int(uniq.size)
@@ -186,8 +196,11 @@ class H5ArrayDataset(Dataset):
         if self.check_finite and not np.isfinite(x).all():
             # the cnn_ready virtual datasets read a missing source file as NaN (their fill value)
             bad = rows[~np.isfinite(x.reshape(len(rows), -1)).all(axis=1)]
-            raise DataInputError(f"non-finite pixels in rows {bad[:10].tolist()} of {self.x_key!r} "
-                                 "(a missing or damaged source file?)", file=str(self.path), row=int(bad[0]))
+            raise DataInputError(
+                f"non-finite pixels in rows {bad[:10].tolist()} of {self.x_key!r} (a missing or damaged source file?)",
+                file=str(self.path),
+                row=int(bad[0]),
+            )
         batch = {"x": torch.from_numpy(x)}
         for name, (key, col) in self.y_keys.items():
             shape, dt = self._y_meta[name]
@@ -211,7 +224,7 @@ class H5ArrayDataset(Dataset):
             uniq, inverse = np.unique(self.indices, return_inverse=True)
             out = np.empty((uniq.size, *ds.shape[1:]), dtype=ds.dtype)
             for a, b, o in _runs(uniq):
-                out[o:o + (b - a)] = ds[a:b]
+                out[o : o + (b - a)] = ds[a:b]
         out = out[inverse]
         return out if col is None else out[:, col]
 
@@ -223,9 +236,14 @@ class H5ArrayDataset(Dataset):
 class ArrayDataset(Dataset):
     """In-memory counterpart of :class:`H5ArrayDataset` (same batches, same interface)."""
 
-    def __init__(self, x: np.ndarray | torch.Tensor, targets: Mapping[str, np.ndarray | torch.Tensor] | None = None,
-                 indices: Sequence[int] | np.ndarray | slice | range | None = None, *,
-                 patches_per_image: int | None = None) -> None:
+    def __init__(
+        self,
+        x: np.ndarray | torch.Tensor,
+        targets: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+        indices: Sequence[int] | np.ndarray | slice | range | None = None,
+        *,
+        patches_per_image: int | None = None,
+    ) -> None:
         self.x = torch.as_tensor(x)
         if self.x.dtype != torch.float32:
             self.x = self.x.float()
@@ -277,6 +295,7 @@ class ArrayDataset(Dataset):
 # Sampling and loading
 # ============================================================================================
 
+
 def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed from ``seed`` and keys (e.g. epoch, stream), independent per key tuple."""
     a, b = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, np.uint32)
@@ -312,8 +331,18 @@ class BlockBatchSampler(Sampler[list[int]]):
     ``batch_size / run_length`` runs).
     """
 
-    def __init__(self, n: int, batch_size: int, *, run_length: int = 1, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, block_size: int | None = None, window: int = 8) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        run_length: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        block_size: int | None = None,
+        window: int = 8,
+    ) -> None:
         if batch_size < 1 or run_length < 1 or window < 1 or (block_size is not None and block_size < 1):
             raise ValueError("batch_size, run_length, block_size and window must be >= 1")
         self.n, self.batch_size, self.run_length = int(n), int(batch_size), int(run_length)
@@ -346,14 +375,14 @@ class BlockBatchSampler(Sampler[list[int]]):
         blocks = rng.permutation(math.ceil(self.n / B))
         parts: list[np.ndarray] = []
         for g in range(0, blocks.size, self.window):
-            spans = [(int(b) * B, min((int(b) + 1) * B, self.n)) for b in blocks[g:g + self.window]]
+            spans = [(int(b) * B, min((int(b) + 1) * B, self.n)) for b in blocks[g : g + self.window]]
             parts += self._shuffled_runs(spans, rng)
         return np.concatenate(parts)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
         for i in range(0, self.n, self.batch_size):
-            b = order[i:i + self.batch_size]
+            b = order[i : i + self.batch_size]
             if self.drop_last and b.size < self.batch_size:
                 break
             yield np.sort(b).tolist() if self.shuffle else b.tolist()
@@ -363,22 +392,47 @@ def _identity_collate(batch: Any) -> Any:
     return batch  # __getitems__ already returns a batched dict
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, run_length: int = 1,
-                block_size: int | None = None, window: int = 8, num_workers: int = 0, drop_last: bool = False,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    run_length: int = 1,
+    block_size: int | None = None,
+    window: int = 8,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A DataLoader over :class:`BlockBatchSampler` batches (call ``loader.batch_sampler.set_epoch``).
 
     With ``num_workers > 0`` the workers are persistent and prefetch 2 batches each; the sampler
     runs in the main process, so the batch order does not depend on ``num_workers``.
     """
-    sampler = BlockBatchSampler(len(dataset), batch_size, run_length=run_length, shuffle=shuffle, seed=seed,
-                                drop_last=drop_last, block_size=block_size, window=window)
+    sampler = BlockBatchSampler(
+        len(dataset),
+        batch_size,
+        run_length=run_length,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        block_size=block_size,
+        window=window,
+    )
     kw: dict[str, Any] = {}
     if num_workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=2)
     # a private generator: DataLoader otherwise draws its worker base seed from the global RNG
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_identity_collate,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **kw)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=_identity_collate,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
 
 
 class _ThreadPrefetcher:

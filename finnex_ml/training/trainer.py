@@ -6,9 +6,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ EpochCallback = Callable[[int, dict[str, float]], Any]
 # Helpers
 # ============================================================================================
 
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Counts ``[true, predicted]`` over ``0..num_classes-1`` (scikit-learn when installed)."""
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
@@ -65,7 +67,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
     try:
         from sklearn.metrics import confusion_matrix as sk_cm
     except ImportError:  # pragma: no cover - scikit-learn is a dependency
-        return np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+        return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
     return sk_cm(y_true, y_pred, labels=list(range(num_classes)))
 
 
@@ -138,6 +140,7 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callabl
         span = max(1, total_steps - warmup_steps)
         t = min(1.0, (step - warmup_steps) / span)
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
     return f
 
 
@@ -188,8 +191,9 @@ class _Augment:
         self.gen = torch.Generator(device=device).manual_seed(derive_seed(seed, epoch, 1))
         self.rng = np.random.default_rng(derive_seed(seed, epoch, 2))
 
-    def __call__(self, x: torch.Tensor, y_soft: torch.Tensor, y_reg: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, x: torch.Tensor, y_soft: torch.Tensor, y_reg: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if self.noise_std > 0:
             x = x + self.noise_std * torch.randn(x.shape, generator=self.gen, device=x.device, dtype=x.dtype)
         b = x.shape[0]
@@ -207,11 +211,19 @@ class _Augment:
 # Trainer
 # ============================================================================================
 
+
 class _Run:
     """State of one training run (kept in one object so train_model stays readable)."""
 
-    def __init__(self, cfg: TrainConfig, train_ds: Dataset, val_ds: Dataset, checkpoint_dir: Path,
-                 class_weights: Sequence[float] | torch.Tensor | None, model: nn.Module | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_ds: Dataset,
+        val_ds: Dataset,
+        checkpoint_dir: Path,
+        class_weights: Sequence[float] | torch.Tensor | None,
+        model: nn.Module | None,
+    ) -> None:
         self.cfg = cfg
         self.train_ds, self.val_ds = train_ds, val_ds
         self.ckpt_dir = Path(checkpoint_dir)
@@ -222,29 +234,53 @@ class _Run:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self._validate_data()
         self.reg_mean, self.reg_std = self._fit_reg_stats()
-        self.class_weights = (torch.ones(NUM_CLASSES) if class_weights is None
-                              else torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1))
+        self.class_weights = (
+            torch.ones(NUM_CLASSES)
+            if class_weights is None
+            else torch.as_tensor(class_weights, dtype=torch.float32).reshape(-1)
+        )
         if self.class_weights.numel() != NUM_CLASSES:
             raise ConfigError(f"class_weights needs {NUM_CLASSES} values, got {self.class_weights.numel()}")
 
         torch.manual_seed(cfg.seed)
-        self.model = (model if model is not None else
-                      create_model(cfg.model, cfg.size, horizons=cfg.horizons, **cfg.model_overrides)).to(self.device)
+        self.model = (
+            model
+            if model is not None
+            else create_model(cfg.model, cfg.size, horizons=cfg.horizons, **cfg.model_overrides)
+        ).to(self.device)
         self.criterion = MultiTaskLoss(
-            len(cfg.horizons), self.class_weights, regression=cfg.reg_targets is not None,
-            regression_loss=cfg.regression_loss, huber_delta=cfg.huber_delta, weighting=cfg.loss_weighting,
-            fixed_weights=cfg.fixed_weights).to(self.device)
+            len(cfg.horizons),
+            self.class_weights,
+            regression=cfg.reg_targets is not None,
+            regression_loss=cfg.regression_loss,
+            huber_delta=cfg.huber_delta,
+            weighting=cfg.loss_weighting,
+            fixed_weights=cfg.fixed_weights,
+        ).to(self.device)
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.criterion, cfg.weight_decay), lr=cfg.lr)
 
         run_len = cfg.effective_run_length
-        self.train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, run_length=run_len,
-                                        block_size=cfg.effective_shuffle_block, window=cfg.shuffle_window,
-                                        num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
-                                        # a last batch of a few samples gives BatchNorm noisy statistics;
-                                        # the shuffle drops different samples each epoch
-                                        drop_last=len(train_ds) > cfg.batch_size)
-        self.val_loader = make_loader(val_ds, cfg.eval_batch_size or 2 * cfg.batch_size, shuffle=False,
-                                      num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        self.train_loader = make_loader(
+            train_ds,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            run_length=run_len,
+            block_size=cfg.effective_shuffle_block,
+            window=cfg.shuffle_window,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # a last batch of a few samples gives BatchNorm noisy statistics;
+            # the shuffle drops different samples each epoch
+            drop_last=len(train_ds) > cfg.batch_size,
+        )
+        self.val_loader = make_loader(
+            val_ds,
+            cfg.eval_batch_size or 2 * cfg.batch_size,
+            shuffle=False,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         self.steps_per_epoch = len(self.train_loader)
         total = cfg.epochs * self.steps_per_epoch
         warm = int(round(cfg.warmup_epochs * self.steps_per_epoch))
@@ -278,13 +314,17 @@ class _Run:
             for name in cfg.class_targets:
                 y = ds.target_array(name)
                 if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
-                    raise ConfigError(f"{label}: {name!r} must hold class ids 0..{NUM_CLASSES - 1} "
-                                      f"(Sell, Hold, Buy), got {y.min()}..{y.max()}")
+                    raise ConfigError(
+                        f"{label}: {name!r} must hold class ids 0..{NUM_CLASSES - 1} "
+                        f"(Sell, Hold, Buy), got {y.min()}..{y.max()}"
+                    )
             for name in cfg.reg_targets or ():
                 y = ds.target_array(name)
                 if not np.all(np.isfinite(y)):
-                    raise ConfigError(f"{label}: {name!r} has {int((~np.isfinite(y)).sum())} non-finite values; "
-                                      "drop rows without a realised return")
+                    raise ConfigError(
+                        f"{label}: {name!r} has {int((~np.isfinite(y)).sum())} non-finite values; "
+                        "drop rows without a realised return"
+                    )
 
     def _fit_reg_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         names = self.cfg.reg_targets or ()
@@ -296,8 +336,9 @@ class _Run:
         return mean, std
 
     # --- batches ----------------------------------------------------------------------------
-    def _unpack(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                                                   torch.Tensor | None]:
+    def _unpack(
+        self, batch: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         nb = self.device.type == "cuda"
         # [b, H, W, 3] -> [b, 3, H, W]: a channels-last view, no copy
         x = batch["x"].to(self.device, non_blocking=nb).permute(0, 3, 1, 2)
@@ -364,9 +405,12 @@ class _Run:
         weights = self.criterion.task_weights().cpu().tolist()
         for name, w in zip(self.criterion.task_names(cfg.horizons), weights):
             metrics[f"weight_{name}"] = float(w)
-        metrics.update(lr=float(self.optimizer.param_groups[0]["lr"]), epoch_seconds=elapsed,
-                       samples_per_s=n_seen / elapsed if elapsed > 0 else float("nan"),
-                       data_wait_share=wait / elapsed if elapsed > 0 else float("nan"))
+        metrics.update(
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+            epoch_seconds=elapsed,
+            samples_per_s=n_seen / elapsed if elapsed > 0 else float("nan"),
+            data_wait_share=wait / elapsed if elapsed > 0 else float("nan"),
+        )
         return metrics
 
     @torch.no_grad()
@@ -389,13 +433,21 @@ class _Run:
         lg, rg, yc = torch.cat(logits), torch.cat(regs), torch.cat(ycls)
         yr = torch.cat(yreg) if yreg else None
         losses = self.criterion({"classification_by_horizon": lg, "regression_by_horizon": rg}, yc, yr)
-        metrics = {"val_loss": float(losses["unweighted"]), "val_cls_loss": float(losses["cls_loss"]),
-                   "val_reg_loss": float(losses["reg_loss"]), "val_weighted_loss": float(losses["loss"])}
+        metrics = {
+            "val_loss": float(losses["unweighted"]),
+            "val_cls_loss": float(losses["cls_loss"]),
+            "val_reg_loss": float(losses["reg_loss"]),
+            "val_weighted_loss": float(losses["loss"]),
+        }
         probs = torch.softmax(lg, dim=-1).cpu().numpy()
         pred = probs.argmax(-1)
         y_true = yc.cpu().numpy()
-        preds: dict[str, np.ndarray] = {"row": torch.cat(rows).numpy(), "probs": probs, "pred": pred,
-                                        "class_target": y_true}
+        preds: dict[str, np.ndarray] = {
+            "row": torch.cat(rows).numpy(),
+            "probs": probs,
+            "pred": pred,
+            "class_target": y_true,
+        }
         if yr is not None:
             mean, std = self.reg_mean.numpy(), self.reg_std.numpy()
             preds["reg_pred"] = rg.cpu().numpy() * std + mean
@@ -410,7 +462,8 @@ class _Run:
                 err = preds["reg_pred"][:, j] - preds["reg_target"][:, j]
                 metrics[f"val_mae{sfx}"] = float(np.abs(err).mean())
                 metrics[f"val_directional_accuracy{sfx}"] = float(
-                    (np.sign(preds["reg_pred"][:, j]) == np.sign(preds["reg_target"][:, j])).mean())
+                    (np.sign(preds["reg_pred"][:, j]) == np.sign(preds["reg_target"][:, j])).mean()
+                )
             if groups is not None:
                 # the val loader is sequential: predictions are in dataset order, like group_ids()
                 _, gp, gt = _aggregate_groups(groups, probs[:, j], y_true[:, j])
@@ -469,8 +522,12 @@ class _Run:
         self.bad_epochs = int(ckpt["bad_epochs"])
         self.stopped_early = bool(ckpt["stopped_early"])
         self.history = list(ckpt["history"])
-        _set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v] if k == "cuda" else v)
-                        for k, v in ckpt["rng"].items()})
+        _set_rng_state(
+            {
+                k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v] if k == "cuda" else v)
+                for k, v in ckpt["rng"].items()
+            }
+        )
 
 
 def _norm(v: Any) -> Any:
@@ -487,7 +544,9 @@ def _group_ids(ds: Any) -> np.ndarray | None:
     return fn() if callable(fn) else None
 
 
-def _aggregate_groups(groups: np.ndarray, probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _aggregate_groups(
+    groups: np.ndarray, probs: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean class probabilities per group (image) -> (group ids, predicted class, label).
 
     The 256 patches of an image share its label and are not independent samples, so the
@@ -498,10 +557,17 @@ def _aggregate_groups(groups: np.ndarray, probs: np.ndarray, y: np.ndarray) -> t
     return uniq, summed.argmax(-1), np.asarray(y)[first]
 
 
-def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
-                checkpoint_dir: str | os.PathLike[str], class_weights: Sequence[float] | torch.Tensor | None = None,
-                on_epoch_end: EpochCallback | None = None, resume: bool | str | os.PathLike[str] = False,
-                model: nn.Module | None = None) -> TrainResult:
+def train_model(
+    config: TrainConfig,
+    train_data: Dataset,
+    val_data: Dataset,
+    *,
+    checkpoint_dir: str | os.PathLike[str],
+    class_weights: Sequence[float] | torch.Tensor | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    resume: bool | str | os.PathLike[str] = False,
+    model: nn.Module | None = None,
+) -> TrainResult:
     """Train with early stopping; return the best model, history and validation predictions.
 
     * ``train_data`` / ``val_data``: :class:`H5ArrayDataset` or :class:`ArrayDataset` whose target
@@ -523,7 +589,7 @@ def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with _determinism(cfg.deterministic, device), _threads(cfg.num_threads):
         run = _Run(cfg, train_data, val_data, ckpt_dir, class_weights, model)
-        resume_path = (ckpt_dir / LAST_NAME if resume is True else Path(resume) if resume else None)
+        resume_path = ckpt_dir / LAST_NAME if resume is True else Path(resume) if resume else None
         if resume_path is not None and resume_path.exists():
             run.restore(resume_path)
         elif resume_path is not None and resume is not True:
@@ -569,9 +635,20 @@ def train_model(config: TrainConfig, train_data: Dataset, val_data: Dataset, *,
     best_metrics = dict(best.get("metrics", {}))
     best_metrics.update(val_metrics)
     return TrainResult(
-        model=run.model, history=run.history, best_epoch=run.best_epoch, best_metrics=best_metrics,
-        checkpoint_path=best_path, last_checkpoint_path=last_path, epochs_run=run.epoch,
-        stopped_early=run.stopped_early, val_predictions=preds, confusion_matrix=cms[cfg.horizons[0]],
-        confusion_matrices=cms, image_confusion_matrix=image_cm,
+        model=run.model,
+        history=run.history,
+        best_epoch=run.best_epoch,
+        best_metrics=best_metrics,
+        checkpoint_path=best_path,
+        last_checkpoint_path=last_path,
+        epochs_run=run.epoch,
+        stopped_early=run.stopped_early,
+        val_predictions=preds,
+        confusion_matrix=cms[cfg.horizons[0]],
+        confusion_matrices=cms,
+        image_confusion_matrix=image_cm,
         reg_stats={"mean": run.reg_mean.tolist(), "std": run.reg_std.tolist()},
-        class_weights=run.class_weights.tolist(), device=str(run.device), config=cfg.to_dict())
+        class_weights=run.class_weights.tolist(),
+        device=str(run.device),
+        config=cfg.to_dict(),
+    )
