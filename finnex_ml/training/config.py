@@ -10,20 +10,8 @@ import numpy as np
 from torch import nn
 
 from finnex_ml.errors import ConfigError
-from finnex_ml.training.data import (  # noqa: F401
+from finnex_ml.training.data import (
     PATCHES_PER_IMAGE,
-    ArrayDataset,
-    BatchDataset,
-    BlockBatchSampler,
-    H5ArrayDataset,
-    _as_indices,
-    _identity_collate,
-    _run_starts,
-    _runs,
-    _ThreadPrefetcher,
-    _torch_dtype_for,
-    derive_seed,
-    make_loader,
 )
 
 # ============================================================================================

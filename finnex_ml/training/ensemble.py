@@ -17,32 +17,15 @@ from finnex_ml.models import (
     CLASS_NAMES,
     model_spec,
 )
-from finnex_ml.training.config import (  # noqa: F401
-    _RESUME_FREE_FIELDS,
+from finnex_ml.training.config import (
     TrainConfig,
     TrainResult,
 )
-from finnex_ml.training.trainer import (  # noqa: F401
+from finnex_ml.training.trainer import (
     BEST_NAME,
     CHECKPOINT_FORMAT,
-    LAST_NAME,
-    EpochCallback,
-    _aggregate_groups,
-    _Augment,
-    _balanced_accuracy,
-    _determinism,
-    _group_ids,
-    _load,
-    _lr_lambda,
-    _norm,
-    _param_groups,
-    _rng_state,
-    _Run,
     _save,
-    _set_rng_state,
-    _threads,
     confusion_matrix,
-    load_checkpoint_model,
     train_model,
 )
 

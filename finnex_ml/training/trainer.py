@@ -27,23 +27,13 @@ from finnex_ml.models import (
     model_spec,
 )
 from finnex_ml.paths import atomic_path
-from finnex_ml.training.config import (  # noqa: F401
+from finnex_ml.training.config import (
     _RESUME_FREE_FIELDS,
     TrainConfig,
     TrainResult,
 )
-from finnex_ml.training.data import (  # noqa: F401
-    PATCHES_PER_IMAGE,
-    ArrayDataset,
-    BatchDataset,
-    BlockBatchSampler,
-    H5ArrayDataset,
-    _as_indices,
-    _identity_collate,
-    _run_starts,
-    _runs,
+from finnex_ml.training.data import (
     _ThreadPrefetcher,
-    _torch_dtype_for,
     derive_seed,
     make_loader,
 )
