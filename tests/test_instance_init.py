@@ -136,12 +136,12 @@ from pathlib import Path
 import dagster as dg
 
 from finnex_assets.assets.datasets import DatasetStore
-from finnex_assets.assets.training import cnn_model, vit_model
+from finnex_assets.assets.training import TRAINING_ASSETS
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.resources import MlflowTracking
 
 root = Path(os.environ["FINNEX_TEST_ROOT"])
-defs = dg.Definitions(assets=[cnn_model, vit_model], resources={
+defs = dg.Definitions(assets=TRAINING_ASSETS, resources={
     "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
     "image_store": ImageStore(base_dir=str(root / "images")),
     "mlflow_tracking": MlflowTracking(),  # the default store: sqlite under the fresh DAGSTER_HOME
@@ -159,7 +159,7 @@ def test_both_models_in_one_multiprocess_run_on_a_fresh_home(tmp_path):
     home = _home(tmp_path)  # no finnex init: the run itself creates MLflow's store
     _fake_sets(tmp_path)
     (tmp_path / "defs.py").write_text(DEFS, encoding="utf-8")
-    cfg = {"epochs": 1, "batch_size": 128, "patience": 5, "lr": 2e-3}
+    cfg = {"epochs": 1, "batch_size": 128, "patience": 5, "lr": 2e-3, "input_mode": "patch", "seeds": [0]}
     run_config = {"ops": {"cnn_model": {"config": cfg}, "vit_model": {"config": cfg}}}
     env = {**_env(home), "FINNEX_TEST_ROOT": str(tmp_path)}
     dagster = Path(sys.executable).parent / "dagster"
