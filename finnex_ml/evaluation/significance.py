@@ -87,13 +87,17 @@ def permutation_test(
         raise ValueError(f"y_true and y_pred must be non-empty 1-D of equal length, got {y.shape}, {p.shape}")
     observed = float(statistic(y, p))
     null = np.array([float(statistic(y[idx], p)) for idx in block_permutation_indices(y.size, block, n_perm, seed)])
+    return _permutation_summary(observed, null, n_perm, min(block, y.size))
+
+
+def _permutation_summary(observed: float, null: np.ndarray, n_perm: int, block: int) -> dict[str, float]:
     return {
         "statistic": observed,
         "null_mean": float(np.nanmean(null)),
         "null_q95": float(np.nanquantile(null, 0.95)),
         "p_value": _p_value(observed, null),
         "n_perm": float(n_perm),
-        "block": float(min(block, y.size)),
+        "block": float(block),
     }
 
 
@@ -117,14 +121,7 @@ def refit_permutation_test(
     y = np.asarray(y_train)
     observed = float(score(y))
     null = np.array([float(score(y[idx])) for idx in block_permutation_indices(y.size, block, n_perm, seed)])
-    return {
-        "statistic": observed,
-        "null_mean": float(np.nanmean(null)),
-        "null_q95": float(np.nanquantile(null, 0.95)),
-        "p_value": _p_value(observed, null),
-        "n_perm": float(n_perm),
-        "block": float(min(block, y.size)),
-    }
+    return _permutation_summary(observed, null, n_perm, min(block, y.size))
 
 
 def label_shift_placebo(
