@@ -137,7 +137,10 @@ def _price_features() -> list[pl.Expr]:
     mf = tp * v
     pos = _o(pl.when(tp > _lag(tp, 1)).then(mf).otherwise(0.0).rolling_sum(14))
     neg = _o(pl.when(tp < _lag(tp, 1)).then(mf).otherwise(0.0).rolling_sum(14))
-    out.append((100 - 100 / (1 + pos / (neg + EPS))).alias("price__mfi_14"))
+    # Null, not 0, when the window holds no money flow at all (a closes-only source has no
+    # high/low/volume); otherwise unchanged: missing days count as no flow, as before.
+    has_flow = _o(mf.is_not_null().cast(pl.Float64).rolling_sum(14)) > 0
+    out.append(pl.when(has_flow).then(100 - 100 / (1 + pos / (neg + EPS))).alias("price__mfi_14"))
     out.append((c / _o(c.rolling_max(252)) - 1).alias("price__drawdown_252"))
     out.append((c / _o(c.rolling_min(252)) - 1).alias("price__above_low_252"))
     out.append(_o(r1.rolling_skew(63)).alias("price__skew_63"))
