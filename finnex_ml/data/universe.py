@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -147,7 +147,9 @@ def _rng(seed: int, stream: int, *extra: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, *extra])
 
 
-def _garch_fast(z: np.ndarray, omega: float, alpha: float, beta: float, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _garch_fast(
+    z: np.ndarray, omega: float, alpha: float, beta: float, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """GARCH(1,1) on given unit-variance shocks ``z``; ``scale`` multiplies the conditional sd.
 
     Same recursion as ``synthetic._garch``, with plain floats in the loop (several times faster)."""
@@ -256,7 +258,7 @@ def _universe(seed: int, n: int, n_sectors: int) -> _Universe:
     first = np.zeros(n, dtype=np.int64)
     last = np.full(n, len(sess) - 1, dtype=np.int64)
     first[order[:n_list]] = _event_indices(ev, n_list, sess)
-    last[order[n_list:n_list + n_delist]] = _event_indices(ev, n_delist, sess)
+    last[order[n_list : n_list + n_delist]] = _event_indices(ev, n_delist, sess)
 
     vol_mult = _VOL_MULT[w.regime]
     sector_ret = np.empty((GRID, n_sectors))
@@ -264,8 +266,23 @@ def _universe(seed: int, n: int, n_sectors: int) -> _Universe:
     for s in range(n_sectors):
         z = _t_shocks(_rng(seed, _U_SECTOR, s), GRID, 5.0)
         sector_ret[:, s], sector_var[:, s] = _garch_fast(z, 2.0e-6, 0.06, 0.90, vol_mult)
-    return _Universe(sess, tickers, sector, beta, gamma, alpha, price0, volume0, first, last,
-                     w.market_ret, w.market_var, vol_mult, sector_ret, sector_var)
+    return _Universe(
+        sess,
+        tickers,
+        sector,
+        beta,
+        gamma,
+        alpha,
+        price0,
+        volume0,
+        first,
+        last,
+        w.market_ret,
+        w.market_var,
+        vol_mult,
+        sector_ret,
+        sector_var,
+    )
 
 
 def _listed_mask(u: _Universe) -> np.ndarray:
@@ -301,8 +318,13 @@ def _ticker(seed: int, n: int, n_sectors: int, i: int, strength: float | None) -
     i_eps, i_var = _garch_fast(_t_shocks(ir, GRID, nu), 4e-6, 0.08, 0.89, vm)
     idio_sd = np.sqrt(i_var)
     s = u.sector[i]
-    ret = (u.alpha[i] + u.beta[i] * u.market + u.gamma[i] * u.sector_ret[:, s]
-           + MOOD_LEAD * idio_sd * lead + math.sqrt(1 - MOOD_LEAD**2) * i_eps)
+    ret = (
+        u.alpha[i]
+        + u.beta[i] * u.market
+        + u.gamma[i] * u.sector_ret[:, s]
+        + MOOD_LEAD * idio_sd * lead
+        + math.sqrt(1 - MOOD_LEAD**2) * i_eps
+    )
     var = u.beta[i] ** 2 * u.market_var + u.gamma[i] ** 2 * u.sector_var[:, s] + i_var
     control = None
     if strength is not None:
@@ -350,8 +372,10 @@ def _ticker_texts(seed: int, n: int, n_sectors: int, i: int) -> pl.DataFrame:
     table = np.array([x for p in pools for x in p], dtype=object)
     r = _rng(seed, _U_TEXT, i)
     frames = []
-    for source, rate, (h0, h1) in (("news", NEWS_PER_DAY * np.where(weekend, 0.3, 1.0), (6.0, 20.0)),
-                                   ("social", SOCIAL_PER_DAY * np.ones(len(days)), (0.0, 24.0))):
+    for source, rate, (h0, h1) in (
+        ("news", NEWS_PER_DAY * np.where(weekend, 0.3, 1.0), (6.0, 20.0)),
+        ("social", SOCIAL_PER_DAY * np.ones(len(days)), (0.0, 24.0)),
+    ):
         count = r.poisson(rate * (1.0 + 0.3 * np.abs(m)))
         p_pos = 1.0 / (1.0 + np.exp(-(0.6 * m + r.normal(0.0, 0.8, size=len(days)))))
         day_idx = np.repeat(np.arange(len(days)), count)
@@ -361,17 +385,20 @@ def _ticker_texts(seed: int, n: int, n_sectors: int, i: int) -> pl.DataFrame:
         sizes = np.array([len(p) for p in pools])
         text = table[offset[pool] + (pick * sizes[pool]).astype(np.int64)]
         minutes = r.uniform(h0 * 60, h1 * 60, size=total).astype(np.int64)
-        frames.append(pl.DataFrame({
-            "day": pl.Series(days[day_idx]).cast(pl.Date),
-            "minutes": minutes,
-            "source": pl.Series([source] * total, dtype=pl.String),
-            "text": pl.Series(text.tolist(), dtype=pl.String),
-        }))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "day": pl.Series(days[day_idx]).cast(pl.Date),
+                    "minutes": minutes,
+                    "source": pl.Series([source] * total, dtype=pl.String),
+                    "text": pl.Series(text.tolist(), dtype=pl.String),
+                }
+            )
+        )
     both = pl.concat(frames)
-    published = (
-        pl.col("day").cast(pl.Datetime("us")).dt.replace_time_zone("America/New_York")
-        .dt.convert_time_zone("UTC") + pl.duration(minutes=pl.col("minutes"))
-    )
+    published = pl.col("day").cast(pl.Datetime("us")).dt.replace_time_zone("America/New_York").dt.convert_time_zone(
+        "UTC"
+    ) + pl.duration(minutes=pl.col("minutes"))
     return both.select("day", published.alias("published_at"), "source", "text").sort("published_at", "source", "text")
 
 
@@ -381,8 +408,9 @@ class SyntheticUniverse:
     name = "synthetic-universe"
     benchmark = "equal-weight universe"
 
-    def __init__(self, n_tickers: int = 24, seed: int = 7, n_sectors: int = 4,
-                 plant: CrossSectionalSignal | None = None) -> None:
+    def __init__(
+        self, n_tickers: int = 24, seed: int = 7, n_sectors: int = 4, plant: CrossSectionalSignal | None = None
+    ) -> None:
         if n_tickers < 2:
             raise ValueError(f"a synthetic universe needs at least 2 tickers, got {n_tickers}")
         if not 1 <= n_sectors <= n_tickers:
@@ -407,12 +435,15 @@ class SyntheticUniverse:
 
     def members(self) -> pl.DataFrame:
         u = self._u()
-        return pl.DataFrame({
-            "ticker": u.tickers,
-            "sector": [f"S{s}" for s in u.sector],
-            "first": pl.Series(u.sessions[u.first]).cast(pl.Date),
-            "last": pl.Series(u.sessions[u.last]).cast(pl.Date),
-        }, schema=MEMBER_SCHEMA).sort("ticker")
+        return pl.DataFrame(
+            {
+                "ticker": u.tickers,
+                "sector": [f"S{s}" for s in u.sector],
+                "first": pl.Series(u.sessions[u.first]).cast(pl.Date),
+                "last": pl.Series(u.sessions[u.last]).cast(pl.Date),
+            },
+            schema=MEMBER_SCHEMA,
+        ).sort("ticker")
 
     def _t(self, i: int) -> _Ticker:
         strength = None if self.plant is None else float(self.plant.strength)
@@ -428,30 +459,37 @@ class SyntheticUniverse:
         hi = int(np.searchsorted(sess, np.datetime64(end, "D"), side="right"))
         p_lo, p_hi = max(lo, int(u.first[i])), min(hi, int(u.last[i]) + 1)
         idx = slice(p_lo, max(p_lo, p_hi))
-        prices = pl.DataFrame({
-            "date": pl.Series("date", sess[idx]).cast(pl.Date),
-            "open": t.open[idx], "high": t.high[idx], "low": t.low[idx], "close": t.close[idx],
-            "volume": t.volume[idx],
-            "market__implied_vol": t.implied_vol[idx],
-            "market__put_call_ratio": t.put_call[idx],
-        }, schema_overrides=PRICE_SCHEMA)
+        prices = pl.DataFrame(
+            {
+                "date": pl.Series("date", sess[idx]).cast(pl.Date),
+                "open": t.open[idx],
+                "high": t.high[idx],
+                "low": t.low[idx],
+                "close": t.close[idx],
+                "volume": t.volume[idx],
+                "market__implied_vol": t.implied_vol[idx],
+                "market__put_call_ratio": t.put_call[idx],
+            },
+            schema_overrides=PRICE_SCHEMA,
+        )
         if t.control is not None:
             prices = prices.with_columns(pl.Series("market__control_a", t.control[idx], dtype=pl.Float64))
         # Shared macro: SyntheticSource's own daily and monthly series (its market is this universe's market).
         w = _world(self.seed)
         prev = slice(max(lo - 1, 0), hi)
-        macro = pl.concat([
-            SyntheticSource._daily_macro(w, prev, pl.Series("date", w.sessions[prev]).cast(pl.Date)),
-            self._macro_source._monthly_macro(start, end),
-        ])
+        macro = pl.concat(
+            [
+                SyntheticSource._daily_macro(w, prev, pl.Series("date", w.sessions[prev]).cast(pl.Date)),
+                self._macro_source._monthly_macro(start, end),
+            ]
+        )
         releases = pl.concat([macro.cast(RELEASE_SCHEMA), self._fundamentals(i, start, end)])  # type: ignore[arg-type]
         releases = releases.filter(pl.col("released") <= end)
         texts = self._texts(i, start, end)
         tag = self.tag
         provenance = {m: tag for m in ("prices", "market", "texts", "macro", "fundamental")}
         provenance["peers"] = "none: universe mode has no peer tickers per stock"
-        return RawData(prices=prices, peers=_empty(PEER_SCHEMA), texts=texts, releases=releases,
-                       provenance=provenance)
+        return RawData(prices=prices, peers=_empty(PEER_SCHEMA), texts=texts, releases=releases, provenance=provenance)
 
     # --- fundamentals ---------------------------------------------------------------------------
     def _fundamentals(self, i: int, start: date, end: date) -> pl.DataFrame:
@@ -477,20 +515,35 @@ class SyntheticUniverse:
         mood_at = mood[k]
         tone = np.tanh(0.5 * mood_at + r.normal(0, 0.6, size=size)[:n])
         rating = np.clip(3.4 + 0.5 * mood_at + r.normal(0, 0.4, size=size)[:n], 1, 5)
-        series = {"revenue": revenue, "eps": eps, "gross_margin": gross_margin, "op_margin": op_margin,
-                  "debt_to_equity": debt_to_equity, "free_cash_flow": fcf, "shares_out": shares,
-                  "mgmt_tone": tone, "analyst_rating": rating}
+        series = {
+            "revenue": revenue,
+            "eps": eps,
+            "gross_margin": gross_margin,
+            "op_margin": op_margin,
+            "debt_to_equity": debt_to_equity,
+            "free_cash_flow": fcf,
+            "shares_out": shares,
+            "mgmt_tone": tone,
+            "analyst_rating": rating,
+        }
         first = u.sessions[u.first[i]].astype(object)
         last = u.sessions[u.last[i]].astype(object)
-        keep = [j for j, q in enumerate(quarters)
-                if q >= _shift_years(start, -2) and first <= filed[j] <= last]
-        return pl.concat([
-            pl.DataFrame({"modality": "fundamental", "series": name,
-                          "period_end": [quarters[j] for j in keep],
-                          "released": [filed[j] for j in keep], "value": np.asarray(v, dtype=float)[keep]},
-                         schema=RELEASE_SCHEMA)
-            for name, v in series.items()
-        ])
+        keep = [j for j, q in enumerate(quarters) if q >= _shift_years(start, -2) and first <= filed[j] <= last]
+        return pl.concat(
+            [
+                pl.DataFrame(
+                    {
+                        "modality": "fundamental",
+                        "series": name,
+                        "period_end": [quarters[j] for j in keep],
+                        "released": [filed[j] for j in keep],
+                        "value": np.asarray(v, dtype=float)[keep],
+                    },
+                    schema=RELEASE_SCHEMA,
+                )
+                for name, v in series.items()
+            ]
+        )
 
     # --- texts ----------------------------------------------------------------------------------
     def _texts(self, i: int, start: date, end: date) -> pl.DataFrame:
@@ -514,7 +567,9 @@ class SyntheticUniverse:
         the expected h-session log return in excess of the cross-sectional mean given t's close (only
         z(t) is known at t, and later scores have mean 0, so every horizon gets the same value)."""
         if self.plant is None:
-            raise ValueError("oracle_scores needs a planted signal (SyntheticUniverse(plant=CrossSectionalSignal(...)))")
+            raise ValueError(
+                "oracle_scores needs a planted signal (SyntheticUniverse(plant=CrossSectionalSignal(...)))"
+            )
         u = self._u()
         lo = int(np.searchsorted(u.sessions, np.datetime64(start, "D")))
         hi = int(np.searchsorted(u.sessions, np.datetime64(end, "D"), side="right"))
@@ -523,10 +578,12 @@ class SyntheticUniverse:
         z = ctrl - _control_mean(u, self.seed)[lo:hi, None]
         score = self.plant.strength * PLANT_SCALE * z
         rows, cols = np.nonzero(mask)
-        frame = pl.DataFrame({
-            "date": pl.Series(u.sessions[lo:hi][rows]).cast(pl.Date),
-            "ticker": pl.Series([u.tickers[c] for c in cols], dtype=pl.String),
-        })
+        frame = pl.DataFrame(
+            {
+                "date": pl.Series(u.sessions[lo:hi][rows]).cast(pl.Date),
+                "ticker": pl.Series([u.tickers[c] for c in cols], dtype=pl.String),
+            }
+        )
         return frame.with_columns(
             pl.Series(f"oracle_h{h}", score[rows, cols], dtype=pl.Float64) for h in horizons
         ).sort("date", "ticker")
@@ -537,11 +594,26 @@ class SyntheticUniverse:
 # ======================================================================================
 
 GICS_SECTORS = {
-    "AAPL": "Information Technology", "AMD": "Information Technology", "BAC": "Financials",
-    "BBY": "Consumer Discretionary", "CVX": "Energy", "GE": "Industrials", "HD": "Consumer Discretionary",
-    "JNJ": "Health Care", "JPM": "Financials", "KO": "Consumer Staples", "LLY": "Health Care",
-    "MRK": "Health Care", "MSFT": "Information Technology", "PEP": "Consumer Staples", "PFE": "Health Care",
-    "PG": "Consumer Staples", "RRC": "Energy", "UNH": "Health Care", "WMT": "Consumer Staples", "XOM": "Energy",
+    "AAPL": "Information Technology",
+    "AMD": "Information Technology",
+    "BAC": "Financials",
+    "BBY": "Consumer Discretionary",
+    "CVX": "Energy",
+    "GE": "Industrials",
+    "HD": "Consumer Discretionary",
+    "JNJ": "Health Care",
+    "JPM": "Financials",
+    "KO": "Consumer Staples",
+    "LLY": "Health Care",
+    "MRK": "Health Care",
+    "MSFT": "Information Technology",
+    "PEP": "Consumer Staples",
+    "PFE": "Health Care",
+    "PG": "Consumer Staples",
+    "RRC": "Energy",
+    "UNH": "Health Care",
+    "WMT": "Consumer Staples",
+    "XOM": "Energy",
 }
 
 
@@ -556,14 +628,17 @@ def _panel() -> tuple[pl.DataFrame, tuple[str, ...]]:
     notes = []
     early = wide.filter(pl.col("date") < calendar.CALENDAR_START).height
     if early:
-        notes.append(f"skfolio sp500: dropped {early} row(s) before the calendar's first session "
-                     f"{calendar.CALENDAR_START}")
+        notes.append(
+            f"skfolio sp500: dropped {early} row(s) before the calendar's first session {calendar.CALENDAR_START}"
+        )
         wide = wide.filter(pl.col("date") >= calendar.CALENDAR_START)
-    on_session = wide["date"].is_in(pl.Series(calendar.all_sessions(), dtype=pl.Date))
-    off = int((~on_session).sum())
-    if off:
-        notes.append(f"skfolio sp500: dropped {off} row(s) on dates that are not NYSE sessions")
-        wide = wide.filter(on_session)
+    sessions = pl.DataFrame(
+        {"date": calendar.sessions(wide["date"].min(), wide["date"].max())}, schema={"date": pl.Date}
+    )
+    kept = wide.join(sessions, on="date", how="semi")
+    if kept.height < wide.height:
+        notes.append(f"skfolio sp500: dropped {wide.height - kept.height} row(s) on dates that are not NYSE sessions")
+    wide = kept
     long = (
         wide.unpivot(index="date", variable_name="ticker", value_name="close")
         .with_columns(pl.col("close").cast(pl.Float64))
@@ -588,12 +663,19 @@ class PackagedPanel:
         return long
 
     def members(self) -> pl.DataFrame:
-        spans = self._data().group_by("ticker").agg(pl.col("date").min().alias("first"),
-                                                     pl.col("date").max().alias("last"))
-        return spans.select(
-            "ticker", pl.col("ticker").replace_strict(GICS_SECTORS, return_dtype=pl.String).alias("sector"),
-            "first", "last",
-        ).cast(MEMBER_SCHEMA).sort("ticker")  # type: ignore[arg-type]
+        spans = (
+            self._data().group_by("ticker").agg(pl.col("date").min().alias("first"), pl.col("date").max().alias("last"))
+        )
+        return (
+            spans.select(
+                "ticker",
+                pl.col("ticker").replace_strict(GICS_SECTORS, return_dtype=pl.String).alias("sector"),
+                "first",
+                "last",
+            )
+            .cast(MEMBER_SCHEMA)
+            .sort("ticker")
+        )  # type: ignore[arg-type]
 
     def load_ticker(self, ticker: str, start: date, end: date) -> RawData:
         data = self._data()
@@ -606,9 +688,7 @@ class PackagedPanel:
         prices = closes.select(
             "date", nulls.alias("open"), nulls.alias("high"), nulls.alias("low"), "close", nulls.alias("volume")
         ).cast(PRICE_SCHEMA)  # type: ignore[arg-type]
-        macro = _macro().filter(
-            (pl.col("released") <= end) & (pl.col("period_end") >= _shift_years(start, -2))
-        )
+        macro = _macro().filter((pl.col("released") <= end) & (pl.col("period_end") >= _shift_years(start, -2)))
         provenance = {
             "prices": "packaged:skfolio.datasets.load_sp500_dataset (adjusted closes; open/high/low/volume missing)",
             "macro": "packaged:arch.data(sp500,nasdaq,vix,wti,default,core_cpi,frenchdata)",
@@ -616,8 +696,13 @@ class PackagedPanel:
             "fundamental": "none: no package ships filings for this panel",
             "peers": "none: universe mode has no peer tickers per stock",
         }
-        return RawData(prices=prices, peers=_empty(PEER_SCHEMA), texts=_empty(TEXT_SCHEMA),
-                       releases=macro.cast(RELEASE_SCHEMA), provenance=provenance)  # type: ignore[arg-type]
+        return RawData(
+            prices=prices,
+            peers=_empty(PEER_SCHEMA),
+            texts=_empty(TEXT_SCHEMA),
+            releases=macro.cast(RELEASE_SCHEMA),
+            provenance=provenance,
+        )  # type: ignore[arg-type]
 
     def oracle_scores(self, start: date, end: date, horizons: tuple[int, ...]) -> pl.DataFrame:
         raise ValueError("oracle_scores needs a planted signal; the packaged panel has none")
