@@ -23,7 +23,16 @@ Two universes:
   hundreds of tickers.
 - :class:`PackagedPanel`: the 20-stock S&P 500 panel that ships with skfolio (adjusted closes,
   1990-2022; open/high/low/volume are missing and stay null), GICS sectors, and the same
-  ``arch.data`` macro as ``PackagedSource``. No texts, no fundamentals.
+  ``arch.data`` macro as ``PackagedSource`` (daily series end in 2018; prices run to 2022). No
+  texts, no fundamentals. The panel itself is survivorship-biased (20 large caps still listed in
+  2022, all with prices from the calendar's first session 1995-01-03); members() reports it as is.
+  With closes only, the OHLV-based features are null and the feature table's warm-up never
+  completes (its depth counts every raw input, open/high/low/volume included).
+
+Listing events (synthetic): round(15 %) of tickers list and round(10 %) delist (at least one of
+each from 4 tickers); the first listing and the first delisting fall inside the default synthetic
+range (2024), the rest one per equal stratum of 2015-2026. Tickers without a listing event start
+at the grid's first session; without a delisting they run to the calendar's last session.
 
 Planted cross-sectional signal (:class:`CrossSectionalSignal`, off by default): each ticker gets
 an i.i.d. N(0, 1) price-frame column ``market__control_a``; z_i(t) is control_a_i(t) minus its
