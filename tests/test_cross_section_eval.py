@@ -147,7 +147,19 @@ def test_hac_t_keeps_its_size_with_overlapping_horizons_where_a_naive_t_test_doe
         hac_rej += s["p_value"] < 0.05
         naive_rej += ttest_1samp(daily["ic"].to_numpy(), 0.0).pvalue < 0.05
     assert hac_rej / sims < 0.15, hac_rej
-    assert naive_rej / sims > 0.25 and naive_rej > 2 * hac_rej, (naive_rej, hac_rej)
+    # observed with these seeds: HAC 5/60 (8 %), naive 17/60 (28 %)
+    assert naive_rej / sims > 0.2 and naive_rej > 2 * hac_rej, (naive_rej, hac_rej)
+
+
+def test_block_permutation_widens_the_null_for_persistent_scores_on_overlapping_returns() -> None:
+    """Independent daily shuffles ignore that a persistent score meets overlapping returns; the
+    same shuffle for h consecutive dates keeps that dependence and gives a wider null (in a
+    30-panel simulation: 13 % vs 7 % one-sided rejections of a true null at 5 %)."""
+    panel = _overlapping_noise_panel(1)
+    one = cs.permutation_ic_test(panel, n_perm=400, seed=0, block=1)
+    five = cs.permutation_ic_test(panel, n_perm=400, seed=0, block=5)
+    assert five["null_sd"] > 1.4 * one["null_sd"], (five["null_sd"], one["null_sd"])
+    assert one["mean_ic"] == five["mean_ic"] and abs(five["null_mean"]) < 0.01
 
 
 def test_hac_lags_cover_the_overlap() -> None:
@@ -293,6 +305,8 @@ def test_compare_to_baselines_flags_the_best_baseline_and_tests_the_model_agains
     assert paired["mean_diff"] == pytest.approx(row["model"] - row["weak"])
     assert paired["t"] > 10 and paired["ci_low"] > 0.4
     assert tests["permutation"]["p_value"] == pytest.approx(1 / 501)
+    mono = dict(zip(table["predictor"], table["monotonicity"], strict=True))
+    assert mono["model"] == pytest.approx(1.0) and math.isnan(mono["constant"])
     assert 0 < tests["min_detectable_ic"] < 0.02
 
 
