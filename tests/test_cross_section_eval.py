@@ -210,6 +210,8 @@ def test_quantiles_with_fewer_tickers_than_quantiles_and_ties() -> None:
     # fewer than MIN_TICKERS: the date is counted, its IC null
     ic = cs.daily_ic(preds)
     assert ic["n"].to_list() == [4, 3, 1] and ic["ic"].null_count() == 3
+    no_score = preds.with_columns(pl.when(pl.col("date") == d2).then(None).otherwise(pl.col("score")).alias("score"))
+    assert cs.daily_ic(no_score)["n"].to_list() == [4, 3, 0]
 
 
 def test_staggered_book_averages_the_h_phases() -> None:

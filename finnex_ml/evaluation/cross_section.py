@@ -95,7 +95,7 @@ def hac_lags(n: int, horizon: int) -> int:
 def daily_ic(preds: pl.DataFrame, method: str = "spearman") -> pl.DataFrame:
     """Per-date information coefficient: correlation between ``score`` and ``excess_return``
     (``"spearman"``: rank IC with average ranks for ties; ``"pearson"``). Returns ``date``, ``ic``,
-    ``n`` (tickers used). A date with fewer than ``MIN_TICKERS`` tickers or a constant score (or
+    ``n`` (tickers used; 0 on a date of ``preds`` with no usable row). A date with fewer than ``MIN_TICKERS`` tickers or a constant score (or
     return) gets a null ``ic``: it stays in the frame, so the count of such dates is visible."""
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
@@ -114,7 +114,10 @@ def daily_ic(preds: pl.DataFrame, method: str = "spearman") -> pl.DataFrame:
         )
     )
     valid = (pl.col("n") >= MIN_TICKERS) & pl.col("_vs") & pl.col("_vr") & pl.col("ic").is_finite()
-    return out.select("date", pl.when(valid).then(pl.col("ic")).alias("ic"), "n").sort("date")
+    out = out.select("date", pl.when(valid).then(pl.col("ic")).alias("ic"), "n")
+    # a date whose every row lacks a score or return is still a date without an IC: n = 0
+    every = preds.select(pl.col("date").unique())
+    return every.join(out, on="date", how="left").with_columns(pl.col("n").fill_null(0)).sort("date")
 
 
 def is_degenerate_score(preds: pl.DataFrame) -> bool:
