@@ -24,27 +24,35 @@ Why compressed, and which filter
 Uncompressed a cross-section costs 3 MB per image: 20 tickers x 5 years ~ 75 GB. The budget is
 <= 5 GB for the default demo (24 tickers x 1 year) and <= 20 GB for 20 tickers x 5 years, so the
 store must be >= ~4x smaller than raw. The images are piecewise constant (bands of identical
-pixels), so every filter clears that easily; the choice is about speed. The rule: among filters
-at <= 1/4 of raw, the fastest write + random single-image read (the training loader's pattern).
-Measured by ``benchmarks/bench_panel_store.py`` (results in ``benchmarks/panel_store.md``) on
-real encoder images (24 tickers x 10 dates, 240 distinct images), 2-core shared dev VM,
-ms per image write / full cross-section read / random single read, MB per image, vs raw:
+pixels), so every candidate clears that easily (10-35x); the choice is about speed. The rule:
+among filters at <= 1/4 of raw, the least CPU time per image to write it and read it back at
+random (the training loader's pattern); within 15% of that counts as a tie, and among ties the
+smallest file wins. CPU rather than wall time because on the shared 2-core dev VM other users'
+load moved wall times by up to ~3x in bursts (CPU / wall ~0.4 over a run), unevenly between
+candidates. Measured by ``benchmarks/bench_panel_store.py`` (committed run in
+``benchmarks/panel_store.md``) on 240 distinct real encoder images as 24 tickers x 10 dates; wall
+medians per image, write / full cross-section read / random single read (ms), CPU write + random
+(ms), MB per image and x smaller than raw. Baseline in the same run, interleaved date by date: a
+bare numpy -> h5py write of the same cross-section (contiguous, no temp file, no fsync), 5.8 ms
+write (page-cache speed varied 1-11 ms between blocks), 1.4 ms full read, 2.2 ms random read:
 
-    none        ~1.3 / ~1.0 / ~1.4   3.000 MB   1x   (baseline bare h5py write ~1.2 / read ~1.0)
-    lz4         ~2.7 / ~1.9 / ~2.7   0.197 MB  15x   <- DEFAULT: fastest of those <= 1/4 of raw
-    zstd        ~3.9 / ~2.7 / ~3.4   0.082 MB  37x   smallest; ~1.5x the lz4 time
-    blosc-lz4   ~2.6 / ~2.1 / ~2.8   0.242 MB  12x
-    blosc-zstd  ~5.2 / ~3.5 / ~4.3   0.126 MB  24x
-    gzip        ~13  / ~7.2 / ~6.9   0.195 MB  15x   (level 1; portable, no plugin needed)
-    lzf         ~16  / ~13  / ~14    0.284 MB  11x
+    none        10.8 /  2.4 /  2.9   CPU  3.1 + 2.4   3.016 MB   1x   (fsync of 3 MB per image)
+    lz4          4.3 /  2.1 /  3.1   CPU  3.5 + 3.0   0.201 MB  15x   <- DEFAULT
+    blosc-lz4    5.4 /  4.6 /  6.8   CPU  3.2 + 3.3   0.246 MB  12x   tied with lz4 on CPU, 22% bigger
+    zstd         9.1 /  4.8 /  5.5   CPU  4.8 + 3.8   0.085 MB  35x   smallest; ~1.35x lz4's CPU
+    blosc-zstd  13.0 /  3.6 /  4.7   CPU  6.2 + 4.5   0.129 MB  23x
+    gzip        31.1 / 13.5 / 15.5   CPU 15.0 + 7.8   0.198 MB  15x   (level 1; no plugin needed)
+    lzf         37.4 / 28.4 / 28.0   CPU 17.9 + 14.9  0.287 MB  10x
 
-See panel_store.md for the numbers of the committed run; they move by +-30% run to run on the
-shared VM, but the ordering (lz4 ~ blosc-lz4 < zstd < blosc-zstd << gzip < lzf) held in every
-run. At lz4's size a ticker-year is ~0.05 GB: the demo ~1.2 GB, 20 x 5 years ~5 GB. ``zstd`` is the
-choice where disk matters more than ~1 ms per image (2.4x smaller again). The Blosc variants use
-no byte shuffle: on these images shuffle made every filter larger (piecewise-constant float32
-runs compress better as whole 4-byte words). All non-gzip filters need ``hdf5plugin`` to read
-(imported here); ``gzip`` and ``none`` files are readable by any HDF5 tool.
+lz4 and blosc-lz4 cost the same CPU (6.4 ms per image written and read back); lz4 wins the tie on
+size and is the simpler filter (the registered HDF5 LZ4 filter 32004, no meta-compressor). In two
+earlier runs of the same benchmark, timed by wall clock, blosc-lz4 was ahead of lz4 by 4% and 10%
+(within the noise); zstd was always third. At lz4's size a ticker-year is ~0.053 GB: the demo
+~1.3 GB, 20 tickers x 5 years ~5.3 GB, 500 tickers x 5 years ~130 GB. ``zstd`` is the choice
+where disk matters more than ~2 ms of CPU per image (2.4x smaller again). The Blosc variants use
+no byte shuffle: on these images shuffle made every filter larger and slower (piecewise-constant
+float32 runs compress better as whole 4-byte words). All but ``none``, ``gzip`` and ``lzf`` need
+``hdf5plugin`` to read (imported here); ``gzip`` and ``none`` files open in any HDF5 tool.
 """
 
 from __future__ import annotations
