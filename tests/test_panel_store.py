@@ -138,6 +138,29 @@ def test_lists_and_dicts_are_sorted_iterators_must_arrive_sorted(tmp_path: Path,
     assert not ps.panel_path(tmp_path, D3).exists()
 
 
+def test_write_streams_one_item_at_a_time_and_copes_with_reused_buffers(tmp_path: Path, spec: LayoutSpec) -> None:
+    # like encode_dates(reuse_buffer=True): every item shares one image / mask / stats buffer, so
+    # a writer that kept references instead of writing each item at once would store the last one n times
+    items = _section(spec, D1)
+    image = np.empty((512, 512, 3), dtype=np.float32)
+    missing = np.empty((spec.sessions, spec.n_features), dtype=np.uint8)
+    center, scale = np.empty(spec.n_features), np.empty(spec.n_features)
+    produced = []
+
+    def stream():
+        for t, it in items:
+            image[...], missing[...], center[...], scale[...] = it.image, it.missing, it.center, it.scale
+            produced.append(t)
+            yield t, it._replace(image=image, missing=missing, center=center, scale=scale)
+
+    ps.write_cross_section(tmp_path, D1, stream(), spec=spec, norm_config=CFG)
+    assert produced == TICKERS
+    for t, it in items:
+        rec = ps.read_panel_record(tmp_path, D1, t)
+        assert np.array_equal(rec["image"], it.image) and np.array_equal(rec["missing"], it.missing)
+        assert np.array_equal(rec["norm_center"], it.center) and np.array_equal(rec["norm_scale"], it.scale)
+
+
 def test_duplicate_empty_and_malformed_cross_sections_are_refused(tmp_path: Path, spec: LayoutSpec) -> None:
     a, b = _item(spec, D1, 1), _item(spec, D1, 2)
     for items in ([("IBM", a), ("IBM", b)], iter([("IBM", a), ("IBM", b)])):

@@ -45,9 +45,10 @@ write (page-cache speed varied 1-11 ms between blocks), 1.4 ms full read, 2.2 ms
     lzf         37.4 / 28.4 / 28.0   CPU 17.9 + 14.9  0.287 MB  10x
 
 lz4 and blosc-lz4 cost the same CPU (6.4 ms per image written and read back); lz4 wins the tie on
-size and is the simpler filter (the registered HDF5 LZ4 filter 32004, no meta-compressor). In two
-earlier runs of the same benchmark, timed by wall clock, blosc-lz4 was ahead of lz4 by 4% and 10%
-(within the noise); zstd was always third. At lz4's size a ticker-year is ~0.053 GB: the demo
+size and is the simpler filter (the registered HDF5 LZ4 filter 32004, no meta-compressor). In three
+earlier runs ranked by wall clock, blosc-lz4 was ahead of lz4 by 4%, 10% and 34% (in the last, lz4's
+blocks were hit by load: its paired ratio to the interleaved bare write was better than
+blosc-lz4's), in the committed run lz4 was ahead on wall time; zstd was third or fourth in all. At lz4's size a ticker-year is ~0.053 GB: the demo
 ~1.3 GB, 20 tickers x 5 years ~5.3 GB, 500 tickers x 5 years ~130 GB. ``zstd`` is the choice
 where disk matters more than ~2 ms of CPU per image (2.4x smaller again). The Blosc variants use
 no byte shuffle: on these images shuffle made every filter larger and slower (piecewise-constant
@@ -182,9 +183,10 @@ def write_cross_section(
                 images.resize(i + 1, axis=0)
                 images[i] = np.ascontiguousarray(item.image)
                 tickers.append(ticker)
-                missing.append(np.asarray(item.missing, dtype=np.uint8))
-                centers.append(np.asarray(item.center, dtype=np.float64))
-                scales.append(np.asarray(item.scale, dtype=np.float64))
+                # copies: a stream may reuse its buffers (encode_dates(reuse_buffer=True))
+                missing.append(np.array(item.missing, dtype=np.uint8, copy=True))
+                centers.append(np.array(item.center, dtype=np.float64, copy=True))
+                scales.append(np.array(item.scale, dtype=np.float64, copy=True))
                 hashes.append(str(item.params_hash))
             n = len(tickers)
             if n == 0:
