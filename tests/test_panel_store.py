@@ -199,6 +199,13 @@ def test_unknown_ticker_and_missing_date_name_date_ticker_and_file(stored) -> No
         ps.read_panel_record(root, date(2024, 4, 4), "IBM")
 
 
+def test_a_single_ticker_store_is_not_read_as_a_panel(tmp_path: Path, spec: LayoutSpec) -> None:
+    store.write_encoded(tmp_path, _item(spec, D1, 1), spec, CFG)
+    for call in (lambda: ps.read_cross_section(tmp_path, D1), lambda: ps.panel_index(tmp_path)):
+        with pytest.raises(DataInputError, match="not a universe cross-section file.*date=2024-04-02"):
+            call()
+
+
 def test_failed_write_leaves_no_file_and_keeps_an_existing_one(tmp_path: Path, spec: LayoutSpec) -> None:
     items = _section(spec, D1)
 

@@ -248,7 +248,7 @@ def _check_item(d: date, ticker: Any, item: Any, prev: str | None, L: int, F: in
 # ---- reading ------------------------------------------------------------------------------
 
 
-def _open(root: Path | str, d: date | str) -> tuple[h5py.File, Path]:
+def _open(root: Path | str, d: date | str) -> tuple[h5py.File, Path, list[str]]:
     d = _as_date(d)
     path = panel_path(root, d)
     if not path.exists():
@@ -258,15 +258,27 @@ def _open(root: Path | str, d: date | str) -> tuple[h5py.File, Path]:
             file=str(path),
             date=d.isoformat(),
         )
-    return h5py.File(path, "r"), path
+    f = h5py.File(path, "r")
+    try:
+        tickers = _tickers(f)  # also checks it is a panel file, not e.g. a single-ticker store's
+    except BaseException:
+        f.close()
+        raise
+    return f, path, tickers
 
 
 def _tickers(f: h5py.File) -> list[str]:
+    if "tickers" not in f or "images" not in f:
+        raise DataInputError(
+            "not a universe cross-section file (no 'tickers' / 'images' dataset; a single-ticker store's file?)",
+            file=str(f.filename),
+            date=str(f.attrs.get("date", "")) or None,
+        )
     return [t.decode() if isinstance(t, bytes) else str(t) for t in f["tickers"][...]]
 
 
-def _rows(f: h5py.File, path: Path, d: date | str, tickers: Sequence[str]) -> list[int]:
-    pos = {t: i for i, t in enumerate(_tickers(f))}
+def _rows(stored: list[str], path: Path, d: date | str, tickers: Sequence[str]) -> list[int]:
+    pos = {t: i for i, t in enumerate(stored)}
     rows = []
     for t in tickers:
         if t not in pos:
@@ -287,13 +299,13 @@ def read_cross_section(
     DataInputError naming the date, the file (and the ticker)."""
     if isinstance(tickers, str):
         tickers = [tickers]
-    f, path = _open(root, d)
+    f, path, stored = _open(root, d)
     with f:
         ds = f["images"]
         if tickers is None:
-            return _tickers(f), ds[...]
+            return stored, ds[...]
         want = list(tickers)
-        rows = _rows(f, path, d, want)
+        rows = _rows(stored, path, d, want)
         out = np.empty((len(rows), *IMAGE_SHAPE), dtype=np.float32)
         for i, r in enumerate(rows):
             ds.read_direct(out, source_sel=np.s_[r], dest_sel=np.s_[i])
@@ -303,9 +315,9 @@ def read_cross_section(
 def read_panel_record(root: Path | str, d: date | str, ticker: str) -> dict[str, Any]:
     """Image, missing mask (bool), norm_center / norm_scale, the file's attributes and the
     ticker's ``ticker``, ``row``, ``normalization_params_hash`` and ``missing_cells``."""
-    f, path = _open(root, d)
+    f, path, stored = _open(root, d)
     with f:
-        (row,) = _rows(f, path, d, [ticker])
+        (row,) = _rows(stored, path, d, [ticker])
         out: dict[str, Any] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         out["ticker"], out["row"] = ticker, row
         out["image"] = f["images"][row]
@@ -369,8 +381,8 @@ class PanelReader:
         if hit is not None:
             self._files.move_to_end(d)
             return hit
-        f, _ = _open(self.root, d)
-        entry = (f, _tickers(f))
+        f, _, tickers = _open(self.root, d)
+        entry = (f, tickers)
         self._files[d] = entry
         while len(self._files) > self.max_open:
             _, (old, _) = self._files.popitem(last=False)
