@@ -16,7 +16,8 @@ Each per-date file holds, for the ``n`` tickers trading that day (rows sorted by
   ``sessions``, ``compression``, ``format_version``, ``code_version`` (and the caller's ``attrs``).
 
 Writes stream: ``write_cross_section`` holds one image at a time (the images dataset grows by one
-row per ticker), so a 500-ticker day needs ~3 MB of image memory, not 1.5 GB. Writes are atomic
+row per ticker), so a 500-ticker day needs ~3 MB of image memory, not 1.5 GB (the masks and norm
+stats, ~12 KB per ticker at the default layout, are collected and written at the end). Writes are atomic
 (``finnex_ml.paths.atomic_path``): a failure midway leaves no file and keeps an existing one.
 
 Why compressed, and which filter
