@@ -32,6 +32,9 @@ def _ensure_initialised() -> None:
 
 LATER_STAGES = ["mega_images", "labels", "patch_dataset"]
 UNPARTITIONED = ("dataset_splits", "cnn_model")
+UNIVERSE_FEATURES = ["universe_prices", "universe_features"]
+UNIVERSE_LATER = ["universe_images", "universe_labels"]
+UNIVERSE_FINAL = ("universe_splits", "universe_model", "universe_evaluation")
 EVALUATION = ("model_evaluation", "evaluation_report", "qa_report")
 FEATURE_STAGE = ["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data", "daily_features"]
 
@@ -53,10 +56,15 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
     warnings.filterwarnings("ignore", message=".*currently in beta.*")
     import dagster as dg
 
-    from finnex_assets.definitions import defs, main_job
+    from finnex_assets.definitions import defs, main_job, universe_job
 
-    unpartitioned = bool(selection) and all(s in UNPARTITIONED + EVALUATION for s in selection)
-    job = defs.resolve_implicit_global_asset_job_def() if unpartitioned else defs.resolve_job_def(main_job.name)
+    unpartitioned = bool(selection) and all(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
+    universe = bool(selection) and all(s.startswith("universe_") for s in selection)
+    job = (
+        defs.resolve_implicit_global_asset_job_def()
+        if unpartitioned
+        else defs.resolve_job_def(universe_job.name if universe else main_job.name)
+    )
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
     result = job.execute_in_process(
         instance=dg.DagsterInstance.get(), tags=tags, asset_selection=selection_keys, raise_on_error=False
@@ -98,6 +106,22 @@ def run_pipeline(start: str, end: str) -> bool:
     return _execute(list(EVALUATION), {}, "test split and walk-forward folds: " + ", ".join(EVALUATION))
 
 
+def run_universe(start: str, end: str) -> bool:
+    """Universe mode for [start, end]: prices and features from the images' lookback, images and
+    labels over [start, end], then splits, the model and the evaluation (each stage one run)."""
+    from finnex_assets.assets.images import LOOKBACK
+    from finnex_ml import calendar
+
+    feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
+    return (
+        run_range(feature_start, end, UNIVERSE_FEATURES)
+        and run_range(start, end, UNIVERSE_LATER)
+        and _execute(
+            list(UNIVERSE_FINAL), {}, "every (date, ticker) with an image and a label: " + ", ".join(UNIVERSE_FINAL)
+        )
+    )
+
+
 def _sweep(dry_run: bool) -> list | None:
     _use_project_instance()
     import dagster as dg
@@ -129,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         help="synthetic source: plant a positive control, e.g. level:1.0 or temporal:0.7 (data go to "
         "data/planted_<form>_<strength> unless FINNEX_DATA_DIR is set)",
     )
+    demo.add_argument(
+        "--universe",
+        choices=("synthetic", "packaged-panel"),
+        default="",
+        help="universe mode: a cross-section of tickers per date (synthetic: 24 simulated tickers; packaged-panel: "
+        "skfolio's 20 S&P 500 closes, 2014-2018); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
+    )
     demo.add_argument("--start")
     demo.add_argument("--end")
     mat = sub.add_parser("materialize", help="materialise assets over a date range as one run")
@@ -155,6 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep-runs":
         return 0 if _sweep(dry_run=args.dry_run) is not None else 1
 
+    if args.command == "demo" and args.universe:
+        from finnex_ml.data.universe import DEFAULT_UNIVERSE_RANGE
+
+        os.environ["FINNEX_UNIVERSE"] = args.universe
+        os.environ.setdefault("FINNEX_DATA_DIR", str(REPO_ROOT / "data" / f"universe_{args.universe}"))
+        start = args.start or DEFAULT_UNIVERSE_RANGE[args.universe][0]
+        end = args.end or DEFAULT_UNIVERSE_RANGE[args.universe][1]
+        print(f"FinNeX universe demo: {args.universe}, {start}..{end}, data in {data_root()}")
+        ok = run_universe(start, end)
+        if ok:
+            from finnex_assets.assets.universe import default_universe
+
+            print(f"universe_report: {default_universe().report_path()}")
+        print(mlflow_hint())
+        return 0 if ok else 1
     if args.command == "demo":
         os.environ["FINNEX_SOURCE"] = args.source
         if args.planted_signal:

@@ -10,11 +10,20 @@ from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
 from finnex_assets.assets.training import TRAINING_ASSETS
+from finnex_assets.assets.universe import UNIVERSE_ASSETS, default_universe
 from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking, default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job
 
-ALL_ASSETS = [modalities, daily_features, mega_images, *DATASET_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS]
+ALL_ASSETS = [
+    modalities,
+    daily_features,
+    mega_images,
+    *DATASET_ASSETS,
+    *TRAINING_ASSETS,
+    *EVALUATION_ASSETS,
+    *UNIVERSE_ASSETS,
+]
 
 # The main job: every per-date stage, as one run per partition range. The unpartitioned
 # dataset_splits (and training and evaluation after it) run on their own over whatever dates exist.
@@ -22,8 +31,15 @@ main_job = dg.define_asset_job(
     "finnex_main",
     selection=dg.AssetSelection.all()
     - dg.AssetSelection.assets("dataset_splits")
-    - dg.AssetSelection.groups("training", "evaluation"),
+    - dg.AssetSelection.groups("training", "evaluation", "universe"),
     description="Ingestion through patches for a range of trading dates.",
+)
+# Universe mode's per-date stages: every ticker of the universe on each date, one run per range.
+universe_job = dg.define_asset_job(
+    "finnex_universe",
+    selection=dg.AssetSelection.groups("universe")
+    - dg.AssetSelection.assets("universe_splits", "universe_model", "universe_evaluation"),
+    description="Universe prices, features, images and labels for a range of trading dates.",
 )
 
 
@@ -36,9 +52,13 @@ def build_resources() -> dict[str, object]:
         "mega_image_io_manager": MegaImageIOManager(store=store),
         "dataset_store": DatasetStore(),
         "mlflow_tracking": MlflowTracking(),
+        "universe": default_universe(),
     }
 
 
 defs = dg.Definitions(
-    assets=ALL_ASSETS, jobs=[main_job, daily_job], schedules=[daily_after_close], resources=build_resources()
+    assets=ALL_ASSETS,
+    jobs=[main_job, universe_job, daily_job],
+    schedules=[daily_after_close],
+    resources=build_resources(),
 )

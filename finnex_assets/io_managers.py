@@ -75,6 +75,15 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             frames.append(pl.read_parquet(path))
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
 
+    def read_all(self, asset: str) -> pl.DataFrame:
+        """Every materialised partition of ``asset`` (for unpartitioned consumers that use
+        whatever dates exist), concatenated in date order."""
+        folder = resolve_under(self._root(), safe_name(asset))
+        files = sorted(folder.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].parquet"))
+        if not files:
+            raise FileNotFoundError(f"{asset} has no materialised partition under {folder}; materialise it first")
+        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
 
 class ImageStore(dg.ConfigurableResource):
     """Where mega-images, their spec and previews live; shared by the IO manager and the asset."""

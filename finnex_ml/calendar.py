@@ -73,6 +73,14 @@ def sessions_back(end: date, n: int) -> date:
     return all_sessions()[max(0, j - (n - 1))]
 
 
+def sessions_forward(start: date, n: int) -> date:
+    """The session ``n`` sessions after the first session on or after ``start`` (clipped to the
+    calendar's last session)."""
+    arr = _session_array()
+    j = int(np.searchsorted(arr, np.datetime64(start, "D"), side="left"))
+    return all_sessions()[min(len(arr) - 1, j + n)]
+
+
 def non_session_weekdays(start: date, end: date) -> list[date]:
     """Weekdays in [start, end] on which NYSE is closed (holidays and special closures)."""
     open_days = set(sessions(start, end))

@@ -45,7 +45,7 @@ across epochs.
 
 from finnex_ml.geometry import BUY, CLASS_NAMES, HOLD, SELL
 from finnex_ml.training.config import TrainConfig, TrainResult
-from finnex_ml.training.data import ArrayDataset, BlockBatchSampler, H5ArrayDataset, make_loader
+from finnex_ml.training.data import ArrayDataset, BlockBatchSampler, H5ArrayDataset, PanelDataset, make_loader
 from finnex_ml.training.ensemble import EnsembleResult, train_ensemble
 from finnex_ml.training.trainer import confusion_matrix, load_checkpoint_model, train_model
 
@@ -57,6 +57,7 @@ __all__ = [
     "ArrayDataset",
     "BlockBatchSampler",
     "H5ArrayDataset",
+    "PanelDataset",
     "TrainConfig",
     "TrainResult",
     "EnsembleResult",

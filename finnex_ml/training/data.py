@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.geometry import IMAGE_SHAPE
 from finnex_ml.models import (
     GRID,
 )
@@ -289,6 +290,55 @@ class ArrayDataset(Dataset):
 
     def group_ids(self) -> np.ndarray | None:
         return None if not self.patches_per_image else self.indices // self.patches_per_image
+
+
+class PanelDataset(Dataset):
+    """Universe samples: (date, ticker) images in the per-date cross-section files.
+
+    ``reader`` gives images by position in its sample index (``read_batch``, grouped by file);
+    ``rows`` are this set's positions in that index and ``targets`` one value per row, in order.
+    """
+
+    def __init__(self, reader: Any, rows: Sequence[int] | np.ndarray, targets: Mapping[str, np.ndarray]) -> None:
+        self.reader = reader
+        self.indices = np.asarray(rows, dtype=np.int64)
+        self.targets: dict[str, torch.Tensor] = {}
+        for name, arr in targets.items():
+            t = torch.as_tensor(np.array(arr))  # a copy: the arrays may be read-only views
+            t = t.long() if not t.is_floating_point() else t.float()
+            if t.shape[0] != self.indices.size:
+                raise ConfigError(f"target {name!r} has {t.shape[0]} rows, the set has {self.indices.size}")
+            self.targets[name] = t
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return IMAGE_SHAPE
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(self.targets)
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        pos = np.asarray(positions, dtype=np.int64)
+        batch = {"x": torch.from_numpy(np.ascontiguousarray(self.reader.read_batch(self.indices[pos])))}
+        p = torch.from_numpy(pos)
+        batch.update({k: v[p] for k, v in self.targets.items()})
+        batch["row"] = p.clone()
+        return batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([int(position)]).items()}
+
+    def target_array(self, name: str) -> np.ndarray:
+        if name not in self.targets:
+            raise ConfigError(f"no target {name!r} (have {sorted(self.targets)})")
+        return self.targets[name].numpy()
+
+    def group_ids(self) -> np.ndarray | None:
+        return None
 
 
 # ============================================================================================

@@ -1,0 +1,692 @@
+"""Universe mode: every stage over the cross-section of tickers trading on each date.
+
+Partitions stay NYSE trading dates: partition t holds every ticker of the universe that trades
+at t (tickers are configuration of the source, never a partition dimension; thousands of
+ticker x date partitions make the UI unresponsive, dagster issue #23076). Asset bodies delegate
+to ``finnex_ml.panel`` and ``finnex_ml.panel_model``.
+"""
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from finnex_assets import checks
+from finnex_assets.assets.images import LOOKBACK, NORM
+from finnex_assets.partitions import trading_days
+from finnex_assets.resources import MlflowTracking
+from finnex_ml import calendar, panel
+from finnex_ml.data.universe import UniverseSource, universe_source
+from finnex_ml.encoding import (
+    build_layout,
+    check_feature_preservation,
+    check_image,
+    check_spatial_integrity,
+    check_temporal_continuity,
+    write_preview,
+    write_spec,
+)
+from finnex_ml.encoding.panel_store import panel_index, read_panel_record, write_cross_section
+from finnex_ml.errors import DataInputError
+from finnex_ml.paths import data_root, fsync_dir
+
+GROUP = "universe"
+
+
+class UniverseResource(dg.ConfigurableResource):
+    """Which universe feeds universe mode: ``synthetic`` (default) or ``packaged-panel``."""
+
+    kind: Literal["synthetic", "packaged-panel"] = Field(
+        default="synthetic", description="synthetic (N simulated tickers) | packaged-panel (skfolio's S&P 500 20)"
+    )
+    n_tickers: int = Field(default=24, description="synthetic: tickers in the universe.")
+    seed: int = Field(default=7, description="synthetic: seed of the simulated universe.")
+    planted_signal: float = Field(
+        default=0.0,
+        description="synthetic: strength in [0, 1] of a planted cross-sectional signal (positive control); 0 = none.",
+    )
+    base_dir: str = Field(default="", description="Universe files; empty means FINNEX_DATA_DIR/universe.")
+
+    def source(self) -> UniverseSource:
+        if self.kind == "synthetic":
+            from finnex_ml.data.universe import CrossSectionalSignal
+
+            plant = CrossSectionalSignal(self.planted_signal) if self.planted_signal else None
+            return universe_source(
+                "synthetic", n_tickers=self.n_tickers, seed=self.seed, n_sectors=min(4, self.n_tickers), plant=plant
+            )
+        return universe_source(self.kind)
+
+    def root(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else data_root() / "universe"
+
+    def images_root(self) -> Path:
+        return self.root() / "images"
+
+    def datasets_root(self) -> Path:
+        return self.root() / "datasets"
+
+    def report_path(self) -> Path:
+        return self.root() / "reports" / "universe_report.html"
+
+
+def default_universe() -> UniverseResource:
+    """From the environment, so ``finnex demo --universe ...`` and the UI agree."""
+    return UniverseResource(
+        kind=os.environ.get("FINNEX_UNIVERSE", "synthetic"),  # type: ignore[arg-type]
+        n_tickers=int(os.environ.get("FINNEX_UNIVERSE_TICKERS", "24")),
+        seed=int(os.environ.get("FINNEX_SEED", "7")),
+        planted_signal=float(os.environ.get("FINNEX_UNIVERSE_PLANT", "0") or 0),
+    )
+
+
+def _keys(context: dg.AssetExecutionContext) -> list[date]:
+    return [date.fromisoformat(k) for k in context.partition_keys]
+
+
+def _frame_result(asset: str, name: str, bad: pl.DataFrame, rule: str, total: int) -> dg.AssetCheckResult:
+    first = bad.head(5).to_dicts()
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=name,
+        passed=bad.height == 0,
+        metadata={
+            "rule": rule,
+            "rows_checked": total,
+            "failing_rows": bad.height,
+            "first_failures": dg.MetadataValue.json([{k: str(v) for k, v in r.items()} for r in first]),
+        },
+    )
+
+
+PANEL_CHECKS = {
+    "unique_ticker_date": "one row per (date, ticker) in universe_prices and universe_features",
+    "features_match_membership": "universe_features has a row exactly for each (date, ticker) with a price",
+    "positive_close": "every close in universe_prices is finite and > 0",
+}
+
+
+@dg.multi_asset(
+    outs={
+        "universe_prices": dg.AssetOut(
+            group_name=GROUP,
+            kinds={"polars"},
+            description="Universe membership and prices: one row per ticker trading that date (no survivorship).",
+            metadata={"partition_column": "date"},
+            is_required=False,
+        ),
+        "universe_features": dg.AssetOut(
+            group_name=GROUP,
+            kinds={"polars"},
+            description="Per (date, ticker): the single-stock features plus cross-sectional peer__xs_* ones.",
+            metadata={"partition_column": "date"},
+            is_required=False,
+        ),
+    },
+    check_specs=[
+        dg.AssetCheckSpec(n, asset="universe_features", description=d, blocking=True) for n, d in PANEL_CHECKS.items()
+    ],
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    can_subset=True,
+)
+def universe_panel(
+    context: dg.AssetExecutionContext, universe: UniverseResource
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Load each ticker once for the run's range, cut point-in-time snapshots, build features."""
+    asof = _keys(context)
+    source = universe.source()
+    context.log.info(f"{source.name}: {source.members().height} tickers, {len(asof)} sessions {asof[0]}..{asof[-1]}")
+    prices, features = panel.panel_features(source, asof)
+    for note in getattr(source, "warnings", ()):
+        context.log.warning(f"{source.name}: {note}")
+    keys = features.select("date", "ticker")
+    results = [
+        _frame_result(
+            "universe_features",
+            "unique_ticker_date",
+            _dupes(prices, keys),
+            PANEL_CHECKS["unique_ticker_date"],
+            prices.height,
+        ),
+        _frame_result(
+            "universe_features",
+            "features_match_membership",
+            pl.concat(
+                [
+                    prices.select("date", "ticker")
+                    .join(keys, on=["date", "ticker"], how="anti")
+                    .with_columns(pl.lit("price without features").alias("problem")),
+                    keys.join(prices.select("date", "ticker"), on=["date", "ticker"], how="anti").with_columns(
+                        pl.lit("features without price").alias("problem")
+                    ),
+                ]
+            ),
+            PANEL_CHECKS["features_match_membership"],
+            keys.height,
+        ),
+        _frame_result(
+            "universe_features",
+            "positive_close",
+            prices.filter(~(pl.col("close").is_finite() & (pl.col("close") > 0))).select("date", "ticker", "close"),
+            PANEL_CHECKS["positive_close"],
+            prices.height,
+        ),
+    ]
+    yield from checks.gate("universe_features", results, len(asof))
+    per_date = prices.group_by("date").len().sort("date")
+    selected = {k.path[-1] for k in context.selected_asset_keys}
+    for name, frame in (("universe_prices", prices), ("universe_features", features)):
+        if name in selected:
+            yield dg.Output(
+                frame,
+                output_name=name,
+                metadata={
+                    "rows": frame.height,
+                    "tickers": frame["ticker"].n_unique(),
+                    "tickers_per_date_min": int(per_date["len"].min()),
+                    "tickers_per_date_max": int(per_date["len"].max()),
+                    "source": source.name,
+                    "columns": frame.width,
+                },
+            )
+
+
+def _dupes(prices: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat(
+        [
+            prices.select("date", "ticker").filter(pl.struct("date", "ticker").is_duplicated()),
+            keys.filter(pl.struct("date", "ticker").is_duplicated()),
+        ]
+    ).unique()
+
+
+class UniverseImageConfig(dg.Config):
+    preview_ticker: str = Field(
+        default="", description="Ticker whose images get PNG previews; empty = the first ticker of each date."
+    )
+    compression: str = Field(default="", description="Cross-section file compression; empty = the measured default.")
+
+
+@dg.asset(
+    ins={
+        "universe_features": dg.AssetIn(
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-(LOOKBACK - 1), allow_nonexistent_upstream_partitions=True
+            )
+        )
+    },
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[
+        dg.AssetCheckSpec(n, asset="universe_images", description=d, blocking=True)
+        for n, d in (
+            ("dtype_shape_range", "every image: float32, (512, 512, 3), values in [0, 1]"),
+            ("spatial_integrity", "every image: each tile's row bands carry exactly its features"),
+            ("temporal_continuity", "per ticker: image t's session column c equals image t-1's column c+1"),
+            ("feature_preservation", "every image: decode(image) equals the normalised window within 1e-6"),
+        )
+    ],
+    group_name=GROUP,
+    kinds={"hdf5", "numpy"},
+)
+def universe_images(
+    context: dg.AssetExecutionContext,
+    config: UniverseImageConfig,
+    universe_features: pl.DataFrame,
+    universe: UniverseResource,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """One file per date with the day's cross-section ``[n_tickers, 512, 512, 3]``, its ticker index
+    and per-ticker missing masks. Files are staged, every check runs on every image, and only when
+    all pass are the staged files renamed into place (a failing check writes nothing)."""
+    dates = _keys(context)
+    table = universe_features.sort("date", "ticker")
+    spec = build_layout([c for c in table.columns if c != "ticker"])
+    root = universe.images_root()
+    staging = root / ".staging" / context.run.run_id
+    shutil.rmtree(staging, ignore_errors=True)
+    failures: dict[str, list[str]] = {
+        n: [] for n in ("dtype_shape_range", "spatial_integrity", "temporal_continuity", "feature_preservation")
+    }
+    prev: dict[str, np.ndarray] = {}
+    counts: dict[date, int] = {}
+    universe_size = table.group_by("date").len()
+    sizes = dict(zip(universe_size["date"].to_list(), universe_size["len"].to_list()))
+    try:
+        for d, items in panel.encode_cross_sections(table, dates, spec, NORM):
+            if not items:
+                raise DataInputError(
+                    f"universe_images: no ticker has the {LOOKBACK} sessions of features an image needs on {d}; "
+                    "materialise universe_features from the lookback start (finnex demo does)",
+                    date=d.isoformat(),
+                )
+            key = d.isoformat()
+            show = config.preview_ticker or items[0][0]
+            for tk, item in items:
+                tag = f"{key}/{tk}"
+                outcome = {
+                    "dtype_shape_range": check_image(item.image, spec),
+                    "spatial_integrity": check_spatial_integrity(item.image, spec, item.window),
+                    "feature_preservation": check_feature_preservation(item.image, spec, item.window),
+                }
+                before = prev.get(tk) if tk in prev else _stored_previous(root, d, tk)
+                if before is not None:
+                    outcome["temporal_continuity"] = check_temporal_continuity(before, item.image, spec)
+                for name, (ok, _) in outcome.items():
+                    if not ok:
+                        failures[name].append(tag)
+                prev[tk] = item.image.copy()
+                if tk == show:
+                    write_preview(staging / "previews" / f"{key}_{tk}.png", item.image, spec, title=tag, step=2)
+            for tk in set(prev) - {tk for tk, _ in items}:
+                del prev[tk]  # not imaged today: the next image of it is no continuation
+            write_cross_section(staging, d, items, spec=spec, norm_config=NORM, **_compression(config))
+            counts[d] = len(items)
+            context.log.info(f"universe_images {key}: {len(items)} of {sizes.get(d, 0)} tickers imaged")
+        results = [
+            dg.AssetCheckResult(
+                asset_key="universe_images",
+                check_name=name,
+                passed=not bad,
+                metadata={
+                    "images_checked": sum(counts.values()),
+                    "failing_images": len(bad),
+                    "first_failures": dg.MetadataValue.json(bad[:20]),
+                },
+            )
+            for name, bad in failures.items()
+        ]
+        yield from checks.gate("universe_images", results, len(dates))
+        write_spec(root, spec, NORM)
+        _commit(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for d, n in counts.items():
+        context.add_asset_metadata(
+            partition_key=d.isoformat(),
+            metadata={
+                "tickers_imaged": n,
+                "universe_size": sizes.get(d, 0),
+                "excluded_short_history": sizes.get(d, 0) - n,
+            },
+        )
+    yield dg.MaterializeResult(
+        metadata={
+            "root": dg.MetadataValue.path(str(root)),
+            "images": sum(counts.values()),
+            "spec_hash": spec.spec_hash(),
+            "previews": dg.MetadataValue.path(str(root / "previews")),
+        }
+    )
+
+
+def _compression(config: UniverseImageConfig) -> dict:
+    return {"compression": config.compression} if config.compression else {}
+
+
+def _stored_previous(root: Path, d: date, ticker: str) -> np.ndarray | None:
+    """The ticker's stored image at t-1, for continuity across run boundaries, when it exists."""
+    prev = calendar.sessions_back(d, 2)
+    try:
+        return read_panel_record(root, prev, ticker)["image"] if prev != d else None
+    except (DataInputError, OSError, KeyError):
+        return None
+
+
+def _commit(staging: Path, root: Path) -> None:
+    """Rename every staged file into place (same filesystem: each rename is atomic)."""
+    for src in sorted(staging.rglob("*")):
+        if src.is_file():
+            dst = root / src.relative_to(staging)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            fsync_dir(dst.parent)
+
+
+LABEL_CHECKS = {
+    "labels_match_membership": "one label row exactly for each (date, ticker) in universe_prices",
+    "excess_mean_zero": "per date and horizon, the excess returns average to zero over the tickers with a return",
+    "terciles_balanced": "per date and horizon, the cross-sectional classes' counts differ by at most one",
+}
+
+
+@dg.asset(
+    ins={"universe_prices": dg.AssetIn()},
+    partitions_def=trading_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[
+        dg.AssetCheckSpec(n, asset="universe_labels", description=d, blocking=True) for n, d in LABEL_CHECKS.items()
+    ],
+    group_name=GROUP,
+    kinds={"polars"},
+    metadata={"partition_column": "date"},
+)
+def universe_labels(
+    context: dg.AssetExecutionContext, universe_prices: pl.DataFrame, universe: UniverseResource
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Per (date, ticker) and horizon 1/5/20: class, return, excess return over the universe's
+    equal-weight mean and its cross-sectional tercile. Future closes come from the source, so the
+    last dates of a range are labelled as far as the source knows (null past that, never guessed)."""
+    dates = _keys(context)
+    source = universe.source()
+    start = calendar.sessions_back(dates[0], 40)
+    end = calendar.sessions_forward(dates[-1], max(panel.PANEL_HORIZONS))
+    prices = panel.panel_prices(source, start, end)
+    table = panel.panel_labels(prices, dates)
+    have = universe_prices.select("date", "ticker")
+    keys = table.select("date", "ticker")
+    mismatch = pl.concat(
+        [have.join(keys, on=["date", "ticker"], how="anti"), keys.join(have, on=["date", "ticker"], how="anti")]
+    )
+    excess_bad, tercile_bad = [], []
+    for h in panel.PANEL_HORIZONS:
+        by = table.group_by("date").agg(
+            pl.col(panel.excess_col(h)).mean().abs().alias("mean"),
+            *[(pl.col(panel.xs_class_col(h)) == k).sum().alias(f"c{k}") for k in range(panel.XS_QUANTILES)],
+        )
+        excess_bad.append(by.filter(pl.col("mean") > 1e-12).select("date", pl.lit(h).alias("horizon")))
+        spread = pl.max_horizontal("c0", "c1", "c2") - pl.min_horizontal("c0", "c1", "c2")
+        tercile_bad.append(by.filter(spread > 1).select("date", pl.lit(h).alias("horizon")))
+    yield from checks.gate(
+        "universe_labels",
+        [
+            _frame_result(
+                "universe_labels",
+                "labels_match_membership",
+                mismatch,
+                LABEL_CHECKS["labels_match_membership"],
+                have.height,
+            ),
+            _frame_result(
+                "universe_labels",
+                "excess_mean_zero",
+                pl.concat(excess_bad),
+                LABEL_CHECKS["excess_mean_zero"],
+                table.height,
+            ),
+            _frame_result(
+                "universe_labels",
+                "terciles_balanced",
+                pl.concat(tercile_bad),
+                LABEL_CHECKS["terciles_balanced"],
+                table.height,
+            ),
+        ],
+        len(dates),
+    )
+    pending = table.filter(pl.col(panel.xs_class_col(max(panel.PANEL_HORIZONS))).is_null())
+    yield dg.Output(
+        table,
+        metadata={
+            "rows": table.height,
+            "horizons": dg.MetadataValue.json(list(panel.PANEL_HORIZONS)),
+            "rows_with_unlabelled_horizon": pending.height,
+        },
+    )
+
+
+class UniverseSplitsConfig(dg.Config):
+    horizon: int = Field(default=5, description="Label horizon (sessions) the universe model learns: 1, 5 or 20.")
+    train_fraction: float = Field(default=0.6)
+    val_fraction: float = Field(default=0.2)
+    embargo_sessions: int = Field(default=0)
+
+
+@dg.asset(
+    deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in ("universe_images", "universe_labels")],
+    required_resource_keys={"io_manager", "universe"},
+    group_name=GROUP,
+    kinds={"parquet", "json"},
+)
+def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsConfig) -> dg.MaterializeResult:
+    """Train / val / test by date over every (date, ticker) with an image and a known label, with
+    the purge by date; statistics from the training set only."""
+    from finnex_ml import panel_model
+
+    universe: UniverseResource = context.resources.universe
+    labels = context.resources.io_manager.read_all("universe_labels").sort("date", "ticker")
+    index = panel_index(universe.images_root())
+    samples = panel_model.panel_samples(labels, index, config.horizon)
+    if samples.height == 0:
+        raise DataInputError("no (date, ticker) has both a universe image and a label; materialise both first")
+    samples = samples.join(index, on=["date", "ticker"], how="left")
+    samples, split = panel_model.split_panel(
+        samples, config.horizon, train=config.train_fraction, val=config.val_fraction, embargo=config.embargo_sessions
+    )
+    stats = panel_model.train_statistics(samples)
+    out = universe.datasets_root()
+    _atomic_parquet(out / "samples.parquet", samples)
+    doc = {
+        "horizon": config.horizon,
+        "gap": split.gap,
+        "purged_dates": [d.isoformat() for d in split.purged],
+        "sets": {
+            name: {
+                "dates": len(ds),
+                "first": ds[0].isoformat(),
+                "last": ds[-1].isoformat(),
+                "samples": samples.filter(pl.col("set") == name).height,
+            }
+            for name, ds in split.sets().items()
+        },
+        "train_statistics": stats,
+    }
+    _atomic_json(out / "splits.json", doc)
+    return dg.MaterializeResult(
+        metadata={
+            "samples": samples.height,
+            "sets": dg.MetadataValue.json(doc["sets"]),
+            "train_class_share": dg.MetadataValue.json(stats["class_share"]),
+            "path": dg.MetadataValue.path(str(out)),
+        }
+    )
+
+
+def _atomic_parquet(path: Path, frame: pl.DataFrame) -> None:
+    from finnex_ml.paths import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
+
+
+def _atomic_json(path: Path, doc: dict) -> None:
+    import json
+
+    from finnex_ml.paths import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str), encoding="utf-8")
+
+
+class UniverseModelConfig(dg.Config):
+    model: str = Field(default="cnn", description="Registered model name (finnex_ml.models.MODEL_REGISTRY).")
+    epochs: int = Field(default=5)
+    patience: int = Field(default=2)
+    batch_size: int = Field(default=32)
+    lr: float = Field(default=2e-3)
+    seeds: list[int] = Field(default=[0], description="One ensemble member per seed, probabilities averaged.")
+    num_threads: int = Field(default=2)
+
+
+@dg.asset(
+    deps=["universe_splits"],
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+)
+def universe_model(
+    context: dg.AssetExecutionContext,
+    config: UniverseModelConfig,
+    universe: UniverseResource,
+    mlflow_tracking: MlflowTracking,
+) -> dg.MaterializeResult:
+    """The layout-aware model on the universe's train dates (early stopping on val), learning the
+    cross-sectional tercile of the excess return; predictions for every val and test sample."""
+    import json
+
+    import mlflow
+
+    from finnex_ml import panel_model
+    from finnex_ml.encoding.panel_store import PanelReader
+    from finnex_ml.encoding.store import read_spec
+    from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity
+
+    out = universe.datasets_root()
+    samples = pl.read_parquet(out / "samples.parquet")
+    horizon = json.loads((out / "splits.json").read_text(encoding="utf-8"))["horizon"]
+    spec = read_spec(universe.images_root())
+    settings = panel_model.PanelTrainSettings(
+        model=config.model,
+        epochs=config.epochs,
+        patience=config.patience,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seeds=tuple(config.seeds),
+        num_threads=config.num_threads,
+    )
+    mlflow.set_tracking_uri(mlflow_tracking.uri())
+    with (
+        mlflow.start_run(
+            experiment_id=mlflow_tracking.experiment_id(),
+            run_name=f"universe_model-{context.run.run_id[:8]}",
+            tags={"dagster_run_id": context.run.run_id, "asset": "universe_model", "universe": universe.kind},
+        ) as run,
+        PanelReader(universe.images_root(), samples) as reader,
+    ):
+        mlflow.log_params(
+            {
+                **config.model_dump(),
+                "horizon": horizon,
+                "train_samples": samples.filter(pl.col("set") == "train").height,
+            }
+        )
+
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "loss" in k or "acc" in k)
+            context.log.info(f"universe_model epoch {epoch}/{config.epochs}: {shown}")
+
+        preds, history = panel_model.train_and_predict(
+            reader,
+            samples,
+            spec,
+            horizon,
+            settings,
+            checkpoint_root=out / "model",
+            on_epoch_end=on_epoch_end,
+        )
+        test = preds.filter(pl.col("set") == "test")
+        degenerate = is_degenerate(test["pred_class"].to_numpy())
+        shares = prediction_diversity(test["pred_class"].to_numpy())["shares"]
+        mlflow.set_tag("degenerate", str(degenerate).lower())
+        _atomic_parquet(out / "predictions.parquet", preds)
+        mlflow.log_artifact(str(out / "predictions.parquet"), artifact_path="predictions")
+        run_id = run.info.run_id
+    if degenerate:
+        context.log.warning("universe_model predicts one class on most test samples: degenerate, not interpreted")
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": run_id,
+            "horizon": horizon,
+            "best_epochs": dg.MetadataValue.json([h["best_epoch"] for h in history]),
+            "test_samples": test.height,
+            "test_pred_class_shares": dg.MetadataValue.json([round(float(x), 4) for x in shares]),
+            "degenerate": degenerate,
+            "predictions": dg.MetadataValue.path(str(out / "predictions.parquet")),
+        }
+    )
+
+
+class UniverseEvaluationConfig(dg.Config):
+    n_quantiles: int = Field(default=10, description="Quantile portfolios per date (fewer when fewer tickers).")
+    cost_bps: float = Field(default=10.0, description="Cost per unit of long-short turnover, basis points.")
+    n_boot: int = Field(default=1000, description="Block-bootstrap resamples for every interval.")
+    n_perm: int = Field(default=1000, description="Permutations of scores within dates for the model's IC test.")
+
+
+@dg.asset(
+    deps=["universe_model"],
+    required_resource_keys={"io_manager", "universe"},
+    group_name=GROUP,
+    kinds={"html"},
+)
+def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvaluationConfig) -> dg.MaterializeResult:
+    """The model's out-of-sample IC and long-short beside momentum, reversal, random and a ridge
+    fitted on train dates (and the oracle when a signal is planted); HTML report under reports/."""
+    import json
+
+    from finnex_ml.evaluation.report import write_html
+    from finnex_ml.evaluation.universe_report import evaluate_universe, universe_html
+
+    universe: UniverseResource = context.resources.universe
+    out = universe.datasets_root()
+    samples = pl.read_parquet(out / "samples.parquet")
+    preds = pl.read_parquet(out / "predictions.parquet")
+    horizon = json.loads((out / "splits.json").read_text(encoding="utf-8"))["horizon"]
+    used = samples.filter(pl.col("set").is_in(["train", "test"])).select("date").unique()
+    features = context.resources.io_manager.read_all("universe_features").join(used, on="date", how="semi")
+    source = universe.source()
+    oracle = None
+    if universe.kind == "synthetic" and universe.planted_signal:
+        test = preds.filter(pl.col("set") == "test")
+        oracle = source.oracle_scores(test["date"].min(), test["date"].max(), (horizon,)).rename(
+            {f"oracle_h{horizon}": "score"}
+        )
+    doc = evaluate_universe(
+        samples,
+        preds,
+        features,
+        horizon,
+        oracle=oracle,
+        n_quantiles=config.n_quantiles,
+        cost_bps=config.cost_bps,
+        n_boot=config.n_boot,
+        n_perm=config.n_perm,
+    )
+    provenance = (
+        f"{source.name} ({'SYNTHETIC: simulated tickers' if universe.kind == 'synthetic' else 'real closes'}), "
+        f"{source.members().height} tickers; benchmark {source.benchmark}"
+        + (f"; planted cross-sectional signal, strength {universe.planted_signal:g}" if oracle is not None else "")
+    )
+    path = write_html(universe.report_path(), universe_html(doc, provenance))
+    table = doc["table"]
+    model = table.row(0, named=True)
+    if doc["degenerate"]:
+        context.log.warning("universe_model is degenerate (one class or constant score): flagged, not interpreted")
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(str(path)),
+            "test_span": f"{doc['test_span'][0]}..{doc['test_span'][1]}",
+            "model_mean_ic": model["mean_ic"],
+            "model_ic_p_value": model["p_value"],
+            "best_baseline": str(doc["tests"]["best_baseline"]),
+            "paired_vs_best_p_value": doc["tests"]["paired"]["p_value"],
+            "permutation_p_value": doc["tests"]["permutation"]["p_value"],
+            "degenerate": doc["degenerate"],
+            "table": dg.MetadataValue.md(_markdown(table)),
+        }
+    )
+
+
+def _markdown(table: pl.DataFrame) -> str:
+    cols = ["predictor", "mean_ic", "t_hac", "p_value", "sharpe_net", "degenerate"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table.select(cols).iter_rows():
+        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r) + " |")
+    return "\n".join(lines)
+
+
+UNIVERSE_ASSETS = [
+    universe_panel,
+    universe_images,
+    universe_labels,
+    universe_splits,
+    universe_model,
+    universe_evaluation,
+]

@@ -1,0 +1,167 @@
+"""Universe mode's evaluation: the model's cross-sectional skill beside the best baseline, on a
+stated out-of-sample span, with tests that could reject it (``cross_section``), and its report.
+
+Every predictor is scored on the same test (date, ticker) rows: daily rank IC against the
+h-session excess return, its HAC t-test and bootstrap interval, decile (or fewer) long-short
+portfolios net of costs, a paired test of the model's daily IC against the best baseline's, and
+a permutation test of the model's mean IC. With a planted signal the oracle's IC is shown too.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from finnex_ml.evaluation import cross_section as cs
+from finnex_ml.evaluation.report import _page, html_table
+
+BASELINES = ("momentum", "reversal", "random")
+ONE_CLASS_SHARE = 0.95  # calls of one class on this share of test rows or more: degenerate
+
+
+def evaluate_universe(
+    samples: pl.DataFrame,
+    preds: pl.DataFrame,
+    features: pl.DataFrame,
+    horizon: int,
+    *,
+    oracle: pl.DataFrame | None = None,
+    n_quantiles: int = 10,
+    cost_bps: float = 10.0,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+) -> dict[str, Any]:
+    """Score the model's test rows beside the baselines.
+
+    ``samples``: every (date, ticker) with its ``set`` and ``excess`` (the split); ``preds``: the
+    model's test rows at least (date, ticker, set, score, pred_class, fwd_return as a simple
+    return); ``features``: universe features of the train and test dates. Baselines: momentum,
+    reversal, random, and a ridge on the ``peer__xs_*`` and ``price__*`` features fitted on the
+    training set's excess returns only; with a planted signal, the oracle (date, ticker, score)."""
+    test = preds.filter(pl.col("set") == "test").with_columns(pl.col("fwd_return").log1p())
+    if test.height == 0:
+        raise ValueError("no test predictions to evaluate")
+    test_dates = sorted(set(test["date"].to_list()))
+    feats_test = features.filter(pl.col("date").is_in(test_dates))
+    baselines = {k: cs.baseline_scores(feats_test, k) for k in BASELINES}
+    train_rows = samples.filter(pl.col("set") == "train").select(
+        "date", "ticker", pl.col("excess").alias("excess_return")
+    )
+    ridge_cols = [c for c in features.columns if c.startswith(("peer__xs_", "price__"))]
+    train_feats = features.join(train_rows.select("date", "ticker"), on=["date", "ticker"], how="semi")
+    if train_feats.height:
+        baselines["ridge"] = cs.fit_panel_ridge(
+            train_feats.select("date", "ticker", *ridge_cols),
+            train_rows,
+            feats_test.select("date", "ticker", *ridge_cols),
+            feature_cols=ridge_cols,
+        )
+    if oracle is not None:
+        baselines["oracle (planted rule)"] = oracle.select("date", "ticker", "score")
+    table, tests = cs.compare_to_baselines(
+        test.select("date", "ticker", "score", "fwd_return"),
+        baselines,
+        horizon,
+        n_quantiles=n_quantiles,
+        cost_bps=cost_bps,
+        n_boot=n_boot,
+        n_perm=n_perm,
+    )
+    quantiles = cs.quantile_portfolios(cs.add_excess_return(test), n_quantiles, horizon, cost_bps)
+    return {
+        "table": table,
+        "tests": tests,
+        "horizon": horizon,
+        "test_span": (test_dates[0].isoformat(), test_dates[-1].isoformat()),
+        "n_test_dates": len(test_dates),
+        "n_train_rows": train_rows.height,
+        "tickers_per_date": float(test.group_by("date").len()["len"].mean()),
+        "degenerate": cs.is_degenerate_score(test) or _one_class(test),
+        "quantile_means": cs.quantile_monotonicity(quantiles),
+    }
+
+
+def _one_class(test: pl.DataFrame) -> bool:
+    """A model that calls one class on nearly every row is flagged, whatever its scores do."""
+    if "pred_class" not in test.columns:
+        return False
+    return float(test["pred_class"].value_counts()["count"].max()) / test.height >= ONE_CLASS_SHARE
+
+
+def universe_html(doc: Mapping[str, Any], provenance: str) -> str:
+    """The report: source and span first, the comparison table, the tests, then the caveats."""
+    table: pl.DataFrame = doc["table"]
+    tests = doc["tests"]
+    rows = table.to_dicts()
+    perm, paired = tests["permutation"], tests["paired"]
+    flags = []
+    if doc["degenerate"]:
+        flags.append(
+            "<p class='warn'><b>The model is degenerate</b> (one class or a constant score): not interpreted.</p>"
+        )
+    if doc["n_test_dates"] < 126:
+        flags.append(
+            f"<p class='warn'>Test span is {doc['n_test_dates']} dates (under half a year): wide intervals.</p>"
+        )
+    parts = [
+        "<h1>FinNeX universe evaluation</h1>",
+        f"<p><b>Data:</b> {html.escape(provenance)}</p>",
+        f"<p><b>Out-of-sample span:</b> {doc['test_span'][0]} to {doc['test_span'][1]} "
+        f"({doc['n_test_dates']} dates, {doc['tickers_per_date']:.1f} tickers per date), horizon "
+        f"{doc['horizon']} sessions, scored on the excess return over the universe's equal-weight mean.</p>",
+        *flags,
+        "<h2>Model beside the baselines (same test rows)</h2>",
+        html_table(
+            rows,
+            [
+                "predictor",
+                "mean_ic",
+                "ic_ci_low",
+                "ic_ci_high",
+                "t_hac",
+                "p_value",
+                "icir",
+                "sharpe_net",
+                "sharpe_net_ci_low",
+                "sharpe_net_ci_high",
+                "monotonicity",
+                "n_dates",
+                "degenerate",
+                "best_baseline",
+            ],
+        ),
+        "<h2>Tests of the model</h2>",
+        html_table(
+            [
+                {
+                    "test": f"daily IC minus best baseline ({tests['best_baseline']})",
+                    "estimate": paired["mean_diff"],
+                    "interval": (paired["ci_low"], paired["ci_high"]),
+                    "p_value": paired["p_value"],
+                },
+                {
+                    "test": f"permutation of scores within dates (blocks of {doc['horizon']})",
+                    "estimate": perm.get("observed"),
+                    "interval": None,
+                    "p_value": perm.get("p_value"),
+                },
+                {
+                    "test": "minimum detectable mean IC (5 %, power 80 %)",
+                    "estimate": tests["min_detectable_ic"],
+                    "interval": None,
+                    "p_value": None,
+                },
+            ]
+        ),
+        "<p class='note'>IC: Spearman rank correlation of score and excess return per date; t: Newey-West with "
+        "at least 2h lags; intervals: circular block bootstrap (block >= h); long-short: top minus bottom quantile, "
+        "staggered over h phases, 10 bp per unit turnover. Daily direction accuracy in the low 50s and ICs of a few "
+        "hundredths are what real markets give; far more is a leak until proven otherwise.</p>",
+    ]
+    return _page("FinNeX universe evaluation", parts, plotly=False)
+
+
+__all__ = ["BASELINES", "evaluate_universe", "universe_html"]

@@ -1,0 +1,132 @@
+"""Universe mode through Dagster: per-date cross-sections from features to the model, gated
+writes, and a date alone byte-identical to the same date in a range."""
+
+import warnings
+from datetime import date
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from finnex_assets.assets.images import LOOKBACK
+from finnex_assets.assets.universe import UNIVERSE_ASSETS, UniverseResource
+from finnex_assets.io_managers import PartitionedParquetIOManager
+from finnex_assets.resources import MlflowTracking
+from finnex_ml import calendar
+from finnex_ml.encoding.panel_store import panel_index, panel_path, read_cross_section
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+START, END = date(2023, 5, 1), date(2023, 6, 9)
+
+
+def _resources(tmp, n=6):
+    return {
+        "universe": UniverseResource(n_tickers=n, base_dir=str(tmp / "universe")),
+        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
+        "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp}/mlflow.db"),
+    }
+
+
+def _run(resources, selection, start=None, end=None, run_config=None, instance=None):
+    tags = {"dagster/asset_partition_range_start": str(start), "dagster/asset_partition_range_end": str(end)}
+    return dg.materialize(
+        UNIVERSE_ASSETS,
+        selection=selection,
+        resources=resources,
+        tags=tags if start else None,
+        run_config=run_config,
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("universe")
+    res = _resources(tmp)
+    inst = dg.DagsterInstance.ephemeral()
+    lookback = calendar.sessions_back(START, LOOKBACK)
+    assert _run(res, ["universe_prices", "universe_features"], lookback, END, instance=inst).success
+    assert _run(res, ["universe_images", "universe_labels"], START, END, instance=inst).success
+    cfg = {
+        "ops": {
+            "universe_splits": {"config": {"horizon": 1}},
+            "universe_model": {"config": {"epochs": 1}},
+            "universe_evaluation": {"config": {"n_boot": 200, "n_perm": 200}},
+        }
+    }
+    result = _run(res, ["universe_splits", "universe_model", "universe_evaluation"], run_config=cfg, instance=inst)
+    assert result.success
+    return tmp, res, result
+
+
+def test_cross_sections_hold_every_listed_ticker_with_history(built):
+    tmp, res, _ = built
+    prices = pl.read_parquet(tmp / "tables" / "universe_prices" / "*" / "*.parquet")
+    index = panel_index(res["universe"].images_root())
+    days = calendar.sessions(START, END)
+    assert sorted(index["date"].unique().to_list()) == days
+    members = res["universe"].source().members()
+    for d in (days[0], days[-1]):
+        tickers, images = read_cross_section(res["universe"].images_root(), d)
+        listed = members.filter((pl.col("first") <= d) & (pl.col("last") >= d))["ticker"].to_list()
+        assert tickers == sorted(prices.filter(pl.col("date") == d)["ticker"].to_list()) == listed
+        assert images.shape == (len(tickers), 512, 512, 3) and images.dtype == np.float32
+        assert 0.0 <= images.min() and images.max() <= 1.0
+
+
+def test_labels_splits_and_model_predictions(built):
+    tmp, res, result = built
+    out = res["universe"].datasets_root()
+    samples = pl.read_parquet(out / "samples.parquet")
+    sets = samples.group_by("set").agg(pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi"))
+    span = {r["set"]: (r["lo"], r["hi"]) for r in sets.iter_rows(named=True) if r["set"]}
+    # split by date: every ticker of a date is in one set, and sets are in time order
+    assert samples.group_by("date").agg(pl.col("set").n_unique().alias("k"))["k"].max() == 1
+    assert span["train"][1] < span["val"][0] <= span["val"][1] < span["test"][0]
+    preds = pl.read_parquet(out / "predictions.parquet")
+    assert set(preds["set"].unique().to_list()) == {"val", "test"}
+    assert preds.height == samples.filter(pl.col("set").is_in(["val", "test"])).height
+    p = preds.select("p_bottom", "p_middle", "p_top").to_numpy()
+    assert np.allclose(p.sum(1), 1.0, atol=1e-5)
+    assert np.allclose(preds["score"].to_numpy(), p[:, 2] - p[:, 0])
+    # the report: the model first, beside every baseline, on the stated test span
+    mat = result.asset_materializations_for_node("universe_evaluation")[0].metadata
+    test_dates = samples.filter(pl.col("set") == "test")["date"]
+    assert mat["test_span"].value == f"{test_dates.min()}..{test_dates.max()}"
+    html = res["universe"].report_path().read_text(encoding="utf-8")
+    for name in ("momentum", "reversal", "random", "ridge", "SYNTHETIC", "Out-of-sample span"):
+        assert name in html
+    assert 0.0 <= mat["permutation_p_value"].value <= 1.0
+
+
+def test_missing_lookback_fails_and_writes_nothing(tmp_path):
+    res = _resources(tmp_path, n=4)  # the failure comes before any ticker count matters
+    assert _run(res, ["universe_prices", "universe_features"], START, END).success
+    result = _run(res, ["universe_images"], START, END)
+    assert not result.success
+    root = res["universe"].images_root()
+    assert not list(root.rglob("*.h5"))  # nothing staged is left, nothing committed
+
+
+def test_a_date_alone_equals_the_same_date_in_a_range(built, tmp_path):
+    tmp, res, _ = built
+    alone = _resources(tmp_path)
+    d = calendar.sessions(START, END)[7]
+    lookback = calendar.sessions_back(d, LOOKBACK)
+    assert _run(alone, ["universe_prices", "universe_features"], lookback, d).success
+    assert _run(alone, ["universe_images", "universe_labels"], d, d).success
+    for asset in ("universe_features", "universe_labels"):
+        one = pl.read_parquet(tmp_path / "tables" / asset / f"{d.year}" / f"{d}.parquet")
+        ref = pl.read_parquet(tmp / "tables" / asset / f"{d.year}" / f"{d}.parquet")
+        assert one.equals(ref), asset
+    t1, a = read_cross_section(alone["universe"].images_root(), d)
+    t2, b = read_cross_section(res["universe"].images_root(), d)
+    assert t1 == t2 and a.tobytes() == b.tobytes()
+    assert (
+        panel_path(alone["universe"].images_root(), d).read_bytes()
+        == panel_path(res["universe"].images_root(), d).read_bytes()
+    )
