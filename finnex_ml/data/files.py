@@ -187,8 +187,16 @@ from finnex_ml.data.base import (
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.paths import resolve_under
 
-__all__ = ["FilesSource", "FileEntry", "MODALITIES", "FREQUENCIES", "DEFAULT_RELEASE_LAG_DAYS", "ROLES",
-           "KNOWN_SERIES", "DEFAULT_PUBLISHED"]
+__all__ = [
+    "FilesSource",
+    "FileEntry",
+    "MODALITIES",
+    "FREQUENCIES",
+    "DEFAULT_RELEASE_LAG_DAYS",
+    "ROLES",
+    "KNOWN_SERIES",
+    "DEFAULT_PUBLISHED",
+]
 
 MODALITIES = ("prices", "market", "peers", "texts", "macro", "fundamental", "sentiment")
 RELEASE_KINDS = ("macro", "fundamental", "sentiment")
@@ -227,8 +235,18 @@ _ENTRY_KEYS: dict[str, tuple[str, ...]] = {
 # Semantic roles of macro series: the role is the series name, which places it in its image
 # tile (finnex_ml.encoding.layout.DEFAULT_ASSIGNMENT) and feeds the cross-features
 # (finnex_ml.features._cross_features), the names the synthetic and packaged sources use.
-ROLES = ("vix", "rate_2y", "rate_10y", "term_spread", "aaa_yield", "baa_yield", "cpi", "unemployment",
-         "market_index", "sector_etf")
+ROLES = (
+    "vix",
+    "rate_2y",
+    "rate_10y",
+    "term_spread",
+    "aaa_yield",
+    "baa_yield",
+    "cpi",
+    "unemployment",
+    "market_index",
+    "sector_etf",
+)
 # Common FRED IDs and Yahoo / yfinance tickers -> role. Matched case-insensitively against a
 # macro file's column names (FRED: DATE,VIXCLS) and its file name stem (yfinance: XLK.csv).
 KNOWN_SERIES: dict[str, str] = {
@@ -242,8 +260,12 @@ KNOWN_SERIES: dict[str, str] = {
 PUBLISHED = ("next_session", "same_session")  # or "HH:MM", New York time
 # published default per modality, for date-only timestamps: news, filings and survey releases
 # without a time count from the next session; macro keeps its date (release_lag_days covers it)
-DEFAULT_PUBLISHED = {"texts": "next_session", "fundamental": "next_session", "sentiment": "next_session",
-                     "macro": "same_session"}
+DEFAULT_PUBLISHED = {
+    "texts": "next_session",
+    "fundamental": "next_session",
+    "sentiment": "next_session",
+    "macro": "same_session",
+}
 _TOP_KEYS = ("ticker", "files")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -316,8 +338,11 @@ class _NoAliasLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(
-                None, None, "YAML aliases (*name) are not supported in a mapping file; write the value out",
-                event.start_mark)
+                None,
+                None,
+                "YAML aliases (*name) are not supported in a mapping file; write the value out",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
 
@@ -328,8 +353,10 @@ def _load_mapping_document(path: Path, shown: str) -> Any:
     try:
         size = path.stat().st_size
         if size > MAX_MAPPING_BYTES:
-            raise ConfigError(f"mapping file {shown} is {size:,} bytes; a mapping is at most "
-                              f"{MAX_MAPPING_BYTES:,} (is it the right file?)")
+            raise ConfigError(
+                f"mapping file {shown} is {size:,} bytes; a mapping is at most "
+                f"{MAX_MAPPING_BYTES:,} (is it the right file?)"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read mapping file {shown}: {exc}") from exc
@@ -338,8 +365,10 @@ def _load_mapping_document(path: Path, shown: str) -> Any:
     try:
         raw = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"mapping file {shown} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
-                          "save it as UTF-8") from exc
+        raise ConfigError(
+            f"mapping file {shown} is not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -348,8 +377,10 @@ def _load_mapping_document(path: Path, shown: str) -> Any:
             return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         text = str(exc)  # a hostile document must not make a giant message
-        raise ConfigError(f"mapping file {shown} is not valid {suffix[1:].upper()}: "
-                          f"{text[:500] + ' ...' if len(text) > 500 else text}") from exc
+        raise ConfigError(
+            f"mapping file {shown} is not valid {suffix[1:].upper()}: "
+            f"{text[:500] + ' ...' if len(text) > 500 else text}"
+        ) from exc
     raise ConfigError(f"mapping file {shown} must end in .yaml, .yml or .toml")
 
 
@@ -446,12 +477,16 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
     published = raw.get("published")
     if published is not None:
         if isinstance(published, int) and not isinstance(published, bool):
-            raise ConfigError(f"{where}: published {published!r}: quote a time of day (published: \"16:30\"); "
-                              "YAML reads an unquoted 16:30 as a number")
+            raise ConfigError(
+                f'{where}: published {published!r}: quote a time of day (published: "16:30"); '
+                "YAML reads an unquoted 16:30 as a number"
+            )
         m = re.fullmatch(r"(\d{1,2}):(\d{2})", str(published).strip())
         if published not in PUBLISHED and not (m and int(m[1]) < 24 and int(m[2]) < 60):
-            raise ConfigError(f"{where}: published {published!r} is not one of {', '.join(PUBLISHED)} "
-                              "or a New York time of day like \"16:30\"")
+            raise ConfigError(
+                f"{where}: published {published!r} is not one of {', '.join(PUBLISHED)} "
+                'or a New York time of day like "16:30"'
+            )
         published = str(published).strip()
     role = raw.get("role")
     if role is not None and role not in ROLES:
@@ -535,7 +570,7 @@ class FilesSource:
         return [note for e in self.entries for note in e.notes]
 
     @classmethod
-    def from_mapping(cls, path: str | Path) -> "FilesSource":
+    def from_mapping(cls, path: str | Path) -> FilesSource:
         shown = str(path)
         mapping_path = Path(path)
         if not mapping_path.is_file():
@@ -685,7 +720,9 @@ def _read(entry: FileEntry) -> pl.DataFrame:
     dupes = [c for c in frame.columns if "_duplicated_" in c]
     if dupes:
         original = dupes[0].split("_duplicated_")[0]
-        raise DataInputError(f"column name {original!r} appears more than once in the header", file=entry.rel, column=original)
+        raise DataInputError(
+            f"column name {original!r} appears more than once in the header", file=entry.rel, column=original
+        )
     if ROW in frame.columns:
         raise DataInputError(f"column name {ROW!r} is reserved", file=entry.rel, column=ROW)
     frame = frame.with_row_index(ROW, offset=1).with_columns(pl.col(ROW).cast(pl.Int64))
@@ -708,7 +745,8 @@ def _decode_text(entry: FileEntry) -> str:
     data = entry.path.read_bytes()
     if b"\x00" in data[:65536]:
         raise DataInputError(
-            f"file is binary (NUL bytes), not {entry.path.suffix} text; export it as CSV or Parquet", file=entry.rel)
+            f"file is binary (NUL bytes), not {entry.path.suffix} text; export it as CSV or Parquet", file=entry.rel
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -718,8 +756,11 @@ def _decode_text(entry: FileEntry) -> str:
         except UnicodeDecodeError:
             text, codec = data.decode("latin-1"), "Latin-1"
         bad = text.splitlines()[line] if line < len(text.splitlines()) else ""
-        entry.warn(f"file is not UTF-8 (byte {data[exc.start:exc.start + 1]!r}); decoded as {codec}, "
-                   f"e.g. {bad[:80]!r}; save it as UTF-8 to be sure of the text", row=line or None)
+        entry.warn(
+            f"file is not UTF-8 (byte {data[exc.start : exc.start + 1]!r}); decoded as {codec}, "
+            f"e.g. {bad[:80]!r}; save it as UTF-8 to be sure of the text",
+            row=line or None,
+        )
         return text
 
 
@@ -731,12 +772,16 @@ def _check_delimiter(entry: FileEntry, text: str, separator: str) -> None:
         return
     for other, name in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
         if other in header:
-            fix = ("name the file .tsv" if other == "\t" else
-                   "re-export with ',' as the delimiter and '.' as the decimal point")
+            fix = (
+                "name the file .tsv"
+                if other == "\t"
+                else "re-export with ',' as the delimiter and '.' as the decimal point"
+            )
             raise DataInputError(
                 f"the header {header[:80]!r} is {name}-delimited; FinNeX reads comma-separated .csv and "
                 f"tab-separated .tsv with '.' as the decimal point: {fix}",
-                file=entry.rel)
+                file=entry.rel,
+            )
 
 
 def _ragged(entry: FileEntry, text: str, separator: str) -> None:
@@ -746,11 +791,16 @@ def _ragged(entry: FileEntry, text: str, separator: str) -> None:
         width = len(next(rows))
         for i, fields in enumerate(rows, start=1):
             if fields and len(fields) != width:
-                hint = (" (decimal commas? quote them or use '.' as the decimal point)"
-                        if len(fields) > width and any(re.fullmatch(r"-?\d+", f.strip()) for f in fields) else "")
+                hint = (
+                    " (decimal commas? quote them or use '.' as the decimal point)"
+                    if len(fields) > width and any(re.fullmatch(r"-?\d+", f.strip()) for f in fields)
+                    else ""
+                )
                 raise DataInputError(
                     f"row has {len(fields)} fields, the header has {width}{hint}; check the delimiter and quoting",
-                    file=entry.rel, row=i)
+                    file=entry.rel,
+                    row=i,
+                )
     except csv.Error as exc:
         raise DataInputError(f"cannot read file: {exc}", file=entry.rel) from exc
 
@@ -782,8 +832,9 @@ def _sanitise(name: str) -> str:
     return _norm(name)
 
 
-def _resolve_names(frame: pl.DataFrame, entry: FileEntry, names: tuple[str, ...], renamed: dict[str, str],
-                   key: str) -> list[str]:
+def _resolve_names(
+    frame: pl.DataFrame, entry: FileEntry, names: tuple[str, ...], renamed: dict[str, str], key: str
+) -> list[str]:
     """The file columns that ``names`` (from the entry's ``key``) refer to. A name is a column's
     name after any rename under ``columns`` (exactly, else case-insensitively, else by its
     sanitised form: ``Stock Splits``, ``stock splits``, ``stock_splits``). Unknown names are an
@@ -792,20 +843,29 @@ def _resolve_names(frame: pl.DataFrame, entry: FileEntry, names: tuple[str, ...]
     out: list[str] = []
     for name in names:
         bare = re.sub(r"^(market|macro|fundamental|sentiment)__", "", name)
-        hits = ([c for c, v in shown.items() if v == name]
-                or [c for c, v in shown.items() if v.casefold() == name.casefold()]
-                or [c for c, v in shown.items() if _norm(v) and _norm(v) == _norm(bare)])
+        hits = (
+            [c for c, v in shown.items() if v == name]
+            or [c for c, v in shown.items() if v.casefold() == name.casefold()]
+            or [c for c, v in shown.items() if _norm(v) and _norm(v) == _norm(bare)]
+        )
         if len(hits) != 1:
             have = ", ".join(repr(v) for v in shown.values())
             what = "is not a column of" if not hits else "matches several columns of"
-            raise DataInputError(f"{key}: {name!r} {what} the file (its columns, after renames: {have}); "
-                                 f"see {entry.where}", file=entry.rel, column=name)
+            raise DataInputError(
+                f"{key}: {name!r} {what} the file (its columns, after renames: {have}); see {entry.where}",
+                file=entry.rel,
+                column=name,
+            )
         out.append(hits[0])
     return out
 
 
-def _keep_drop(frame: pl.DataFrame, entry: FileEntry, renamed: dict[str, str], candidates: list[str],
-               ) -> tuple[list[str], set[str]]:
+def _keep_drop(
+    frame: pl.DataFrame,
+    entry: FileEntry,
+    renamed: dict[str, str],
+    candidates: list[str],
+) -> tuple[list[str], set[str]]:
     """(kept value columns, or [] without ``keep``; dropped columns) of the entry's keep / drop."""
     kept: list[str] = []
     if entry.keep is not None:
@@ -815,7 +875,9 @@ def _keep_drop(frame: pl.DataFrame, entry: FileEntry, renamed: dict[str, str], c
             raise DataInputError(
                 f"keep: {renamed.get(odd[0], odd[0])!r} is not a value column of this {entry.modality} file (it is "
                 "the date, release, ticker or a price field); rename it under columns to make it a series",
-                file=entry.rel, column=odd[0])
+                file=entry.rel,
+                column=odd[0],
+            )
     dropped = set(_resolve_names(frame, entry, entry.drop, renamed, "drop"))
     both = [c for c in kept if c in dropped]
     if both:
@@ -839,9 +901,7 @@ def _date_column(frame: pl.DataFrame, entry: FileEntry, exclude: set[str]) -> st
         return by_content[0]
     if len(by_content) > 1:
         _ambiguous(entry, by_content)
-    raise DataInputError(
-        f"no date column found; set date_column for this file in {entry.where}", file=entry.rel
-    )
+    raise DataInputError(f"no date column found; set date_column for this file in {entry.where}", file=entry.rel)
 
 
 def _ambiguous(entry: FileEntry, candidates: list[str]) -> None:
@@ -913,9 +973,9 @@ def _parse_when_frame(s: pl.Series, default_hour: int) -> pl.DataFrame:
         )
     )
     out = g.select(
-        (stamp.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False) + pl.duration(microseconds=micros)).alias(
-            "wall"
-        ),
+        (
+            stamp.str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S", strict=False) + pl.duration(microseconds=micros)
+        ).alias("wall"),
         offset_min.alias("offset"),
         tz.is_not_null().alias("aware"),
         pl.col("H").is_not_null().alias("has_time"),
@@ -942,7 +1002,9 @@ def _when(frame: pl.DataFrame, col: str, entry: FileEntry, default_hour: int = 0
         parsed = parsed.with_columns(aware=pl.lit(False), has_time=pl.lit(False))
     elif isinstance(s.dtype, pl.Datetime):
         if s.dtype.time_zone is None:
-            parsed = pl.DataFrame({"wall": s.cast(pl.Datetime("us")), "offset": pl.Series([None] * len(s), dtype=pl.Int64)})
+            parsed = pl.DataFrame(
+                {"wall": s.cast(pl.Datetime("us")), "offset": pl.Series([None] * len(s), dtype=pl.Int64)}
+            )
             parsed = parsed.with_columns(aware=pl.lit(False), has_time=pl.lit(True))
         else:
             wall = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(pl.Datetime("us"))
@@ -983,7 +1045,11 @@ def _when(frame: pl.DataFrame, col: str, entry: FileEntry, default_hour: int = 0
                 f"the dates are timestamps at midnight UTC ({first['utc']:%Y-%m-%d %H:%M} UTC), which is the evening "
                 f"before in New York ({first['day']}), so every row would land on the previous day; store plain "
                 "dates (a Date column, or text like 2024-01-02) or timestamps without a zone",
-                file=entry.rel, column=col, row=int(frame[ROW][0]), date=str(first["day"]))
+                file=entry.rel,
+                column=col,
+                row=int(frame[ROW][0]),
+                date=str(first["day"]),
+            )
     today = datetime.now(ZoneInfo(NEW_YORK)).date()
     future = out.with_row_index("i").filter(pl.col("day") > today)
     if future.height:
@@ -992,7 +1058,11 @@ def _when(frame: pl.DataFrame, col: str, entry: FileEntry, default_hour: int = 0
         raise DataInputError(
             f"{d} is in the future (today is {today} in New York; {future.height} such row(s)); "
             "a date past today is a typo or a forecast, neither of which can feed point-in-time features",
-            file=entry.rel, column=col, row=int(frame[ROW][i]), date=str(d))
+            file=entry.rel,
+            column=col,
+            row=int(frame[ROW][i]),
+            date=str(d),
+        )
     return out.drop("aware")
 
 
@@ -1019,12 +1089,19 @@ def _slash_order(frame: pl.DataFrame, col: str, entry: FileEntry) -> pl.Series:
             i, j = int(day_first.arg_true()[0]), int(month_first.arg_true()[0])
             raise DataInputError(
                 f"mixed date orders: {s[i]!r} (row {frame[ROW][i]}) is day/month, {s[j]!r} (row {frame[ROW][j]}) "
-                "is month/day; write ISO dates (YYYY-MM-DD)", file=entry.rel, column=col, row=int(frame[ROW][j]))
+                "is month/day; write ISO dates (YYYY-MM-DD)",
+                file=entry.rel,
+                column=col,
+                row=int(frame[ROW][j]),
+            )
         if day_first.any():
             order = "dmy"
             i = int(day_first.arg_true()[0])
-            entry.warn(f"dates read as day/month/year, as {s[i]!r} shows; set date_order: dmy in the mapping "
-                       "to say so", column=col, row=int(frame[ROW][i]))
+            entry.warn(
+                f"dates read as day/month/year, as {s[i]!r} shows; set date_order: dmy in the mapping to say so",
+                column=col,
+                row=int(frame[ROW][i]),
+            )
         elif month_first.any():
             order = "mdy"
         else:
@@ -1034,7 +1111,10 @@ def _slash_order(frame: pl.DataFrame, col: str, entry: FileEntry) -> pl.Series:
                 raise DataInputError(
                     f"ambiguous date {s[i]!r}: day/month or month/day? No date in the column has a part over 12 "
                     f"to tell; set date_order: mdy (US) or dmy in {entry.where}, or write ISO dates (YYYY-MM-DD)",
-                    file=entry.rel, column=col, row=int(frame[ROW][i]))
+                    file=entry.rel,
+                    column=col,
+                    row=int(frame[ROW][i]),
+                )
             return s
     if order == "dmy":
         return s.str.replace(_SLASH, "${2}/${1}/${3}")
@@ -1128,15 +1208,23 @@ def _numbers(
     if not strict:
         for c, mask in nonfinite_at.items():
             i = int(mask.arg_true()[0])
-            entry.warn(f"{int(mask.sum())} non-finite cell(s) ({frame[c].cast(pl.String)[i]!r}) read as missing",
-                       column=c, row=int(frame[ROW][i]), date=None if days is None else str(days[i]))
+            entry.warn(
+                f"{int(mask.sum())} non-finite cell(s) ({frame[c].cast(pl.String)[i]!r}) read as missing",
+                column=c,
+                row=int(frame[ROW][i]),
+                date=None if days is None else str(days[i]),
+            )
             values[c] = pl.Series(c, values[c]).set(mask, None)
             del bad_at[c]
         for c in bad_at:
             if values[c].drop_nulls().filter(values[c].drop_nulls().is_finite()).len():
                 i = bad_at[c]
-                entry.warn(f"column skipped: {frame[c].cast(pl.String)[i]!r} is not a number, though other cells are",
-                           column=c, row=int(frame[ROW][i]), date=None if days is None else str(days[i]))
+                entry.warn(
+                    f"column skipped: {frame[c].cast(pl.String)[i]!r} is not a number, though other cells are",
+                    column=c,
+                    row=int(frame[ROW][i]),
+                    date=None if days is None else str(days[i]),
+                )
     bad_cols = [c for c in cols if c in bad_at]
     if strict and bad_cols:
         col = min(bad_cols, key=lambda c: (bad_at[c], cols.index(c)))
@@ -1211,8 +1299,7 @@ def _price_values(entry: FileEntry, frame: pl.DataFrame, fields: dict[str, str],
     missing = [f for f in OHLCV if f not in fields]
     if missing:
         raise DataInputError(
-            f"missing required column {missing[0]!r} (no column named like it; map one under "
-            f"columns in {entry.where})",
+            f"missing required column {missing[0]!r} (no column named like it; map one under columns in {entry.where})",
             file=entry.rel,
             column=missing[0],
         )
@@ -1243,8 +1330,16 @@ def _price_values(entry: FileEntry, frame: pl.DataFrame, fields: dict[str, str],
     # OHLC coherence, the rule of the market_data check, here so the file and row get named
     for fld, test, what in (
         ("high", pl.col("high") < pl.col("low"), "high {high!r} is below low {low!r}"),
-        ("open", ~pl.col("open").is_between(pl.col("low"), pl.col("high")), "open {open!r} is outside [low {low!r}, high {high!r}]"),
-        ("close", ~pl.col("close").is_between(pl.col("low"), pl.col("high")), "close {close!r} is outside [low {low!r}, high {high!r}]"),
+        (
+            "open",
+            ~pl.col("open").is_between(pl.col("low"), pl.col("high")),
+            "open {open!r} is outside [low {low!r}, high {high!r}]",
+        ),
+        (
+            "close",
+            ~pl.col("close").is_between(pl.col("low"), pl.col("high")),
+            "close {close!r} is outside [low {low!r}, high {high!r}]",
+        ),
     ):
         bad = out.filter(test)
         if bad.height:
@@ -1295,8 +1390,11 @@ def _parse_market(entry: FileEntry, frame: pl.DataFrame) -> tuple[pl.DataFrame |
     for col in loose_vals.columns:  # e.g. yfinance's Stock Splits / Capital Gains: all zeros
         values = loose_vals[col].drop_nulls()
         if frame.height > 1 and values.len() == frame.height and values.n_unique() == 1:
-            entry.warn(f"column {col!r} holds {values[0]!r} in every row, a feature without information; leave it "
-                       f"out with drop: [{col}] in {entry.where}", column=col)
+            entry.warn(
+                f"column {col!r} holds {values[0]!r} in every row, a feature without information; leave it "
+                f"out with drop: [{col}] in {entry.where}",
+                column=col,
+            )
     names: dict[str, str] = {}
     for col in [*explicit, *[c for c in auto if c in loose_vals.columns]]:
         name = "market__" + _sanitise(re.sub(r"^market__", "", mapped.get(col, col)))
@@ -1392,7 +1490,9 @@ def _parse_peers(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
         for tick in dict.fromkeys(t for _c, t, _f in pairs):
             cols = {f: c for c, t, f in pairs if t == tick}
             if "close" not in cols:
-                raise DataInputError(f"peer {tick} has a volume column but no close column", file=entry.rel, column=cols.get("volume"))
+                raise DataInputError(
+                    f"peer {tick} has a volume column but no close column", file=entry.rel, column=cols.get("volume")
+                )
             parts.append(
                 pl.DataFrame({"date": day, ROW: frame[ROW]}).with_columns(
                     pl.lit(tick).alias("ticker"),
@@ -1404,7 +1504,10 @@ def _parse_peers(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
             )
         long = pl.concat(parts, how="vertical")
     long = long.filter(pl.col("close").is_not_null())
-    for fld, test, what in (("close", pl.col("close") <= 0, "non-positive price"), ("volume", pl.col("volume") < 0, "negative volume")):
+    for fld, test, what in (
+        ("close", pl.col("close") <= 0, "non-positive price"),
+        ("volume", pl.col("volume") < 0, "negative volume"),
+    ):
         bad = long.filter(test)
         if bad.height:
             raise DataInputError(
@@ -1441,9 +1544,7 @@ def _parse_texts(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
     if entry.text_column:
         text_col = _column(frame, entry.text_column, entry, "text_column")
     else:
-        text_col = next(
-            (c for name in _TEXT_NAMES for c in frame.columns if c != ROW and _norm(c) == name), None
-        )
+        text_col = next((c for name in _TEXT_NAMES for c in frame.columns if c != ROW and _norm(c) == name), None)
         if text_col is None:
             raise DataInputError(
                 f"no text column found (looked for {', '.join(_TEXT_NAMES)}); set text_column in {entry.where}",
@@ -1457,16 +1558,25 @@ def _parse_texts(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
         raise DataInputError(
             f"text of {lengths[i]:,} characters; the limit is {MAX_TEXT_CHARS:,} per text (a headline, post or "
             "article); is a delimiter or quote missing so that several records ran together?",
-            file=entry.rel, column=text_col, row=int(frame[ROW][i]))
+            file=entry.rel,
+            column=text_col,
+            row=int(frame[ROW][i]),
+        )
     when = _when(frame, date_col, entry)
-    when = when.with_columns(utc=pl.when(pl.col("has_time")).then(pl.col("utc"))
-                             .otherwise(_date_only_instant(pl.col("day"), _published(entry), noon=True)))
+    when = when.with_columns(
+        utc=pl.when(pl.col("has_time"))
+        .then(pl.col("utc"))
+        .otherwise(_date_only_instant(pl.col("day"), _published(entry), noon=True))
+    )
     naive = _naive_times(frame[date_col])
     if naive.any():
         i = int(naive.arg_true()[0])
-        entry.warn(f"{int(naive.sum())} timestamp(s) without a timezone (e.g. {frame[date_col].cast(pl.String)[i]!r}) "
-                   "read as New York time; add an offset (Z, +00:00) if they are UTC", column=date_col,
-                   row=int(frame[ROW][i]))
+        entry.warn(
+            f"{int(naive.sum())} timestamp(s) without a timezone (e.g. {frame[date_col].cast(pl.String)[i]!r}) "
+            "read as New York time; add an offset (Z, +00:00) if they are UTC",
+            column=date_col,
+            row=int(frame[ROW][i]),
+        )
     out = pl.DataFrame(
         {
             "published_at": when["utc"],
@@ -1532,7 +1642,8 @@ def _one_per_period(entry: FileEntry, frame: pl.DataFrame, col: str, day: pl.Ser
         return
     months = 1 if frequency == "monthly" else 3
     frame = pl.DataFrame({"day": day, ROW: frame[ROW]}).with_columns(
-        period=pl.col("day").dt.year() * 12 + (pl.col("day").dt.month() - 1) // months)
+        period=pl.col("day").dt.year() * 12 + (pl.col("day").dt.month() - 1) // months
+    )
     firsts = frame.unique("day", keep="first", maintain_order=True)
     dup = firsts.filter(pl.col("period").is_duplicated())
     if dup.height:
@@ -1542,7 +1653,11 @@ def _one_per_period(entry: FileEntry, frame: pl.DataFrame, col: str, day: pl.Ser
             f"a {frequency} series with two dates in one period: {a['day']} (row {a[ROW]}) and {b['day']} "
             f"(row {b[ROW]}); are day and month swapped (set date_order in {entry.where}) or is the "
             "frequency wrong?",
-            file=entry.rel, column=col, row=b[ROW], date=str(b["day"]))
+            file=entry.rel,
+            column=col,
+            row=b[ROW],
+            date=str(b["day"]),
+        )
 
 
 def _published(entry: FileEntry) -> str:
@@ -1572,9 +1687,13 @@ def _date_only_release(day: pl.Series, policy: str) -> pl.Series:
     (outside the calendar's range: the next day for next_session, or a time after 16:00)."""
     if policy == "same_session" or day.len() == 0:
         return day
-    frame = pl.DataFrame({"day": day}).with_row_index("i").with_columns(
-        utc=_date_only_instant(pl.col("day"), policy),
-        use=pl.col("day").is_between(CALENDAR_START, calendar_end() - timedelta(days=7)),
+    frame = (
+        pl.DataFrame({"day": day})
+        .with_row_index("i")
+        .with_columns(
+            utc=_date_only_instant(pl.col("day"), policy),
+            use=pl.col("day").is_between(CALENDAR_START, calendar_end() - timedelta(days=7)),
+        )
     )
     late = policy == "next_session" or tuple(map(int, policy.split(":"))) >= (16, 0)
     fallback = pl.col("day") + timedelta(days=1) if late else pl.col("day")
@@ -1675,7 +1794,9 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
     clash = [n for n in names.values() if list(names.values()).count(n) > 1]
     if clash:
         cols = [c for c, n in names.items() if n == clash[0]]
-        raise DataInputError(f"columns {cols[0]!r} and {cols[1]!r} both become series {clash[0]!r}", file=entry.rel, column=cols[1])
+        raise DataInputError(
+            f"columns {cols[0]!r} and {cols[1]!r} both become series {clash[0]!r}", file=entry.rel, column=cols[1]
+        )
     base = pl.DataFrame({"period_end": period_end, "released": released, ROW: frame[ROW]})
     long = pl.concat(
         [
@@ -1712,7 +1833,9 @@ def _known_role(name: str) -> str | None:
     return KNOWN_SERIES.get(name.strip().upper())
 
 
-def _role_column(frame: pl.DataFrame, entry: FileEntry, cols: list[str], role: str, mapped: dict[str, str]) -> list[str]:
+def _role_column(
+    frame: pl.DataFrame, entry: FileEntry, cols: list[str], role: str, mapped: dict[str, str]
+) -> list[str]:
     if len(cols) == 1:
         return cols
     close = [c for c in cols if _norm(mapped.get(c, c)) == "close"]
@@ -1721,7 +1844,9 @@ def _role_column(frame: pl.DataFrame, entry: FileEntry, cols: list[str], role: s
     raise DataInputError(
         f"role {role!r} makes the file one series, but it has {len(cols)} value columns "
         f"({', '.join(repr(c) for c in cols[:8])}) and no single Close column; keep one with columns: [...] or "
-        f"give roles per column in {entry.where}", file=entry.rel)
+        f"give roles per column in {entry.where}",
+        file=entry.rel,
+    )
 
 
 def _concat_releases(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -1732,7 +1857,9 @@ def _concat_releases(frames: list[pl.DataFrame]) -> pl.DataFrame:
     clash = per_file.filter(pl.struct("modality", "series").is_duplicated()).sort("modality", "series", "__file__")
     if clash.height:
         first = clash.row(0, named=True)
-        files = clash.filter((pl.col("modality") == first["modality"]) & (pl.col("series") == first["series"]))["__file__"]
+        files = clash.filter((pl.col("modality") == first["modality"]) & (pl.col("series") == first["series"]))[
+            "__file__"
+        ]
         raise DataInputError(
             f"{first['modality']} series {first['series']!r} comes from both {files[0]} and {files[1]}; "
             "rename one under columns",

