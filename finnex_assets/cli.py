@@ -145,13 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finnex", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="backfill the default date range through the latest stage, as one run")
-    demo.add_argument("--source", choices=sorted(DEFAULT_RANGE), default=os.environ.get("FINNEX_SOURCE", "synthetic"))
+    demo.add_argument(
+        "--source",
+        choices=sorted(DEFAULT_RANGE),
+        default=os.environ.get("FINNEX_SOURCE", ""),
+        help="single-stock mode on this source (default without --source: universe mode)",
+    )
     demo.add_argument(
         "--planted-signal",
         default="",
         metavar="FORM:STRENGTH",
-        help="synthetic source: plant a positive control, e.g. level:1.0 or temporal:0.7 (data go to "
-        "data/planted_<form>_<strength> unless FINNEX_DATA_DIR is set)",
+        help="synthetic data: plant a positive control; single stock: level:1.0 or temporal:0.7, universe: "
+        "cross_section:1.0 (data go to data/planted_<form>_<strength> unless FINNEX_DATA_DIR is set)",
     )
     demo.add_argument(
         "--universe",
@@ -186,14 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep-runs":
         return 0 if _sweep(dry_run=args.dry_run) is not None else 1
 
-    if args.command == "demo" and args.universe:
+    if args.command == "demo" and (args.universe or not args.source):
         from finnex_ml.data.universe import DEFAULT_UNIVERSE_RANGE
 
-        os.environ["FINNEX_UNIVERSE"] = args.universe
-        os.environ.setdefault("FINNEX_DATA_DIR", str(REPO_ROOT / "data" / f"universe_{args.universe}"))
-        start = args.start or DEFAULT_UNIVERSE_RANGE[args.universe][0]
-        end = args.end or DEFAULT_UNIVERSE_RANGE[args.universe][1]
-        print(f"FinNeX universe demo: {args.universe}, {start}..{end}, data in {data_root()}")
+        kind = args.universe or "synthetic"
+        os.environ["FINNEX_UNIVERSE"] = kind
+        folder = f"universe_{kind}"
+        if args.planted_signal:
+            form, _, strength = args.planted_signal.partition(":")
+            if kind != "synthetic" or form != "cross_section":
+                print(
+                    "universe mode plants only --planted-signal cross_section:<strength> in the synthetic universe",
+                    file=sys.stderr,
+                )
+                return 2
+            os.environ["FINNEX_UNIVERSE_PLANT"] = strength or "1.0"
+            folder += f"_planted_{strength or '1.0'}"
+        os.environ.setdefault("FINNEX_DATA_DIR", str(REPO_ROOT / "data" / folder))
+        start = args.start or DEFAULT_UNIVERSE_RANGE[kind][0]
+        end = args.end or DEFAULT_UNIVERSE_RANGE[kind][1]
+        print(f"FinNeX universe demo: {kind}, {start}..{end}, data in {data_root()}")
         ok = run_universe(start, end)
         if ok:
             from finnex_assets.assets.universe import default_universe

@@ -144,7 +144,7 @@ def universe_html(doc: Mapping[str, Any], provenance: str) -> str:
                 },
                 {
                     "test": f"permutation of scores within dates (blocks of {doc['horizon']})",
-                    "estimate": perm.get("observed"),
+                    "estimate": perm.get("mean_ic"),
                     "interval": None,
                     "p_value": perm.get("p_value"),
                 },
