@@ -52,7 +52,9 @@ def price_rows(days: list[date], base: float = 10.0, ticker: str | None = None) 
 
 
 def per_ticker(folder: Path, ticker: str, days: list[date], base: float = 10.0) -> None:
-    write(folder, f"prices/{ticker}.csv", "\n".join(["Date,Open,High,Low,Close,Volume", *price_rows(days, base)]) + "\n")
+    write(
+        folder, f"prices/{ticker}.csv", "\n".join(["Date,Open,High,Low,Close,Volume", *price_rows(days, base)]) + "\n"
+    )
 
 
 def long_prices(folder: Path, name: str, tickers: dict[str, list[date]], extra: list[str] = ()) -> None:
@@ -249,6 +251,7 @@ def test_unknown_ticker_in_texts_is_an_error(tmp_path):
         "unknown_tickers: ignore",
         "file=news.csv",
         "row=2",
+        "date=2024-03-06T15:00:00Z",
     )
 
 
@@ -263,9 +266,15 @@ def test_unknown_ticker_ignored_on_request(tmp_path):
 
 def test_unknown_ticker_in_fundamentals_suggests_the_case(tmp_path):
     per_ticker(tmp_path, "AAA", MARCH)
-    write(tmp_path, "fund.csv", "ticker,period_end,filing_date,eps\nAAA,2023-12-31,2024-02-01,1.0\naaa,2023-09-30,2023-11-01,2\n")
+    write(
+        tmp_path,
+        "fund.csv",
+        "ticker,period_end,filing_date,eps\nAAA,2023-12-31,2024-02-01,1.0\naaa,2023-09-30,2023-11-01,2\n",
+    )
     entry = {"path": "fund.csv", "modality": "fundamental", "ticker_column": "ticker"}
-    error(mapping(tmp_path, [GLOB, entry]), "ticker aaa", "did you mean AAA?", "file=fund.csv", "row=2")
+    error(
+        mapping(tmp_path, [GLOB, entry]), "ticker aaa", "did you mean AAA?", "file=fund.csv", "row=2", "date=2023-09-30"
+    )
 
 
 def test_glob_matching_no_file(tmp_path):
@@ -282,7 +291,9 @@ def test_two_price_files_for_one_ticker(tmp_path):
 
 def test_missing_ticker_column(tmp_path):
     long_prices(tmp_path, "panel.csv", {"AAA": MARCH})
-    error(mapping(tmp_path, [{**LONG, "ticker_column": "Ticker"}]), "ticker_column 'Ticker'", "'Symbol'", "file=panel.csv")
+    error(
+        mapping(tmp_path, [{**LONG, "ticker_column": "Ticker"}]), "ticker_column 'Ticker'", "'Symbol'", "file=panel.csv"
+    )
     write(tmp_path, "news.csv", "published_at,headline\n2024-03-05T15:00:00Z,up\n")
     per_ticker(tmp_path, "AAA", MARCH)
     entry = {"path": "news.csv", "modality": "texts", "source": "news"}
@@ -348,3 +359,17 @@ def test_universe_section_errors(tmp_path):
     error(mapping(tmp_path, [{"path": "macro.csv", "modality": "macro"}]), "needs at least one prices", exc=ConfigError)
     write(tmp_path, "sectors.csv", "ticker,sector\nAAA,Tech\nAAA,Energy\n")
     error(mapping(tmp_path, [GLOB], sectors="sectors.csv"), "ticker AAA appears twice (rows 1 and 2)", "sectors.csv")
+
+
+def test_day_first_long_file_is_settled_by_the_whole_file(tmp_path):
+    """AAA alone (1-12 March) is ambiguous; BBB's 13/03/2024 settles the order for every ticker."""
+    early, late = MARCH[:8], MARCH[8:]
+    rows = [
+        r.replace(d.isoformat(), f"{d.day:02d}/{d.month:02d}/{d.year}")
+        for tk, days in (("AAA", early), ("BBB", late))
+        for d, r in zip(days, price_rows(days, 20.0, tk))
+    ]
+    write(tmp_path, "panel.csv", "\n".join(["Symbol,Date,Open,High,Low,Close,Volume", *rows]) + "\n")
+    uni = FilesUniverse.from_mapping(mapping(tmp_path, [LONG]))
+    assert uni.load_ticker("AAA", MARCH[0], MARCH[-1]).prices["date"].to_list() == early
+    assert [w for w in uni.warnings if "day/month/year" in w and "file=panel.csv" in w]

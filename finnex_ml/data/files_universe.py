@@ -149,6 +149,17 @@ def _tagged(exc: DataInputError, ticker: str, hint: str = "") -> DataInputError:
     )
 
 
+def _first_date(entry: FileEntry, frame: pl.DataFrame) -> str | None:
+    """The first row's date cell as written (for messages), if the date column is clear."""
+    exclude = {c for c in (entry.text_column, entry.release_column) if c}
+    try:
+        col = F._date_column(frame, entry, {c for c in frame.columns if c in exclude})
+    except DataInputError:
+        return None
+    value = frame[col].cast(pl.String)[0]
+    return value.strip() if value else None
+
+
 def _shown_tickers(tickers: list[str], limit: int = 12) -> str:
     return ", ".join(tickers[:limit]) + (f", ... ({len(tickers)} in all)" if len(tickers) > limit else "")
 
@@ -289,6 +300,7 @@ class FilesUniverse:
         if spec.ticker is not None:
             groups = [(spec.ticker, frame)]
         else:
+            entry = self._settle_date_order(entry, frame)
             groups = self._split(spec, frame)
         if known is not None:
             groups = self._known_only(entry, groups, known)
@@ -301,6 +313,27 @@ class FilesUniverse:
                 raise _tagged(exc, ticker) from exc
             out.append(_Part(e, spec.seq, ticker, parsed))
         return out
+
+    def _settle_date_order(self, entry: FileEntry, frame: pl.DataFrame) -> FileEntry:
+        """A long file's d/d/yyyy day/month order, settled by the whole file (a ticker with only
+        early-month dates would be ambiguous alone, and every ticker must read the same way)."""
+        if entry.date_order is not None:
+            return entry
+        for col in frame.columns:
+            if col == F.ROW or frame.schema[col] != pl.String:
+                continue
+            parts = frame[col].str.extract_groups(F._SLASH).struct.unnest()
+            a, b = (parts[c].cast(pl.Int32) for c in parts.columns[:2])
+            day_first, month_first = bool((a > 12).any()), bool((b > 12).any())
+            if day_first != month_first:
+                if day_first:
+                    i = int((a > 12).fill_null(False).arg_true()[0])
+                    self._warn(
+                        f"dates read as day/month/year, as {frame[col][i]!r} shows; set date_order: dmy in the "
+                        f"mapping to say so [file={entry.rel}, column={col}, row={int(frame[F.ROW][i])}]"
+                    )
+                return replace(entry, date_order="dmy" if day_first else "mdy")
+        return entry
 
     def _split(self, spec: _Spec, frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
         """A long file's rows per ticker (file order, ROW kept), the ticker column dropped."""
@@ -325,10 +358,7 @@ class FilesUniverse:
                 "missing ticker (an empty ticker cell)", file=entry.rel, column=col, row=int(frame[F.ROW][empty[0]])
             )
         frame = frame.drop(col).with_columns(tickers.alias("__ticker__"))
-        return [
-            (str(tk), part.drop("__ticker__"))
-            for (tk,), part in frame.group_by("__ticker__", maintain_order=True)
-        ]
+        return [(str(tk), part.drop("__ticker__")) for (tk,), part in frame.group_by("__ticker__", maintain_order=True)]
 
     def _known_only(
         self, entry: FileEntry, groups: list[tuple[str, pl.DataFrame]], known: list[str]
@@ -349,6 +379,7 @@ class FilesUniverse:
                 "add its prices, or set universe.unknown_tickers: ignore to drop such rows",
                 file=entry.rel,
                 row=row,
+                date=_first_date(entry, part),
             )
         for tk, part in unknown:
             self._warn(
@@ -378,7 +409,9 @@ class FilesUniverse:
         if self._members is not None:
             return self._members
         parts = self._all()
-        spans = {p.ticker: (p.parsed["date"].min(), p.parsed["date"].max()) for p in parts if p.entry.modality == "prices"}
+        spans = {
+            p.ticker: (p.parsed["date"].min(), p.parsed["date"].max()) for p in parts if p.entry.modality == "prices"
+        }
         tickers = sorted(spans)
         sector = self._sector_map(tickers)
         self._members = pl.DataFrame(
@@ -395,9 +428,11 @@ class FilesUniverse:
     def _sector_map(self, tickers: list[str]) -> dict[str, str]:
         if self.sectors is None:
             return {}
-        sector = _read_sectors(self.sectors, self.mapping_path.resolve().parent) if isinstance(
-            self.sectors, Path
-        ) else dict(self.sectors)
+        sector = (
+            _read_sectors(self.sectors, self.mapping_path.resolve().parent)
+            if isinstance(self.sectors, Path)
+            else dict(self.sectors)
+        )
         where = self.sectors.name if isinstance(self.sectors, Path) else "universe.sectors"
         extra = sorted(set(sector) - set(tickers))
         if extra:
@@ -498,7 +533,9 @@ def _expand(index: int, raw: Any, root: Path, shown: str, seq0: int) -> list[_Sp
             else:
                 m = pattern.search(stem)
                 if not m:
-                    raise ConfigError(f"{where}: ticker_from {ticker_from!r} does not match file {rel!r} (stem {stem!r})")
+                    raise ConfigError(
+                        f"{where}: ticker_from {ticker_from!r} does not match file {rel!r} (stem {stem!r})"
+                    )
                 spec.ticker = (m["ticker"] if "ticker" in pattern.groupindex else m[1]).strip()
             if not spec.ticker:
                 raise ConfigError(f"{where}: file {rel!r} gives an empty ticker")
