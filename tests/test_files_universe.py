@@ -90,7 +90,8 @@ def test_registered_kind_and_range():
     assert "files" in UNIVERSE_KINDS and set(DEFAULT_UNIVERSE_RANGE) == set(UNIVERSE_KINDS)
     lo, hi = (date.fromisoformat(d) for d in DEFAULT_UNIVERSE_RANGE["files"])
     members = FilesUniverse.from_mapping(EXAMPLE).members()
-    assert (lo, hi) == (members["first"].min(), members["last"].max())
+    # the demo computes features from LOOKBACK (307) sessions before the range: the example's first price
+    assert (calendar.sessions_back(lo, 307), hi) == (members["first"].min(), members["last"].max())
     with pytest.raises(ConfigError, match="mapping_path"):
         universe_source("files")
     with pytest.raises(ConfigError, match="files"):
@@ -102,17 +103,17 @@ def test_example_members_spans_sectors_and_gap(example):
     assert m.schema == pl.Schema(MEMBER_SCHEMA)
     assert m["ticker"].to_list() == ["ALFA", "BRVO", "CHRL", "DLTA", "ECHO", "FXTR"]
     spans = {r["ticker"]: (r["first"], r["last"]) for r in m.iter_rows(named=True)}
-    assert spans["FXTR"] == (date(2023, 8, 9), date(2024, 9, 4))  # listed mid-range: no error
+    assert spans["FXTR"] == (date(2023, 5, 26), date(2024, 9, 4))  # listed mid-range: no error
     assert all(spans[t] == (date(2023, 1, 3), date(2024, 9, 4)) for t in ("ALFA", "BRVO", "CHRL", "DLTA", "ECHO"))
     assert dict(zip(m["ticker"], m["sector"]))["CHRL"] == "Energy"
     gap = [w for w in example.warnings if "ticker DLTA" in w]
-    assert len(gap) == 1 and "3 NYSE session(s)" in gap[0] and "first gap: 2023-10-19" in gap[0]
+    assert len(gap) == 1 and "3 NYSE session(s)" in gap[0] and "first gap: 2023-02-01" in gap[0]
     assert "file=prices/DLTA.csv" in gap[0]
-    dlta = example.load_ticker("DLTA", date(2023, 10, 16), date(2023, 10, 27)).prices["date"].to_list()
-    assert date(2023, 10, 19) not in dlta and date(2023, 10, 20) not in dlta and date(2023, 10, 23) not in dlta
+    dlta = example.load_ticker("DLTA", date(2023, 1, 30), date(2023, 2, 10)).prices["date"].to_list()
+    assert not {date(2023, 2, 1), date(2023, 2, 2), date(2023, 2, 3)} & set(dlta)
     assert len(dlta) == 10 - 3  # absent on the halt, nothing imputed
-    fxtr = example.load_ticker("FXTR", date(2023, 8, 1), date(2023, 8, 15)).prices
-    assert fxtr["date"].min() == date(2023, 8, 9)
+    fxtr = example.load_ticker("FXTR", date(2023, 5, 1), date(2023, 6, 15)).prices
+    assert fxtr["date"].min() == date(2023, 5, 26)
     with pytest.raises(DataInputError, match=r"'NOPE'.*ALFA"):
         example.load_ticker("NOPE", date(2024, 1, 2), date(2024, 1, 5))
     with pytest.raises(ValueError, match="planted"):
@@ -162,13 +163,17 @@ def test_example_through_panel_features(example):
     assert "peer__xs_sector_rel_ret_1d" in features.columns
     assert features["price__logret_1d"].null_count() == 0 and features["macro__vix"].null_count() == 0
     # listing and gap: only tickers with a price that day get a row
-    days = [date(2023, 8, 8), date(2023, 8, 9), date(2023, 10, 19), date(2023, 10, 20), date(2023, 10, 24)]
+    days = [date(2023, 2, 1), date(2023, 2, 3), date(2023, 2, 6), date(2023, 5, 25), date(2023, 5, 26)]
     prices, features = panel.panel_features(example, days)
     have = {d: set(features.filter(pl.col("date") == d)["ticker"]) for d in days}
-    everyone = {"ALFA", "BRVO", "CHRL", "DLTA", "ECHO", "FXTR"}
-    assert have[date(2023, 8, 8)] == everyone - {"FXTR"} and have[date(2023, 8, 9)] == everyone
-    assert have[date(2023, 10, 19)] == have[date(2023, 10, 20)] == everyone - {"DLTA"}
-    assert have[date(2023, 10, 24)] == everyone
+    assert have == {
+        date(2023, 2, 1): {"ALFA", "BRVO", "CHRL", "ECHO"},  # DLTA halted, FXTR not listed yet
+        date(2023, 2, 3): {"ALFA", "BRVO", "CHRL", "ECHO"},
+        date(2023, 2, 6): {"ALFA", "BRVO", "CHRL", "DLTA", "ECHO"},
+        date(2023, 5, 25): {"ALFA", "BRVO", "CHRL", "DLTA", "ECHO"},
+        date(2023, 5, 26): {"ALFA", "BRVO", "CHRL", "DLTA", "ECHO", "FXTR"},  # its first price
+    }
+    assert set(prices.select("date", "ticker").iter_rows()) == set(features.select("date", "ticker").iter_rows())
 
 
 # --------------------------------------------------------------------------- bad input

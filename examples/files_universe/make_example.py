@@ -7,9 +7,14 @@ Writes, next to this script, exports for six fictional tickers over 420 NYSE ses
 glob), a long ``news.csv`` and a long ``fundamentals.csv`` with a ticker column, FRED-style shared
 macro files and ``sectors.csv``. ``mapping.yaml`` (kept by hand) ties them together.
 
-Two tickers show the universe rules: FXTR lists mid-range (its first price is session 150,
-2023-08-09) and DLTA has a three-session trading halt (2023-10-19, 2023-10-20, 2023-10-23: no
-rows, so it is absent on those dates and the loader warns).
+Two tickers show the universe rules: FXTR lists mid-range (its first price is session 100,
+2023-05-26) and DLTA has a three-session trading halt (2023-02-01 to 2023-02-03: no rows, so it
+is absent on those dates and the loader warns). The default universe range
+(``DEFAULT_UNIVERSE_RANGE["files"]``, 2024-03-22 .. 2024-09-04) starts 306 sessions after the
+first price, so the images' 307-session lookback fits; a ticker gets images once it has 307
+contiguous sessions of features: DLTA from 2024-04-25 (after its halt), FXTR from 2024-08-15.
+There are no social posts (and few days with two headlines), so the feature table's warm-up flag
+stays false, as with the packaged panel: it counts every raw input, social ones included.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from finnex_ml.calendar import sessions
 HERE = Path(__file__).resolve().parent
 NY = ZoneInfo("America/New_York")
 N_SESSIONS = 420
-LISTING = {"FXTR": 150}  # ticker -> index of its first session
-HALT = {"DLTA": (200, 203)}  # ticker -> [from, to) session indices without a row
+LISTING = {"FXTR": 100}  # ticker -> index of its first session
+HALT = {"DLTA": (20, 23)}  # ticker -> [from, to) session indices without a row
 SECTORS = {
     "ALFA": "Information Technology",
     "BRVO": "Information Technology",

@@ -72,11 +72,11 @@ from finnex_ml.errors import ConfigError, DataInputError
 
 MEMBER_SCHEMA = {"ticker": pl.String, "sector": pl.String, "first": pl.Date, "last": pl.Date}
 UNIVERSE_KINDS = ("synthetic", "packaged-panel", "files")
-# files: the span of the example mapping (examples/files_universe/mapping.yaml)
+# files: the example mapping (examples/files_universe/mapping.yaml) after the images' 307-session lookback
 DEFAULT_UNIVERSE_RANGE = {
     "synthetic": ("2024-01-02", "2024-12-31"),
     "packaged-panel": ("2014-01-02", "2018-12-31"),
-    "files": ("2023-01-03", "2024-09-04"),
+    "files": ("2024-03-22", "2024-09-04"),
 }
 
 
