@@ -39,8 +39,10 @@ Keys of an entry: every key of the single-stock source's entries (``columns``, `
     per matched file, sorted by path. A glob matching no file is a ``ConfigError``.
 ``ticker_column``
     The file is long: the column holding each row's ticker (cells are stripped; an empty cell
-    is an error naming the row). Without it, a non-glob per-ticker file's column named
-    ``ticker`` or ``symbol`` (any case) is used.
+    is an error naming the row). Without it, a non-glob prices / texts / fundamental /
+    sentiment file's column named ``ticker`` or ``symbol`` (any case) is used. A long file's
+    ``d/d/yyyy`` day/month order (``date_order`` unset) is settled by the whole file, so every
+    ticker reads its dates the same way.
 ``ticker``
     The whole file is this one ticker's (not with a glob or ``ticker_column``).
 ``ticker_from``
@@ -51,7 +53,8 @@ Keys of an entry: every key of the single-stock source's entries (``columns``, `
 Modalities: ``prices`` (required: one prices source per ticker; the set of tickers with prices
 is the universe), ``texts``, ``fundamental`` and ``sentiment`` are per ticker (they need a ticker:
 column, ``ticker``, or glob); ``macro`` is shared by every ticker (ticker keys are an error);
-``market`` is per ticker with a ticker, shared (joined to every ticker's prices) without one.
+``market`` is per ticker with ``ticker_column``, ``ticker`` or a glob, and otherwise shared
+(joined to every ticker's prices).
 ``peers`` is refused: in universe mode a ticker's peers are the universe.
 
 Per ticker, :meth:`FilesUniverse.load_ticker` returns exactly what a single-stock
@@ -71,10 +74,18 @@ Bad input (:class:`~finnex_ml.errors.DataInputError` naming file, ticker, date /
   sessions (nothing is imputed); a warning gives the count and the first gap;
 * a ticker listed after others: its span starts at its first price (no error);
 * a ticker in a texts / fundamental / sentiment / market file without prices: an error naming
-  file, ticker and first row, listing the known tickers (``unknown_tickers: ignore`` drops its
-  rows with a warning instead);
+  file, ticker, its first row and that row's date cell, listing the known tickers (and a
+  different-case match: ``aapl`` / ``AAPL``); ``unknown_tickers: ignore`` drops its rows with a
+  warning instead;
+* any single-stock check inside a ticker's rows (bad numbers, high below low, a future date ...):
+  the single-stock message with ``ticker X:`` in front;
 * two prices files for one ticker, a missing ticker column or cell, a prices file without a
-  row: errors naming the files and ticker.
+  row: errors naming the files and ticker; a glob matching no file, ``peers`` entries and ticker
+  keys on macro entries: ``ConfigError`` naming the mapping entry.
+
+Sectors (``universe.sectors``): tickers not listed get the sector ``""`` (one group for the
+sector-relative features) with a warning; listed tickers without prices are ignored with a
+warning; a ticker listed twice is an error.
 
 Warnings (accepted input worth a look) are logged and listed in :attr:`FilesUniverse.warnings`.
 """
