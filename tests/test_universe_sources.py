@@ -251,7 +251,7 @@ def test_unknown_ticker_is_named(universe):
 
 
 def test_factory_and_adapter():
-    assert UNIVERSE_KINDS == ("synthetic", "packaged-panel")
+    assert UNIVERSE_KINDS == ("synthetic", "packaged-panel", "files")
     small = universe_source("synthetic", n_tickers=6, seed=3)
     assert isinstance(small, SyntheticUniverse) and small.members().height == 6
     assert small.name == "synthetic-universe" and small.benchmark

@@ -8,7 +8,8 @@ with a planted cross-sectional rule, what an oracle would expect (:meth:`Univers
 :func:`ticker_source` wraps one ticker as a plain ``DataSource`` so the single-stock pipeline
 (``finnex_ml.pipeline.modality_snapshots``) runs per ticker unchanged.
 
-Two universes:
+Three universes (the third, ``files``, lives in :mod:`finnex_ml.data.files_universe`: the
+user's own CSV / Parquet exports, many tickers per mapping):
 
 - :class:`SyntheticUniverse`: a seeded factor model on the same fixed session grid as
   ``synthetic.py`` (from ``EPOCH``), so a value on a date never depends on the requested window.
@@ -70,8 +71,13 @@ from finnex_ml.data.synthetic import (
 from finnex_ml.errors import ConfigError, DataInputError
 
 MEMBER_SCHEMA = {"ticker": pl.String, "sector": pl.String, "first": pl.Date, "last": pl.Date}
-UNIVERSE_KINDS = ("synthetic", "packaged-panel")
-DEFAULT_UNIVERSE_RANGE = {"synthetic": ("2024-01-02", "2024-12-31"), "packaged-panel": ("2014-01-02", "2018-12-31")}
+UNIVERSE_KINDS = ("synthetic", "packaged-panel", "files")
+# files: the example mapping (examples/files_universe/mapping.yaml) after the images' 307-session lookback
+DEFAULT_UNIVERSE_RANGE = {
+    "synthetic": ("2024-01-02", "2024-12-31"),
+    "packaged-panel": ("2014-01-02", "2018-12-31"),
+    "files": ("2024-03-22", "2024-09-04"),
+}
 
 
 class UniverseSource(Protocol):
@@ -109,11 +115,20 @@ def ticker_source(universe: UniverseSource, ticker: str) -> DataSource:
 
 
 def universe_source(kind: str, **options: Any) -> UniverseSource:
-    """``"synthetic"`` -> SyntheticUniverse(**options), ``"packaged-panel"`` -> PackagedPanel(**options)."""
+    """``"synthetic"`` -> SyntheticUniverse(**options), ``"packaged-panel"`` -> PackagedPanel(**options),
+    ``"files"`` -> FilesUniverse.from_mapping(mapping_path) (``finnex_ml.data.files_universe``)."""
     if kind == "synthetic":
         return SyntheticUniverse(**options)
     if kind == "packaged-panel":
         return PackagedPanel(**options)
+    if kind == "files":
+        from finnex_ml.data.files_universe import FilesUniverse
+
+        mapping_path = options.pop("mapping_path", None)
+        if not mapping_path or options:
+            extra = f"; unexpected options {sorted(options)}" if options else ""
+            raise ConfigError(f"the files universe takes mapping_path (a YAML/TOML mapping file){extra}")
+        return FilesUniverse.from_mapping(mapping_path)
     raise ConfigError(f"unknown universe kind {kind!r}; valid kinds: {', '.join(UNIVERSE_KINDS)}")
 
 
