@@ -160,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument(
         "--universe",
-        choices=("synthetic", "packaged-panel"),
+        choices=("synthetic", "packaged-panel", "files"),
         default="",
         help="universe mode: a cross-section of tickers per date (synthetic: 24 simulated tickers; packaged-panel: "
-        "skfolio's 20 S&P 500 closes, 2014-2018); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
+        "skfolio's 20 S&P 500 closes, 2014-2018; files: examples/files_universe or FINNEX_UNIVERSE_MAPPING); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
     )
     demo.add_argument("--start")
     demo.add_argument("--end")
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
         kind = args.universe or "synthetic"
         os.environ["FINNEX_UNIVERSE"] = kind
+        if kind == "files":
+            os.environ.setdefault("FINNEX_UNIVERSE_MAPPING", "examples/files_universe/mapping.yaml")
         folder = f"universe_{kind}"
         if args.planted_signal:
             form, _, strength = args.planted_signal.partition(":")

@@ -34,8 +34,8 @@ from finnex_ml.encoding import (
     write_spec,
 )
 from finnex_ml.encoding.panel_store import panel_index, read_panel_record, write_cross_section
-from finnex_ml.errors import DataInputError
-from finnex_ml.paths import data_root, fsync_dir
+from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.paths import REPO_ROOT, data_root, fsync_dir, resolve_under
 
 GROUP = "universe"
 
@@ -43,8 +43,12 @@ GROUP = "universe"
 class UniverseResource(dg.ConfigurableResource):
     """Which universe feeds universe mode: ``synthetic`` (default) or ``packaged-panel``."""
 
-    kind: Literal["synthetic", "packaged-panel"] = Field(
-        default="synthetic", description="synthetic (N simulated tickers) | packaged-panel (skfolio's S&P 500 20)"
+    kind: Literal["synthetic", "packaged-panel", "files"] = Field(
+        default="synthetic",
+        description="synthetic (N simulated tickers) | packaged-panel (skfolio's S&P 500 20) | files (your exports)",
+    )
+    mapping_path: str = Field(
+        default="", description="files: universe mapping YAML/TOML, relative to the repo or FINNEX_FILES_ROOT."
     )
     n_tickers: int = Field(default=24, description="synthetic: tickers in the universe.")
     seed: int = Field(default=7, description="synthetic: seed of the simulated universe.")
@@ -62,6 +66,11 @@ class UniverseResource(dg.ConfigurableResource):
             return universe_source(
                 "synthetic", n_tickers=self.n_tickers, seed=self.seed, n_sectors=min(4, self.n_tickers), plant=plant
             )
+        if self.kind == "files":
+            if not self.mapping_path:
+                raise ConfigError("the files universe needs mapping_path (FINNEX_UNIVERSE_MAPPING)")
+            root = os.environ.get("FINNEX_FILES_ROOT", str(REPO_ROOT))
+            return universe_source("files", mapping_path=resolve_under(root, self.mapping_path))
         return universe_source(self.kind)
 
     def root(self) -> Path:
@@ -84,6 +93,7 @@ def default_universe() -> UniverseResource:
         n_tickers=int(os.environ.get("FINNEX_UNIVERSE_TICKERS", "24")),
         seed=int(os.environ.get("FINNEX_SEED", "7")),
         planted_signal=float(os.environ.get("FINNEX_UNIVERSE_PLANT", "0") or 0),
+        mapping_path=os.environ.get("FINNEX_UNIVERSE_MAPPING", ""),
     )
 
 
