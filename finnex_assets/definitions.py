@@ -13,7 +13,7 @@ from finnex_assets.assets.training import TRAINING_ASSETS
 from finnex_assets.assets.universe import UNIVERSE_ASSETS, default_universe
 from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking, default_data_source
-from finnex_assets.schedules import daily_after_close, daily_job
+from finnex_assets.schedules import daily_after_close, daily_job, universe_after_close, universe_job
 
 ALL_ASSETS = [
     modalities,
@@ -34,13 +34,6 @@ main_job = dg.define_asset_job(
     - dg.AssetSelection.groups("training", "evaluation", "universe"),
     description="Ingestion through patches for a range of trading dates.",
 )
-# Universe mode's per-date stages: every ticker of the universe on each date, one run per range.
-universe_job = dg.define_asset_job(
-    "finnex_universe",
-    selection=dg.AssetSelection.groups("universe")
-    - dg.AssetSelection.assets("universe_splits", "universe_model", "universe_evaluation"),
-    description="Universe prices, features, images and labels for a range of trading dates.",
-)
 
 
 def build_resources() -> dict[str, object]:
@@ -59,6 +52,6 @@ def build_resources() -> dict[str, object]:
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=[main_job, universe_job, daily_job],
-    schedules=[daily_after_close],
+    schedules=[daily_after_close, universe_after_close],
     resources=build_resources(),
 )

@@ -25,19 +25,36 @@ def session_for_tick(tick: datetime) -> str | None:
     return day.isoformat() if calendar.is_session(day) else None
 
 
-@dg.schedule(
-    cron_schedule="30 17 * * 1-5",  # 17:30 New York: after the 16:00 close (13:00 on early closes)
-    execution_timezone="America/New_York",
-    job=daily_job,
-    default_status=dg.DefaultScheduleStatus.STOPPED,  # off in dev; turn on in the UI or via the daemon
+# Universe mode's per-date stages: every ticker of the universe on each date, one run per range.
+universe_job = dg.define_asset_job(
+    "finnex_universe",
+    selection=dg.AssetSelection.groups("universe")
+    - dg.AssetSelection.assets("universe_splits", "universe_model", "universe_evaluation"),
+    description="Universe prices, features, images and labels for a range of trading dates (the whole universe).",
 )
-def daily_after_close(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    key = session_for_tick(context.scheduled_execution_time)
-    if key is None:
-        return dg.SkipReason(f"{context.scheduled_execution_time.date()} is not an NYSE session")
-    first = calendar.sessions_back(date.fromisoformat(key), RELABEL_SESSIONS + 1).isoformat()
-    # One run over [t-5, t]; run_key makes re-evaluating the same tick idempotent.
-    return dg.RunRequest(
-        run_key=f"daily-{key}",
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key},
+
+
+def _after_close(name: str, job, run_key_prefix: str) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=name,
+        cron_schedule="30 17 * * 1-5",  # 17:30 New York: after the 16:00 close (13:00 on early closes)
+        execution_timezone="America/New_York",
+        job=job,
+        default_status=dg.DefaultScheduleStatus.STOPPED,  # off in dev; turn on in the UI or via the daemon
     )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        key = session_for_tick(context.scheduled_execution_time)
+        if key is None:
+            return dg.SkipReason(f"{context.scheduled_execution_time.date()} is not an NYSE session")
+        first = calendar.sessions_back(date.fromisoformat(key), RELABEL_SESSIONS + 1).isoformat()
+        # One run over [t-5, t]; run_key makes re-evaluating the same tick idempotent.
+        return dg.RunRequest(
+            run_key=f"{run_key_prefix}-{key}",
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": key},
+        )
+
+    return _schedule
+
+
+daily_after_close = _after_close("daily_after_close", daily_job, "daily")
+universe_after_close = _after_close("universe_after_close", universe_job, "universe")

@@ -225,3 +225,17 @@ def test_secrets_entrypoint_puts_the_password_in_the_environment_only(tmp_path):
         check=True,
     ).stdout.split()
     assert out == ["p@ss:w/rd", "postgresql://finnex:p%40ss%3Aw%2Frd@postgres:5432/mlflow"]
+
+
+def test_universe_schedule_builds_the_whole_universe_for_the_session():
+    from finnex_assets.definitions import defs
+
+    sched = defs.resolve_schedule_def("universe_after_close")
+    assert sched.job_name == "finnex_universe" and sched.cron_schedule == "30 17 * * 1-5"
+    job = defs.resolve_job_def("finnex_universe")
+    keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert keys == {"universe_prices", "universe_features", "universe_images", "universe_labels"}
+    tick = datetime(2024, 11, 29, 17, 30, tzinfo=NY)  # an early-close session
+    req = sched.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick)).run_requests[0]
+    assert req.run_key == "universe-2024-11-29"
+    assert req.tags["dagster/asset_partition_range_end"] == "2024-11-29"
