@@ -42,12 +42,10 @@ def _panel(skill: float, seed: int = 0):
 
 def test_oracle_is_a_ceiling_and_the_model_faces_the_real_baselines():
     frame, features = _panel(skill=0.5)
-    preds = frame.filter(pl.col("set") != "train").with_columns(
-        (
-            pl.col("signal")
-            + pl.Series(np.random.default_rng(1).normal(size=frame.filter(pl.col("set") != "train").height))
-        ).alias("score"),
-        pl.lit(1).alias("pred_class") if False else pl.col("signal").rank().cast(pl.Int64).mod(3).alias("pred_class"),
+    rest = frame.filter(pl.col("set") != "train")
+    noise = pl.Series(np.random.default_rng(1).normal(size=rest.height))
+    preds = rest.with_columns(
+        (pl.col("signal") + noise).alias("score"), (pl.col("signal").rank().cast(pl.Int64) % 3).alias("pred_class")
     )
     oracle = frame.select("date", "ticker", pl.col("signal").alias("score"))
     doc = evaluate_universe(frame, preds, features, 1, oracle=oracle, n_boot=200, n_perm=200)
