@@ -66,8 +66,14 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
         else defs.resolve_job_def(universe_job.name if universe else main_job.name)
     )
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
+    # the terminal shows INFO and above; every DEBUG event still goes to the instance (the UI's run logs)
+    level = "DEBUG" if os.environ.get("FINNEX_VERBOSE") else "INFO"
     result = job.execute_in_process(
-        instance=dg.DagsterInstance.get(), tags=tags, asset_selection=selection_keys, raise_on_error=False
+        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        instance=dg.DagsterInstance.get(),
+        tags=tags,
+        asset_selection=selection_keys,
+        raise_on_error=False,
     )
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} ({what})")
     for ev in result.get_asset_check_evaluations():
@@ -143,6 +149,7 @@ def mlflow_hint() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="finnex", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="print Dagster's DEBUG events to the terminal too")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="backfill the default date range through the latest stage, as one run")
     demo.add_argument(
@@ -177,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sub.add_parser("sweep-runs", help="mark STARTED runs whose process is gone as failed")
     sweep.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ["FINNEX_VERBOSE"] = "1"
 
     if args.command == "init":
         from finnex_assets.home import init_home
