@@ -252,7 +252,40 @@ def child_scale(n: int, ks: list[int]) -> dict:
             }
         )
         del prices, features
+    res["per_ticker"] = per_ticker_split(u, members, dates)  # after panel_features: its caches fill memory
     return res
+
+
+def per_ticker_split(u, members: pl.DataFrame, dates: list[date], k: int = 20) -> dict:
+    """Where panel_features' per-ticker time goes at 5 dates, on k tickers listed throughout:
+    simulating the ticker (_ticker, _ticker_texts: the whole grid,
+    then cached; the caches are cleared first), ticker_sessions' load of the dates' window, modality_snapshots (its own load of the
+    history window + snapshots), the feature table. Seconds per ticker."""
+    from finnex_ml import pipeline
+    from finnex_ml.data.universe import ticker_source
+
+    listed = members.with_row_index("i").filter(
+        (pl.col("first") < calendar.sessions_back(dates[0], 400)) & (pl.col("last") > dates[-1])
+    )
+    rows = listed.tail(k)
+    universe_mod._ticker.cache_clear()  # nothing of these tickers cached: their first touch is timed
+    universe_mod._ticker_texts.cache_clear()
+    out = dict.fromkeys(("simulate_ticker", "simulate_texts", "ticker_sessions_load", "snapshots", "features"), 0.0)
+    for i, tk in zip(rows["i"].to_list(), rows["ticker"].to_list()):
+        t0 = time.perf_counter()
+        u._t(i)
+        t1 = time.perf_counter()
+        universe_mod._ticker_texts(u.seed, u.n_tickers, u.n_sectors, i)
+        t2 = time.perf_counter()
+        panel.ticker_sessions(u, tk, dates[0], dates[-1])
+        t3 = time.perf_counter()
+        snaps, _ = pipeline.modality_snapshots(ticker_source(u, tk), dates)
+        t4 = time.perf_counter()
+        pipeline.daily_features_from_snapshots(snaps)
+        t5 = time.perf_counter()
+        for key, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            out[key] += dt / len(rows)
+    return out
 
 
 def run_child(args: list[str], timeout: float = 900) -> dict:
@@ -385,6 +418,36 @@ def bare_write(root: Path, scratch: Path, start: date, end: date) -> dict:
     }
 
 
+def partition_writes(tmp: Path, n: int = 120) -> dict:
+    """What PartitionedParquetIOManager.handle_output pays per partition, outside Dagster: the
+    features table's first ``n`` date partitions written one parquet file each, plain and through
+    atomic_path (temp file, fsync, rename) as the IO manager does. Milliseconds per partition."""
+    from finnex_ml.paths import atomic_path
+
+    table = pl.read_parquet(tmp / "features_all.parquet")
+    prices_like = table.select("date", "ticker", *table.columns[2:8])
+    out: dict = {"partitions": 0}
+    for name, frame in (("features", table), ("prices_like", prices_like)):
+        keys = sorted(frame["date"].unique().to_list())[:n]
+        parts = frame.partition_by("date", as_dict=True)
+        for mode in ("plain", "atomic"):
+            root = tmp / "pw" / name / mode
+            root.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            for k in keys:
+                path = root / f"{k}.parquet"
+                if mode == "plain":
+                    parts[(k,)].write_parquet(path, statistics=True)
+                else:
+                    with atomic_path(path) as t:
+                        parts[(k,)].write_parquet(t, statistics=True)
+            out[f"{name}_{mode}_ms"] = 1000 * (time.perf_counter() - t0) / len(keys)
+        out[f"{name}_cols"] = frame.width
+        out["partitions"] = len(keys)
+    shutil.rmtree(tmp / "pw", ignore_errors=True)
+    return out
+
+
 def bare_features(start: date, end: date, n_tickers: int) -> dict:
     asof = calendar.sessions(calendar.sessions_back(start, LOOKBACK), end)
     clear_universe_caches()
@@ -491,9 +554,21 @@ def render(args, meta: dict, p1: dict, bare: dict, bf: dict, mem_img: list, mem_
         f"(no Dagster, caches cleared): {fmt(bf['wall_s'], 1)} s wall, {fmt(bf['cpu_s'], 1)} s CPU, {bf['rows']:,} "
         f"rows. Dagster stage / bare = **{fmt(fw / bf['wall_s'], 2)}x**; Dagster's overhead "
         f"{fmt(fw - bf['wall_s'], 1)} s ({fmt(1000 * (fw - bf['wall_s']) / st['features']['partitions'], 0)} ms "
-        "per partition: the three blocking checks, one parquet file and one materialization event per "
-        "partition).\n"
+        "per partition: the three blocking checks, one parquet file per output and partition, the "
+        "materialization events).\n"
     )
+    pw = bf.get("partition_writes")
+    if pw:
+        per = pw["features_atomic_ms"] + pw["prices_like_atomic_ms"]
+        L.append(
+            f"Of that overhead, the IO manager's files, timed outside Dagster on the first {pw['partitions']} "
+            f"date partitions of the same table (one parquet file per partition, `statistics=True`): features "
+            f"({pw['features_cols']} columns) {fmt(pw['features_plain_ms'], 1)} ms plain, "
+            f"{fmt(pw['features_atomic_ms'], 1)} ms through atomic_path (temp + fsync + rename); a prices-like "
+            f"frame ({pw['prices_like_cols']} columns) {fmt(pw['prices_like_plain_ms'], 1)} / "
+            f"{fmt(pw['prices_like_atomic_ms'], 1)} ms. Both outputs: ~{fmt(per, 0)} ms per partition, "
+            f"~{fmt(per * st['features']['partitions'] / 1000, 1)} s of the {fmt(fw - bf['wall_s'], 1)} s.\n"
+        )
     L.append("## 3. Peak memory (child process per cell)\n")
     L.append(
         "Images stage at library level (encode_cross_sections, check_image, check_spatial_integrity, "
@@ -559,6 +634,12 @@ def render(args, meta: dict, p1: dict, bare: dict, bf: dict, mem_img: list, mem_
             f"{p['rows']:,} | {fmt(p['rss_before_mb'], 0)} | {fmt(p['rss_after_mb'], 0)} | {fmt(p['peak_mb'], 0)} |"
         )
     L.append("")
+    pt = sc.get("per_ticker")
+    if pt:
+        L.append(
+            "Where one ticker's panel_features time goes at 5 dates (seconds per ticker, 20 listed tickers not yet "
+            "cached): " + ", ".join(f"{k} {v:.3f}" for k, v in pt.items()) + f" (sum {sum(pt.values()):.3f}).\n"
+        )
     L.append("## What this says\n")
     L.append(says(p1, bare, bf, mem_img, mem_feat, scale, per_ticker_year) + "\n")
     return "\n".join(L)
@@ -581,11 +662,16 @@ def says(p1: dict, bare: dict, bf: dict, mem_img: list, mem_feat: list, sc: dict
         + ", ".join(f"{k} {100 * v / sum(pt.values()):.0f} %" for k, v in pt.items())
         + " of the loop; the write itself (HDF5 + lz4 + temp file + fsync) is "
         f"{1000 * pt['write'] / big['images']:.1f} ms per image against the bare "
-        f"{1000 * bare['lz4_s'] / n:.1f} ms. The rest of the Dagster stage over the library loop is loading "
-        "the lookback's feature partitions, staging + commit and Dagster's events.",
+        f"{1000 * bare['lz4_s'] / n:.1f} ms ({pt['write'] / big['images'] / (bare['lz4_s'] / n):.1f}x), encode + "
+        f"write {(pt['encode'] + pt['write']) / big['images'] / (bare['lz4_s'] / n):.1f}x, and the QA checks alone "
+        f"{pt['checks'] / big['images'] / (bare['lz4_s'] / n):.1f}x. The library loop is "
+        f"{1000 * sum(pt.values()) / big['images']:.1f} ms per image against the Dagster stage's "
+        f"{1000 * wi / n:.1f} ms: Dagster, loading the lookback's feature partitions and the staged commit add "
+        f"{100 * (wi / n) / (sum(pt.values()) / big['images']) - 100:.0f} %.",
         f"* Features: Dagster {st['features']['wall_s'] / bf['wall_s']:.2f}x the bare `panel_features` call; "
         f"{(st['features']['wall_s'] - bf['wall_s']) / st['features']['partitions'] * 1000:.0f} ms per "
-        "partition of fixed overhead (checks, one parquet file and one event per partition).",
+        "partition of fixed overhead, mostly the IO manager's one parquet file per output and partition "
+        "(part 2).",
         f"* Disk: {gb_ty:.3f} GB per ticker-year of lz4 images, so {24 * gb_ty:.2f} GB for 24 tickers x 1 "
         f"year and {20 * 5 * gb_ty:.1f} GB for 20 tickers x 5 years (budgets 5 and 20 GB); tables are small.",
     ]
@@ -696,6 +782,8 @@ def main() -> None:
         print(f"  bare lz4 {bare['lz4_s']:.1f} s, none {bare['none_s']:.1f} s", flush=True)
         bf = bare_features(start, end, args.tickers)
         print(f"  bare panel_features {bf['wall_s']:.1f} s", flush=True)
+        bf["partition_writes"] = partition_writes(tmp)
+        print(f"  partition writes {bf['partition_writes']}", flush=True)
         print("part 3: memory cells", flush=True)
         short, long_ = (10, 30) if args.quick else (21, 63)
         cells = (
