@@ -197,10 +197,9 @@ def encode_cross_sections(
     for d, tks in elig.items():
         for tk in tks:
             per_ticker.setdefault(tk, []).append(d)
+    tables = features.partition_by("ticker", as_dict=True, include_key=False)  # one pass, not one filter per ticker
     streams = {
-        tk: encode_dates(
-            features.filter(pl.col("ticker") == tk).drop("ticker").sort("date"), ds, spec, norm, reuse_buffer=True
-        )
+        tk: encode_dates(tables[(tk,)].sort("date"), ds, spec, norm, reuse_buffer=True)
         for tk, ds in sorted(per_ticker.items())
     }
     for d in sorted(elig):
