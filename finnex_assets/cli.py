@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("synthetic", "packaged-panel", "files"),
         default="",
         help="universe mode: a cross-section of tickers per date (synthetic: 24 simulated tickers; packaged-panel: "
-        "skfolio's 20 S&P 500 closes, 2014-2018; files: examples/files_universe or FINNEX_UNIVERSE_MAPPING); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
+        "skfolio's 20 S&P 500 closes, images 2015-03..2020-03; files: examples/files_universe or FINNEX_UNIVERSE_MAPPING); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
     )
     demo.add_argument("--start")
     demo.add_argument("--end")

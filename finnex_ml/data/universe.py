@@ -75,7 +75,8 @@ UNIVERSE_KINDS = ("synthetic", "packaged-panel", "files")
 # files: the example mapping (examples/files_universe/mapping.yaml) after the images' 307-session lookback
 DEFAULT_UNIVERSE_RANGE = {
     "synthetic": ("2024-01-02", "2024-12-31"),
-    "packaged-panel": ("2014-01-02", "2018-12-31"),
+    # images from the first session with 307 sessions of features inside the partitions (from 2014-01-02): 5 years
+    "packaged-panel": ("2015-03-23", "2020-03-20"),
     "files": ("2024-03-22", "2024-09-04"),
 }
 
