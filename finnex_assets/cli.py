@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from datetime import date
 
 from finnex_ml.paths import REPO_ROOT, data_root, validate_partition_key
 
@@ -116,9 +117,17 @@ def run_universe(start: str, end: str) -> bool:
     """Universe mode for [start, end]: prices and features from the images' lookback, images and
     labels over [start, end], then splits, the model and the evaluation (each stage one run)."""
     from finnex_assets.assets.images import LOOKBACK
+    from finnex_assets.partitions import trading_days
     from finnex_ml import calendar
 
     feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
+    first = trading_days.start.date()
+    if date.fromisoformat(feature_start) < first:
+        earliest = calendar.sessions_forward(first, LOOKBACK - 1)
+        raise SystemExit(
+            f"images from {start} need features from {feature_start}, before the first partition {first}: "
+            f"start at {earliest} or later, or set FINNEX_PARTITION_START earlier"
+        )
     return (
         run_range(feature_start, end, UNIVERSE_FEATURES)
         and run_range(start, end, UNIVERSE_LATER)
