@@ -84,6 +84,15 @@ def ticker_sessions(universe: UniverseSource, ticker: str, start: date, end: dat
     return sorted(d for d, c in zip(prices["date"].to_list(), prices["close"].to_list()) if c is not None)
 
 
+def _price_rows(frame: pl.DataFrame, ticker: str, sector: str) -> pl.DataFrame:
+    return frame.select(
+        "date",
+        pl.lit(ticker).alias("ticker"),
+        pl.lit(sector).alias("sector"),
+        *[pl.col(c).cast(pl.Float64) for c in PRICE_COLUMNS],
+    )
+
+
 def panel_prices(universe: UniverseSource, start: date, end: date) -> pl.DataFrame:
     """date, ticker, sector and OHLCV for every ticker's sessions with a close in [start, end]."""
     members = universe.members()
@@ -91,14 +100,7 @@ def panel_prices(universe: UniverseSource, start: date, end: date) -> pl.DataFra
     for tk, sector in zip(members["ticker"].to_list(), members["sector"].to_list()):
         p = universe.load_ticker(tk, start, end).prices.filter(pl.col("close").is_not_null())
         if p.height:
-            frames.append(
-                p.select(
-                    "date",
-                    pl.lit(tk).alias("ticker"),
-                    pl.lit(sector).alias("sector"),
-                    *[pl.col(c).cast(pl.Float64) for c in PRICE_COLUMNS],
-                )
-            )
+            frames.append(_price_rows(p, tk, sector))
     if not frames:
         raise DataInputError(f"universe {universe.name!r} has no price between {start} and {end}", date=str(start))
     return pl.concat(frames).sort("date", "ticker")
@@ -123,14 +125,7 @@ def panel_features(universe: UniverseSource, asof: Sequence[date]) -> tuple[pl.D
         table = pipeline.daily_features_from_snapshots(snaps)
         feature_frames.append(table.with_columns(pl.lit(tk).alias("ticker")))
         market = snaps["market_data"].filter(pl.col("date") == pl.col("asof"))
-        price_frames.append(
-            market.select(
-                "date",
-                pl.lit(tk).alias("ticker"),
-                pl.lit(sector).alias("sector"),
-                *[pl.col(c).cast(pl.Float64) for c in PRICE_COLUMNS],
-            )
-        )
+        price_frames.append(_price_rows(market, tk, sector))
     if not feature_frames:
         raise DataInputError(
             f"universe {universe.name!r} has no ticker with a price between {asof[0]} and {asof[-1]}",
@@ -138,8 +133,10 @@ def panel_features(universe: UniverseSource, asof: Sequence[date]) -> tuple[pl.D
         )
     prices = pl.concat(price_frames).sort("date", "ticker")
     features = pl.concat(feature_frames, how="diagonal_relaxed")
-    columns = ["date", "ticker", *[c for c in feature_frames[0].columns if c not in ("date", "ticker")]]
-    features = features.select(columns).sort("date", "ticker")
+    # the union of every ticker's columns (one layout for all): a ticker without, say, fundamentals
+    # gets nulls there, which the images record as missing
+    union = dict.fromkeys(c for f in feature_frames for c in f.columns if c not in ("date", "ticker"))
+    features = features.select("date", "ticker", *union).sort("date", "ticker")
     if members.height > 1:
         features = add_cross_sectional(features, prices)
     return prices, features
