@@ -118,3 +118,21 @@ def test_delisted_ticker_has_no_label_past_its_last_price():
     assert lab.filter(pl.col("date") == last)["class_1d"].null_count() == 1
     assert lab.filter(pl.col("date") < last)["class_1d"].null_count() == 0
     assert lab.filter(pl.col("date") >= calendar.sessions_back(last, 5))["xs_class_5d"].null_count() == 5
+
+
+def test_closes_only_panel_records_ohlv_features_as_missing_in_the_image():
+    """The packaged panel ships closes only: every feature needing open/high/low/volume is missing
+    in the image's mask (never faked), close-based ones are present."""
+    from finnex_ml.data.universe import PackagedPanel, ticker_source
+
+    d = date(2016, 6, 30)
+    one = panel.SingleStockUniverse(ticker_source(PackagedPanel(), "AAPL"), "AAPL", date(1995, 1, 3), d)
+    asof = calendar.sessions(calendar.sessions_back(d, 307), d)
+    _, feats = panel.panel_features(one, asof)
+    spec = build_layout([c for c in feats.columns if c != "ticker"])
+    [(day, [(tk, item)])] = list(panel.encode_cross_sections(feats, [d], spec, NormConfig()))
+    col = {f: i for i, f in enumerate(spec.features)}
+    for needs_ohlv in ("price__parkinson_21d", "price__garman_klass_21d", "price__atr_14", "price__mfi_14"):
+        assert item.missing[:, col[needs_ohlv]].all(), needs_ohlv
+    for close_only in ("price__logret_1d", "price__ret_21d", "price__rvol_21d", "price__rsi_14"):
+        assert not item.missing[:, col[close_only]].any(), close_only
