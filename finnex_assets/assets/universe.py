@@ -22,7 +22,7 @@ from finnex_assets import checks
 from finnex_assets.assets.images import IMAGE_CHECKS, LOOKBACK, NORM
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import MlflowTracking
-from finnex_ml import calendar, panel
+from finnex_ml import calendar, panel, panel_model
 from finnex_ml.data.universe import UniverseSource, universe_source
 from finnex_ml.encoding import (
     build_layout,
@@ -442,7 +442,10 @@ def universe_labels(
 
 
 class UniverseSplitsConfig(dg.Config):
-    horizon: int = Field(default=5, description="Label horizon (sessions) the universe model learns: 1, 5 or 20.")
+    horizon: int = Field(
+        default=panel_model.DEFAULT_HORIZON,
+        description=f"Label horizon (sessions) the universe model learns: one of {list(panel.PANEL_HORIZONS)}.",
+    )
     train_fraction: float = Field(default=0.6)
     val_fraction: float = Field(default=0.2)
     embargo_sessions: int = Field(default=0)
@@ -457,8 +460,6 @@ class UniverseSplitsConfig(dg.Config):
 def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsConfig) -> dg.MaterializeResult:
     """Train / val / test by date over every (date, ticker) with an image and a known label, with
     the purge by date; statistics from the training set only."""
-    from finnex_ml import panel_model
-
     universe: UniverseResource = context.resources.universe
     labels = context.resources.io_manager.read_all("universe_labels").sort("date", "ticker")
     index = panel_index(universe.images_root())
@@ -541,7 +542,6 @@ def universe_model(
 
     import mlflow
 
-    from finnex_ml import panel_model
     from finnex_ml.encoding.panel_store import PanelReader
     from finnex_ml.encoding.store import read_spec
     from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity

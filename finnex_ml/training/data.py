@@ -234,6 +234,19 @@ class H5ArrayDataset(Dataset):
         return None if not self.patches_per_image else self.indices // self.patches_per_image
 
 
+def _target_tensors(targets: Mapping[str, Any], n_rows: int, what: str) -> dict[str, torch.Tensor]:
+    """Class targets as int64, the rest float32, each with one value per row (a copy: arrays may be
+    read-only views)."""
+    out = {}
+    for name, arr in targets.items():
+        t = arr.clone() if isinstance(arr, torch.Tensor) else torch.as_tensor(np.array(arr))
+        t = t.long() if not t.is_floating_point() else t.float()
+        if t.shape[0] != n_rows:
+            raise ConfigError(f"target {name!r} has {t.shape[0]} rows, {what} {n_rows}")
+        out[name] = t
+    return out
+
+
 class ArrayDataset(Dataset):
     """In-memory counterpart of :class:`H5ArrayDataset` (same batches, same interface)."""
 
@@ -248,13 +261,7 @@ class ArrayDataset(Dataset):
         self.x = torch.as_tensor(x)
         if self.x.dtype != torch.float32:
             self.x = self.x.float()
-        self.targets: dict[str, torch.Tensor] = {}
-        for name, arr in (targets or {}).items():
-            t = torch.as_tensor(np.asarray(arr) if not isinstance(arr, torch.Tensor) else arr)
-            t = t.long() if not t.is_floating_point() else t.float()
-            if t.shape[0] != self.x.shape[0]:
-                raise ConfigError(f"target {name!r} has {t.shape[0]} rows, x has {self.x.shape[0]}")
-            self.targets[name] = t
+        self.targets = _target_tensors(targets or {}, int(self.x.shape[0]), "x has")
         self.n_rows = int(self.x.shape[0])
         self.indices = _as_indices(indices, self.n_rows, "ArrayDataset")
         self.patches_per_image = patches_per_image
@@ -302,13 +309,7 @@ class PanelDataset(Dataset):
     def __init__(self, reader: Any, rows: Sequence[int] | np.ndarray, targets: Mapping[str, np.ndarray]) -> None:
         self.reader = reader
         self.indices = np.asarray(rows, dtype=np.int64)
-        self.targets: dict[str, torch.Tensor] = {}
-        for name, arr in targets.items():
-            t = torch.as_tensor(np.array(arr))  # a copy: the arrays may be read-only views
-            t = t.long() if not t.is_floating_point() else t.float()
-            if t.shape[0] != self.indices.size:
-                raise ConfigError(f"target {name!r} has {t.shape[0]} rows, the set has {self.indices.size}")
-            self.targets[name] = t
+        self.targets = _target_tensors(targets, int(self.indices.size), "the set has")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
