@@ -612,6 +612,13 @@ def universe_model(
     )
 
 
+CAVEATS = {
+    "packaged-panel": ". Caveats: survivorship-biased as shipped (20 large caps all listed through 2022); closes "
+    "only (open/high/low/volume features are missing); arch.data's daily macro ends 2018-12-28 (later dates carry "
+    "its last values, with their age)",
+}
+
+
 class UniverseEvaluationConfig(dg.Config):
     n_quantiles: int = Field(default=10, description="Quantile portfolios per date (fewer when fewer tickers).")
     cost_bps: float = Field(default=10.0, description="Cost per unit of long-short turnover, basis points.")
@@ -662,6 +669,7 @@ def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvalu
         f"{source.name} ({'SYNTHETIC: simulated tickers' if universe.kind == 'synthetic' else 'real closes'}), "
         f"{source.members().height} tickers; benchmark {source.benchmark}"
         + (f"; planted cross-sectional signal, strength {universe.planted_signal:g}" if oracle is not None else "")
+        + CAVEATS.get(universe.kind, "")
     )
     path = write_html(universe.report_path(), universe_html(doc, provenance))
     table = doc["table"]
