@@ -137,6 +137,14 @@ def run_universe(start: str, end: str) -> bool:
     )
 
 
+def demo_mode(source: str, universe: str, planted_signal: str) -> str:
+    """``universe`` (the default) or ``single`` (a --source, or a single-stock planted form)."""
+    if universe:
+        return "universe"
+    single_plant = planted_signal.partition(":")[0] in ("level", "temporal")
+    return "single" if source or single_plant else "universe"
+
+
 def _sweep(dry_run: bool) -> list | None:
     _use_project_instance()
     import dagster as dg
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep-runs":
         return 0 if _sweep(dry_run=args.dry_run) is not None else 1
 
-    if args.command == "demo" and (args.universe or not args.source):
+    if args.command == "demo" and demo_mode(args.source, args.universe, args.planted_signal) == "universe":
         from finnex_ml.data.universe import DEFAULT_UNIVERSE_RANGE
 
         kind = args.universe or "synthetic"
@@ -239,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(mlflow_hint())
         return 0 if ok else 1
     if args.command == "demo":
+        args.source = args.source or "synthetic"  # a single-stock planted signal without --source
         os.environ["FINNEX_SOURCE"] = args.source
         if args.planted_signal:
             if args.source != "synthetic":

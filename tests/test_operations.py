@@ -239,3 +239,21 @@ def test_universe_schedule_builds_the_whole_universe_for_the_session():
     req = sched.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick)).run_requests[0]
     assert req.run_key == "universe-2024-11-29"
     assert req.tags["dagster/asset_partition_range_end"] == "2024-11-29"
+
+
+@pytest.mark.parametrize(
+    "source, universe, planted, mode",
+    [
+        ("", "", "", "universe"),  # the default demo is the synthetic universe
+        ("", "packaged-panel", "", "universe"),
+        ("", "", "cross_section:1", "universe"),
+        ("synthetic", "", "", "single"),
+        ("files", "", "", "single"),
+        ("", "", "level:1.0", "single"),  # single-stock positive controls keep working without --source
+        ("", "", "temporal:0.7", "single"),
+    ],
+)
+def test_demo_mode(source, universe, planted, mode):
+    from finnex_assets.cli import demo_mode
+
+    assert demo_mode(source, universe, planted) == mode
