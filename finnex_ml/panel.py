@@ -34,6 +34,7 @@ from finnex_ml.encoding.encoder import EncodedImage, encode_dates, history_neede
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.normalize import NormConfig
 from finnex_ml.errors import DataInputError
+from finnex_ml.features import HISTORY_SESSIONS
 from finnex_ml.labels import LabelConfig, class_col, compute_labels, return_col
 
 PANEL_HORIZONS: tuple[int, ...] = (1, 5, 20)
@@ -78,10 +79,28 @@ def xs_class_col(h: int) -> str:
     return f"xs_class_{h}d"
 
 
+def _sessions_with_close(prices: pl.DataFrame, start: date) -> list[date]:
+    """The sessions from ``start`` on which the ticker has a price (its listing, gaps included)."""
+    return sorted(
+        d for d, c in zip(prices["date"].to_list(), prices["close"].to_list()) if c is not None and d >= start
+    )
+
+
 def ticker_sessions(universe: UniverseSource, ticker: str, start: date, end: date) -> list[date]:
     """The sessions in [start, end] on which ``ticker`` has a price (its listing, gaps included)."""
-    prices = universe.load_ticker(ticker, start, end).prices
-    return sorted(d for d, c in zip(prices["date"].to_list(), prices["close"].to_list()) if c is not None)
+    return _sessions_with_close(universe.load_ticker(ticker, start, end).prices, start)
+
+
+class _Preloaded:
+    """A ticker's source loaded once for ``window``: the snapshots ask for exactly that window
+    unless the ticker lists inside the range (then they load their own, shorter one)."""
+
+    def __init__(self, source: DataSource, window: tuple[date, date]) -> None:
+        self.source, self.window, self.name = source, window, source.name
+        self.raw = source.load(*window)
+
+    def load(self, start: date, end: date) -> RawData:
+        return self.raw if (start, end) == self.window else self.source.load(start, end)
 
 
 def _price_rows(frame: pl.DataFrame, ticker: str, sector: str) -> pl.DataFrame:
@@ -116,12 +135,14 @@ def panel_features(universe: UniverseSource, asof: Sequence[date]) -> tuple[pl.D
     asof = sorted(asof)
     members = universe.members()
     price_frames, feature_frames = [], []
+    window = (calendar.sessions_back(asof[0], HISTORY_SESSIONS), asof[-1])  # what the snapshots of asof load
     for tk, sector in zip(members["ticker"].to_list(), members["sector"].to_list()):
-        have = set(ticker_sessions(universe, tk, asof[0], asof[-1]))
+        source = _Preloaded(ticker_source(universe, tk), window)
+        have = set(_sessions_with_close(source.raw.prices, asof[0]))
         days = [d for d in asof if d in have]
         if not days:
             continue
-        snaps, _ = pipeline.modality_snapshots(ticker_source(universe, tk), days)
+        snaps, _ = pipeline.modality_snapshots(source, days)
         table = pipeline.daily_features_from_snapshots(snaps)
         feature_frames.append(table.with_columns(pl.lit(tk).alias("ticker")))
         market = snaps["market_data"].filter(pl.col("date") == pl.col("asof"))
