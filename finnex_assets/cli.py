@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 from finnex_ml.paths import REPO_ROOT, data_root, validate_partition_key
@@ -58,6 +60,7 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
     import dagster as dg
 
     from finnex_assets.definitions import defs, main_job, universe_job
+    from finnex_assets.loggers import log_dir
 
     unpartitioned = bool(selection) and all(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
     universe = bool(selection) and all(s.startswith("universe_") for s in selection)
@@ -67,16 +70,19 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
         else defs.resolve_job_def(universe_job.name if universe else main_job.name)
     )
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
-    # the terminal shows INFO and above; every DEBUG event still goes to the instance (the UI's run logs)
-    level = "DEBUG" if os.environ.get("FINNEX_VERBOSE") else "INFO"
+    # the terminal shows warnings and the progress display (--verbose: every event); every event
+    # also goes to the instance (the UI's run logs) and to $DAGSTER_HOME/logs/<run id>.log
+    level = "DEBUG" if os.environ.get("FINNEX_VERBOSE") else "WARNING"
+    loggers = {"console": {"config": {"log_level": level}}, "run_log_file": {}, "stage_progress": {}}
     result = job.execute_in_process(
-        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        run_config={"loggers": loggers},
         instance=dg.DagsterInstance.get(),
         tags=tags,
         asset_selection=selection_keys,
         raise_on_error=False,
     )
     print(f"run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} ({what})")
+    print(f"  log: {log_dir() / (result.run_id + '.log')}")
     for ev in result.get_asset_check_evaluations():
         verdict = (
             "passed"
@@ -216,7 +222,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sweep-runs":
         return 0 if _sweep(dry_run=args.dry_run) is not None else 1
+    if args.command in ("demo", "materialize"):
+        with _progress_display():
+            return _run(args)
+    return _ui(args.port)
 
+
+@contextmanager
+def _progress_display() -> Iterator[None]:
+    """One line per stage with bars for its loops, and a summary table at the end; with
+    --verbose the terminal gets Dagster's events instead."""
+    if os.environ.get("FINNEX_VERBOSE"):
+        yield
+        return
+    from finnex_assets.terminal import TerminalProgress
+    from finnex_ml import progress
+
+    with TerminalProgress() as bars, progress.showing(bars):
+        try:
+            yield
+        finally:
+            bars.bars.stop()
+            bars.console.print(bars.summary())
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``finnex demo`` and ``finnex materialize``."""
     if args.command == "demo" and demo_mode(args.source, args.universe, args.planted_signal) == "universe":
         from finnex_ml.data.universe import DEFAULT_UNIVERSE_RANGE
 
@@ -279,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "materialize":
         selection = [s.strip() for s in args.select.split(",") if s.strip()] or None
         return 0 if run_range(args.start, args.end, selection) else 1
+    raise ValueError(f"not a run command: {args.command}")
+
+
+def _ui(port: str) -> int:
     _ensure_initialised()
     _sweep(dry_run=False)  # runs killed since the last start would hold the queue's slots forever
     cmd = [
@@ -289,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "-h",
         "127.0.0.1",
         "-p",
-        args.port,
+        port,
         "-w",
         str(REPO_ROOT / "workspace.yaml"),
     ]

@@ -12,6 +12,7 @@ from finnex_assets.assets.ingestion import modalities
 from finnex_assets.assets.training import TRAINING_ASSETS
 from finnex_assets.assets.universe import UNIVERSE_ASSETS, default_universe
 from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
+from finnex_assets.loggers import LOGGERS
 from finnex_assets.resources import MlflowTracking, default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job, universe_after_close, universe_job
 
@@ -54,4 +55,5 @@ defs = dg.Definitions(
     jobs=[main_job, universe_job, daily_job],
     schedules=[daily_after_close, universe_after_close],
     resources=build_resources(),
+    loggers=LOGGERS,
 )

@@ -21,13 +21,13 @@ source does; this module turns it into the panel every later stage reads, keyed 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 
 import numpy as np
 import polars as pl
 
-from finnex_ml import calendar, pipeline
+from finnex_ml import calendar, pipeline, progress
 from finnex_ml.data.base import DataSource, RawData
 from finnex_ml.data.universe import MEMBER_SCHEMA, UniverseSource, ticker_source
 from finnex_ml.encoding.encoder import EncodedImage, encode_dates, history_needed
@@ -125,18 +125,22 @@ def panel_prices(universe: UniverseSource, start: date, end: date) -> pl.DataFra
     return pl.concat(frames).sort("date", "ticker")
 
 
-def panel_features(universe: UniverseSource, asof: Sequence[date]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def panel_features(
+    universe: UniverseSource, asof: Sequence[date], log: Callable[[str], None] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """``(prices, features)`` for every ticker trading on each date of ``asof``.
 
     ``prices``: date, ticker, sector, open, high, low, close, volume (the membership record: one
     row per ticker that traded that date). ``features``: date, ticker, today's feature columns
     and, with two or more tickers, the ``peer__xs_*`` columns. Rows sorted by date, ticker.
+    ``log`` gets progress lines (tickers done, rate, ETA).
     """
     asof = sorted(asof)
     members = universe.members()
     price_frames, feature_frames = [], []
     window = (calendar.sessions_back(asof[0], HISTORY_SESSIONS), asof[-1])  # what the snapshots of asof load
-    for tk, sector in zip(members["ticker"].to_list(), members["sector"].to_list()):
+    rows = list(zip(members["ticker"].to_list(), members["sector"].to_list()))
+    for tk, sector in progress.track(rows, "universe_features", unit="tickers", log=log):
         source = _Preloaded(ticker_source(universe, tk), window)
         have = set(_sessions_with_close(source.raw.prices, asof[0]))
         days = [d for d in asof if d in have]

@@ -80,10 +80,25 @@ def test_kill_9_mid_backfill_then_rerun_gives_the_clean_bytes_and_no_orphan(tmp_
     clean = _materialize(clean_home, clean_data)
     out = clean.communicate()[0]
     assert clean.returncode == 0, out[-3000:]
+    _assert_terminal_and_log_file(out)
     assert _finals(data) == _finals(clean_data)  # byte-identical to a run never killed
     with dg.DagsterInstance.from_config(str(home)) as instance:
         statuses = sorted(r.status.value for r in instance.get_runs())
     assert statuses == ["FAILURE", "SUCCESS"]  # the killed run failed by the sweep, none left STARTED
+
+
+def _assert_terminal_and_log_file(out: str) -> None:
+    """The terminal shows one line per stage and the summary, not Dagster's DEBUG events; those
+    go to the run's log file, whose path the CLI prints."""
+    assert " - DEBUG - " not in out and "STEP_START" not in out, out[-3000:]
+    assert "finnex: stages and loops" in out
+    for step in ASSETS.split(","):
+        assert f"✓ {step}" in out or f"{step}" in out.split("finnex: stages and loops")[1], (step, out[-3000:])
+    log_line = next(line for line in out.splitlines() if line.strip().startswith("log: "))
+    log_file = Path(log_line.strip()[len("log: ") :])
+    text = log_file.read_text(encoding="utf-8")
+    assert log_file.parent.name == "logs" and "STEP_START" in text and " DEBUG " in text
+    assert text.count("STEP_SUCCESS") == len(ASSETS.split(","))
 
 
 def test_two_first_runs_at_once_on_a_fresh_home(tmp_path):

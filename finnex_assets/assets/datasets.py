@@ -40,7 +40,7 @@ from pydantic import Field
 from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
 from finnex_assets.partitions import trading_days
-from finnex_ml import calendar
+from finnex_ml import calendar, progress
 from finnex_ml import labels as lb
 from finnex_ml import patches as pt
 from finnex_ml import splits as sp
@@ -360,7 +360,7 @@ def patch_dataset(
     patches = np.empty(pt.PATCHES_SHAPE, dtype=np.float32)
     back = np.empty(pt.IMAGE_SHAPE, dtype=np.float32)
     counts, round_trip, diversity = [], [], []
-    for key in context.partition_keys:
+    for key in progress.track(context.partition_keys, "patch_dataset", log=context.log.info):
         d = date.fromisoformat(key)
         path = image_path(image_root, d)
         if not path.exists():

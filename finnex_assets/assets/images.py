@@ -12,7 +12,7 @@ import polars as pl
 from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.partitions import trading_days
-from finnex_ml import calendar
+from finnex_ml import calendar, progress
 from finnex_ml.encoding import (
     EncodedImage,
     LayoutSpec,
@@ -101,7 +101,8 @@ def mega_images(
     write_spec(root, spec, NORM)
     failures: dict[str, list[str]] = {name: [] for name in IMAGE_CHECKS}
     prev = _previous_image(root, dates[0])
-    for item in encode_dates(table, dates, spec, NORM):
+    encoded = encode_dates(table, dates, spec, NORM)
+    for item in progress.track(encoded, "mega_images", total=len(dates), log=context.log.info):
         key = item.date.isoformat()
         png = write_preview(root / "previews" / f"{key}.png", item.image, spec, title=key, step=2)
         thumb = base64.b64encode(png.read_bytes()).decode()
@@ -129,7 +130,6 @@ def mega_images(
             },
         )
         prev = item.image
-        context.log.info(f"mega_images {key}: encoded, {int(item.missing.sum())} missing cells")
     # every check has run on every image of the range: a failure raises here, before the IO
     # manager writes any image (the previews stay, to look at what failed)
     yield from checks.gate(

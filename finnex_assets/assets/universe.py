@@ -22,7 +22,7 @@ from finnex_assets import checks
 from finnex_assets.assets.images import IMAGE_CHECKS, LOOKBACK, NORM
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import MlflowTracking
-from finnex_ml import calendar, panel, panel_model
+from finnex_ml import calendar, panel, panel_model, progress
 from finnex_ml.data.universe import UniverseSource, universe_source
 from finnex_ml.encoding import (
     build_layout,
@@ -155,7 +155,7 @@ def universe_panel(
     asof = _keys(context)
     source = universe.source()
     context.log.info(f"{source.name}: {source.members().height} tickers, {len(asof)} sessions {asof[0]}..{asof[-1]}")
-    prices, features = panel.panel_features(source, asof)
+    prices, features = panel.panel_features(source, asof, log=context.log.info)
     for note in getattr(source, "warnings", ()):
         context.log.warning(f"{source.name}: {note}")
     keys = features.select("date", "ticker")
@@ -265,7 +265,8 @@ def universe_images(
     universe_size = table.group_by("date").len()
     sizes = dict(zip(universe_size["date"].to_list(), universe_size["len"].to_list()))
     try:
-        for d, items in panel.encode_cross_sections(table, dates, spec, NORM):
+        sections = panel.encode_cross_sections(table, dates, spec, NORM)
+        for d, items in progress.track(sections, "universe_images", total=len(dates), log=context.log.info):
             if not items:
                 raise DataInputError(
                     f"universe_images: no ticker has the {LOOKBACK} sessions of features an image needs on {d}; "
@@ -294,11 +295,8 @@ def universe_images(
                 del prev[tk]  # not imaged today: the next image of it is no continuation
             write_cross_section(staging, d, items, spec=spec, norm_config=NORM, **_compression(config))
             counts[d] = len(items)
-            if len(counts) % 21 == 0 or d == dates[-1]:  # progress about once a month of sessions
-                context.log.info(
-                    f"universe_images: {len(counts)}/{len(dates)} dates, {sum(counts.values())} images; "
-                    f"{key}: {len(items)} of {sizes.get(d, 0)} tickers imaged"
-                )
+            if len(items) < sizes.get(d, 0):
+                context.log.debug(f"universe_images {key}: {len(items)} of {sizes.get(d, 0)} tickers imaged")
         results = [
             dg.AssetCheckResult(
                 asset_key="universe_images",

@@ -45,6 +45,7 @@ import numpy as np
 import polars as pl
 
 from finnex_ml import labels as lb
+from finnex_ml import progress
 from finnex_ml.datasets_io import set_dataset, write_set_file
 from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation import backtest as bt
@@ -575,7 +576,7 @@ def run_evaluation(
     comparisons, spa_rows = _comparisons(test_rows, scored, horizons, block, cfg, "test split")
 
     # --- walk-forward ------------------------------------------------------------------------
-    for fold in inp.splits.get("folds", []):
+    for fold in progress.track(inp.splits.get("folds", []), "walk-forward folds", unit="folds", log=log):
         k, f_tr, f_va = fold["fold"], _dates(fold["train"]), _dates(fold["val"])
         Xa, Xb = (
             bl.feature_matrix(inp.features, f_tr, inp.feature_columns),

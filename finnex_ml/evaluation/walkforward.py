@@ -26,6 +26,7 @@ from itertools import pairwise
 
 import numpy as np
 
+from finnex_ml import progress
 from finnex_ml.evaluation import baselines as bl
 
 __all__ = ["PooledPredictions", "WalkForwardFold", "fit_early_stopped", "pooled_tabular", "yearly_folds"]
@@ -133,7 +134,7 @@ def pooled_tabular(
     rows of all folds pooled in date order. Also returns each row's training prior (the
     majority baseline and the skill scores' reference)."""
     rows, priors, probs, meta = [], [], {k: [] for k in kinds}, []
-    for f in folds:
+    for f in progress.track(folds, "walk-forward folds (tabular)", unit="folds"):
         ytr = y[f.train]
         rows.append(f.test)
         shares = np.bincount(ytr, minlength=bl.N_CLASSES) / ytr.size

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from finnex_ml import progress
 from finnex_ml.errors import ConfigError
 from finnex_ml.losses import MultiTaskLoss
 from finnex_ml.models import (
@@ -586,7 +587,9 @@ def train_model(
             raise ConfigError(f"checkpoint to resume from not found: {resume_path}")
         best_path, last_path = ckpt_dir / BEST_NAME, ckpt_dir / LAST_NAME
 
-        while run.epoch < cfg.epochs and not run.stopped_early:
+        for _ in progress.track(range(run.epoch, cfg.epochs), f"{cfg.model} epochs", unit="epochs"):
+            if run.stopped_early:  # resumed after early stopping, or stopped by patience below
+                break
             train_metrics = run.train_epoch()
             val_metrics, _ = run.evaluate()
             run.epoch += 1
