@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 
 from finnex_ml.paths import REPO_ROOT, data_root, validate_partition_key
@@ -15,7 +16,6 @@ from finnex_ml.paths import REPO_ROOT, data_root, validate_partition_key
 DEFAULT_RANGE = {
     "synthetic": ("2024-01-02", "2024-12-31"),
     "packaged": ("2016-01-04", "2016-12-30"),
-    "files": ("2024-01-02", "2024-03-13"),
 }
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -143,6 +143,56 @@ def run_universe(start: str, end: str) -> bool:
     )
 
 
+MIN_IMAGE_DATES = 120  # fewer image dates leave train/validation/test too small to say anything
+
+
+@dataclass(frozen=True)
+class FilesPlan:
+    start: str
+    end: str
+    full: bool  # every stage; False: the feature stage only
+    message: str
+
+
+def files_plan(start: str | None, end: str | None) -> FilesPlan:
+    """What ``finnex demo --source files`` can run on the mapped files: every stage from the first
+    date with the images' feature lookback of prices before it, or (too little history) the
+    feature stage only, with the numbers and the next step."""
+    from finnex_assets.assets.images import LOOKBACK
+    from finnex_assets.partitions import trading_days
+    from finnex_assets.resources import default_data_source
+    from finnex_ml import calendar
+
+    mapping = os.environ.get("FINNEX_FILES_MAPPING", "")
+    prices = default_data_source().source().load(date(1900, 1, 1), date.today()).prices
+    if prices.is_empty():
+        raise SystemExit(f"{mapping}: the mapped price file has no rows")
+    first, last = max(prices["date"].min(), trading_days.start.date()), prices["date"].max()
+    earliest = calendar.sessions_forward(first, LOOKBACK - 1)  # its lookback starts at `first`
+    lo = max(earliest, validate_partition_key(start)) if start else earliest
+    hi = min(validate_partition_key(end), last) if end else last
+    n = len(calendar.sessions(lo, hi)) if lo <= hi else 0
+    have = len(calendar.sessions(first, last))
+    if n >= MIN_IMAGE_DATES:
+        return FilesPlan(
+            lo.isoformat(),
+            hi.isoformat(),
+            True,
+            f"{mapping}: prices {first}..{last} ({have} sessions); features from {calendar.sessions_back(lo, LOOKBACK)}, "
+            f"images, labels, model and evaluation over {lo}..{hi} ({n} sessions)",
+        )
+    need = LOOKBACK + MIN_IMAGE_DATES
+    return FilesPlan(
+        (validate_partition_key(start) if start else first).isoformat(),
+        (hi if end else last).isoformat(),
+        False,
+        f"{mapping}: prices {first}..{last} hold {have} sessions; images need {LOOKBACK} sessions of features "
+        f"before their first date and a model at least {MIN_IMAGE_DATES} image dates, so {need} sessions in all. "
+        f"Running the feature stage only. Next step: point FINNEX_FILES_MAPPING at files with {need}+ sessions "
+        "(see examples/files_source/mapping.yaml) and run `finnex demo --source files` again.",
+    )
+
+
 def demo_mode(source: str, universe: str, planted_signal: str) -> str:
     """``universe`` (the default) or ``single`` (a --source, or a single-stock planted form)."""
     if universe:
@@ -177,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="backfill the default date range through the latest stage, as one run")
     demo.add_argument(
         "--source",
-        choices=sorted(DEFAULT_RANGE),
+        choices=(*sorted(DEFAULT_RANGE), "files"),
         default=os.environ.get("FINNEX_SOURCE", ""),
         help="single-stock mode on this source (default without --source: universe mode)",
     )
@@ -290,16 +340,19 @@ def _run(args: argparse.Namespace) -> int:
             os.environ.setdefault("FINNEX_DATA_DIR", str(planted_dir))
         if args.source == "files":
             os.environ.setdefault("FINNEX_FILES_MAPPING", "examples/files_source/mapping.yaml")
-        start, end = args.start or DEFAULT_RANGE[args.source][0], args.end or DEFAULT_RANGE[args.source][1]
-        print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {data_root()}")
-        if args.source == "files":
-            # The example set holds ~300 sessions: enough for features, not for the images'
-            # 307-session feature lookback plus a training set, so its demo stops at features.
-            print("files example: feature stage only (images need 307 sessions of features first)")
-            ok = run_range(start, end, FEATURE_STAGE)
+        if args.source == "files":  # the range follows from the files' history
+            plan = files_plan(args.start, args.end)
+            start, end, full = plan.start, plan.end, plan.full
+            print(plan.message)
         else:
-            ok = run_pipeline(start, end)
-        if ok and args.source != "files":
+            start, end, full = (
+                args.start or DEFAULT_RANGE[args.source][0],
+                args.end or DEFAULT_RANGE[args.source][1],
+                True,
+            )
+        print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {data_root()}")
+        ok = run_pipeline(start, end) if full else run_range(start, end, FEATURE_STAGE)
+        if ok and full:
             from finnex_assets.assets.evaluation import reports_root
 
             for name in ("evaluation_report", "qa_report"):

@@ -257,3 +257,42 @@ def test_demo_mode(source, universe, planted, mode):
     from finnex_assets.cli import demo_mode
 
     assert demo_mode(source, universe, planted) == mode
+
+
+def test_files_demo_runs_every_stage_on_a_long_history_and_only_features_on_a_short_one(tmp_path, monkeypatch):
+    """``finnex demo --source files`` starts the images where the files' prices cover their
+    feature lookback, and on too short a history says what is missing and runs features only."""
+    import subprocess
+    import sys
+
+    from finnex_assets.assets.images import LOOKBACK
+    from finnex_assets.cli import MIN_IMAGE_DATES, files_plan
+
+    repo = Path(__file__).resolve().parent.parent
+    script = repo / "examples" / "files_source" / "make_example.py"
+    made = subprocess.run(
+        [sys.executable, str(script), "--start", "2022-01-03", "--sessions", "750", "--out", str(tmp_path / "long")],
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    monkeypatch.setenv("FINNEX_SOURCE", "files")
+    monkeypatch.setenv("FINNEX_FILES_ROOT", str(tmp_path))
+    monkeypatch.setenv("FINNEX_FILES_MAPPING", "long/mapping.yaml")
+    first, last = date(2022, 1, 3), calendar.sessions(date(2022, 1, 3), date(2025, 1, 31))[749]
+    plan = files_plan(None, None)
+    assert plan.full and plan.end == last.isoformat()
+    start = date.fromisoformat(plan.start)
+    assert calendar.sessions_back(start, LOOKBACK) == first  # the lookback begins at the first price
+    assert calendar.sessions_back(calendar.sessions_back(start, 2), LOOKBACK) < first  # one earlier would not fit
+    assert f"images, labels, model and evaluation over {start}..{last}" in plan.message
+    narrowed = files_plan("2022-02-01", "2024-06-28")  # a start inside the lookback moves to the first possible
+    assert (narrowed.start, narrowed.end, narrowed.full) == (plan.start, "2024-06-28", True)
+
+    monkeypatch.setenv("FINNEX_FILES_ROOT", str(repo))
+    monkeypatch.setenv("FINNEX_FILES_MAPPING", "examples/files_source/mapping.yaml")
+    short = files_plan(None, None)
+    assert not short.full and (short.start, short.end) == ("2023-01-03", "2024-03-13")
+    assert "300 sessions" in short.message and f"{LOOKBACK + MIN_IMAGE_DATES} sessions in all" in short.message
+    assert "feature stage only" in short.message and "Next step" in short.message

@@ -1,15 +1,20 @@
 """Regenerate the example data set for the ``files`` source (seeded, deterministic).
 
     python examples/files_source/make_example.py
+    python examples/files_source/make_example.py --start 2022-01-03 --sessions 750 --out data/acme_long
 
-Writes, next to this script, exports shaped like what real tools produce for a fictional
-stock ACME: about 300 NYSE sessions from 2023-01-03, plus macro, fundamental, sentiment,
-text and peer files. ``mapping.yaml`` (kept by hand) ties them together.
+Writes exports shaped like what real tools produce for a fictional stock ACME: by default 300
+NYSE sessions from 2023-01-03 next to this script (the committed example), plus macro,
+fundamental, sentiment, text and peer files covering the same span. ``mapping.yaml`` (kept by
+hand) ties them together and is copied to ``--out``. A longer history (``--sessions 750``) is
+enough for every stage: ``FINNEX_FILES_MAPPING=data/acme_long/mapping.yaml finnex demo --source files``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import shutil
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,12 +25,18 @@ from finnex_ml.calendar import sessions
 
 HERE = Path(__file__).resolve().parent
 NY = ZoneInfo("America/New_York")
-N_SESSIONS = 300
+cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+cli.add_argument("--start", type=date.fromisoformat, default=date(2023, 1, 3), help="first session")
+cli.add_argument("--sessions", type=int, default=300, help="number of NYSE sessions of prices")
+cli.add_argument("--out", type=Path, default=HERE, help="folder to write (default: next to this script)")
+args = cli.parse_args()
+OUT, N_SESSIONS = args.out, args.sessions
+OUT.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(20230103)
 
 
 def write(name: str, header: list[str], rows: list[list[object]]) -> None:
-    with open(HERE / name, "w", newline="", encoding="utf-8") as fh:
+    with open(OUT / name, "w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh, lineterminator="\n")
         out.writerow(header)
         out.writerows(rows)
@@ -41,8 +52,11 @@ def gbm(n: int, start: float, drift: float, vol: float) -> np.ndarray:
     return start * np.exp(np.cumsum(rng.normal(drift, vol, n)))
 
 
-days = sessions(date(2023, 1, 3), date(2024, 12, 31))[:N_SESSIONS]
+days = sessions(args.start, args.start + timedelta(days=2 * N_SESSIONS))[:N_SESSIONS]
 n = len(days)
+if days[-1] + timedelta(days=16) >= date.today():
+    raise SystemExit(f"{N_SESSIONS} sessions from {args.start} run into the future: start earlier")
+first_year, last = days[0].year - 1, days[-1]  # releases from a year before the first session
 
 # prices.csv: a Yahoo-style export -----------------------------------------------------------
 close = gbm(n, 100.0, 0.0004, 0.018)
@@ -112,9 +126,10 @@ write(
 )  # fmt: skip
 
 # fred_DGS10.csv: every weekday, '.' on holidays and an occasional gap ---------------------
-open_days = set(sessions(date(2022, 12, 1), date(2024, 3, 29)))
-fred_rows, y, d = [], 3.60, date(2022, 12, 1)
-while d <= date(2024, 3, 29):
+fred_from, fred_to = days[0] - timedelta(days=33), last + timedelta(days=16)
+open_days = set(sessions(fred_from, fred_to))
+fred_rows, y, d = [], 3.60, fred_from
+while d <= fred_to:
     if d.weekday() < 5:
         y += rng.normal(0, 0.05)
         missing = d not in open_days or rng.random() < 0.01
@@ -124,16 +139,16 @@ write("fred_DGS10.csv", ["DATE", "DGS10"], fred_rows)
 
 # cpi_monthly.csv: FRED monthly, dated the first of the month --------------------------------
 cpi, cpi_rows = 281.1, []
-for k in range(26):  # 2022-01 .. 2024-02
-    month = date(2022 + k // 12, k % 12 + 1, 1)
+for k in range((last.year - first_year) * 12 + last.month - 1):  # through the month before the last
+    month = date(first_year + k // 12, k % 12 + 1, 1)
     cpi *= 1 + rng.normal(0.003, 0.002)
     cpi_rows.append([month.isoformat(), f"{cpi:.3f}"])
 write("cpi_monthly.csv", ["DATE", "CPIAUCSL"], cpi_rows)
 
 # fundamentals.csv: quarterly, filed 25-45 days after the quarter ----------------------------
 fund_rows, revenue = [], 19_800.0
-for q in range(9):  # 2022Q1 .. 2024Q1
-    year, quarter = 2022 + q // 4, q % 4 + 1
+for q in range((last.year - first_year) * 4 + (last.month - 1) // 3 + 1):  # through the last's quarter
+    year, quarter = first_year + q // 4, q % 4 + 1
     period_end = date(year, 3 * quarter, 31 if quarter in (1, 4) else 30)
     filed = period_end + timedelta(days=int(rng.integers(25, 46)))
     while filed.weekday() >= 5:
@@ -153,8 +168,8 @@ for q in range(9):  # 2022Q1 .. 2024Q1
 write("fundamentals.csv", ["period_end", "filing_date", "fiscal_period", "revenue", "eps", "net_income"], fund_rows)
 
 # sentiment_weekly.csv: AAII-style survey, reported on Thursdays, percentages ---------------
-sent_rows, d = [], date(2022, 12, 1)
-while d <= date(2024, 3, 14):
+sent_rows, d = [], days[0] - timedelta(days=33)
+while d <= last + timedelta(days=1):
     bull = rng.uniform(20, 50)
     bear = rng.uniform(20, 50)
     sent_rows.append([f"{d.month}/{d.day}/{d.year}", f"{bull:.1f}%", f"{100 - bull - bear:.1f}%", f"{bear:.1f}%"])
@@ -204,4 +219,6 @@ for ticker, start in (("BRVO", 54.0), ("CHRL", 212.0), ("DLTA", 18.5)):
 peer_rows.sort(key=lambda r: (r[0], r[1]))
 write("peers.csv", ["date", "ticker", "close", "volume"], peer_rows)
 
-print(f"wrote {n} sessions {days[0]}..{days[-1]} to {HERE}")
+if OUT.resolve() != HERE:
+    shutil.copy(HERE / "mapping.yaml", OUT / "mapping.yaml")
+print(f"wrote {n} sessions {days[0]}..{days[-1]} to {OUT}")
