@@ -1,0 +1,123 @@
+"""Compute budgets for training and evaluation, and what one costs before it starts.
+
+``standard`` is every asset's default config. ``quick`` is for a first look (one seed, few
+epochs, a few hundred resamples: intervals and p-values are coarse); ``thorough`` is for a
+result to report (more seeds and epochs, 5,000 resamples, longer walk-forward retraining).
+The cost printed before training is measured, not guessed: a few training steps of the model
+on this machine, times the number of image passes the budget allows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from finnex_ml.encoding.layout import LayoutSpec
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    epochs: int  # at most: early stopping can end a member sooner
+    seeds: tuple[int, ...]  # one ensemble member per seed
+    n_boot: int  # bootstrap resamples per interval
+    n_permutations: int  # permutations per test
+    walk_forward_epochs: int  # single stock: epochs to retrain the network per fold (0 skips)
+    permuted_label_epochs: int  # single stock: epochs of the permuted-label control (0 skips)
+
+
+# per mode: the single-stock pipeline (cnn_model + model_evaluation) and universe mode
+# (universe_model + universe_evaluation) have different defaults for epochs and seeds
+BUDGETS: dict[str, dict[str, Budget]] = {
+    "quick": {
+        "single": Budget("quick", 4, (0,), 300, 300, 0, 1),
+        "universe": Budget("quick", 2, (0,), 300, 300, 0, 0),
+    },
+    "standard": {
+        "single": Budget("standard", 20, (0, 1, 2), 1000, 1000, 1, 1),
+        "universe": Budget("standard", 5, (0,), 1000, 1000, 0, 0),
+    },
+    "thorough": {
+        "single": Budget("thorough", 40, (0, 1, 2, 3, 4), 5000, 5000, 5, 5),
+        "universe": Budget("thorough", 20, (0, 1, 2), 5000, 5000, 0, 0),
+    },
+}
+BUDGET_NAMES = tuple(BUDGETS)
+
+
+def budget(name: str, mode: str) -> Budget:
+    if name not in BUDGETS:
+        raise ValueError(f"unknown budget {name!r}; use one of {', '.join(BUDGET_NAMES)}")
+    return BUDGETS[name][mode]
+
+
+def run_config(b: Budget, mode: str) -> dict[str, dict]:
+    """The ``ops`` run config that applies ``b`` to the training and evaluation assets."""
+    train = {"epochs": b.epochs, "seeds": list(b.seeds)}
+    if mode == "universe":
+        return {
+            "universe_model": {"config": train},
+            "universe_evaluation": {"config": {"n_boot": b.n_boot, "n_perm": b.n_permutations}},
+        }
+    evaluation = {
+        "n_boot": b.n_boot,
+        "n_permutations": b.n_permutations,
+        "walk_forward_epochs": b.walk_forward_epochs,
+        "permuted_label_epochs": b.permuted_label_epochs,
+    }
+    return {"cnn_model": {"config": train}, "model_evaluation": {"config": evaluation}}
+
+
+def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32, steps: int = 2) -> float:
+    """Measured wall seconds of one training pass over one image (forward, backward, step) for
+    ``model`` on ``spec``'s geometry, on this machine with the current torch threads."""
+    from finnex_ml.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model(model, "small", horizons=(1,), layout=spec)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    height, width, channels = spec.shape
+    x = torch.randn(batch_size, channels, height, width)
+
+    def step() -> None:
+        out = net(x)
+        loss = out["classification"].logsumexp(-1).mean() + out["regression"].square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()  # the first step allocates; not timed
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / (steps * batch_size)
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    budget: str
+    passes: int  # image passes at most: epochs x seeds x (train + val images)
+    seconds: float  # at most, at the measured rate
+    per_image: float
+
+    def describe(self, n_train: int, n_val: int, b: Budget) -> str:
+        minutes = self.seconds / 60
+        return (
+            f"budget {self.budget}: up to {b.epochs} epochs x {len(b.seeds)} seed(s) over {n_train:,} training "
+            f"and {n_val:,} validation images = {self.passes:,} image passes; measured {self.per_image * 1000:.0f} ms "
+            f"per training image here, so training takes at most ~{minutes:.1f} min (early stopping can end "
+            f"sooner); evaluation: {b.n_boot:,} bootstrap resamples, {b.n_permutations:,} permutations"
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def training_cost(b: Budget, n_train: int, n_val: int, per_image: float) -> TrainingCost:
+    """An upper bound: every epoch of every seed runs; a validation pass costs about a third of
+    a training pass (forward only)."""
+    passes = b.epochs * len(b.seeds) * (n_train + n_val)
+    seconds = b.epochs * len(b.seeds) * (n_train + n_val / 3) * per_image
+    return TrainingCost(b.name, passes, seconds, per_image)
