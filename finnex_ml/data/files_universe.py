@@ -102,9 +102,14 @@ from typing import Any
 import polars as pl
 
 from finnex_ml import calendar
-from finnex_ml.data import files as F
 from finnex_ml.data.base import RawData
 from finnex_ml.data.files import FileEntry, FilesSource
+from finnex_ml.data.files.daily import _parse_market, _parse_prices
+from finnex_ml.data.files.dates import _SLASH
+from finnex_ml.data.files.mapping import ROW, _load_mapping_document, _parse_entry
+from finnex_ml.data.files.readers import _TICKER_NAMES, _by_name, _column, _date_column, _read
+from finnex_ml.data.files.releases import _parse_releases
+from finnex_ml.data.files.texts import _parse_texts
 from finnex_ml.data.universe import MEMBER_SCHEMA, _unknown_ticker
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.paths import resolve_under
@@ -164,7 +169,7 @@ def _first_date(entry: FileEntry, frame: pl.DataFrame) -> str | None:
     """The first row's date cell as written (for messages), if the date column is clear."""
     exclude = {c for c in (entry.text_column, entry.release_column) if c}
     try:
-        col = F._date_column(frame, entry, {c for c in frame.columns if c in exclude})
+        col = _date_column(frame, entry, {c for c in frame.columns if c in exclude})
     except DataInputError:
         return None
     value = frame[col].cast(pl.String)[0]
@@ -217,7 +222,7 @@ class FilesUniverse:
         mapping_path = Path(path)
         if not mapping_path.is_file():
             raise ConfigError(f"mapping file {shown} does not exist")
-        doc = F._load_mapping_document(mapping_path, shown)
+        doc = _load_mapping_document(mapping_path, shown)
         if not isinstance(doc, dict):
             raise ConfigError(f"{shown}: expected a mapping with 'universe' and 'files' at the top level")
         unknown = sorted(set(map(str, doc)) - set(_TOP_KEYS))
@@ -299,15 +304,15 @@ class FilesUniverse:
     def _parse(self, spec: _Spec, known: list[str] | None = None) -> list[_Part]:
         entry = spec.entry
         parser = {
-            "prices": F._parse_prices,
-            "market": F._parse_market,
-            "texts": F._parse_texts,
-        }.get(entry.modality, F._parse_releases)
+            "prices": _parse_prices,
+            "market": _parse_market,
+            "texts": _parse_texts,
+        }.get(entry.modality, _parse_releases)
         shared = spec.ticker is None and spec.ticker_column is None and not spec.auto_ticker
         if shared:  # macro, or market without a ticker
             e = replace(entry, notes=[])
-            return [_Part(e, spec.seq, None, parser(e, F._read(e)))]
-        frame = F._read(entry)
+            return [_Part(e, spec.seq, None, parser(e, _read(e)))]
+        frame = _read(entry)
         if spec.ticker is not None:
             groups = [(spec.ticker, frame)]
         else:
@@ -331,9 +336,9 @@ class FilesUniverse:
         if entry.date_order is not None:
             return entry
         for col in frame.columns:
-            if col == F.ROW or frame.schema[col] != pl.String:
+            if col == ROW or frame.schema[col] != pl.String:
                 continue
-            parts = frame[col].str.extract_groups(F._SLASH).struct.unnest()
+            parts = frame[col].str.extract_groups(_SLASH).struct.unnest()
             a, b = (parts[c].cast(pl.Int32) for c in parts.columns[:2])
             day_first, month_first = bool((a > 12).any()), bool((b > 12).any())
             if day_first != month_first:
@@ -341,7 +346,7 @@ class FilesUniverse:
                     i = int((a > 12).fill_null(False).arg_true()[0])
                     self._warn(
                         f"dates read as day/month/year, as {frame[col][i]!r} shows; set date_order: dmy in the "
-                        f"mapping to say so [file={entry.rel}, column={col}, row={int(frame[F.ROW][i])}]"
+                        f"mapping to say so [file={entry.rel}, column={col}, row={int(frame[ROW][i])}]"
                     )
                 return replace(entry, date_order="dmy" if day_first else "mdy")
         return entry
@@ -350,11 +355,11 @@ class FilesUniverse:
         """A long file's rows per ticker (file order, ROW kept), the ticker column dropped."""
         entry = spec.entry
         if spec.ticker_column is not None:
-            col = F._column(frame, spec.ticker_column, entry, "ticker_column")
+            col = _column(frame, spec.ticker_column, entry, "ticker_column")
         else:
-            hits = F._by_name(frame, F._TICKER_NAMES, set())
+            hits = _by_name(frame, _TICKER_NAMES, set())
             if len(hits) != 1:
-                have = ", ".join(repr(c) for c in frame.columns if c != F.ROW)
+                have = ", ".join(repr(c) for c in frame.columns if c != ROW)
                 raise DataInputError(
                     f"no ticker column found (looked for a column named ticker or symbol; the file has {have}); "
                     f"set ticker_column, or ticker for a one-ticker file, in {entry.where}",
@@ -366,7 +371,7 @@ class FilesUniverse:
         empty = (tickers.is_null() | (tickers == "")).arg_true()
         if empty.len():
             raise DataInputError(
-                "missing ticker (an empty ticker cell)", file=entry.rel, column=col, row=int(frame[F.ROW][empty[0]])
+                "missing ticker (an empty ticker cell)", file=entry.rel, column=col, row=int(frame[ROW][empty[0]])
             )
         frame = frame.drop(col).with_columns(tickers.alias("__ticker__"))
         return [(str(tk), part.drop("__ticker__")) for (tk,), part in frame.group_by("__ticker__", maintain_order=True)]
@@ -381,7 +386,7 @@ class FilesUniverse:
             return groups
         if self.unknown_tickers == "error":
             tk, part = unknown[0]
-            row = int(part[F.ROW][0])
+            row = int(part[ROW][0])
             near = [k for k in known if k.casefold() == tk.casefold()]
             hint = f"did you mean {near[0]}? " if near else ""
             raise DataInputError(
@@ -395,7 +400,7 @@ class FilesUniverse:
         for tk, part in unknown:
             self._warn(
                 f"ticker {tk} has no prices in the universe: its {part.height} row(s) are dropped "
-                f"(universe.unknown_tickers: ignore) [file={entry.rel}, row={int(part[F.ROW][0])}]"
+                f"(universe.unknown_tickers: ignore) [file={entry.rel}, row={int(part[ROW][0])}]"
             )
         return [(tk, part) for tk, part in groups if tk in have]
 
@@ -531,7 +536,7 @@ def _expand(index: int, raw: Any, root: Path, shown: str, seq0: int) -> list[_Sp
 
     out = []
     for k, rel in enumerate(paths):
-        entry = F._parse_entry(index, {**raw, "path": rel}, root, shown)
+        entry = _parse_entry(index, {**raw, "path": rel}, root, shown)
         spec = _Spec(entry, seq0 + k)
         if ticker is not None:
             spec.ticker = ticker.strip()
@@ -579,23 +584,23 @@ def _read_sectors(path: Path, root: Path) -> dict[str, str]:
     """ticker -> sector from a CSV with a ticker (or symbol) and a sector column."""
     rel = path.relative_to(root).as_posix() if root in path.parents else path.name
     entry = FileEntry(index=-1, path=path, rel=rel, modality="prices", where=f"universe.sectors ({rel})")
-    frame = F._read(entry)
-    tick = F._by_name(frame, F._TICKER_NAMES, set())
-    sect = F._by_name(frame, ("sector", "gics_sector", "industry"), set())
+    frame = _read(entry)
+    tick = _by_name(frame, _TICKER_NAMES, set())
+    sect = _by_name(frame, ("sector", "gics_sector", "industry"), set())
     if len(tick) != 1 or len(sect) != 1:
-        have = ", ".join(repr(c) for c in frame.columns if c != F.ROW)
+        have = ", ".join(repr(c) for c in frame.columns if c != ROW)
         raise DataInputError(f"a sectors file needs a ticker and a sector column (it has {have})", file=rel)
     frame = frame.select(
         pl.col(tick[0]).cast(pl.String).str.strip_chars().alias("ticker"),
         pl.col(sect[0]).cast(pl.String).str.strip_chars().alias("sector"),
-        F.ROW,
+        ROW,
     )
     empty = frame.filter(pl.col("ticker").is_null() | (pl.col("ticker") == ""))
     if empty.height:
-        raise DataInputError("missing ticker", file=rel, column=tick[0], row=int(empty[F.ROW][0]))
+        raise DataInputError("missing ticker", file=rel, column=tick[0], row=int(empty[ROW][0]))
     dup = frame.filter(pl.col("ticker").is_duplicated())
     if dup.height:
         tk = dup["ticker"][0]
-        rows = dup.filter(pl.col("ticker") == tk)[F.ROW].to_list()
+        rows = dup.filter(pl.col("ticker") == tk)[ROW].to_list()
         raise DataInputError(f"ticker {tk} appears twice (rows {rows[0]} and {rows[1]})", file=rel, row=rows[1])
     return {t: s or "" for t, s in zip(frame["ticker"].to_list(), frame["sector"].to_list())}
