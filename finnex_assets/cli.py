@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
+from finnex_ml.budget import BUDGET_NAMES
 from finnex_ml.paths import REPO_ROOT, data_root, validate_partition_key
 
 DEFAULT_RANGE = {
@@ -54,7 +56,7 @@ def _keys(start: str, end: str) -> list[str]:
     return keys
 
 
-def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bool:
+def _execute(selection: list[str] | None, tags: dict[str, str], what: str, ops: dict | None = None) -> bool:
     _ensure_initialised()
     warnings.filterwarnings("ignore", message=".*currently in beta.*")
     import dagster as dg
@@ -75,7 +77,8 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str) -> bo
     level = "DEBUG" if os.environ.get("FINNEX_VERBOSE") else "WARNING"
     loggers = {"console": {"config": {"log_level": level}}, "run_log_file": {}, "stage_progress": {}}
     result = job.execute_in_process(
-        run_config={"loggers": loggers},
+        # a budget's config for the assets this run selects
+        run_config={"loggers": loggers, "ops": {k: v for k, v in (ops or {}).items() if k in (selection or [])}},
         instance=dg.DagsterInstance.get(),
         tags=tags,
         asset_selection=selection_keys,
@@ -103,10 +106,15 @@ def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
     )
 
 
-def run_pipeline(start: str, end: str) -> bool:
+def run_pipeline(start: str, end: str, budget: str = "standard") -> bool:
     """The main pipeline for [start, end]: the feature stage from the images' lookback
-    before ``start`` in one run, then every later stage over [start, end] in one run."""
+    before ``start`` in one run, then every later stage over [start, end] in one run, the
+    splits, then training and evaluation at ``budget`` (its cost printed before it starts)."""
+    import json
+
+    from finnex_assets.assets.datasets import DatasetStore
     from finnex_assets.assets.images import LOOKBACK
+    from finnex_assets.io_managers import ImageStore
     from finnex_ml import calendar
 
     feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
@@ -114,15 +122,35 @@ def run_pipeline(start: str, end: str) -> bool:
         return False
     if not run_range(start, end, LATER_STAGES):
         return False
-    if not _execute(list(UNPARTITIONED), {}, "every date with images and labels: " + ", ".join(UNPARTITIONED)):
+    if not _execute(["dataset_splits"], {}, "every date with images and labels: dataset_splits"):
         return False
-    return _execute(list(EVALUATION), {}, "test split and walk-forward folds: " + ", ".join(EVALUATION))
+    sets = json.loads((DatasetStore().splits_root() / "splits.json").read_text(encoding="utf-8"))["sets"]
+    ops = _announce_budget(budget, "single", ImageStore().root(), len(sets["train"]), len(sets["val"]))
+    if not _execute(["cnn_model"], {}, f"train and val dates, budget {budget}: cnn_model", ops):
+        return False
+    return _execute(list(EVALUATION), {}, "test split and walk-forward folds: " + ", ".join(EVALUATION), ops)
 
 
-def run_universe(start: str, end: str) -> bool:
+def _announce_budget(name: str, mode: str, image_root: Path, n_train: int, n_val: int) -> dict:
+    """Print what training and evaluation at budget ``name`` will cost (measured on this
+    machine) before they start; return the run config that applies it."""
+    from finnex_ml import budget
+    from finnex_ml.encoding.store import read_spec
+
+    b = budget.budget(name, mode)
+    per_image = budget.seconds_per_image(read_spec(image_root))
+    print(budget.training_cost(b, n_train, n_val, per_image).describe(n_train, n_val, b))
+    return budget.run_config(b, mode)
+
+
+def run_universe(start: str, end: str, budget: str = "standard") -> bool:
     """Universe mode for [start, end]: prices and features from the images' lookback, images and
-    labels over [start, end], then splits, the model and the evaluation (each stage one run)."""
+    labels over [start, end], then splits, then the model and the evaluation at ``budget``
+    (its cost printed before it starts); each stage one run."""
+    import polars as pl
+
     from finnex_assets.assets.images import LOOKBACK
+    from finnex_assets.assets.universe import default_universe
     from finnex_assets.partitions import trading_days
     from finnex_ml import calendar
 
@@ -134,13 +162,17 @@ def run_universe(start: str, end: str) -> bool:
             f"images from {start} need features from {feature_start}, before the first partition {first}: "
             f"start at {earliest} or later, or set FINNEX_PARTITION_START earlier"
         )
-    return (
+    if not (
         run_range(feature_start, end, UNIVERSE_FEATURES)
         and run_range(start, end, UNIVERSE_LATER)
-        and _execute(
-            list(UNIVERSE_FINAL), {}, "every (date, ticker) with an image and a label: " + ", ".join(UNIVERSE_FINAL)
-        )
-    )
+        and _execute(["universe_splits"], {}, "every (date, ticker) with an image and a label: universe_splits")
+    ):
+        return False
+    universe = default_universe()
+    sets = pl.read_parquet(universe.datasets_root() / "samples.parquet")["set"]
+    n_train, n_val = int((sets == "train").sum()), int((sets == "val").sum())
+    ops = _announce_budget(budget, "universe", universe.images_root(), n_train, n_val)
+    return _execute(list(UNIVERSE_FINAL[1:]), {}, f"budget {budget}: " + ", ".join(UNIVERSE_FINAL[1:]), ops)
 
 
 MIN_IMAGE_DATES = 120  # fewer image dates leave train/validation/test too small to say anything
@@ -245,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         help="universe mode: a cross-section of tickers per date (synthetic: 24 simulated tickers; packaged-panel: "
         "skfolio's 20 S&P 500 closes, images 2015-03..2020-03; files: examples/files_universe or FINNEX_UNIVERSE_MAPPING); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
     )
+    demo.add_argument(
+        "--budget",
+        choices=BUDGET_NAMES,
+        default="standard",
+        help="training and evaluation effort: quick (a first look), standard (the defaults), thorough (to report); "
+        "the cost is measured and printed before training starts",
+    )
     demo.add_argument("--start")
     demo.add_argument("--end")
     mat = sub.add_parser("materialize", help="materialise assets over a date range as one run")
@@ -320,7 +359,7 @@ def _run(args: argparse.Namespace) -> int:
         start = args.start or DEFAULT_UNIVERSE_RANGE[kind][0]
         end = args.end or DEFAULT_UNIVERSE_RANGE[kind][1]
         print(f"FinNeX universe demo: {kind}, {start}..{end}, data in {data_root()}")
-        ok = run_universe(start, end)
+        ok = run_universe(start, end, args.budget)
         if ok:
             from finnex_assets.assets.universe import default_universe
 
@@ -351,7 +390,7 @@ def _run(args: argparse.Namespace) -> int:
                 True,
             )
         print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {data_root()}")
-        ok = run_pipeline(start, end) if full else run_range(start, end, FEATURE_STAGE)
+        ok = run_pipeline(start, end, args.budget) if full else run_range(start, end, FEATURE_STAGE)
         if ok and full:
             from finnex_assets.assets.evaluation import reports_root
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from finnex_ml.encoding.layout import LayoutSpec
+if TYPE_CHECKING:
+    from finnex_ml.encoding.layout import LayoutSpec
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ def run_config(b: Budget, mode: str) -> dict[str, dict]:
 def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32, steps: int = 2) -> float:
     """Measured wall seconds of one training pass over one image (forward, backward, step) for
     ``model`` on ``spec``'s geometry, on this machine with the current torch threads."""
+    import torch
+
     from finnex_ml.models import create_model
 
     torch.manual_seed(0)

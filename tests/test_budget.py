@@ -1,0 +1,56 @@
+"""Compute budgets: each preset is valid run config for the assets it drives, ``standard`` is
+their defaults, and the printed cost is arithmetic on a measured rate."""
+
+import math
+
+import dagster as dg
+import pytest
+
+from finnex_assets.assets.evaluation import EvaluationConfig
+from finnex_assets.assets.training import TrainingConfig
+from finnex_assets.assets.universe import UniverseEvaluationConfig, UniverseModelConfig
+from finnex_ml import budget
+
+
+@pytest.mark.parametrize("name", budget.BUDGET_NAMES)
+@pytest.mark.parametrize("mode", ["single", "universe"])
+def test_every_budget_is_valid_run_config_for_its_assets(name, mode):
+    from finnex_assets.definitions import defs
+
+    ops = budget.run_config(budget.budget(name, mode), mode)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(k) for k in ops})
+    result = dg.validate_run_config(job, {"ops": ops})
+    assert set(result["ops"]) == set(ops)
+
+
+def test_standard_is_every_assets_default_config():
+    single, universe = budget.budget("standard", "single"), budget.budget("standard", "universe")
+    train, ev = TrainingConfig(), EvaluationConfig()
+    assert (single.epochs, single.seeds) == (train.epochs, tuple(train.seeds))
+    assert (single.n_boot, single.n_permutations) == (ev.n_boot, ev.n_permutations)
+    assert (single.walk_forward_epochs, single.permuted_label_epochs) == (
+        ev.walk_forward_epochs,
+        ev.permuted_label_epochs,
+    )
+    model, uev = UniverseModelConfig(), UniverseEvaluationConfig()
+    assert (universe.epochs, universe.seeds) == (model.epochs, tuple(model.seeds))
+    assert (universe.n_boot, universe.n_permutations) == (uev.n_boot, uev.n_perm)
+    quick, thorough = budget.budget("quick", "single"), budget.budget("thorough", "single")
+    assert quick.epochs * len(quick.seeds) < single.epochs * len(single.seeds) < thorough.epochs * len(thorough.seeds)
+    with pytest.raises(ValueError, match="unknown budget 'fast'"):
+        budget.budget("fast", "single")
+
+
+def test_training_cost_is_passes_times_the_measured_rate(synthetic_2024):
+    from finnex_ml.encoding.layout import build_layout
+
+    b = budget.budget("standard", "universe")  # 5 epochs x 1 seed
+    cost = budget.training_cost(b, n_train=600, n_val=300, per_image=0.02)
+    assert cost.passes == 5 * 1 * 900
+    assert cost.seconds == pytest.approx(5 * (600 + 100) * 0.02)
+    text = cost.describe(600, 300, b)
+    assert "up to 5 epochs x 1 seed(s) over 600 training and 300 validation images = 4,500 image passes" in text
+    assert "20 ms per training image" in text and "~1.2 min" in text
+    spec = build_layout([c for c in synthetic_2024.features.columns if c != "date"])
+    per_image = budget.seconds_per_image(spec, batch_size=2, steps=1)  # a real forward/backward on the layout
+    assert math.isfinite(per_image) and per_image > 0
