@@ -15,34 +15,11 @@ import dagster as dg
 import polars as pl
 
 from finnex_ml import schemas
+from finnex_ml.schemas import FEATURE_CHECKS, MARKET_CHECKS
+
+__all__ = ["FEATURE_CHECKS", "MARKET_CHECKS", "BlockingCheckError", "gate", "results", "specs"]
 
 MAX_LISTED = 20
-
-MARKET_CHECKS: dict[str, tuple[str, Callable[[pl.DataFrame], schemas.CheckOutcome]]] = {
-    "ohlc_consistency": (
-        "low <= open, close <= high on every row",
-        lambda f: schemas.run_schema(schemas.OHLC_CONSISTENCY, f),
-    ),
-    "prices_positive_volume_nonnegative": (
-        "prices > 0 and volume >= 0",
-        lambda f: schemas.run_schema(schemas.PRICES_POSITIVE, f),
-    ),
-    "unique_sessions": (
-        "one row per (partition, session)",
-        lambda f: schemas.run_schema(schemas.UNIQUE_SNAPSHOT_ROWS, f),
-    ),
-}
-FEATURE_CHECKS: dict[str, tuple[str, Callable[[pl.DataFrame], schemas.CheckOutcome]]] = {
-    "unique_sessions": ("one row per trading date", lambda f: schemas.run_schema(schemas.UNIQUE_SESSIONS, f)),
-    "finite_after_warmup": (
-        "no null, NaN or inf in any feature once warm-up is complete",
-        lambda f: schemas.run_schema(schemas.finite_after_warmup(schemas.feature_columns(f)), f),
-    ),
-    "staleness_within_bounds": (
-        "carried-forward values are younger than their modality's limit",
-        lambda f: schemas.run_schema(schemas.staleness_within_bounds(f), f),
-    ),
-}
 
 
 def specs(asset: str, checks: dict[str, tuple[str, object]]) -> list[dg.AssetCheckSpec]:

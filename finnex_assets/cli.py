@@ -286,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--start")
     demo.add_argument("--end")
+    run = sub.add_parser(
+        "run",
+        help="every stage for images over [--from, --to] on the configured source (FINNEX_SOURCE, or "
+        "FINNEX_UNIVERSE for universe mode), the feature lookback before --from included, to the reports",
+    )
+    run.add_argument("--from", dest="start", required=True)
+    run.add_argument("--to", dest="end", required=True)
+    run.add_argument("--budget", choices=BUDGET_NAMES, default="standard")
     mat = sub.add_parser("materialize", help="materialise assets over a date range as one run")
     mat.add_argument("--select", default="", help="comma-separated asset names (default: all)")
     mat.add_argument("--start", required=True)
@@ -311,10 +319,31 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sweep-runs":
         return 0 if _sweep(dry_run=args.dry_run) is not None else 1
-    if args.command in ("demo", "materialize"):
+    if args.command in ("demo", "run", "materialize"):
         with _progress_display():
-            return _run(args)
+            code = _run(args)
+        for line in _next_steps(code == 0, args):  # after the summary: what to open next
+            print(line)
+        return code
     return _ui(args.port)
+
+
+def _next_steps(ok: bool, args: argparse.Namespace) -> list[str]:
+    lines = []
+    if ok and args.command != "materialize" and os.environ.get("FINNEX_UNIVERSE"):
+        from finnex_assets.assets.universe import default_universe
+
+        lines.append(f"universe_report: {default_universe().report_path()}")
+    elif ok and args.command != "materialize" and not getattr(args, "features_only", False):
+        from finnex_assets.assets.evaluation import reports_root
+
+        lines += [f"{name}: {reports_root() / (name + '.html')}" for name in ("evaluation_report", "qa_report")]
+    from finnex_assets.loggers import log_dir
+
+    lines.append(f"run logs: {log_dir()}/")
+    lines.append(mlflow_hint())
+    lines.append("Dagster UI: .venv/bin/finnex ui  (http://127.0.0.1:3000)")
+    return lines
 
 
 @contextmanager
@@ -336,7 +365,7 @@ def _progress_display() -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """``finnex demo`` and ``finnex materialize``."""
+    """``finnex demo``, ``finnex run`` and ``finnex materialize``."""
     if args.command == "demo" and demo_mode(args.source, args.universe, args.planted_signal) == "universe":
         from finnex_ml.data.universe import DEFAULT_UNIVERSE_RANGE
 
@@ -359,13 +388,7 @@ def _run(args: argparse.Namespace) -> int:
         start = args.start or DEFAULT_UNIVERSE_RANGE[kind][0]
         end = args.end or DEFAULT_UNIVERSE_RANGE[kind][1]
         print(f"FinNeX universe demo: {kind}, {start}..{end}, data in {data_root()}")
-        ok = run_universe(start, end, args.budget)
-        if ok:
-            from finnex_assets.assets.universe import default_universe
-
-            print(f"universe_report: {default_universe().report_path()}")
-        print(mlflow_hint())
-        return 0 if ok else 1
+        return 0 if run_universe(start, end, args.budget) else 1
     if args.command == "demo":
         args.source = args.source or "synthetic"  # a single-stock planted signal without --source
         os.environ["FINNEX_SOURCE"] = args.source
@@ -390,14 +413,14 @@ def _run(args: argparse.Namespace) -> int:
                 True,
             )
         print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {data_root()}")
+        args.features_only = not full
         ok = run_pipeline(start, end, args.budget) if full else run_range(start, end, FEATURE_STAGE)
-        if ok and full:
-            from finnex_assets.assets.evaluation import reports_root
-
-            for name in ("evaluation_report", "qa_report"):
-                print(f"{name}: {reports_root() / (name + '.html')}")
-        print(mlflow_hint())
-        print("Dagster UI: .venv/bin/finnex ui  (http://127.0.0.1:3000)")
+        return 0 if ok else 1
+    if args.command == "run":
+        universe = os.environ.get("FINNEX_UNIVERSE", "")
+        what = f"universe {universe}" if universe else f"source {os.environ.get('FINNEX_SOURCE', 'synthetic')}"
+        print(f"FinNeX run: {what}, images {args.start}..{args.end}, data in {data_root()}")
+        ok = (run_universe if universe else run_pipeline)(args.start, args.end, args.budget)
         return 0 if ok else 1
     if args.command == "materialize":
         selection = [s.strip() for s in args.select.split(",") if s.strip()] or None

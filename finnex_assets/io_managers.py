@@ -65,9 +65,14 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         key = context.asset_key
+        # an input declared with metadata {"missing_partitions": "skip"} gets what exists; its
+        # consumer fills the rest (mega_images computes an unmaterialised lookback from the source)
+        skip = (context.definition_metadata or {}).get("missing_partitions") == "skip"
         frames = []
         for pk in context.asset_partition_keys:
             path = self._path(key, pk)
+            if not path.exists() and skip:
+                continue
             if not path.exists():
                 raise FileNotFoundError(
                     f"{key.to_user_string()} has no materialisation for {pk} (expected {path}); materialise it first"

@@ -59,3 +59,29 @@ def daily_features_from_snapshots(snaps: dict[str, pl.DataFrame]) -> pl.DataFram
         snaps["macro_data"],
         snaps["fundamental_data"],
     )
+
+
+def checked_features(source: DataSource, asof: list[date]) -> pl.DataFrame:
+    """The daily feature rows of ``asof`` straight from ``source``, with the same QA rules the
+    ingestion and ``daily_features`` checks apply; a failing rule raises, naming it and its dates.
+
+    For the sessions a stage needs before its first date (the images' lookback) when they were
+    never materialised: the rows are byte-for-byte what ``daily_features`` would store for them,
+    since both are the same deterministic computation on data known at each date's close.
+    """
+    from finnex_ml.schemas import FEATURE_CHECKS, MARKET_CHECKS
+
+    snaps, _ = modality_snapshots(source, asof)
+    table = daily_features_from_snapshots(snaps)
+    for frame, rules, column in ((snaps["market_data"], MARKET_CHECKS, "asof"), (table, FEATURE_CHECKS, "date")):
+        for name, (desc, run) in rules.items():
+            outcome = run(frame)
+            if not outcome.passed:
+                days = sorted({str(frame[column][i]) for i in outcome.failing_rows if i < frame.height})
+                raise DataInputError(
+                    f"source {source.name!r}, lookback sessions {asof[0]}..{asof[-1]}: QA rule {name} ({desc}) "
+                    f"fails on {len(days)} date(s), first {days[0] if days else '?'}; fix the source rows or "
+                    "materialise daily_features over those dates to see the failing cases in the UI",
+                    date=days[0] if days else None,
+                )
+    return table

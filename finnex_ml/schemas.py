@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandera.polars as pa
@@ -78,3 +79,33 @@ def staleness_within_bounds(frame: pl.DataFrame) -> pa.DataFrameSchema:
 
 def feature_columns(frame: pl.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in META_COLUMNS]
+
+
+# The QA rules of ingestion (market snapshots) and daily_features: name -> (description, run).
+# The Dagster layer turns them into blocking asset checks; the library applies the same rules
+# where it computes features outside those assets (pipeline.checked_features).
+MARKET_CHECKS: dict[str, tuple[str, Callable[[pl.DataFrame], CheckOutcome]]] = {
+    "ohlc_consistency": (
+        "low <= open, close <= high on every row",
+        lambda f: run_schema(OHLC_CONSISTENCY, f),
+    ),
+    "prices_positive_volume_nonnegative": (
+        "prices > 0 and volume >= 0",
+        lambda f: run_schema(PRICES_POSITIVE, f),
+    ),
+    "unique_sessions": (
+        "one row per (partition, session)",
+        lambda f: run_schema(UNIQUE_SNAPSHOT_ROWS, f),
+    ),
+}
+FEATURE_CHECKS: dict[str, tuple[str, Callable[[pl.DataFrame], CheckOutcome]]] = {
+    "unique_sessions": ("one row per trading date", lambda f: run_schema(UNIQUE_SESSIONS, f)),
+    "finite_after_warmup": (
+        "no null, NaN or inf in any feature once warm-up is complete",
+        lambda f: run_schema(finite_after_warmup(feature_columns(f)), f),
+    ),
+    "staleness_within_bounds": (
+        "carried-forward values are younger than their modality's limit",
+        lambda f: run_schema(staleness_within_bounds(f), f),
+    ),
+}

@@ -112,13 +112,48 @@ def test_partition_alone_is_byte_identical_to_range(built, tmp_path):
     )
 
 
-def test_missing_feature_history_is_a_clear_error(tmp_path):
+def test_first_backfill_without_features_computes_the_lookback_from_the_source(built, tmp_path):
+    """A range launched on fresh storage (no daily_features partition at all) is one launch: the
+    lookback and the range's own feature rows come from the source, and the image is the same
+    bytes as with every feature partition materialised. Nothing is stored as a partition."""
+    tmp, _, _ = built
     res = _resources(tmp_path)
-    out = _range([modalities, daily_features, mega_images], res, "2024-03-04", "2024-03-05", selection=[mega_images])
-    assert not out.success
-    failure = [e for e in out.all_events if e.is_step_failure][0]
-    assert "daily_features" in str(failure.step_failure_data.error.message)
-    assert not list((tmp_path / "images").rglob("*.h5"))
+    instance = dg.DagsterInstance.ephemeral()
+    out = dg.materialize(
+        [modalities, daily_features, mega_images],
+        resources=res,
+        instance=instance,
+        selection=[mega_images],
+        partition_key="2024-03-07",
+    )
+    assert out.success
+    assert read_image(tmp_path / "images", "2024-03-07").tobytes() == read_image(tmp / "images", "2024-03-07").tobytes()
+    assert not [p for p in tmp_path.rglob("*.parquet") if "daily_features" in p.parts]
+    said = [e.user_message for e in instance.all_logs(out.run_id) if "are not materialised" in e.user_message]
+    assert said and f"for {LOOKBACK} of the {LOOKBACK} sessions" in said[0]  # the image date's own row too
+
+
+def test_lookback_from_a_bad_source_names_the_rule_and_the_date():
+    import dataclasses
+    from datetime import date
+
+    import polars as pl
+
+    from finnex_ml import pipeline
+    from finnex_ml.data.synthetic import SyntheticSource
+    from finnex_ml.errors import DataInputError
+
+    class HighBelowLow:
+        name = "broken"
+
+        def load(self, start, end):
+            raw = SyntheticSource(7).load(start, end)
+            bad = pl.col("date") == date(2024, 2, 1)
+            prices = raw.prices.with_columns(high=pl.when(bad).then(pl.col("low") * 0.9).otherwise(pl.col("high")))
+            return dataclasses.replace(raw, prices=prices)
+
+    with pytest.raises(DataInputError, match=r"ohlc_consistency .* first 2024-02-01"):
+        pipeline.checked_features(HighBelowLow(), calendar.sessions("2024-01-29", "2024-02-05"))
 
 
 def test_failing_image_check_writes_no_image(built, tmp_path, monkeypatch):

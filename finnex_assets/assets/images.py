@@ -12,7 +12,8 @@ import polars as pl
 from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore
 from finnex_assets.partitions import trading_days
-from finnex_ml import calendar, progress
+from finnex_assets.resources import DataSourceResource
+from finnex_ml import calendar, pipeline, progress
 from finnex_ml.encoding import (
     EncodedImage,
     LayoutSpec,
@@ -24,12 +25,12 @@ from finnex_ml.encoding import (
     check_spatial_integrity,
     check_temporal_continuity,
     encode_dates,
-    history_needed,
     read_image,
     write_preview,
     write_spec,
 )
 from finnex_ml.encoding.layout import DEFAULT_SESSIONS
+from finnex_ml.errors import DataInputError
 
 NORM = NormConfig()
 LOOKBACK = DEFAULT_SESSIONS + NORM.window - 1  # feature rows up to and including t per image
@@ -62,7 +63,8 @@ class ImageBatch:
         "daily_features": dg.AssetIn(
             partition_mapping=dg.TimeWindowPartitionMapping(
                 start_offset=-(LOOKBACK - 1), allow_nonexistent_upstream_partitions=True
-            )
+            ),
+            metadata={"missing_partitions": "skip"},  # _with_lookback computes them from the source
         )
     },
     partitions_def=trading_days,
@@ -78,6 +80,7 @@ def mega_images(
     context: dg.AssetExecutionContext,
     daily_features: pl.DataFrame,
     image_store: ImageStore,
+    data_source: DataSourceResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Encode each date's trailing feature window with the layout spec; previews and QA per date.
 
@@ -85,18 +88,14 @@ def mega_images(
     and drops it; the IO manager re-encodes the same dates one by one when it writes (encoding
     is deterministic, so the same bytes; ~1-3 ms per image against ~10-25 ms for this pass's QA,
     statistics and PNG preview, see benchmarks/bench_mega_images.py).
+
+    Sessions of the lookback whose daily_features were never materialised (a first backfill of
+    a range from the UI) are computed from the data source with the same QA rules, so any
+    range is one launch; they are not stored as partitions.
     """
     dates = [date.fromisoformat(k) for k in context.partition_keys]
-    table = daily_features.sort("date")
+    table = _with_lookback(context, daily_features, dates, data_source)
     spec = build_layout(table.columns)
-    need = calendar.sessions(calendar.sessions_back(dates[0], history_needed(spec, NORM)), dates[-1])
-    have = set(table["date"].to_list())
-    gap = [d for d in need if d not in have]
-    if gap:
-        raise ValueError(
-            f"mega_images for {dates[0]} needs daily_features from {need[0]}; "
-            f"missing {len(gap)} session(s), first {gap[0]}. Materialise daily_features first."
-        )
     root = image_store.root()
     write_spec(root, spec, NORM)
     failures: dict[str, list[str]] = {name: [] for name in IMAGE_CHECKS}
@@ -151,6 +150,33 @@ def mega_images(
         len(dates),
     )
     yield dg.Output(ImageBatch(table, dates, spec, NORM))
+
+
+def _with_lookback(
+    context: dg.AssetExecutionContext, stored: pl.DataFrame, dates: list[date], data_source: DataSourceResource
+) -> pl.DataFrame:
+    """``stored`` feature rows plus any session of the images' lookback or range missing from it."""
+    need = calendar.sessions(calendar.sessions_back(dates[0], LOOKBACK), dates[-1])
+    have = set(stored["date"].to_list()) if "date" in stored.columns else set()
+    gap = [d for d in need if d not in have]
+    if not gap:
+        return stored.sort("date")
+    context.log.info(
+        f"mega_images: daily_features for {len(gap)} of the {len(need)} sessions {need[0]}..{need[-1]} are not "
+        f"materialised (first {gap[0]}); computing them from the {data_source.kind} source"
+    )
+    filled = pipeline.checked_features(data_source.source(), gap)
+    if stored.height == 0:
+        return filled.sort("date")
+    if set(filled.columns) != set(stored.columns):
+        extra = sorted(set(filled.columns) ^ set(stored.columns))
+        raise DataInputError(
+            f"mega_images: features computed for the lookback have other columns than the stored daily_features "
+            f"({', '.join(extra[:5])}); the source changed since they were materialised: re-materialise "
+            f"daily_features from {need[0]}",
+            date=gap[0].isoformat(),
+        )
+    return pl.concat([stored, filled.select([pl.col(c).cast(t) for c, t in stored.schema.items()])]).sort("date")
 
 
 def _previous_image(root, first: date) -> np.ndarray | None:
