@@ -1,7 +1,7 @@
 """Image-mode training throughput of the default layout-aware model, from HDF5 against memory.
 
     .venv/bin/python benchmarks/bench_image_training.py [--model cnn] [--threads 2] [--repeat 2]
-    .venv/bin/python benchmarks/bench_image_training.py --quick [--summary-json]   # a month of images, 1 pass
+    .venv/bin/python benchmarks/bench_image_training.py --quick [--summary-json]   # a quarter of images
 
 Real mega-images (a planted synthetic quarter through the features, default layout and encoder)
 are written, not timed, as per-date image files with a virtual set file over them (the
@@ -68,11 +68,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--start", default="2023-04-01", help="first image date")
-    ap.add_argument("--quick", action="store_true", help="images from 2023-08-15 only (~32), 1 pass")
+    ap.add_argument("--quick", action="store_true", help="images from 2023-07-03 only (~60)")
     ap.add_argument("--summary-json", action="store_true", help="also print one SUMMARY {json} line")
     args = ap.parse_args()
     if args.quick:
-        args.start, args.repeat = "2023-08-15", 1
+        args.start = "2023-07-03"
     data = build_control_data(PlantedSignal("level", 1.0), args.start, "2023-09-30")
     n = len(data.dates)
     n_val = n // 5

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_mega_images.py [--n 100] [--compression none lzf gzip]
     .venv/bin/python benchmarks/bench_mega_images.py --n 40 200     # one child process per N
-    .venv/bin/python benchmarks/bench_mega_images.py --quick [--summary-json]   # N=20, 1 repetition
+    .venv/bin/python benchmarks/bench_mega_images.py --quick [--summary-json]   # N=40, 2 repetitions
 
 What is measured, all in one process so the ratios compare like with like:
 
@@ -133,11 +133,11 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10, help="images per alternating block of ours / bare writes")
     ap.add_argument("--no-asset", action="store_true", help="skip timing the asset's QA + preview pass")
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
-    ap.add_argument("--quick", action="store_true", help="N=20, 1 repetition (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="N=40, 2 repetitions (a smoke run)")
     ap.add_argument("--summary-json", action="store_true", help="also print one SUMMARY {json} line (one N)")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.repeat = [20], 1
+        args.n, args.repeat = [40], 2
     if len(args.n) > 1:
         return run_children(args)
 
@@ -381,8 +381,12 @@ def run(table, spec, cfg, dates, scratch: Path, comps: list[str | None], repeat:
             s = med[f"stage:{name}"]
             rows.append(row(f"WHOLE STAGE encode+write, {name}", work, s, bare, b, b / s, faster))
         e, w = med[f"encode:{name}"], med[f"write:{name}"]
-        rows.append(row(f"encode ({name} run)", work, e, bare, b, b / e, "x of the bare write's images/s"))
-        rows.append(row(f"write_encoded, {name}", work, w, bare, b, b / w, "x of the bare write's MB/s"))
+        rows.append(
+            row(f"encode ({name} run)", work, e, bare, b, b / e, "x of the bare write's images/s (higher = faster)")
+        )
+        rows.append(
+            row(f"write_encoded, {name}", work, w, bare, b, b / w, "x of the bare write's MB/s (higher = faster)")
+        )
     rows.append(
         row(
             f"write_encoded with fsync (durable), {comp_name(default)}",

@@ -260,7 +260,7 @@ def main() -> None:
                         work,
                         med[c][k] * n,
                         baseline,
-                        base[bk] * n,
+                        med[c][bk] * n,  # this candidate's interleaved baseline blocks
                         med[c][f"r{k}"],
                         "x of the baseline's speed (paired per-block median of baseline/ours; higher = faster)",
                         mb_per_image=sizes[c] / n / MB,

@@ -1,7 +1,7 @@
 """Patch-mode training throughput from HDF5 against an in-memory tensor baseline.
 
     .venv/bin/python benchmarks/bench_training.py [--images 24] [--batch 256] [--model cnn] [--threads 1]
-    .venv/bin/python benchmarks/bench_training.py --quick [--summary-json]   # 4 images, 1 pass
+    .venv/bin/python benchmarks/bench_training.py --quick [--summary-json]   # 4 images
 
 Steps, all in one run so the ratios compare like with like:
 
@@ -94,11 +94,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: leave torch's default)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per case; the last one is reported (warm)")
     ap.add_argument("--repeat", type=int, default=2, help="passes over all cases; the fastest pass is reported")
-    ap.add_argument("--quick", action="store_true", help="4 images, 1 pass (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="4 images (a smoke run)")
     ap.add_argument("--summary-json", action="store_true", help="also print one SUMMARY {json} line")
     args = ap.parse_args()
     if args.quick:
-        args.images, args.repeat = 4, 1
+        args.images = 4
 
     n = args.images * PPI
     rng = np.random.default_rng(0)

@@ -238,7 +238,12 @@ def render(results: list[Result], meta: dict) -> str:
                 f"| {name} | {cell(row.get('stage', '?'))} | {cell(row.get('work', ''))} | "
                 f"{num(row.get('seconds'))} | {base_text} | {ratio_text(row)} | {r.peak_rss_mb:.0f} |"
             )
-    lines += ["", "Per benchmark (wall time of the whole child process, including its untimed setup):", ""]
+    lines += [
+        "",
+        "Per benchmark (wall time of the whole child process, including its untimed setup; `{tmp}` is a scratch "
+        "folder, so the committed reports those benchmarks write are left alone):",
+        "",
+    ]
     for r in results:
         b = r.bench
         args = (*b.common, *(b.full if meta["scale"] == "full" else b.quick), "--summary-json")
