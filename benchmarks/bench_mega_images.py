@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_mega_images.py [--n 100] [--compression none lzf gzip]
     .venv/bin/python benchmarks/bench_mega_images.py --n 40 200     # one child process per N
+    .venv/bin/python benchmarks/bench_mega_images.py --quick [--summary-json]   # N=40, 2 repetitions
 
 What is measured, all in one process so the ratios compare like with like:
 
@@ -33,7 +34,8 @@ when the page cache is fast, so the ratio is lowest exactly when the machine is 
 
 Memory: peak RSS is read before and after the stage; with several ``--n`` each N runs in its own
 process, so the summary shows whether the peak grows with N (it should not: one image at a time).
-Prints only; no assertions on time.
+Prints only; no assertions on time. ``--summary-json`` (one N) also prints one ``SUMMARY {json}``
+line: a list of rows (see ``_summary.py``), the default compression's whole stage first.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ from finnex_ml.encoding.store import DEFAULT_COMPRESSION  # noqa: E402
 from finnex_ml.paths import atomic_path  # noqa: E402
 from finnex_ml.pipeline import daily_features_from_snapshots, modality_snapshots  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _summary import emit, row  # noqa: E402
+
 MB_PER_IMAGE = 512 * 512 * 3 * 4 / 2**20
 IMAGES_PER_YEAR = 252
 
@@ -128,8 +133,11 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=10, help="images per alternating block of ours / bare writes")
     ap.add_argument("--no-asset", action="store_true", help="skip timing the asset's QA + preview pass")
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
-    ap.add_argument("--summary-json", action="store_true", help=argparse.SUPPRESS)  # child mode
+    ap.add_argument("--quick", action="store_true", help="N=40, 2 repetitions (a smoke run)")
+    ap.add_argument("--summary-json", action="store_true", help="also print one SUMMARY {json} line (one N)")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.repeat = [40], 2
     if len(args.n) > 1:
         return run_children(args)
 
@@ -166,7 +174,7 @@ def main() -> None:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     if args.summary_json:
-        print("SUMMARY " + json.dumps(summary))
+        emit(summary["rows"])
 
 
 def run_children(args: argparse.Namespace) -> None:
@@ -190,7 +198,8 @@ def run_children(args: argparse.Namespace) -> None:
         print(f"\n===== N = {n} (own process) =====", flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         print("\n".join(line for line in out.splitlines() if not line.startswith("SUMMARY ")), flush=True)
-        rows.append(json.loads(next(line for line in out.splitlines() if line.startswith("SUMMARY "))[8:]))
+        head = json.loads(next(line for line in out.splitlines() if line.startswith("SUMMARY "))[8:])[0]
+        rows.append({**head, "stage_ratio": head["ratio"]})  # the default compression's whole stage
     print("\n===== memory and ratio against N =====")
     print(
         f"{'N':>5} {'stage ratio':>12} {'bare MB/s':>10} {'peak RSS before stage':>22} {'after':>8} "
@@ -347,13 +356,65 @@ def run(table, spec, cfg, dates, scratch: Path, comps: list[str | None], repeat:
         stage_s / n,
         default,
     )
-    fsync_cost(table, spec, cfg, dates, scratch, default, repeat, block)
+    on, off = fsync_cost(table, spec, cfg, dates, scratch, default, repeat, block)
+    work = f"{n} images x {MB_PER_IMAGE:.0f} MB ({spec.sessions} sessions x {spec.n_features} features), median of {repeat}"
+    bare = "bare numpy+h5py write of the same images"
+    faster = "x of the bare write's throughput (higher = faster)"
+    rows = [
+        row(
+            f"WHOLE STAGE encode+write, {comp_name(default)} (default)",
+            work,
+            stage_s,
+            bare,
+            base_s,
+            stage_ratio,
+            faster,
+            n=n,
+            bare_mbs=n * MB_PER_IMAGE / base_s,
+            **rss,
+        )
+    ]
+    for c in comps:
+        name = comp_name(c)
+        b = med[f"bare:{name}"]
+        if c != default:
+            s = med[f"stage:{name}"]
+            rows.append(row(f"WHOLE STAGE encode+write, {name}", work, s, bare, b, b / s, faster))
+        e, w = med[f"encode:{name}"], med[f"write:{name}"]
+        rows.append(
+            row(f"encode ({name} run)", work, e, bare, b, b / e, "x of the bare write's images/s (higher = faster)")
+        )
+        rows.append(
+            row(f"write_encoded, {name}", work, w, bare, b, b / w, "x of the bare write's MB/s (higher = faster)")
+        )
+    rows.append(
+        row(
+            f"write_encoded with fsync (durable), {comp_name(default)}",
+            work,
+            on,
+            "the same writes without fsync",
+            off,
+            off / on,
+            "x of the non-durable writes' speed (higher = faster)",
+        )
+    )
     if asset:
-        asset_pass(table, spec, cfg, dates, scratch, base_s, stage_s)
-    return {"n": n, "stage_ratio": stage_ratio, "bare_mbs": n * MB_PER_IMAGE / base_s, **rss}
+        total = asset_pass(table, spec, cfg, dates, scratch, base_s, stage_s)
+        rows.append(
+            row(
+                "mega_images asset end to end (QA + preview pass + stage)",
+                work,
+                total,
+                bare,
+                base_s,
+                base_s / total,
+                faster,
+            )
+        )
+    return {"n": n, "stage_ratio": stage_ratio, "bare_mbs": n * MB_PER_IMAGE / base_s, **rss, "rows": rows}
 
 
-def fsync_cost(table, spec, cfg, dates, scratch: Path, comp, repeat: int, block: int) -> None:
+def fsync_cost(table, spec, cfg, dates, scratch: Path, comp, repeat: int, block: int) -> tuple[float, float]:
     """The cost of durability: ``write_encoded`` with ``atomic_path``'s fsync of file and folder
     (the default) against the same writes without it, on the same images, in alternating blocks
     (which goes first alternates too), medians of ``repeat`` repetitions."""
@@ -391,6 +452,7 @@ def fsync_cost(table, spec, cfg, dates, scratch: Path, comp, repeat: int, block:
         f"{repeat}: {on / n * 1e3:.2f} ms/image with, {off / n * 1e3:.2f} without: ratio {off / on:.3f} "
         f"(durable writes at {off / on:.0%} of the speed; +{(on - off) / n * 1e3:.2f} ms/image)"
     )
+    return on, off
 
 
 def where_time_goes(table, spec, cfg, dates, scratch: Path, bare_s, encode_s, write_s, stage_s, comp) -> None:
@@ -471,7 +533,7 @@ def where_time_goes(table, spec, cfg, dates, scratch: Path, bare_s, encode_s, wr
     )
 
 
-def asset_pass(table, spec, cfg, dates, scratch: Path, base_s: float, stage_s: float) -> None:
+def asset_pass(table, spec, cfg, dates, scratch: Path, base_s: float, stage_s: float) -> float:
     """The mega_images asset's own pass before the IO manager's (which is the stage)."""
     root = fresh(scratch / "asset")
     parts = dict.fromkeys(
@@ -526,6 +588,7 @@ def asset_pass(table, spec, cfg, dates, scratch: Path, base_s: float, stage_s: f
         f"{base_s / total:.3f} (excluding Dagster's own event and metadata handling)"
     )
     shutil.rmtree(root, ignore_errors=True)
+    return total
 
 
 if __name__ == "__main__":

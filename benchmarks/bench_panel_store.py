@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_panel_store.py            # 24 tickers x 10 dates, ~1.5 min
     .venv/bin/python benchmarks/bench_panel_store.py --quick    # 24 x 4 (smoke run)
+    .venv/bin/python benchmarks/bench_panel_store.py --quick --summary-json --out /tmp/p.md   # + SUMMARY line
 
 Writes ``benchmarks/panel_store.md`` (``--out`` to change) and prints the same table.
 
@@ -64,6 +65,9 @@ from finnex_ml.data.synthetic import SyntheticSource  # noqa: E402
 from finnex_ml.encoding import DEFAULT_SESSIONS, NormConfig, build_layout, encode, encode_dates  # noqa: E402
 from finnex_ml.encoding import panel_store as ps  # noqa: E402
 from finnex_ml.pipeline import daily_features_from_snapshots, modality_snapshots  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _summary import emit, row  # noqa: E402
 
 RAW_BYTES = 512 * 512 * 3 * 4
 MB = 2**20
@@ -184,6 +188,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "panel_store.md")
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--summary-json", action="store_true", help="also print one SUMMARY {json} line")
     args = ap.parse_args()
     if args.quick:
         args.dates = 4
@@ -238,6 +243,30 @@ def main() -> None:
     print(report)
     args.out.write_text(report, encoding="utf-8")
     print(f"wrote {args.out}")
+    if args.summary_json:
+        work = f"{n} images ({T} tickers x {D} dates), medians over {D * args.repeat} blocks"
+        what = {
+            "write": ("write_cross_section", "bare h5py write (contiguous, uncompressed)", "bwrite"),
+            "full": ("read_cross_section (full)", "bare h5py full read", "bfull"),
+            "random": ("PanelReader[i] random read", "bare h5py random single-image read", "brandom"),
+        }
+        rows = []
+        for c in comps:
+            tag = " (default)" if c == ps.DEFAULT_PANEL_COMPRESSION else ""
+            for k, (stage, baseline, bk) in what.items():
+                rows.append(
+                    row(
+                        f"{stage}, {c}{tag}",
+                        work,
+                        med[c][k] * n,
+                        baseline,
+                        med[c][bk] * n,  # this candidate's interleaved baseline blocks
+                        med[c][f"r{k}"],
+                        "x of the baseline's speed (paired per-block median of baseline/ours; higher = faster)",
+                        mb_per_image=sizes[c] / n / MB,
+                    )
+                )
+        emit(rows)
 
 
 def render(args, spec, build_s, comps, med, base, sizes, bare_size, n, eligible, pick) -> str:

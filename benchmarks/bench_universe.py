@@ -4,7 +4,8 @@ labels and splits, against bare baselines measured in the same run; peak memory;
     PYTHONPATH=. .venv/bin/python benchmarks/bench_universe.py            # ~10 min on 2 cores
     PYTHONPATH=. .venv/bin/python benchmarks/bench_universe.py --quick    # ~3 min: a quarter, fewer tickers
 
-Writes ``benchmarks/universe.md`` (``--out`` to change) and prints the same tables.
+Writes ``benchmarks/universe.md`` (``--out`` to change) and prints the same tables; with
+``--summary-json`` also one ``SUMMARY {json}`` line of part 1 + 2's stage rows (see ``_summary.py``).
 
 1. Dagster stages (``dg.materialize`` into a temp dir, one ephemeral instance), in
    ``finnex demo --universe``'s order: universe_prices + universe_features over the images'
@@ -62,6 +63,9 @@ from finnex_ml.data import universe as universe_mod  # noqa: E402
 from finnex_ml.data.universe import universe_source  # noqa: E402
 from finnex_ml.encoding.normalize import NormConfig  # noqa: E402
 from finnex_ml.encoding.panel_store import PANEL_CHUNKS  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _summary import emit, row  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LOOKBACK = 307  # finnex_assets.assets.images.LOOKBACK (checked in main)
@@ -777,12 +781,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "universe.md")
     ap.add_argument("--render", type=Path, default=None, help="only re-render the markdown from a saved .json")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--summary-json", action="store_true", help="also print one SUMMARY {json} line")
     args = ap.parse_args()
     if args.render:
         raw = json.loads(args.render.read_text(encoding="utf-8"))
         for k, v in raw["args"].items():
             setattr(args, k, v)
-        return write_report(args, raw)
+        write_report(args, raw)
+        if args.summary_json:
+            emit(summary_rows(raw))
+        return
     if args.child:
         kind, *rest = args.child
         if kind == "images":
@@ -855,6 +863,53 @@ def main() -> None:
     }
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str), encoding="utf-8")
     write_report(args, raw)
+    if args.summary_json:
+        emit(summary_rows(raw))
+
+
+def summary_rows(raw: dict) -> list[dict]:
+    """Part 1's Dagster stages against part 2's bare baselines, as ``_summary`` rows."""
+    p1, bare, bf, a = raw["part1"], raw["bare"], raw["bare_features"], raw["args"]
+    st = p1["stages"]
+    tk = f"{a['tickers']} tickers"
+    span = f"{a['start']}..{a['end']}"
+    slower = "x the time of the baseline (higher = slower)"
+    imgs = f"{p1['images']} images ({tk} x {p1['image_dates']} dates)"
+    rows = [
+        row(
+            "universe_prices + universe_features (Dagster)",
+            f"{tk} x {st['features']['partitions']} sessions (lookback + {span}), {bf['rows']:,} rows",
+            st["features"]["wall_s"],
+            "bare panel_features call",
+            bf["wall_s"],
+            st["features"]["wall_s"] / bf["wall_s"],
+            slower,
+        ),
+        row(
+            "universe_images (Dagster)",
+            imgs,
+            st["images"]["wall_s"],
+            "bare h5py lz4 write of the same images",
+            bare["lz4_s"],
+            st["images"]["wall_s"] / bare["lz4_s"],
+            slower,
+        ),
+        row(
+            "universe_images (Dagster)",
+            imgs,
+            st["images"]["wall_s"],
+            "bare h5py uncompressed write of the same images",
+            bare["none_s"],
+            st["images"]["wall_s"] / bare["none_s"],
+            slower,
+        ),
+    ]
+    for name, asset in (("labels", "universe_labels"), ("splits", "universe_splits")):
+        work = (
+            f"{tk}, {st[name]['partitions']} partition(s), {p1['rows'][name if name == 'labels' else 'samples']:,} rows"
+        )
+        rows.append(row(f"{asset} (Dagster)", work, st[name]["wall_s"], None, None, None, "no baseline"))
+    return rows
 
 
 def write_report(args, raw: dict) -> None:
