@@ -212,7 +212,9 @@ def test_monthly_release_after_t_is_invisible_at_t():
     assert rng.row(date(2024, 7, 1))["macro__cpi_yoy"] == base["macro__cpi_yoy"]
     on = rng.row(released)
     assert on["macro__cpi_yoy"] == 999.0 and on["macro__cpi_yoy_age"] == 0.0
-    assert on["macro__cpi_yoy_chg"] == pytest.approx(999.0 - base["macro__cpi_yoy"])
+    # The injection revises May, the current period: the change is against April, the previous
+    # period (base value minus base change), not against May's first print (revised series).
+    assert on["macro__cpi_yoy_chg"] == pytest.approx(999.0 - (base["macro__cpi_yoy"] - base["macro__cpi_yoy_chg"]))
     assert on["macro__late_series"] == 42.0 and on["macro__late_series_age"] == 0.0
     # The snapshot rows agree too: at t the macro snapshot carries no trace of the revision.
     snap = rng.snapshots["macro_data"].filter(pl.col("asof") == t)

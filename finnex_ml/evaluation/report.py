@@ -183,6 +183,14 @@ def _provenance_html(doc: Mapping[str, Any]) -> str:
         )
     if mods:
         lines.append(html_table([{"modality": k, **v} for k, v in mods.items()]))
+        revised = sorted(k for k, v in mods.items() if "current vintage" in str(v.get("provenance", "")))
+        if revised:
+            lines.append(
+                f"<p class='note'>Revised data ({html.escape(', '.join(revised))}): some series are current "
+                "vintages, each period at its latest revision rather than as first published, so their values "
+                "were not all known at the dates they count from. Vintage files (ALFRED realtime_start) give "
+                "point-in-time values.</p>"
+            )
     lines.append(f"<p class='note'>Provenance from: {html.escape(str(prov.get('how', 'not recorded')))}.</p>")
     return "".join(lines)
 

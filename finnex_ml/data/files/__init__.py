@@ -71,6 +71,18 @@ the entry's modality):
     A column with each row's publication date (fundamentals: the filing date). Found by
     name when absent (``filing_date``, ``filed``, ``release_date``, ``released``,
     ``publication_date``).
+``vintage_column`` (macro, fundamental, sentiment)
+    The column with each row's vintage date in an ALFRED vintage file (long format:
+    ``observation_date``/``date``, ``realtime_start``, ``realtime_end``, a value column named
+    by the series ID such as ``GDPC1``). Found by name when absent: a column called
+    ``realtime_start`` (any case) makes the file a vintage file. Each row is the value of its
+    observation published on that date: its release date, so revisions of old periods enter
+    on the day they were published, and the feature tables show each series as known at each
+    session (see :func:`finnex_ml.alignment.align_releases`). The date is date-only, so it
+    follows ``published``, whose default for vintage files is ``next_session`` whatever the
+    modality (``"08:30"`` counts an 8:30 release from its own session). ``realtime_end`` is
+    never a series (its ``9999-12-31`` marks current values). A vintage before the
+    observation's period end is an error naming the row. Excludes ``release_column``.
 ``ticker_column``
     peers, long format.
 ``source``, ``text_column``
@@ -121,7 +133,11 @@ What ``load(start, end)`` returns (canonical schemas of :mod:`finnex_ml.data.bas
   whose period ends at most two years before ``start`` (history for changes, year-over-year
   and trailing sums), plus, per series, the latest release before ``start`` however old (the
   value in force on ``start``). Empty / ``.`` cells are missing and their rows are dropped.
-* ``provenance``: ``{modality: "file:<path>[,file:<path>]"}``.
+* ``provenance``: ``{modality: "file:<path>[,file:<path>]"}``. A release file whose rows carry
+  no release date and that is not daily (a FRED download: every period at its latest
+  revision) is marked ``file:<path> (current vintage: revised data, not as first published)``;
+  a vintage file ``file:<path> (point-in-time vintages)``. The evaluation report shows the
+  marker and a note on revised data.
 
 Parsing rules:
 

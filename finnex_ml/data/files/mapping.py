@@ -40,6 +40,7 @@ _ENTRY_KEYS: dict[str, tuple[str, ...]] = {
     "frequency": (*_DAILY, *RELEASE_KINDS),
     "release_lag_days": RELEASE_KINDS,
     "release_column": RELEASE_KINDS,
+    "vintage_column": RELEASE_KINDS,
     "ticker_column": ("peers",),
     "source": ("texts",),
     "text_column": ("texts",),
@@ -103,6 +104,7 @@ class FileEntry:
     frequency: str | None = None
     release_lag_days: int | None = None
     release_column: str | None = None
+    vintage_column: str | None = None  # ALFRED realtime_start: each row's vintage date (found by name when None)
     ticker_column: str | None = None
     source: str | None = None
     text_column: str | None = None
@@ -289,6 +291,10 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
             raise ConfigError(f"{where}: roles[{col!r}] {r!r} is not one of {', '.join(ROLES)}")
     if role is not None and roles_raw:
         raise ConfigError(f"{where}: give role (the file is one series) or roles (per column), not both")
+    if raw.get("release_column") is not None and raw.get("vintage_column") is not None:
+        raise ConfigError(
+            f"{where}: release_column and vintage_column both give the release date of each row; give one"
+        )
     ticker = _opt_str(raw, "ticker", where)
     if ticker is not None and raw.get("ticker_column") is not None:
         raise ConfigError(f"{where}: ticker (one peer per file) and ticker_column (a long file) exclude each other")
@@ -310,6 +316,7 @@ def _parse_entry(index: int, raw: Any, root: Path, shown: str) -> FileEntry:
         frequency=frequency,
         release_lag_days=lag,
         release_column=_opt_str(raw, "release_column", where),
+        vintage_column=_opt_str(raw, "vintage_column", where),
         ticker_column=_opt_str(raw, "ticker_column", where),
         source=source,
         text_column=_opt_str(raw, "text_column", where),

@@ -23,6 +23,7 @@ from finnex_ml.data.files.readers import (
 from finnex_ml.errors import ConfigError, DataInputError
 
 RELEASE_LOOKBACK_YEARS = 2  # releases before ``start`` kept for history, as the synthetic source does
+_VINTAGE_START, _VINTAGE_END = "realtime_start", "realtime_end"  # ALFRED vintage files
 _RELEASE_NAMES = ("filing_date", "filed", "filed_date", "release_date", "released", "publication_date")
 
 
@@ -77,23 +78,54 @@ def _one_per_period(entry: FileEntry, frame: pl.DataFrame, col: str, day: pl.Ser
         )
 
 
-def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
-    if entry.release_column:
-        release_col: str | None = _column(frame, entry.release_column, entry, "release_column")
+def _vintage_columns(entry: FileEntry, frame: pl.DataFrame) -> tuple[str | None, str | None]:
+    """An ALFRED vintage file's ``realtime_start`` (``vintage_column``, else by name,
+    case-insensitively) and ``realtime_end`` (by name; never a value, whatever the file)."""
+    if entry.vintage_column:
+        start: str | None = _column(frame, entry.vintage_column, entry, "vintage_column")
     else:
-        hits = _by_name(frame, _RELEASE_NAMES, set())
-        release_col = hits[0] if len(hits) == 1 else None
+        hits = _by_name(frame, (_VINTAGE_START,), set())
+        start = hits[0] if hits else None
+    ends = _by_name(frame, (_VINTAGE_END,), {start} if start else set())
+    return start, (ends[0] if ends else None)
+
+
+def _release_dating(entry: FileEntry, frame: pl.DataFrame) -> tuple[str | None, str | None, str | None]:
+    """``(release column, vintage column, realtime_end column)`` of a release file: the vintage
+    column (ALFRED ``realtime_start``) is the release column when there is one."""
+    vintage_col, end_col = _vintage_columns(entry, frame)
+    if vintage_col is not None:
+        if entry.release_column:
+            raise ConfigError(
+                f"{entry.where}: the file is a vintage file ({vintage_col!r} dates each row's release); "
+                "remove release_column"
+            )
+        return vintage_col, vintage_col, end_col
+    if entry.release_column:
+        return _column(frame, entry.release_column, entry, "release_column"), None, end_col
+    hits = _by_name(frame, _RELEASE_NAMES, set())
+    return (hits[0] if len(hits) == 1 else None), None, end_col
+
+
+def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
+    release_col, vintage_col, end_col = _release_dating(entry, frame)
     mapped = {_column(frame, s, entry): d for s, d in entry.columns.items()}
-    exclude = set(mapped) | ({release_col} if release_col else set())
+    exclude = set(mapped) | {c for c in (release_col, end_col) if c}
     date_col = _date_column(frame, entry, exclude)
     if date_col == release_col:
-        raise ConfigError(f"{entry.where}: date_column and release_column are the same column {date_col!r}")
+        what = "vintage_column" if vintage_col else "release_column"
+        raise ConfigError(f"{entry.where}: date_column and {what} are the same column {date_col!r}")
     day = _when(frame, date_col, entry)["day"]
     frequency = entry.frequency or _infer_frequency(day)
     _one_per_period(entry, frame, date_col, day, frequency)
     period_end = _period_end(day, frequency)
 
     policy = _published(entry)
+    if vintage_col is not None and entry.published is None:
+        # ALFRED's realtime_start is the day the value entered FRED, with no time: the release
+        # may come after the close (or FRED may take it in later that day), so by default a
+        # vintage counts from the next session, whatever the modality ("08:30" to say otherwise).
+        policy = "next_session"
     if release_col is not None:
         rwhen = _when(frame, release_col, entry)
         lag = timedelta(days=entry.release_lag_days or 0)
@@ -114,16 +146,21 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
     early = (stated < period_end).fill_null(False)
     if early.any():
         i = int(early.arg_true()[0])
+        hint = (
+            f"a vintage ({release_col}) cannot start before its observation's period ends; is {date_col!r} "
+            "the observation date?"
+            if vintage_col
+            else "are the date and release columns swapped?"
+        )
         raise DataInputError(
-            f"released {stated[i]} before the period ends ({period_end[i]}); are the date and release "
-            f"columns swapped? (see {entry.where})",
+            f"released {stated[i]} before the period ends ({period_end[i]}); {hint} (see {entry.where})",
             file=entry.rel,
             column=release_col,
             row=int(frame[ROW][i]),
             date=str(day[i]),
         )
 
-    skip = {date_col, release_col, *_by_name(frame, _TICKER_NAMES, set())}
+    skip = {date_col, release_col, end_col, *_by_name(frame, _TICKER_NAMES, set())}
     every = [c for c in frame.columns if c not in skip and c != ROW]
     kept, dropped = _keep_drop(frame, entry, mapped, every)
     strict = bool(kept or mapped)
@@ -184,6 +221,26 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
     return long.select(*RELEASE_SCHEMA).cast(RELEASE_SCHEMA)
 
 
+VINTAGES = "point-in-time vintages"
+CURRENT_VINTAGE = "current vintage: revised data, not as first published"
+
+
+def _vintage_marker(entry: FileEntry, frame: pl.DataFrame, parsed: pl.DataFrame) -> str:
+    """What a release file's provenance says about revisions: `` (point-in-time vintages)`` for
+    an ALFRED vintage file; `` (current vintage: ...)`` for a file of weekly or lower frequency
+    without release dates (a FRED download: each period at its latest revision, released at
+    ``release_lag_days``, which is not what was known then); nothing for a file with a release
+    column (each row dated as published) or a daily file (a market close or yield is observed
+    on its date and, in practice, never revised)."""
+    release_col, vintage_col, _ = _release_dating(entry, frame)
+    if vintage_col is not None:
+        return f" ({VINTAGES})"
+    if release_col is not None:
+        return ""
+    frequency = entry.frequency or _infer_frequency(parsed["period_end"])
+    return "" if frequency == "daily" else f" ({CURRENT_VINTAGE})"
+
+
 def _known_role(name: str) -> str | None:
     """The role of a common FRED ID / Yahoo ticker (KNOWN_SERIES), by exact case-insensitive name."""
     return KNOWN_SERIES.get(name.strip().upper())
@@ -228,12 +285,23 @@ def _concat_releases(frames: list[pl.DataFrame]) -> pl.DataFrame:
 def _window_releases(releases: pl.DataFrame, start: date, end: date) -> pl.DataFrame:
     """Rows released by ``end`` whose period ends at most RELEASE_LOOKBACK_YEARS before
     ``start`` (history for changes, year-over-year and trailing sums), plus per series the
-    latest release before ``start`` whatever its age (the value in force on ``start``)."""
+    latest release before ``start`` whatever its age (the value in force on ``start``).
+
+    A period taken keeps every vintage released by ``end``, so a revision in the window is
+    never alone (which would make it look like a new period, see
+    :func:`finnex_ml.alignment.align_releases`); and a revised series also keeps its latest
+    period before ``start``, however old (its value in force, where the latest release may
+    revise an older period). Series without revisions: one row per period, nothing changes."""
     known = releases.filter(pl.col("released") <= end)
     horizon = date(start.year - RELEASE_LOOKBACK_YEARS, start.month, min(start.day, 28))
-    carry = known.filter(pl.col("released") < start).filter(
-        pl.col("released") == pl.col("released").max().over("modality", "series")
+    before = known.filter(pl.col("released") < start)
+    carry = before.filter(pl.col("released") == pl.col("released").max().over("modality", "series"))
+    revised = known.group_by("modality", "series").agg(pl.col("period_end").is_duplicated().any().alias("r"))
+    current = before.join(revised.filter(pl.col("r")).drop("r"), on=["modality", "series"], how="semi").filter(
+        pl.col("period_end") == pl.col("period_end").max().over("modality", "series")
     )
     recent = known.filter((pl.col("released") >= start) | (pl.col("period_end") >= horizon))
-    out = pl.concat([carry, recent], how="vertical").select(list(RELEASE_SCHEMA)).unique(maintain_order=True)
+    key = ["modality", "series", "period_end"]
+    taken = pl.concat([carry.select(key), current.select(key), recent.select(key)], how="vertical").unique()
+    out = known.join(taken, on=key, how="semi").select(list(RELEASE_SCHEMA)).unique(maintain_order=True)
     return out.sort("modality", "series", "period_end", "released")

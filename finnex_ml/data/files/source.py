@@ -13,7 +13,7 @@ from finnex_ml.data.base import PRICE_SCHEMA, TEXT_SCHEMA, RawData, empty_frame
 from finnex_ml.data.files.daily import _concat_peers, _parse_market, _parse_peers, _parse_prices
 from finnex_ml.data.files.mapping import _TOP_KEYS, RELEASE_KINDS, FileEntry, _load_mapping_document, _parse_entry
 from finnex_ml.data.files.readers import _read
-from finnex_ml.data.files.releases import _concat_releases, _parse_releases, _window_releases
+from finnex_ml.data.files.releases import _concat_releases, _parse_releases, _vintage_marker, _window_releases
 from finnex_ml.data.files.texts import _parse_texts, _window_texts
 from finnex_ml.errors import ConfigError, DataInputError
 
@@ -28,6 +28,7 @@ class FilesSource:
         self.mapping_path = Path(mapping_path)
         self.ticker = ticker
         self._cache: dict[int, tuple[tuple[int, int], Any]] = {}
+        self._vintage: dict[int, str] = {}  # release entries: the vintage marker of their provenance
         prices = [e for e in self.entries if e.modality == "prices"]
         if len(prices) > 1:
             raise ConfigError(
@@ -70,7 +71,7 @@ class FilesSource:
         provenance: dict[str, list[str]] = {}
 
         def note(modality: str, entry: FileEntry) -> None:
-            provenance.setdefault(modality, []).append(f"file:{entry.rel}")
+            provenance.setdefault(modality, []).append(f"file:{entry.rel}{self._vintage.get(entry.index, '')}")
 
         price_entry = next((e for e in self.entries if e.modality == "prices"), None)
         markets = [(e, self._parsed(e)) for e in self.entries if e.modality == "market"]
@@ -160,5 +161,7 @@ class FilesSource:
             "texts": _parse_texts,
         }.get(entry.modality, _parse_releases)
         result = parser(entry, frame)
+        if parser is _parse_releases:
+            self._vintage[entry.index] = _vintage_marker(entry, frame, result)
         self._cache[entry.index] = (stamp, result)
         return result
