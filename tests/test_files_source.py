@@ -175,16 +175,20 @@ def test_wide_market_csv_with_currency_columns(tmp_path):
     assert raw.prices["market__feature_0"][0] == pytest.approx(float(data["Feature 0"][0].strip("$").replace(",", "")))
 
 
-def test_fred_dot_rows_dropped_and_daily_released_same_day(tmp_path):
+def test_fred_dot_rows_dropped_and_daily_released_the_next_session(tmp_path):
+    """A daily FRED value dated d is d's close or fixing, published after the equity close: it
+    counts from the next session unless ``published`` says otherwise."""
     write(tmp_path, "fred_DGS10.csv", "DATE,DGS10\n2024-03-04,4.20\n2024-03-05,.\n2024-03-06,\n2024-03-07,4.10\n")
     raw = load(tmp_path, [{"path": "fred_DGS10.csv", "modality": "macro"}])
     r = raw.releases
     assert r.schema == pl.Schema(RELEASE_SCHEMA)
     assert r.rows() == [
-        ("macro", "rate_10y", date(2024, 3, 4), date(2024, 3, 4), 4.20),  # DGS10 is the 10-year rate role
-        ("macro", "rate_10y", date(2024, 3, 7), date(2024, 3, 7), 4.10),
+        ("macro", "rate_10y", date(2024, 3, 4), date(2024, 3, 5), 4.20),  # DGS10 is the 10-year rate role
+        ("macro", "rate_10y", date(2024, 3, 7), date(2024, 3, 8), 4.10),
     ]
     assert raw.provenance == {"macro": "file:fred_DGS10.csv"}
+    same = load(tmp_path, [{"path": "fred_DGS10.csv", "modality": "macro", "published": "same_session"}])
+    assert same.releases["released"].to_list() == [date(2024, 3, 4), date(2024, 3, 7)]
 
 
 def test_monthly_release_lag_and_fred_period_start(tmp_path):
@@ -803,7 +807,9 @@ def test_date_only_filing_and_headline_count_from_the_next_session(tmp_path):
 
 def test_daily_macro_published_after_the_close_counts_next_session(tmp_path):
     write(tmp_path, "VIXCLS.csv", "DATE,VIXCLS\n2024-03-07,14.4\n2024-03-08,14.7\n")
-    r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro"}]).releases  # default: its date
+    r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro"}]).releases  # default for daily: next session
+    assert r["released"].to_list() == [date(2024, 3, 8), date(2024, 3, 11)]
+    r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro", "published": "same_session"}]).releases
     assert r["released"].to_list() == [date(2024, 3, 7), date(2024, 3, 8)]
     r = load(tmp_path, [{"path": "VIXCLS.csv", "modality": "macro", "published": "16:15"}]).releases
     assert r.select("period_end", "released").rows() == [

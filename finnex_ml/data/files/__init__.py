@@ -112,11 +112,12 @@ the entry's modality):
     renamed, or of a whole file named like ``XLK.csv`` / ``VIXCLS.csv``.
 ``published`` (texts, macro, fundamental, sentiment)
     When a *date-only* timestamp (no time of day) became public: ``next_session`` (from the
-    first session after that date; the default for texts, fundamental and sentiment),
+    first session after that date; the default for texts, fundamental, sentiment and daily
+    macro series, whose value for d is d's close or fixing, published after the equity close),
     ``same_session`` (at that date: texts at 12:00 New York time, releases on the date; the
-    default for macro, whose ``release_lag_days`` already covers publication), or a New York
-    time of day ``"16:30"`` (quoted in YAML), which counts from the first session whose close
-    comes after it (a daily VIX close at ``"16:15"`` counts from the next session). For
+    default for weekly and lower-frequency macro, whose ``release_lag_days`` already covers
+    publication), or a New York time of day ``"16:30"`` (quoted in YAML), which counts from the
+    first session whose close comes after it (``"09:00"`` keeps the same session). For
     releases it applies to the release date (release column, or period end plus
     ``release_lag_days``); timestamps with a time are read by their time.
 

@@ -235,8 +235,16 @@ def _naive_times(s: pl.Series) -> pl.Series:
     return (parsed["has_time"] & ~parsed["aware"] & parsed["wall"].is_not_null()).fill_null(False)
 
 
-def _published(entry: FileEntry) -> str:
-    return entry.published or DEFAULT_PUBLISHED[entry.modality]
+def _published(entry: FileEntry, frequency: str | None = None) -> str:
+    """The entry's ``published`` policy, or its default: a *daily* macro value dated d is that
+    day's close or fixing, published at or after the equity close (the VIX at 16:15, Treasury
+    yields later still), so it counts from the next session; lower-frequency macro releases
+    keep the date their ``release_lag_days`` gives."""
+    if entry.published:
+        return entry.published
+    if entry.modality == "macro" and frequency == "daily":
+        return "next_session"
+    return DEFAULT_PUBLISHED[entry.modality]
 
 
 def _date_only_instant(day: pl.Expr, policy: str, noon: bool = False) -> pl.Expr:

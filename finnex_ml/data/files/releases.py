@@ -120,7 +120,7 @@ def _parse_releases(entry: FileEntry, frame: pl.DataFrame) -> pl.DataFrame:
     _one_per_period(entry, frame, date_col, day, frequency)
     period_end = _period_end(day, frequency)
 
-    policy = _published(entry)
+    policy = _published(entry, frequency)
     if vintage_col is not None and entry.published is None:
         # ALFRED's realtime_start is the day the value entered FRED, with no time: the release
         # may come after the close (or FRED may take it in later that day), so by default a
