@@ -89,3 +89,25 @@ def pipeline_resources(tmp, *, datasets: str | None = "datasets") -> dict:
     if datasets is not None:
         out["dataset_store"] = DatasetStore(base_dir=str(tmp / datasets))
     return out
+
+
+# The slowest files, slowest first (from `pytest --durations`). scripts/test.sh spreads files over
+# both cores (pytest-xdist, --dist loadfile, in collection order): a long file collected last would
+# leave one core idle at the end of the run.
+SLOW_FIRST = (
+    "test_instance_init.py",
+    "test_training_assets.py",
+    "test_production.py",
+    "test_faults.py",
+    "test_evaluation.py",
+    "test_mega_images_asset.py",
+    "test_patches.py",
+    "test_universe_assets.py",
+    "test_positive_control.py",
+    "test_dagster_pipeline.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
