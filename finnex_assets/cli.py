@@ -58,7 +58,6 @@ def _keys(start: str, end: str) -> list[str]:
 
 def _execute(selection: list[str] | None, tags: dict[str, str], what: str, ops: dict | None = None) -> bool:
     _ensure_initialised()
-    warnings.filterwarnings("ignore", message=".*currently in beta.*")
     import dagster as dg
 
     from finnex_assets.definitions import defs, main_job, universe_job
@@ -173,6 +172,25 @@ def run_universe(start: str, end: str, budget: str = "standard") -> bool:
     n_train, n_val = int((sets == "train").sum()), int((sets == "val").sum())
     ops = _announce_budget(budget, "universe", universe.images_root(), n_train, n_val)
     return _execute(list(UNIVERSE_FINAL[1:]), {}, f"budget {budget}: " + ", ".join(UNIVERSE_FINAL[1:]), ops)
+
+
+FILES_EXAMPLE = ("2021-01-04", 1070)  # first session, sessions: 307 of lookback + three years of images
+
+
+def realistic_files_example() -> Path:
+    """The realistic example for ``finnex demo --source files``: the committed example's export
+    formats (examples/files_source/make_example.py, seeded) over three years of images, written
+    once under data/files_example/. Returns its mapping."""
+    import subprocess
+
+    out = REPO_ROOT / "data" / "files_example"
+    mapping = out / "mapping.yaml"
+    if not mapping.exists():
+        start, sessions = FILES_EXAMPLE
+        script = REPO_ROOT / "examples" / "files_source" / "make_example.py"
+        cmd = [sys.executable, str(script), "--start", start, "--sessions", str(sessions), "--out", str(out)]
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    return mapping
 
 
 MIN_IMAGE_DATES = 120  # fewer image dates leave train/validation/test too small to say anything
@@ -304,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sub.add_parser("sweep-runs", help="mark STARTED runs whose process is gone as failed")
     sweep.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
+    # Dagster flags the partition mapping and backfill policy this project relies on as beta
+    warnings.filterwarnings("ignore", message=".*currently in beta.*")
     if args.verbose:
         os.environ["FINNEX_VERBOSE"] = "1"
 
@@ -400,8 +420,10 @@ def _run(args: argparse.Namespace) -> int:
             # a planted world has other features (and so another layout): never mix it with the plain demo's store
             planted_dir = REPO_ROOT / "data" / ("planted_" + args.planted_signal.replace(":", "_"))
             os.environ.setdefault("FINNEX_DATA_DIR", str(planted_dir))
-        if args.source == "files":
-            os.environ.setdefault("FINNEX_FILES_MAPPING", "examples/files_source/mapping.yaml")
+        if args.source != "synthetic":  # each source its own store: dataset_splits reads every stored date
+            os.environ.setdefault("FINNEX_DATA_DIR", str(REPO_ROOT / "data" / f"source_{args.source}"))
+        if args.source == "files" and not os.environ.get("FINNEX_FILES_MAPPING"):
+            os.environ["FINNEX_FILES_MAPPING"] = str(realistic_files_example().relative_to(REPO_ROOT))
         if args.source == "files":  # the range follows from the files' history
             plan = files_plan(args.start, args.end)
             start, end, full = plan.start, plan.end, plan.full

@@ -2,7 +2,8 @@
 tickers, epochs, folds: done/total, rate, elapsed, ETA), and a summary table at the end.
 
 A :class:`finnex_ml.progress.Sink` drawn with rich (already installed with Dagster). On a
-terminal the lines update in place; piped to a file, rich prints the final lines only.
+terminal the lines update in place; piped to a file or a CI log, it prints plain lines instead:
+each stage's start and end, and about ten lines per loop (done/total, rate, ETA).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from finnex_ml.progress import LOG_LINES, rate_line
 
 
 @dataclass
@@ -42,9 +45,11 @@ class TerminalProgress:
         )
         self.rows: list[Row] = []
         self._tasks: dict[tuple[str, str], TaskID] = {}
+        self.live = self.console.is_terminal  # else plain lines: nothing to redraw in a log file
 
     def __enter__(self) -> TerminalProgress:
-        self.bars.start()
+        if self.live:
+            self.bars.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -53,6 +58,8 @@ class TerminalProgress:
     # stages: Dagster steps
     def stage_started(self, stage: str) -> None:
         self.rows.append(Row(stage, "stage", time.monotonic()))
+        if not self.live:
+            self.console.print(f"▶ {stage}", highlight=False)
         self._tasks[(stage, "stage")] = self.bars.add_task(f"[bold]{stage}[/]", total=None, count="", rate="")
 
     def stage_finished(self, stage: str, ok: bool) -> None:
@@ -61,6 +68,8 @@ class TerminalProgress:
             return
         row.seconds, row.status = time.monotonic() - row.started, "ok" if ok else "FAILED"
         mark = "[green]✓[/]" if ok else "[red]✗ FAILED[/]"
+        if not self.live:
+            self.console.print(f"{mark} {stage} ({row.seconds:.1f} s)", highlight=False)
         self.bars.update(
             self._tasks[(stage, "stage")], total=1, completed=1, description=f"{mark} [bold]{stage}[/]", rate=""
         )
@@ -75,7 +84,10 @@ class TerminalProgress:
         if row is None:
             return
         row.done = done
-        rate = done / max(time.monotonic() - row.started, 1e-9)
+        elapsed = time.monotonic() - row.started
+        rate = done / max(elapsed, 1e-9)
+        if not self.live and (done % max(1, -(-row.total // LOG_LINES)) == 0 or done == row.total):
+            self.console.print("  " + rate_line(stage, done, row.total, row.kind, elapsed), highlight=False)
         self.bars.update(
             self._tasks[(stage, row.kind)], completed=done, count=f"{done}/{row.total} {row.kind}", rate=f"{rate:.1f}/s"
         )

@@ -2,6 +2,7 @@
 and every log line to a file, and the CLI's terminal display."""
 
 import io
+import re
 
 import dagster as dg
 import pytest
@@ -100,9 +101,11 @@ def test_dagster_loggers_send_steps_to_the_display_and_every_line_to_the_run_fil
     assert "looping items: 7/7 items" in text and "planned failure" in text
 
 
-def test_terminal_progress_draws_stages_and_loops_and_sums_them_up():
+@pytest.mark.parametrize("terminal", [True, False], ids=["live-bars", "plain-lines"])
+def test_terminal_progress_draws_stages_and_loops_and_sums_them_up(terminal):
     out = io.StringIO()
-    bars = TerminalProgress(Console(file=out, width=120, force_terminal=False))
+    bars = TerminalProgress(Console(file=out, width=120, force_terminal=terminal))
+    assert bars.live is terminal
     with bars, progress.showing(bars):
         progress.stage_started("mega_images")
         for _ in progress.track(range(12), "mega_images", unit="dates"):
@@ -114,7 +117,7 @@ def test_terminal_progress_draws_stages_and_loops_and_sums_them_up():
                 break
         progress.stage_finished("cnn_model", ok=False)
     bars.console.print(bars.summary())
-    text = out.getvalue()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # colours and cursor moves
     assert "✓ mega_images" in text and "✗ FAILED cnn_model" in text
     assert "12/12 dates" in text and "2/5 epochs" in text
     summary = text.split("finnex: stages and loops")[1]
