@@ -56,7 +56,7 @@ def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bo
     io = PartitionedParquetIOManager(base_dir=str(root / "tables"))
     for name, table in (("labels", labels), ("daily_features", feats)):
         for d in dates:
-            path = io._path(dg.AssetKey(name), d.isoformat())
+            path = io.partition_path(dg.AssetKey(name), d.isoformat())
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
     images, shards, ready = root / "images", root / "datasets" / "patch_datasets", root / "datasets" / "cnn_ready"
@@ -290,7 +290,7 @@ def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkey
     leaky = w["features"].with_columns(pl.Series("technical__planted_leak", w["labels"][lb.return_col(1)].to_numpy()))
     for name, table in (("labels", w["labels"]), ("daily_features", leaky)):
         for d in w["dates"]:
-            path = io._path(dg.AssetKey(name), d.isoformat())
+            path = io.partition_path(dg.AssetKey(name), d.isoformat())
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
     cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}

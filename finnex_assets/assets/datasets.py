@@ -153,7 +153,7 @@ class LabelsConfig(dg.Config):
 
 
 def _market_path(io_manager: PartitionedParquetIOManager, d: date) -> Path:
-    return io_manager._path(dg.AssetKey("market_data"), d.isoformat())
+    return io_manager.partition_path(dg.AssetKey("market_data"), d.isoformat())
 
 
 def _load_snapshots(io_manager: PartitionedParquetIOManager, days: list[date]) -> dict[date, pl.DataFrame]:
@@ -497,7 +497,7 @@ class SplitsConfig(dg.Config):
 
 
 def _labels_dir(io_manager: PartitionedParquetIOManager) -> Path:
-    return io_manager._path(dg.AssetKey("labels"), "2000-01-03").parents[1]
+    return io_manager.asset_dir(dg.AssetKey("labels"))
 
 
 def read_all_labels(io_manager: PartitionedParquetIOManager) -> pl.DataFrame:

@@ -94,7 +94,7 @@ def reports_root() -> Path:
 def _read_features(io_manager: PartitionedParquetIOManager, dates: list[date]) -> pl.DataFrame:
     frames = []
     for d in dates:
-        path = io_manager._path(dg.AssetKey("daily_features"), d.isoformat())
+        path = io_manager.partition_path(dg.AssetKey("daily_features"), d.isoformat())
         if not path.exists():
             raise DataInputError(
                 f"daily_features for {d} is not materialised (the tabular baselines need it)",
