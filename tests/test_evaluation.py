@@ -15,8 +15,9 @@ import pytest
 
 from finnex_assets.assets.datasets import DatasetStore
 from finnex_assets.assets.evaluation import evaluation_report, model_evaluation, qa_report
+from finnex_assets.definitions import ALL_ASSETS
 from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
-from finnex_assets.resources import MlflowTracking
+from finnex_assets.resources import MlflowTracking, ProjectChecks
 from finnex_ml import calendar
 from finnex_ml import labels as lb
 from finnex_ml import splits as sp
@@ -234,6 +235,7 @@ def _resources(root: Path) -> dict:
         "image_store": ImageStore(base_dir=str(root / "images")),
         "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"),
+        "project_checks": ProjectChecks.of(ALL_ASSETS),
     }
 
 

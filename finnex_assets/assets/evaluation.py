@@ -458,16 +458,14 @@ def check_history(instance: dg.DagsterInstance, check_keys, limit: int = 1000) -
 
 @dg.asset(
     deps=["model_evaluation"],
-    required_resource_keys={"mlflow_tracking"},
+    required_resource_keys={"mlflow_tracking", "project_checks"},
     group_name="evaluation",
     kinds={"plotly", "html"},
 )
 def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Every asset check of the project across runs and partitions: pass/fail counts, the latest
     outcome and the dates that failed."""
-    from finnex_assets.definitions import defs  # the project's checks, whatever this run selected
-
-    keys = defs.resolve_asset_graph().asset_check_keys
+    keys = context.resources.project_checks.check_keys()  # the project's checks, whatever this run selected
     rows = check_history(context.instance, keys)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     path = report.write_html(reports_root() / "qa_report.html", report.qa_html(rows, generated))
