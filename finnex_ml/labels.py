@@ -210,6 +210,11 @@ def _none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def class_names_by_horizon(horizons: Sequence[int], classes: Sequence[int | None]) -> dict[str, str]:
+    """``{"class_{h}d": "Sell" | "Hold" | "Buy" | "none"}`` for one date's class per horizon."""
+    return {f"class_{h}d": (CLASS_NAMES[c] if c is not None else "none") for h, c in zip(horizons, classes)}
+
+
 def class_distribution(table: pl.DataFrame) -> dict[str, dict[str, float | int]]:
     """Per horizon: labeled count, unlabeled count, and count and share of each class."""
     out: dict[str, dict[str, float | int]] = {}
@@ -310,6 +315,7 @@ __all__ = [
     "class_bounds_schema",
     "class_col",
     "class_distribution",
+    "class_names_by_horizon",
     "class_share_frame",
     "classify",
     "close_col",

@@ -23,13 +23,13 @@ The work itself is in the library (``finnex_ml.label_build``, ``finnex_ml.patch_
 ``finnex_ml.dataset_splits``); the assets here turn its results into outputs, metadata and checks.
 
 Resources needed: ``io_manager`` (PartitionedParquetIOManager), ``image_store`` (ImageStore),
-``dataset_store`` (DatasetStore, below).
+``dataset_store`` (DatasetStore, ``finnex_assets.resources``).
 """
 
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -38,15 +38,16 @@ from pydantic import Field
 from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
 from finnex_assets.partitions import trading_days
+from finnex_assets.resources import DatasetStore
 from finnex_ml import dataset_splits as dsp
 from finnex_ml import label_build as lbb
 from finnex_ml import labels as lb
+from finnex_ml import patches as pt
 from finnex_ml import progress
 from finnex_ml.patch_build import PatchBuilder
 from finnex_ml.patch_build import check_frames as patch_check_frames
 from finnex_ml.patch_build import check_schemas as patch_check_schemas
-from finnex_ml.paths import data_root
-from finnex_ml.schemas import CheckOutcome, run_schema
+from finnex_ml.schemas import run_schema
 
 MARKET_DATA = dg.AssetKey("market_data")
 MAX_HORIZON = max(lb.DEFAULT_HORIZONS)  # the mapping below is static; horizons must not exceed it
@@ -59,52 +60,6 @@ CLASS_SHARE_BOUNDS = (0.10, 0.70)
 # (everything filled) approaches 1. Non-blocking: a source with very few features legitimately
 # repeats patches inside tall single-feature bands.
 MAX_DUPLICATE_SHARE = 0.25
-MAX_LISTED = 20
-
-
-class DatasetStore(dg.ConfigurableResource):
-    """Root of the modelling datasets: ``patch_datasets/``, ``splits/``, ``cnn_ready/``."""
-
-    base_dir: str = Field(default="", description="Dataset root; empty means FINNEX_DATA_DIR/datasets.")
-
-    def root(self) -> Path:
-        return Path(self.base_dir) if self.base_dir else data_root() / "datasets"
-
-    def patches_root(self) -> Path:
-        return self.root() / "patch_datasets"
-
-    def splits_root(self) -> Path:
-        return self.root() / "splits"
-
-    def cnn_ready_root(self) -> Path:
-        return self.root() / "cnn_ready"
-
-
-def _outcome_result(
-    asset: str,
-    name: str,
-    outcome: CheckOutcome,
-    frame: pl.DataFrame,
-    date_column: str | None,
-    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
-    extra: dict[str, Any] | None = None,
-) -> dg.AssetCheckResult:
-    meta: dict[str, Any] = {"rows_checked": outcome.rows_checked, **(extra or {})}
-    if not outcome.passed:
-        rows = outcome.failing_rows
-        meta["failing_rows"] = len(rows)
-        if date_column is not None:
-            meta["failing_dates"] = dg.MetadataValue.json(
-                sorted({str(frame[date_column][i]) for i in rows if i < frame.height})[:MAX_LISTED]
-            )
-        fc = outcome.failures
-        if "check" in fc.columns:
-            meta["failing_checks"] = dg.MetadataValue.json(
-                sorted(set(fc["check"].cast(pl.String).to_list()))[:MAX_LISTED]
-            )
-    return dg.AssetCheckResult(
-        asset_key=asset, check_name=name, passed=outcome.passed, severity=severity, metadata=meta
-    )
 
 
 # ==== labels ===================================================================================
@@ -171,12 +126,7 @@ def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[
         context.add_asset_metadata(
             partition_key=rec["date"].isoformat(),
             metadata={
-                **{
-                    f"class_{h}d": (
-                        lb.CLASS_NAMES[rec[lb.class_col(h)]] if rec[lb.class_col(h)] is not None else "none"
-                    )
-                    for h in cfg.horizons
-                },
+                **lb.class_names_by_horizon(cfg.horizons, [rec[lb.class_col(h)] for h in cfg.horizons]),
                 "unlabeled_horizons": dg.MetadataValue.json(waiting),
             },
         )
@@ -204,15 +154,15 @@ def _label_checks(
     selected = {k.name for k in context.selected_asset_check_keys}
     if "past_volatility_only" in selected:
         out = lbb.past_volatility_outcome(cfg, full)
-        yield _outcome_result("labels", "past_volatility_only", out, full, "date")
+        yield checks.outcome_result("labels", "past_volatility_only", out, full, "date")
     if "no_label_without_future_price" in selected:
         out = lbb.future_price_outcome(cfg, full)
-        yield _outcome_result(
+        yield checks.outcome_result(
             "labels", "no_label_without_future_price", out, full, "date", extra={"unlabeled_dates": pending.height}
         )
     if "class_distribution_within_bounds" in selected:
         out, shares = lbb.class_bounds_outcome(cfg, dist, MIN_LABELED_FOR_DISTRIBUTION, CLASS_SHARE_BOUNDS)
-        yield _outcome_result(
+        yield checks.outcome_result(
             "labels",
             "class_distribution_within_bounds",
             out,
@@ -263,7 +213,6 @@ def patch_dataset(
     """256 non-overlapping 32x32 patches per image with their labels and per-patch metadata."""
     root = dataset_store.patches_root()
     builder = PatchBuilder(image_store.root(), root)
-    layout = builder.layout
     horizons = lb.horizons_of(labels)
     by_date = {r["date"]: r for r in labels.iter_rows(named=True)}
     done = []
@@ -278,24 +227,19 @@ def patch_dataset(
                 "spec_hash": builder.spec_hash,
                 "duplicate_patches": res.duplicates,
                 "informative_patches": res.informative,
-                **{
-                    f"class_{h}d": (lb.CLASS_NAMES[c] if c is not None else "none")
-                    for h, c in zip(horizons, res.classes)
-                },
+                **lb.class_names_by_horizon(horizons, res.classes),
             },
         )
     frames = patch_check_frames(done)
-    sections = layout.group_by("section").len().sort("section")
+    sections, straddling = pt.layout_summary(builder.layout)
     yield dg.MaterializeResult(
         metadata={
             "images": len(done),
             "patches": int(frames["patch_count"]["patches"].sum()),
             "root": dg.MetadataValue.path(str(root)),
             "layout_table": dg.MetadataValue.path(str(builder.layout_file)),
-            "patches_per_section": dg.MetadataValue.json(dict(sections.iter_rows())),
-            "straddling_patch_rows": dg.MetadataValue.json(
-                sorted(set(layout.filter("straddles")["grid_row"].to_list()))
-            ),
+            "patches_per_section": dg.MetadataValue.json(sections),
+            "straddling_patch_rows": dg.MetadataValue.json(straddling),
             "horizons": dg.MetadataValue.json(horizons),
             "max_duplicate_share": float(frames["patch_diversity"]["duplicate_share"].max()),
         }
@@ -305,7 +249,7 @@ def patch_dataset(
     for name, schema in patch_check_schemas(n_img, MAX_DUPLICATE_SHARE).items():
         if name in selected:
             severity = dg.AssetCheckSeverity.ERROR if PATCH_CHECKS[name][1] else dg.AssetCheckSeverity.WARN
-            yield _outcome_result(
+            yield checks.outcome_result(
                 "patch_dataset",
                 name,
                 run_schema(schema, frames[name]),
@@ -384,7 +328,7 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitsConfig) -> I
             "train_channel_std": dg.MetadataValue.json(train_stats["channel_std"]),
             "class_weights": dg.MetadataValue.json(train_stats["class_weights"]),
             "eligibility": dg.MetadataValue.json(res.info),
-            "shards_with_stale_labels": dg.MetadataValue.json(res.stale_labels[:MAX_LISTED]),
+            "shards_with_stale_labels": dg.MetadataValue.json(res.stale_labels[: checks.MAX_LISTED]),
             "split_hash": res.split_hash,
             "root": dg.MetadataValue.path(str(store.root())),
         }
@@ -397,7 +341,7 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitsConfig) -> I
     selected = {k.name for k in context.selected_asset_check_keys}
     if "splits_disjoint_with_gap" in selected:
         frame = dsp.boundary_frame(split, res.folds, res.sessions, res.max_horizon)
-        yield _outcome_result(
+        yield checks.outcome_result(
             "dataset_splits",
             "splits_disjoint_with_gap",
             run_schema(dsp.gap_schema(split.gap), frame),
@@ -408,10 +352,12 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitsConfig) -> I
     if "statistics_fit_on_train_only" in selected:
         frame = dsp.statistics_frame(res)
         out = run_schema(dsp.STATISTICS_SCHEMA, frame)
-        yield _outcome_result("dataset_splits", "statistics_fit_on_train_only", out, frame, None)
+        yield checks.outcome_result("dataset_splits", "statistics_fit_on_train_only", out, frame, None)
     if "cnn_ready_shapes" in selected:
         frame = pl.DataFrame(shapes)
-        yield _outcome_result("dataset_splits", "cnn_ready_shapes", run_schema(dsp.SHAPES_SCHEMA, frame), frame, None)
+        yield checks.outcome_result(
+            "dataset_splits", "cnn_ready_shapes", run_schema(dsp.SHAPES_SCHEMA, frame), frame, None
+        )
 
 
 def dataset_resources() -> dict[str, object]:
