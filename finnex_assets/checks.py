@@ -10,6 +10,7 @@ so a bad row would be on disk and recorded as materialised.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -56,6 +57,35 @@ def results(
         yield dg.AssetCheckResult(
             asset_key=asset, check_name=name, passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=meta
         )
+
+
+def outcome_result(
+    asset: str,
+    name: str,
+    outcome: schemas.CheckOutcome,
+    frame: pl.DataFrame,
+    date_column: str | None,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+    extra: dict[str, Any] | None = None,
+) -> dg.AssetCheckResult:
+    """A check result from a pandera outcome on ``frame``: rows checked, and for a failure the
+    failing rows, their dates (from ``date_column``) and the failing rules; ``extra`` is added."""
+    meta: dict[str, Any] = {"rows_checked": outcome.rows_checked, **(extra or {})}
+    if not outcome.passed:
+        rows = outcome.failing_rows
+        meta["failing_rows"] = len(rows)
+        if date_column is not None:
+            meta["failing_dates"] = dg.MetadataValue.json(
+                sorted({str(frame[date_column][i]) for i in rows if i < frame.height})[:MAX_LISTED]
+            )
+        fc = outcome.failures
+        if "check" in fc.columns:
+            meta["failing_checks"] = dg.MetadataValue.json(
+                sorted(set(fc["check"].cast(pl.String).to_list()))[:MAX_LISTED]
+            )
+    return dg.AssetCheckResult(
+        asset_key=asset, check_name=name, passed=outcome.passed, severity=severity, metadata=meta
+    )
 
 
 class BlockingCheckError(Exception):

@@ -13,7 +13,7 @@ from finnex_assets.assets.training import TRAINING_ASSETS
 from finnex_assets.assets.universe import UNIVERSE_ASSETS, default_universe
 from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
 from finnex_assets.loggers import LOGGERS
-from finnex_assets.resources import MlflowTracking, default_data_source
+from finnex_assets.resources import MlflowTracking, ProjectChecks, default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job, universe_after_close, universe_job
 
 ALL_ASSETS = [
@@ -47,6 +47,7 @@ def build_resources() -> dict[str, object]:
         "dataset_store": DatasetStore(),
         "mlflow_tracking": MlflowTracking(),
         "universe": default_universe(),
+        "project_checks": ProjectChecks.of(ALL_ASSETS),
     }
 
 

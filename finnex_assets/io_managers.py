@@ -39,7 +39,13 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     def _root(self) -> Path:
         return Path(self.base_dir) if self.base_dir else data_root() / "tables"
 
-    def _path(self, asset_key: dg.AssetKey, partition_key: str) -> Path:
+    def asset_dir(self, asset_key: dg.AssetKey) -> Path:
+        """The folder of every partition of ``asset_key`` (``{base_dir}/{asset}``)."""
+        return resolve_under(self._root(), "/".join(safe_name(p) for p in asset_key.path))
+
+    def partition_path(self, asset_key: dg.AssetKey, partition_key: str) -> Path:
+        """The file of one partition (validated: a key that is no ISO date, or an asset name
+        that would leave ``base_dir``, is a ConfigError)."""
         day = validate_partition_key(partition_key)
         name = "/".join(safe_name(p) for p in asset_key.path)
         return resolve_under(self._root(), f"{name}/{day.year:04d}/{partition_key}.parquet")
@@ -53,12 +59,12 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             raise ValueError(
                 f"{context.asset_key.to_user_string()}: rows for {stray[:3]} fall outside the run's partitions"
             )
-        _sweep(context, resolve_under(self._root(), "/".join(safe_name(p) for p in context.asset_key.path)))
+        _sweep(context, self.asset_dir(context.asset_key))
         for key in keys:
             part = obj.filter(present == key)
             if part.height == 0:
                 raise ValueError(f"{context.asset_key.to_user_string()}: no rows for partition {key}")
-            with atomic_path(self._path(context.asset_key, key)) as tmp:
+            with atomic_path(self.partition_path(context.asset_key, key)) as tmp:
                 part.write_parquet(tmp, statistics=True)
             context.log.debug(f"{context.asset_key.to_user_string()} {key}: {part.height} rows written")
         context.add_output_metadata({"partitions_written": len(keys), "rows": obj.height})
@@ -70,7 +76,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         skip = (context.definition_metadata or {}).get("missing_partitions") == "skip"
         frames = []
         for pk in context.asset_partition_keys:
-            path = self._path(key, pk)
+            path = self.partition_path(key, pk)
             if not path.exists() and skip:
                 continue
             if not path.exists():
@@ -83,7 +89,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     def read_all(self, asset: str) -> pl.DataFrame:
         """Every materialised partition of ``asset`` (for unpartitioned consumers that use
         whatever dates exist), concatenated in date order."""
-        folder = resolve_under(self._root(), safe_name(asset))
+        folder = self.asset_dir(dg.AssetKey(asset))
         files = sorted(folder.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].parquet"))
         if not files:
             raise FileNotFoundError(f"{asset} has no materialised partition under {folder}; materialise it first")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,7 @@ from pydantic import Field
 
 from finnex_ml.data.base import DataSource
 from finnex_ml.errors import ConfigError
-from finnex_ml.paths import REPO_ROOT, file_lock, resolve_under
+from finnex_ml.paths import REPO_ROOT, data_root, file_lock, resolve_under
 
 
 class DataSourceResource(dg.ConfigurableResource):
@@ -76,6 +77,42 @@ def default_data_source() -> DataSourceResource:
         mapping_path=os.environ.get("FINNEX_FILES_MAPPING", ""),
         planted_signal=os.environ.get("FINNEX_PLANTED_SIGNAL", ""),
     )
+
+
+class DatasetStore(dg.ConfigurableResource):
+    """Root of the modelling datasets: ``patch_datasets/``, ``splits/``, ``cnn_ready/``."""
+
+    base_dir: str = Field(default="", description="Dataset root; empty means FINNEX_DATA_DIR/datasets.")
+
+    def root(self) -> Path:
+        return Path(self.base_dir) if self.base_dir else data_root() / "datasets"
+
+    def patches_root(self) -> Path:
+        return self.root() / "patch_datasets"
+
+    def splits_root(self) -> Path:
+        return self.root() / "splits"
+
+    def cnn_ready_root(self) -> Path:
+        return self.root() / "cnn_ready"
+
+
+class ProjectChecks(dg.ConfigurableResource):
+    """Every asset check of the code location, as ``asset:check``, for reports over all of them
+    (``qa_report``): a run itself knows only the checks of the assets it was built from, and an
+    in-process run (the CLI's) has no repository to ask. ``definitions`` fills it (``of``)."""
+
+    checks: list[str] = Field(default=[], description="The code location's asset checks, as asset:check.")
+
+    @classmethod
+    def of(cls, assets: Iterable[dg.AssetsDefinition]) -> ProjectChecks:
+        return cls(checks=sorted({f"{k.asset_key.to_user_string()}:{k.name}" for a in assets for k in a.check_keys}))
+
+    def check_keys(self) -> list[dg.AssetCheckKey]:
+        return [
+            dg.AssetCheckKey(dg.AssetKey.from_user_string(asset), name)
+            for asset, name in (c.rsplit(":", 1) for c in self.checks)
+        ]
 
 
 class MlflowTracking(dg.ConfigurableResource):

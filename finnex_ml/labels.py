@@ -37,6 +37,7 @@ import polars as pl
 
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.geometry import BUY, CLASS_NAMES, HOLD, SELL  # noqa: F401  (re-exported)
+from finnex_ml.schemas import frame_check
 
 DEFAULT_HORIZONS: tuple[int, ...] = (1, 5)
 
@@ -209,6 +210,11 @@ def _none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def class_names_by_horizon(horizons: Sequence[int], classes: Sequence[int | None]) -> dict[str, str]:
+    """``{"class_{h}d": "Sell" | "Hold" | "Buy" | "none"}`` for one date's class per horizon."""
+    return {f"class_{h}d": (CLASS_NAMES[c] if c is not None else "none") for h, c in zip(horizons, classes)}
+
+
 def class_distribution(table: pl.DataFrame) -> dict[str, dict[str, float | int]]:
     """Per horizon: labeled count, unlabeled count, and count and share of each class."""
     out: dict[str, dict[str, float | int]] = {}
@@ -228,23 +234,19 @@ def class_distribution(table: pl.DataFrame) -> dict[str, dict[str, float | int]]
 # ---- QA schemas (pandera) ---------------------------------------------------------------------
 
 
-def _frame_check(expr: pl.Expr, name: str) -> pa.Check:
-    return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
-
-
 def past_volatility_schema(horizons: Sequence[int], cfg: LabelConfig, rtol: float = 1e-9) -> pa.DataFrameSchema:
     """Stored sigma equals ``sigma_check`` (recomputed from data <= t only) and each threshold is
     k * sigma * sqrt(h) (or the fixed value); rows without a recomputable sigma must have no class."""
     sig, ref = pl.col("sigma"), pl.col("sigma_check")
     close_enough = (sig - ref).abs() <= rtol * ref.abs() + 1e-15
-    checks = [_frame_check((sig.is_null() & ref.is_null()) | close_enough.fill_null(False), "sigma_from_past_returns")]
+    checks = [frame_check((sig.is_null() & ref.is_null()) | close_enough.fill_null(False), "sigma_from_past_returns")]
     for h in horizons:
         want = pl.lit(cfg.fixed) if cfg.threshold == "fixed" else cfg.k * ref * math.sqrt(h)
         thr = pl.col(threshold_col(h))
         ok = (thr.is_null() & want.is_null()) | ((thr - want).abs() <= rtol * want.abs() + 1e-15).fill_null(False)
-        checks.append(_frame_check(ok, f"threshold_{h}d_from_past_sigma"))
+        checks.append(frame_check(ok, f"threshold_{h}d_from_past_sigma"))
         if cfg.threshold == "volatility":
-            checks.append(_frame_check(pl.col(class_col(h)).is_null() | ref.is_not_null(), f"class_{h}d_needs_sigma"))
+            checks.append(frame_check(pl.col(class_col(h)).is_null() | ref.is_not_null(), f"class_{h}d_needs_sigma"))
     return pa.DataFrameSchema(checks=checks)
 
 
@@ -258,17 +260,17 @@ def future_price_schema(
     for h in horizons:
         cls, ret, c1 = pl.col(class_col(h)), pl.col(return_col(h)), pl.col(close_col(h))
         avail = pl.col(f"fwd_available_{h}d")
-        checks.append(_frame_check(ret.is_null() | (avail & c1.is_not_null()), f"return_{h}d_has_future_price"))
-        checks.append(_frame_check(cls.is_null() | ret.is_not_null(), f"class_{h}d_has_return"))
+        checks.append(frame_check(ret.is_null() | (avail & c1.is_not_null()), f"return_{h}d_has_future_price"))
+        checks.append(frame_check(cls.is_null() | ret.is_not_null(), f"class_{h}d_has_return"))
         checks.append(
-            _frame_check(
+            frame_check(
                 ret.is_null() | (pl.col(fwd_date_col(h)) == pl.col(f"expected_fwd_{h}d")).fill_null(False),
                 f"fwd_date_{h}d_is_t_plus_{h}_sessions",
             )
         )
         implied = c1 / pl.col("close") - 1.0
         checks.append(
-            _frame_check(
+            frame_check(
                 ret.is_null() | ((ret - implied).abs() <= rtol * implied.abs() + 1e-15).fill_null(False),
                 f"return_{h}d_matches_prices",
             )
@@ -276,20 +278,20 @@ def future_price_schema(
         thr = pl.col(threshold_col(h))
         expect = pl.when(ret > thr).then(BUY).when(ret < -thr).then(SELL).otherwise(HOLD)
         checks.append(
-            _frame_check(
+            frame_check(
                 cls.is_null() | (cls.cast(pl.Int32) == expect).fill_null(False), f"class_{h}d_follows_threshold"
             )
         )
         # unlabeled only for a reason: no future price or no sigma
         no_sigma = pl.col("sigma").is_null() if needs_sigma else pl.lit(False)
-        checks.append(_frame_check(cls.is_not_null() | ret.is_null() | no_sigma, f"class_{h}d_present_when_computable"))
+        checks.append(frame_check(cls.is_not_null() | ret.is_null() | no_sigma, f"class_{h}d_present_when_computable"))
     return pa.DataFrameSchema(checks=checks)
 
 
 def class_bounds_schema(horizons: Sequence[int], low: float = 0.10, high: float = 0.70) -> pa.DataFrameSchema:
     """On a per-horizon frame of shares (``horizon, sell_share, hold_share, buy_share``)."""
     checks = [
-        _frame_check(pl.col(f"{n}_share").is_between(low, high), f"{n}_share_in_[{low},{high}]") for n in CLASS_NAMES
+        frame_check(pl.col(f"{n}_share").is_between(low, high), f"{n}_share_in_[{low},{high}]") for n in CLASS_NAMES
     ]
     return pa.DataFrameSchema(checks=checks)
 
@@ -313,6 +315,7 @@ __all__ = [
     "class_bounds_schema",
     "class_col",
     "class_distribution",
+    "class_names_by_horizon",
     "class_share_frame",
     "classify",
     "close_col",

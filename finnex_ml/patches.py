@@ -184,6 +184,12 @@ def write_layout(root: Path | str, spec: LayoutSpec) -> Path:
     return path
 
 
+def layout_summary(layout: pl.DataFrame) -> tuple[dict[str, int], list[int]]:
+    """Patches per section, and the grid rows whose patches straddle two sections."""
+    sections = layout.group_by("section").len().sort("section")
+    return dict(sections.iter_rows()), sorted(set(layout.filter("straddles")["grid_row"].to_list()))
+
+
 def layout_path(root: Path | str, spec_hash: str) -> Path:
     if not re.fullmatch(r"[0-9a-f]{64}", spec_hash):
         raise ConfigError(f"{spec_hash!r} is not a sha256 spec hash")
@@ -355,6 +361,7 @@ __all__ = [
     "duplicate_flags",
     "extract_patches",
     "layout_path",
+    "layout_summary",
     "list_shard_dates",
     "patch_bounds",
     "patch_channel_stats",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import time
@@ -11,8 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from finnex_ml.errors import ConfigError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _DATE_KEY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -124,6 +129,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if not done:
             tmp_path.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """``doc`` as indented JSON with sorted keys (anything not JSON-native as ``str``), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str), encoding="utf-8")
+
+
+def write_parquet_atomic(path: Path, frame: pl.DataFrame) -> None:
+    """``frame`` as Parquet (polars' defaults), atomically."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
 
 
 _TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8,32}\.tmp$")  # atomic_path's names (and older mkstemp ones)

@@ -34,14 +34,15 @@ def run_schema(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> CheckOutcome:
     return CheckOutcome(True, pl.DataFrame(), frame.height)
 
 
-def _frame_check(expr: pl.Expr, name: str) -> pa.Check:
+def frame_check(expr: pl.Expr, name: str) -> pa.Check:
+    """A dataframe-level pandera check from a boolean polars expression (one value per row)."""
     return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
 
 
 OHLC_CONSISTENCY = pa.DataFrameSchema(
     checks=[
-        _frame_check(pl.col("low") <= pl.min_horizontal("open", "close"), "low_le_open_close"),
-        _frame_check(pl.col("high") >= pl.max_horizontal("open", "close"), "high_ge_open_close"),
+        frame_check(pl.col("low") <= pl.min_horizontal("open", "close"), "low_le_open_close"),
+        frame_check(pl.col("high") >= pl.max_horizontal("open", "close"), "high_ge_open_close"),
     ],
 )
 PRICES_POSITIVE = pa.DataFrameSchema(
@@ -61,7 +62,7 @@ def finite_after_warmup(feature_columns: list[str]) -> pa.DataFrameSchema:
     """Every feature is non-null and finite on rows whose warm-up is complete."""
     warm = pl.col("warmup_complete")
     return pa.DataFrameSchema(
-        checks=[_frame_check(~warm | (pl.col(c).is_not_null() & pl.col(c).is_finite()), c) for c in feature_columns]
+        checks=[frame_check(~warm | (pl.col(c).is_not_null() & pl.col(c).is_finite()), c) for c in feature_columns]
     )
 
 
@@ -73,7 +74,7 @@ def staleness_within_bounds(frame: pl.DataFrame) -> pa.DataFrameSchema:
             continue
         group = c.split("__", 1)[0]
         limit = STALENESS_LIMITS.get(group, DAILY_STALENESS_LIMIT)
-        checks.append(_frame_check(~pl.col("warmup_complete") | (pl.col(c) <= limit), f"{c}<= {limit}d"))
+        checks.append(frame_check(~pl.col("warmup_complete") | (pl.col(c) <= limit), f"{c}<= {limit}d"))
     return pa.DataFrameSchema(checks=checks)
 
 

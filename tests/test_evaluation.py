@@ -15,8 +15,9 @@ import pytest
 
 from finnex_assets.assets.datasets import DatasetStore
 from finnex_assets.assets.evaluation import evaluation_report, model_evaluation, qa_report
+from finnex_assets.definitions import ALL_ASSETS
 from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
-from finnex_assets.resources import MlflowTracking
+from finnex_assets.resources import MlflowTracking, ProjectChecks
 from finnex_ml import calendar
 from finnex_ml import labels as lb
 from finnex_ml import splits as sp
@@ -56,7 +57,7 @@ def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bo
     io = PartitionedParquetIOManager(base_dir=str(root / "tables"))
     for name, table in (("labels", labels), ("daily_features", feats)):
         for d in dates:
-            path = io._path(dg.AssetKey(name), d.isoformat())
+            path = io.partition_path(dg.AssetKey(name), d.isoformat())
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
     images, shards, ready = root / "images", root / "datasets" / "patch_datasets", root / "datasets" / "cnn_ready"
@@ -234,6 +235,7 @@ def _resources(root: Path) -> dict:
         "image_store": ImageStore(base_dir=str(root / "images")),
         "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"),
+        "project_checks": ProjectChecks.of(ALL_ASSETS),
     }
 
 
@@ -290,7 +292,7 @@ def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkey
     leaky = w["features"].with_columns(pl.Series("technical__planted_leak", w["labels"][lb.return_col(1)].to_numpy()))
     for name, table in (("labels", w["labels"]), ("daily_features", leaky)):
         for d in w["dates"]:
-            path = io._path(dg.AssetKey(name), d.isoformat())
+            path = io.partition_path(dg.AssetKey(name), d.isoformat())
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
     cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}

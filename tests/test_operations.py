@@ -168,12 +168,15 @@ def test_data_dir_partition_paths_are_validated(tmp_path):
     from finnex_assets.io_managers import PartitionedParquetIOManager
 
     io = PartitionedParquetIOManager(base_dir=str(tmp_path))
-    assert io._path(dg.AssetKey("daily_features"), "2024-03-04") == tmp_path / "daily_features/2024/2024-03-04.parquet"
+    assert (
+        io.partition_path(dg.AssetKey("daily_features"), "2024-03-04")
+        == tmp_path / "daily_features/2024/2024-03-04.parquet"
+    )
     for key in ("../../etc", "2024-03-04/../../x", "2024-3-4"):
         with pytest.raises(ConfigError):
-            io._path(dg.AssetKey("daily_features"), key)
+            io.partition_path(dg.AssetKey("daily_features"), key)
     with pytest.raises(ConfigError):
-        io._path(dg.AssetKey(["..", "evil"]), "2024-03-04")
+        io.partition_path(dg.AssetKey(["..", "evil"]), "2024-03-04")
 
 
 def test_cli_ui_binds_to_loopback(monkeypatch):

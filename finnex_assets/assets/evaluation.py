@@ -94,7 +94,7 @@ def reports_root() -> Path:
 def _read_features(io_manager: PartitionedParquetIOManager, dates: list[date]) -> pl.DataFrame:
     frames = []
     for d in dates:
-        path = io_manager._path(dg.AssetKey("daily_features"), d.isoformat())
+        path = io_manager.partition_path(dg.AssetKey("daily_features"), d.isoformat())
         if not path.exists():
             raise DataInputError(
                 f"daily_features for {d} is not materialised (the tabular baselines need it)",
@@ -458,16 +458,14 @@ def check_history(instance: dg.DagsterInstance, check_keys, limit: int = 1000) -
 
 @dg.asset(
     deps=["model_evaluation"],
-    required_resource_keys={"mlflow_tracking"},
+    required_resource_keys={"mlflow_tracking", "project_checks"},
     group_name="evaluation",
     kinds={"plotly", "html"},
 )
 def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Every asset check of the project across runs and partitions: pass/fail counts, the latest
     outcome and the dates that failed."""
-    from finnex_assets.definitions import defs  # the project's checks, whatever this run selected
-
-    keys = defs.resolve_asset_graph().asset_check_keys
+    keys = context.resources.project_checks.check_keys()  # the project's checks, whatever this run selected
     rows = check_history(context.instance, keys)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     path = report.write_html(reports_root() / "qa_report.html", report.qa_html(rows, generated))

@@ -35,7 +35,7 @@ from finnex_ml.encoding import (
 )
 from finnex_ml.encoding.panel_store import panel_index, read_panel_record, write_cross_section
 from finnex_ml.errors import ConfigError, DataInputError
-from finnex_ml.paths import REPO_ROOT, data_root, fsync_dir, resolve_under
+from finnex_ml.paths import REPO_ROOT, data_root, fsync_dir, resolve_under, write_json_atomic, write_parquet_atomic
 
 GROUP = "universe"
 
@@ -470,7 +470,7 @@ def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsCon
     )
     stats = panel_model.train_statistics(samples)
     out = universe.datasets_root()
-    _atomic_parquet(out / "samples.parquet", samples)
+    write_parquet_atomic(out / "samples.parquet", samples)
     doc = {
         "horizon": config.horizon,
         "gap": split.gap,
@@ -486,7 +486,7 @@ def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsCon
         },
         "train_statistics": stats,
     }
-    _atomic_json(out / "splits.json", doc)
+    write_json_atomic(out / "splits.json", doc)
     return dg.MaterializeResult(
         metadata={
             "samples": samples.height,
@@ -495,22 +495,6 @@ def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsCon
             "path": dg.MetadataValue.path(str(out)),
         }
     )
-
-
-def _atomic_parquet(path: Path, frame: pl.DataFrame) -> None:
-    from finnex_ml.paths import atomic_path
-
-    with atomic_path(path) as tmp:
-        frame.write_parquet(tmp)
-
-
-def _atomic_json(path: Path, doc: dict) -> None:
-    import json
-
-    from finnex_ml.paths import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str), encoding="utf-8")
 
 
 class UniverseModelConfig(dg.Config):
@@ -592,7 +576,7 @@ def universe_model(
         degenerate = is_degenerate(test["pred_class"].to_numpy())
         shares = prediction_diversity(test["pred_class"].to_numpy())["shares"]
         mlflow.set_tag("degenerate", str(degenerate).lower())
-        _atomic_parquet(out / "predictions.parquet", preds)
+        write_parquet_atomic(out / "predictions.parquet", preds)
         mlflow.log_artifact(str(out / "predictions.parquet"), artifact_path="predictions")
         run_id = run.info.run_id
     if degenerate:
