@@ -151,11 +151,16 @@ def _price_features() -> list[pl.Expr]:
     return out
 
 
+MARKET_FILL_SESSIONS = 5  # a blank cell in a market-wide export carries the last value this long
+
+
 def _market_features(market_cols: list[str]) -> list[pl.Expr]:
     out: list[pl.Expr] = []
     for col in market_cols:
         name = col.split("__", 1)[1]
-        x = pl.col(col)
+        # the odd blank cell of a user's export: the last value known at t, for a few sessions
+        # (data before t only); a longer gap stays null and fails finite_after_warmup by date
+        x = _o(pl.col(col).forward_fill(limit=MARKET_FILL_SESSIONS))
         out += [
             x.alias(f"market__{name}"),
             _z(x, 63).alias(f"market__{name}_z63"),

@@ -2,9 +2,11 @@
 
 Label t needs close(t+h), read from the snapshot of t+h as published then; sigma(t) uses the
 snapshot of t alone. ``market_path(d)`` says where the snapshot of ``d`` is stored (a Parquet
-file with ``asof``, ``date`` and ``close``); a missing snapshot of t is an error, a missing one of
-t+h leaves horizon h unlabeled (null, never Hold). Besides the label columns the table carries QA
-helper columns (``QA_COLUMNS``) that the checks read and that are not stored.
+file with ``asof``, ``date`` and ``close``); a missing snapshot of t is an error. Where the
+snapshot of t+h was never materialised, ``source_closes`` (the data source's closes, the same
+numbers its snapshot would hold) supplies close(t+h) for sessions before today; a close that
+exists in neither leaves horizon h unlabeled (null, never Hold). Besides the label columns the
+table carries QA helper columns (``QA_COLUMNS``) that the checks read and that are not stored.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from finnex_ml.schemas import CheckOutcome, run_schema
 
 QA_COLUMNS = ("sigma_check", "expected_fwd_", "fwd_available_")
 MarketPath = Callable[[date], Path]
+SourceCloses = Callable[[list[date]], dict[date, float]]  # the closes the source has among those sessions
 
 
 def load_snapshots(market_path: MarketPath, days: list[date]) -> dict[date, pl.DataFrame]:
@@ -43,13 +46,23 @@ def future_sessions(t: date, n: int) -> list[date]:
     return calendar.sessions(t + timedelta(days=1), t + timedelta(days=2 * n + 10))[:n]
 
 
-def build_labels(market_path: MarketPath, days: list[date], cfg: lb.LabelConfig) -> pl.DataFrame:
-    """Labels for ``days`` from the stored market_data snapshots, with the QA helper columns
-    ``sigma_check``, ``expected_fwd_{h}d`` and ``fwd_available_{h}d``."""
+def build_labels(
+    market_path: MarketPath,
+    days: list[date],
+    cfg: lb.LabelConfig,
+    source_closes: SourceCloses | None = None,
+    today: date | None = None,
+) -> pl.DataFrame:
+    """Labels for ``days`` from the stored market_data snapshots (future closes also from
+    ``source_closes`` where a snapshot is missing), with the QA helper columns ``sigma_check``,
+    ``expected_fwd_{h}d`` and ``fwd_available_{h}d``."""
     hmax = max(cfg.horizons)
     future = {t: future_sessions(t, hmax) for t in days}
     need = sorted(set(days) | {s for f in future.values() for s in f})
     snaps = load_snapshots(market_path, need)
+    today = today or date.today()
+    ask = sorted({s for f in future.values() for s in f if s not in snaps and s < today})
+    from_source = source_closes(ask) if ask and source_closes is not None else {}
     frames = []
     for t in days:
         snap = snaps.get(t)
@@ -69,10 +82,15 @@ def build_labels(market_path: MarketPath, days: list[date], cfg: lb.LabelConfig)
         hist = snap.select("date", "close").sort("date").tail(cfg.vol_window + 1)
         fut_rows, avail = [], {}
         for s in future[t]:
-            row = snaps[s].filter(pl.col("date") == s) if s in snaps else None
+            if s in snaps:
+                row = snaps[s].filter(pl.col("date") == s).select("date", "close")
+            elif from_source.get(s) is not None:
+                row = pl.DataFrame({"date": [s], "close": [float(from_source[s])]}, schema=hist.schema)
+            else:
+                row = None
             avail[s] = row is not None and row.height == 1 and row["close"][0] is not None
             if avail[s]:
-                fut_rows.append(row.select("date", "close"))
+                fut_rows.append(row)
         series = pl.concat([hist, *fut_rows], how="vertical")
         cal = calendar.sessions(hist["date"][0], future[t][-1]) if future[t] else calendar.sessions(hist["date"][0], t)
         row = lb.compute_labels(series, [t], cfg, sessions=cal)

@@ -846,3 +846,29 @@ def test_published_time_in_the_spring_forward_gap_and_weekend_dates(tmp_path):
     ]
     files[0]["published"] = "next_session"  # a weekend date counts from Monday either way
     assert load(tmp_path, files, start=date(2024, 3, 11), end=date(2024, 3, 11)).texts.height == 2
+
+
+def test_blank_market_cells_carry_the_last_value_for_a_few_sessions(tmp_path):
+    """A blank cell in a market-wide export carries the last value known at t forward for up to
+    MARKET_FILL_SESSIONS sessions (never a later value); a longer gap leaves the feature null."""
+    from finnex_ml import calendar, pipeline
+    from finnex_ml.features import MARKET_FILL_SESSIONS
+
+    days = calendar.sessions(date(2024, 1, 2), date(2024, 3, 28))
+    rows = ["Date,Open,High,Low,Close,Volume"] + [f"{d},100,101,99,100.5,1000" for d in days]
+    write(tmp_path, "prices.csv", "\n".join(rows) + "\n")
+    breadth = {d: float(i) for i, d in enumerate(days)}
+    blank_short = set(days[20:22])  # 2 sessions: carried
+    blank_long = set(days[40 : 40 + MARKET_FILL_SESSIONS + 2])  # longer than the limit
+    cells = ["Date,Breadth"] + [f"{d},{'' if d in blank_short | blank_long else breadth[d]}" for d in days]
+    write(tmp_path, "market.csv", "\n".join(cells) + "\n")
+    src = FilesSource.from_mapping(
+        mapping(tmp_path, [{"path": "prices.csv", "modality": "prices"}, {"path": "market.csv", "modality": "market"}])
+    )
+    table = pipeline.daily_features_from_snapshots(pipeline.modality_snapshots(src, days[10:])[0])
+    got = dict(zip(table["date"].to_list(), table["market__breadth"].to_list()))
+    assert got[days[20]] == got[days[21]] == breadth[days[19]]  # the last value before the gap
+    assert got[days[22]] == breadth[days[22]]
+    gap = sorted(blank_long)
+    assert [got[d] for d in gap[:MARKET_FILL_SESSIONS]] == [breadth[days[39]]] * MARKET_FILL_SESSIONS
+    assert all(got[d] is None for d in gap[MARKET_FILL_SESSIONS:])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -143,7 +145,7 @@ def market(tmp_path_factory):
     return tmp, res, out
 
 
-def test_asset_labels_tail_is_null_and_checks_pass(market) -> None:
+def test_asset_labels_read_future_closes_from_the_source_and_checks_pass(market) -> None:
     tmp, _, out = market
     assert out.success
     checks = {e.check_name: e.passed for e in out.get_asset_check_evaluations()}
@@ -155,12 +157,11 @@ def test_asset_labels_tail_is_null_and_checks_pass(market) -> None:
     days = calendar.sessions(FIRST, LAST)
     table = pl.concat([_read(tmp, "labels", d) for d in days])
     assert table["date"].to_list() == days
-    # t + h past the last materialised market_data partition -> no label
-    assert table.filter(pl.col("class_1d").is_null())["date"].to_list() == days[-1:]
-    assert table.filter(pl.col("class_5d").is_null())["date"].to_list() == days[-5:]
-    assert table.filter(pl.col("return_5d").is_null())["date"].to_list() == days[-5:]
+    # t + h past the last materialised market_data partition: close(t+h) from the source
+    assert table["class_1d"].null_count() == 0 and table["class_5d"].null_count() == 0
+    assert table["fwd_date_5d"].to_list()[-1] == calendar.sessions_forward(days[-1], 5)
     meta = out.asset_materializations_for_node("labels")[0].metadata
-    assert meta["unlabeled_dates"].data == [d.isoformat() for d in days[-5:]]
+    assert meta["unlabeled_dates"].data == []
     # sqrt(h) scaling of the threshold
     np.testing.assert_allclose(
         table["threshold_5d"].to_numpy(), table["threshold_1d"].to_numpy() * math.sqrt(5), rtol=1e-12
@@ -191,13 +192,66 @@ def test_single_date_equals_range_and_tail_is_revisited(market, tmp_path) -> Non
     before = _read(tmp, "labels", days[10])
     assert _run(res, days[10].isoformat(), days[10].isoformat(), [labels]).success
     assert _read(tmp, "labels", days[10]).equals(before)
-    # the future arrives: market_data for 5 more sessions, then the tail is labeled
+    # the tail's future closes came from the source; once market_data for those sessions is
+    # materialised the same labels come from the partitions, to the bit
+    tail = pl.concat([_read(tmp, "labels", d) for d in days[-5:]])
     nxt = calendar.sessions(days[-1] + timedelta(days=1), days[-1] + timedelta(days=12))[:5]
     assert _run(res, nxt[0].isoformat(), nxt[-1].isoformat(), [dg.AssetKey("market_data")]).success
     assert _run(res, days[-5].isoformat(), days[-1].isoformat(), [labels]).success
-    tail = pl.concat([_read(tmp, "labels", d) for d in days[-5:]])
-    assert tail["class_5d"].null_count() == 0 and tail["class_1d"].null_count() == 0
+    assert pl.concat([_read(tmp, "labels", d) for d in days[-5:]]).equals(tail)
     assert tail["fwd_date_5d"].to_list()[-1] == nxt[-1]
+
+
+def test_labels_stop_where_the_source_stops(tmp_path, monkeypatch) -> None:
+    """Never beyond what exists: with a files source whose prices end on 2024-03-13, the last
+    h sessions of a range ending there stay unlabeled (null, not Hold) for horizon h."""
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("FINNEX_FILES_ROOT", str(repo))
+    res = {
+        "data_source": DataSourceResource(kind="files", mapping_path="examples/files_source/mapping.yaml"),
+        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp_path / "tables")),
+    }
+    first, last = "2024-02-26", "2024-03-13"
+    assert _run(res, first, last, [dg.AssetKey("market_data")]).success
+    out = _run(res, first, last, [labels])
+    assert out.success
+    days = calendar.sessions(first, last)
+    table = pl.concat([_read(tmp_path, "labels", d) for d in days])
+    assert table.filter(pl.col("class_1d").is_null())["date"].to_list() == days[-1:]
+    assert table.filter(pl.col("class_5d").is_null())["date"].to_list() == days[-5:]
+    assert table.filter(pl.col("return_5d").is_null())["date"].to_list() == days[-5:]
+    meta = out.asset_materializations_for_node("labels")[0].metadata
+    assert meta["unlabeled_dates"].data == [d.isoformat() for d in days[-5:]]
+
+
+def test_build_labels_never_asks_the_source_for_today_or_later() -> None:
+    from finnex_ml.label_build import build_labels
+
+    asked: list[date] = []
+
+    def closes(sessions):
+        asked.extend(sessions)
+        return {s: 100.0 for s in sessions}
+
+    t = date(2024, 3, 28)
+    snap = pl.DataFrame(
+        {
+            "asof": [t] * 31,
+            "date": calendar.sessions(date(2024, 2, 1), t)[-31:],
+            "close": [100.0 + i for i in range(31)],
+        }
+    )
+    folder = Path(tempfile.mkdtemp())
+    snap.write_parquet(folder / "t.parquet")
+    out = build_labels(
+        lambda d: folder / "t.parquet" if d == t else folder / "missing",
+        [t],
+        LabelConfig((1, 5)),
+        closes,
+        today=date(2024, 4, 3),
+    )
+    assert asked == calendar.sessions(date(2024, 4, 1), date(2024, 4, 2))  # sessions before "today" only
+    assert out["class_1d"][0] is not None and out["class_5d"][0] is None
 
 
 def test_missing_market_data_for_t_is_a_clear_error(tmp_path) -> None:

@@ -299,3 +299,38 @@ def test_files_demo_runs_every_stage_on_a_long_history_and_only_features_on_a_sh
     assert not short.full and (short.start, short.end) == ("2023-01-03", "2024-03-13")
     assert "300 sessions" in short.message and f"{LOOKBACK + MIN_IMAGE_DATES} sessions in all" in short.message
     assert "feature stage only" in short.message and "Next step" in short.message
+
+
+class _Fail(dg.Config):
+    fail: bool = False
+
+
+@dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="flaky_thing")])
+def flaky_thing(config: _Fail):
+    if config.fail:
+        raise ValueError("stops before its check")
+    yield dg.Output(1)
+    yield dg.AssetCheckResult(check_name="positive", passed=True)
+
+
+def test_qa_history_counts_completed_evaluations_over_every_page():
+    """The QA report's executions are completed evaluations only, read page by page; a run that
+    stopped before its check was evaluated is counted apart, not as an execution."""
+    from finnex_assets.assets.evaluation import check_history
+
+    instance = dg.DagsterInstance.ephemeral()
+    for _ in range(5):
+        assert dg.materialize([flaky_thing], instance=instance).success
+    failed = dg.materialize(
+        [flaky_thing],
+        instance=instance,
+        raise_on_error=False,
+        run_config={"ops": {"flaky_thing": {"config": {"fail": True}}}},
+    )
+    assert not failed.success
+    key = dg.AssetCheckKey(dg.AssetKey("flaky_thing"), "positive")
+    (row,) = check_history(instance, [key], page=2)  # 5 completed records over 3 pages
+    assert (row["executions"], row["passed"], row["failed"], row["planned_not_evaluated"]) == (5, 5, 0, 1)
+    assert row["latest"] == "passed"  # the newest *completed* evaluation
+    never = dg.AssetCheckKey(dg.AssetKey("nothing"), "positive")
+    assert check_history(instance, [never])[0]["latest"] == "never run"

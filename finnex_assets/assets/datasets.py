@@ -38,7 +38,7 @@ from pydantic import Field
 from finnex_assets import checks
 from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
 from finnex_assets.partitions import trading_days
-from finnex_assets.resources import DatasetStore
+from finnex_assets.resources import DatasetStore, DataSourceResource
 from finnex_ml import dataset_splits as dsp
 from finnex_ml import label_build as lbb
 from finnex_ml import labels as lb
@@ -104,7 +104,7 @@ class LabelsConfig(dg.Config):
 
 @dg.asset(
     deps=[dg.AssetDep("market_data", partition_mapping=MARKET_WINDOW)],
-    required_resource_keys={"io_manager"},
+    required_resource_keys={"io_manager", "data_source"},
     partitions_def=trading_days,
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[dg.AssetCheckSpec(n, asset="labels", description=d, blocking=b) for n, (d, b) in LABEL_CHECKS.items()],
@@ -113,11 +113,21 @@ class LabelsConfig(dg.Config):
     metadata={"partition_column": "date"},
 )
 def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Buy/Hold/Sell and forward return per horizon; null where close(t+h) is not yet known."""
+    """Buy/Hold/Sell and forward return per horizon; null where close(t+h) does not exist yet.
+
+    close(t+h) comes from the market_data snapshot of t+h, or from the data source where that
+    snapshot was never materialised (a range's last dates, or a date materialised alone)."""
     cfg = config.label_config()
     days = [date.fromisoformat(k) for k in context.partition_keys]
     io_manager: PartitionedParquetIOManager = context.resources.io_manager
-    full = lbb.build_labels(lambda d: io_manager.partition_path(MARKET_DATA, d.isoformat()), days, cfg)
+    data_source: DataSourceResource = context.resources.data_source
+
+    def source_closes(sessions: list[date]) -> dict[date, float]:
+        prices = data_source.source().load(sessions[0], sessions[-1]).prices
+        have = prices.filter(pl.col("date").is_in(sessions) & pl.col("close").is_not_null())
+        return dict(zip(have["date"].to_list(), have["close"].to_list()))
+
+    full = lbb.build_labels(lambda d: io_manager.partition_path(MARKET_DATA, d.isoformat()), days, cfg, source_closes)
     table = full.select(lbb.stored_columns(full))
     dist = lb.class_distribution(table)
     pending = lbb.pending_dates(table, cfg.horizons)
@@ -142,7 +152,7 @@ def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[
             "config_hash": cfg.config_hash(),
             "class_distribution": dg.MetadataValue.json(dist),
             "unlabeled_dates": dg.MetadataValue.json([d.isoformat() for d in pending["date"].to_list()]),
-            "revisit": "dates in unlabeled_dates get their labels once market_data for t+h is materialised; "
+            "revisit": "dates in unlabeled_dates get their labels once the source has close(t+h); "
             "re-materialise labels (and patch_dataset) for them then",
         },
     )

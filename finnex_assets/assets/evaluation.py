@@ -415,20 +415,36 @@ def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     )
 
 
-def check_history(instance: dg.DagsterInstance, check_keys, limit: int = 1000) -> list[dict[str, Any]]:
-    """One row per check: executions, passes, failures, the latest outcome and failing dates."""
+def _check_records(instance: dg.DagsterInstance, key: dg.AssetCheckKey, status, page: int) -> list:
+    """Every execution record of ``key`` with one of ``status``, newest first, page by page."""
+    out, cursor = [], None
+    while True:
+        batch = instance.event_log_storage.get_asset_check_execution_history(
+            key, limit=page, cursor=cursor, status=status
+        )
+        out += batch
+        if len(batch) < page:
+            return out
+        cursor = batch[-1].id
+
+
+def check_history(instance: dg.DagsterInstance, check_keys, page: int = 1000) -> list[dict[str, Any]]:
+    """One row per check: completed evaluations (executions), passes, failures, the latest
+    outcome and failing dates, over the whole history; plus the runs where the check was planned
+    but never evaluated (the run failed or stopped before it), which are not executions."""
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as S
 
     rows = []
     for key in sorted(check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)):
-        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=limit)
+        records = _check_records(instance, key, {S.SUCCEEDED, S.FAILED}, page)  # completed only
+        planned = len(_check_records(instance, key, {S.PLANNED}, page))
         passed = failed = 0
         failing_dates: list[str] = []
-        latest, latest_run, latest_at = "never run", "", ""
+        latest, latest_run, latest_at = ("planned, never evaluated" if planned else "never run"), "", ""
         for i, rec in enumerate(records):  # newest first
             ev = rec.event.dagster_event.event_specific_data if rec.event and rec.event.dagster_event else None
             evaluation = getattr(ev, "evaluation", ev)
-            ok = getattr(evaluation, "passed", None) if rec.status in (S.SUCCEEDED, S.FAILED) else None
+            ok = getattr(evaluation, "passed", None)
             if ok is True:
                 passed += 1
             elif ok is False:
@@ -444,9 +460,10 @@ def check_history(instance: dg.DagsterInstance, check_keys, limit: int = 1000) -
         rows.append(
             {
                 "check": f"{key.asset_key.to_user_string()}:{key.name}",
-                "executions": len(records),
+                "executions": passed + failed,
                 "passed": passed,
                 "failed": failed,
+                "planned_not_evaluated": planned,
                 "latest": latest,
                 "latest_run": latest_run,
                 "latest_at_utc": latest_at,
@@ -477,6 +494,7 @@ def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             "report_url": dg.MetadataValue.url(path.resolve().as_uri()),
             "checks": len(rows),
             "never_run": sum(r["latest"] == "never run" for r in rows),
+            "planned_not_evaluated": sum(r["planned_not_evaluated"] for r in rows),
             "failing_latest": dg.MetadataValue.json(failing),
             "mlflow_run_id": run_id,
             "summary": dg.MetadataValue.md(

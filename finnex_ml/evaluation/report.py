@@ -463,8 +463,9 @@ def qa_html(rows: Sequence[Mapping[str, Any]], generated: str) -> str:
     failing = [r for r in rows if r.get("latest") == "failed"]
     parts = [
         f"<h1>FinNeX QA report</h1><p class='note'>Generated {html.escape(generated)}. Every asset check of the "
-        f"project, with its executions so far. {len(rows)} checks; {len(failing)} failing in their latest "
-        "execution; never-run checks are listed as such.</p>"
+        f"project, with its executions so far: completed evaluations only, across every run and partition "
+        f"(a check planned in a run that stopped before evaluating it is counted apart). {len(rows)} checks; "
+        f"{len(failing)} failing in their latest execution; never-run checks are listed as such.</p>"
     ]
     if rows:
         fig = go.Figure(
