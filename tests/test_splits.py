@@ -3,6 +3,7 @@ with statistics fitted on training images only."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date, timedelta
 
@@ -19,6 +20,7 @@ from finnex_assets.assets.datasets import dataset_splits, labels, patch_dataset
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
+from finnex_assets.resources import DataSourceResource
 from finnex_ml import calendar
 from finnex_ml.encoding import NormConfig, build_layout, read_image, write_image, write_spec
 from finnex_ml.errors import ConfigError
@@ -144,7 +146,25 @@ def _write(root, spec, d: date, seed: int) -> None:
     write_image(root, d, _image(seed), spec=spec, norm_config=NormConfig(), params_hash=f"p{seed}")
 
 
-_resources = pipeline_resources
+class _PricesEndAtLastDay(DataSourceResource):
+    """The synthetic source with no price after DAYS[-1]: labels read future closes from the
+    source, and this one has none past the range, so the last 5 dates keep no 5-day label."""
+
+    def source(self):
+        inner = super().source()
+
+        class Ending:
+            name = inner.name
+
+            def load(self, start, end):
+                raw = inner.load(start, end)
+                return dataclasses.replace(raw, prices=raw.prices.filter(pl.col("date") <= DAYS[-1]))
+
+        return Ending()
+
+
+def _resources(tmp):
+    return {**pipeline_resources(tmp), "data_source": _PricesEndAtLastDay(kind="synthetic")}
 
 
 def _run(res, selection, a=None, b=None):
