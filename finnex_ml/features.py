@@ -44,6 +44,14 @@ def _rstd(e: pl.Expr, n: int) -> pl.Expr:
     return _o(e.rolling_std(n))
 
 
+def _corr(a: pl.Expr, b: pl.Expr, window_size: int) -> pl.Expr:
+    """Trailing correlation; 0 where a window has no variation (a price that did not move, one
+    sentiment score repeated for weeks): undefined there (NaN, or +-inf from rounding), and it
+    means no co-movement. Null while the window is not yet full."""
+    c = _o(pl.rolling_corr(a, b, window_size=window_size))
+    return pl.when(c.is_nan() | c.is_infinite()).then(0.0).otherwise(c)
+
+
 def _z(e: pl.Expr, n: int) -> pl.Expr:
     """z-score of the last value against the trailing ``n`` sessions (t included).
 
@@ -145,7 +153,7 @@ def _price_features() -> list[pl.Expr]:
     out.append((c / _o(c.rolling_min(252)) - 1).alias("price__above_low_252"))
     out.append(_o(r1.rolling_skew(63)).alias("price__skew_63"))
     out.append(_o(r1.rolling_kurtosis(63)).alias("price__kurt_63"))
-    out.append(_o(pl.rolling_corr(r1, _lag(r1, 1), window_size=63)).alias("price__autocorr_63"))
+    out.append(_corr(r1, _lag(r1, 1), window_size=63).alias("price__autocorr_63"))
     out.append(_rmean((r1 > 0).cast(pl.Float64), 21).alias("price__up_share_21"))
     out.append(_z(c, 252).alias("price__close_z_252"))
     return out
@@ -186,7 +194,7 @@ def _peer_features(tickers: list[str]) -> list[pl.Expr]:
             ((pl.col("close") / _lag(pl.col("close"), 21)) / (pc / _lag(pc, 21)) - 1).alias(
                 f"peer__{key}_rel_strength_21"
             ),
-            _o(pl.rolling_corr(r_self, pr, window_size=63)).alias(f"peer__{key}_corr_63"),
+            _corr(r_self, pr, window_size=63).alias(f"peer__{key}_corr_63"),
             _z((pl.col(f"peer_{t}_volume") + 1).log(), 21).alias(f"peer__{key}_volume_z_21"),
         ]
     if rets:
@@ -222,8 +230,8 @@ def _sentiment_features() -> list[pl.Expr]:
         _rmean(both, 63).alias("sentiment__hist_mean_63"),
         _z(both, 63).alias("sentiment__hist_z_63"),
         _rstd(both, 21).alias("sentiment__hist_vol_21"),
-        _o(pl.rolling_corr(both, r1, window_size=21)).alias("sentiment__ret_corr_21"),
-        _o(pl.rolling_corr(news, social, window_size=21)).alias("sentiment__news_social_corr_21"),
+        _corr(both, r1, window_size=21).alias("sentiment__ret_corr_21"),
+        _corr(news, social, window_size=21).alias("sentiment__news_social_corr_21"),
     ]
     return out
 

@@ -403,3 +403,20 @@ def test_files_example_features_are_finite_after_warmup():
         "macro__cpi",
     } <= set(feats.columns)
     assert "market__vix" not in feats.columns
+
+
+def test_trailing_correlation_of_a_flat_window_is_zero_not_nan():
+    """A window with no variation (one sentiment score repeated for weeks) has no defined
+    correlation; the feature says 0 (no co-movement) instead of NaN, from data up to t only,
+    and stays null while the window is not yet full."""
+    from finnex_ml.features import _corr
+
+    rows = 40
+    x = [float(v) for v in np.random.default_rng(5).normal(size=rows)]
+    flat = [1.0] * 25 + x[25:]  # constant for the first 25 sessions
+    frame = pl.DataFrame({"asof": [0] * rows, "a": x, "b": flat})
+    c = frame.select(_corr(pl.col("a"), pl.col("b"), 21).alias("c"))["c"].to_list()
+    assert all(v is None for v in c[:20])
+    assert c[20:25] == [0.0] * 5  # flat windows
+    for t in (30, 39):  # moving windows: the plain correlation
+        assert c[t] == pytest.approx(np.corrcoef(x[t - 20 : t + 1], flat[t - 20 : t + 1])[0, 1], rel=1e-9)
