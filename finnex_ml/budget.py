@@ -26,22 +26,24 @@ class Budget:
     n_permutations: int  # permutations per test
     walk_forward_epochs: int  # single stock: epochs to retrain the network per fold (0 skips)
     permuted_label_epochs: int  # single stock: epochs of the permuted-label control (0 skips)
+    refit_permutations: int  # single stock: refits of each tabular baseline on permuted labels
+    leak_permutations: int  # single stock: permutations of the leak scan's null
 
 
 # per mode: the single-stock pipeline (cnn_model + model_evaluation) and universe mode
 # (universe_model + universe_evaluation) have different defaults for epochs and seeds
 BUDGETS: dict[str, dict[str, Budget]] = {
     "quick": {
-        "single": Budget("quick", 4, (0,), 300, 300, 0, 1),
-        "universe": Budget("quick", 2, (0,), 300, 300, 0, 0),
+        "single": Budget("quick", 4, (0,), 300, 300, 0, 1, 20, 100),
+        "universe": Budget("quick", 2, (0,), 300, 300, 0, 0, 0, 0),
     },
     "standard": {
-        "single": Budget("standard", 20, (0, 1, 2), 1000, 1000, 1, 1),
-        "universe": Budget("standard", 5, (0,), 1000, 1000, 0, 0),
+        "single": Budget("standard", 20, (0, 1, 2), 1000, 1000, 1, 1, 100, 200),
+        "universe": Budget("standard", 5, (0,), 1000, 1000, 0, 0, 0, 0),
     },
     "thorough": {
-        "single": Budget("thorough", 40, (0, 1, 2, 3, 4), 5000, 5000, 5, 5),
-        "universe": Budget("thorough", 20, (0, 1, 2), 5000, 5000, 0, 0),
+        "single": Budget("thorough", 40, (0, 1, 2, 3, 4), 5000, 5000, 5, 5, 500, 1000),
+        "universe": Budget("thorough", 20, (0, 1, 2), 5000, 5000, 0, 0, 0, 0),
     },
 }
 BUDGET_NAMES = tuple(BUDGETS)
@@ -66,6 +68,8 @@ def run_config(b: Budget, mode: str) -> dict[str, dict]:
         "n_permutations": b.n_permutations,
         "walk_forward_epochs": b.walk_forward_epochs,
         "permuted_label_epochs": b.permuted_label_epochs,
+        "refit_permutations": b.refit_permutations,
+        "leak_permutations": b.leak_permutations,
     }
     return {"cnn_model": {"config": train}, "model_evaluation": {"config": evaluation}}
 

@@ -32,6 +32,7 @@ def test_standard_is_every_assets_default_config():
         ev.walk_forward_epochs,
         ev.permuted_label_epochs,
     )
+    assert (single.refit_permutations, single.leak_permutations) == (ev.refit_permutations, ev.leak_permutations)
     model, uev = UniverseModelConfig(), UniverseEvaluationConfig()
     assert (universe.epochs, universe.seeds) == (model.epochs, tuple(model.seeds))
     assert (universe.n_boot, universe.n_permutations) == (uev.n_boot, uev.n_perm)

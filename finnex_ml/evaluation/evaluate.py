@@ -554,6 +554,7 @@ def run_evaluation(
                     block=un.default_block(len(train_d), h),
                     n_perm=cfg.refit_permutations,
                     seed=cfg.seed + h,
+                    label=f"refit permutations {kind} h={h}",
                 )
                 row = next(r for r in test_rows if r["model"] == kind and r["horizon"] == h)
                 row["refit_permutation_p"], row["refit_permutations"] = res["p_value"], int(res["n_perm"])

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
+from finnex_ml import progress
 from finnex_ml.evaluation.metrics import NUM_CLASSES, balanced_accuracy, hac_mean_test
 
 __all__ = [
@@ -108,6 +109,7 @@ def refit_permutation_test(
     block: int,
     n_perm: int = 100,
     seed: int = 0,
+    label: str = "refit permutations",
 ) -> dict[str, float]:
     """Permutation test of a whole fitting procedure (Ojala & Garriga 2010, in blocks).
 
@@ -120,7 +122,8 @@ def refit_permutation_test(
     """
     y = np.asarray(y_train)
     observed = float(score(y))
-    null = np.array([float(score(y[idx])) for idx in block_permutation_indices(y.size, block, n_perm, seed)])
+    perms = block_permutation_indices(y.size, block, n_perm, seed)
+    null = np.array([float(score(y[idx])) for idx in progress.track(perms, label, total=n_perm, unit="refits")])
     return _permutation_summary(observed, null, n_perm, min(block, y.size))
 
 
