@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from finnex_ml.progress import LOG_LINES, rate_line
+from finnex_ml.progress import LOG_LINES, rate_line, rate_text
 
 
 @dataclass
@@ -85,11 +85,13 @@ class TerminalProgress:
             return
         row.done = done
         elapsed = time.monotonic() - row.started
-        rate = done / max(elapsed, 1e-9)
         if not self.live and (done % max(1, -(-row.total // LOG_LINES)) == 0 or done == row.total):
             self.console.print("  " + rate_line(stage, done, row.total, row.kind, elapsed), highlight=False)
         self.bars.update(
-            self._tasks[(stage, row.kind)], completed=done, count=f"{done}/{row.total} {row.kind}", rate=f"{rate:.1f}/s"
+            self._tasks[(stage, row.kind)],
+            completed=done,
+            count=f"{done}/{row.total} {row.kind}",
+            rate=rate_text(done, elapsed),
         )
 
     def finish(self, stage: str, done: int, seconds: float) -> None:
@@ -111,6 +113,6 @@ class TerminalProgress:
             if r.kind == "stage":
                 table.add_row(r.name, "", f"{r.seconds:.1f} s", "", r.status)
             else:
-                rate = f"{r.done / r.seconds:.1f} {r.kind}/s" if r.seconds > 0 else ""
+                rate = rate_text(r.done, r.seconds)
                 table.add_row(f"  {r.name}", f"{r.done}/{r.total} {r.kind}", f"{r.seconds:.1f} s", rate, r.status)
         return table

@@ -113,8 +113,9 @@ class TrainingCost:
         return (
             f"budget {self.budget}: up to {b.epochs} epochs x {len(b.seeds)} seed(s) over {n_train:,} training "
             f"and {n_val:,} validation images = {self.passes:,} image passes; measured {self.per_image * 1000:.0f} ms "
-            f"per training image here, so training takes at most ~{minutes:.1f} min (early stopping can end "
-            f"sooner); evaluation: {b.n_boot:,} bootstrap resamples, {b.n_permutations:,} permutations"
+            f"of compute per training image here, so ~{minutes:.1f} min of compute if every epoch runs (early "
+            f"stopping can end sooner; reading the images and other load on the machine add to it); evaluation: "
+            f"{b.n_boot:,} bootstrap resamples, {b.n_permutations:,} permutations"
         )
 
     def as_dict(self) -> dict:

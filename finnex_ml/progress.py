@@ -55,12 +55,18 @@ def stage_finished(stage: str, *, ok: bool) -> None:
         s.stage_finished(stage, ok)
 
 
+def rate_text(done: int, seconds: float) -> str:
+    """``4.1/s``, or ``26.3 s each`` for slow units (epochs), where a rate would read 0.0/s."""
+    if done and seconds > done:
+        return f"{seconds / done:.1f} s each"
+    return f"{done / seconds:.1f}/s" if seconds > 0 else ""
+
+
 def rate_line(stage: str, done: int, total: int, unit: str, seconds: float) -> str:
     """``stage: 63/252 dates (4.1/s, ETA 46 s)``: the log line for a chunk."""
-    rate = done / seconds if seconds > 0 else float("inf")
-    eta = (total - done) / rate if done and rate != float("inf") else 0.0
+    eta = (total - done) * seconds / done if done else 0.0
     tail = f"ETA {eta:.0f} s" if done < total else f"done in {seconds:.1f} s"
-    return f"{stage}: {done}/{total} {unit} ({rate:.1f}/s, {tail})"
+    return f"{stage}: {done}/{total} {unit} ({rate_text(done, seconds)}, {tail})"
 
 
 def track(
