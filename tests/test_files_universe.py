@@ -219,6 +219,19 @@ def test_listed_mid_range(tmp_path):
     assert uni.load_ticker("NEW", MARCH[0], MARCH[-1]).prices["date"].min() == MARCH[8]
 
 
+def test_a_file_replaced_on_disk_is_read_again(tmp_path):
+    # the Dagster resource keeps one instance for a whole run (and the UI's for longer)
+    per_ticker(tmp_path, "AAA", MARCH)
+    per_ticker(tmp_path, "BBB", MARCH)
+    uni = FilesUniverse.from_mapping(mapping(tmp_path, [GLOB]))
+    assert uni.members()["last"].to_list() == [MARCH[-1], MARCH[-1]]
+    assert uni.members() is uni.members()  # unchanged files: parsed once
+    per_ticker(tmp_path, "BBB", MARCH[:12], base=30.0)  # a shorter export replaces the file
+    assert uni.members()["last"].to_list() == [MARCH[-1], MARCH[11]]
+    closes = uni.load_ticker("BBB", MARCH[0], MARCH[-1]).prices["close"]
+    assert closes.len() == 12 and closes[0] == pytest.approx(30.5)
+
+
 @pytest.mark.parametrize(
     ("odd", "what"), [(date(2024, 3, 29), "Friday"), (date(2024, 3, 9), "Saturday"), (date(2024, 1, 15), "Monday")]
 )

@@ -93,6 +93,7 @@ Warnings (accepted input worth a look) are logged and listed in :attr:`FilesUniv
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, replace
 from datetime import date
@@ -213,6 +214,7 @@ class FilesUniverse:
         self._notes: list[str] = []
         self._parts: list[_Part] | None = None
         self._members: pl.DataFrame | None = None
+        self._stamp: tuple[tuple[int, int], ...] | None = None
 
     # ------------------------------------------------------------------ mapping
 
@@ -268,10 +270,25 @@ class FilesUniverse:
         self._notes.append(message)
         log.warning(message)
 
+    def _stamps(self) -> tuple[tuple[int, int], ...]:
+        """(mtime, size) of every file: a long-lived instance (the Dagster resource's) must see
+        an export replaced on disk, as the single-stock FilesSource does."""
+        out = []
+        for spec in self.specs:
+            try:
+                st = os.stat(spec.entry.path)
+            except OSError as exc:
+                raise DataInputError(f"cannot read file: {exc}", file=spec.entry.rel) from exc
+            out.append((st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
     def _all(self) -> list[_Part]:
-        """Every file parsed (whole files, all checks), split by ticker; once per instance."""
-        if self._parts is not None:
+        """Every file parsed (whole files, all checks), split by ticker; again only when a file
+        changed on disk."""
+        stamp = self._stamps()
+        if self._parts is not None and stamp == self._stamp:
             return self._parts
+        self._parts, self._members, self._stamp = None, None, stamp
         self._notes.clear()
         parts: list[_Part] = []
         price_file: dict[str, str] = {}
@@ -422,9 +439,9 @@ class FilesUniverse:
     # ------------------------------------------------------------------ UniverseSource
 
     def members(self) -> pl.DataFrame:
+        parts = self._all()  # first: a changed file drops the cached members
         if self._members is not None:
             return self._members
-        parts = self._all()
         spans = {
             p.ticker: (p.parsed["date"].min(), p.parsed["date"].max()) for p in parts if p.entry.modality == "prices"
         }
