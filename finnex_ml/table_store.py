@@ -5,8 +5,9 @@ reader that opens a partition's file directly keeps working); what changes is th
 around a run over many partitions. Profiling a synthetic year through Dagster showed the
 per-partition costs that were not the work itself: a full-table ``filter`` per partition, an
 ``fdatasync`` of each file plus an ``fsync`` of its folder after each rename, and one stored
-log event per file. Here the table is split in one pass, every temp file is written before any
-is renamed, and each folder is fsynced once after its renames.
+log event per file. Here the table is split one pass per chunk of 64 partitions, every temp
+file is written before any is renamed, all are flushed with one ``syncfs``, and each folder is
+fsynced once after its renames.
 
 Guarantees (tests/test_table_store.py):
 
@@ -26,7 +27,7 @@ import ctypes
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -36,28 +37,47 @@ from finnex_ml import paths as _paths
 _KEY = "__table_store_partition_key__"
 
 
-def split_partitions(frame: pl.DataFrame, column: str, keys: Sequence[str]) -> dict[str, pl.DataFrame]:
+class PartitionSplit:
+    """The rows of each run partition, produced chunk by chunk (see :func:`split_partitions`)."""
+
+    def __init__(self, frame: pl.DataFrame, present: pl.Series, keys: Sequence[str], chunk: int) -> None:
+        self._frame, self._present, self.keys, self._chunk = frame, present, list(keys), chunk
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[tuple[str, pl.DataFrame]]:
+        tagged = self._frame.with_columns(self._present.alias(_KEY))  # shares the frame's columns
+        for i in range(0, len(self.keys), self._chunk):
+            block = self.keys[i : i + self._chunk]
+            rows = tagged.filter(pl.col(_KEY).is_in(block))
+            parts = rows.partition_by(_KEY, as_dict=True, maintain_order=True, include_key=False)
+            for key in block:
+                yield key, parts[(key,)]
+
+
+def split_partitions(frame: pl.DataFrame, column: str, keys: Sequence[str], *, chunk: int = 64) -> PartitionSplit:
     """The rows of each of ``keys`` (``column`` cast to its ISO string), in their original order.
 
-    One pass over the table instead of one ``filter`` per key. Raises ValueError for rows whose
-    key is not in ``keys`` (they would be silently dropped) and for a key with no rows (an empty
-    partition file would read as 'materialised, nothing there')."""
+    Validated here, before anything is written: ValueError for rows whose key is not in
+    ``keys`` (they would be silently dropped) and for a key with no rows (an empty partition
+    file would read as 'materialised, nothing there'). The split itself runs lazily, ``chunk``
+    partitions per pass over the table: one ``filter`` per chunk instead of one per partition,
+    and the copies held at once are a chunk's rows, not the whole table's (a universe table can
+    be gigabytes)."""
     present = frame[column].cast(pl.String)
-    stray = sorted(set(present.unique().to_list()) - set(keys))
+    have = set(present.unique().to_list())
+    stray = sorted(have - set(keys))
     if stray:
         raise ValueError(f"rows for {stray[:3]} fall outside the run's partitions")
-    parts = frame.with_columns(present.alias(_KEY)).partition_by(_KEY, as_dict=True, maintain_order=True)
-    out = {}
-    for key in keys:
-        part = parts.get((key,))
-        if part is None or part.height == 0:
-            raise ValueError(f"no rows for partition {key}")
-        out[key] = part.drop(_KEY)
-    return out
+    empty = [k for k in keys if k not in have]
+    if empty:
+        raise ValueError(f"no rows for partition {empty[0]}")
+    return PartitionSplit(frame, present, keys, max(1, chunk))
 
 
 def write_partitions(
-    parts: dict[str, pl.DataFrame],
+    parts: Iterable[tuple[str, pl.DataFrame]] | Mapping[str, pl.DataFrame],
     path_of: Callable[[str], Path],
     *,
     write: Callable[[pl.DataFrame, Path], None] | None = None,
@@ -79,7 +99,7 @@ def write_partitions(
     pending: list[tuple[Path, Path]] = []
     renamed = 0
     try:
-        for key, frame in parts.items():
+        for key, frame in parts.items() if isinstance(parts, Mapping) else parts:
             final = Path(path_of(key))
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = final.parent / f".{final.name}.{uuid.uuid4().hex}.tmp"  # sweep_stale_temps' pattern

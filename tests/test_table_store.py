@@ -48,6 +48,18 @@ def test_round_trip_returns_exactly_the_rows_of_the_requested_partitions(tmp_pat
     assert read(tmp_path, []).height == 0
 
 
+def test_split_in_chunks_gives_the_same_partitions_as_one_pass():
+    frame = table()
+    whole = list(table_store.split_partitions(frame, "date", KEYS, chunk=len(KEYS)))
+    for chunk in (1, 2, 3):
+        parts = table_store.split_partitions(frame, "date", KEYS, chunk=chunk)
+        assert len(parts) == len(KEYS)
+        got = list(parts)
+        assert [k for k, _ in got] == KEYS
+        assert all(a.equals(b) for (_, a), (_, b) in zip(got, whole, strict=True))
+    assert [f.columns for _, f in whole] == [frame.columns] * len(KEYS)
+
+
 def test_split_refuses_stray_rows_and_empty_partitions():
     with pytest.raises(ValueError, match="fall outside"):
         table_store.split_partitions(table(), "date", KEYS[:4])
