@@ -59,6 +59,7 @@ class Bench:
 
 BENCHMARKS: list[Bench] = [
     Bench("features", HERE / "bench_features.py"),
+    Bench("ingestion", HERE / "bench_ingestion.py"),
     Bench("patches", HERE / "bench_patches.py", common=("--write",)),
     Bench("mega_images", HERE / "bench_mega_images.py"),
     Bench("panel_store", HERE / "bench_panel_store.py", common=("--out", "{tmp}/panel_store.md")),
