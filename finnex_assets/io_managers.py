@@ -1,4 +1,9 @@
-"""IO managers. Tables are stored one Parquet file per partition, written atomically."""
+"""IO managers. Tables are stored one Parquet file per partition, written atomically.
+
+Both depend on the ``storage`` resource (``FinnexStorage``) for where things live. No
+``from __future__ import annotations`` here: Dagster needs the real ``ResourceDependency``
+annotation to accept a resource configured at launch (``configure_at_launch``).
+"""
 
 from pathlib import Path
 
