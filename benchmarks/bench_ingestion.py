@@ -26,6 +26,7 @@ from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.ingestion import modalities
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import DataSourceResource
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar, pipeline
 from finnex_ml.data.synthetic import SyntheticSource
 
@@ -64,9 +65,11 @@ def dagster_run(start: str, end: str, on_disk: bool) -> tuple[float, float, floa
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "dh").mkdir()
         instance = dg.DagsterInstance.local_temp(str(Path(tmp) / "dh")) if on_disk else dg.DagsterInstance.ephemeral()
+        storage = FinnexStorage(root=tmp)
         resources = {
             "data_source": DataSourceResource(kind="synthetic"),
-            "io_manager": PartitionedParquetIOManager(base_dir=str(Path(tmp) / "tables")),
+            "storage": storage,
+            "io_manager": PartitionedParquetIOManager(storage=storage),
         }
         kw = {"partition_key": start} if start == end else {"tags": {RANGE_TAGS[0]: start, RANGE_TAGS[1]: end}}
         t0 = time.perf_counter()

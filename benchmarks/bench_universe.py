@@ -312,10 +312,13 @@ def dagster_stages(tmp: Path, start: date, end: date, n_tickers: int, horizon: i
     from finnex_assets.assets.universe import UNIVERSE_ASSETS, UniverseResource
     from finnex_assets.io_managers import PartitionedParquetIOManager
     from finnex_assets.resources import MlflowTracking
+    from finnex_assets.storage import FinnexStorage
 
+    storage = FinnexStorage(root=str(tmp))  # tables under tmp/tables, universe files under tmp/universe
     res = {
-        "universe": UniverseResource(n_tickers=n_tickers, base_dir=str(tmp / "universe")),
-        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
+        "universe": UniverseResource(n_tickers=n_tickers),
+        "storage": storage,
+        "io_manager": PartitionedParquetIOManager(storage=storage),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp}/mlflow.db"),
     }
     inst = dg.DagsterInstance.ephemeral()
@@ -343,7 +346,7 @@ def dagster_stages(tmp: Path, start: date, end: date, n_tickers: int, horizon: i
         partitions = len(calendar.sessions(lo, hi)) if lo else 1
         out["stages"][name] = {"wall_s": wall, "cpu_s": cpu, "partitions": partitions, "peak_mb": peak_rss_mb()}
         print(f"  stage {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, {partitions} partition(s)", flush=True)
-    root = res["universe"].images_root()
+    root = res["storage"].universe.images_root
     tables = tmp / "tables"
     from finnex_ml.encoding.panel_store import panel_index
 
@@ -351,7 +354,7 @@ def dagster_stages(tmp: Path, start: date, end: date, n_tickers: int, horizon: i
     prices = pl.read_parquet(tables / "universe_prices" / "*" / "*.parquet")
     features = pl.read_parquet(tables / "universe_features" / "*" / "*.parquet")
     labels = pl.read_parquet(tables / "universe_labels" / "*" / "*.parquet")
-    samples = pl.read_parquet(res["universe"].datasets_root() / "samples.parquet")
+    samples = pl.read_parquet(res["storage"].universe.datasets_root / "samples.parquet")
     out.update(
         {
             "images": index.height,
@@ -359,7 +362,7 @@ def dagster_stages(tmp: Path, start: date, end: date, n_tickers: int, horizon: i
             "h5_bytes": sum(p.stat().st_size for p in root.rglob("*.h5")),
             "images_root_bytes": du(root),
             "tables_bytes": {a: du(tables / a) for a in ("universe_prices", "universe_features", "universe_labels")},
-            "datasets_bytes": du(res["universe"].datasets_root()),
+            "datasets_bytes": du(res["storage"].universe.datasets_root),
             "rows": {
                 "prices": prices.height,
                 "features": features.height,

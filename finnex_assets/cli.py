@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 
 from finnex_ml.budget import BUDGET_NAMES
-from finnex_ml.paths import REPO_ROOT, data_root, validate_partition_key
+from finnex_ml.paths import REPO_ROOT, validate_partition_key
 
 DEFAULT_RANGE = {
     "synthetic": ("2024-01-02", "2024-12-31"),
@@ -33,6 +33,13 @@ def _ensure_initialised() -> None:
 
     _use_project_instance()
     ensure_home(os.environ["DAGSTER_HOME"])
+
+
+def _data_dir() -> Path:
+    """The storage resource's root as runs will see it (FINNEX_DATA_DIR as set by now, else data/)."""
+    from finnex_assets.storage import default_storage
+
+    return default_storage().root_path()
 
 
 LATER_STAGES = ["mega_images", "labels", "patch_dataset"]
@@ -109,11 +116,8 @@ def run_pipeline(start: str, end: str, budget: str = "standard") -> bool:
     """The main pipeline for [start, end]: the feature stage from the images' lookback
     before ``start`` in one run, then every later stage over [start, end] in one run, the
     splits, then training and evaluation at ``budget`` (its cost printed before it starts)."""
-    import json
-
-    from finnex_assets.assets.datasets import DatasetStore
     from finnex_assets.assets.images import LOOKBACK
-    from finnex_assets.io_managers import ImageStore
+    from finnex_assets.storage import default_storage
     from finnex_ml import calendar
 
     feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
@@ -123,8 +127,9 @@ def run_pipeline(start: str, end: str, budget: str = "standard") -> bool:
         return False
     if not _execute(["dataset_splits"], {}, "every date with images and labels: dataset_splits"):
         return False
-    sets = json.loads((DatasetStore().splits_root() / "splits.json").read_text(encoding="utf-8"))["sets"]
-    ops = _announce_budget(budget, "single", ImageStore().root(), len(sets["train"]), len(sets["val"]))
+    storage = default_storage()  # resolved now: FINNEX_DATA_DIR as this process set it
+    sets = storage.splits.read_splits()["sets"]
+    ops = _announce_budget(budget, "single", storage.images.root, len(sets["train"]), len(sets["val"]))
     if not _execute(["cnn_model"], {}, f"train and val dates, budget {budget}: cnn_model", ops):
         return False
     return _execute(list(EVALUATION), {}, "test split and walk-forward folds: " + ", ".join(EVALUATION), ops)
@@ -149,8 +154,8 @@ def run_universe(start: str, end: str, budget: str = "standard") -> bool:
     import polars as pl
 
     from finnex_assets.assets.images import LOOKBACK
-    from finnex_assets.assets.universe import default_universe
     from finnex_assets.partitions import trading_days
+    from finnex_assets.storage import default_storage
     from finnex_ml import calendar
 
     feature_start = calendar.sessions_back(validate_partition_key(start), LOOKBACK).isoformat()
@@ -167,10 +172,10 @@ def run_universe(start: str, end: str, budget: str = "standard") -> bool:
         and _execute(["universe_splits"], {}, "every (date, ticker) with an image and a label: universe_splits")
     ):
         return False
-    universe = default_universe()
-    sets = pl.read_parquet(universe.datasets_root() / "samples.parquet")["set"]
+    store = default_storage().universe
+    sets = pl.read_parquet(store.dataset_path("samples.parquet"))["set"]
     n_train, n_val = int((sets == "train").sum()), int((sets == "val").sum())
-    ops = _announce_budget(budget, "universe", universe.images_root(), n_train, n_val)
+    ops = _announce_budget(budget, "universe", store.images_root, n_train, n_val)
     return _execute(list(UNIVERSE_FINAL[1:]), {}, f"budget {budget}: " + ", ".join(UNIVERSE_FINAL[1:]), ops)
 
 
@@ -351,13 +356,14 @@ def main(argv: list[str] | None = None) -> int:
 def _next_steps(ok: bool, args: argparse.Namespace) -> list[str]:
     lines = []
     if ok and args.command != "materialize" and os.environ.get("FINNEX_UNIVERSE"):
-        from finnex_assets.assets.universe import default_universe
+        from finnex_assets.storage import default_storage
 
-        lines.append(f"universe_report: {default_universe().report_path()}")
+        lines.append(f"universe_report: {default_storage().universe.report_path()}")
     elif ok and args.command != "materialize" and not getattr(args, "features_only", False):
-        from finnex_assets.assets.evaluation import reports_root
+        from finnex_assets.storage import default_storage
 
-        lines += [f"{name}: {reports_root() / (name + '.html')}" for name in ("evaluation_report", "qa_report")]
+        reports = default_storage().reports
+        lines += [f"{name}: {reports.path(name)}" for name in ("evaluation_report", "qa_report")]
     from finnex_assets.loggers import log_dir
 
     lines.append(f"run logs: {log_dir()}/")
@@ -407,7 +413,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("FINNEX_DATA_DIR", str(REPO_ROOT / "data" / folder))
         start = args.start or DEFAULT_UNIVERSE_RANGE[kind][0]
         end = args.end or DEFAULT_UNIVERSE_RANGE[kind][1]
-        print(f"FinNeX universe demo: {kind}, {start}..{end}, data in {data_root()}")
+        print(f"FinNeX universe demo: {kind}, {start}..{end}, data in {_data_dir()}")
         return 0 if run_universe(start, end, args.budget) else 1
     if args.command == "demo":
         args.source = args.source or "synthetic"  # a single-stock planted signal without --source
@@ -434,14 +440,14 @@ def _run(args: argparse.Namespace) -> int:
                 args.end or DEFAULT_RANGE[args.source][1],
                 True,
             )
-        print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {data_root()}")
+        print(f"FinNeX demo: source={args.source}, {start}..{end}, data in {_data_dir()}")
         args.features_only = not full
         ok = run_pipeline(start, end, args.budget) if full else run_range(start, end, FEATURE_STAGE)
         return 0 if ok else 1
     if args.command == "run":
         universe = os.environ.get("FINNEX_UNIVERSE", "")
         what = f"universe {universe}" if universe else f"source {os.environ.get('FINNEX_SOURCE', 'synthetic')}"
-        print(f"FinNeX run: {what}, images {args.start}..{args.end}, data in {data_root()}")
+        print(f"FinNeX run: {what}, images {args.start}..{args.end}, data in {_data_dir()}")
         ok = (run_universe if universe else run_pipeline)(args.start, args.end, args.budget)
         return 0 if ok else 1
     if args.command == "materialize":

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from finnex_assets.assets.datasets import DATASET_ASSETS, DatasetStore
+from finnex_assets.assets.datasets import DATASET_ASSETS
 from finnex_assets.assets.evaluation import EVALUATION_ASSETS
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import mega_images
 from finnex_assets.assets.ingestion import modalities
 from finnex_assets.assets.training import TRAINING_ASSETS
 from finnex_assets.assets.universe import UNIVERSE_ASSETS, default_universe
-from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
+from finnex_assets.io_managers import MegaImageIOManager, PartitionedParquetIOManager
 from finnex_assets.loggers import LOGGERS
 from finnex_assets.resources import MlflowTracking, ProjectChecks, default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job, universe_after_close, universe_job
+from finnex_assets.storage import default_storage
 
 ALL_ASSETS = [
     modalities,
@@ -38,13 +39,12 @@ main_job = dg.define_asset_job(
 
 
 def build_resources() -> dict[str, object]:
-    store = ImageStore()
+    storage = default_storage()  # one instance: the IO managers get the configured top-level one
     return {
         "data_source": default_data_source(),
-        "io_manager": PartitionedParquetIOManager(),
-        "image_store": store,
-        "mega_image_io_manager": MegaImageIOManager(store=store),
-        "dataset_store": DatasetStore(),
+        "storage": storage,
+        "io_manager": PartitionedParquetIOManager(storage=storage),
+        "mega_image_io_manager": MegaImageIOManager(storage=storage),
         "mlflow_tracking": MlflowTracking(),
         "universe": default_universe(),
         "project_checks": ProjectChecks.of(ALL_ASSETS),

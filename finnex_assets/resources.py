@@ -1,4 +1,6 @@
-"""Resources: the data source, chosen by config."""
+"""Resources: the data source (chosen by config), the project's checks and MLflow tracking.
+
+Storage is ``finnex_assets.storage.FinnexStorage``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pydantic import Field
 
 from finnex_ml.data.base import DataSource
 from finnex_ml.errors import ConfigError
-from finnex_ml.paths import REPO_ROOT, data_root, file_lock, resolve_under
+from finnex_ml.paths import REPO_ROOT, file_lock, resolve_under
 
 
 class DataSourceResource(dg.ConfigurableResource):
@@ -77,24 +79,6 @@ def default_data_source() -> DataSourceResource:
         mapping_path=os.environ.get("FINNEX_FILES_MAPPING", ""),
         planted_signal=os.environ.get("FINNEX_PLANTED_SIGNAL", ""),
     )
-
-
-class DatasetStore(dg.ConfigurableResource):
-    """Root of the modelling datasets: ``patch_datasets/``, ``splits/``, ``cnn_ready/``."""
-
-    base_dir: str = Field(default="", description="Dataset root; empty means FINNEX_DATA_DIR/datasets.")
-
-    def root(self) -> Path:
-        return Path(self.base_dir) if self.base_dir else data_root() / "datasets"
-
-    def patches_root(self) -> Path:
-        return self.root() / "patch_datasets"
-
-    def splits_root(self) -> Path:
-        return self.root() / "splits"
-
-    def cnn_ready_root(self) -> Path:
-        return self.root() / "cnn_ready"
 
 
 class ProjectChecks(dg.ConfigurableResource):

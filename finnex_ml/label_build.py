@@ -7,11 +7,15 @@ snapshot of t+h was never materialised, ``source_closes`` (the data source's clo
 numbers its snapshot would hold) supplies close(t+h) for sessions before today; a close that
 exists in neither leaves horizon h unlabeled (null, never Hold). Besides the label columns the
 table carries QA helper columns (``QA_COLUMNS``) that the checks read and that are not stored.
+
+The series to label are ``SeriesKey``s (or plain dates: the single-stock series); the market
+snapshots and the table hold that one series, so its rows stay indexed by date (``label_keys``
+gives them back as keys).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from finnex_ml import calendar
 from finnex_ml import labels as lb
 from finnex_ml.errors import DataInputError
 from finnex_ml.schemas import CheckOutcome, run_schema
+from finnex_ml.series import SeriesKey, single_date
 
 QA_COLUMNS = ("sigma_check", "expected_fwd_", "fwd_available_")
 MarketPath = Callable[[date], Path]
@@ -48,14 +53,16 @@ def future_sessions(t: date, n: int) -> list[date]:
 
 def build_labels(
     market_path: MarketPath,
-    days: list[date],
+    keys: Sequence[SeriesKey | date],
     cfg: lb.LabelConfig,
     source_closes: SourceCloses | None = None,
     today: date | None = None,
 ) -> pl.DataFrame:
-    """Labels for ``days`` from the stored market_data snapshots (future closes also from
-    ``source_closes`` where a snapshot is missing), with the QA helper columns ``sigma_check``,
-    ``expected_fwd_{h}d`` and ``fwd_available_{h}d``."""
+    """Labels for the series ``keys`` (single-stock: a date is its key) from the stored
+    market_data snapshots (future closes also from ``source_closes`` where a snapshot is
+    missing), with the QA helper columns ``sigma_check``, ``expected_fwd_{h}d`` and
+    ``fwd_available_{h}d``; one row per key, in order, indexed by its date."""
+    days = [single_date(k, "labels") for k in keys]
     hmax = max(cfg.horizons)
     future = {t: future_sessions(t, hmax) for t in days}
     need = sorted(set(days) | {s for f in future.values() for s in f})
@@ -110,6 +117,11 @@ def build_labels(
     return out.with_columns(
         [pl.col(c).cast(t) for c, t in casts.items()] + [pl.lit(cfg.config_hash()).alias("config_hash")]
     )
+
+
+def label_keys(table: pl.DataFrame) -> list[SeriesKey]:
+    """The series key of each row of a (single-stock) labels table, in row order."""
+    return [SeriesKey.of(d) for d in table["date"].to_list()]
 
 
 def stored_columns(frame: pl.DataFrame) -> list[str]:

@@ -24,6 +24,7 @@ from finnex_ml.encoding.store import image_path, read_spec
 from finnex_ml.errors import DataInputError
 from finnex_ml.paths import write_parquet_atomic
 from finnex_ml.schemas import frame_check
+from finnex_ml.series import SeriesKey, single_date
 
 
 def image_attrs(path: Path) -> dict[str, str]:
@@ -50,6 +51,11 @@ class PatchDateResult:
     classes: tuple[int | None, ...]  # per horizon, None where unlabeled
 
     @property
+    def key(self) -> SeriesKey:
+        """The series this shard belongs to (shards hold the single-stock series)."""
+        return SeriesKey.of(self.date)
+
+    @property
     def duplicate_share(self) -> float:
         return self.duplicates / self.informative if self.informative else 0.0
 
@@ -67,8 +73,10 @@ class PatchBuilder:
         self._patches = np.empty(pt.PATCHES_SHAPE, dtype=np.float32)
         self._back = np.empty(pt.IMAGE_SHAPE, dtype=np.float32)
 
-    def build(self, d: date, label_row: dict[str, Any] | None, horizons: list[int]) -> PatchDateResult:
-        """Shard and table of ``d`` with the labels of ``label_row`` (a labels table row)."""
+    def build(self, series: SeriesKey | date, label_row: dict[str, Any] | None, horizons: list[int]) -> PatchDateResult:
+        """Shard and table of the series key (or date) ``series`` with the labels of
+        ``label_row`` (a labels table row)."""
+        d = single_date(series, "patch_dataset")
         key = d.isoformat()
         path = image_path(self.image_root, d)
         if not path.exists():

@@ -72,23 +72,26 @@ def one_thread():
     torch.set_num_threads(prev)
 
 
-def pipeline_resources(tmp, *, datasets: str | None = "datasets") -> dict:
-    """Resources for the ingestion -> images (-> datasets) assets, all under ``tmp``; import with
+def pipeline_resources(tmp, *, compression: str = "none", tables_from=None) -> dict:
+    """Resources for the ingestion -> images -> datasets assets, with the data root ``tmp``
+    (``tmp/tables``, ``tmp/mega_images``, ``tmp/datasets``); ``tables_from``: another root whose
+    tables are copied in first (to rerun a later stage on the same inputs). Import with
     ``from conftest import pipeline_resources``."""
-    from finnex_assets.assets.datasets import DatasetStore
-    from finnex_assets.io_managers import ImageStore, MegaImageIOManager, PartitionedParquetIOManager
-    from finnex_assets.resources import DataSourceResource
+    import shutil
 
-    store = ImageStore(base_dir=str(tmp / "images"))
-    out = {
+    from finnex_assets.io_managers import MegaImageIOManager, PartitionedParquetIOManager
+    from finnex_assets.resources import DataSourceResource
+    from finnex_assets.storage import FinnexStorage
+
+    if tables_from is not None:
+        shutil.copytree(tables_from / "tables", tmp / "tables", dirs_exist_ok=True)
+    storage = FinnexStorage(root=str(tmp))
+    return {
         "data_source": DataSourceResource(kind="synthetic"),
-        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
-        "image_store": store,
-        "mega_image_io_manager": MegaImageIOManager(store=store),
+        "storage": storage,
+        "io_manager": PartitionedParquetIOManager(storage=storage),
+        "mega_image_io_manager": MegaImageIOManager(storage=storage, compression=compression),
     }
-    if datasets is not None:
-        out["dataset_store"] = DatasetStore(base_dir=str(tmp / datasets))
-    return out
 
 
 # The slowest files, slowest first (from `pytest --durations`). scripts/test.sh spreads files over

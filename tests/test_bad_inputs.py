@@ -21,6 +21,7 @@ import yaml
 from finnex_assets.assets.ingestion import modalities
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import DataSourceResource
+from finnex_assets.storage import FinnexStorage
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text(encoding="utf-8"))["cases"]
@@ -65,11 +66,13 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def job():
+    storage = FinnexStorage.configure_at_launch()  # one instance: the IO manager gets the launched config
     defs = dg.Definitions(
         assets=[modalities],
         resources={
             "data_source": DataSourceResource.configure_at_launch(),
-            "io_manager": PartitionedParquetIOManager.configure_at_launch(),
+            "storage": storage,
+            "io_manager": PartitionedParquetIOManager(storage=storage),
         },
     )
     return defs.resolve_implicit_global_asset_job_def()
@@ -93,7 +96,7 @@ def _error_text(result) -> str:
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_case(case, corpus, job, instance, tmp_path, monkeypatch):
     monkeypatch.setenv("FINNEX_FILES_ROOT", str(corpus))
-    data = tmp_path / "tables"
+    data = tmp_path / "tables"  # under the data root tmp_path
     result = job.execute_in_process(
         instance=instance,
         raise_on_error=False,
@@ -101,7 +104,7 @@ def test_case(case, corpus, job, instance, tmp_path, monkeypatch):
         run_config={
             "resources": {
                 "data_source": {"config": {"kind": "files", "mapping_path": case["mapping"]}},
-                "io_manager": {"config": {"base_dir": str(data)}},
+                "storage": {"config": {"root": str(tmp_path)}},
             }
         },
         tags={"dagster/asset_partition_range_start": RANGE[0], "dagster/asset_partition_range_end": RANGE[1]},

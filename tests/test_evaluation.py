@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from finnex_assets.assets.datasets import DatasetStore
 from finnex_assets.assets.evaluation import evaluation_report, model_evaluation, qa_report
 from finnex_assets.definitions import ALL_ASSETS
-from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
+from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking, ProjectChecks
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar
 from finnex_ml import labels as lb
 from finnex_ml import splits as sp
@@ -54,13 +54,13 @@ def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bo
     feats = features.filter(pl.col("date").is_in(dates))
     if leak:  # a feature equal to the next session's return: information from after t
         feats = feats.with_columns(pl.Series("technical__planted_leak", labels[lb.return_col(1)].to_numpy()))
-    io = PartitionedParquetIOManager(base_dir=str(root / "tables"))
+    tables = FinnexStorage(root=str(root)).tables
     for name, table in (("labels", labels), ("daily_features", feats)):
         for d in dates:
-            path = io.partition_path(dg.AssetKey(name), d.isoformat())
+            path = tables.path(name, d)
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
-    images, shards, ready = root / "images", root / "datasets" / "patch_datasets", root / "datasets" / "cnn_ready"
+    images, shards, ready = root / "mega_images", root / "datasets" / "patch_datasets", root / "datasets" / "cnn_ready"
     spec = build_layout(feats.columns)
     write_spec(images, spec, NormConfig())
     rng = np.random.default_rng(1)
@@ -138,7 +138,7 @@ def _inputs(root: Path, w: dict, models: bool = True) -> EvalInputs:
         feature_columns=feature_columns(w["features"]),
         splits=w["splits"],
         ready_root=root / "datasets" / "cnn_ready",
-        image_root=root / "images",
+        image_root=root / "mega_images",
         shard_root=root / "datasets" / "patch_datasets",
         work_dir=root / "work",
         channel_means=[0.5, 0.5, 0.5],
@@ -230,10 +230,10 @@ DAGSTER_FAST = {"n_permutations": 100, "refit_permutations": 0, "pooled_min_trai
 
 
 def _resources(root: Path) -> dict:
+    storage = FinnexStorage(root=str(root))
     return {
-        "io_manager": PartitionedParquetIOManager(base_dir=str(root / "tables")),
-        "image_store": ImageStore(base_dir=str(root / "images")),
-        "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
+        "storage": storage,
+        "io_manager": PartitionedParquetIOManager(storage=storage),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"),
         "project_checks": ProjectChecks.of(ALL_ASSETS),
     }
@@ -287,18 +287,20 @@ def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
 def test_dagster_leak_check_fails_and_blocks_the_reports(world, tmp_path, monkeypatch):
     root, w = world
     monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
-    tables = tmp_path / "tables"
-    io = PartitionedParquetIOManager(base_dir=str(tables))
+    # the world's images and datasets (links), but leaky tables of its own
+    for folder in ("mega_images", "datasets"):
+        (tmp_path / folder).symlink_to(root / folder, target_is_directory=True)
+    tables = FinnexStorage(root=str(tmp_path)).tables
     leaky = w["features"].with_columns(pl.Series("technical__planted_leak", w["labels"][lb.return_col(1)].to_numpy()))
     for name, table in (("labels", w["labels"]), ("daily_features", leaky)):
         for d in w["dates"]:
-            path = io.partition_path(dg.AssetKey(name), d.isoformat())
+            path = tables.path(name, d)
             path.parent.mkdir(parents=True, exist_ok=True)
             table.filter(pl.col("date") == d).write_parquet(path)
     cfg = {"n_boot": 50, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 1, **DAGSTER_FAST}
     result = dg.materialize(
         [model_evaluation, evaluation_report],
-        resources={**_resources(root), "io_manager": io},
+        resources=_resources(tmp_path),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
         run_config={"ops": {"model_evaluation": {"config": cfg}}},

@@ -135,15 +135,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from finnex_assets.assets.datasets import DatasetStore
 from finnex_assets.assets.training import TRAINING_ASSETS
-from finnex_assets.io_managers import ImageStore
 from finnex_assets.resources import MlflowTracking
+from finnex_assets.storage import FinnexStorage
 
 root = Path(os.environ["FINNEX_TEST_ROOT"])
 defs = dg.Definitions(assets=TRAINING_ASSETS, resources={
-    "dataset_store": DatasetStore(base_dir=str(root / "datasets")),
-    "image_store": ImageStore(base_dir=str(root / "images")),
+    "storage": FinnexStorage(root=str(root)),
     "mlflow_tracking": MlflowTracking(),  # the default store: sqlite under the fresh DAGSTER_HOME
 })
 """

@@ -17,6 +17,7 @@ from finnex_assets.assets.datasets import MAX_HORIZON, LabelsConfig, labels
 from finnex_assets.assets.ingestion import modalities
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import DataSourceResource
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar
 from finnex_ml.errors import ConfigError
 from finnex_ml.labels import BUY, HOLD, SELL, LabelConfig, class_distribution, classify, compute_labels
@@ -114,9 +115,11 @@ FIRST, LAST = "2024-03-01", "2024-04-30"
 
 
 def _res(tmp):
+    storage = FinnexStorage(root=str(tmp))
     return {
         "data_source": DataSourceResource(kind="synthetic"),
-        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
+        "storage": storage,
+        "io_manager": PartitionedParquetIOManager(storage=storage),
     }
 
 
@@ -207,9 +210,11 @@ def test_labels_stop_where_the_source_stops(tmp_path, monkeypatch) -> None:
     h sessions of a range ending there stay unlabeled (null, not Hold) for horizon h."""
     repo = Path(__file__).resolve().parent.parent
     monkeypatch.setenv("FINNEX_FILES_ROOT", str(repo))
+    storage = FinnexStorage(root=str(tmp_path))
     res = {
         "data_source": DataSourceResource(kind="files", mapping_path="examples/files_source/mapping.yaml"),
-        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp_path / "tables")),
+        "storage": storage,
+        "io_manager": PartitionedParquetIOManager(storage=storage),
     }
     first, last = "2024-02-26", "2024-03-13"
     assert _run(res, first, last, [dg.AssetKey("market_data")]).success

@@ -13,7 +13,6 @@ from conftest import pipeline_resources
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import LOOKBACK, mega_images
 from finnex_assets.assets.ingestion import modalities
-from finnex_assets.io_managers import ImageStore, MegaImageIOManager
 from finnex_ml import calendar
 from finnex_ml.encoding import decode, image_path, read_image, read_record, read_spec
 from finnex_ml.encoding.layout import LayoutSpec
@@ -22,8 +21,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 FIRST, LAST = "2024-03-04", "2024-03-08"
 
 
-def _resources(tmp):
-    return pipeline_resources(tmp, datasets=None)
+def _resources(tmp, **kwargs):
+    return pipeline_resources(tmp, **kwargs)
 
 
 def _range(assets, resources, a, b, selection=None):
@@ -46,7 +45,7 @@ def built(tmp_path_factory):
     feats = _range(assets, res, start, LAST, selection=[modalities, daily_features])
     assert feats.success
     # what a writer killed an hour ago leaves behind: the IO manager sweeps it before writing
-    stale = tmp / "images" / "2024" / "02" / f".2024-02-29.h5.{'0' * 32}.tmp"
+    stale = tmp / "mega_images" / "2024" / "02" / f".2024-02-29.h5.{'0' * 32}.tmp"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half an image")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
@@ -65,12 +64,12 @@ def test_range_run_writes_one_shard_per_date_and_checks_pass(built):
         "temporal_continuity": True,
         "feature_preservation": True,
     }
-    files = sorted(p.name for p in (tmp / "images" / "2024" / "03").glob("*.h5"))
+    files = sorted(p.name for p in (tmp / "mega_images" / "2024" / "03").glob("*.h5"))
     assert files == [f"{d}.h5" for d in ["2024-03-04", "2024-03-05", "2024-03-06", "2024-03-07", "2024-03-08"]]
-    rec = read_record(tmp / "images", "2024-03-06")
-    spec = LayoutSpec.from_json((tmp / "images" / "metadata" / "channel_encoding_spec.json").read_text())
-    assert rec["spec_hash"] == spec.spec_hash() == read_spec(tmp / "images").spec_hash()
-    img = read_image(tmp / "images", "2024-03-06")
+    rec = read_record(tmp / "mega_images", "2024-03-06")
+    spec = LayoutSpec.from_json((tmp / "mega_images" / "metadata" / "channel_encoding_spec.json").read_text())
+    assert rec["spec_hash"] == spec.spec_hash() == read_spec(tmp / "mega_images").spec_hash()
+    img = read_image(tmp / "mega_images", "2024-03-06")
     assert img.shape == (512, 512, 3) and img.dtype == np.float32
     assert 0.0 <= img.min() and img.max() <= 1.0
     # per-partition preview metadata is there for the UI
@@ -81,17 +80,16 @@ def test_range_run_writes_one_shard_per_date_and_checks_pass(built):
 
 def test_sliding_window_between_stored_images(built):
     tmp, _, _ = built
-    spec = read_spec(tmp / "images")
-    a = decode(read_image(tmp / "images", "2024-03-05"), spec)
-    b = decode(read_image(tmp / "images", "2024-03-06"), spec)
+    spec = read_spec(tmp / "mega_images")
+    a = decode(read_image(tmp / "mega_images", "2024-03-05"), spec)
+    b = decode(read_image(tmp / "mega_images", "2024-03-06"), spec)
     np.testing.assert_array_equal(b[:-1], a[1:])  # yesterday's window shifted one session left
 
 
 def test_partition_alone_is_byte_identical_to_range(built, tmp_path):
     tmp, res, _ = built
-    store = ImageStore(base_dir=str(tmp_path / "images"))
     # stored gzip-compressed this time: compression must not change a single image byte either
-    alone = dict(res, image_store=store, mega_image_io_manager=MegaImageIOManager(store=store, compression="gzip"))
+    alone = _resources(tmp_path, compression="gzip", tables_from=tmp)
     out = dg.materialize(
         [modalities, daily_features, mega_images],
         resources=alone,
@@ -100,15 +98,18 @@ def test_partition_alone_is_byte_identical_to_range(built, tmp_path):
         partition_key="2024-03-07",
     )
     assert out.success
-    assert read_image(tmp_path / "images", "2024-03-07").tobytes() == read_image(tmp / "images", "2024-03-07").tobytes()
+    assert (
+        read_image(tmp_path / "mega_images", "2024-03-07").tobytes()
+        == read_image(tmp / "mega_images", "2024-03-07").tobytes()
+    )
     with (
-        h5py.File(image_path(tmp_path / "images", "2024-03-07")) as alone_f,
-        h5py.File(image_path(tmp / "images", "2024-03-07")) as range_f,
+        h5py.File(image_path(tmp_path / "mega_images", "2024-03-07")) as alone_f,
+        h5py.File(image_path(tmp / "mega_images", "2024-03-07")) as range_f,
     ):
         assert (alone_f["image"].compression, range_f["image"].compression) == ("gzip", None)  # default: none
     assert (
-        read_record(tmp_path / "images", "2024-03-07")["normalization_hash"]
-        == read_record(tmp / "images", "2024-03-07")["normalization_hash"]
+        read_record(tmp_path / "mega_images", "2024-03-07")["normalization_hash"]
+        == read_record(tmp / "mega_images", "2024-03-07")["normalization_hash"]
     )
 
 
@@ -127,7 +128,10 @@ def test_first_backfill_without_features_computes_the_lookback_from_the_source(b
         partition_key="2024-03-07",
     )
     assert out.success
-    assert read_image(tmp_path / "images", "2024-03-07").tobytes() == read_image(tmp / "images", "2024-03-07").tobytes()
+    assert (
+        read_image(tmp_path / "mega_images", "2024-03-07").tobytes()
+        == read_image(tmp / "mega_images", "2024-03-07").tobytes()
+    )
     assert not [p for p in tmp_path.rglob("*.parquet") if "daily_features" in p.parts]
     said = [e.user_message for e in instance.all_logs(out.run_id) if "are not materialised" in e.user_message]
     assert said and f"for {LOOKBACK} of the {LOOKBACK} sessions" in said[0]  # the image date's own row too
@@ -163,8 +167,7 @@ def test_failing_image_check_writes_no_image(built, tmp_path, monkeypatch):
     from finnex_assets.assets import images as images_module
 
     tmp, res, _ = built
-    store = ImageStore(base_dir=str(tmp_path / "images"))
-    fresh = {**res, "image_store": store, "mega_image_io_manager": MegaImageIOManager(store=store)}
+    fresh = _resources(tmp_path, tables_from=tmp)
     real = images_module.check_image
     bad = date(2024, 3, 6)
 
@@ -190,5 +193,5 @@ def test_failing_image_check_writes_no_image(built, tmp_path, monkeypatch):
     failure = [e for e in out.all_events if e.is_step_failure][0]
     err = failure.step_failure_data.error
     assert "dtype_shape_range" in err.message + (err.cause.message if err.cause else "")
-    assert not list((tmp_path / "images").rglob("*.h5"))
+    assert not list((tmp_path / "mega_images").rglob("*.h5"))
     assert out.asset_materializations_for_node("mega_images") == []

@@ -165,18 +165,18 @@ def test_files_mapping_path_traversal_is_rejected(bad, monkeypatch, tmp_path):
 
 
 def test_data_dir_partition_paths_are_validated(tmp_path):
-    from finnex_assets.io_managers import PartitionedParquetIOManager
+    from finnex_assets.storage import FinnexStorage
 
-    io = PartitionedParquetIOManager(base_dir=str(tmp_path))
+    tables = FinnexStorage(root=str(tmp_path)).tables
     assert (
-        io.partition_path(dg.AssetKey("daily_features"), "2024-03-04")
-        == tmp_path / "daily_features/2024/2024-03-04.parquet"
+        tables.path(["daily_features"], "2024-03-04")
+        == tmp_path.resolve() / "tables/daily_features/2024/2024-03-04.parquet"
     )
     for key in ("../../etc", "2024-03-04/../../x", "2024-3-4"):
         with pytest.raises(ConfigError):
-            io.partition_path(dg.AssetKey("daily_features"), key)
+            tables.path("daily_features", key)
     with pytest.raises(ConfigError):
-        io.partition_path(dg.AssetKey(["..", "evil"]), "2024-03-04")
+        tables.path(["..", "evil"], "2024-03-04")
 
 
 def test_cli_ui_binds_to_loopback(monkeypatch):

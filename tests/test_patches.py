@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import dagster as dg
 import h5py
@@ -11,11 +12,10 @@ import polars as pl
 import pytest
 from conftest import pipeline_resources
 
-from finnex_assets.assets.datasets import DatasetStore, labels, patch_dataset
+from finnex_assets.assets.datasets import labels, patch_dataset
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.images import LOOKBACK, mega_images
 from finnex_assets.assets.ingestion import modalities
-from finnex_assets.io_managers import ImageStore
 from finnex_ml import calendar
 from finnex_ml.encoding import build_layout, pixel_lookup, read_image, read_spec
 from finnex_ml.encoding.layout import Section
@@ -115,8 +115,8 @@ def test_layout_table_tiles_features_and_lags() -> None:
 FIRST, LAST = "2024-03-04", "2024-03-08"
 
 
-def _resources(tmp, datasets="datasets"):
-    return pipeline_resources(tmp, datasets=datasets)
+def _resources(tmp, **kwargs):
+    return pipeline_resources(tmp, **kwargs)
 
 
 ASSETS = [modalities, daily_features, mega_images, labels, patch_dataset]
@@ -161,7 +161,7 @@ def test_patch_dataset_shards_checks_and_labels(built) -> None:
     lab = pl.read_parquet(tmp / "tables" / "labels" / "2024" / "*.parquet").sort("date")
     for d in days:
         shard = read_shard(root, d)
-        image = read_image(tmp / "images", d)
+        image = read_image(tmp / "mega_images", d)
         np.testing.assert_array_equal(shard.patches, extract_patches(image))
         np.testing.assert_array_equal(patches_to_image(shard.patches), image)
         row = lab.filter(pl.col("date") == d).to_dicts()[0]
@@ -192,7 +192,7 @@ def test_patch_table_has_stats_labels_and_metadata(built) -> None:
         table["class_1d"].n_unique() == 1 and table["class_5d"].n_unique() == 1 and table["class_5d"].null_count() == 0
     )
     assert table["informative"].all() and table["duplicate"].sum() == 0  # measured: real images repeat nothing
-    spec = read_spec(tmp / "images")
+    spec = read_spec(tmp / "mega_images")
     assert table["spec_hash"].cast(pl.String).unique().to_list() == [spec.spec_hash()]
     meta = out.asset_materializations_for_node("patch_dataset")[0].metadata
     assert meta["patches_per_section"].data == {"behavioral": 96, "fundamental": 80, "macro": 80}
@@ -201,9 +201,10 @@ def test_patch_table_has_stats_labels_and_metadata(built) -> None:
         assert f["patches"].chunks == PATCHES_SHAPE and f["patches"].dtype == np.float32
 
 
-def test_date_alone_equals_its_slice_of_the_range(built) -> None:
+def test_date_alone_equals_its_slice_of_the_range(built, tmp_path) -> None:
     tmp, res, _, days = built
-    alone = _resources(tmp, datasets="alone")
+    shutil.copytree(tmp / "mega_images", tmp_path / "mega_images")  # the same images and labels, own shards
+    alone = _resources(tmp_path, tables_from=tmp)
     d = days[3]
     out = dg.materialize(
         ASSETS,
@@ -213,26 +214,22 @@ def test_date_alone_equals_its_slice_of_the_range(built) -> None:
         partition_key=d.isoformat(),
     )
     assert out.success
-    a = read_shard(tmp / "alone" / "patch_datasets", d)
+    a = read_shard(tmp_path / "datasets" / "patch_datasets", d)
     b = read_shard(tmp / "datasets" / "patch_datasets", d)
     assert a.patches.tobytes() == b.patches.tobytes()
     assert a.label_class.tobytes() == b.label_class.tobytes() and a.label_return.tobytes() == b.label_return.tobytes()
-    assert pl.read_parquet(table_path(tmp / "alone" / "patch_datasets", d)).equals(
+    assert pl.read_parquet(table_path(tmp_path / "datasets" / "patch_datasets", d)).equals(
         pl.read_parquet(table_path(tmp / "datasets" / "patch_datasets", d))
     )
-    assert list_shard_dates(tmp / "alone" / "patch_datasets") == [d]
+    assert list_shard_dates(tmp_path / "datasets" / "patch_datasets") == [d]
 
 
 def test_missing_image_is_a_clear_error(built, tmp_path) -> None:
     tmp, res, _, _ = built
-    other = dict(
-        res,
-        image_store=ImageStore(base_dir=str(tmp_path / "no_images")),
-        dataset_store=DatasetStore(base_dir=str(tmp_path / "ds")),
-    )
-    (tmp_path / "no_images" / "metadata").mkdir(parents=True)
-    (tmp_path / "no_images" / "metadata" / "channel_encoding_spec.json").write_bytes(
-        (tmp / "images" / "metadata" / "channel_encoding_spec.json").read_bytes()
+    other = _resources(tmp_path, tables_from=tmp)  # labels, but only the spec of the images
+    (tmp_path / "mega_images" / "metadata").mkdir(parents=True)
+    (tmp_path / "mega_images" / "metadata" / "channel_encoding_spec.json").write_bytes(
+        (tmp / "mega_images" / "metadata" / "channel_encoding_spec.json").read_bytes()
     )
     out = dg.materialize(
         ASSETS,
@@ -246,4 +243,4 @@ def test_missing_image_is_a_clear_error(built, tmp_path) -> None:
     err = [e for e in out.all_events if e.is_step_failure][0].step_failure_data.error
     msg = err.message + (err.cause.message if err.cause else "")
     assert "mega_images" in msg and FIRST in msg
-    assert not list((tmp_path / "ds").rglob("*.h5"))
+    assert not list((tmp_path / "datasets").rglob("*.h5"))

@@ -184,9 +184,9 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("splits")
     res = _resources(tmp)
     spec = build_layout(NAMES)
-    write_spec(tmp / "images", spec, NormConfig())
+    write_spec(tmp / "mega_images", spec, NormConfig())
     for i, d in enumerate(DAYS):
-        _write(tmp / "images", spec, d, i)
+        _write(tmp / "mega_images", spec, d, i)
     a, b = DAYS[0].isoformat(), DAYS[-1].isoformat()
     assert _run(res, [dg.AssetKey("market_data")], a, b).success
     assert _run(res, [labels], a, b).success  # the last 5 dates stay unlabeled: no prices after DAYS[-1]
@@ -232,7 +232,7 @@ def test_cnn_ready_arrays_point_at_images_and_shards(world) -> None:
             assert f["labels"].shape == (len(ds) * N_PATCHES, 2)
             assert [x.decode() for x in f["dates"][...]] == doc["sets"][name]
             i = len(ds) // 2
-            np.testing.assert_array_equal(f["images"][i], read_image(tmp / "images", ds[i]))
+            np.testing.assert_array_equal(f["images"][i], read_image(tmp / "mega_images", ds[i]))
             np.testing.assert_array_equal(
                 f["patches"][i * N_PATCHES : (i + 1) * N_PATCHES],
                 read_shard(tmp / "datasets" / "patch_datasets", ds[i]).patches,
@@ -248,7 +248,7 @@ def test_statistics_are_train_only_and_correct(world) -> None:
     train = [date.fromisoformat(x) for x in doc["sets"]["train"]]
     s, ss, n = np.zeros(3), np.zeros(3), 0
     for d in train:  # naive sums as an independent reference
-        x = read_image(tmp / "images", d).reshape(-1, 3).astype(np.float64)
+        x = read_image(tmp / "mega_images", d).reshape(-1, 3).astype(np.float64)
         s += x.sum(0)
         ss += (x**2).sum(0)
         n += x.shape[0]
@@ -269,7 +269,7 @@ def test_perturbing_val_and_test_leaves_train_statistics_unchanged(world) -> Non
     doc = _splits(tmp)
     evaluation = [date.fromisoformat(x) for x in doc["sets"]["val"] + doc["sets"]["test"]]
     for i, d in enumerate(evaluation):
-        _write(tmp / "images", spec, d, 1000 + i)
+        _write(tmp / "mega_images", spec, d, 1000 + i)
     # the shards of re-encoded images are stale: refused, with the date named
     stale = _run(res, [dataset_splits])
     assert not stale.success
@@ -284,7 +284,7 @@ def test_perturbing_val_and_test_leaves_train_statistics_unchanged(world) -> Non
         np.testing.assert_array_equal(f["images"][0], _image(1000 + len(doc["sets"]["val"])))
     # control: perturbing one training image does change the training statistics
     t0 = date.fromisoformat(doc["sets"]["train"][0])
-    _write(tmp / "images", spec, t0, 5000)
+    _write(tmp / "mega_images", spec, t0, 5000)
     assert _run(res, [patch_dataset], t0.isoformat(), t0.isoformat()).success
     assert _run(res, [dataset_splits]).success
     assert _stats(tmp)["train"]["channel_mean"] != before["train"]["channel_mean"]

@@ -102,7 +102,7 @@ def _h5_sha(path: Path) -> str:
 
 def _digests(tmp: Path) -> dict[str, str]:
     out: dict[str, str] = {}
-    for p in sorted((tmp / "images").rglob("*.h5")):
+    for p in sorted((tmp / "mega_images").rglob("*.h5")):
         with h5py.File(p, "r") as f:
             out[f"image/{p.stem}"] = _sha(f["image"][()].tobytes())
     lab = sorted((tmp / "tables" / "labels").rglob("*.parquet"))

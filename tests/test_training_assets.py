@@ -9,10 +9,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from finnex_assets.assets.datasets import DatasetStore
 from finnex_assets.assets.training import TRAINING_ASSETS
-from finnex_assets.io_managers import ImageStore
 from finnex_assets.resources import MlflowTracking
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar
 from finnex_ml.datasets_io import write_set_file
 from finnex_ml.encoding.store import image_path
@@ -26,7 +25,7 @@ cnn_model, vit_model = ASSETS["cnn_model"], ASSETS["vit_model"]
 
 def _fake_sets(tmp):
     """Tiny cnn_ready sets whose pixels reveal the class (the point here is the wiring)."""
-    images, shards, ready = tmp / "images", tmp / "datasets" / "patch_datasets", tmp / "datasets" / "cnn_ready"
+    images, shards, ready = tmp / "mega_images", tmp / "datasets" / "patch_datasets", tmp / "datasets" / "cnn_ready"
     rng = np.random.default_rng(0)
     dates = calendar.sessions("2024-01-02", "2024-01-31")
     classes = np.array([[i % 3, (i + 1) % 3] for i in range(len(dates))], dtype=np.int8)
@@ -66,8 +65,7 @@ def setup(tmp_path):
     _fake_sets(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     resources = {
-        "dataset_store": DatasetStore(base_dir=str(tmp_path / "datasets")),
-        "image_store": ImageStore(base_dir=str(tmp_path / "images")),
+        "storage": FinnexStorage(root=str(tmp_path)),
         "mlflow_tracking": MlflowTracking(tracking_uri=uri, experiment="test"),
     }
     return tmp_path, resources, uri
@@ -139,8 +137,7 @@ def test_training_resumes_from_its_checkpoint(setup):
 
 def test_training_without_dataset_splits_is_a_clear_error(tmp_path):
     resources = {
-        "dataset_store": DatasetStore(base_dir=str(tmp_path)),
-        "image_store": ImageStore(base_dir=str(tmp_path)),
+        "storage": FinnexStorage(root=str(tmp_path)),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"),
     }
     with pytest.raises(Exception, match="materialise dataset_splits first"):
@@ -157,7 +154,7 @@ def test_image_mode_trains_a_layout_aware_seed_ensemble(setup):
     from finnex_ml.models import SeedEnsemble
 
     tmp, resources, _ = setup
-    meta_dir = tmp / "images" / "metadata"
+    meta_dir = tmp / "mega_images" / "metadata"
     meta_dir.mkdir(parents=True)
     spec = build_layout(["price__ret_1d", "price__rsi_14", "macro__vix", "news__mean", "fundamental__eps_ttm"])
     (meta_dir / "channel_encoding_spec.json").write_text(spec.to_json(), encoding="utf-8")

@@ -14,8 +14,10 @@ from finnex_assets.assets.images import LOOKBACK
 from finnex_assets.assets.universe import UNIVERSE_ASSETS, UniverseResource
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar
 from finnex_ml.encoding.panel_store import panel_index, panel_path, read_cross_section
+from finnex_ml.series import SeriesKey
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -24,9 +26,11 @@ START, END = date(2023, 5, 1), date(2023, 6, 9)
 
 
 def _resources(tmp, n=6):
+    storage = FinnexStorage(root=str(tmp))  # universe files under tmp/universe, tables under tmp/tables
     return {
-        "universe": UniverseResource(n_tickers=n, base_dir=str(tmp / "universe")),
-        "io_manager": PartitionedParquetIOManager(base_dir=str(tmp / "tables")),
+        "universe": UniverseResource(n_tickers=n),
+        "storage": storage,
+        "io_manager": PartitionedParquetIOManager(storage=storage),
         "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp}/mlflow.db"),
     }
 
@@ -67,21 +71,27 @@ def built(tmp_path_factory):
 def test_cross_sections_hold_every_listed_ticker_with_history(built):
     tmp, res, _ = built
     prices = pl.read_parquet(tmp / "tables" / "universe_prices" / "*" / "*.parquet")
-    index = panel_index(res["universe"].images_root())
+    index = panel_index(res["storage"].universe.images_root)
     days = calendar.sessions(START, END)
     assert sorted(index["date"].unique().to_list()) == days
     members = res["universe"].source().members()
     for d in (days[0], days[-1]):
-        tickers, images = read_cross_section(res["universe"].images_root(), d)
+        tickers, images = read_cross_section(res["storage"].universe.images_root, d)
         listed = members.filter((pl.col("first") <= d) & (pl.col("last") >= d))["ticker"].to_list()
         assert tickers == sorted(prices.filter(pl.col("date") == d)["ticker"].to_list()) == listed
         assert images.shape == (len(tickers), 512, 512, 3) and images.dtype == np.float32
         assert 0.0 <= images.min() and images.max() <= 1.0
+        # the store addresses one row of the date's file by (ticker, date)
+        store = res["storage"].universe
+        assert store.image_path(SeriesKey(tickers[-1], d)) == panel_path(store.images_root, d)
+        assert store.read_image(SeriesKey(tickers[-1], d)).tobytes() == images[-1].tobytes()
+    keys = res["storage"].universe.keys()
+    assert [(k.date, k.ticker) for k in keys] == list(zip(index["date"].to_list(), index["ticker"].to_list()))
 
 
 def test_labels_splits_and_model_predictions(built):
     tmp, res, result = built
-    out = res["universe"].datasets_root()
+    out = res["storage"].universe.datasets_root
     samples = pl.read_parquet(out / "samples.parquet")
     sets = samples.group_by("set").agg(pl.col("date").min().alias("lo"), pl.col("date").max().alias("hi"))
     span = {r["set"]: (r["lo"], r["hi"]) for r in sets.iter_rows(named=True) if r["set"]}
@@ -98,7 +108,7 @@ def test_labels_splits_and_model_predictions(built):
     mat = result.asset_materializations_for_node("universe_evaluation")[0].metadata
     test_dates = samples.filter(pl.col("set") == "test")["date"]
     assert mat["test_span"].value == f"{test_dates.min()}..{test_dates.max()}"
-    html = res["universe"].report_path().read_text(encoding="utf-8")
+    html = res["storage"].universe.report_path().read_text(encoding="utf-8")
     for name in ("momentum", "reversal", "random", "ridge", "SYNTHETIC", "Out-of-sample span"):
         assert name in html
     assert 0.0 <= mat["permutation_p_value"].value <= 1.0
@@ -109,7 +119,7 @@ def test_missing_lookback_fails_and_writes_nothing(tmp_path):
     assert _run(res, ["universe_prices", "universe_features"], START, END).success
     result = _run(res, ["universe_images"], START, END)
     assert not result.success
-    root = res["universe"].images_root()
+    root = res["storage"].universe.images_root
     assert not list(root.rglob("*.h5"))  # nothing staged is left, nothing committed
 
 
@@ -127,10 +137,10 @@ def test_a_date_alone_equals_the_same_date_in_a_range(built, tmp_path):
     for asset in ("universe_features", "universe_labels"):
         one = (tmp_path / "tables" / asset / f"{d.year}" / f"{d}.parquet").read_bytes()
         assert one == (tmp / "tables" / asset / f"{d.year}" / f"{d}.parquet").read_bytes(), asset
-    t1, a = read_cross_section(alone["universe"].images_root(), d)
-    t2, b = read_cross_section(res["universe"].images_root(), d)
+    t1, a = read_cross_section(alone["storage"].universe.images_root, d)
+    t2, b = read_cross_section(res["storage"].universe.images_root, d)
     assert t1 == t2 and a.tobytes() == b.tobytes()
     assert (
-        panel_path(alone["universe"].images_root(), d).read_bytes()
-        == panel_path(res["universe"].images_root(), d).read_bytes()
+        panel_path(alone["storage"].universe.images_root, d).read_bytes()
+        == panel_path(res["storage"].universe.images_root, d).read_bytes()
     )

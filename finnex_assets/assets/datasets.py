@@ -10,7 +10,7 @@
   dates then (the UI marks them stale once the mapped ``market_data`` partitions change;
   ``unlabeled_dates`` in the metadata lists them). close(t+h) is the price as published in
   partition t+h; sigma(t) uses partition t only.
-* ``patch_dataset`` (partitioned by date, own storage under ``DatasetStore``): one HDF5 shard of
+* ``patch_dataset`` (partitioned by date, own storage: ``storage.patches``): one HDF5 shard of
   256 patches plus a 256-row Parquet table per date, and the static patch layout once per spec
   hash (``finnex_ml.patches``).
 * ``dataset_splits`` (unpartitioned): reads the stores directly (every date that has an image,
@@ -22,13 +22,12 @@
 The work itself is in the library (``finnex_ml.label_build``, ``finnex_ml.patch_build``,
 ``finnex_ml.dataset_splits``); the assets here turn its results into outputs, metadata and checks.
 
-Resources needed: ``io_manager`` (PartitionedParquetIOManager), ``image_store`` (ImageStore),
-``dataset_store`` (DatasetStore, ``finnex_assets.resources``).
+Resources needed: ``io_manager`` (PartitionedParquetIOManager) and ``storage`` (FinnexStorage,
+``finnex_assets.storage``), which both IO managers share.
 """
 
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -36,9 +35,9 @@ import polars as pl
 from pydantic import Field
 
 from finnex_assets import checks
-from finnex_assets.io_managers import ImageStore, PartitionedParquetIOManager
 from finnex_assets.partitions import trading_days
-from finnex_assets.resources import DatasetStore, DataSourceResource
+from finnex_assets.resources import DataSourceResource
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import dataset_splits as dsp
 from finnex_ml import label_build as lbb
 from finnex_ml import labels as lb
@@ -48,6 +47,7 @@ from finnex_ml.patch_build import PatchBuilder
 from finnex_ml.patch_build import check_frames as patch_check_frames
 from finnex_ml.patch_build import check_schemas as patch_check_schemas
 from finnex_ml.schemas import run_schema
+from finnex_ml.series import SeriesKey, series_keys
 
 MARKET_DATA = dg.AssetKey("market_data")
 MAX_HORIZON = max(lb.DEFAULT_HORIZONS)  # the mapping below is static; horizons must not exceed it
@@ -104,7 +104,7 @@ class LabelsConfig(dg.Config):
 
 @dg.asset(
     deps=[dg.AssetDep("market_data", partition_mapping=MARKET_WINDOW)],
-    required_resource_keys={"io_manager", "data_source"},
+    required_resource_keys={"io_manager", "storage", "data_source"},
     partitions_def=trading_days,
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[dg.AssetCheckSpec(n, asset="labels", description=d, blocking=b) for n, (d, b) in LABEL_CHECKS.items()],
@@ -118,8 +118,8 @@ def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[
     close(t+h) comes from the market_data snapshot of t+h, or from the data source where that
     snapshot was never materialised (a range's last dates, or a date materialised alone)."""
     cfg = config.label_config()
-    days = [date.fromisoformat(k) for k in context.partition_keys]
-    io_manager: PartitionedParquetIOManager = context.resources.io_manager
+    keys = series_keys(context.partition_keys)  # the single-stock series of each partition
+    tables = context.resources.storage.tables
     data_source: DataSourceResource = context.resources.data_source
 
     def source_closes(sessions: list[date]) -> dict[date, float]:
@@ -127,7 +127,7 @@ def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[
         have = prices.filter(pl.col("date").is_in(sessions) & pl.col("close").is_not_null())
         return dict(zip(have["date"].to_list(), have["close"].to_list()))
 
-    full = lbb.build_labels(lambda d: io_manager.partition_path(MARKET_DATA, d.isoformat()), days, cfg, source_closes)
+    full = lbb.build_labels(lambda d: tables.path(MARKET_DATA.path, d), keys, cfg, source_closes)
     table = full.select(lbb.stored_columns(full))
     dist = lb.class_distribution(table)
     pending = lbb.pending_dates(table, cfg.horizons)
@@ -142,7 +142,7 @@ def labels(context: dg.AssetExecutionContext, config: LabelsConfig) -> Iterator[
         )
     context.log.info(f"labels: {table.height} dates, {pending.height} with an unlabeled horizon; {dist}")
     # checks before the output: a failing blocking check writes no labels partition
-    yield from checks.gate("labels", _label_checks(context, cfg, full, dist, pending), len(days))
+    yield from checks.gate("labels", _label_checks(context, cfg, full, dist, pending), len(keys))
     yield dg.Output(
         table,
         metadata={
@@ -217,18 +217,17 @@ PATCH_CHECKS = {
 def patch_dataset(
     context: dg.AssetExecutionContext,
     labels: pl.DataFrame,
-    image_store: ImageStore,
-    dataset_store: DatasetStore,
+    storage: FinnexStorage,
 ) -> Iterator[dg.MaterializeResult]:
     """256 non-overlapping 32x32 patches per image with their labels and per-patch metadata."""
-    root = dataset_store.patches_root()
-    builder = PatchBuilder(image_store.root(), root)
+    root = storage.patches.root
+    builder = PatchBuilder(storage.images.root, root)
     horizons = lb.horizons_of(labels)
-    by_date = {r["date"]: r for r in labels.iter_rows(named=True)}
+    by_key = dict(zip(lbb.label_keys(labels), labels.iter_rows(named=True)))
     done = []
     for key in progress.track(context.partition_keys, "patch_dataset", log=context.log.info):
-        d = date.fromisoformat(key)
-        res = builder.build(d, by_date.get(d), horizons)
+        series = SeriesKey.of(key)
+        res = builder.build(series, by_key.get(series), horizons)
         done.append(res)
         context.add_asset_metadata(
             partition_key=key,
@@ -297,16 +296,16 @@ class SplitsConfig(dg.Config):
         return dsp.SplitsConfig(self.train_fraction, self.val_fraction, self.embargo_sessions, self.folds)
 
 
-def read_all_labels(io_manager: PartitionedParquetIOManager) -> pl.DataFrame:
+def read_all_labels(storage: FinnexStorage) -> pl.DataFrame:
     """Every materialised labels partition (one row each), sorted by date."""
-    return dsp.read_all_labels(io_manager.asset_dir(dg.AssetKey("labels")))
+    return dsp.read_all_labels(storage.tables.asset_dir("labels"))
 
 
 @dg.asset(
     deps=[
         dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in ("labels", "patch_dataset", "mega_images")
     ],
-    required_resource_keys={"io_manager", "image_store", "dataset_store"},
+    required_resource_keys={"storage"},
     check_specs=[
         dg.AssetCheckSpec(n, asset="dataset_splits", description=d, blocking=b) for n, (d, b) in SPLIT_CHECKS.items()
     ],
@@ -316,13 +315,10 @@ def read_all_labels(io_manager: PartitionedParquetIOManager) -> pl.DataFrame:
 def dataset_splits(context: dg.AssetExecutionContext, config: SplitsConfig) -> Iterator[dg.MaterializeResult]:
     """Leak-free train/val/test and walk-forward folds over every ready date; train-only statistics;
     ``cnn_ready/`` set files (virtual image and patch arrays, real label arrays)."""
-    image_root: Path = context.resources.image_store.root()
-    store: DatasetStore = context.resources.dataset_store
-    shard_root = store.patches_root()
-    res = dsp.build_splits(
-        read_all_labels(context.resources.io_manager), image_root, shard_root, config.splits_config()
-    )
-    shapes = dsp.write_splits(res, image_root, shard_root, store.splits_root(), store.cnn_ready_root())
+    storage: FinnexStorage = context.resources.storage
+    image_root, shard_root = storage.images.root, storage.patches.root
+    res = dsp.build_splits(read_all_labels(storage), image_root, shard_root, config.splits_config())
+    shapes = dsp.write_splits(res, image_root, shard_root, storage.splits.root, storage.cnn_ready.root)
     split, sets, train_stats = res.split, res.sets, res.stats["train"]
     yield dg.MaterializeResult(
         metadata={
@@ -340,7 +336,7 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitsConfig) -> I
             "eligibility": dg.MetadataValue.json(res.info),
             "shards_with_stale_labels": dg.MetadataValue.json(res.stale_labels[: checks.MAX_LISTED]),
             "split_hash": res.split_hash,
-            "root": dg.MetadataValue.path(str(store.root())),
+            "root": dg.MetadataValue.path(str(storage.storage().datasets_root)),
         }
     )
     if res.stale_labels:
@@ -370,21 +366,14 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitsConfig) -> I
         )
 
 
-def dataset_resources() -> dict[str, object]:
-    """Resources these assets add to ``io_manager`` and ``image_store`` (already registered)."""
-    return {"dataset_store": DatasetStore()}
-
-
 DATASET_ASSETS = [labels, patch_dataset, dataset_splits]
 
 __all__ = [
     "DATASET_ASSETS",
-    "DatasetStore",
     "LabelsConfig",
     "MARKET_WINDOW",
     "MAX_HORIZON",
     "SplitsConfig",
-    "dataset_resources",
     "dataset_splits",
     "labels",
     "patch_dataset",

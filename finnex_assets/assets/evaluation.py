@@ -13,7 +13,6 @@ under ``{data}/reports/``, linked from metadata and logged to an MLflow run.
 """
 
 import base64
-import json
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -23,15 +22,15 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from finnex_assets.assets.datasets import DatasetStore, read_all_labels
-from finnex_assets.io_managers import PartitionedParquetIOManager
+from finnex_assets.assets.datasets import read_all_labels
 from finnex_assets.resources import MlflowTracking
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import schemas
 from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation import report
 from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation
 from finnex_ml.models import MODEL_REGISTRY
-from finnex_ml.paths import atomic_path, data_root
+from finnex_ml.storage import TableStore
 
 MODEL_ASSETS = tuple(f"{e.name}_model" for e in MODEL_REGISTRY.values())  # the training assets' names
 EVAL_CHECKS = {
@@ -83,18 +82,10 @@ class EvaluationConfig(dg.Config):
         return EvalConfig(**values)
 
 
-def evaluation_root(store: DatasetStore) -> Path:
-    return store.root() / "evaluation"
-
-
-def reports_root() -> Path:
-    return data_root() / "reports"
-
-
-def _read_features(io_manager: PartitionedParquetIOManager, dates: list[date]) -> pl.DataFrame:
+def _read_features(tables: TableStore, dates: list[date]) -> pl.DataFrame:
     frames = []
     for d in dates:
-        path = io_manager.partition_path(dg.AssetKey("daily_features"), d.isoformat())
+        path = tables.path("daily_features", d)
         if not path.exists():
             raise DataInputError(
                 f"daily_features for {d} is not materialised (the tabular baselines need it)",
@@ -103,11 +94,6 @@ def _read_features(io_manager: PartitionedParquetIOManager, dates: list[date]) -
             )
         frames.append(pl.read_parquet(path))
     return pl.concat(frames, how="diagonal_relaxed").sort("date")
-
-
-def _atomic_write(path: Path, write) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
 
 
 def provenance(instance: dg.DagsterInstance) -> dict[str, Any]:
@@ -172,7 +158,7 @@ def _model_run_id(instance: dg.DagsterInstance, name: str) -> str | None:
 
 @dg.asset(
     deps=["dataset_splits", *MODEL_ASSETS],
-    required_resource_keys={"io_manager", "image_store", "dataset_store", "mlflow_tracking"},
+    required_resource_keys={"storage", "mlflow_tracking"},
     check_specs=[
         dg.AssetCheckSpec(n, asset="model_evaluation", description=d, blocking=True) for n, d in EVAL_CHECKS.items()
     ],
@@ -182,31 +168,24 @@ def _model_run_id(instance: dg.DagsterInstance, name: str) -> str | None:
 def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig):
     """Every trained model against baselines on the test split and walk-forward folds, with
     backtests, bootstrap intervals, regimes, ablations, controls and interpretability."""
-    from finnex_ml.encoding.store import read_spec
     from finnex_ml.evaluation.explain import explain_model
 
-    io_manager: PartitionedParquetIOManager = context.resources.io_manager
-    store: DatasetStore = context.resources.dataset_store
-    image_root: Path = context.resources.image_store.root()
-    splits_file, stats_file = store.splits_root() / "splits.json", store.cnn_ready_root() / "statistics.json"
-    for f in (splits_file, stats_file):
-        if not f.exists():
-            raise DataInputError(f"{f} is missing: materialise dataset_splits first", file=str(f))
-    splits = json.loads(splits_file.read_text(encoding="utf-8"))
-    stats = json.loads(stats_file.read_text(encoding="utf-8"))
-    labels = read_all_labels(io_manager)
+    storage: FinnexStorage = context.resources.storage
+    splits = storage.splits.read_splits()
+    stats = storage.cnn_ready.read_statistics()
+    labels = read_all_labels(storage)
     wanted = sorted(
         {date.fromisoformat(d) for v in splits["sets"].values() for d in v}
         | {date.fromisoformat(d) for f in splits["folds"] for d in f["train"] + f["val"]}
     )
-    features = _read_features(io_manager, wanted)
-    models = {n: store.root() / "models" / n / "best.pt" for n in MODEL_ASSETS}
+    features = _read_features(storage.tables, wanted)
+    models = {n: storage.models.best_checkpoint(n) for n in MODEL_ASSETS}
     trained = {n: p for n, p in models.items() if p.exists()}
     missing = sorted(set(models) - set(trained))
     if missing:
         context.log.warning(f"not trained yet, so not evaluated: {missing}")
-    out = evaluation_root(store)
-    spec = read_spec(image_root)
+    out = storage.evaluation.root
+    spec = storage.images.read_spec()
     cfg = config.eval_config()
     prov = provenance(context.instance)
     if any("planted=" in str(m.get("provenance", "")) for m in prov["modalities"].values()):
@@ -222,9 +201,9 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         features=features,
         feature_columns=schemas.feature_columns(features),
         splits=splits,
-        ready_root=store.cnn_ready_root(),
-        image_root=image_root,
-        shard_root=store.patches_root(),
+        ready_root=storage.cnn_ready.root,
+        image_root=storage.images.root,
+        shard_root=storage.patches.root,
         work_dir=out / "work",
         channel_means=stats["train"]["channel_mean"],
         models=trained,
@@ -247,9 +226,9 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
 
     doc, predictions, equity = run_evaluation(inputs, cfg, log=context.log.info, interpret=interpret)
     doc["not_trained"] = missing
-    _atomic_write(out / "evaluation.json", lambda t: t.write_text(json.dumps(doc, indent=1), encoding="utf-8"))
-    _atomic_write(out / "predictions.parquet", predictions.write_parquet)
-    _atomic_write(out / "equity.parquet", equity.write_parquet)
+    doc_file = storage.evaluation.write_json("evaluation.json", doc, indent=1)
+    storage.evaluation.write_parquet("predictions.parquet", predictions)
+    storage.evaluation.write_parquet("equity.parquet", equity)
 
     import mlflow
 
@@ -273,7 +252,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
                 if dsr.get("sharpe_per_period") is not None:  # this configuration is a trial for the next DSR
                     mlflow.log_metric(f"test_sharpe_per_period_h{r['horizon']}", float(dsr["sharpe_per_period"]))
             mlflow.set_tag(TRIAL_TAG, doc["split_hash"])
-            mlflow.log_artifact(str(out / "evaluation.json"), artifact_path="evaluation")
+            mlflow.log_artifact(str(doc_file), artifact_path="evaluation")
         logged[name] = run_id
 
     rows = [r for r in doc["tables"]["test"]]
@@ -311,7 +290,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
             )
         ),
         "data_source": str(doc.get("provenance", {}).get("source", "unknown")),
-        "evaluation_json": dg.MetadataValue.path(str(out / "evaluation.json")),
+        "evaluation_json": dg.MetadataValue.path(str(doc_file)),
         "mlflow_runs": dg.MetadataValue.json(logged),
     }
     for name, d in doc.get("interpretation", {}).items():
@@ -384,25 +363,22 @@ def _log_report(tracking: MlflowTracking, path: Path, run_name: str) -> str:
 
 @dg.asset(
     deps=["model_evaluation"],
-    required_resource_keys={"dataset_store", "image_store", "mlflow_tracking"},
+    required_resource_keys={"storage", "mlflow_tracking"},
     group_name="evaluation",
     kinds={"plotly", "html"},
 )
 def evaluation_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """One self-contained HTML: tables, equity curves against buy-and-hold, confusion matrices, importance."""
-    out = evaluation_root(context.resources.dataset_store)
-    doc_file = out / "evaluation.json"
-    if not doc_file.exists():
-        raise DataInputError(f"{doc_file} is missing: materialise model_evaluation first", file=str(doc_file))
-    doc = json.loads(doc_file.read_text(encoding="utf-8"))
-    equity = pl.read_parquet(out / "equity.parquet")
+    storage: FinnexStorage = context.resources.storage
+    doc = storage.evaluation.read_json("evaluation.json", "materialise model_evaluation first")
+    equity = storage.evaluation.read_parquet("equity.parquet")
     images = {
         f"{name}: {kind}": Path(p).read_bytes()
         for name, d in (doc.get("interpretation") or {}).items()
         for kind, p in (d.get("pngs") or {}).items()
         if Path(p).exists()
     }
-    path = report.write_html(reports_root() / "evaluation_report.html", report.evaluation_html(doc, equity, images))
+    path = storage.reports.write_html("evaluation_report", report.evaluation_html(doc, equity, images))
     run_id = _log_report(context.resources.mlflow_tracking, path, f"evaluation-report-{context.run.run_id[:8]}")
     context.log.info(f"evaluation report: {path}")
     return dg.MaterializeResult(
@@ -475,7 +451,7 @@ def check_history(instance: dg.DagsterInstance, check_keys, page: int = 1000) ->
 
 @dg.asset(
     deps=["model_evaluation"],
-    required_resource_keys={"mlflow_tracking", "project_checks"},
+    required_resource_keys={"storage", "mlflow_tracking", "project_checks"},
     group_name="evaluation",
     kinds={"plotly", "html"},
 )
@@ -485,7 +461,7 @@ def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     keys = context.resources.project_checks.check_keys()  # the project's checks, whatever this run selected
     rows = check_history(context.instance, keys)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    path = report.write_html(reports_root() / "qa_report.html", report.qa_html(rows, generated))
+    path = context.resources.storage.reports.write_html("qa_report", report.qa_html(rows, generated))
     run_id = _log_report(context.resources.mlflow_tracking, path, f"qa-report-{context.run.run_id[:8]}")
     failing = [r["check"] for r in rows if r["latest"] == "failed"]
     return dg.MaterializeResult(

@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 
 from finnex_assets import checks
-from finnex_assets.io_managers import ImageStore
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import DataSourceResource
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar, pipeline, progress
 from finnex_ml.encoding import (
     EncodedImage,
@@ -79,7 +79,7 @@ class ImageBatch:
 def mega_images(
     context: dg.AssetExecutionContext,
     daily_features: pl.DataFrame,
-    image_store: ImageStore,
+    storage: FinnexStorage,
     data_source: DataSourceResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Encode each date's trailing feature window with the layout spec; previews and QA per date.
@@ -96,7 +96,7 @@ def mega_images(
     dates = [date.fromisoformat(k) for k in context.partition_keys]
     table = _with_lookback(context, daily_features, dates, data_source)
     spec = build_layout(table.columns)
-    root = image_store.root()
+    root = storage.images.root
     write_spec(root, spec, NORM)
     failures: dict[str, list[str]] = {name: [] for name in IMAGE_CHECKS}
     prev = _previous_image(root, dates[0])

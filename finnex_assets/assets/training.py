@@ -1,18 +1,16 @@
 """Training: ``cnn_model`` and ``vit_model`` on the ``cnn_ready/`` sets, tracked in MLflow."""
 
-from pathlib import Path
-
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from finnex_assets.assets.datasets import DatasetStore
-from finnex_assets.io_managers import ImageStore
 from finnex_assets.resources import MlflowTracking
+from finnex_assets.storage import FinnexStorage
 from finnex_ml.datasets_io import set_dataset
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity
 from finnex_ml.models import CLASS_NAMES, MODEL_REGISTRY, layout_json
+from finnex_ml.storage import CnnReadyStore
 from finnex_ml.training import H5ArrayDataset, TrainConfig, train_ensemble
 
 
@@ -45,10 +43,10 @@ class TrainingConfig(dg.Config):
     num_threads: int = Field(default=2, description="torch CPU threads.")
 
 
-def _datasets(ready: Path, cfg: TrainingConfig) -> tuple[H5ArrayDataset, H5ArrayDataset]:
+def _datasets(ready: CnnReadyStore, cfg: TrainingConfig) -> tuple[H5ArrayDataset, H5ArrayDataset]:
     return (
-        set_dataset(ready / "train.h5", cfg.input_mode, cfg.horizons),
-        set_dataset(ready / "val.h5", cfg.input_mode, cfg.horizons),
+        set_dataset(ready.set_path("train"), cfg.input_mode, cfg.horizons),
+        set_dataset(ready.set_path("val"), cfg.input_mode, cfg.horizons),
     )
 
 
@@ -63,19 +61,18 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
     def _asset(
         context: dg.AssetExecutionContext,
         config: TrainingConfig,
-        dataset_store: DatasetStore,
-        image_store: ImageStore,
+        storage: FinnexStorage,
         mlflow_tracking: MlflowTracking,
     ) -> dg.MaterializeResult:
         import mlflow
 
         from finnex_ml.losses import class_weights_from_labels
 
-        ready = dataset_store.cnn_ready_root()
+        ready = storage.cnn_ready
         train, val = _datasets(ready, config)
         h0 = config.horizons[0]
         weights = class_weights_from_labels(train.target_array(f"label_h{h0}")) if config.class_weighted else None
-        spec_file = image_store.root() / "metadata" / "channel_encoding_spec.json"
+        spec_file = storage.images.spec_path()
         overrides = {}
         if config.input_mode == "image":
             if not spec_file.exists():
@@ -105,7 +102,7 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
             num_threads=config.num_threads,
             model_overrides=overrides,
         )
-        ckpt = dataset_store.root() / "models" / name
+        ckpt = storage.models.checkpoint_dir(name)
         mlflow.set_tracking_uri(mlflow_tracking.uri())
         with mlflow.start_run(
             experiment_id=mlflow_tracking.experiment_id(),
@@ -122,7 +119,7 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
             )
             if spec_file.exists():
                 mlflow.log_artifact(str(spec_file), artifact_path="layout")
-            stats_file = ready / "statistics.json"
+            stats_file = ready.statistics_path()
             if stats_file.exists():
                 mlflow.log_artifact(str(stats_file), artifact_path="dataset")
 

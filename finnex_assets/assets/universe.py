@@ -22,6 +22,7 @@ from finnex_assets import checks
 from finnex_assets.assets.images import IMAGE_CHECKS, LOOKBACK, NORM
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import MlflowTracking
+from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar, panel, panel_model, progress
 from finnex_ml.data.universe import UniverseSource, universe_source
 from finnex_ml.encoding import (
@@ -33,15 +34,18 @@ from finnex_ml.encoding import (
     write_preview,
     write_spec,
 )
-from finnex_ml.encoding.panel_store import panel_index, read_panel_record, write_cross_section
+from finnex_ml.encoding.panel_store import write_cross_section
 from finnex_ml.errors import ConfigError, DataInputError
-from finnex_ml.paths import REPO_ROOT, data_root, fsync_dir, resolve_under, write_json_atomic, write_parquet_atomic
+from finnex_ml.paths import REPO_ROOT, fsync_dir, resolve_under
+from finnex_ml.series import SeriesKey
+from finnex_ml.storage import UniverseStore
 
 GROUP = "universe"
 
 
 class UniverseResource(dg.ConfigurableResource):
-    """Which universe feeds universe mode: ``synthetic`` (default) or ``packaged-panel``."""
+    """Which universe feeds universe mode: ``synthetic`` (default), ``packaged-panel`` or ``files``.
+    Its files live in the storage resource's universe store (``storage.universe``)."""
 
     kind: Literal["synthetic", "packaged-panel", "files"] = Field(
         default="synthetic",
@@ -56,7 +60,6 @@ class UniverseResource(dg.ConfigurableResource):
         default=0.0,
         description="synthetic: strength in [0, 1] of a planted cross-sectional signal (positive control); 0 = none.",
     )
-    base_dir: str = Field(default="", description="Universe files; empty means FINNEX_DATA_DIR/universe.")
 
     def source(self) -> UniverseSource:
         if self.kind == "synthetic":
@@ -72,18 +75,6 @@ class UniverseResource(dg.ConfigurableResource):
             root = os.environ.get("FINNEX_FILES_ROOT", str(REPO_ROOT))
             return universe_source("files", mapping_path=resolve_under(root, self.mapping_path))
         return universe_source(self.kind)
-
-    def root(self) -> Path:
-        return Path(self.base_dir) if self.base_dir else data_root() / "universe"
-
-    def images_root(self) -> Path:
-        return self.root() / "images"
-
-    def datasets_root(self) -> Path:
-        return self.root() / "datasets"
-
-    def report_path(self) -> Path:
-        return self.root() / "reports" / "universe_report.html"
 
 
 def default_universe() -> UniverseResource:
@@ -248,7 +239,7 @@ def universe_images(
     context: dg.AssetExecutionContext,
     config: UniverseImageConfig,
     universe_features: pl.DataFrame,
-    universe: UniverseResource,
+    storage: FinnexStorage,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """One file per date with the day's cross-section ``[n_tickers, 512, 512, 3]``, its ticker index
     and per-ticker missing masks. Files are staged, every check runs on every image, and only when
@@ -256,7 +247,8 @@ def universe_images(
     dates = _keys(context)
     table = universe_features.sort("date", "ticker")
     spec = build_layout([c for c in table.columns if c != "ticker"])
-    root = universe.images_root()
+    store = storage.universe
+    root = store.images_root
     staging = root / ".staging" / context.run.run_id
     shutil.rmtree(staging, ignore_errors=True)
     failures: dict[str, list[str]] = {n: [] for n in IMAGE_CHECKS}
@@ -282,7 +274,7 @@ def universe_images(
                     "spatial_integrity": check_spatial_integrity(item.image, spec, item.window),
                     "feature_preservation": check_feature_preservation(item.image, spec, item.window),
                 }
-                before = prev.get(tk) if tk in prev else _stored_previous(root, d, tk)
+                before = prev.get(tk) if tk in prev else _stored_previous(store, SeriesKey(tk, d))
                 if before is not None:
                     outcome["temporal_continuity"] = check_temporal_continuity(before, item.image, spec)
                 for name, (ok, _) in outcome.items():
@@ -338,11 +330,11 @@ def _compression(config: UniverseImageConfig) -> dict:
     return {"compression": config.compression} if config.compression else {}
 
 
-def _stored_previous(root: Path, d: date, ticker: str) -> np.ndarray | None:
+def _stored_previous(store: UniverseStore, key: SeriesKey) -> np.ndarray | None:
     """The ticker's stored image at t-1, for continuity across run boundaries, when it exists."""
-    prev = calendar.sessions_back(d, 2)
+    prev = calendar.sessions_back(key.date, 2)
     try:
-        return read_panel_record(root, prev, ticker)["image"] if prev != d else None
+        return store.read_image(SeriesKey(key.ticker, prev)) if prev != key.date else None
     except (DataInputError, OSError, KeyError):
         return None
 
@@ -451,16 +443,17 @@ class UniverseSplitsConfig(dg.Config):
 
 @dg.asset(
     deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in ("universe_images", "universe_labels")],
-    required_resource_keys={"io_manager", "universe"},
+    required_resource_keys={"storage"},
     group_name=GROUP,
     kinds={"parquet", "json"},
 )
 def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsConfig) -> dg.MaterializeResult:
     """Train / val / test by date over every (date, ticker) with an image and a known label, with
     the purge by date; statistics from the training set only."""
-    universe: UniverseResource = context.resources.universe
-    labels = context.resources.io_manager.read_all("universe_labels").sort("date", "ticker")
-    index = panel_index(universe.images_root())
+    storage: FinnexStorage = context.resources.storage
+    store = storage.universe
+    labels = storage.tables.read_all("universe_labels").sort("date", "ticker")
+    index = store.index()
     samples = panel_model.panel_samples(labels, index, config.horizon)
     if samples.height == 0:
         raise DataInputError("no (date, ticker) has both a universe image and a label; materialise both first")
@@ -469,8 +462,7 @@ def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsCon
         samples, config.horizon, train=config.train_fraction, val=config.val_fraction, embargo=config.embargo_sessions
     )
     stats = panel_model.train_statistics(samples)
-    out = universe.datasets_root()
-    write_parquet_atomic(out / "samples.parquet", samples)
+    store.write_dataset_parquet("samples.parquet", samples)
     doc = {
         "horizon": config.horizon,
         "gap": split.gap,
@@ -486,13 +478,13 @@ def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsCon
         },
         "train_statistics": stats,
     }
-    write_json_atomic(out / "splits.json", doc)
+    store.write_dataset_json("splits.json", doc)
     return dg.MaterializeResult(
         metadata={
             "samples": samples.height,
             "sets": dg.MetadataValue.json(doc["sets"]),
             "train_class_share": dg.MetadataValue.json(stats["class_share"]),
-            "path": dg.MetadataValue.path(str(out)),
+            "path": dg.MetadataValue.path(str(store.datasets_root)),
         }
     )
 
@@ -516,6 +508,7 @@ def universe_model(
     context: dg.AssetExecutionContext,
     config: UniverseModelConfig,
     universe: UniverseResource,
+    storage: FinnexStorage,
     mlflow_tracking: MlflowTracking,
 ) -> dg.MaterializeResult:
     """The layout-aware model on the universe's train dates (early stopping on val), learning the
@@ -525,13 +518,12 @@ def universe_model(
     import mlflow
 
     from finnex_ml.encoding.panel_store import PanelReader
-    from finnex_ml.encoding.store import read_spec
     from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity
 
-    out = universe.datasets_root()
-    samples = pl.read_parquet(out / "samples.parquet")
-    horizon = json.loads((out / "splits.json").read_text(encoding="utf-8"))["horizon"]
-    spec = read_spec(universe.images_root())
+    store = storage.universe
+    samples = pl.read_parquet(store.dataset_path("samples.parquet"))
+    horizon = json.loads(store.dataset_path("splits.json").read_text(encoding="utf-8"))["horizon"]
+    spec = store.read_spec()
     settings = panel_model.PanelTrainSettings(
         model=config.model,
         epochs=config.epochs,
@@ -548,7 +540,7 @@ def universe_model(
             run_name=f"universe_model-{context.run.run_id[:8]}",
             tags={"dagster_run_id": context.run.run_id, "asset": "universe_model", "universe": universe.kind},
         ) as run,
-        PanelReader(universe.images_root(), samples) as reader,
+        PanelReader(store.images_root, samples) as reader,
     ):
         mlflow.log_params(
             {
@@ -569,15 +561,15 @@ def universe_model(
             spec,
             horizon,
             settings,
-            checkpoint_root=out / "model",
+            checkpoint_root=store.dataset_path("model"),
             on_epoch_end=on_epoch_end,
         )
         test = preds.filter(pl.col("set") == "test")
         degenerate = is_degenerate(test["pred_class"].to_numpy())
         shares = prediction_diversity(test["pred_class"].to_numpy())["shares"]
         mlflow.set_tag("degenerate", str(degenerate).lower())
-        write_parquet_atomic(out / "predictions.parquet", preds)
-        mlflow.log_artifact(str(out / "predictions.parquet"), artifact_path="predictions")
+        pred_file = store.write_dataset_parquet("predictions.parquet", preds)
+        mlflow.log_artifact(str(pred_file), artifact_path="predictions")
         run_id = run.info.run_id
     if degenerate:
         context.log.warning("universe_model predicts one class on most test samples: degenerate, not interpreted")
@@ -589,7 +581,7 @@ def universe_model(
             "test_samples": test.height,
             "test_pred_class_shares": dg.MetadataValue.json([round(float(x), 4) for x in shares]),
             "degenerate": degenerate,
-            "predictions": dg.MetadataValue.path(str(out / "predictions.parquet")),
+            "predictions": dg.MetadataValue.path(str(pred_file)),
         }
     )
 
@@ -610,7 +602,7 @@ class UniverseEvaluationConfig(dg.Config):
 
 @dg.asset(
     deps=["universe_model"],
-    required_resource_keys={"io_manager", "universe"},
+    required_resource_keys={"storage", "universe"},
     group_name=GROUP,
     kinds={"html"},
 )
@@ -623,12 +615,13 @@ def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvalu
     from finnex_ml.evaluation.universe_report import evaluate_universe, universe_html
 
     universe: UniverseResource = context.resources.universe
-    out = universe.datasets_root()
-    samples = pl.read_parquet(out / "samples.parquet")
-    preds = pl.read_parquet(out / "predictions.parquet")
-    horizon = json.loads((out / "splits.json").read_text(encoding="utf-8"))["horizon"]
+    storage: FinnexStorage = context.resources.storage
+    store = storage.universe
+    samples = pl.read_parquet(store.dataset_path("samples.parquet"))
+    preds = pl.read_parquet(store.dataset_path("predictions.parquet"))
+    horizon = json.loads(store.dataset_path("splits.json").read_text(encoding="utf-8"))["horizon"]
     used = samples.filter(pl.col("set").is_in(["train", "test"])).select("date").unique()
-    features = context.resources.io_manager.read_all("universe_features").join(used, on="date", how="semi")
+    features = storage.tables.read_all("universe_features").join(used, on="date", how="semi")
     source = universe.source()
     oracle = None
     if universe.kind == "synthetic" and universe.planted_signal:
@@ -653,7 +646,7 @@ def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvalu
         + (f"; planted cross-sectional signal, strength {universe.planted_signal:g}" if oracle is not None else "")
         + CAVEATS.get(universe.kind, "")
     )
-    path = write_html(universe.report_path(), universe_html(doc, provenance))
+    path = write_html(store.report_path(), universe_html(doc, provenance))
     table = doc["table"]
     model = table.row(0, named=True)
     if doc["degenerate"]:
