@@ -291,3 +291,90 @@ def test_toy_model_trains_and_its_checkpoint_loads_back_by_name(built):
     assert out["classification"].shape == (2, len(CLASS_NAMES))
     metadata = trained.asset_materializations_for_node("tiny_model")[0].metadata
     assert metadata["epochs_run"].value == [1]
+
+
+# ---- the registries' contracts, without the pipeline -------------------------------------------
+
+
+def _window(spec, seed=0):
+    return np.random.default_rng(seed).random((spec.sessions, spec.n_features), dtype=np.float32)
+
+
+def test_tiles_is_the_default_encoder_and_its_qa_answers_every_check():
+    from finnex_ml.encoding import QA_CHECKS, TileEncoder, build_layout, create_encoder, decode, encode
+
+    enc = create_encoder()
+    assert isinstance(enc, TileEncoder) and enc.name == "tiles"
+    spec = enc.build_spec(["date", "price__a", "price__b", "macro__vix", "news__mean"])
+    assert spec == build_layout(["price__a", "price__b", "macro__vix", "news__mean"])
+    w0, w1 = _window(spec, 0), _window(spec, 1)
+    w1[:-1] = w0[1:]  # consecutive sessions: the window slides by one
+    img0, img1 = enc.encode(w0, spec), enc.encode(w1, spec)
+    np.testing.assert_array_equal(img1, encode(w1, spec))
+    np.testing.assert_array_equal(enc.decode(img1, spec), decode(img1, spec))
+    result = enc.qa(img1, spec, w1, img0)
+    assert set(result) == set(QA_CHECKS) and all(ok for ok, _ in result.values())
+    assert enc.qa(img1, spec, w0, img0)["spatial_integrity"][0] is False  # the wrong window
+
+
+def test_base_qa_catches_an_encoder_that_loses_a_feature():
+    class LossyRows(RowsEncoder):
+        name = "lossy_rows"
+
+        def decode(self, image, spec):
+            out = super().decode(image, spec)
+            out[:, -1] = 0.5  # the last feature never comes back
+            return out
+
+    spec = RowsSpec(5, ("a__x", "a__y"))
+    w = _window(spec)
+    ok = RowsEncoder().qa(RowsEncoder().encode(w, spec), spec, w)
+    assert ok["feature_preservation"][0] and ok["spatial_integrity"][0] and ok["dtype_shape_range"][0]
+    bad = LossyRows().qa(LossyRows().encode(w, spec), spec, w)
+    assert bad["feature_preservation"][0] is False and bad["feature_preservation"][1]["max_abs_error"] > 1e-6
+    wrong_shape = RowsEncoder().qa(np.zeros((2, 4, 3), np.float32), spec)
+    assert wrong_shape["dtype_shape_range"] == (
+        False,
+        {"dtype": "float32", "shape": [2, 4, 3], "expected_shape": [2, 5, 3]},
+    )
+
+
+def test_encoder_registry_errors_name_the_registered_encoders():
+    from finnex_ml.encoding import create_encoder, encoder_names
+    from finnex_ml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown image encoder 'gaf'; registered: \['tiles'"):
+        create_encoder("gaf")
+    with pytest.raises(ConfigError, match="already registered"):
+        register_encoder("tiles", RowsEncoder)
+    register_encoder("misnamed", RowsEncoder)
+    try:
+        with pytest.raises(ConfigError, match="registered as 'misnamed' calls itself 'toy_rows'"):
+            create_encoder("misnamed")
+    finally:
+        unregister_encoder("misnamed")
+    assert "misnamed" not in encoder_names()
+
+
+def test_a_store_refuses_a_second_encoder(tmp_path):
+    from finnex_ml.encoding import write_spec
+    from finnex_ml.errors import ConfigError
+
+    spec = RowsSpec(5, ("a__x",))
+    write_spec(tmp_path, spec, encoder="rows_a")
+    with pytest.raises(ConfigError, match="encoder 'rows_a'.*vs encoder 'rows_b'"):
+        write_spec(tmp_path, spec, encoder="rows_b")
+
+
+def test_modality_table_refuses_clashes_and_entries_without_features():
+    from finnex_ml.errors import ConfigError
+
+    base = dict(provenance="x", description="x", load=_toy_load, features=_toy_features)
+    with pytest.raises(ConfigError, match="prefix 'price' already belongs to 'market'"):
+        md.register_modality(md.Modality(name="x", asset="x_data", prefixes=("price",), **base))
+    with pytest.raises(ConfigError, match="asset name 'macro_data' is taken"):
+        md.register_modality(md.Modality(name="x", asset="macro_data", prefixes=("xx",), **base))
+    with pytest.raises(ConfigError, match="needs a features hook"):
+        md.register_modality(md.Modality(name="x", asset="x_data", prefixes=("xx",), **{**base, "features": None}))
+    assert "x" not in md.MODALITIES
+    assert md.staleness_limits()["macro"] == 100 and md.staleness_limits()["fundamental"] == 140

@@ -24,7 +24,6 @@ from finnex_ml.encoding import (
     ImageSpec,
     NormConfig,
     create_encoder,
-    encoder_names,
     read_image,
     write_spec,
 )
@@ -100,12 +99,7 @@ def mega_images(
     range is one launch; they are not stored as partitions.
     """
     dates = [date.fromisoformat(k) for k in context.partition_keys]
-    if config.encoder not in encoder_names():
-        raise DataInputError(
-            f"mega_images: unknown encoder {config.encoder!r} in the run config; registered: {list(encoder_names())}",
-            column="encoder",
-        )
-    encoder = create_encoder(config.encoder)
+    encoder = create_encoder(config.encoder)  # ConfigError naming the registered ones if unknown
     probe = encoder.build_spec(daily_features.columns) if daily_features.width else None
     need = encoder.history_needed(probe, NORM) if probe is not None else LOOKBACK
     table = _with_lookback(context, daily_features, dates, data_source, max(need, LOOKBACK))
