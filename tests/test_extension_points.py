@@ -378,3 +378,21 @@ def test_modality_table_refuses_clashes_and_entries_without_features():
         md.register_modality(md.Modality(name="x", asset="x_data", prefixes=("xx",), **{**base, "features": None}))
     assert "x" not in md.MODALITIES
     assert md.staleness_limits()["macro"] == 100 and md.staleness_limits()["fundamental"] == 140
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_store_round_trips_another_encoders_geometry(tmp_path, compression):
+    from finnex_ml.encoding import NormConfig, open_range, read_image, write_image
+
+    spec, enc = RowsSpec(5, ("a__x", "a__y")), RowsEncoder()
+    days = calendar.sessions("2024-01-02", "2024-01-04")
+    images = [enc.encode(_window(spec, i), spec) for i in range(len(days))]
+    for d, img in zip(days, images):
+        write_image(tmp_path, d, img, spec=spec, norm_config=NormConfig(), compression=compression)
+    for d, img in zip(days, images):
+        np.testing.assert_array_equal(read_image(tmp_path, d), img)
+    with open_range(tmp_path, days) as view:
+        assert view.shape == (3, 2, 5, 3)
+        np.testing.assert_array_equal(view[1], images[1])
+    with pytest.raises(ValueError, match=r"2024-01-02: image must be float32 \(2, 5, 3\)"):
+        write_image(tmp_path, days[0], np.zeros((512, 512, 3), np.float32), spec=spec, norm_config=NormConfig())

@@ -9,9 +9,10 @@ Layout under ``root``::
 
 Each per-date file holds
 
-* ``image``: float32 of the spec's shape ((512, 512, 3) for the default ``tiles`` encoder). ``DEFAULT_COMPRESSION`` is None: stored uncompressed and
-  contiguous (3 MB, ~0.74 GB per year of 252 sessions). With ``compression="gzip"`` (level 1) or
-  ``"lzf"`` it is chunked (32, 512, 3) (one 32-pixel patch row per chunk) and ~14x (gzip) or
+* ``image``: float32 of the spec's shape ((512, 512, 3) for the default ``tiles`` encoder).
+  ``DEFAULT_COMPRESSION`` is None: stored uncompressed and contiguous (3 MB, ~0.74 GB per year
+  of 252 sessions). With ``compression="gzip"`` (level 1) or ``"lzf"`` it is chunked
+  (32, 512, 3) (one 32-pixel patch row per chunk) and ~14x (gzip) or
   ~10x (lzf) smaller, because the images are piecewise constant. Why uncompressed by default:
   the issue's target is a whole encode + write stage at >= 0.5x a bare numpy + h5py write of the
   same bytes, i.e. at most ~2-3 ms per image here, and one core needs ~6-7 ms just to deflate or
@@ -86,8 +87,10 @@ def _write_payload(f: h5py.File, image: np.ndarray, compression: str | None, lev
     if compression is None:
         _new_dataset(f, "image", image)
     else:
+        # one 32-row slab per chunk: (32, 512, 3) for tiles; a smaller image of another encoder fits
+        chunks = (min(CHUNKS[0], image.shape[0]), *image.shape[1:])
         f.create_dataset(
-            "image", data=image, chunks=CHUNKS, track_times=False, **_compression_kwargs(compression, level)
+            "image", data=image, chunks=chunks, track_times=False, **_compression_kwargs(compression, level)
         )
 
 
