@@ -50,11 +50,14 @@ def modality_snapshots(
     return {k: snapshots(v, asof, history) for k, v in tables.items()}, raw.provenance
 
 
-def daily_features_from_snapshots(snaps: dict[str, pl.DataFrame]) -> pl.DataFrame:
+def daily_features_from_snapshots(
+    snaps: dict[str, pl.DataFrame], mods: tuple[md.Modality, ...] | None = None
+) -> pl.DataFrame:
     """The built-in modalities' features (``build_daily_features``), then each added modality's
-    ``{prefix}__*`` columns (its features hook) for the modalities in ``snaps``."""
+    ``{prefix}__*`` columns (its features hook) for those of ``mods`` (default: the modality
+    table) that ``snaps`` holds."""
     table = build_daily_features(*(snaps[a] for a in md.BUILTIN_ASSETS))
-    for mod in md.current():
+    for mod in md.current() if mods is None else mods:
         if mod.features is None or mod.asset not in snaps:
             continue
         extra = md.extra_features(mod, snaps[mod.asset])

@@ -18,7 +18,8 @@ from finnex_ml import pipeline, schemas
 
 def daily_features_asset(mods: tuple[md.Modality, ...] | None = None) -> dg.AssetsDefinition:
     """``daily_features`` with one input per modality of ``mods`` (default: the table now)."""
-    assets = md.asset_names(mods)
+    table = md.current() if mods is None else tuple(mods)
+    assets = md.asset_names(table)
 
     @dg.asset(
         name="daily_features",
@@ -35,15 +36,18 @@ def daily_features_asset(mods: tuple[md.Modality, ...] | None = None) -> dg.Asse
     ) -> Iterator[dg.Output | dg.AssetCheckResult]:
         """Technical, sentiment, macro, fundamental and peer features (and any added modality's),
         each from data up to t."""
-        yield from _features(context, data_source, snapshots)
+        yield from _features(context, data_source, snapshots, table)
 
     return _daily_features
 
 
 def _features(
-    context: dg.AssetExecutionContext, data_source: DataSourceResource, snapshots: dict[str, pl.DataFrame]
+    context: dg.AssetExecutionContext,
+    data_source: DataSourceResource,
+    snapshots: dict[str, pl.DataFrame],
+    mods: tuple[md.Modality, ...],
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    table = pipeline.daily_features_from_snapshots(snapshots)
+    table = pipeline.daily_features_from_snapshots(snapshots, mods)
     features = schemas.feature_columns(table)
     groups = pl.Series([c.split("__", 1)[0] for c in features]).value_counts().sort("count", descending=True)
     context.log.info(
