@@ -315,6 +315,13 @@ def test_tiles_is_the_default_encoder_and_its_qa_answers_every_check():
     result = enc.qa(img1, spec, w1, img0)
     assert set(result) == set(QA_CHECKS) and all(ok for ok, _ in result.values())
     assert enc.qa(img1, spec, w0, img0)["spatial_integrity"][0] is False  # the wrong window
+    # code handed a spec alone finds its encoder (interpretability's pixel lookup)
+    from finnex_ml.encoding import encoder_of
+    from finnex_ml.errors import ConfigError
+
+    assert isinstance(encoder_of(spec), TileEncoder)
+    with pytest.raises(ConfigError, match="no registered image encoder builds dict specs"):
+        encoder_of({"sessions": 5})
 
 
 def test_base_qa_catches_an_encoder_that_loses_a_feature():

@@ -291,10 +291,12 @@ def create_encoder(name: str = DEFAULT_ENCODER, **options: Any) -> ImageEncoder:
 
 def encoder_of(spec: ImageSpec) -> ImageEncoder:
     """The registered encoder whose spec type ``spec`` is (for code handed a spec alone)."""
-    for factory in ENCODER_REGISTRY.values():
-        enc = factory()
-        if isinstance(spec, enc.spec_type):
-            return enc
+    for name, factory in ENCODER_REGISTRY.items():
+        spec_type = getattr(factory, "spec_type", None)  # an ImageEncoder subclass says it unbuilt
+        if spec_type is None:  # a factory function: build it with its defaults
+            spec_type = create_encoder(name).spec_type
+        if isinstance(spec, spec_type):
+            return create_encoder(name)
     raise ConfigError(f"no registered image encoder builds {type(spec).__name__} specs")
 
 
