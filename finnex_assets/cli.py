@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 
 from finnex_ml.budget import BUDGET_NAMES
+from finnex_ml.modalities import asset_names as modality_assets
 from finnex_ml.paths import REPO_ROOT, validate_partition_key
 
 DEFAULT_RANGE = {
@@ -48,7 +49,8 @@ UNIVERSE_FEATURES = ["universe_prices", "universe_features"]
 UNIVERSE_LATER = ["universe_images", "universe_labels"]
 UNIVERSE_FINAL = ("universe_splits", "universe_model", "universe_evaluation")
 EVALUATION = ("model_evaluation", "evaluation_report", "qa_report")
-FEATURE_STAGE = ["market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data", "daily_features"]
+# the modality table's ingestion assets (finnex_ml.modalities), then the feature table
+FEATURE_STAGE = [*modality_assets(), "daily_features"]
 
 
 def _keys(start: str, end: str) -> list[str]:

@@ -35,11 +35,11 @@ class DataSourceResource(dg.ConfigurableResource):
     )
 
     def synthetic_modalities(self) -> list[str]:
-        """Modalities that are generated rather than observed, shown in asset metadata."""
-        return {
-            "synthetic": ["prices", "peers", "texts", "macro", "fundamental"],
-            "packaged": ["texts", "fundamental"],
-        }.get(self.kind, [])
+        """Modalities (provenance keys) that are generated rather than observed, shown in asset
+        metadata; from the modality table (``finnex_ml.modalities``)."""
+        from finnex_ml.modalities import current
+
+        return [m.provenance for m in current() if self.kind in m.generated_by]
 
     def plant(self):  # -> PlantedSignal | None
         if not self.planted_signal:

@@ -757,6 +757,15 @@ def register_model(
     return entry
 
 
+def unregister_model(name: str) -> None:
+    """Remove an added architecture and its aliases (tests); ``cnn`` and ``vit`` stay."""
+    if name in ("cnn", "vit"):
+        raise ValueError(f"model {name!r} is built in")
+    if MODEL_REGISTRY.pop(name, None) is not None:
+        for alias in [a for a, n in _ALIASES.items() if n == name]:
+            del _ALIASES[alias]
+
+
 def model_entry(name: str) -> ModelEntry:
     key = _ALIASES.get(name.lower())
     if key is None:

@@ -20,8 +20,9 @@ import polars as pl
 
 from finnex_ml import labels as lb
 from finnex_ml import patches as pt
-from finnex_ml.encoding.store import image_path, read_spec
-from finnex_ml.errors import DataInputError
+from finnex_ml.encoding.layout import LayoutSpec
+from finnex_ml.encoding.store import image_path, read_encoder
+from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.paths import write_parquet_atomic
 from finnex_ml.schemas import frame_check
 from finnex_ml.series import SeriesKey, single_date
@@ -65,7 +66,15 @@ class PatchBuilder:
 
     def __init__(self, image_root: Path, root: Path) -> None:
         self.image_root, self.root = image_root, root
-        self.spec = read_spec(image_root)
+        encoder, spec = read_encoder(image_root)
+        if not isinstance(spec, LayoutSpec):
+            # patch tables describe each patch by the tile layout's sections and tiles
+            raise ConfigError(
+                f"patch_dataset cuts 32x32 patches from the tile layout; the images under {image_root} were "
+                f"built by encoder {encoder.name!r} (shape {tuple(spec.shape)}): materialise mega_images with "
+                "encoder 'tiles' into this store, or train on whole images"
+            )
+        self.spec = spec
         self.spec_hash = self.spec.spec_hash()
         self.layout_file = pt.write_layout(root, self.spec)
         self.layout = pl.read_parquet(self.layout_file)

@@ -7,13 +7,18 @@ from datetime import date
 import polars as pl
 
 from finnex_ml import calendar
-from finnex_ml.alignment import align_releases, snapshots
+from finnex_ml import modalities as md
+from finnex_ml.alignment import snapshots
 from finnex_ml.data.base import DataSource, RawData
 from finnex_ml.errors import DataInputError
 from finnex_ml.features import HISTORY_SESSIONS, build_daily_features
-from finnex_ml.sentiment import daily_sentiment
 
-MODALITIES = ("market_data", "peer_data", "sentiment_data", "macro_data", "fundamental_data")
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # MODALITIES: the ingestion assets of the modality table as it is now (an added modality too)
+    if name == "MODALITIES":
+        return md.asset_names()
+    raise AttributeError(name)
 
 
 def load_window(source: DataSource, asof: list[date], history: int = HISTORY_SESSIONS) -> tuple[RawData, list[date]]:
@@ -33,32 +38,38 @@ def load_window(source: DataSource, asof: list[date], history: int = HISTORY_SES
 
 
 def modality_snapshots(
-    source: DataSource, asof: list[date], history: int = HISTORY_SESSIONS
+    source: DataSource,
+    asof: list[date],
+    history: int = HISTORY_SESSIONS,
+    mods: tuple[md.Modality, ...] | None = None,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, str]]:
-    """One trailing snapshot per date and modality, as known at that date's close."""
+    """One trailing snapshot per date and modality (default: the whole modality table), as
+    known at that date's close, keyed by ingestion asset."""
     raw, sess = load_window(source, asof, history)
-    market = raw.prices.sort("date")
-    tables = {
-        "market_data": market,
-        "peer_data": raw.peers.sort("date", "ticker"),
-        # Text aggregates plus any pre-scored sentiment series (e.g. a survey), as of release.
-        "sentiment_data": daily_sentiment(raw.texts, sess).join(
-            align_releases(raw.releases, sess, "sentiment"), on="date", how="left"
-        ),
-        "macro_data": align_releases(raw.releases, sess, "macro"),
-        "fundamental_data": align_releases(raw.releases, sess, "fundamental"),
-    }
+    tables = {m.asset: m.load(source, raw, sess) for m in (md.current() if mods is None else mods)}
     return {k: snapshots(v, asof, history) for k, v in tables.items()}, raw.provenance
 
 
-def daily_features_from_snapshots(snaps: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    return build_daily_features(
-        snaps["market_data"],
-        snaps["peer_data"],
-        snaps["sentiment_data"],
-        snaps["macro_data"],
-        snaps["fundamental_data"],
-    )
+def daily_features_from_snapshots(
+    snaps: dict[str, pl.DataFrame], mods: tuple[md.Modality, ...] | None = None
+) -> pl.DataFrame:
+    """The built-in modalities' features (``build_daily_features``), then each added modality's
+    ``{prefix}__*`` columns (its features hook) for those of ``mods`` (default: the modality
+    table) that ``snaps`` holds."""
+    table = build_daily_features(*(snaps[a] for a in md.BUILTIN_ASSETS))
+    for mod in md.current() if mods is None else mods:
+        if mod.features is None or mod.asset not in snaps:
+            continue
+        extra = md.extra_features(mod, snaps[mod.asset])
+        missing = sorted(set(table["date"].to_list()) - set(extra["date"].to_list()))
+        if missing:
+            raise DataInputError(
+                f"modality {mod.name!r}: its features have no row for {len(missing)} date(s), first {missing[0]}; "
+                "its parser must cover every session of the window",
+                date=missing[0].isoformat(),
+            )
+        table = table.join(extra, on="date", how="left")
+    return table
 
 
 def checked_features(source: DataSource, asof: list[date]) -> pl.DataFrame:

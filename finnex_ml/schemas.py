@@ -9,10 +9,7 @@ import pandera.polars as pa
 import polars as pl
 
 from finnex_ml.features import META_COLUMNS
-
-# Days a carried-forward value may age before the row counts as stale.
-STALENESS_LIMITS = {"macro": 100, "fundamental": 140, "sentiment": 10, "market": 10}
-DAILY_STALENESS_LIMIT = 10
+from finnex_ml.modalities import DAILY_STALENESS_LIMIT, staleness_limits
 
 
 @dataclass(frozen=True)
@@ -69,11 +66,12 @@ def finite_after_warmup(feature_columns: list[str]) -> pa.DataFrameSchema:
 def staleness_within_bounds(frame: pl.DataFrame) -> pa.DataFrameSchema:
     """Each ``*_age`` column stays within its modality's limit (after warm-up)."""
     checks = []
+    limits = staleness_limits()  # days a carried-forward value may age, per feature group (modality table)
     for c in frame.columns:
         if not c.endswith("_age") or "__" not in c:
             continue
         group = c.split("__", 1)[0]
-        limit = STALENESS_LIMITS.get(group, DAILY_STALENESS_LIMIT)
+        limit = limits.get(group, DAILY_STALENESS_LIMIT)
         checks.append(frame_check(~pl.col("warmup_complete") | (pl.col(c) <= limit), f"{c}<= {limit}d"))
     return pa.DataFrameSchema(checks=checks)
 

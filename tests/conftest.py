@@ -108,6 +108,7 @@ SLOW_FIRST = (
     "test_universe_assets.py",
     "test_positive_control.py",
     "test_dagster_pipeline.py",
+    "test_extension_points.py",
 )
 
 

@@ -164,27 +164,30 @@ def test_failing_image_check_writes_no_image(built, tmp_path, monkeypatch):
     """All image checks run before the output: one failing image means no HDF5 file at all."""
     from datetime import date
 
-    from finnex_assets.assets import images as images_module
+    from finnex_ml.encoding.encoders import TileEncoder
 
     tmp, res, _ = built
     fresh = _resources(tmp_path, tables_from=tmp)
-    real = images_module.check_image
+    real_qa = TileEncoder.qa
     bad = date(2024, 3, 6)
 
-    def check_image(image, spec):
-        ok, detail = real(image, spec)
-        return (False, "forced") if image is not None and _current[0] == bad else (ok, detail)
+    def qa(self, image, spec, window=None, prev_image=None):
+        out = real_qa(self, image, spec, window, prev_image)
+        if _current[0] == bad:
+            out["dtype_shape_range"] = (False, {"forced": True})
+        return out
 
     _current = [None]
-    real_encode = images_module.encode_dates
+    real_encode = TileEncoder.encode_dates
 
-    def encode_dates(*args, **kwargs):
-        for item in real_encode(*args, **kwargs):
+    def encode_dates(self, *args, **kwargs):
+        for item in real_encode(self, *args, **kwargs):
             _current[0] = item.date
             yield item
 
-    monkeypatch.setattr(images_module, "check_image", check_image)
-    monkeypatch.setattr(images_module, "encode_dates", encode_dates)
+    # the encoder's QA fails one date (the asset asks the configured encoder, "tiles" here)
+    monkeypatch.setattr(TileEncoder, "qa", qa)
+    monkeypatch.setattr(TileEncoder, "encode_dates", encode_dates)
     out = _range([modalities, daily_features, mega_images], fresh, FIRST, LAST, selection=[mega_images])
     assert not out.success
     evals = {e.check_name: e for e in out.get_asset_check_evaluations()}

@@ -99,11 +99,11 @@ def _read_features(tables: TableStore, dates: list[date]) -> pl.DataFrame:
 def provenance(instance: dg.DagsterInstance) -> dict[str, Any]:
     """Where the evaluated data came from: the source and, per modality, whether it is synthetic,
     from the latest ingestion materialisations; the configured source when none is recorded."""
-    from finnex_assets.assets.ingestion import DESCRIPTIONS
     from finnex_assets.resources import default_data_source
+    from finnex_ml.modalities import asset_names
 
     modalities: dict[str, dict[str, Any]] = {}
-    for name in DESCRIPTIONS:
+    for name in asset_names():
         ev = instance.get_latest_materialization_event(dg.AssetKey(name))
         mat = ev.asset_materialization if ev is not None else None
         if mat is None:

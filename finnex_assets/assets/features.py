@@ -1,4 +1,8 @@
-"""The daily feature table: one leak-free row per trading date."""
+"""The daily feature table: one leak-free row per trading date, from every modality's snapshots.
+
+Its inputs are the modality table's ingestion assets (``finnex_ml.modalities``);
+``daily_features_asset()`` builds it for the table as it is when called.
+"""
 
 from collections.abc import Iterator
 
@@ -8,37 +12,42 @@ import polars as pl
 from finnex_assets import checks
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import DataSourceResource
+from finnex_ml import modalities as md
 from finnex_ml import pipeline, schemas
 
 
-@dg.asset(
-    ins={name: dg.AssetIn(name) for name in pipeline.MODALITIES},
-    partitions_def=trading_days,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    check_specs=checks.specs("daily_features", checks.FEATURE_CHECKS),
-    group_name="features",
-    kinds={"polars"},
-    metadata={"partition_column": "date"},
-)
-def daily_features(
-    context: dg.AssetExecutionContext,
-    market_data: pl.DataFrame,
-    peer_data: pl.DataFrame,
-    sentiment_data: pl.DataFrame,
-    macro_data: pl.DataFrame,
-    fundamental_data: pl.DataFrame,
-    data_source: DataSourceResource,
-) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Technical, sentiment, macro, fundamental and peer features, each from data up to t."""
-    table = pipeline.daily_features_from_snapshots(
-        {
-            "market_data": market_data,
-            "peer_data": peer_data,
-            "sentiment_data": sentiment_data,
-            "macro_data": macro_data,
-            "fundamental_data": fundamental_data,
-        }
+def daily_features_asset(mods: tuple[md.Modality, ...] | None = None) -> dg.AssetsDefinition:
+    """``daily_features`` with one input per modality of ``mods`` (default: the table now)."""
+    table = md.current() if mods is None else tuple(mods)
+    assets = md.asset_names(table)
+
+    @dg.asset(
+        name="daily_features",
+        ins={name: dg.AssetIn(name) for name in assets},
+        partitions_def=trading_days,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        check_specs=checks.specs("daily_features", checks.FEATURE_CHECKS),
+        group_name="features",
+        kinds={"polars"},
+        metadata={"partition_column": "date"},
     )
+    def _daily_features(
+        context: dg.AssetExecutionContext, data_source: DataSourceResource, **snapshots: pl.DataFrame
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
+        """Technical, sentiment, macro, fundamental and peer features (and any added modality's),
+        each from data up to t."""
+        yield from _features(context, data_source, snapshots, table)
+
+    return _daily_features
+
+
+def _features(
+    context: dg.AssetExecutionContext,
+    data_source: DataSourceResource,
+    snapshots: dict[str, pl.DataFrame],
+    mods: tuple[md.Modality, ...],
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    table = pipeline.daily_features_from_snapshots(snapshots, mods)
     features = schemas.feature_columns(table)
     groups = pl.Series([c.split("__", 1)[0] for c in features]).value_counts().sort("count", descending=True)
     context.log.info(
@@ -64,3 +73,6 @@ def daily_features(
             "last_date": str(table["date"].max()),
         },
     )
+
+
+daily_features = daily_features_asset()

@@ -1,4 +1,5 @@
-"""Mega-images: one 512x512x3 float32 image per trading date, from the feature table."""
+"""Mega-images: one float32 image per trading date, from the feature table, by the image encoder
+chosen in config (default ``tiles``: the 512x512x3 tile layout; see finnex_ml.encoding.encoders)."""
 
 import base64
 from collections.abc import Iterator
@@ -8,6 +9,7 @@ from datetime import date
 import dagster as dg
 import numpy as np
 import polars as pl
+from pydantic import Field
 
 from finnex_assets import checks
 from finnex_assets.partitions import trading_days
@@ -15,32 +17,32 @@ from finnex_assets.resources import DataSourceResource
 from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar, pipeline, progress
 from finnex_ml.encoding import (
+    DEFAULT_ENCODER,
+    QA_CHECKS,
     EncodedImage,
-    LayoutSpec,
+    ImageEncoder,
+    ImageSpec,
     NormConfig,
-    build_layout,
-    channel_section_stats,
-    check_feature_preservation,
-    check_image,
-    check_spatial_integrity,
-    check_temporal_continuity,
-    encode_dates,
+    create_encoder,
     read_image,
-    write_preview,
     write_spec,
 )
 from finnex_ml.encoding.layout import DEFAULT_SESSIONS
 from finnex_ml.errors import DataInputError
 
 NORM = NormConfig()
-LOOKBACK = DEFAULT_SESSIONS + NORM.window - 1  # feature rows up to and including t per image
-IMAGE_CHECKS = {
-    "dtype_shape_range": "float32, (512, 512, 3), every value in [0, 1]",
-    "spatial_integrity": "each tile's row bands carry exactly its features",
-    "temporal_continuity": "image t's session column c equals image t-1's column c+1 (same trailing "
-    "normalisation per session makes this exact)",
-    "feature_preservation": "decode(image) equals the normalised feature window within 1e-6",
-}
+# feature rows up to and including t per image that the input partition mapping loads: the tile
+# layout's. An encoder needing more gets the rest from the source (_with_lookback), like any gap
+LOOKBACK = DEFAULT_SESSIONS + NORM.window - 1
+IMAGE_CHECKS = QA_CHECKS  # every encoder answers these (ImageEncoder.qa)
+
+
+class MegaImagesConfig(dg.Config):
+    encoder: str = Field(
+        default=DEFAULT_ENCODER,
+        description="Image encoder by registry name (finnex_ml.encoding.register_encoder); "
+        "'tiles' is the 512x512x3 tile layout. The name is stored with the spec for downstream readers.",
+    )
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,13 @@ class ImageBatch:
 
     table: pl.DataFrame
     dates: list[date]
-    spec: LayoutSpec
+    spec: ImageSpec
     norm_config: NormConfig
+    encoder: ImageEncoder
 
     def __iter__(self) -> Iterator[EncodedImage]:
         # the IO manager writes each image before asking for the next: one buffer for all
-        return encode_dates(self.table, self.dates, self.spec, self.norm_config, reuse_buffer=True)
+        return self.encoder.encode_dates(self.table, self.dates, self.spec, self.norm_config, reuse_buffer=True)
 
 
 @dg.asset(
@@ -78,11 +81,13 @@ class ImageBatch:
 )
 def mega_images(
     context: dg.AssetExecutionContext,
+    config: MegaImagesConfig,
     daily_features: pl.DataFrame,
     storage: FinnexStorage,
     data_source: DataSourceResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Encode each date's trailing feature window with the layout spec; previews and QA per date.
+    """Encode each date's trailing feature window with the configured encoder's spec; previews
+    and the encoder's QA per date.
 
     Memory stays at one image whatever the range: this pass checks and previews each image
     and drops it; the IO manager re-encodes the same dates one by one when it writes (encoding
@@ -94,33 +99,32 @@ def mega_images(
     range is one launch; they are not stored as partitions.
     """
     dates = [date.fromisoformat(k) for k in context.partition_keys]
-    table = _with_lookback(context, daily_features, dates, data_source)
-    spec = build_layout(table.columns)
+    encoder = create_encoder(config.encoder)  # ConfigError naming the registered ones if unknown
+    probe = encoder.build_spec(daily_features.columns) if daily_features.width else None
+    need = encoder.history_needed(probe, NORM) if probe is not None else LOOKBACK
+    table = _with_lookback(context, daily_features, dates, data_source, max(need, LOOKBACK))
+    spec = encoder.build_spec(table.columns)
     root = storage.images.root
-    write_spec(root, spec, NORM)
+    write_spec(root, spec, NORM, encoder=encoder.name)
     failures: dict[str, list[str]] = {name: [] for name in IMAGE_CHECKS}
-    prev = _previous_image(root, dates[0])
-    encoded = encode_dates(table, dates, spec, NORM)
+    prev = _previous_image(root, dates[0], spec)
+    encoded = encoder.encode_dates(table, dates, spec, NORM)
     for item in progress.track(encoded, "mega_images", total=len(dates), log=context.log.info):
         key = item.date.isoformat()
-        png = write_preview(root / "previews" / f"{key}.png", item.image, spec, title=key, step=2)
+        png = encoder.preview(root / "previews" / f"{key}.png", item.image, spec, title=key)
         thumb = base64.b64encode(png.read_bytes()).decode()
-        outcome = {
-            "dtype_shape_range": check_image(item.image, spec),
-            "spatial_integrity": check_spatial_integrity(item.image, spec, item.window),
-            "feature_preservation": check_feature_preservation(item.image, spec, item.window),
-        }
-        if prev is not None:
-            outcome["temporal_continuity"] = check_temporal_continuity(prev, item.image, spec)
+        outcome = encoder.qa(item.image, spec, item.window, prev)
         for name, (ok, _) in outcome.items():
-            if not ok:
+            if name in failures and not ok:
                 failures[name].append(key)
-        stats = channel_section_stats(item.image, spec)
+        stats = encoder.stats(item.image, spec)
         context.add_asset_metadata(
             partition_key=key,
             metadata={
                 "preview": dg.MetadataValue.path(str(png)),
                 "preview_image": dg.MetadataValue.md(f"![{key}](data:image/png;base64,{thumb})"),
+                "encoder": encoder.name,
+                "image_shape": dg.MetadataValue.json(list(spec.shape)),
                 "spec_hash": spec.spec_hash(),
                 "normalization_hash": item.params_hash,
                 "features": len(spec.features),
@@ -149,14 +153,18 @@ def mega_images(
         ],
         len(dates),
     )
-    yield dg.Output(ImageBatch(table, dates, spec, NORM))
+    yield dg.Output(ImageBatch(table, dates, spec, NORM, encoder))
 
 
 def _with_lookback(
-    context: dg.AssetExecutionContext, stored: pl.DataFrame, dates: list[date], data_source: DataSourceResource
+    context: dg.AssetExecutionContext,
+    stored: pl.DataFrame,
+    dates: list[date],
+    data_source: DataSourceResource,
+    lookback: int = LOOKBACK,
 ) -> pl.DataFrame:
     """``stored`` feature rows plus any session of the images' lookback or range missing from it."""
-    need = calendar.sessions(calendar.sessions_back(dates[0], LOOKBACK), dates[-1])
+    need = calendar.sessions(calendar.sessions_back(dates[0], lookback), dates[-1])
     have = set(stored["date"].to_list()) if "date" in stored.columns else set()
     gap = [d for d in need if d not in have]
     if not gap:
@@ -179,10 +187,12 @@ def _with_lookback(
     return pl.concat([stored, filled.select([pl.col(c).cast(t) for c, t in stored.schema.items()])]).sort("date")
 
 
-def _previous_image(root, first: date) -> np.ndarray | None:
-    """Image t-1 for the continuity check across run boundaries, when it exists."""
+def _previous_image(root, first: date, spec: ImageSpec) -> np.ndarray | None:
+    """Image t-1 for the continuity check across run boundaries, when it exists (and is of this
+    spec's shape: write_spec has already refused a root holding another layout)."""
     prev = calendar.sessions_back(first, 2)
     try:
-        return read_image(root, prev) if prev != first else None
+        image = read_image(root, prev) if prev != first else None
     except (ValueError, OSError, KeyError):  # DataInputError when t-1 was never materialised
         return None
+    return image if image is not None and image.shape == tuple(spec.shape) else None

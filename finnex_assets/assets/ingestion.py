@@ -3,6 +3,10 @@
 Partition t of every modality holds that modality's trailing ``history`` sessions as known
 at t's close. That is how downstream assets get their lookback: each date carries its own,
 so any date can be materialised alone, and gives the same bytes as in a backfill.
+
+The outputs are the modality table's (``finnex_ml.modalities``): ``modalities_asset()`` builds
+the multi-asset for the table as it is when called (``modalities`` below: the built-ins, plus any
+modality registered before this module was imported).
 """
 
 from collections.abc import Iterator
@@ -13,50 +17,50 @@ import dagster as dg
 from finnex_assets import checks
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import DataSourceResource
+from finnex_ml import modalities as md
 from finnex_ml import pipeline
 from finnex_ml.errors import DataInputError
 
-DESCRIPTIONS = {
-    "market_data": "Target stock OHLCV (plus any market__* columns), trailing window per date.",
-    "peer_data": "Peer closes and volumes (long: ticker column), trailing window per date.",
-    "sentiment_data": "VADER sentiment of dated news and social texts per session and source.",
-    "macro_data": "Macro series aligned on release dates with age in days, carried forward.",
-    "fundamental_data": "Fundamentals aligned on filing dates with age, yoy and TTM, carried forward.",
-}
-PROVENANCE_KEY = {
-    "market_data": "prices",
-    "peer_data": "peers",
-    "sentiment_data": "texts",
-    "macro_data": "macro",
-    "fundamental_data": "fundamental",
-}
+
+def modalities_asset(mods: tuple[md.Modality, ...] | None = None) -> dg.AssetsDefinition:
+    """The ingestion multi-asset: one output per modality of ``mods`` (default: the table now)."""
+    table = md.current() if mods is None else tuple(mods)
+    by_asset = {m.asset: m for m in table}
+
+    @dg.multi_asset(
+        name="modalities",
+        outs={
+            m.asset: dg.AssetOut(
+                description=m.description,
+                group_name="ingestion",
+                kinds={"polars"},
+                metadata={"partition_column": "asof"},
+                is_required=False,
+            )
+            for m in table
+        },
+        check_specs=checks.specs("market_data", checks.MARKET_CHECKS),
+        partitions_def=trading_days,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        can_subset=True,
+    )
+    def _modalities(
+        context: dg.AssetExecutionContext, data_source: DataSourceResource
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
+        """Load the source once for the whole partition range and cut per-date snapshots."""
+        yield from _ingest(context, data_source, by_asset)
+
+    return _modalities
 
 
-@dg.multi_asset(
-    outs={
-        name: dg.AssetOut(
-            description=desc,
-            group_name="ingestion",
-            kinds={"polars"},
-            metadata={"partition_column": "asof"},
-            is_required=False,
-        )
-        for name, desc in DESCRIPTIONS.items()
-    },
-    check_specs=checks.specs("market_data", checks.MARKET_CHECKS),
-    partitions_def=trading_days,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    can_subset=True,
-)
-def modalities(
-    context: dg.AssetExecutionContext, data_source: DataSourceResource
+def _ingest(
+    context: dg.AssetExecutionContext, data_source: DataSourceResource, by_asset: dict[str, md.Modality]
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Load the source once for the whole partition range and cut per-date snapshots."""
     asof = [date.fromisoformat(k) for k in context.partition_keys]
     selected = {k.path[-1] for k in context.selected_asset_keys}
     source = data_source.source()
     context.log.info(f"{source.name}: {len(asof)} sessions {asof[0]}..{asof[-1]} for {sorted(selected)}")
-    snaps, provenance = pipeline.modality_snapshots(source, asof)
+    snaps, provenance = pipeline.modality_snapshots(source, asof, mods=tuple(by_asset.values()))
     for note in getattr(source, "warnings", ()):  # accepted input the user should look at (files source)
         context.log.warning(f"{source.name}: {note}")
     for name in sorted(selected):  # the IO manager refuses an empty partition: say so before any write
@@ -65,7 +69,7 @@ def modalities(
         if missing:
             raise DataInputError(
                 f"{name} has no rows for {len(missing)} of the run's {len(asof)} partition(s), first {missing[0]}; "
-                f"the {source.name} source holds no {PROVENANCE_KEY[name]} data up to then (files source: add an "
+                f"the {source.name} source holds no {by_asset[name].provenance} data up to then (files source: add an "
                 f"entry for it to the mapping, or leave {name} out of the selection). Nothing was written.",
                 date=str(missing[0]),
             )
@@ -76,11 +80,11 @@ def modalities(
             checks.results(context, "market_data", snaps["market_data"], checks.MARKET_CHECKS, "asof"),
             len(asof),
         )
-    for name in DESCRIPTIONS:
+    for name, mod in by_asset.items():
         if name not in selected:
             continue
         frame = snaps[name]
-        origin = provenance.get(PROVENANCE_KEY[name], "")
+        origin = provenance.get(mod.provenance, "")
         yield dg.Output(
             frame,
             output_name=name,
@@ -93,3 +97,6 @@ def modalities(
                 "synthetic": origin.startswith("synthetic"),
             },
         )
+
+
+modalities = modalities_asset()

@@ -8,6 +8,8 @@ from finnex_assets.resources import MlflowTracking
 from finnex_assets.storage import FinnexStorage
 from finnex_ml.datasets_io import set_dataset
 from finnex_ml.encoding.layout import LayoutSpec
+from finnex_ml.encoding.store import read_encoder
+from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity
 from finnex_ml.models import CLASS_NAMES, MODEL_REGISTRY, layout_json
 from finnex_ml.storage import CnnReadyStore
@@ -50,6 +52,12 @@ def _datasets(ready: CnnReadyStore, cfg: TrainingConfig) -> tuple[H5ArrayDataset
     )
 
 
+def training_asset(model: str) -> dg.AssetsDefinition:
+    """The training asset ``{model}_model`` of a registered architecture (``register_model``)."""
+    entry = MODEL_REGISTRY[model]
+    return _train_asset(f"{entry.name}_model", entry.name, entry.title)
+
+
 def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=name,
@@ -80,7 +88,14 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
                     f"{spec_file} is missing: the layout-aware model reads the stored layout "
                     "spec; materialise mega_images first"
                 )
-            overrides["layout"] = layout_json(LayoutSpec.from_json(spec_file.read_text(encoding="utf-8")))
+            encoder, spec = read_encoder(storage.images.root)  # the stored spec, by the encoder that built it
+            if not isinstance(spec, LayoutSpec):
+                raise DataInputError(
+                    f"{name}: the layout-aware stem reads the tile layout, but the images were built by encoder "
+                    f"{encoder.name!r}; materialise mega_images with encoder 'tiles'",
+                    file=str(spec_file),
+                )
+            overrides["layout"] = layout_json(spec)
         cfg = TrainConfig(
             model=model,
             size=config.size,
@@ -213,6 +228,4 @@ def _cm_markdown(cm: np.ndarray) -> str:
 
 
 # one training asset per registered architecture (finnex_ml.models.register_model)
-TRAINING_ASSETS: list[dg.AssetsDefinition] = [
-    _train_asset(f"{e.name}_model", e.name, e.title) for e in MODEL_REGISTRY.values()
-]
+TRAINING_ASSETS: list[dg.AssetsDefinition] = [training_asset(name) for name in MODEL_REGISTRY]

@@ -1,6 +1,8 @@
 """Mega-image encoding: layout spec, leak-free normalisation, encode/decode, HDF5 store, previews, QA.
 
-Pure library (numpy, polars, h5py); never imports dagster. Typical use::
+Pure library (numpy, polars, h5py); never imports dagster. Encoders (``encoders.py``) are
+selected by name: ``create_encoder("tiles")`` is the tile layout below, and
+``register_encoder(name, cls)`` adds another. Typical use of the tile layout's functions::
 
     spec = build_layout(table.columns)                 # default tile assignment
     cfg = NormConfig()                                 # rolling robust z, W=252, logistic squash
@@ -23,6 +25,18 @@ from finnex_ml.encoding.encoder import (
     normalization_summary,
     pixel_lookup,
     used_mask,
+)
+from finnex_ml.encoding.encoders import (
+    DEFAULT_ENCODER,
+    QA_CHECKS,
+    ImageEncoder,
+    ImageSpec,
+    TileEncoder,
+    create_encoder,
+    encoder_names,
+    encoder_of,
+    register_encoder,
+    unregister_encoder,
 )
 from finnex_ml.encoding.layout import DEFAULT_ASSIGNMENT, DEFAULT_SESSIONS, LayoutSpec, Section, Tile, build_layout
 from finnex_ml.encoding.normalize import (
@@ -49,6 +63,7 @@ from finnex_ml.encoding.store import (
     image_path,
     list_dates,
     open_range,
+    read_encoder,
     read_image,
     read_record,
     read_spec,
@@ -60,6 +75,17 @@ from finnex_ml.encoding.store import (
 
 __all__ = [
     "DEFAULT_ASSIGNMENT",
+    "DEFAULT_ENCODER",
+    "QA_CHECKS",
+    "ImageEncoder",
+    "ImageSpec",
+    "TileEncoder",
+    "create_encoder",
+    "encoder_names",
+    "encoder_of",
+    "register_encoder",
+    "unregister_encoder",
+    "read_encoder",
     "DEFAULT_SESSIONS",
     "EncodedImage",
     "LayoutSpec",

@@ -15,7 +15,7 @@ once per spec); this gives the same bytes as gathering all 786,432 pixels, about
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
@@ -235,8 +235,14 @@ def encode_dates(
     norm_config: NormConfig | None = None,
     *,
     reuse_buffer: bool = False,
+    painter: Callable[..., np.ndarray] | None = None,
 ) -> Iterator[EncodedImage]:
     """Yield one :class:`EncodedImage` per date, in the order given, one at a time.
+
+    ``painter(window, spec, out)`` turns the normalised window into the image (default
+    :func:`encode`, the tile layout); another image encoder passes its own and ``spec`` may be
+    any spec with ``sessions``, ``features``, ``unassigned`` and ``shape``
+    (``finnex_ml.encoding.encoders``). Missing cells are counted by tile only for tile specs.
 
     With ``reuse_buffer`` every yielded ``image`` is the same array, overwritten by the next
     date: for consumers done with an image before they ask for the next (the store's writer).
@@ -260,7 +266,13 @@ def encode_dates(
     span_ok = first + 1 >= need and _contiguous(all_dates, first - need + 1, stop - 1)
     normalizer = TrailingNormalizer(mat, cfg, all_dates, cache_rows=max(spec.sessions + 64, 128), stop=stop)
     warm = table["warmup_complete"].to_list() if "warmup_complete" in table.columns else None
-    tiles_of = np.array([spec.tiles.index(spec.tile(spec.tile_of[f])) for f in spec.features], dtype=np.int64)
+    paint_window = encode if painter is None else painter
+    tiles = getattr(spec, "tiles", None)  # a tile layout: missing cells are also counted per tile
+    tiles_of = (
+        np.array([spec.tiles.index(spec.tile(spec.tile_of[f])) for f in spec.features], dtype=np.int64)
+        if tiles is not None
+        else None
+    )
     L = spec.sessions
     buffer = np.empty(spec.shape, dtype=np.float32) if reuse_buffer else None
     for d in wanted:
@@ -279,17 +291,19 @@ def encode_dates(
         rows = [normalizer.row(j) for j in range(i - L + 1, i + 1)]
         values = np.stack([r.values for r in rows])
         miss = np.stack([r.missing for r in rows])
-        image = encode(values, spec, out=buffer)
+        image = paint_window(values, spec, out=buffer)
         if miss.any():
             short = np.stack([r.short_history for r in rows])
-            by_tile = np.bincount(tiles_of, weights=miss.sum(axis=0), minlength=len(spec.tiles))
+            by_tile = (
+                np.bincount(tiles_of, weights=miss.sum(axis=0), minlength=len(tiles)) if tiles_of is not None else ()
+            )
             counts = {
                 "missing_cells": int(miss.sum()),
                 "missing_fraction": float(miss.mean()),
                 "missing_short_history_cells": int(short.sum()),
                 "missing_raw_cells": int((miss & ~short).sum()),
                 "missing_at_date": [spec.features[j] for j in np.flatnonzero(miss[-1])],
-                "missing_by_tile": {t.name: int(n) for t, n in zip(spec.tiles, by_tile) if n},
+                "missing_by_tile": {t.name: int(n) for t, n in zip(tiles or (), by_tile) if n},
             }
         else:  # the usual case: same values the general branch gives (short history implies missing)
             counts = {

@@ -401,6 +401,19 @@ def resolve_assignment(
     return out, unassigned
 
 
+def default_assignment() -> dict[str, list[str]]:
+    """:data:`DEFAULT_ASSIGNMENT` plus the ``{prefix}__*`` patterns of added modalities that
+    name a tile (``finnex_ml.modalities``); the built-ins add none, so their layout is unchanged."""
+    from finnex_ml.modalities import tile_patterns
+
+    out = {t: list(p) for t, p in DEFAULT_ASSIGNMENT.items()}
+    for tile, patterns in tile_patterns().items():
+        if tile not in out:
+            raise ConfigError(f"a modality names tile {tile!r}; tiles are {sorted(out)}")
+        out[tile] += [p for p in patterns if p not in out[tile]]
+    return out
+
+
 def build_layout(
     feature_names: Iterable[str],
     assignment: Mapping[str, Sequence[str]] | None = None,
@@ -409,7 +422,7 @@ def build_layout(
     allow_unassigned: bool = False,
     fill_value: float = DEFAULT_FILL,
 ) -> LayoutSpec:
-    """Resolve ``assignment`` (default :data:`DEFAULT_ASSIGNMENT`) against the actual columns.
+    """Resolve ``assignment`` (default :func:`default_assignment`) against the actual columns.
 
     ``feature_names`` may include the table's meta columns (``date``, ``history_sessions``,
     ``warmup_complete``); they are ignored. ``spec.features`` keeps the table's column order.
@@ -424,7 +437,7 @@ def build_layout(
         raise ConfigError(f"sessions must be >= 1, got {sessions}")
     if not 0.0 <= fill_value <= 1.0:
         raise ConfigError(f"fill_value must lie in [0, 1], got {fill_value}")
-    per_tile, unassigned = resolve_assignment(names, DEFAULT_ASSIGNMENT if assignment is None else assignment)
+    per_tile, unassigned = resolve_assignment(names, default_assignment() if assignment is None else assignment)
     if unassigned and not allow_unassigned:
         raise ConfigError(f"{len(unassigned)} feature(s) assigned to no tile: {unassigned}")
     sections = tuple(Section(n, r0, r1, d) for n, r0, r1, d in SECTIONS)
@@ -515,6 +528,7 @@ __all__ = [
     "Section",
     "Tile",
     "build_layout",
+    "default_assignment",
     "resolve_assignment",
     "row_bands",
     "section_of_row",

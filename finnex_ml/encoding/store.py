@@ -3,15 +3,16 @@
 Layout under ``root``::
 
     {root}/{YYYY}/{MM}/{YYYY-MM-DD}.h5        one image per file (parallel writers never share one)
-    {root}/metadata/channel_encoding_spec.json
+    {root}/metadata/channel_encoding_spec.json  the encoder's spec, plus ``encoder`` (its registry name)
     {root}/metadata/normalization_parameters.json
     {root}/.vds_cache/range_*.h5              virtual datasets built by open_range (disposable)
 
 Each per-date file holds
 
-* ``image``: float32 (512, 512, 3). ``DEFAULT_COMPRESSION`` is None: stored uncompressed and
-  contiguous (3 MB, ~0.74 GB per year of 252 sessions). With ``compression="gzip"`` (level 1) or
-  ``"lzf"`` it is chunked (32, 512, 3) (one 32-pixel patch row per chunk) and ~14x (gzip) or
+* ``image``: float32 of the spec's shape ((512, 512, 3) for the default ``tiles`` encoder).
+  ``DEFAULT_COMPRESSION`` is None: stored uncompressed and contiguous (3 MB, ~0.74 GB per year
+  of 252 sessions). With ``compression="gzip"`` (level 1) or ``"lzf"`` it is chunked
+  (32, 512, 3) (one 32-pixel patch row per chunk) and ~14x (gzip) or
   ~10x (lzf) smaller, because the images are piecewise constant. Why uncompressed by default:
   the issue's target is a whole encode + write stage at >= 0.5x a bare numpy + h5py write of the
   same bytes, i.e. at most ~2-3 ms per image here, and one core needs ~6-7 ms just to deflate or
@@ -48,7 +49,7 @@ import numpy as np
 
 import finnex_ml
 from finnex_ml.encoding.encoder import EncodedImage
-from finnex_ml.encoding.layout import LayoutSpec
+from finnex_ml.encoding.encoders import DEFAULT_ENCODER, ImageEncoder, ImageSpec, create_encoder
 from finnex_ml.encoding.normalize import NormConfig, _config_hash, normalization_parameters
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.geometry import IMAGE_SHAPE  # noqa: F401  (re-exported)
@@ -86,8 +87,10 @@ def _write_payload(f: h5py.File, image: np.ndarray, compression: str | None, lev
     if compression is None:
         _new_dataset(f, "image", image)
     else:
+        # one 32-row slab per chunk: (32, 512, 3) for tiles; a smaller image of another encoder fits
+        chunks = (min(CHUNKS[0], image.shape[0]), *image.shape[1:])
         f.create_dataset(
-            "image", data=image, chunks=CHUNKS, track_times=False, **_compression_kwargs(compression, level)
+            "image", data=image, chunks=chunks, track_times=False, **_compression_kwargs(compression, level)
         )
 
 
@@ -149,7 +152,7 @@ def write_image(
     d: date | str,
     image: np.ndarray,
     *,
-    spec: LayoutSpec,
+    spec: ImageSpec,
     norm_config: NormConfig,
     missing: np.ndarray | None = None,
     center: np.ndarray | None = None,
@@ -161,8 +164,10 @@ def write_image(
     """Atomically write one date's image (and its metadata) to ``image_path(root, d)``."""
     d = _as_date(d)
     img = np.asarray(image)
-    if img.shape != IMAGE_SHAPE or img.dtype != np.float32:
-        raise ValueError(f"image must be float32 {IMAGE_SHAPE}, got {img.dtype} {img.shape}")
+    if img.shape != tuple(spec.shape) or img.dtype != np.float32:
+        raise ValueError(
+            f"{d}: image must be float32 {tuple(spec.shape)} (the spec's shape), got {img.dtype} {img.shape}"
+        )
     if missing is not None and np.shape(missing) != (spec.sessions, spec.n_features):
         raise ValueError(f"missing mask shape {np.shape(missing)} != {(spec.sessions, spec.n_features)}")
     attrs = {
@@ -187,7 +192,7 @@ def write_image(
 def write_encoded(
     root: Path | str,
     item: EncodedImage,
-    spec: LayoutSpec,
+    spec: ImageSpec,
     norm_config: NormConfig,
     compression: str | None = DEFAULT_COMPRESSION,
     compression_level: int | None = None,
@@ -252,29 +257,34 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def write_spec(
     root: Path | str,
-    spec: LayoutSpec,
+    spec: ImageSpec,
     norm_config: NormConfig | None = None,
     feature_summary: dict[str, dict[str, Any]] | None = None,
     *,
     overwrite: bool = False,
+    encoder: str = DEFAULT_ENCODER,
 ) -> tuple[Path, Path]:
     """Atomically write ``metadata/channel_encoding_spec.json`` and ``normalization_parameters.json``.
 
-    Refuses (ConfigError) to replace a spec with a different hash unless ``overwrite``: images of
-    two layouts under one root would be silently mixed.
+    The spec file also records ``encoder``, the registry name of the encoder that built ``spec``
+    (outside the hashed spec, so a tile spec keeps its hash). Refuses (ConfigError) to replace a
+    spec with a different hash or encoder unless ``overwrite``: images of two layouts under one
+    root would be silently mixed.
     """
     cfg = norm_config or NormConfig()
     meta = resolve_under(Path(root), METADATA_DIR)
     spec_path, norm_path = meta / SPEC_FILE, meta / NORM_FILE
     if spec_path.exists() and not overwrite:
-        old = LayoutSpec.from_json(spec_path.read_text(encoding="utf-8"))
-        if old.spec_hash() != spec.spec_hash():
+        old_doc = json.loads(spec_path.read_text(encoding="utf-8"))
+        old_encoder, old_hash = old_doc.get("encoder", DEFAULT_ENCODER), old_doc.get("spec_hash", "")
+        if old_encoder != encoder or old_hash != spec.spec_hash():
             raise ConfigError(
-                f"{spec_path} holds a different layout (hash {old.spec_hash()[:12]} vs "
-                f"{spec.spec_hash()[:12]}); pass overwrite=True or use another root"
+                f"{spec_path} holds a different layout (encoder {old_encoder!r}, hash {old_hash[:12]} vs "
+                f"encoder {encoder!r}, hash {spec.spec_hash()[:12]}); pass overwrite=True or use another root"
             )
     doc = spec.to_dict()
     doc["spec_hash"] = spec.spec_hash()
+    doc["encoder"] = encoder
     _atomic_write_text(spec_path, json.dumps(doc, indent=2, sort_keys=True))
     params = normalization_parameters(cfg, spec.features, feature_summary)
     params["spec_hash"] = spec.spec_hash()
@@ -282,14 +292,30 @@ def write_spec(
     return spec_path, norm_path
 
 
-def read_spec(root: Path | str) -> LayoutSpec:
+def read_encoder(root: Path | str) -> tuple[ImageEncoder, Any]:
+    """The encoder that built the images under ``root`` (by the name stored with the spec; a
+    spec file without one is from the ``tiles`` encoder) and its spec, checked against its hash."""
     path = resolve_under(Path(root), f"{METADATA_DIR}/{SPEC_FILE}")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: no images were encoded under {root}; materialise mega_images first"
+        )
     doc = json.loads(path.read_text(encoding="utf-8"))
     stored = doc.pop("spec_hash", None)
-    spec = LayoutSpec.from_dict(doc)
+    name = doc.pop("encoder", DEFAULT_ENCODER)
+    try:
+        encoder = create_encoder(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    spec = encoder.spec_from_dict(doc)
     if stored is not None and stored != spec.spec_hash():
         raise ConfigError(f"{path}: stored spec_hash {stored[:12]} does not match its content")
-    return spec
+    return encoder, spec
+
+
+def read_spec(root: Path | str) -> Any:
+    """The spec of the images under ``root`` (a :class:`LayoutSpec` for the default encoder)."""
+    return read_encoder(root)[1]
 
 
 # ---- range views --------------------------------------------------------------------------
@@ -337,10 +363,11 @@ class RangeView:
 
 
 def write_range_vds(root: Path | str, dates: Sequence[date | str], path: Path | str, *, check: bool = True) -> Path:
-    """Write a virtual dataset ``images`` [N, 512, 512, 3] mapping each date's file, atomically.
+    """Write a virtual dataset ``images`` [N, H, W, C] mapping each date's file, atomically.
 
-    With ``check`` every source file is opened once to confirm shape, dtype and that all share
-    one spec hash (a batch must not mix layouts). Source paths are stored absolute.
+    The shape is the first file's (512x512x3 for the tile encoder). With ``check`` every source
+    file is opened once to confirm that shape, dtype and that all share one spec hash (a batch
+    must not mix layouts). Source paths are stored absolute.
     """
     root = Path(root).resolve()
     ds = [_as_date(d) for d in dates]
@@ -353,18 +380,20 @@ def write_range_vds(root: Path | str, dates: Sequence[date | str], path: Path | 
             f"{len(absent)} date(s) have no stored image, first {absent[0]}", date=absent[0].isoformat()
         )
     hashes: set[str] = set()
+    with h5py.File(paths[0], "r") as f:
+        shape = tuple(f["image"].shape)
     if check:
         for d, p in zip(ds, paths):
             with h5py.File(p, "r") as f:
                 dset = f["image"]
-                if dset.shape != IMAGE_SHAPE or dset.dtype != np.float32:
+                if dset.shape != shape or dset.dtype != np.float32:
                     raise DataInputError(f"stored image has {dset.dtype} {dset.shape}", file=str(p), date=d.isoformat())
                 hashes.add(str(f.attrs.get("spec_hash")))
         if len(hashes) > 1:
             raise DataInputError(f"range mixes {len(hashes)} layouts (spec hashes {sorted(h[:12] for h in hashes)})")
-    layout = h5py.VirtualLayout(shape=(len(ds), *IMAGE_SHAPE), dtype=np.float32)
+    layout = h5py.VirtualLayout(shape=(len(ds), *shape), dtype=np.float32)
     for i, p in enumerate(paths):
-        layout[i] = h5py.VirtualSource(str(p), "image", shape=IMAGE_SHAPE)
+        layout[i] = h5py.VirtualSource(str(p), "image", shape=shape)
     out = Path(path)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
@@ -400,6 +429,7 @@ __all__ = [
     "list_dates",
     "open_range",
     "read_image",
+    "read_encoder",
     "read_record",
     "read_spec",
     "write_encoded",

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from finnex_ml.encoding.encoder import pixel_lookup
+from finnex_ml.encoding.encoders import encoder_of
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.preview import _ADVANCE, BACKGROUND, SECTION_LINE, _draw_text, png_bytes
 from finnex_ml.geometry import GRID, HEIGHT, N_PATCHES, PATCH
@@ -400,7 +400,7 @@ def aggregate_importance(pixel_importance: np.ndarray, spec: LayoutSpec) -> dict
         raise ValueError("importance map has non-finite values")
     if (m < 0).any():
         raise ValueError("importance map has negative values; pass np.abs(map) or np.clip(map, 0, None)")
-    look = pixel_lookup(spec)
+    look = encoder_of(spec).pixel_lookup(spec)  # the encoder that built the spec maps its pixels
     flat = m.ravel()
     total = float(flat.sum())
     scale = 1.0 / total if total > 0 else 0.0
