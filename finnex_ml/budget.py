@@ -120,6 +120,14 @@ class TrainingCost:
             f"of compute per training image here, so ~{minutes:.1f} min of compute if every epoch runs (early "
             f"stopping can end sooner; reading the images and other load on the machine add to it); evaluation: "
             f"{b.n_boot:,} bootstrap resamples, {b.n_permutations:,} permutations"
+            + (
+                f"; the pooled walk-forward retrains the network per fold with the same epochs and seeds (a fold "
+                f"costs about the training above times its share of the dates; cached folds cost nothing), and "
+                f"the permuted-label control trains {b.permuted_label_runs} network(s) for {b.permuted_label_epochs} "
+                "epoch(s)"
+                if b.walk_forward_epochs
+                else ""
+            )
         )
 
     def as_dict(self) -> dict:

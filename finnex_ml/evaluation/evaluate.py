@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ class EvalConfig:
     # tests that can fire
     n_permutations: int = 1000  # block permutations of the test labels (fixed predictions), every row
     refit_permutations: int = 100  # refits on block-permuted training labels, tabular models
+    refit_jobs: int = 2  # processes for those refits (the machine's 2 cores)
     placebo_shifts: tuple[int, ...] = (1, 2)  # label-shift placebo at k = m * h sessions, m in this list
     degenerate_threshold: float = 0.9  # one class on more than this share of dates: degenerate
     # pooled out-of-sample walk-forward of the tabular models (0 min_train: off)
@@ -557,17 +559,14 @@ def run_evaluation(
         for h in horizons:
             y_tr, y_te = fr.classes(h, train_d), fr.classes(h, test_d)
             for kind in TABULAR:
-
-                def score(y: np.ndarray, kind: str = kind, y_te: np.ndarray = y_te) -> float:
-                    return mt.balanced_accuracy(y_te, bl.tabular_probs(kind, X_train, y, X_test, cfg.seed).argmax(-1))
-
                 res = sg.refit_permutation_test(
-                    score,
+                    partial(_refit_score, kind, X_train, X_test, y_te, cfg.seed),
                     y_tr,
                     block=un.default_block(len(train_d), h),
                     n_perm=cfg.refit_permutations,
                     seed=cfg.seed + h,
                     label=f"refit permutations {kind} h={h}",
+                    n_jobs=cfg.refit_jobs,
                 )
                 row = next(r for r in test_rows if r["model"] == kind and r["horizon"] == h)
                 row["refit_permutation_p"], row["refit_permutations"] = res["p_value"], int(res["n_perm"])
@@ -1013,6 +1012,16 @@ def _permuted_rows(
             }
         )
     return rows
+
+
+def _refit_score(
+    kind: str, X_train: np.ndarray, X_test: np.ndarray, y_te: np.ndarray, seed: int, y: np.ndarray
+) -> float:
+    """Test balanced accuracy of ``kind`` fitted on training labels ``y`` (a module-level
+    function so joblib can send it to worker processes); gradient boosting with the refit
+    test's cheaper settings (``baselines.REFIT_BOOSTING``), the same for real and permuted labels."""
+    boosting = bl.REFIT_BOOSTING if kind == "gradient_boosting" else None
+    return mt.balanced_accuracy(y_te, bl.tabular_probs(kind, X_train, y, X_test, seed, boosting=boosting).argmax(-1))
 
 
 def _permuted_doc(cfg: EvalConfig, networks: Sequence[str]) -> dict[str, Any]:
