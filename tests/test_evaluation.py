@@ -421,6 +421,10 @@ def test_headline_pooled_walk_forward_and_an_honest_report(evaluated):
     html = evaluation_html(doc, equity)
     assert "Data source: unknown (not recorded)" in html
     assert "Read this first" in html and "under one year" in html and "sharpe †" in html
+    assert "Networks retrained per fold" in html and "What this span can show" in html
+    assert "Networks: 1 permutation(s) x 1 epoch(s) each" in html
+    mde = pooled["minimum_detectable_effect"]
+    assert set(mde) == {f"{h}d" for h in HORIZONS} and mde["5d"]["sharpe"] > mde["1d"]["sharpe"] > 0
     assert "<th class=''>calmar</th>" not in html  # hidden: 25 test sessions
     for name, d in doc["interpretation"].items():  # maps only for non-degenerate models
         row = test_rows[(name, HORIZONS[0])]

@@ -4,11 +4,11 @@
 
 * the test split: classification and regression metrics, a backtest with costs, block-bootstrap
   intervals, a regime breakdown and ablations (each channel blanked to its training mean);
-* the walk-forward folds: the model *retrained* on each fold's training dates (a short budget,
-  ``EvalConfig.walk_forward_epochs``) and scored on that fold's validation dates. Scoring the
-  final model on the folds would be in-sample: those dates are in its training data;
-* a permuted-label control: the same model (and each tabular baseline) trained on training
-  labels shuffled across dates, which must score at chance (see ``_permuted_rows``);
+* the walk-forward folds of the splits: the baselines refitted on each fold's training dates and
+  scored on its validation dates;
+* a permuted-label control: the same model (``permuted_label_runs`` shuffles, and each tabular
+  baseline once) trained on training labels shuffled across dates, which must score at chance
+  (see ``_permuted_rows``);
 
 and the baselines (``finnex_ml.evaluation.baselines``) on identical dates. Then the tests that can
 fire (``finnex_ml.evaluation.significance``):
@@ -24,8 +24,8 @@ fire (``finnex_ml.evaluation.significance``):
 
 The headline backtest trades ``execution_lag`` sessions after the signal's close, over h staggered
 sub-portfolios, paying costs and a short borrow fee. A pooled out-of-sample walk-forward over
-years (``finnex_ml.evaluation.walkforward``) refits the tabular models per year and scores the
-pooled series; the headline table puts each model beside its best baseline with the span, the
+years refits the tabular models (``walkforward``) and retrains every network on the budget's
+epochs and seeds (``network_folds``, cached per fold) per year, and scores the pooled series; the headline table puts each model beside its best baseline with the span, the
 number of independent decisions, the test, its p-value and the minimum detectable effect. The
 leak scan covers every horizon with a permutation bar (a flag warns; implausible skill or a
 failed placebo blocks). Everything the reports need is returned as one JSON-serialisable
@@ -958,6 +958,8 @@ def _pooled_oos(
         "last": pdates[-1].isoformat(),
         "n": len(pdates),
         "years": len(pdates) / ONE_YEAR,
+        "independent_decisions": {f"{h}d": len(pdates) / h for h in horizons},
+        "minimum_detectable_effect": {f"{h}d": sg.minimum_detectable_effect(len(pdates), h) for h in horizons},
         "deflated_sharpe": deflated,
         "deflated_sharpe_trials": trials_doc,
         "headline": _headline(rows_all, comparisons, None, pdates, "pooled walk-forward"),
