@@ -424,7 +424,11 @@ def test_headline_pooled_walk_forward_and_an_honest_report(evaluated):
     assert "Networks retrained per fold" in html and "What this span can show" in html
     assert "Networks: 1 permutation(s) x 1 epoch(s) each" in html
     mde = pooled["minimum_detectable_effect"]
-    assert set(mde) == {f"{h}d" for h in HORIZONS} and mde["5d"]["sharpe"] > mde["1d"]["sharpe"] > 0
+    assert set(mde) == {f"{h}d" for h in HORIZONS}
+    # annual Sharpe from n daily returns; accuracy from n / h independent decisions
+    assert mde["1d"]["sharpe"] == pytest.approx(2.8016 * (252 / pooled["n"]) ** 0.5, rel=1e-4)
+    assert mde["5d"]["accuracy"] == pytest.approx(mde["1d"]["accuracy"] * 5**0.5)
+    assert pooled["independent_decisions"]["5d"] == pytest.approx(pooled["n"] / 5)
     assert "<th class=''>calmar</th>" not in html  # hidden: 25 test sessions
     for name, d in doc["interpretation"].items():  # maps only for non-degenerate models
         row = test_rows[(name, HORIZONS[0])]

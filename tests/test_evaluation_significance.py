@@ -256,3 +256,22 @@ def test_a_strong_legitimate_signal_warns_but_does_not_block() -> None:
     doc = _leak_doc(rep, suspicious_scores(rows), placebo, EvalConfig())
     assert doc["passed"] and doc["blocking"] == [] and len(doc["warnings"]) == 1
     assert doc["feature_scan"]["verdict"] == "warning only"
+
+
+def test_prebin_gives_monotone_codes_of_the_training_quantiles_and_keeps_missing_values() -> None:
+    from finnex_ml.evaluation.baselines import prebin
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((600, 3))
+    X[::7, 1] = np.nan
+    X[:, 2] = rng.integers(0, 4, 600)  # few distinct values: one code each
+    A, B = prebin(X[:500], np.vstack([X[500:], [[-99.0, 99.0, 3.0]]]))
+    for j in range(3):
+        ok = np.isfinite(X[:500, j])
+        assert np.array_equal(np.isnan(A[:, j]), ~ok)
+        order = np.argsort(X[:500, j][ok], kind="stable")
+        assert np.all(np.diff(A[:, j][ok][order]) >= 0)  # monotone in the raw value
+        assert len(np.unique(A[:, j][ok])) <= 255
+    assert len(np.unique(A[:, 0])) > 200 and len(np.unique(A[:, 2])) == 4
+    assert B[-1, 0] == 0 and B[-1, 1] == np.nanmax(A[:, 1])  # beyond the training range: the end codes
+    assert np.array_equal(np.isnan(B[:-1, 1]), np.isnan(X[500:, 1]))

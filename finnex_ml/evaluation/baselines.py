@@ -110,6 +110,29 @@ def tabular_probs(
     return _full_proba(fit_tabular(kind, X_train, y_train, seed, boosting=boosting), X_eval)
 
 
+def prebin(X_train: np.ndarray, X_eval: np.ndarray, max_bins: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Both matrices as bin codes of the training columns' quantiles (NaN stays missing).
+
+    Why: with sample weights (class_weight="balanced") scikit-learn >= 1.6 bins every feature
+    of a gradient-boosting fit by weighted percentiles, one Python call per bin edge: on 500 x
+    206 that is ~17 s of CPU per fit, whatever the number of iterations. Columns with at most
+    ``max_bins`` distinct values skip it. Binning once on the unweighted quantiles (what the
+    unweighted fit does) makes a refit's cost the boosting itself; KBinsDiscretizer rejects
+    NaN, which the features have."""
+    qs = np.linspace(0, 100, max_bins + 1)[1:-1]
+    A, B = np.full(X_train.shape, np.nan), np.full(X_eval.shape, np.nan)
+    for j in range(X_train.shape[1]):
+        col = X_train[:, j]
+        finite = col[np.isfinite(col)]
+        if finite.size == 0:
+            continue
+        edges = np.unique(np.percentile(finite, qs))
+        for src, dst in ((col, A), (X_eval[:, j], B)):
+            ok = np.isfinite(src)
+            dst[ok, j] = np.searchsorted(edges, src[ok], side="right")
+    return A, B
+
+
 def ridge_returns(X_train: np.ndarray, r_train: np.ndarray, X_eval: np.ndarray) -> np.ndarray:
     """A ridge regression of the forward return on the daily features (the regression baseline)."""
     from sklearn.impute import SimpleImputer
@@ -145,6 +168,7 @@ __all__ = [
     "fit_tabular",
     "majority_probs",
     "momentum_probs",
+    "prebin",
     "prior_random_probs",
     "ridge_returns",
     "tabular_probs",

@@ -559,8 +559,10 @@ def run_evaluation(
         for h in horizons:
             y_tr, y_te = fr.classes(h, train_d), fr.classes(h, test_d)
             for kind in TABULAR:
+                # gradient boosting refits on features binned once (baselines.prebin), real and permuted alike
+                Xa, Xb = bl.prebin(X_train, X_test) if kind == "gradient_boosting" else (X_train, X_test)
                 res = sg.refit_permutation_test(
-                    partial(_refit_score, kind, X_train, X_test, y_te, cfg.seed),
+                    partial(_refit_score, kind, Xa, Xb, y_te, cfg.seed),
                     y_tr,
                     block=un.default_block(len(train_d), h),
                     n_perm=cfg.refit_permutations,

@@ -403,8 +403,9 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
             parts.append(f"<div style='display:inline-block'>{_fig_div(fig)}</div>")
 
     parts.append(
-        "<h2>Walk-forward folds</h2><p class='note'>Networks are retrained on each fold's training dates "
-        f"({cfg['walk_forward_epochs']} epoch(s)); baselines are refitted per fold.</p>"
+        "<h2>Walk-forward folds of the splits</h2><p class='note'>Baselines refitted per fold. The networks "
+        f"are retrained per year in the pooled walk-forward ({cfg['walk_forward_epochs']} epoch(s) at most, "
+        f"seeds {list(cfg.get('walk_forward_seeds') or [])}; 0 epochs: not retrained).</p>"
     )
     parts.append(html_table(t["walk_forward_summary"]))
     parts.append("<details><summary>per fold</summary>" + html_table(t["walk_forward"]) + "</details>")
@@ -515,13 +516,14 @@ def _pooled_power(pooled: dict) -> str:
             "n_independent": (pooled.get("independent_decisions") or {}).get(h),
             "mde_sharpe": m.get("sharpe"),
             "mde_accuracy": m.get("accuracy"),
+            "mde_ic": m.get("ic"),
         }
         for h, m in mde.items()
     ]
     return (
         "<p class='note'>What this span can show: the number of independent decisions (n / h) and the "
         "smallest true effect a 5 % test finds with 80 % power (annual Sharpe; balanced accuracy above "
-        "1/3).</p>" + html_table(rows)
+        "1/3; an information coefficient).</p>" + html_table(rows)
     )
 
 
