@@ -73,7 +73,7 @@ class EvaluationConfig(dg.Config):
     borrow_bps: float = Field(default=50.0, description="Annual borrow fee on short notional, basis points.")
     n_permutations: int = Field(default=1000, description="Block permutations of the test labels per row.")
     refit_permutations: int = Field(default=100, description="Refits on permuted training labels, tabular models.")
-    refit_jobs: int = Field(default=2, description="Processes for the refit permutation test (joblib).")
+    refit_jobs: int = Field(default=1, description="Processes for the refit permutation test (joblib).")
     placebo_shifts: list[int] = Field(default=[1, 2], description="Label-shift placebo at k = m * h sessions.")
     degenerate_threshold: float = Field(default=0.9, description="One class on more than this share: degenerate.")
     pooled_min_train: int = Field(

@@ -92,7 +92,9 @@ class EvalConfig:
     # tests that can fire
     n_permutations: int = 1000  # block permutations of the test labels (fixed predictions), every row
     refit_permutations: int = 100  # refits on block-permuted training labels, tabular models
-    refit_jobs: int = 2  # processes for those refits (the machine's 2 cores)
+    # processes for those refits: 1, since starting joblib workers cost more than 4 binned refits
+    # on the loaded 2-core machine (benchmarks/bench_refit.py); more pays off on a quiet machine
+    refit_jobs: int = 1
     placebo_shifts: tuple[int, ...] = (1, 2)  # label-shift placebo at k = m * h sessions, m in this list
     degenerate_threshold: float = 0.9  # one class on more than this share of dates: degenerate
     # pooled out-of-sample walk-forward of the tabular models (0 min_train: off)
