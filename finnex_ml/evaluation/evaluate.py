@@ -25,8 +25,9 @@ fire (``finnex_ml.evaluation.significance``):
 The headline backtest trades ``execution_lag`` sessions after the signal's close, over h staggered
 sub-portfolios, paying costs and a short borrow fee. A pooled out-of-sample walk-forward over
 years refits the tabular models (``walkforward``) and retrains every network on the budget's
-epochs and seeds (``network_folds``, cached per fold) per year, and scores the pooled series; the headline table puts each model beside its best baseline with the span, the
-number of independent decisions, the test, its p-value and the minimum detectable effect. The
+epochs and seeds (``network_folds``, cached per fold) per year, and scores the pooled series;
+the headline table puts each model beside its best baseline with the span, the number of
+independent decisions, the test, its p-value and the minimum detectable effect. The
 leak scan covers every horizon with a permutation bar (a flag warns; implausible skill or a
 failed placebo blocks). Everything the reports need is returned as one JSON-serialisable
 document plus two tables (per-date predictions and equity curves).
