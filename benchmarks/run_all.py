@@ -65,6 +65,7 @@ BENCHMARKS: list[Bench] = [
     Bench("panel_store", HERE / "bench_panel_store.py", common=("--out", "{tmp}/panel_store.md")),
     Bench("training", HERE / "bench_training.py"),
     Bench("image_training", HERE / "bench_image_training.py"),
+    Bench("refit", HERE / "bench_refit.py"),
     Bench("universe", HERE / "bench_universe.py", common=("--out", "{tmp}/universe.md"), timeout_s=3600.0),
 ]
 

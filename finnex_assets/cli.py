@@ -17,7 +17,8 @@ from finnex_ml.modalities import asset_names as modality_assets
 from finnex_ml.paths import REPO_ROOT, validate_partition_key
 
 DEFAULT_RANGE = {
-    "synthetic": ("2024-01-02", "2024-12-31"),
+    # three years: the pooled walk-forward trains on 2022 and scores 2023 and 2024 out of sample
+    "synthetic": ("2022-01-03", "2024-12-31"),
     "packaged": ("2016-01-04", "2016-12-30"),
 }
 RANGE_START_TAG = "dagster/asset_partition_range_start"

@@ -24,26 +24,28 @@ class Budget:
     seeds: tuple[int, ...]  # one ensemble member per seed
     n_boot: int  # bootstrap resamples per interval
     n_permutations: int  # permutations per test
-    walk_forward_epochs: int  # single stock: epochs to retrain the network per fold (0 skips)
+    walk_forward_epochs: int  # single stock: epochs (at most) to retrain the network per pooled fold (0 skips)
     permuted_label_epochs: int  # single stock: epochs of the permuted-label control (0 skips)
     refit_permutations: int  # single stock: refits of each tabular baseline on permuted labels
     leak_permutations: int  # single stock: permutations of the leak scan's null
+    permuted_label_runs: int  # single stock: permutations of the network's permuted-label control
 
 
 # per mode: the single-stock pipeline (cnn_model + model_evaluation) and universe mode
 # (universe_model + universe_evaluation) have different defaults for epochs and seeds
 BUDGETS: dict[str, dict[str, Budget]] = {
     "quick": {
-        "single": Budget("quick", 4, (0,), 300, 300, 0, 1, 20, 100),
-        "universe": Budget("quick", 2, (0,), 300, 300, 0, 0, 0, 0),
+        # the walk-forward retrains the network per fold on the full budget: its epochs and seeds
+        "single": Budget("quick", 4, (0,), 300, 300, 4, 2, 20, 100, 1),
+        "universe": Budget("quick", 2, (0,), 300, 300, 0, 0, 0, 0, 0),
     },
     "standard": {
-        "single": Budget("standard", 20, (0, 1, 2), 1000, 1000, 1, 1, 100, 200),
-        "universe": Budget("standard", 5, (0,), 1000, 1000, 0, 0, 0, 0),
+        "single": Budget("standard", 20, (0, 1, 2), 1000, 1000, 20, 4, 100, 200, 2),
+        "universe": Budget("standard", 5, (0,), 1000, 1000, 0, 0, 0, 0, 0),
     },
     "thorough": {
-        "single": Budget("thorough", 40, (0, 1, 2, 3, 4), 5000, 5000, 5, 5, 500, 1000),
-        "universe": Budget("thorough", 20, (0, 1, 2), 5000, 5000, 0, 0, 0, 0),
+        "single": Budget("thorough", 40, (0, 1, 2, 3, 4), 5000, 5000, 40, 10, 500, 1000, 5),
+        "universe": Budget("thorough", 20, (0, 1, 2), 5000, 5000, 0, 0, 0, 0, 0),
     },
 }
 BUDGET_NAMES = tuple(BUDGETS)
@@ -67,7 +69,9 @@ def run_config(b: Budget, mode: str) -> dict[str, dict]:
         "n_boot": b.n_boot,
         "n_permutations": b.n_permutations,
         "walk_forward_epochs": b.walk_forward_epochs,
+        "walk_forward_seeds": list(b.seeds),
         "permuted_label_epochs": b.permuted_label_epochs,
+        "permuted_label_runs": b.permuted_label_runs,
         "refit_permutations": b.refit_permutations,
         "leak_permutations": b.leak_permutations,
     }
@@ -116,6 +120,14 @@ class TrainingCost:
             f"of compute per training image here, so ~{minutes:.1f} min of compute if every epoch runs (early "
             f"stopping can end sooner; reading the images and other load on the machine add to it); evaluation: "
             f"{b.n_boot:,} bootstrap resamples, {b.n_permutations:,} permutations"
+            + (
+                f"; the pooled walk-forward retrains the network per fold with the same epochs and seeds (a fold "
+                f"costs about the training above times its share of the dates; cached folds cost nothing), and "
+                f"the permuted-label control trains {b.permuted_label_runs} network(s) for {b.permuted_label_epochs} "
+                "epoch(s)"
+                if b.walk_forward_epochs
+                else ""
+            )
         )
 
     def as_dict(self) -> dict:

@@ -33,6 +33,13 @@ def test_standard_is_every_assets_default_config():
         ev.permuted_label_epochs,
     )
     assert (single.refit_permutations, single.leak_permutations) == (ev.refit_permutations, ev.leak_permutations)
+    # the walk-forward retrains the network per fold on the full budget
+    assert (single.walk_forward_epochs, single.seeds) == (ev.walk_forward_epochs, tuple(ev.walk_forward_seeds))
+    assert single.permuted_label_runs == ev.permuted_label_runs
+    for name in budget.BUDGET_NAMES:
+        b = budget.budget(name, "single")
+        ops = budget.run_config(b, "single")["model_evaluation"]["config"]
+        assert (ops["walk_forward_epochs"], ops["walk_forward_seeds"]) == (b.epochs, list(b.seeds))
     model, uev = UniverseModelConfig(), UniverseEvaluationConfig()
     assert (universe.epochs, universe.seeds) == (model.epochs, tuple(model.seeds))
     assert (universe.n_boot, universe.n_permutations) == (uev.n_boot, uev.n_perm)

@@ -38,7 +38,9 @@ N_DATES = 100
 FAST = EvalConfig(
     n_boot=200,
     walk_forward_epochs=1,
+    walk_forward_seeds=(0,),
     permuted_label_epochs=1,
+    permuted_label_runs=1,
     n_permutations=200,
     refit_permutations=3,
     pooled_min_train=60,
@@ -195,8 +197,14 @@ def test_controls_score_at_chance_and_walk_forward_retrains(evaluated):
         lo, hi = r["ci"]
         assert r["at_chance"] and lo <= 1 / 3 <= hi, r
     wf = doc["tables"]["walk_forward"]
-    assert {r["fold"] for r in wf if r["model"] == "cnn_model"} == {1, 2}
-    assert {r["model"] for r in wf} >= {"cnn_model", "logistic", "gradient_boosting", "majority", "momentum"}
+    assert {r["model"] for r in wf} == {"logistic", "gradient_boosting", "majority", "momentum"}
+    # the network is retrained per pooled walk-forward fold instead, on an inner validation block
+    folds = doc["pooled_oos"]["networks"]["cnn_model"]
+    assert [f["fold"] for f in folds] == [1, 2] and not any(f["cached"] for f in folds)
+    for f in folds:
+        assert f["fit"][1] < f["inner_val"][0] and f["inner_val"][1] < f["test"][0]
+        assert (f["epochs"], f["seeds"], f["purge"]) == (1, [0], max(HORIZONS))
+    assert doc["permuted_label_control"]["permutations"] == 1 and doc["permuted_label_control"]["epochs"] == 1
     ab = {r["ablation"] for r in doc["tables"]["ablations"]}
     assert ab == {"blank red", "blank green", "blank blue"}
     assert doc["leakage"]["passed"], doc["leakage"]
@@ -376,6 +384,12 @@ def test_headline_pooled_walk_forward_and_an_honest_report(evaluated):
     test_rows = {(r["model"], r["horizon"]): r for r in doc["tables"]["test"]}
     spans = {r["span"] for r in head}
     assert spans == {"test split", "pooled walk-forward"}
+    # the retrained network sits beside the baselines on the pooled dates
+    pooled_head = [r for r in head if r["span"] == "pooled walk-forward"]
+    assert {(r["model"], r["horizon"]) for r in pooled_head if r["model"] == "cnn_model"} == {
+        ("cnn_model", h) for h in HORIZONS
+    }
+    assert all(r["n_days"] == doc["pooled_oos"]["n"] for r in pooled_head)
     for r in head:
         assert r["best_baseline"] in ("majority", "prior_random", "momentum", "logistic", "gradient_boosting")
         assert r["n_independent"] == pytest.approx(r["n_days"] / r["horizon"])
@@ -391,6 +405,7 @@ def test_headline_pooled_walk_forward_and_an_honest_report(evaluated):
     assert [f["test"] for f in pooled["folds"]] == [20, n - 80] and pooled["n"] == n - 60
     assert [f["train"] for f in pooled["folds"]] == [60 - 5, 80 - 5]  # purged by the longest horizon
     assert {r["model"] for r in pooled["rows"]} == {
+        "cnn_model",
         "majority",
         "momentum",
         "buy_and_hold",
@@ -408,6 +423,14 @@ def test_headline_pooled_walk_forward_and_an_honest_report(evaluated):
     html = evaluation_html(doc, equity)
     assert "Data source: unknown (not recorded)" in html
     assert "Read this first" in html and "under one year" in html and "sharpe †" in html
+    assert "Networks retrained per fold" in html and "What this span can show" in html
+    assert "Networks: 1 permutation(s) x 1 epoch(s) each" in html
+    mde = pooled["minimum_detectable_effect"]
+    assert set(mde) == {f"{h}d" for h in HORIZONS}
+    # annual Sharpe from n daily returns; accuracy from n / h independent decisions
+    assert mde["1d"]["sharpe"] == pytest.approx(2.8016 * (252 / pooled["n"]) ** 0.5, rel=1e-4)
+    assert mde["5d"]["accuracy"] == pytest.approx(mde["1d"]["accuracy"] * 5**0.5)
+    assert pooled["independent_decisions"]["5d"] == pytest.approx(pooled["n"] / 5)
     assert "<th class=''>calmar</th>" not in html  # hidden: 25 test sessions
     for name, d in doc["interpretation"].items():  # maps only for non-degenerate models
         row = test_rows[(name, HORIZONS[0])]

@@ -112,6 +112,24 @@ def test_refit_permutation_test_fires_on_a_planted_signal_only(signal: float, si
         assert res["p_value"] > 0.05
 
 
+def _refit_score(X: np.ndarray, y_test: np.ndarray, kind: str, boosting, y_train: np.ndarray) -> float:
+    probs = tabular_probs(kind, X[:200], y_train, X[200:], seed=0, boosting=boosting)
+    return balanced_accuracy(y_test, probs.argmax(1))
+
+
+def test_refit_permutations_in_two_processes_give_the_same_null_and_cheap_boosting_still_finds_a_signal() -> None:
+    from functools import partial
+
+    from finnex_ml.evaluation.baselines import REFIT_BOOSTING
+
+    X, y = _planted(300, 1.5, seed=11)
+    score = partial(_refit_score, X, y[200:], "gradient_boosting", REFIT_BOOSTING)
+    one = sg.refit_permutation_test(score, y[:200], block=5, n_perm=12, seed=2)
+    two = sg.refit_permutation_test(score, y[:200], block=5, n_perm=12, seed=2, n_jobs=2)
+    assert one == two  # the same refits, in any process
+    assert one["statistic"] > 0.5 and one["p_value"] == pytest.approx(1 / 13)  # beats all 12 permuted refits
+
+
 def test_fixed_prediction_permutation_test_and_label_shift_placebo() -> None:
     X, y = _planted(400, 2.0, seed=5)
     pred = np.digitize(X[:, 0], np.quantile(X[:, 0], [1 / 3, 2 / 3]))
@@ -238,3 +256,22 @@ def test_a_strong_legitimate_signal_warns_but_does_not_block() -> None:
     doc = _leak_doc(rep, suspicious_scores(rows), placebo, EvalConfig())
     assert doc["passed"] and doc["blocking"] == [] and len(doc["warnings"]) == 1
     assert doc["feature_scan"]["verdict"] == "warning only"
+
+
+def test_prebin_gives_monotone_codes_of_the_training_quantiles_and_keeps_missing_values() -> None:
+    from finnex_ml.evaluation.baselines import prebin
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((600, 3))
+    X[::7, 1] = np.nan
+    X[:, 2] = rng.integers(0, 4, 600)  # few distinct values: one code each
+    A, B = prebin(X[:500], np.vstack([X[500:], [[-99.0, 99.0, 3.0]]]))
+    for j in range(3):
+        ok = np.isfinite(X[:500, j])
+        assert np.array_equal(np.isnan(A[:, j]), ~ok)
+        order = np.argsort(X[:500, j][ok], kind="stable")
+        assert np.all(np.diff(A[:, j][ok][order]) >= 0)  # monotone in the raw value
+        assert len(np.unique(A[:, j][ok])) <= 255
+    assert len(np.unique(A[:, 0])) > 200 and len(np.unique(A[:, 2])) == 4
+    assert B[-1, 0] == 0 and B[-1, 1] == np.nanmax(A[:, 1])  # beyond the training range: the end codes
+    assert np.array_equal(np.isnan(B[:-1, 1]), np.isnan(X[500:, 1]))

@@ -54,8 +54,12 @@ class EvaluationConfig(dg.Config):
     seed: int = Field(default=7)
     regime_window: int = Field(default=63, description="Sessions of trailing return that define the regime.")
     regime_band: float = Field(default=0.05, description="Trailing return above +band is bull, below -band bear.")
-    walk_forward_epochs: int = Field(default=1, description="Epochs to retrain each network per fold; 0 skips.")
-    permuted_label_epochs: int = Field(default=1, description="Epochs of the permuted-label control; 0 skips.")
+    walk_forward_epochs: int = Field(
+        default=20, description="Pooled walk-forward: epochs (at most) to retrain each network per fold; 0 skips."
+    )
+    walk_forward_seeds: list[int] = Field(default=[0, 1, 2], description="Seed ensemble per walk-forward fold.")
+    permuted_label_epochs: int = Field(default=4, description="Epochs of the permuted-label control; 0 skips.")
+    permuted_label_runs: int = Field(default=2, description="Permutations of the network's permuted-label control.")
     interpret_images: int = Field(default=4, description="Test images explained per model (occlusion, saliency).")
     leak_min_abs_corr: float = Field(default=0.0, description="Optional floor on the leak scan's permutation bar.")
     leak_alpha: float = Field(default=0.05, description="Family-wise level of the leak scan (its flags only warn).")
@@ -68,10 +72,11 @@ class EvaluationConfig(dg.Config):
     borrow_bps: float = Field(default=50.0, description="Annual borrow fee on short notional, basis points.")
     n_permutations: int = Field(default=1000, description="Block permutations of the test labels per row.")
     refit_permutations: int = Field(default=100, description="Refits on permuted training labels, tabular models.")
+    refit_jobs: int = Field(default=1, description="Processes for the refit permutation test (joblib).")
     placebo_shifts: list[int] = Field(default=[1, 2], description="Label-shift placebo at k = m * h sessions.")
     degenerate_threshold: float = Field(default=0.9, description="One class on more than this share: degenerate.")
     pooled_min_train: int = Field(
-        default=252, description="Pooled walk-forward: rows before the first test year; 0 off."
+        default=240, description="Pooled walk-forward: rows before the first test year; 0 off."
     )
     pooled_block_sessions: int = Field(default=0, description="Pooled walk-forward test blocks: 0 = calendar years.")
 
@@ -79,6 +84,7 @@ class EvaluationConfig(dg.Config):
         fields = EvalConfig.__dataclass_fields__
         values = {k: v for k, v in self.model_dump().items() if k in fields}
         values["placebo_shifts"] = tuple(values.get("placebo_shifts", ()))
+        values["walk_forward_seeds"] = tuple(values.get("walk_forward_seeds", ()))
         return EvalConfig(**values)
 
 

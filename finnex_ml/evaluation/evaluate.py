@@ -4,11 +4,11 @@
 
 * the test split: classification and regression metrics, a backtest with costs, block-bootstrap
   intervals, a regime breakdown and ablations (each channel blanked to its training mean);
-* the walk-forward folds: the model *retrained* on each fold's training dates (a short budget,
-  ``EvalConfig.walk_forward_epochs``) and scored on that fold's validation dates. Scoring the
-  final model on the folds would be in-sample: those dates are in its training data;
-* a permuted-label control: the same model (and each tabular baseline) trained on training
-  labels shuffled across dates, which must score at chance (see ``_permuted_rows``);
+* the walk-forward folds of the splits: the baselines refitted on each fold's training dates and
+  scored on its validation dates;
+* a permuted-label control: the same model (``permuted_label_runs`` shuffles, and each tabular
+  baseline once) trained on training labels shuffled across dates, which must score at chance
+  (see ``_permuted_rows``);
 
 and the baselines (``finnex_ml.evaluation.baselines``) on identical dates. Then the tests that can
 fire (``finnex_ml.evaluation.significance``):
@@ -24,9 +24,10 @@ fire (``finnex_ml.evaluation.significance``):
 
 The headline backtest trades ``execution_lag`` sessions after the signal's close, over h staggered
 sub-portfolios, paying costs and a short borrow fee. A pooled out-of-sample walk-forward over
-years (``finnex_ml.evaluation.walkforward``) refits the tabular models per year and scores the
-pooled series; the headline table puts each model beside its best baseline with the span, the
-number of independent decisions, the test, its p-value and the minimum detectable effect. The
+years refits the tabular models (``walkforward``) and retrains every network on the budget's
+epochs and seeds (``network_folds``, cached per fold) per year, and scores the pooled series;
+the headline table puts each model beside its best baseline with the span, the number of
+independent decisions, the test, its p-value and the minimum detectable effect. The
 leak scan covers every horizon with a permutation bar (a flag warns; implausible skill or a
 failed placebo blocks). Everything the reports need is returned as one JSON-serialisable
 document plus two tables (per-date predictions and equity curves).
@@ -38,6 +39,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation import backtest as bt
 from finnex_ml.evaluation import baselines as bl
 from finnex_ml.evaluation import metrics as mt
+from finnex_ml.evaluation import network_folds as nf
 from finnex_ml.evaluation import significance as sg
 from finnex_ml.evaluation import uncertainty as un
 from finnex_ml.evaluation import walkforward as wf
@@ -72,8 +75,12 @@ class EvalConfig:
     regime_window: int = 63
     regime_band: float = 0.05
     hit_tolerance: float = 0.005  # return prediction within +-50 bp counts as a hit
-    walk_forward_epochs: int = 1  # 0 skips retraining the networks per fold
-    permuted_label_epochs: int = 1  # 0 skips the network's permuted-label control
+    # pooled walk-forward: each network retrained per fold as a seed ensemble (0 epochs skips);
+    # the budget sets these to its training epochs and seeds
+    walk_forward_epochs: int = 20
+    walk_forward_seeds: tuple[int, ...] = (0, 1, 2)
+    permuted_label_epochs: int = 4  # 0 skips the network's permuted-label control
+    permuted_label_runs: int = 2  # permutations of the training labels, one retrained network each
     ablations: bool = True
     leak_min_abs_corr: float = 0.0  # optional floor on the leak scan's permutation bar
     leak_alpha: float = 0.05  # family-wise level of the leak scan (a flag warns, it does not block)
@@ -86,10 +93,15 @@ class EvalConfig:
     # tests that can fire
     n_permutations: int = 1000  # block permutations of the test labels (fixed predictions), every row
     refit_permutations: int = 100  # refits on block-permuted training labels, tabular models
+    # processes for those refits: 1, since starting joblib workers cost more than 4 binned refits
+    # on the loaded 2-core machine (benchmarks/bench_refit.py); more pays off on a quiet machine
+    refit_jobs: int = 1
     placebo_shifts: tuple[int, ...] = (1, 2)  # label-shift placebo at k = m * h sessions, m in this list
     degenerate_threshold: float = 0.9  # one class on more than this share of dates: degenerate
     # pooled out-of-sample walk-forward of the tabular models (0 min_train: off)
-    pooled_min_train: int = 252  # rows of history before the first test block
+    # rows of history before the first test block: a calendar year has 250-253 sessions and the
+    # splits' purge gaps remove a few, so 240 lets one full first year of training count
+    pooled_min_train: int = 240
     pooled_block_sessions: int = 0  # 0: calendar-year test blocks; else blocks of this many rows
 
 
@@ -504,17 +516,23 @@ def run_evaluation(
                         }
                     )
             log(f"{name}: channel ablations done")
-        if cfg.permuted_label_epochs > 0:
-            perm = np.random.default_rng(cfg.seed).permutation(len(train_d))
-            pdir = inp.work_dir / "permuted" / name
-            ptrain = _write_set(pdir / "train.h5", "train_permuted", train_d, fr, inp, spec_hash, split_hash, perm)
-            plm = _train_short(
-                lm, ptrain, inp.ready_root / "val.h5", pdir / "model", cfg.permuted_label_epochs, cfg.seed
+        if cfg.permuted_label_epochs > 0 and cfg.permuted_label_runs > 0:
+            runs = list(range(cfg.permuted_label_runs))
+            for r in progress.track(runs, f"permuted-label control ({name})", unit="permutations", log=log):
+                perm = np.random.default_rng(cfg.seed + r).permutation(len(train_d))
+                pdir = inp.work_dir / "permuted" / name / f"perm{r + 1}"
+                ptrain = _write_set(pdir / "train.h5", "train_permuted", train_d, fr, inp, spec_hash, split_hash, perm)
+                plm = _train_short(
+                    lm, ptrain, inp.ready_root / "val.h5", pdir / "model", cfg.permuted_label_epochs, cfg.seed + r
+                )
+                psp = predict_set(plm, inp.ready_root / "test.h5")
+                label = name if cfg.permuted_label_runs == 1 else f"{name} (permutation {r + 1})"
+                for j, h in enumerate(plm.horizons):
+                    controls.append((label, h, psp.labels[:, j], psp.pred[:, j]))
+            log(
+                f"{name}: permuted-label control trained ({cfg.permuted_label_runs} permutation(s) x "
+                f"{cfg.permuted_label_epochs} epoch(s)) and scored"
             )
-            psp = predict_set(plm, inp.ready_root / "test.h5")
-            for j, h in enumerate(plm.horizons):
-                controls.append((name, h, psp.labels[:, j], psp.pred[:, j]))
-            log(f"{name}: permuted-label control trained ({cfg.permuted_label_epochs} epoch(s)) and scored")
         if interpret is not None:
             # explaining a (near-)constant predictor explains nothing: only non-degenerate models
             degenerate = mt.is_degenerate(sp.pred[:, 0], cfg.degenerate_threshold)
@@ -544,17 +562,16 @@ def run_evaluation(
         for h in horizons:
             y_tr, y_te = fr.classes(h, train_d), fr.classes(h, test_d)
             for kind in TABULAR:
-
-                def score(y: np.ndarray, kind: str = kind, y_te: np.ndarray = y_te) -> float:
-                    return mt.balanced_accuracy(y_te, bl.tabular_probs(kind, X_train, y, X_test, cfg.seed).argmax(-1))
-
+                # gradient boosting refits on features binned once (baselines.prebin), real and permuted alike
+                Xa, Xb = bl.prebin(X_train, X_test) if kind == "gradient_boosting" else (X_train, X_test)
                 res = sg.refit_permutation_test(
-                    score,
+                    partial(_refit_score, kind, Xa, Xb, y_te, cfg.seed),
                     y_tr,
                     block=un.default_block(len(train_d), h),
                     n_perm=cfg.refit_permutations,
                     seed=cfg.seed + h,
                     label=f"refit permutations {kind} h={h}",
+                    n_jobs=cfg.refit_jobs,
                 )
                 row = next(r for r in test_rows if r["model"] == kind and r["horizon"] == h)
                 row["refit_permutation_p"], row["refit_permutations"] = res["p_value"], int(res["n_perm"])
@@ -593,19 +610,12 @@ def run_evaluation(
             }
             for name, probs in fold_probs.items():
                 wf_rows.append(_fold_row(name, k, h, yb, probs, f_va))
-        if cfg.walk_forward_epochs > 0 and loaded:
-            fdir = inp.work_dir / "folds" / f"fold{k}"
-            ftrain = _write_set(fdir / "train.h5", f"fold{k}_train", f_tr, fr, inp, spec_hash, split_hash)
-            fval = _write_set(fdir / "val.h5", f"fold{k}_val", f_va, fr, inp, spec_hash, split_hash)
-            for name, lm in loaded.items():
-                flm = _train_short(lm, ftrain, fval, fdir / name, cfg.walk_forward_epochs, cfg.seed + k)
-                fsp = predict_set(flm, fval)
-                for j, h in enumerate(flm.horizons):
-                    wf_rows.append(_fold_row(name, k, h, fsp.labels[:, j], fsp.probs[:, j], f_va))
+        # the networks are retrained per fold in the pooled walk-forward below (full budget, an
+        # inner validation block); these split folds keep the baselines' fold-to-fold spread
         log(f"walk-forward fold {k}: {len(f_tr)} training / {len(f_va)} validation dates scored")
 
     # --- pooled out-of-sample walk-forward of the tabular models -------------------------------
-    pooled = _pooled_oos(inp, fr, sets, horizons, closes, cfg, log)
+    pooled = _pooled_oos(inp, fr, sets, horizons, closes, cfg, log, loaded, spec_hash, split_hash)
 
     # --- selection-aware Sharpe, leaks ------------------------------------------------------
     deflated, trials_doc = _deflated(strategy_returns, inp)
@@ -665,6 +675,7 @@ def run_evaluation(
         "deflated_sharpe_trials": trials_doc,
         "leakage": _leak_doc(leak, suspicious, placebo_rows, cfg),
         "interpretation": interpretation,
+        "permuted_label_control": _permuted_doc(cfg, sorted(loaded)),
         "chance": {
             "balanced_accuracy": 1 / 3,
             "note": "any predictor independent of the label has expected balanced accuracy 1/3; a "
@@ -816,6 +827,50 @@ def _deflated(
     return deflated, doc
 
 
+def _pooled_networks(
+    inp: EvalInputs,
+    fr: _Frame,
+    dates: Sequence[date],
+    folds: Sequence[wf.WalkForwardFold],
+    horizons: Sequence[int],
+    cfg: EvalConfig,
+    loaded: Mapping[str, LoadedModel],
+    spec_hash: str,
+    split_hash: str,
+    log: Log,
+) -> dict[str, nf.PooledNetwork]:
+    """Each network retrained per fold (``network_folds``), its folds cached under work_dir."""
+    if cfg.walk_forward_epochs <= 0 or not loaded:
+        return {}
+    from finnex_ml.encoding.store import image_path
+
+    classes = np.stack([fr.classes(h, dates) for h in horizons], axis=1)
+    rets = np.stack([fr.col(lb.return_col(h), dates) for h in horizons], axis=1)
+    hashes = []
+    for f in folds:
+        rows = np.concatenate([f.train, f.test])
+        ds = [dates[i] for i in rows]
+        hashes.append(
+            nf.fold_data_hash(spec_hash, ds, classes[rows], rets[rows], [image_path(inp.image_root, d) for d in ds])
+        )
+
+    def write(path: Path, name: str, ds: Sequence[date]) -> Path:
+        return _write_set(path, name, ds, fr, inp, spec_hash, split_hash)
+
+    return nf.pooled_networks(
+        loaded,
+        dates,
+        folds,
+        write_set=write,
+        data_hashes=hashes,
+        cache_dir=inp.work_dir / "walk_forward",
+        epochs=cfg.walk_forward_epochs,
+        seeds=cfg.walk_forward_seeds,
+        purge=max(horizons),
+        log=log,
+    )
+
+
 def _pooled_oos(
     inp: EvalInputs,
     fr: _Frame,
@@ -824,10 +879,14 @@ def _pooled_oos(
     closes: pl.DataFrame,
     cfg: EvalConfig,
     log: Log,
+    loaded: Mapping[str, LoadedModel],
+    spec_hash: str,
+    split_hash: str,
 ) -> dict[str, Any] | None:
-    """Walk-forward over years of the tabular models with every fold's test predictions pooled
-    (``finnex_ml.evaluation.walkforward``); the naive baselines are scored on the same pooled
-    dates with each fold's training data. None when there is not enough history for one fold."""
+    """Walk-forward over years with every fold's test predictions pooled: the tabular models
+    (``finnex_ml.evaluation.walkforward``) and the networks (``network_folds``) refitted per
+    fold, the naive baselines scored on the same pooled dates with each fold's training data.
+    None when there is not enough history for one fold."""
     if cfg.pooled_min_train <= 0:
         return None
     dates = sorted({d for v in sets.values() for d in v})
@@ -849,11 +908,19 @@ def _pooled_oos(
         log(f"pooled walk-forward skipped: fewer than {cfg.pooled_min_train} dates before the last test block")
         return None
     X = bl.feature_matrix(inp.features, dates, inp.feature_columns)
+    nets = _pooled_networks(inp, fr, dates, folds, horizons, cfg, loaded, spec_hash, split_hash, log)
     rows_all, scored, returns = [], {}, {}
     pdates: list[date] = []
     for h in horizons:
         y = fr.classes(h, dates)
         pp = wf.pooled_tabular(X, y, folds, seed=cfg.seed, purge=h)
+        networks = {}
+        for name, net in nets.items():
+            if h in net.horizons:
+                # the same folds, so the same pooled rows as the tabular models
+                if not np.array_equal(net.rows, pp.rows):
+                    raise AssertionError(f"{name}: pooled rows differ from the tabular models'")
+                networks[name] = ("model", net.probs[:, net.horizons.index(h)])
         pdates = [dates[i] for i in pp.rows]
         yt = y[pp.rows]
         daily = fr.daily_returns(pdates)
@@ -866,6 +933,7 @@ def _pooled_oos(
             ),
             "buy_and_hold": ("benchmark", bl.constant_probs(lb.BUY, len(pdates))),
             **{k: ("baseline", p) for k, p in pp.probs.items()},
+            **networks,
         }
         for name, (kind, probs) in candidates.items():
             row, _, res = _score_row(name, kind, h, yt, probs, daily, cfg, block=block, prior=pp.train_prior)
@@ -895,13 +963,30 @@ def _pooled_oos(
         "last": pdates[-1].isoformat(),
         "n": len(pdates),
         "years": len(pdates) / ONE_YEAR,
+        "independent_decisions": {f"{h}d": len(pdates) / h for h in horizons},
+        "minimum_detectable_effect": {f"{h}d": sg.minimum_detectable_effect(len(pdates), h) for h in horizons},
         "deflated_sharpe": deflated,
         "deflated_sharpe_trials": trials_doc,
         "headline": _headline(rows_all, comparisons, None, pdates, "pooled walk-forward"),
         "blocks": blocks,
-        "note": f"test blocks: {blocks}. Tabular models only: each fold refitted on all earlier dates (purged by the longest horizon), "
-        "gradient boosting's iterations chosen on an inner purged validation block; the networks "
-        "are not retrained per year (CPU budget) and appear on the test split only",
+        "networks": {name: net.folds for name, net in nets.items()},
+        "network_training": {
+            "epochs": cfg.walk_forward_epochs,
+            "seeds": list(cfg.walk_forward_seeds),
+            "trained_folds": sum(net.trained_folds for net in nets.values()),
+            "cached_folds": sum(len(net.folds) - net.trained_folds for net in nets.values()),
+        },
+        "note": f"test blocks: {blocks}. Each fold refitted on all earlier dates (purged by the longest horizon). "
+        "Gradient boosting's iterations are chosen on an inner purged validation block; "
+        + (
+            f"the networks ({', '.join(sorted(nets))}) are retrained per fold as seed ensembles "
+            f"({cfg.walk_forward_epochs} epochs at most, seeds {list(cfg.walk_forward_seeds)}), early-stopped on an "
+            "inner validation block (the last 20 % of the fold's training dates, purged by the longest "
+            "horizon), never on the scored block"
+            if nets
+            else "no network was retrained per fold (walk_forward_epochs is 0 or no model is trained), so "
+            "the networks appear on the test split only"
+        ),
     }
 
 
@@ -934,6 +1019,35 @@ def _permuted_rows(
             }
         )
     return rows
+
+
+def _refit_score(
+    kind: str, X_train: np.ndarray, X_test: np.ndarray, y_te: np.ndarray, seed: int, y: np.ndarray
+) -> float:
+    """Test balanced accuracy of ``kind`` fitted on training labels ``y`` (a module-level
+    function so joblib can send it to worker processes); gradient boosting with the refit
+    test's cheaper settings (``baselines.REFIT_BOOSTING``), the same for real and permuted labels."""
+    boosting = bl.REFIT_BOOSTING if kind == "gradient_boosting" else None
+    return mt.balanced_accuracy(y_te, bl.tabular_probs(kind, X_train, y, X_test, seed, boosting=boosting).argmax(-1))
+
+
+def _permuted_doc(cfg: EvalConfig, networks: Sequence[str]) -> dict[str, Any]:
+    """How many permuted-label retrainings the networks got, and what that can show."""
+    ran = bool(networks) and cfg.permuted_label_epochs > 0 and cfg.permuted_label_runs > 0
+    return {
+        "networks": list(networks) if ran else [],
+        "permutations": cfg.permuted_label_runs if ran else 0,
+        "epochs": cfg.permuted_label_epochs if ran else 0,
+        "tabular_permutations": 1,
+        "can_detect": "a path from the test labels to the predictions that bypasses training (labels or "
+        "returns reaching the network through the set files, misaligned rows, a test-time leak): a network "
+        "trained on shuffled labels must still score at chance on the test split",
+        "cannot_detect": "a leak in the features or images (with shuffled training labels a leaked mapping "
+        "cannot be learned); nor is it a test of skill: with "
+        f"{cfg.permuted_label_runs} permutation(s) it gives no p-value (that is the pooled block-permutation "
+        "test's job), and a few epochs may leave a network predicting nearly one class, which is at chance "
+        "trivially",
+    }
 
 
 def _fold_row(name: str, k: int, h: int, y: np.ndarray, probs: np.ndarray, dates: Sequence[date]) -> dict[str, Any]:

@@ -326,10 +326,28 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
             f"<h2>Pooled out-of-sample walk-forward: {pooled['first']} – {pooled['last']} ({pooled['n']} "
             f"sessions, {pooled.get('years', 0):.1f} years)</h2><p class='note'>{html.escape(pooled.get('note', ''))}"
             "</p>"
+            + _pooled_power(pooled)
             + html_table(pview, pcols, row_class=lambda r: "fail" if r.get("degenerate") else "")
             + "<h3>Folds</h3>"
             + html_table(pooled.get("folds", []))
         )
+        net_folds = [f for folds in (pooled.get("networks") or {}).values() for f in folds]
+        if net_folds:
+            parts.append(
+                "<h3>Networks retrained per fold</h3><p class='note'>fit / inner_val / test: first date, last "
+                "date, dates. Early stopping and the best epoch use inner_val only; cached: loaded from an "
+                "earlier run with the same model, fold, config and data.</p>"
+                + html_table(
+                    [
+                        {
+                            k: f.get(k)
+                            for k in ("model", "label", "fit", "inner_val", "test", "epochs", "seeds", "cached")
+                        }
+                        | {"best_epochs": [m.get("best_epoch") for m in f.get("members", [])]}
+                        for f in net_folds
+                    ]
+                )
+            )
         if pooled.get("deflated_sharpe"):
             parts.append(
                 f"<h3>Deflated Sharpe, pooled</h3><p class='note'>Trials: "
@@ -385,8 +403,9 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
             parts.append(f"<div style='display:inline-block'>{_fig_div(fig)}</div>")
 
     parts.append(
-        "<h2>Walk-forward folds</h2><p class='note'>Networks are retrained on each fold's training dates "
-        f"({cfg['walk_forward_epochs']} epoch(s)); baselines are refitted per fold.</p>"
+        "<h2>Walk-forward folds of the splits</h2><p class='note'>Baselines refitted per fold. The networks "
+        f"are retrained per year in the pooled walk-forward ({cfg['walk_forward_epochs']} epoch(s) at most, "
+        f"seeds {list(cfg.get('walk_forward_seeds') or [])}; 0 epochs: not retrained).</p>"
     )
     parts.append(html_table(t["walk_forward_summary"]))
     parts.append("<details><summary>per fold</summary>" + html_table(t["walk_forward"]) + "</details>")
@@ -397,7 +416,9 @@ def evaluation_html(doc: Mapping[str, Any], equity: pl.DataFrame, images: Mappin
         "<h3>Permuted training labels (must be at chance, 1/3)</h3><p class='note'>ci: 95 % "
         "interval. The verdict uses ci_familywise (Bonferroni over all controls): wholly above "
         "1/3 is a suspected leak and blocks this report; wholly below is flagged as a warning "
-        "(luck or too few test dates).</p>"
+        "(luck or too few test dates). "
+        + html.escape(_permuted_note(doc.get("permuted_label_control") or {}))
+        + "</p>"
         + html_table(
             t["permuted_labels"], row_class=lambda r: "fail" if r.get("above_chance") or r.get("below_chance") else ""
         )
@@ -481,3 +502,35 @@ def qa_html(rows: Sequence[Mapping[str, Any]], generated: str) -> str:
 
 
 __all__ = ["evaluation_html", "html_table", "qa_html", "write_html"]
+
+
+def _pooled_power(pooled: dict) -> str:
+    """The pooled span's number of independent decisions and minimum detectable effects."""
+    mde = pooled.get("minimum_detectable_effect") or {}
+    if not mde:
+        return ""
+    rows = [
+        {
+            "horizon": h,
+            "n_days": pooled.get("n"),
+            "n_independent": (pooled.get("independent_decisions") or {}).get(h),
+            "mde_sharpe": m.get("sharpe"),
+            "mde_accuracy": m.get("accuracy"),
+            "mde_ic": m.get("ic"),
+        }
+        for h, m in mde.items()
+    ]
+    return (
+        "<p class='note'>What this span can show: the number of independent decisions (n / h) and the "
+        "smallest true effect a 5 % test finds with 80 % power (annual Sharpe; balanced accuracy above "
+        "1/3; an information coefficient).</p>" + html_table(rows)
+    )
+
+
+def _permuted_note(ctrl: dict) -> str:
+    if not ctrl.get("permutations"):
+        return "No network was retrained on permuted labels."
+    return (
+        f"Networks: {ctrl['permutations']} permutation(s) x {ctrl['epochs']} epoch(s) each. It can detect "
+        f"{ctrl.get('can_detect', '')}. It cannot detect {ctrl.get('cannot_detect', '')}."
+    )

@@ -110,6 +110,7 @@ def refit_permutation_test(
     n_perm: int = 100,
     seed: int = 0,
     label: str = "refit permutations",
+    n_jobs: int = 1,
 ) -> dict[str, float]:
     """Permutation test of a whole fitting procedure (Ojala & Garriga 2010, in blocks).
 
@@ -118,12 +119,20 @@ def refit_permutation_test(
     and ``n_perm`` times with block-permuted training labels: a model that learned a real
     relation beats nearly all of its permuted refits. More expensive than
     :func:`permutation_test` (one fit per permutation) but it tests the model, not only the
-    association of one prediction series with the labels.
+    association of one prediction series with the labels. ``n_jobs`` > 1 runs the refits in
+    that many processes (joblib; ``score`` must pickle); the null is the same in any order.
     """
     y = np.asarray(y_train)
     observed = float(score(y))
     perms = block_permutation_indices(y.size, block, n_perm, seed)
-    null = np.array([float(score(y[idx])) for idx in progress.track(perms, label, total=n_perm, unit="refits")])
+    if n_jobs > 1:
+        from joblib import Parallel, delayed
+
+        # loky caps each worker's BLAS/OpenMP threads at cores // n_jobs, so refits do not oversubscribe
+        fits = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(score)(y[idx]) for idx in perms)
+    else:
+        fits = (score(y[idx]) for idx in perms)
+    null = np.array([float(v) for v in progress.track(fits, label, total=n_perm, unit="refits")])
     return _permutation_summary(observed, null, n_perm, min(block, y.size))
 
 

@@ -12,9 +12,9 @@ training dates, purged by h sessions from the rows fitted on, so the number of b
 iterations is never chosen on the block that is then scored. The model is then refitted on all
 the fold's training dates with that number of iterations.
 
-Only the tabular baselines run here: retraining a network per year on CPU (tens of minutes per
-fit) does not fit the evaluation's budget; the networks keep the fixed test split and the
-short-budget fold retraining in ``evaluate``.
+The tabular models are fitted here; the networks are retrained on the same folds, with the
+same inner-block idea for early stopping, in ``network_folds``, and ``evaluate`` scores both on
+the same pooled dates.
 """
 
 from __future__ import annotations
