@@ -748,9 +748,11 @@ def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvalu
     universe: UniverseResource = context.resources.universe
     out = universe.datasets_root()
     samples = pl.read_parquet(out / "samples.parquet")
-    preds = pl.read_parquet(out / "predictions.parquet")
     horizon = json.loads((out / "splits.json").read_text(encoding="utf-8"))["horizon"]
     wf = _walk_forward_result(out, horizon)
+    split_preds = out / "predictions.parquet"
+    if wf is None and not split_preds.exists():
+        raise DataInputError("no predictions to evaluate: materialise universe_model or universe_walk_forward first")
     features = context.resources.io_manager.read_all("universe_features")
     if wf is None:  # only the split's dates are needed
         used = samples.filter(pl.col("set").is_in(["train", "test"])).select("date").unique()
@@ -766,15 +768,18 @@ def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvalu
         )
 
     kwargs = {"n_quantiles": config.n_quantiles, "cost_bps": config.cost_bps, "n_boot": config.n_boot}
-    doc = evaluate_universe(
-        samples,
-        preds,
-        features,
-        horizon,
-        oracle=oracle_for(preds.filter(pl.col("set") == "test")),
-        n_perm=config.n_perm,
-        **kwargs,
-    )
+    doc = None  # the single split, when universe_model ran (the walk-forward alone is enough)
+    if split_preds.exists():
+        preds = pl.read_parquet(split_preds)
+        doc = evaluate_universe(
+            samples,
+            preds,
+            features,
+            horizon,
+            oracle=oracle_for(preds.filter(pl.col("set") == "test")),
+            n_perm=config.n_perm,
+            **kwargs,
+        )
     pooled = None
     if wf is not None:
         pooled_preds, folds, infos = wf
@@ -801,12 +806,15 @@ def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvalu
         {"provenance": provenance, "pooled": summary_json(pooled), "single_split": summary_json(doc)},
     )
     lead = pooled if pooled is not None else doc
+    assert lead is not None  # one of them exists (checked above)
     model = lead["table"].row(0, named=True)
     if lead["degenerate"]:
         context.log.warning("universe_model is degenerate (one class or constant score): flagged, not interpreted")
     meta = {
         "report": dg.MetadataValue.path(str(path)),
-        "test_span": f"{doc['test_span'][0]}..{doc['test_span'][1]}",
+        "test_span": f"{lead['test_span'][0]}..{lead['test_span'][1]}"
+        if doc is None
+        else f"{doc['test_span'][0]}..{doc['test_span'][1]}",
         "model_mean_ic": model["mean_ic"],
         "model_ic_p_value": model["p_value"],
         "best_baseline": str(lead["tests"]["best_baseline"]),
@@ -821,8 +829,9 @@ def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvalu
             pooled_years=round(pooled["span_years"], 2),
             pooled_dates=pooled["n_test_dates"],
             pooled_independent_decisions=pooled["independent_decisions"],
-            single_split_table=dg.MetadataValue.md(_markdown(doc["table"])),
         )
+        if doc is not None:
+            meta["single_split_table"] = dg.MetadataValue.md(_markdown(doc["table"]))
     return dg.MaterializeResult(metadata=meta)
 
 

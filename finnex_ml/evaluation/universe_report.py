@@ -303,13 +303,19 @@ def _pooled_parts(doc: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def universe_html(doc: Mapping[str, Any], provenance: str, pooled: Mapping[str, Any] | None = None) -> str:
+def universe_html(doc: Mapping[str, Any] | None, provenance: str, pooled: Mapping[str, Any] | None = None) -> str:
     """The report: source first; with a walk-forward, its pooled span and the model-versus-best-
-    baseline row lead and the single split follows as a secondary table; then the caveats."""
+    baseline row lead and the single split (``doc``, None when not run) follows as a secondary
+    table; then the caveats."""
     parts = ["<h1>FinNeX universe evaluation</h1>", f"<p><b>Data:</b> {html.escape(provenance)}</p>"]
     if pooled is not None:
-        parts += [*_pooled_parts(pooled), "<h2>Single split (secondary)</h2>", _span(doc, "Test split")]
-        parts += [*_flags(doc), *_comparison(doc, 3)]
+        parts += [*_pooled_parts(pooled), "<h2>Single split (secondary)</h2>"]
+        if doc is None:
+            parts.append("<p class='note'>(universe_model not materialised: no single split)</p>")
+        else:
+            parts += [_span(doc, "Test split"), *_flags(doc), *_comparison(doc, 3)]
+    elif doc is None:
+        raise ValueError("nothing to report: neither a single split nor a walk-forward")
     else:
         parts += [_span(doc, "Out-of-sample span"), *_flags(doc), *_comparison(doc, 2)]
     parts.append(
