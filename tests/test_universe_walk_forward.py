@@ -158,6 +158,7 @@ def test_pooled_ic_finds_a_planted_signal_and_not_noise(planted, tmp_path):
     assert doc["independent_decisions"] == doc["n_test_dates"] // H and doc["n_rows"] == pooled.height
     text = universe_html(doc, "synthetic", pooled=doc)
     assert text.index("Pooled out-of-sample span") < text.index("Single split (secondary)")
+    assert "no single split" in universe_html(None, "synthetic", pooled=doc)  # universe_model not run
     assert summary_json(doc)["headline"]["p_value"] == doc["tests"]["paired"]["p_value"]
 
     noise, nfeats = _universe(0.0)
