@@ -48,7 +48,7 @@ LATER_STAGES = ["mega_images", "labels", "patch_dataset"]
 UNPARTITIONED = ("dataset_splits", "cnn_model")
 UNIVERSE_FEATURES = ["universe_prices", "universe_features"]
 UNIVERSE_LATER = ["universe_images", "universe_labels"]
-UNIVERSE_FINAL = ("universe_splits", "universe_model", "universe_evaluation")
+UNIVERSE_FINAL = ("universe_splits", "universe_model", "universe_walk_forward", "universe_evaluation")
 EVALUATION = ("model_evaluation", "evaluation_report", "qa_report")
 # the modality table's ingestion assets (finnex_ml.modalities), then the feature table
 FEATURE_STAGE = [*modality_assets(), "daily_features"]
@@ -176,10 +176,40 @@ def run_universe(start: str, end: str, budget: str = "standard") -> bool:
     ):
         return False
     store = default_storage().universe
-    sets = pl.read_parquet(store.dataset_path("samples.parquet"))["set"]
-    n_train, n_val = int((sets == "train").sum()), int((sets == "val").sum())
+    samples = pl.read_parquet(store.dataset_path("samples.parquet"))
+    n_train, n_val = int((samples["set"] == "train").sum()), int((samples["set"] == "val").sum())
     ops = _announce_budget(budget, "universe", store.images_root, n_train, n_val)
+    _announce_walk_forward(budget, samples, store.datasets_root, store.images_root, ops)
     return _execute(list(UNIVERSE_FINAL[1:]), {}, f"budget {budget}: " + ", ".join(UNIVERSE_FINAL[1:]), ops)
+
+
+def _announce_walk_forward(name: str, samples, datasets_root: Path, image_root: Path, ops: dict) -> None:
+    """Print the walk-forward's folds and their cost at the measured rate before it starts."""
+    import json
+
+    import polars as pl
+
+    from finnex_assets.assets.universe import UniverseWalkForwardConfig, walk_forward_folds
+    from finnex_ml import budget
+    from finnex_ml.encoding.store import read_spec
+
+    b = budget.budget(name, "universe")
+    cfg = UniverseWalkForwardConfig(**ops.get("universe_walk_forward", {}).get("config", {}))
+    if not cfg.walk_forward:
+        print("walk-forward: off at this budget")
+        return
+    horizon = json.loads((datasets_root / "splits.json").read_text(encoding="utf-8"))["horizon"]
+    folds = walk_forward_folds(samples, horizon, cfg)
+    if not folds:
+        print(
+            f"walk-forward: no fold ({samples['date'].n_unique()} image dates leave no test year after a first window)"
+        )
+        return
+    per_date = samples.group_by("date").len()
+    count = lambda ds: int(per_date.filter(pl.col("date").is_in(ds))["len"].sum())  # noqa: E731
+    sizes = [(count(f.fit), count(f.val), count(f.test)) for f in folds]
+    per_image = budget.seconds_per_image(read_spec(image_root))
+    print(budget.walk_forward_cost(b, sizes, per_image).describe(b))
 
 
 FILES_EXAMPLE = ("2021-01-04", 1070)  # first session, sessions: 307 of lookback + three years of images
@@ -301,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("synthetic", "packaged-panel", "files"),
         default="",
         help="universe mode: a cross-section of tickers per date (synthetic: 24 simulated tickers; packaged-panel: "
-        "skfolio's 20 S&P 500 closes, images 2015-03..2020-03; files: examples/files_universe or FINNEX_UNIVERSE_MAPPING); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
+        "skfolio's 20 S&P 500 closes, images 2015-03..2022-12, walk-forward test years 2017-2022; files: examples/files_universe or FINNEX_UNIVERSE_MAPPING); data go to data/universe_<kind> unless FINNEX_DATA_DIR is set",
     )
     demo.add_argument(
         "--budget",

@@ -29,7 +29,7 @@ def session_for_tick(tick: datetime) -> str | None:
 universe_job = dg.define_asset_job(
     "finnex_universe",
     selection=dg.AssetSelection.groups("universe")
-    - dg.AssetSelection.assets("universe_splits", "universe_model", "universe_evaluation"),
+    - dg.AssetSelection.assets("universe_splits", "universe_model", "universe_walk_forward", "universe_evaluation"),
     description="Universe prices, features, images and labels for a range of trading dates (the whole universe).",
 )
 

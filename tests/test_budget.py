@@ -8,7 +8,7 @@ import pytest
 
 from finnex_assets.assets.evaluation import EvaluationConfig
 from finnex_assets.assets.training import TrainingConfig
-from finnex_assets.assets.universe import UniverseEvaluationConfig, UniverseModelConfig
+from finnex_assets.assets.universe import UniverseEvaluationConfig, UniverseModelConfig, UniverseWalkForwardConfig
 from finnex_ml import budget
 
 
@@ -43,6 +43,8 @@ def test_standard_is_every_assets_default_config():
     model, uev = UniverseModelConfig(), UniverseEvaluationConfig()
     assert (universe.epochs, universe.seeds) == (model.epochs, tuple(model.seeds))
     assert (universe.n_boot, universe.n_permutations) == (uev.n_boot, uev.n_perm)
+    walk = UniverseWalkForwardConfig()
+    assert walk.walk_forward and universe.walk_forward_epochs == walk.epochs
     quick, thorough = budget.budget("quick", "single"), budget.budget("thorough", "single")
     assert quick.epochs * len(quick.seeds) < single.epochs * len(single.seeds) < thorough.epochs * len(thorough.seeds)
     with pytest.raises(ValueError, match="unknown budget 'fast'"):
@@ -62,3 +64,11 @@ def test_training_cost_is_passes_times_the_measured_rate(synthetic_2024):
     spec = build_layout([c for c in synthetic_2024.features.columns if c != "date"])
     per_image = budget.seconds_per_image(spec, batch_size=2, steps=1)  # a real forward/backward on the layout
     assert math.isfinite(per_image) and per_image > 0
+
+
+def test_walk_forward_cost_is_passes_times_the_measured_rate():
+    b = budget.budget("quick", "universe")  # 1 epoch per fold x 1 seed
+    cost = budget.walk_forward_cost(b, [(1000, 300, 5000), (1000, 300, 5000)], per_image=0.01)
+    assert (cost.folds, cost.fit_images, cost.val_images, cost.test_images) == (2, 2000, 600, 10000)
+    assert cost.seconds == pytest.approx((1 * (2000 + 600 / 2) + (600 + 10000) / 2) * 0.01)
+    assert "2 yearly folds" in cost.describe(b) and "~1.3 min" in cost.describe(b)

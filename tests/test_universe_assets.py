@@ -144,3 +144,57 @@ def test_a_date_alone_equals_the_same_date_in_a_range(built, tmp_path):
         panel_path(alone["storage"].universe.images_root, d).read_bytes()
         == panel_path(res["storage"].universe.images_root, d).read_bytes()
     )
+
+
+def test_walk_forward_pools_retrained_folds_and_leads_the_report(built):
+    """Two short test blocks (block_sessions instead of years, so the month of images suffices):
+    the CNN retrained per fold, the blocks pooled once each, a re-run served from the cache, and
+    the report leading with the pooled span and the single split after it."""
+    import json
+
+    tmp, res, _ = built
+    walk = {
+        "epochs": 1,
+        "block_sessions": 6,
+        "min_train_sessions": 14,
+        "window_years": 0.0,
+        "train_stride": 1,
+        "val_fraction": 0.25,
+        "num_threads": 1,
+    }
+    cfg = {
+        "ops": {
+            "universe_walk_forward": {"config": walk},
+            "universe_evaluation": {"config": {"n_boot": 200, "n_perm": 200}},
+        }
+    }
+    result = _run(res, ["universe_walk_forward", "universe_evaluation"], run_config=cfg)
+    assert result.success
+    meta = result.asset_materializations_for_node("universe_walk_forward")[0].metadata
+    assert (meta["folds"].value, meta["folds_cached"].value) == (2, 0)
+    out = res["storage"].universe.datasets_root
+    samples = pl.read_parquet(out / "samples.parquet")
+    dates = samples["date"].unique().sort().to_list()
+    blocks = dates[18:30]  # blocks start every 6 dates; the first with 14 earlier dates is the 19th
+    pooled = pl.read_parquet(out / "walk_forward" / "pooled_predictions.parquet")
+    assert pooled.select("date", "ticker").equals(
+        samples.filter(pl.col("date").is_in(blocks)).select("date", "ticker").sort("date", "ticker")
+    )
+    doc = json.loads((out / "walk_forward" / "walk_forward.json").read_text(encoding="utf-8"))
+    for fold in doc["folds"]:
+        first_test = dates.index(date.fromisoformat(fold["test_span"][0]))
+        assert first_test - dates.index(date.fromisoformat(fold["val_span"][1])) > 1  # purge of h = 1
+    html = res["storage"].universe.report_path().read_text(encoding="utf-8")
+    assert html.index("Pooled out-of-sample span") < html.index("Single split (secondary)")
+    report = json.loads(res["storage"].universe.report_path().with_suffix(".json").read_text(encoding="utf-8"))
+    assert report["pooled"]["n_test_dates"] == len(blocks) and report["single_split"] is not None
+    ev = result.asset_materializations_for_node("universe_evaluation")[0].metadata
+    assert ev["pooled_span"].value == f"{blocks[0]}..{blocks[-1]}"
+    again = _run(res, ["universe_walk_forward"], run_config={"ops": {"universe_walk_forward": {"config": walk}}})
+    assert again.asset_materializations_for_node("universe_walk_forward")[0].metadata["folds_cached"].value == 2
+    off = _run(
+        res,
+        ["universe_walk_forward"],
+        run_config={"ops": {"universe_walk_forward": {"config": {"walk_forward": False}}}},
+    )
+    assert off.success and not (out / "walk_forward" / "pooled_predictions.parquet").exists()

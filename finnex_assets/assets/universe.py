@@ -36,7 +36,7 @@ from finnex_ml.encoding import (
 )
 from finnex_ml.encoding.panel_store import write_cross_section
 from finnex_ml.errors import ConfigError, DataInputError
-from finnex_ml.paths import REPO_ROOT, fsync_dir, resolve_under
+from finnex_ml.paths import REPO_ROOT, fsync_dir, resolve_under, write_json_atomic, write_parquet_atomic
 from finnex_ml.series import SeriesKey
 from finnex_ml.storage import UniverseStore
 
@@ -586,6 +586,128 @@ def universe_model(
     )
 
 
+class UniverseWalkForwardConfig(dg.Config):
+    walk_forward: bool = Field(
+        default=True, description="Retrain the model per yearly test block and pool the blocks (off: skip)."
+    )
+    epochs: int = Field(default=2, description="Epochs per fold at most (early stopping on the inner block).")
+    patience: int = Field(default=1)
+    window_years: float = Field(
+        default=2.0,
+        description="Training window before each block, years; 0 = expanding (every earlier date, costlier each year).",
+    )
+    train_stride: int = Field(
+        default=0, description="Fit on every k-th date of the window; 0 = the horizon (overlapping labels)."
+    )
+    val_fraction: float = Field(default=0.2, description="Inner validation block: the window's last share of dates.")
+    min_train_sessions: int = Field(default=250, description="Dates before the first test block, at least.")
+    block_sessions: int = Field(default=0, description="Test blocks of this many dates instead of calendar years.")
+    batch_size: int = Field(default=32)
+    lr: float = Field(default=2e-3)
+    seeds: list[int] = Field(default=[0])
+    num_threads: int = Field(default=2)
+
+
+def walk_forward_folds(samples: pl.DataFrame, horizon: int, config: UniverseWalkForwardConfig) -> list:
+    from finnex_ml.panel_walkforward import panel_folds
+
+    return panel_folds(
+        samples["date"].unique().sort().to_list(),
+        horizon,
+        min_train=config.min_train_sessions,
+        window_years=config.window_years,
+        val_fraction=config.val_fraction,
+        train_stride=config.train_stride or horizon,
+        block_sessions=config.block_sessions or None,
+    )
+
+
+@dg.asset(
+    deps=["universe_splits"],
+    group_name=GROUP,
+    kinds={"pytorch", "parquet"},
+)
+def universe_walk_forward(
+    context: dg.AssetExecutionContext, config: UniverseWalkForwardConfig, storage: FinnexStorage
+) -> dg.MaterializeResult:
+    """The model retrained before each yearly test block (a window ending h sessions before it,
+    early stopping on an inner purged validation block) and its predictions of the block, pooled
+    over the blocks into one out-of-sample panel. Each fold is cached under (fold, config hash,
+    data hash): a re-run skips finished folds, a killed run resumes."""
+    import json
+
+    from finnex_ml import panel_walkforward as pw
+    from finnex_ml.encoding.panel_store import PanelReader
+    from finnex_ml.encoding.store import read_spec
+
+    store = storage.universe
+    out = store.datasets_root
+    wf = out / "walk_forward"
+    pooled_path, doc_path = wf / "pooled_predictions.parquet", wf / "walk_forward.json"
+    samples = pl.read_parquet(out / "samples.parquet").drop("set")
+    horizon = json.loads((out / "splits.json").read_text(encoding="utf-8"))["horizon"]
+    folds = walk_forward_folds(samples, horizon, config) if config.walk_forward else []
+    if not folds:  # off, or too few dates for a block after a first window: nothing stale stays behind
+        pooled_path.unlink(missing_ok=True)
+        why = "off" if not config.walk_forward else "too few dates for a test block after a first training window"
+        write_json_atomic(doc_path, {"enabled": False, "reason": why, "horizon": horizon, "folds": []})
+        context.log.info(f"universe_walk_forward: skipped ({why})")
+        return dg.MaterializeResult(metadata={"folds": 0, "skipped": why})
+    spec = read_spec(store.images_root)
+    settings = panel_model.PanelTrainSettings(
+        model="cnn",
+        epochs=config.epochs,
+        patience=config.patience,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seeds=tuple(config.seeds),
+        num_threads=config.num_threads,
+    )
+    rules = config.model_dump(exclude={"walk_forward", "num_threads"})
+    with PanelReader(store.images_root, samples) as reader:
+        learner = pw.cnn_fit_predict(
+            reader,
+            spec,
+            horizon,
+            settings,
+            on_epoch_end=lambda e, m: context.log.info(
+                f"universe_walk_forward epoch {e}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()) if "loss" in k)
+            ),
+        )
+        pooled, infos = pw.walk_forward_predictions(
+            samples,
+            folds,
+            learner,
+            cache_dir=wf / "folds",
+            config_key=pw.config_hash(rules, horizon),
+            data_key=pw.data_hash(samples, spec.spec_hash()),
+            log=context.log.info,
+        )
+    write_parquet_atomic(pooled_path, pooled)
+    dates = pooled["date"].unique().sort()
+    doc = {
+        "enabled": True,
+        "horizon": horizon,
+        "config": rules,
+        "span": [dates[0].isoformat(), dates[-1].isoformat()],
+        "dates": dates.len(),
+        "rows": pooled.height,
+        "folds": infos,
+    }
+    write_json_atomic(doc_path, doc)
+    return dg.MaterializeResult(
+        metadata={
+            "folds": len(folds),
+            "folds_cached": sum(bool(i["cached"]) for i in infos),
+            "pooled_span": f"{doc['span'][0]}..{doc['span'][1]}",
+            "pooled_dates": doc["dates"],
+            "pooled_rows": pooled.height,
+            "predictions": dg.MetadataValue.path(str(pooled_path)),
+        }
+    )
+
+
 CAVEATS = {
     "packaged-panel": ". Caveats: survivorship-biased as shipped (20 large caps all listed through 2022); closes "
     "only (open/high/low/volume features are missing); arch.data's daily macro ends 2018-12-28 (later dates carry "
@@ -601,69 +723,133 @@ class UniverseEvaluationConfig(dg.Config):
 
 
 @dg.asset(
-    deps=["universe_model"],
+    deps=["universe_model", "universe_walk_forward"],
     required_resource_keys={"storage", "universe"},
     group_name=GROUP,
     kinds={"html"},
 )
 def universe_evaluation(context: dg.AssetExecutionContext, config: UniverseEvaluationConfig) -> dg.MaterializeResult:
     """The model's out-of-sample IC and long-short beside momentum, reversal, random and a ridge
-    fitted on train dates (and the oracle when a signal is planted); HTML report under reports/."""
+    (and the oracle when a signal is planted): on the pooled walk-forward panel first when
+    ``universe_walk_forward`` produced one (ridge refitted per fold), then on the single split
+    (ridge fitted on train dates); HTML and JSON report under reports/."""
     import json
 
     from finnex_ml.evaluation.report import write_html
-    from finnex_ml.evaluation.universe_report import evaluate_universe, universe_html
+    from finnex_ml.evaluation.universe_report import evaluate_pooled, evaluate_universe, summary_json, universe_html
 
     universe: UniverseResource = context.resources.universe
     storage: FinnexStorage = context.resources.storage
     store = storage.universe
-    samples = pl.read_parquet(store.dataset_path("samples.parquet"))
-    preds = pl.read_parquet(store.dataset_path("predictions.parquet"))
-    horizon = json.loads(store.dataset_path("splits.json").read_text(encoding="utf-8"))["horizon"]
-    used = samples.filter(pl.col("set").is_in(["train", "test"])).select("date").unique()
-    features = storage.tables.read_all("universe_features").join(used, on="date", how="semi")
+    out = store.datasets_root
+    samples = pl.read_parquet(out / "samples.parquet")
+    horizon = json.loads((out / "splits.json").read_text(encoding="utf-8"))["horizon"]
+    wf = _walk_forward_result(out, horizon)
+    split_preds = out / "predictions.parquet"
+    if wf is None and not split_preds.exists():
+        raise DataInputError("no predictions to evaluate: materialise universe_model or universe_walk_forward first")
+    features = storage.tables.read_all("universe_features")
+    if wf is None:  # only the split's dates are needed
+        used = samples.filter(pl.col("set").is_in(["train", "test"])).select("date").unique()
+        features = features.join(used, on="date", how="semi")
     source = universe.source()
-    oracle = None
-    if universe.kind == "synthetic" and universe.planted_signal:
-        test = preds.filter(pl.col("set") == "test")
-        oracle = source.oracle_scores(test["date"].min(), test["date"].max(), (horizon,)).rename(
+    planted = universe.kind == "synthetic" and bool(universe.planted_signal)
+
+    def oracle_for(scored: pl.DataFrame) -> pl.DataFrame | None:
+        if not planted:
+            return None
+        return source.oracle_scores(scored["date"].min(), scored["date"].max(), (horizon,)).rename(
             {f"oracle_h{horizon}": "score"}
         )
-    doc = evaluate_universe(
-        samples,
-        preds,
-        features,
-        horizon,
-        oracle=oracle,
-        n_quantiles=config.n_quantiles,
-        cost_bps=config.cost_bps,
-        n_boot=config.n_boot,
-        n_perm=config.n_perm,
-    )
+
+    kwargs = {"n_quantiles": config.n_quantiles, "cost_bps": config.cost_bps, "n_boot": config.n_boot}
+    doc = None  # the single split, when universe_model ran (the walk-forward alone is enough)
+    if split_preds.exists():
+        preds = pl.read_parquet(split_preds)
+        doc = evaluate_universe(
+            samples,
+            preds,
+            features,
+            horizon,
+            oracle=oracle_for(preds.filter(pl.col("set") == "test")),
+            n_perm=config.n_perm,
+            **kwargs,
+        )
+    pooled = None
+    if wf is not None:
+        pooled_preds, folds, infos = wf
+        pooled = evaluate_pooled(
+            samples.drop("set"),
+            pooled_preds,
+            features,
+            horizon,
+            folds,
+            infos,
+            oracle=oracle_for(pooled_preds),
+            n_perm=config.n_perm,
+            **kwargs,
+        )
     provenance = (
         f"{source.name} ({'SYNTHETIC: simulated tickers' if universe.kind == 'synthetic' else 'real closes'}), "
         f"{source.members().height} tickers; benchmark {source.benchmark}"
-        + (f"; planted cross-sectional signal, strength {universe.planted_signal:g}" if oracle is not None else "")
+        + (f"; planted cross-sectional signal, strength {universe.planted_signal:g}" if planted else "")
         + CAVEATS.get(universe.kind, "")
     )
-    path = write_html(store.report_path(), universe_html(doc, provenance))
-    table = doc["table"]
-    model = table.row(0, named=True)
-    if doc["degenerate"]:
-        context.log.warning("universe_model is degenerate (one class or constant score): flagged, not interpreted")
-    return dg.MaterializeResult(
-        metadata={
-            "report": dg.MetadataValue.path(str(path)),
-            "test_span": f"{doc['test_span'][0]}..{doc['test_span'][1]}",
-            "model_mean_ic": model["mean_ic"],
-            "model_ic_p_value": model["p_value"],
-            "best_baseline": str(doc["tests"]["best_baseline"]),
-            "paired_vs_best_p_value": doc["tests"]["paired"]["p_value"],
-            "permutation_p_value": doc["tests"]["permutation"]["p_value"],
-            "degenerate": doc["degenerate"],
-            "table": dg.MetadataValue.md(_markdown(table)),
-        }
+    path = write_html(store.report_path(), universe_html(doc, provenance, pooled=pooled))
+    write_json_atomic(
+        store.report_path().with_suffix(".json"),
+        {"provenance": provenance, "pooled": summary_json(pooled), "single_split": summary_json(doc)},
     )
+    lead = pooled if pooled is not None else doc
+    assert lead is not None  # one of them exists (checked above)
+    model = lead["table"].row(0, named=True)
+    if lead["degenerate"]:
+        context.log.warning("universe_model is degenerate (one class or constant score): flagged, not interpreted")
+    meta = {
+        "report": dg.MetadataValue.path(str(path)),
+        "test_span": f"{lead['test_span'][0]}..{lead['test_span'][1]}"
+        if doc is None
+        else f"{doc['test_span'][0]}..{doc['test_span'][1]}",
+        "model_mean_ic": model["mean_ic"],
+        "model_ic_p_value": model["p_value"],
+        "best_baseline": str(lead["tests"]["best_baseline"]),
+        "paired_vs_best_p_value": lead["tests"]["paired"]["p_value"],
+        "permutation_p_value": lead["tests"]["permutation"]["p_value"],
+        "degenerate": lead["degenerate"],
+        "table": dg.MetadataValue.md(_markdown(lead["table"])),
+    }
+    if pooled is not None:
+        meta.update(
+            pooled_span=f"{pooled['test_span'][0]}..{pooled['test_span'][1]}",
+            pooled_years=round(pooled["span_years"], 2),
+            pooled_dates=pooled["n_test_dates"],
+            pooled_independent_decisions=pooled["independent_decisions"],
+        )
+        if doc is not None:
+            meta["single_split_table"] = dg.MetadataValue.md(_markdown(doc["table"]))
+    return dg.MaterializeResult(metadata=meta)
+
+
+def _walk_forward_result(out: Path, horizon: int) -> tuple[pl.DataFrame, list, list[dict]] | None:
+    """The pooled walk-forward predictions, their folds and fold infos, when universe_walk_forward
+    ran at this horizon on these samples; None when it was off or skipped."""
+    import json
+
+    wf = out / "walk_forward"
+    doc_path, pooled_path = wf / "walk_forward.json", wf / "pooled_predictions.parquet"
+    if not (doc_path.exists() and pooled_path.exists()):
+        return None
+    doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    if not doc.get("enabled") or doc.get("horizon") != horizon:
+        return None
+    samples_dates = pl.read_parquet(out / "samples.parquet", columns=["date"])["date"].unique().sort().to_list()
+    cfg = UniverseWalkForwardConfig(**doc["config"])
+    folds = walk_forward_folds(pl.DataFrame({"date": samples_dates}), horizon, cfg)
+    if len(folds) != len(doc["folds"]) or [f.describe() for f in folds] != [
+        {k: i[k] for k in f.describe()} for f, i in zip(folds, doc["folds"])
+    ]:
+        return None  # the samples changed since the walk-forward: its folds are not these
+    return pl.read_parquet(pooled_path), folds, doc["folds"]
 
 
 def _markdown(table: pl.DataFrame) -> str:
@@ -680,5 +866,6 @@ UNIVERSE_ASSETS = [
     universe_labels,
     universe_splits,
     universe_model,
+    universe_walk_forward,
     universe_evaluation,
 ]

@@ -75,8 +75,10 @@ UNIVERSE_KINDS = ("synthetic", "packaged-panel", "files")
 # files: the example mapping (examples/files_universe/mapping.yaml) after the images' 307-session lookback
 DEFAULT_UNIVERSE_RANGE = {
     "synthetic": ("2024-01-02", "2024-12-31"),
-    # images from the first session with 307 sessions of features inside the partitions (from 2014-01-02): 5 years
-    "packaged-panel": ("2015-03-23", "2020-03-20"),
+    # images from the first session with 307 sessions of features inside the partitions (from 2014-01-02) to
+    # the last with a 5-session label before skfolio's panel ends (2022-12-28): a first training window to
+    # 2016, then six walk-forward test years 2017-2022
+    "packaged-panel": ("2015-03-23", "2022-12-16"),
     "files": ("2024-03-22", "2024-09-04"),
 }
 

@@ -77,7 +77,8 @@ def _as_batch(images: np.ndarray) -> tuple[np.ndarray, bool]:
     if single:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise ValueError(f"expected an HWC image [512, 512, 3] or a batch [B, 512, 512, 3], got {np.shape(images)}")
+        shape = f"{IMAGE_SIZE}, {IMAGE_SIZE}, 3"
+        raise ValueError(f"expected an HWC image [{shape}] or a batch [B, {shape}], got {np.shape(images)}")
     return np.ascontiguousarray(arr, dtype=np.float32), single
 
 
@@ -372,7 +373,8 @@ def _pixel_map3(pixel_importance: np.ndarray) -> np.ndarray:
         # the map does not tell channels apart: each channel gets a third, totals are kept
         m = np.repeat(m[..., None] / 3.0, 3, axis=2)
     if m.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise ValueError(f"expected a pixel map [512, 512, 3] or [512, 512], got {m.shape}")
+        side = f"{IMAGE_SIZE}, {IMAGE_SIZE}"
+        raise ValueError(f"expected a pixel map [{side}, 3] or [{side}], got {m.shape}")
     return m
 
 
