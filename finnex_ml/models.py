@@ -158,7 +158,7 @@ class CNNConfig:
     # Sparse linear readout of every (feature, session) cell added to the class logits, fitted
     # with a proximal L1 step (see SparseCellReadout); 0 turns it off.
     sparse_readout: float = 0.5
-    sparse_lr_scale: float = 20.0
+    sparse_lr: float = 1e-2  # its own Adam lr, whatever the recipe's (the schedule still applies)
 
 
 @dataclass(frozen=True)
@@ -256,9 +256,9 @@ class SparseCellReadout(nn.Module):
     survive; noise cells return to exactly 0. Zero-initialised: it starts as no contribution.
     """
 
-    def __init__(self, n_cells: int, n_horizons: int, num_classes: int, penalty: float, lr_scale: float) -> None:
+    def __init__(self, n_cells: int, n_horizons: int, num_classes: int, penalty: float, lr: float) -> None:
         super().__init__()
-        self.penalty, self.lr_scale = float(penalty), float(lr_scale)
+        self.penalty, self.lr = float(penalty), float(lr)
         self.n_horizons, self.num_classes = n_horizons, num_classes
         self.weight = nn.Parameter(torch.zeros(n_horizons * num_classes, n_cells))
 
@@ -703,7 +703,7 @@ class MultiTaskModel(nn.Module):
                 len(self.heads.horizons),
                 cfg.num_classes,
                 cfg.sparse_readout,
-                cfg.sparse_lr_scale,
+                cfg.sparse_lr,
             )
 
     @property

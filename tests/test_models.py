@@ -196,7 +196,7 @@ def _small_layout():
 
 
 def test_sparse_cell_readout_prox_is_soft_thresholding() -> None:
-    sp = M.SparseCellReadout(4, 1, 3, penalty=0.5, lr_scale=20.0)
+    sp = M.SparseCellReadout(4, 1, 3, penalty=0.5, lr=1e-2)
     with torch.no_grad():
         sp.weight.copy_(torch.tensor([[0.3, -0.3, 0.04, -0.06]] * 3))
     sp.prox_(0.1)  # threshold 0.5 * 0.1 = 0.05
@@ -225,7 +225,7 @@ def test_layout_cnn_sparse_readout_starts_silent_and_has_its_own_group() -> None
     assert a["attention_weights"].shape == (2, 4, 9, 9)
     groups = _param_groups(with_sparse, MultiTaskLoss(1, None), 1e-4, 5e-4)
     sparse_groups = [g for g in groups if g.get("sparse")]
-    assert len(sparse_groups) == 1 and sparse_groups[0]["lr"] == pytest.approx(5e-4 * 20.0)
+    assert len(sparse_groups) == 1 and sparse_groups[0]["lr"] == pytest.approx(1e-2)
     others = {id(p) for g in groups if not g.get("sparse") for p in g["params"]}
     assert id(with_sparse.sparse.weight) not in others
     assert M.model_from_spec(M.model_spec(with_sparse)).sparse is not None

@@ -140,12 +140,10 @@ def _sparse_modules(model: nn.Module) -> list[SparseCellReadout]:
     return [m for m in model.modules() if isinstance(m, SparseCellReadout)]
 
 
-def _param_groups(
-    model: nn.Module, criterion: nn.Module, weight_decay: float, lr: float | None = None
-) -> list[dict[str, Any]]:
+def _param_groups(model: nn.Module, criterion: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     """Decay matrices and conv kernels only: not biases, norms, embeddings or the loss weights
     (decaying the log-variances would pull every task weight towards 1). A sparse cell readout
-    gets its own group (``lr * lr_scale``, no decay: its L1 proximal step is its penalty),
+    gets its own group (its own ``lr``, no decay: its L1 proximal step is its penalty),
     marked ``sparse`` so the training step can apply that proximal step."""
     decay, no_decay = [], []
     sparse = _sparse_modules(model)
@@ -162,9 +160,7 @@ def _param_groups(
     if loss_params:
         groups.append({"params": loss_params, "weight_decay": 0.0})
     for m in sparse:
-        if lr is None:
-            raise ValueError("a model with a sparse cell readout needs the base lr for its group")
-        groups.append({"params": [m.weight], "weight_decay": 0.0, "lr": lr * m.lr_scale, "sparse": True})
+        groups.append({"params": [m.weight], "weight_decay": 0.0, "lr": m.lr, "sparse": True})
     return groups
 
 
