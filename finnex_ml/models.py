@@ -8,7 +8,9 @@ Two stems. With ``config.layout`` (the canonical JSON of the images' layout spec
 the training assets) a backbone reads whole images through :class:`LayoutCells`: every (feature,
 session) cell of the layout becomes one value, so feature identity and recency survive, and the
 CNN mixes them over time and features per section while the ViT attends across feature tokens.
-This is the path that learns a planted rule (``finnex_ml.positive_control``). Without a layout,
+This is the path that learns a planted rule (``finnex_ml.positive_control``); the multi-task
+layout CNN also adds the logits of a :class:`SparseCellReadout` over every cell, which finds a
+rule living in a few cells before the dense path overfits. Without a layout,
 the pixel stems below are used, which is the only option for lone 32×32 patches.
 
 The pixel stems take the full 512×512 image (a 16×16 grid of 32-pixel patches) and a single
