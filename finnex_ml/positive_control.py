@@ -176,7 +176,7 @@ def train_image_model(
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 30,
     batch_size: int = 32,
-    lr: float = 2e-3,
+    lr: float = 5e-4,
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> np.ndarray:

@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["level:1.0", "temporal:0.7", "none:0"])
     parser.add_argument("--start", default="2022-01-01")
     parser.add_argument("--end", default="2023-12-31")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument(
         "--ablations",
         nargs="*",

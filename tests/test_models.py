@@ -186,3 +186,46 @@ def test_bad_inputs_are_refused() -> None:
         vit(torch.rand(1, 3, 48, 48))
     with pytest.raises(ValueError, match="single 32×32 patch"):
         vit(torch.rand(1, 3, 512, 512), patch_pos=torch.tensor([3]))
+
+
+def _small_layout():
+    from finnex_ml.encoding.layout import build_layout
+
+    feats = ["macro__vix", "macro__rate_10y", "price__ret_1d", "price__rvol_21d", "fundamental__pe"]
+    return build_layout(feats, allow_unassigned=True)
+
+
+def test_sparse_cell_readout_prox_is_soft_thresholding() -> None:
+    sp = M.SparseCellReadout(4, 1, 3, penalty=0.5, lr=1e-2)
+    with torch.no_grad():
+        sp.weight.copy_(torch.tensor([[0.3, -0.3, 0.04, -0.06]] * 3))
+    sp.prox_(0.1)  # threshold 0.5 * 0.1 = 0.05
+    want = torch.tensor([[0.25, -0.25, 0.0, -0.01]] * 3)
+    torch.testing.assert_close(sp.weight.detach(), want)
+    assert sp.active_cells() == 3
+    out = sp(torch.ones(2, 2, 2))
+    assert out.shape == (2, 1, 3)
+
+
+def test_layout_cnn_sparse_readout_starts_silent_and_has_its_own_group() -> None:
+    from finnex_ml.losses import MultiTaskLoss
+    from finnex_ml.training.trainer import _param_groups
+
+    spec = _small_layout()
+    torch.manual_seed(0)
+    with_sparse = M.create_model("cnn", layout=spec).eval()
+    torch.manual_seed(0)
+    without = M.create_model("cnn", layout=spec, sparse_readout=0.0).eval()
+    assert with_sparse.sparse is not None and without.sparse is None
+    n_cells = with_sparse.backbone.cells.n_features * with_sparse.backbone.cells.sessions
+    assert with_sparse.sparse.weight.shape == (3, n_cells)
+    x = torch.rand(2, 3, 512, 512)
+    a, b = with_sparse(x), without(x)
+    torch.testing.assert_close(a["classification"], b["classification"])  # zero-initialised
+    assert a["attention_weights"].shape == (2, 4, 9, 9)
+    groups = _param_groups(with_sparse, MultiTaskLoss(1, None), 1e-4, 5e-4)
+    sparse_groups = [g for g in groups if g.get("sparse")]
+    assert len(sparse_groups) == 1 and sparse_groups[0]["lr"] == pytest.approx(1e-2)
+    others = {id(p) for g in groups if not g.get("sparse") for p in g["params"]}
+    assert id(with_sparse.sparse.weight) not in others
+    assert M.model_from_spec(M.model_spec(with_sparse)).sparse is not None

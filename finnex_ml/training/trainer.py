@@ -23,6 +23,7 @@ from finnex_ml.models import (
     CLASS_NAMES,
     NUM_CLASSES,
     PATCH_SIZE,
+    SparseCellReadout,
     create_model,
     model_from_spec,
     model_spec,
@@ -135,12 +136,20 @@ def _lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callabl
     return f
 
 
-def _param_groups(model: nn.Module, criterion: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _sparse_modules(model: nn.Module) -> list[SparseCellReadout]:
+    return [m for m in model.modules() if isinstance(m, SparseCellReadout)]
+
+
+def _param_groups(model: nn.Module, criterion: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     """Decay matrices and conv kernels only: not biases, norms, embeddings or the loss weights
-    (decaying the log-variances would pull every task weight towards 1)."""
+    (decaying the log-variances would pull every task weight towards 1). A sparse cell readout
+    gets its own group (its own ``lr``, no decay: its L1 proximal step is its penalty),
+    marked ``sparse`` so the training step can apply that proximal step."""
     decay, no_decay = [], []
+    sparse = _sparse_modules(model)
+    skip = {id(m.weight) for m in sparse}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or id(p) in skip:
             continue
         if p.ndim < 2 or "embed" in name or "cls_token" in name or "pos_unknown" in name:
             no_decay.append(p)
@@ -150,6 +159,8 @@ def _param_groups(model: nn.Module, criterion: nn.Module, weight_decay: float) -
     loss_params = [p for p in criterion.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "weight_decay": 0.0})
+    for m in sparse:
+        groups.append({"params": [m.weight], "weight_decay": 0.0, "lr": m.lr, "sparse": True})
     return groups
 
 
@@ -248,7 +259,10 @@ class _Run:
             weighting=cfg.loss_weighting,
             fixed_weights=cfg.fixed_weights,
         ).to(self.device)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.criterion, cfg.weight_decay), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, self.criterion, cfg.weight_decay, cfg.lr), lr=cfg.lr
+        )
+        self.sparse = _sparse_modules(self.model)
 
         run_len = cfg.effective_run_length
         self.train_loader = make_loader(
@@ -386,6 +400,9 @@ class _Run:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            # L1 proximal step at the lr just used (groups looked up now: a resume replaces them)
+            for module, group in zip(self.sparse, [g for g in self.optimizer.param_groups if g.get("sparse")]):
+                module.prox_(group["lr"])
             self.scheduler.step()
             b = x.shape[0]
             n_seen += b
