@@ -380,6 +380,14 @@ def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
             _tiny_run(tmp_path, lr=1e-2), train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True
         )
 
+    # weights saved by another version of the model (a layer missing): a ConfigError naming the
+    # file and the way out, not torch's RuntimeError halfway through restoring
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    saved["model"] = {k: v for i, (k, v) in enumerate(saved["model"].items()) if i}
+    torch.save(saved, tmp_path / "b" / "last.pt")
+    with pytest.raises(ConfigError, match="another version of the model"):
+        train_model(cfg, train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True)
+
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     xt, yt = planted(64, 32, 0)

@@ -517,7 +517,14 @@ class _Run:
             raise ConfigError(f"{path}: cannot resume, config differs in {diff}")
         if not torch.allclose(torch.tensor(ckpt["class_weights"]), self.class_weights):
             raise ConfigError(f"{path}: cannot resume with different class weights")
-        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:  # e.g. saved before a layer was added to the model's definition
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"{path}: cannot resume, the checkpoint's weights do not fit the current model ({first}); "
+                f"it was saved by another version of the model: delete {path.parent} or train with resume=False"
+            ) from exc
         self.criterion.load_state_dict(ckpt["criterion"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
