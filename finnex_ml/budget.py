@@ -127,7 +127,9 @@ class TrainingCost:
                 f"costs about the training above times its share of the dates; cached folds cost nothing), and "
                 f"the permuted-label control trains {b.permuted_label_runs} network(s) for {b.permuted_label_epochs} "
                 "epoch(s)"
-                if b.walk_forward_epochs
+                # single stock only (universe budgets have no permuted-label control; the CLI
+                # announces the universe walk-forward's folds and cost itself)
+                if b.walk_forward_epochs and b.permuted_label_runs
                 else ""
             )
         )

@@ -61,6 +61,9 @@ def test_training_cost_is_passes_times_the_measured_rate(synthetic_2024):
     text = cost.describe(600, 300, b)
     assert "up to 5 epochs x 1 seed(s) over 600 training and 300 validation images = 4,500 image passes" in text
     assert "20 ms of compute per training image" in text and "~1.2 min of compute if every epoch runs" in text
+    assert "permuted-label" not in text  # single-stock evaluation work, not universe mode's
+    single = budget.budget("standard", "single")
+    assert "permuted-label control trains 2 network(s) for 4 epoch(s)" in cost.describe(600, 300, single)
     spec = build_layout([c for c in synthetic_2024.features.columns if c != "date"])
     per_image = budget.seconds_per_image(spec, batch_size=2, steps=1)  # a real forward/backward on the layout
     assert math.isfinite(per_image) and per_image > 0
