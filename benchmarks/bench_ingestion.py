@@ -2,12 +2,13 @@
 ``pipeline.checked_features`` compute of the same rows, both measured in this run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_ingestion.py [--start 2024-01-01 --end 2024-12-31]
-        [--repeat 1] [--quick] [--summary-json]
+        [--repeat 1] [--quick] [--stock-storage] [--summary-json]
 
 The Dagster run is the ``modalities`` multi-asset (5 outputs) plus ``daily_features`` over the
 range as one run (``BackfillPolicy.single_run``), with Parquet tables in a temp folder, on an
-on-disk SQLite instance in a temp folder (what a user's DAGSTER_HOME pays) and on an in-memory
-one. Its parts: time inside the table store (split, Parquet writes, flush, renames; reads), and a
+on-disk SQLite instance in a temp folder with the project's storage (``FinnexInstance``, what
+``dagster_home/dagster.yaml`` gives a user's DAGSTER_HOME) and on an in-memory one;
+``--stock-storage`` also runs Dagster's stock on-disk SQLite storage, for comparison. Its parts: time inside the table store (split, Parquet writes, flush, renames; reads), and a
 one-partition run (the fixed cost). Issue 18's target: the year within 10x the bare compute plus
 at most 15 s of fixed Dagster cost.
 """
@@ -24,6 +25,7 @@ import dagster as dg
 
 from finnex_assets.assets.features import daily_features
 from finnex_assets.assets.ingestion import modalities
+from finnex_assets.instance_storage import local_instance
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import DataSourceResource
 from finnex_assets.storage import FinnexStorage
@@ -58,13 +60,23 @@ def bare(asof) -> float:
     return dt
 
 
-def dagster_run(start: str, end: str, on_disk: bool) -> tuple[float, float, float]:
-    """(wall s, s in table_store writes, s in reads) for one Dagster run over start..end."""
+def _instance(home: Path, kind: str) -> dg.DagsterInstance:
+    if kind == "project":
+        return local_instance(str(home))
+    if kind == "stock":
+        return dg.DagsterInstance.local_temp(str(home))
+    return dg.DagsterInstance.ephemeral()
+
+
+def dagster_run(start: str, end: str, kind: str) -> tuple[float, float, float]:
+    """(wall s, s in table_store writes, s in reads) for one Dagster run over start..end on an
+    instance of ``kind``: "project" (on disk, FinnexInstance), "stock" (on disk) or "memory"."""
     for k in TIMED:
         TIMED[k] = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "dh").mkdir()
-        instance = dg.DagsterInstance.local_temp(str(Path(tmp) / "dh")) if on_disk else dg.DagsterInstance.ephemeral()
+        (Path(tmp) / "dh" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        instance = _instance(Path(tmp) / "dh", kind)
         storage = FinnexStorage(root=tmp)
         resources = {
             "data_source": DataSourceResource(kind="synthetic"),
@@ -90,7 +102,8 @@ def main() -> None:
     ap.add_argument("--start", default="2024-01-01")
     ap.add_argument("--end", default="2024-12-31")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="one repeat, on-disk instance only")
+    ap.add_argument("--quick", action="store_true", help="one repeat, on-disk project instance only")
+    ap.add_argument("--stock-storage", action="store_true", help="also Dagster's stock on-disk SQLite storage")
     ap.add_argument("--summary-json", action="store_true", help="also print one SUMMARY {json} line")
     args = ap.parse_args()
     if args.quick:
@@ -106,17 +119,24 @@ def main() -> None:
     first = asof[0].isoformat()
     span = f"{len(asof)} sessions {asof[0]}..{asof[-1]}, 6 assets"
     bare(asof[:5])  # imports and caches, untimed
-    dagster_run(first, first, on_disk=False)
-    modes = [True] if args.quick else [True, False]
+    dagster_run(first, first, "memory")
+    modes = ["project"] if args.quick else ["project", "memory"]
+    if args.stock_storage:
+        modes.append("stock")
+    labels = {
+        "project": "on-disk SQLite instance",
+        "stock": "on-disk SQLite instance, Dagster's stock storage",
+        "memory": "in-memory instance",
+    }
     rows = []
     base = []
-    for on_disk in modes:
-        label = "on-disk SQLite instance" if on_disk else "in-memory instance"
+    for kind in modes:
+        label = labels[kind]
         runs, fixed = [], []
         for _ in range(args.repeat):
             base.append(bare(asof))  # interleaved with the runs it is compared to
-            runs.append(dagster_run(first, asof[-1].isoformat(), on_disk))
-            fixed.append(dagster_run(first, first, on_disk)[0])
+            runs.append(dagster_run(first, asof[-1].isoformat(), kind))
+            fixed.append(dagster_run(first, first, kind)[0])
         b = min(base)
         wall, write, read = min(runs)
         one = min(fixed)
