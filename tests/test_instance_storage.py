@@ -169,3 +169,35 @@ def test_the_embedded_home_uses_the_project_storage(tmp_path):
         assert isinstance(instance, FinnexInstance)
         assert isinstance(instance.event_log_storage, FinnexSqliteEventLogStorage)
     assert (home / "history" / "runs" / "index.db").exists() and (home / "history" / "runs.db").exists()
+
+
+def test_kept_connections_are_bounded_and_lose_nothing(tmp_path):
+    """At most OPEN_SHARDS engines stay open per process (a webserver reads many runs); a shard
+    whose connection was closed reads back every event written through it."""
+    from finnex_assets.instance_storage import OPEN_SHARDS
+
+    storage = FinnexSqliteEventLogStorage(str(tmp_path / "runs"))
+    runs = [f"run{i}" for i in range(OPEN_SHARDS + 3)]
+    for run in runs:
+        for n in range(2):
+            storage.store_event(
+                dg.EventLogEntry(
+                    error_info=None,
+                    level=20,
+                    user_message=f"{run}-{n}",
+                    run_id=run,
+                    timestamp=1.0 + n,
+                    step_key=None,
+                    job_name="j",
+                    dagster_event=None,
+                )
+            )
+        assert len(storage._engines) <= OPEN_SHARDS
+    assert "run0" not in storage._engines  # the oldest was closed
+    for run in runs:
+        assert [r.event_log_entry.user_message for r in storage.get_records_for_run(run).records] == [
+            f"{run}-0",
+            f"{run}-1",
+        ]
+    storage.dispose()
+    assert not storage._engines
