@@ -66,7 +66,10 @@ class FinnexSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None, synchronous: str = "NORMAL"):
         if synchronous not in SYNCHRONOUS:
-            raise ValueError(f"event log storage: synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
+            raise ValueError(
+                f"event log storage: synchronous must be one of {SYNCHRONOUS}, got {synchronous!r} "
+                "(the storage's config in dagster.yaml)"
+            )
         self._synchronous = synchronous
         self._engines: OrderedDict[str, tuple[int, Engine]] = OrderedDict()
         self._tables_seen: set[str] = set()
