@@ -24,7 +24,7 @@ from finnex_ml import splits as sp
 from finnex_ml.datasets_io import set_dataset, write_set_file
 from finnex_ml.encoding import NormConfig, build_layout, write_spec
 from finnex_ml.encoding.store import image_path
-from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation
+from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation, train_network_controls
 from finnex_ml.evaluation.leakage import LeakageError, scan_features
 from finnex_ml.patches import extract_patches, shard_path
 from finnex_ml.schemas import feature_columns
@@ -212,6 +212,20 @@ def test_controls_score_at_chance_and_walk_forward_retrains(evaluated):
     assert regimes <= {"bull", "bear", "sideways", "unknown"} and regimes
     n = sum(r["n"] for r in doc["tables"]["regimes"] if r["model"] == "majority" and r["horizon"] == 1)
     assert n == doc["test"]["n"]
+
+
+def test_network_steps_and_the_evaluation_share_one_cache(world, evaluated):
+    """The walk_forward_networks and permuted_label_control steps and run_evaluation key their
+    retrained networks alike: after the evaluation trained them, the steps find every one cached
+    (and so does the evaluation after the steps ran first)."""
+    root, w = world
+    quiet = lambda m: None  # noqa: E731
+    done = train_network_controls(_inputs(root, w), FAST, what="walk_forward", log=quiet)
+    assert done == {"models": ["cnn_model"], "folds": 2, "trained": 0, "cached": 2}
+    done = train_network_controls(_inputs(root, w), FAST, what="permuted_labels", log=quiet)
+    assert done == {"models": ["cnn_model"], "runs": 1, "trained": 0, "cached": 1}
+    with pytest.raises(ValueError, match="unknown network control"):
+        train_network_controls(_inputs(root, w), FAST, what="ablations", log=quiet)
 
 
 def test_planted_leak_is_caught_loudly(world, synthetic_2024, tmp_path):
