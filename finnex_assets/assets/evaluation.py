@@ -25,7 +25,7 @@ from pydantic import Field
 from finnex_assets.assets.datasets import read_all_labels
 from finnex_assets.resources import MlflowTracking
 from finnex_assets.storage import FinnexStorage
-from finnex_ml import schemas
+from finnex_ml import schemas, table_store
 from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation import report
 from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation, train_network_controls
@@ -89,7 +89,7 @@ class EvaluationConfig(dg.Config):
 
 
 def _read_features(tables: TableStore, dates: list[date]) -> pl.DataFrame:
-    frames = []
+    paths = []
     for d in dates:
         path = tables.path("daily_features", d)
         if not path.exists():
@@ -98,8 +98,12 @@ def _read_features(tables: TableStore, dates: list[date]) -> pl.DataFrame:
                 file=str(path),
                 date=d.isoformat(),
             )
-        frames.append(pl.read_parquet(path))
-    return pl.concat(frames, how="diagonal_relaxed").sort("date")
+        paths.append(path)
+    try:  # one multi-file read when every date has the same columns (the usual case)
+        frame = table_store.read_partitions(paths)
+    except pl.exceptions.PolarsError:  # columns grew between dates: per file, missing values null
+        frame = table_store.read_partitions(paths, how="diagonal_relaxed")
+    return frame.sort("date")
 
 
 def provenance(instance: dg.DagsterInstance) -> dict[str, Any]:
