@@ -13,7 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from finnex_assets.assets.evaluation import evaluation_report, model_evaluation, qa_report
+from finnex_assets.assets.evaluation import (
+    evaluation_report,
+    model_evaluation,
+    permuted_label_control,
+    qa_report,
+    walk_forward_networks,
+)
 from finnex_assets.definitions import ALL_ASSETS
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking, ProjectChecks
@@ -266,13 +272,18 @@ def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("FINNEX_SOURCE", "synthetic")
     cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2, **DAGSTER_FAST}
+    steps = ("walk_forward_networks", "permuted_label_control", "model_evaluation")
     result = dg.materialize(
-        [model_evaluation, evaluation_report, qa_report],
+        [walk_forward_networks, permuted_label_control, model_evaluation, evaluation_report, qa_report],
         resources=_resources(root),
         instance=dg.DagsterInstance.ephemeral(),
-        run_config={"ops": {"model_evaluation": {"config": cfg}}},
+        run_config={"ops": {k: {"config": cfg} for k in steps}},
     )
     assert result.success
+    # the network steps ran first and, with no epochs in this budget, retrained nothing
+    wf = result.asset_materializations_for_node("walk_forward_networks")[0].metadata
+    assert (wf["trained"].value, wf["models"].value) == (0, ["cnn_model"])
+    assert result.asset_materializations_for_node("permuted_label_control")[0].metadata["runs"].value == 0
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"no_leakage_detected", "permuted_labels_at_chance"}
     assert checks["permuted_labels_at_chance"].passed

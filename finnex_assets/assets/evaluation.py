@@ -193,7 +193,9 @@ def _network_step(context: dg.AssetExecutionContext, config: EvaluationConfig, w
     if missing:
         context.log.warning(f"not trained yet, so not retrained: {missing}")
     done = train_network_controls(inputs, config.eval_config(), what=what, log=context.log.info)
-    return dg.MaterializeResult(metadata={k: dg.MetadataValue.json(v) for k, v in done.items()})
+    return dg.MaterializeResult(
+        metadata={k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v for k, v in done.items()}
+    )
 
 
 @dg.asset(

@@ -376,7 +376,7 @@ def train_network_controls(inp: EvalInputs, cfg: EvalConfig, *, what: str, log: 
         nets = _pooled_networks(inp, fr, dates, folds, horizons, cfg, loaded, spec_hash, split_hash, log)
         trained = sum(n.trained_folds for n in nets.values())
         total = sum(len(n.folds) for n in nets.values())
-        return {"models": sorted(nets), "folds": len(folds), "trained": trained, "cached": total - trained}
+        return {"models": sorted(loaded), "folds": len(folds), "trained": trained, "cached": total - trained}
     if what == "permuted_labels":
         runs = [_permuted_network(lm, name, r, sets["train"], fr, inp, cfg, spec_hash, split_hash, log)
                 for name, lm in loaded.items() for r in _permuted_runs(cfg)]  # fmt: skip
