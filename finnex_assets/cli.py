@@ -49,7 +49,8 @@ UNPARTITIONED = ("dataset_splits", "cnn_model")
 UNIVERSE_FEATURES = ["universe_prices", "universe_features"]
 UNIVERSE_LATER = ["universe_images", "universe_labels"]
 UNIVERSE_FINAL = ("universe_splits", "universe_model", "universe_walk_forward", "universe_evaluation")
-EVALUATION = ("model_evaluation", "evaluation_report", "qa_report")
+# the network retraining steps first (each cached), then the scoring that reads them and the reports
+EVALUATION = ("walk_forward_networks", "permuted_label_control", "model_evaluation", "evaluation_report", "qa_report")
 # the modality table's ingestion assets (finnex_ml.modalities), then the feature table
 FEATURE_STAGE = [*modality_assets(), "daily_features"]
 
@@ -118,7 +119,8 @@ def run_range(start: str, end: str, selection: list[str] | None = None) -> bool:
 def run_pipeline(start: str, end: str, budget: str = "standard") -> bool:
     """The main pipeline for [start, end]: the feature stage from the images' lookback
     before ``start`` in one run, then every later stage over [start, end] in one run, the
-    splits, then training and evaluation at ``budget`` (its cost printed before it starts)."""
+    splits, then training and evaluation at ``budget`` in one run (its cost printed before it
+    starts)."""
     from finnex_assets.assets.images import LOOKBACK
     from finnex_assets.storage import default_storage
     from finnex_ml import calendar
@@ -133,9 +135,8 @@ def run_pipeline(start: str, end: str, budget: str = "standard") -> bool:
     storage = default_storage()  # resolved now: FINNEX_DATA_DIR as this process set it
     sets = storage.splits.read_splits()["sets"]
     ops = _announce_budget(budget, "single", storage.images.root, len(sets["train"]), len(sets["val"]))
-    if not _execute(["cnn_model"], {}, f"train and val dates, budget {budget}: cnn_model", ops):
-        return False
-    return _execute(list(EVALUATION), {}, "test split and walk-forward folds: " + ", ".join(EVALUATION), ops)
+    # training and evaluation as one run (one start-up, one event stream); each stays its own step
+    return _execute(["cnn_model", *EVALUATION], {}, f"budget {budget}: cnn_model, then " + ", ".join(EVALUATION), ops)
 
 
 def _announce_budget(name: str, mode: str, image_root: Path, n_train: int, n_val: int) -> dict:

@@ -77,7 +77,11 @@ def run_config(b: Budget, mode: str) -> dict[str, dict]:
         "refit_permutations": b.refit_permutations,
         "leak_permutations": b.leak_permutations,
     }
-    return {"cnn_model": {"config": train}, "model_evaluation": {"config": evaluation}}
+    # the network retraining steps share model_evaluation's config, so their caches are the ones it reads
+    return {
+        "cnn_model": {"config": train},
+        **{k: {"config": evaluation} for k in ("walk_forward_networks", "permuted_label_control", "model_evaluation")},
+    }
 
 
 def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32, steps: int = 2) -> float:

@@ -13,7 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from finnex_assets.assets.evaluation import evaluation_report, model_evaluation, qa_report
+from finnex_assets.assets.evaluation import (
+    evaluation_report,
+    model_evaluation,
+    permuted_label_control,
+    qa_report,
+    walk_forward_networks,
+)
 from finnex_assets.definitions import ALL_ASSETS
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking, ProjectChecks
@@ -24,7 +30,7 @@ from finnex_ml import splits as sp
 from finnex_ml.datasets_io import set_dataset, write_set_file
 from finnex_ml.encoding import NormConfig, build_layout, write_spec
 from finnex_ml.encoding.store import image_path
-from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation
+from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation, train_network_controls
 from finnex_ml.evaluation.leakage import LeakageError, scan_features
 from finnex_ml.patches import extract_patches, shard_path
 from finnex_ml.schemas import feature_columns
@@ -214,6 +220,20 @@ def test_controls_score_at_chance_and_walk_forward_retrains(evaluated):
     assert n == doc["test"]["n"]
 
 
+def test_network_steps_and_the_evaluation_share_one_cache(world, evaluated):
+    """The walk_forward_networks and permuted_label_control steps and run_evaluation key their
+    retrained networks alike: after the evaluation trained them, the steps find every one cached
+    (and so does the evaluation after the steps ran first)."""
+    root, w = world
+    quiet = lambda m: None  # noqa: E731
+    done = train_network_controls(_inputs(root, w), FAST, what="walk_forward", log=quiet)
+    assert done == {"models": ["cnn_model"], "folds": 2, "trained": 0, "cached": 2}
+    done = train_network_controls(_inputs(root, w), FAST, what="permuted_labels", log=quiet)
+    assert done == {"models": ["cnn_model"], "runs": 1, "trained": 0, "cached": 1}
+    with pytest.raises(ValueError, match="unknown network control"):
+        train_network_controls(_inputs(root, w), FAST, what="ablations", log=quiet)
+
+
 def test_planted_leak_is_caught_loudly(world, synthetic_2024, tmp_path):
     root, w = world
     leaky = w["features"].with_columns(pl.Series("technical__planted_leak", w["labels"][lb.return_col(1)].to_numpy()))
@@ -252,13 +272,18 @@ def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     monkeypatch.setenv("FINNEX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("FINNEX_SOURCE", "synthetic")
     cfg = {"n_boot": 100, "walk_forward_epochs": 0, "permuted_label_epochs": 0, "interpret_images": 2, **DAGSTER_FAST}
+    steps = ("walk_forward_networks", "permuted_label_control", "model_evaluation")
     result = dg.materialize(
-        [model_evaluation, evaluation_report, qa_report],
+        [walk_forward_networks, permuted_label_control, model_evaluation, evaluation_report, qa_report],
         resources=_resources(root),
         instance=dg.DagsterInstance.ephemeral(),
-        run_config={"ops": {"model_evaluation": {"config": cfg}}},
+        run_config={"ops": {k: {"config": cfg} for k in steps}},
     )
     assert result.success
+    # the network steps ran first and, with no epochs in this budget, retrained nothing
+    wf = result.asset_materializations_for_node("walk_forward_networks")[0].metadata
+    assert (wf["trained"].value, wf["models"].value) == (0, ["cnn_model"])
+    assert result.asset_materializations_for_node("permuted_label_control")[0].metadata["runs"].value == 0
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(checks) == {"no_leakage_detected", "permuted_labels_at_chance"}
     assert checks["permuted_labels_at_chance"].passed

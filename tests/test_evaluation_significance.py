@@ -275,3 +275,56 @@ def test_prebin_gives_monotone_codes_of_the_training_quantiles_and_keeps_missing
     assert len(np.unique(A[:, 0])) > 200 and len(np.unique(A[:, 2])) == 4
     assert B[-1, 0] == 0 and B[-1, 1] == np.nanmax(A[:, 1])  # beyond the training range: the end codes
     assert np.array_equal(np.isnan(B[:-1, 1]), np.isnan(X[500:, 1]))
+
+
+def _old_block_permutations(n: int, block: int, n_perm: int, seed: int) -> np.ndarray:
+    """The loop the vectorised orders replaced: roll by a random offset, cut into blocks, shuffle."""
+    block = min(block, n)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_perm, n), dtype=np.int64)
+    for i in range(n_perm):
+        rolled = np.roll(np.arange(n), -int(rng.integers(0, n)))
+        blocks = [rolled[s : s + block] for s in range(0, n, block)]
+        out[i] = np.concatenate([blocks[j] for j in rng.permutation(len(blocks))])
+    return out
+
+
+@pytest.mark.parametrize(("n", "block"), [(1, 1), (7, 3), (250, 5), (251, 5), (10, 20), (5, 1)])
+def test_block_permutation_orders_equal_the_loop_they_replaced(n: int, block: int) -> None:
+    from finnex_ml.evaluation.significance import block_permutation_indices
+
+    got = block_permutation_indices(n, block, 40, seed=3)
+    assert np.array_equal(got, _old_block_permutations(n, block, 40, 3))
+    assert (np.sort(got, axis=1) == np.arange(n)).all()  # every row a permutation
+    got[0, 0] = -1  # callers get their own copy: the cached draw is untouched
+    assert block_permutation_indices(n, block, 40, seed=3)[0, 0] != -1
+
+
+def test_vectorised_balanced_accuracy_equals_the_scalar_bit_for_bit() -> None:
+    from finnex_ml.evaluation.metrics import balanced_accuracy, balanced_accuracy_rows
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for n in (3, 8, 40):
+        for _ in range(60):  # skewed class shares, so resamples lack a class or hold only one
+            rows.append((rng.choice(3, (20, n), p=rng.dirichlet([0.5] * 3)), rng.choice(3, (20, n))))
+    nan_rows = 0
+    for y, p in rows:
+        want = np.array([balanced_accuracy(a, b) for a, b in zip(y, p, strict=True)])
+        got = balanced_accuracy_rows(y, p)
+        assert np.array_equal(got, want, equal_nan=True)
+        nan_rows += int(np.isnan(want).sum())
+    assert nan_rows > 0  # the one-class case was exercised
+    y = rng.integers(0, 3, (5, 30))
+    shared = rng.integers(0, 3, 30)  # one prediction row against every label row (the permutation test)
+    assert np.array_equal(balanced_accuracy_rows(y, shared), [balanced_accuracy(a, shared) for a in y])
+
+
+def test_permutation_test_vectorised_default_equals_a_per_permutation_statistic() -> None:
+    from finnex_ml.evaluation.metrics import balanced_accuracy
+
+    rng = np.random.default_rng(9)
+    y, p = rng.integers(0, 3, 120), rng.integers(0, 3, 120)
+    fast = sg.permutation_test(y, p, block=5, n_perm=300, seed=2)
+    slow = sg.permutation_test(y, p, block=5, n_perm=300, seed=2, statistic=lambda a, b: balanced_accuracy(a, b))
+    assert fast == slow

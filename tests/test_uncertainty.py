@@ -164,3 +164,24 @@ def test_metrics_by_regime_and_breakdown() -> None:
     assert out["bear"]["accuracy"] == pytest.approx(0.5)
     assert out["bear"]["balanced_accuracy"] == pytest.approx(1 / 3)
     assert math.isnan(metrics_by_regime(regimes, y_true, y_pred)["bull"]["sharpe"])
+
+
+def test_vectorised_resample_statistics_give_the_same_intervals_as_the_per_resample_loop() -> None:
+    from finnex_ml.evaluation import cross_section as cs
+    from finnex_ml.evaluation.uncertainty import _accuracy, _annualised_sharpe, _balanced_accuracy
+
+    rng = np.random.default_rng(11)
+    y, p = rng.integers(0, 3, 90), rng.integers(0, 3, 90)
+    r = rng.normal(0.001, 0.01, 90)
+    common = dict(block=5, n_boot=400, seed=4)
+    fast = classification_intervals(y, p, **common)
+    assert fast["accuracy"] == bootstrap_ci(_accuracy, [y, p], **common)
+    assert fast["balanced_accuracy"] == bootstrap_ci(_balanced_accuracy, [y, p], **common)
+    assert sharpe_interval(r, **common) == bootstrap_ci(lambda x: _annualised_sharpe(x, 252.0), [r], **common)
+    for scalar, rows in ((cs._sharpe(50.4), cs._sharpe_rows(50.4)), (np.mean, cs._row_means)):
+        assert bootstrap_ci(scalar, [r], **common) == bootstrap_ci(scalar, [r], batch=rows, **common)
+    flat = np.zeros(40)  # sd 0 on every resample: NaN Sharpe in both forms, no valid resample
+    assert math.isnan(sharpe_interval(flat, **common)["lower"])
+    idx = block_bootstrap_indices(90, 5, 400, seed=4)
+    idx[0, 0] = -1  # a caller's copy: the cached draw is untouched
+    assert block_bootstrap_indices(90, 5, 400, seed=4)[0, 0] != -1

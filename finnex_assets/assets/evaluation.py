@@ -25,10 +25,10 @@ from pydantic import Field
 from finnex_assets.assets.datasets import read_all_labels
 from finnex_assets.resources import MlflowTracking
 from finnex_assets.storage import FinnexStorage
-from finnex_ml import schemas
+from finnex_ml import schemas, table_store
 from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation import report
-from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation
+from finnex_ml.evaluation.evaluate import EvalConfig, EvalInputs, run_evaluation, train_network_controls
 from finnex_ml.models import MODEL_REGISTRY
 from finnex_ml.storage import TableStore
 
@@ -89,7 +89,7 @@ class EvaluationConfig(dg.Config):
 
 
 def _read_features(tables: TableStore, dates: list[date]) -> pl.DataFrame:
-    frames = []
+    paths = []
     for d in dates:
         path = tables.path("daily_features", d)
         if not path.exists():
@@ -98,8 +98,12 @@ def _read_features(tables: TableStore, dates: list[date]) -> pl.DataFrame:
                 file=str(path),
                 date=d.isoformat(),
             )
-        frames.append(pl.read_parquet(path))
-    return pl.concat(frames, how="diagonal_relaxed").sort("date")
+        paths.append(path)
+    try:  # one multi-file read when every date has the same columns (the usual case)
+        frame = table_store.read_partitions(paths)
+    except pl.exceptions.PolarsError:  # columns grew between dates: per file, missing values null
+        frame = table_store.read_partitions(paths, how="diagonal_relaxed")
+    return frame.sort("date")
 
 
 def provenance(instance: dg.DagsterInstance) -> dict[str, Any]:
@@ -162,8 +166,69 @@ def _model_run_id(instance: dg.DagsterInstance, name: str) -> str | None:
     return None if value is None else str(value.value)
 
 
+def _network_inputs(storage: FinnexStorage) -> tuple[EvalInputs, list[str]]:
+    """What the network retraining steps need (no features: they fit images), and the models
+    not trained yet."""
+    models = {n: storage.models.best_checkpoint(n) for n in MODEL_ASSETS}
+    trained = {n: p for n, p in models.items() if p.exists()}
+    stats = storage.cnn_ready.read_statistics()
+    inputs = EvalInputs(
+        labels=read_all_labels(storage),
+        features=pl.DataFrame(),
+        feature_columns=[],
+        splits=storage.splits.read_splits(),
+        ready_root=storage.cnn_ready.root,
+        image_root=storage.images.root,
+        shard_root=storage.patches.root,
+        work_dir=storage.evaluation.root / "work",
+        channel_means=stats["train"]["channel_mean"],
+        models=trained,
+    )
+    return inputs, sorted(set(models) - set(trained))
+
+
+def _network_step(context: dg.AssetExecutionContext, config: EvaluationConfig, what: str) -> dg.MaterializeResult:
+    storage: FinnexStorage = context.resources.storage
+    inputs, missing = _network_inputs(storage)
+    if missing:
+        context.log.warning(f"not trained yet, so not retrained: {missing}")
+    done = train_network_controls(inputs, config.eval_config(), what=what, log=context.log.info)
+    return dg.MaterializeResult(
+        metadata={k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v for k, v in done.items()}
+    )
+
+
 @dg.asset(
     deps=["dataset_splits", *MODEL_ASSETS],
+    required_resource_keys={"storage"},
+    group_name="evaluation",
+    kinds={"pytorch"},
+)
+def walk_forward_networks(context: dg.AssetExecutionContext, config: EvaluationConfig) -> dg.MaterializeResult:
+    """Every trained network retrained per pooled walk-forward fold (the budget's epochs and
+    seeds, early-stopped on an inner purged block) and its predictions of the fold's test block,
+    cached per fold under ``{data}/datasets/evaluation/work/walk_forward``: its own step, so its
+    cost shows apart from the scoring and a re-run skips finished folds. ``model_evaluation``
+    reads the folds from that cache (and trains any missing fold itself)."""
+    return _network_step(context, config, "walk_forward")
+
+
+@dg.asset(
+    deps=["dataset_splits", *MODEL_ASSETS],
+    required_resource_keys={"storage"},
+    group_name="evaluation",
+    kinds={"pytorch"},
+)
+def permuted_label_control(context: dg.AssetExecutionContext, config: EvaluationConfig) -> dg.MaterializeResult:
+    """The permuted-label control's networks (each model retrained on shuffled training labels,
+    ``permuted_label_runs`` times) and their test predictions, cached under
+    ``{data}/datasets/evaluation/work/permuted``; ``model_evaluation`` scores them (and trains
+    any missing one itself)."""
+    return _network_step(context, config, "permuted_labels")
+
+
+@dg.asset(
+    deps=["dataset_splits", *MODEL_ASSETS, "walk_forward_networks", "permuted_label_control"],
     required_resource_keys={"storage", "mlflow_tracking"},
     check_specs=[
         dg.AssetCheckSpec(n, asset="model_evaluation", description=d, blocking=True) for n, d in EVAL_CHECKS.items()
@@ -486,7 +551,7 @@ def qa_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     )
 
 
-EVALUATION_ASSETS = [model_evaluation, evaluation_report, qa_report]
+EVALUATION_ASSETS = [walk_forward_networks, permuted_label_control, model_evaluation, evaluation_report, qa_report]
 
 __all__ = [
     "EVALUATION_ASSETS",
@@ -494,5 +559,7 @@ __all__ = [
     "check_history",
     "evaluation_report",
     "model_evaluation",
+    "permuted_label_control",
     "qa_report",
+    "walk_forward_networks",
 ]

@@ -189,7 +189,7 @@ def ic_summary(
     )
     if n_boot > 0 and n >= 3:
         block = optimal_block(x, horizon=h)
-        ci = bootstrap_ci(np.mean, [x], block=block, n_boot=n_boot, alpha=alpha, seed=seed)
+        ci = bootstrap_ci(np.mean, [x], block=block, n_boot=n_boot, alpha=alpha, seed=seed, batch=_row_means)
         out.update(ci_low=ci["lower"], ci_high=ci["upper"], block=block)
     return out
 
@@ -413,6 +413,23 @@ def _sharpe(ppy: float):
     return f
 
 
+def _sharpe_rows(ppy: float):
+    """:func:`_sharpe` of every row of a resample matrix [R, n] at once, the same values."""
+
+    def f(x: np.ndarray) -> np.ndarray:
+        if x.shape[1] < 2:
+            return np.full(x.shape[0], math.nan)
+        sd, mean = np.std(x, axis=1, ddof=1), np.mean(x, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mean)), mean / sd * math.sqrt(ppy), math.nan)
+
+    return f
+
+
+def _row_means(x: np.ndarray) -> np.ndarray:
+    return np.mean(x, axis=1)
+
+
 def long_short_summary(
     portfolios: pl.DataFrame, horizon: int, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> dict[str, Any]:
@@ -440,7 +457,15 @@ def long_short_summary(
         sh = _sharpe(ppy)(r)
         lo = hi = nan
         if n_boot > 0 and n >= 10 and math.isfinite(sh):
-            ci = bootstrap_ci(_sharpe(ppy), [r], block=optimal_block(r, 1), n_boot=n_boot, alpha=alpha, seed=seed)
+            ci = bootstrap_ci(
+                _sharpe(ppy),
+                [r],
+                block=optimal_block(r, 1),
+                n_boot=n_boot,
+                alpha=alpha,
+                seed=seed,
+                batch=_sharpe_rows(ppy),
+            )
             lo, hi = ci["lower"], ci["upper"]
         out.update(
             {
@@ -642,7 +667,7 @@ def compare_to_baselines(
             hac = hac_mean_test(d, lags=hac_lags(d.size, h))
             paired.update(mean_diff=float(np.mean(d)), t=hac["t"], p_value=hac["p_value"], n_dates=int(d.size))
             if n_boot > 0:
-                ci = bootstrap_ci(np.mean, [d], block=optimal_block(d, h), n_boot=n_boot, seed=seed)
+                ci = bootstrap_ci(np.mean, [d], block=optimal_block(d, h), n_boot=n_boot, seed=seed, batch=_row_means)
                 paired.update(ci_low=ci["lower"], ci_high=ci["upper"])
     tests["paired"] = paired
     tests["permutation"] = permutation_ic_test(panel, n_perm=n_perm, seed=seed, block=h)

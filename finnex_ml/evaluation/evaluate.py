@@ -341,22 +341,10 @@ def _write_set(
     )
 
 
-def run_evaluation(
-    inp: EvalInputs,
-    cfg: EvalConfig,
-    *,
-    log: Log = print,
-    interpret: Callable[[str, LoadedModel, Path], dict[str, Any]] | None = None,
-) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
-    """Score models and baselines (module docstring). Returns (document, predictions, equity curves)."""
+def _set_hashes(inp: EvalInputs, test_d: Sequence[date]) -> tuple[str, str]:
+    """(spec hash, split hash) of cnn_ready/test.h5, checked against splits.json."""
     import h5py
 
-    horizons = [int(h) for h in inp.splits["horizons"]]
-    fr = _Frame(inp.labels, horizons)
-    sets = {k: _dates(v) for k, v in inp.splits["sets"].items()}
-    train_d, test_d = sets["train"], sets["test"]
-    if not test_d:
-        raise DataInputError("the test split is empty: materialise dataset_splits over more dates")
     with h5py.File(inp.ready_root / "test.h5", "r") as f:
         spec_hash, split_hash = str(f.attrs["spec_hash"]), str(f.attrs["split_hash"])
         stored = [d.decode() for d in f["dates"][:]]
@@ -365,6 +353,104 @@ def run_evaluation(
             "cnn_ready/test.h5 does not match splits.json; re-materialise dataset_splits",
             file=str(inp.ready_root / "test.h5"),
         )
+    return spec_hash, split_hash
+
+
+def train_network_controls(inp: EvalInputs, cfg: EvalConfig, *, what: str, log: Log = print) -> dict[str, Any]:
+    """The evaluation's network retraining alone, so it can run (and be timed and cached) as its
+    own step before :func:`run_evaluation`, which then loads the results from ``inp.work_dir``:
+    ``what`` = "walk_forward" (every network retrained per pooled walk-forward fold) or
+    "permuted_labels" (the permuted-label control). Returns what was trained and what was cached."""
+    horizons = [int(h) for h in inp.splits["horizons"]]
+    fr = _Frame(inp.labels, horizons)
+    sets = {k: _dates(v) for k, v in inp.splits["sets"].items()}
+    if not sets["test"]:
+        raise DataInputError("the test split is empty: materialise dataset_splits over more dates")
+    spec_hash, split_hash = _set_hashes(inp, sets["test"])
+    loaded = {name: load_model(path) for name, path in inp.models.items()}
+    if what == "walk_forward":
+        plan = _pooled_folds(sets, horizons, cfg)
+        if plan is None:
+            return {"models": sorted(loaded), "folds": 0, "trained": 0, "cached": 0, "note": "no fold"}
+        dates, folds, _ = plan
+        nets = _pooled_networks(inp, fr, dates, folds, horizons, cfg, loaded, spec_hash, split_hash, log)
+        trained = sum(n.trained_folds for n in nets.values())
+        total = sum(len(n.folds) for n in nets.values())
+        return {"models": sorted(loaded), "folds": len(folds), "trained": trained, "cached": total - trained}
+    if what == "permuted_labels":
+        runs = [_permuted_network(lm, name, r, sets["train"], fr, inp, cfg, spec_hash, split_hash, log)
+                for name, lm in loaded.items() for r in _permuted_runs(cfg)]  # fmt: skip
+        trained = sum(not c for *_, c in runs)
+        return {"models": sorted(loaded), "runs": len(runs), "trained": trained, "cached": len(runs) - trained}
+    raise ValueError(f"unknown network control {what!r}; use 'walk_forward' or 'permuted_labels'")
+
+
+def _permuted_runs(cfg: EvalConfig) -> list[int]:
+    return list(range(cfg.permuted_label_runs)) if cfg.permuted_label_epochs > 0 else []
+
+
+def _permuted_network(
+    lm: LoadedModel,
+    name: str,
+    r: int,
+    train_d: Sequence[date],
+    fr: _Frame,
+    inp: EvalInputs,
+    cfg: EvalConfig,
+    spec_hash: str,
+    split_hash: str,
+    log: Log,
+) -> tuple[np.ndarray, np.ndarray, list[int], bool]:
+    """Permutation ``r`` of the permuted-label control: the model retrained on shuffled training
+    labels and its test (labels, predicted classes, horizons). Cached under work_dir with a key of
+    the model's config, the checkpoint file, the budget, the permutation, the split and the
+    layout, so the separate step's result is what the evaluation reads (returned flag: cached)."""
+    import hashlib
+    import json
+
+    perm = np.random.default_rng(cfg.seed + r).permutation(len(train_d))
+    pdir = inp.work_dir / "permuted" / name / f"perm{r + 1}"
+    ckpt = inp.models[name]
+    st = ckpt.stat()
+    key = hashlib.sha256(
+        json.dumps(
+            [lm.config, ckpt.name, st.st_size, st.st_mtime_ns, cfg.permuted_label_epochs, cfg.seed + r,
+             spec_hash, split_hash, [d.isoformat() for d in train_d]],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()  # fmt: skip
+    done = pdir / f"result_{key[:16]}.npz"
+    if done.exists():
+        z = np.load(done)
+        return z["labels"], z["pred"], [int(h) for h in z["horizons"]], True
+    for old in pdir.glob("result_*.npz"):
+        old.unlink()  # another key's result: stale
+    ptrain = _write_set(pdir / "train.h5", "train_permuted", train_d, fr, inp, spec_hash, split_hash, perm)
+    plm = _train_short(lm, ptrain, inp.ready_root / "val.h5", pdir / "model", cfg.permuted_label_epochs, cfg.seed + r)
+    psp = predict_set(plm, inp.ready_root / "test.h5")
+    tmp = pdir / f".result_{key[:16]}.tmp.npz"
+    np.savez(tmp, labels=psp.labels, pred=psp.pred, horizons=np.asarray(plm.horizons))
+    tmp.replace(done)  # atomic: a killed run leaves no half-written result
+    log(f"{name}: permuted-label network {r + 1} trained ({cfg.permuted_label_epochs} epoch(s))")
+    return psp.labels, psp.pred, list(plm.horizons), False
+
+
+def run_evaluation(
+    inp: EvalInputs,
+    cfg: EvalConfig,
+    *,
+    log: Log = print,
+    interpret: Callable[[str, LoadedModel, Path], dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
+    """Score models and baselines (module docstring). Returns (document, predictions, equity curves)."""
+    horizons = [int(h) for h in inp.splits["horizons"]]
+    fr = _Frame(inp.labels, horizons)
+    sets = {k: _dates(v) for k, v in inp.splits["sets"].items()}
+    train_d, test_d = sets["train"], sets["test"]
+    if not test_d:
+        raise DataInputError("the test split is empty: materialise dataset_splits over more dates")
+    spec_hash, split_hash = _set_hashes(inp, test_d)
     daily = fr.daily_returns(test_d)
     # arch's Politis–White block for the test span's market returns, never below the longest horizon
     block = un.optimal_block(daily, max(horizons))
@@ -517,18 +603,15 @@ def run_evaluation(
                     )
             log(f"{name}: channel ablations done")
         if cfg.permuted_label_epochs > 0 and cfg.permuted_label_runs > 0:
-            runs = list(range(cfg.permuted_label_runs))
+            runs = _permuted_runs(cfg)
             for r in progress.track(runs, f"permuted-label control ({name})", unit="permutations", log=log):
-                perm = np.random.default_rng(cfg.seed + r).permutation(len(train_d))
-                pdir = inp.work_dir / "permuted" / name / f"perm{r + 1}"
-                ptrain = _write_set(pdir / "train.h5", "train_permuted", train_d, fr, inp, spec_hash, split_hash, perm)
-                plm = _train_short(
-                    lm, ptrain, inp.ready_root / "val.h5", pdir / "model", cfg.permuted_label_epochs, cfg.seed + r
+                # read from the permuted_label_control step's cache when it ran; trained here otherwise
+                plabels, ppred, phorizons, _ = _permuted_network(
+                    lm, name, r, train_d, fr, inp, cfg, spec_hash, split_hash, log
                 )
-                psp = predict_set(plm, inp.ready_root / "test.h5")
                 label = name if cfg.permuted_label_runs == 1 else f"{name} (permutation {r + 1})"
-                for j, h in enumerate(plm.horizons):
-                    controls.append((label, h, psp.labels[:, j], psp.pred[:, j]))
+                for j, h in enumerate(phorizons):
+                    controls.append((label, h, plabels[:, j], ppred[:, j]))
             log(
                 f"{name}: permuted-label control trained ({cfg.permuted_label_runs} permutation(s) x "
                 f"{cfg.permuted_label_epochs} epoch(s)) and scored"
@@ -871,22 +954,11 @@ def _pooled_networks(
     )
 
 
-def _pooled_oos(
-    inp: EvalInputs,
-    fr: _Frame,
-    sets: Mapping[str, list[date]],
-    horizons: Sequence[int],
-    closes: pl.DataFrame,
-    cfg: EvalConfig,
-    log: Log,
-    loaded: Mapping[str, LoadedModel],
-    spec_hash: str,
-    split_hash: str,
-) -> dict[str, Any] | None:
-    """Walk-forward over years with every fold's test predictions pooled: the tabular models
-    (``finnex_ml.evaluation.walkforward``) and the networks (``network_folds``) refitted per
-    fold, the naive baselines scored on the same pooled dates with each fold's training data.
-    None when there is not enough history for one fold."""
+def _pooled_folds(
+    sets: Mapping[str, list[date]], horizons: Sequence[int], cfg: EvalConfig
+) -> tuple[list[date], list[wf.WalkForwardFold], str] | None:
+    """(every split date, the pooled walk-forward's folds, how its test blocks are cut), or None
+    when it is off or there is not enough history for one fold."""
     if cfg.pooled_min_train <= 0:
         return None
     dates = sorted({d for v in sets.values() for d in v})
@@ -904,9 +976,31 @@ def _pooled_oos(
             f"quarters ({QUARTER} sessions) after {min(cfg.pooled_min_train, len(dates) // 2)} dates of "
             f"history: too few dates for calendar years after {cfg.pooled_min_train}"
         )
-    if not folds:
-        log(f"pooled walk-forward skipped: fewer than {cfg.pooled_min_train} dates before the last test block")
+    return (dates, folds, blocks) if folds else None
+
+
+def _pooled_oos(
+    inp: EvalInputs,
+    fr: _Frame,
+    sets: Mapping[str, list[date]],
+    horizons: Sequence[int],
+    closes: pl.DataFrame,
+    cfg: EvalConfig,
+    log: Log,
+    loaded: Mapping[str, LoadedModel],
+    spec_hash: str,
+    split_hash: str,
+) -> dict[str, Any] | None:
+    """Walk-forward over years with every fold's test predictions pooled: the tabular models
+    (``finnex_ml.evaluation.walkforward``) and the networks (``network_folds``) refitted per
+    fold, the naive baselines scored on the same pooled dates with each fold's training data.
+    None when there is not enough history for one fold."""
+    plan = _pooled_folds(sets, horizons, cfg)
+    if plan is None:
+        if cfg.pooled_min_train > 0:
+            log(f"pooled walk-forward skipped: fewer than {cfg.pooled_min_train} dates before the last test block")
         return None
+    dates, folds, blocks = plan
     X = bl.feature_matrix(inp.features, dates, inp.feature_columns)
     nets = _pooled_networks(inp, fr, dates, folds, horizons, cfg, loaded, spec_hash, split_hash, log)
     rows_all, scored, returns = [], {}, {}
@@ -1154,4 +1248,4 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-__all__ = ["CHANNELS", "EvalConfig", "EvalInputs", "run_evaluation"]
+__all__ = ["CHANNELS", "EvalConfig", "EvalInputs", "run_evaluation", "train_network_controls"]

@@ -33,6 +33,7 @@ __all__ = [
     "majority_rate",
     "class_shares",
     "balanced_accuracy",
+    "balanced_accuracy_rows",
     "probabilistic_skill",
     "prediction_diversity",
     "is_degenerate",
@@ -173,6 +174,30 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int =
     if b >= c:
         return float(1.0 / k + (b - c) / (1.0 - c) * (1.0 - 1.0 / k))
     return float(b / c / k)
+
+
+def balanced_accuracy_rows(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """:func:`balanced_accuracy` of every row of ``y_true`` and ``y_pred`` ([R, n], or a 1-D
+    ``y_pred`` shared by every row) at once, bit for bit the same values: the bootstrap and
+    permutation tests score a thousand resamples, and a Python call per resample cost more than
+    the arithmetic."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.broadcast_to(np.asarray(y_pred, dtype=np.int64), y.shape)
+    if y.ndim != 2 or y.shape[1] == 0:
+        raise ValueError(f"y_true must be [rows, n] with n >= 1, got {y.shape}")
+    k, n = int(num_classes), y.shape[1]
+    support = np.stack([(y == c).sum(axis=1) for c in range(k)], axis=1)
+    hits = np.stack([((y == c) & (p == c)).sum(axis=1) for c in range(k)], axis=1)
+    predicted = np.stack([(p == c).sum(axis=1) for c in range(k)], axis=1) / n
+    present = support > 0
+    m = present.sum(axis=1)
+    # absent classes add an exact 0.0, so each sum equals the scalar's sum over present classes
+    b = np.where(present, hits / np.maximum(support, 1), 0.0).sum(axis=1) / np.maximum(m, 1)
+    c = np.where(present, predicted, 0.0).sum(axis=1) / np.maximum(m, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mapped = np.where(b >= c, 1.0 / k + (b - c) / (1.0 - c) * (1.0 - 1.0 / k), b / c / k)
+    out = np.where(m == k, b, np.where(c == 0.0, 1.0 / k, mapped))
+    return np.where(m < 2, np.nan, out)
 
 
 def probabilistic_skill(y_true: np.ndarray, probs: np.ndarray, prior: Sequence[float]) -> dict[str, float]:

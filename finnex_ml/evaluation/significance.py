@@ -12,6 +12,7 @@ Harvey–Leybourne–Newbold small-sample correction).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,7 +22,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from finnex_ml import progress
-from finnex_ml.evaluation.metrics import NUM_CLASSES, balanced_accuracy, hac_mean_test
+from finnex_ml.evaluation.metrics import NUM_CLASSES, balanced_accuracy, balanced_accuracy_rows, hac_mean_test
 
 __all__ = [
     "block_permutation_indices",
@@ -45,16 +46,28 @@ def block_permutation_indices(n: int, block: int, n_perm: int, seed: int) -> np.
     """
     if n < 1 or block < 1 or n_perm < 1:
         raise ValueError(f"n, block and n_perm must be >= 1, got {n}, {block}, {n_perm}")
-    block = min(int(block), int(n))
+    return _permutation_rows(int(n), min(int(block), int(n)), int(n_perm), int(seed)).copy()
+
+
+# every row of an evaluation table permutes the same test dates with the same seed: drawn once
+@functools.lru_cache(maxsize=8)
+def _permutation_rows(n: int, block: int, n_perm: int, seed: int) -> np.ndarray:
+    """The orders of :func:`block_permutation_indices` (read-only). Per permutation the draws are
+    those of rolling ``arange(n)`` by a random offset, cutting it into blocks and shuffling them;
+    the rows are then built for all permutations at once from a padded [blocks, block] grid."""
     rng = np.random.default_rng(seed)
-    out = np.empty((int(n_perm), n), dtype=np.int64)
-    base = np.arange(n)
-    for i in range(int(n_perm)):
-        rolled = np.roll(base, -int(rng.integers(0, n)))
-        blocks = [rolled[s : s + block] for s in range(0, n, block)]
-        order = rng.permutation(len(blocks))
-        out[i] = np.concatenate([blocks[j] for j in order])
-    return out
+    n_blocks = -(-n // block)
+    offsets = np.empty(n_perm, dtype=np.int64)
+    orders = np.empty((n_perm, n_blocks), dtype=np.int64)
+    for i in range(n_perm):  # the same draws, in the same order, as one roll and one shuffle each
+        offsets[i] = rng.integers(0, n)
+        orders[i] = rng.permutation(n_blocks)
+    grid = np.arange(n_blocks * block).reshape(n_blocks, block)  # positions in the rolled sequence
+    picked = grid[orders].reshape(n_perm, -1)
+    picked = picked[picked < n].reshape(n_perm, n)  # only the last block is short
+    rows = (picked + offsets[:, None]) % n  # the rolled sequence's position k holds row k + offset
+    rows.setflags(write=False)
+    return rows
 
 
 def _p_value(observed: float, null: np.ndarray) -> float:
@@ -87,7 +100,11 @@ def permutation_test(
     if y.ndim != 1 or y.shape != p.shape or y.size == 0:
         raise ValueError(f"y_true and y_pred must be non-empty 1-D of equal length, got {y.shape}, {p.shape}")
     observed = float(statistic(y, p))
-    null = np.array([float(statistic(y[idx], p)) for idx in block_permutation_indices(y.size, block, n_perm, seed)])
+    perms = _permutation_rows(int(y.size), min(int(block), int(y.size)), int(n_perm), int(seed))
+    if statistic is balanced_accuracy:  # the default: every permutation scored in one vectorised pass
+        null = balanced_accuracy_rows(y[perms], p)
+    else:
+        null = np.array([float(statistic(y[idx], p)) for idx in perms])
     return _permutation_summary(observed, null, n_perm, min(block, y.size))
 
 

@@ -16,6 +16,7 @@ e.g. a balanced accuracy on a one-class resample, is ours to decide and report).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -53,13 +54,24 @@ def block_bootstrap_indices(n: int, block: int, n_boot: int, seed: int) -> np.nd
         raise ValueError(f"block must be >= 1, got {block}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    return _bootstrap_rows(int(n), min(int(block), int(n)), int(n_boot), int(seed)).copy()
+
+
+# a few distinct (n, block) per evaluation; 8 entries bound the memory (5,000 x 750 rows is 30 MB)
+@functools.lru_cache(maxsize=8)
+def _bootstrap_rows(n: int, block: int, n_boot: int, seed: int) -> np.ndarray:
+    """The indices of :func:`block_bootstrap_indices`, drawn once per (n, block, n_boot, seed):
+    every row of an evaluation table resamples the same test dates with the same seed, and
+    arch's generator costs more than the statistics. Read-only, so no caller can alter a cached
+    draw."""
     from arch.bootstrap import CircularBlockBootstrap
 
-    block = min(int(block), int(n))
     # arch draws ceil(n / block) uniform block starts and wraps past the end, exactly the scheme
     # above; resampling the row numbers themselves yields the indices.
     bs = CircularBlockBootstrap(block, np.arange(n), seed=np.random.default_rng(seed))
-    return np.stack([data[0][0] for data in bs.bootstrap(int(n_boot))]).astype(np.int64)
+    rows = np.stack([data[0][0] for data in bs.bootstrap(n_boot)]).astype(np.int64)
+    rows.setflags(write=False)
+    return rows
 
 
 def default_block(n: int, horizon: int) -> int:
@@ -97,6 +109,7 @@ def bootstrap_ci(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    batch: Callable[..., np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Percentile block-bootstrap interval of ``statistic(*arrays)``.
 
@@ -104,7 +117,9 @@ def bootstrap_ci(
     (truth and prediction) stay paired. Resamples whose statistic is NaN or infinite are
     ignored. Returns ``estimate`` (on the original data), ``lower`` / ``upper`` (the alpha/2 and
     1 - alpha/2 quantiles), ``std`` (ddof=1) of the valid resamples, ``n_boot``, ``block``,
-    ``alpha`` and ``valid_resamples``.
+    ``alpha`` and ``valid_resamples``. ``batch``, when given, is ``statistic`` vectorised over
+    resamples: called once with each array resampled to [n_boot, n, ...], it must return the
+    n_boot values ``statistic`` gives row by row (the same numbers, far fewer Python calls).
     """
     if not arrays:
         raise ValueError("bootstrap_ci needs at least one array")
@@ -114,9 +129,14 @@ def bootstrap_ci(
     n = data[0].shape[0]
     if any(a.shape[0] != n for a in data):
         raise ValueError(f"arrays must have the same number of rows, got {[a.shape[0] for a in data]}")
-    idx = block_bootstrap_indices(n, block, n_boot, seed)
+    if n < 1 or block < 1 or n_boot < 1:
+        raise ValueError(f"n, block and n_boot must be >= 1, got {n}, {block}, {n_boot}")
+    idx = _bootstrap_rows(int(n), min(int(block), int(n)), int(n_boot), int(seed))
     estimate = float(statistic(*data))
-    stats = np.array([float(statistic(*(a[row] for a in data))) for row in idx])
+    if batch is not None:
+        stats = np.asarray(batch(*(a[idx] for a in data)), dtype=np.float64)
+    else:
+        stats = np.array([float(statistic(*(a[row] for a in data))) for row in idx])
     valid = stats[np.isfinite(stats)]
     nan = math.nan
     return {
@@ -133,6 +153,10 @@ def bootstrap_ci(
 
 def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(y_true == y_pred))
+
+
+def _accuracy_rows(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    return np.mean(y_true == y_pred, axis=1)
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -158,10 +182,12 @@ def classification_intervals(
     t, p = np.asarray(y_true), np.asarray(y_pred)
     if t.ndim != 1 or t.shape != p.shape or t.size == 0:
         raise ValueError(f"y_true and y_pred must be non-empty 1-D of equal length, got {t.shape}, {p.shape}")
+    from finnex_ml.evaluation.metrics import balanced_accuracy_rows
+
     common = dict(block=block, n_boot=n_boot, alpha=alpha, seed=seed)
     return {
-        "accuracy": bootstrap_ci(_accuracy, [t, p], **common),
-        "balanced_accuracy": bootstrap_ci(_balanced_accuracy, [t, p], **common),
+        "accuracy": bootstrap_ci(_accuracy, [t, p], batch=_accuracy_rows, **common),
+        "balanced_accuracy": bootstrap_ci(_balanced_accuracy, [t, p], batch=balanced_accuracy_rows, **common),
     }
 
 
@@ -173,6 +199,17 @@ def _annualised_sharpe(returns: np.ndarray, periods_per_year: float) -> float:
     if sd <= 1e-12 * max(1.0, abs(mean)):
         return math.nan
     return mean / sd * math.sqrt(periods_per_year)
+
+
+def _annualised_sharpe_rows(returns: np.ndarray, periods_per_year: float) -> np.ndarray:
+    """:func:`_annualised_sharpe` of every row of ``returns`` [R, n], the same values."""
+    if returns.shape[1] < 2:
+        return np.full(returns.shape[0], math.nan)
+    sd = np.std(returns, axis=1, ddof=1)
+    mean = np.mean(returns, axis=1)
+    flat = sd <= 1e-12 * np.maximum(1.0, np.abs(mean))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flat, math.nan, mean / sd * math.sqrt(periods_per_year))
 
 
 def sharpe_interval(
@@ -189,7 +226,13 @@ def sharpe_interval(
     if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)):
         raise ValueError("returns must be a non-empty 1-D array of finite values")
     return bootstrap_ci(
-        lambda x: _annualised_sharpe(x, periods_per_year), [r], block=block, n_boot=n_boot, alpha=alpha, seed=seed
+        lambda x: _annualised_sharpe(x, periods_per_year),
+        [r],
+        block=block,
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        batch=lambda x: _annualised_sharpe_rows(x, periods_per_year),
     )
 
 
