@@ -17,6 +17,11 @@ The pixel stems take the full 512×512 image (a 16×16 grid of 32-pixel patches)
 32×32 patch (a 1×1 grid). For a patch the position in its image is not visible in the pixels, so
 ``forward(x, patch_pos=...)`` optionally takes its grid index (0..255, row-major in the 16×16
 grid); the models then add the learned embedding of that position and of its row section.
+Patch mode reads an image as the bag of its patches (multiple-instance learning): with
+``config.mil_dim > 0`` a backbone takes ``x`` ``[B, N, 3, 32, 32]`` with ``patch_pos`` ``[B, N]``
+(or a whole ``[B, 3, 512, 512]`` image, cut into its 256 patches), embeds every patch with the
+same lone-patch path, pools them with :class:`GatedAttentionPool` and predicts once per image;
+the multi-task output then carries ``"patch_attention"`` ``[B, N]`` (sums to 1 per bag).
 
 Row sections (``finnex_ml.geometry.SECTIONS``): pixel rows 0-170 macro,
 171-341 behavioural + technical, 342-511 fundamental. A patch row belongs to the section holding
