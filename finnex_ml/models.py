@@ -17,6 +17,11 @@ The pixel stems take the full 512×512 image (a 16×16 grid of 32-pixel patches)
 32×32 patch (a 1×1 grid). For a patch the position in its image is not visible in the pixels, so
 ``forward(x, patch_pos=...)`` optionally takes its grid index (0..255, row-major in the 16×16
 grid); the models then add the learned embedding of that position and of its row section.
+Patch mode reads an image as the bag of its patches (multiple-instance learning): with
+``config.mil_dim > 0`` a backbone takes ``x`` ``[B, N, 3, 32, 32]`` with ``patch_pos`` ``[B, N]``
+(or a whole ``[B, 3, 512, 512]`` image, cut into its 256 patches), embeds every patch with the
+same lone-patch path, pools them with :class:`GatedAttentionPool` and predicts once per image;
+the multi-task output then carries ``"patch_attention"`` ``[B, N]`` (sums to 1 per bag).
 
 Row sections (``finnex_ml.geometry.SECTIONS``): pixel rows 0-170 macro,
 171-341 behavioural + technical, 342-511 fundamental. A patch row belongs to the section holding
@@ -161,6 +166,10 @@ class CNNConfig:
     # with a proximal L1 step (see SparseCellReadout); 0 turns it off.
     sparse_readout: float = 0.5
     sparse_lr: float = 1e-2  # its own Adam lr, whatever the recipe's (the schedule still applies)
+    # Patch mode (multiple-instance learning): hidden size of the gated-attention pooling over
+    # an image's bag of patches (see GatedAttentionPool); 0: no bag input. The trainer sets
+    # MIL_DIM in patch mode.
+    mil_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ class ViTConfig:
     # Layout-aware path: one token per feature row (its session history, feature and section
     # embeddings) instead of one per 32x32 patch; empty: patch tokens (see CNNConfig.layout).
     layout: str = ""
+    mil_dim: int = 0  # patch mode: gated-attention bag pooling (see CNNConfig.mil_dim)
 
 
 CNN_SIZES: dict[str, CNNConfig] = {
@@ -318,6 +328,105 @@ class _SectionBranch(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# Patch mode: an image as a bag of its patches, pooled by gated attention
+# --------------------------------------------------------------------------------------------
+
+MIL_DIM = 128  # the trainer's bag-pooling hidden size in patch mode (config field mil_dim)
+
+
+class GatedAttentionPool(nn.Module):
+    """Gated attention pooling of a bag of instance embeddings ``[B, N, D]`` -> ``[B, D]``, the
+    idea of Ilse, Tomczak & Welling (2018, "Attention-based deep multiple instance learning").
+
+    Each instance gets a score ``w . (tanh(V h) * sigmoid(U h))``; the softmax of the scores over
+    the bag weights the instances, which sum to 1 per bag. The tanh branch alone saturates for
+    large embeddings; the sigmoid gate lets the model switch instances off. The weights depend on
+    each instance alone and the pooling is a weighted sum, so the bag's output does not depend on
+    the order of its instances (permute the positions with them).
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"dim and hidden must be >= 1, got {dim}, {hidden}")
+        self.value = nn.Linear(dim, hidden)
+        self.gate = nn.Linear(dim, hidden)
+        self.score = nn.Linear(hidden, 1)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if h.ndim != 3:
+            raise ValueError(f"expected a bag of embeddings [B, N, D], got {tuple(h.shape)}")
+        s = self.score(torch.tanh(self.value(h)) * torch.sigmoid(self.gate(h))).squeeze(-1)
+        w = torch.softmax(s.float(), dim=1).to(h.dtype)  # float32 softmax: bf16 autocast would not sum to 1
+        return torch.bmm(w.unsqueeze(1), h).squeeze(1), w
+
+
+def image_to_bag(x: torch.Tensor, patch: int = PATCH_SIZE) -> torch.Tensor:
+    """``[B, C, H, W]`` image -> ``[B, N, C, patch, patch]`` bag, patch k = row-major grid index k
+    (the order of ``finnex_ml.patches.extract_patches`` and of ``patch_pos``)."""
+    b, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image sides must be multiples of {patch}, got {(h, w)}")
+    gh, gw = h // patch, w // patch
+    return x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, patch, patch)
+
+
+class _BagInput:
+    """Patch-mode bags for a pixel backbone whose ``forward_features`` embeds lone 32x32 patches
+    with their ``patch_pos``: the same encoder embeds every patch of the bag (shared weights, the
+    position and section embeddings added), :class:`GatedAttentionPool` pools them and the
+    backbone's head reads the pooled features. A whole ``[B, 3, 512, 512]`` image is cut into its
+    256-patch bag with positions 0..255."""
+
+    config: Any
+    mil_pool: GatedAttentionPool | None
+
+    @staticmethod
+    def _check_bag_config(cfg: Any) -> None:
+        if cfg.mil_dim < 0:
+            raise ValueError(f"mil_dim must be >= 0, got {cfg.mil_dim}")
+        if cfg.mil_dim and cfg.layout:
+            raise ValueError(
+                "mil_dim (patch-mode bags of 32x32 patches) cannot be combined with a layout "
+                "(the layout-aware stem reads whole images in input_mode='image')"
+            )
+
+    def _init_bag(self, cfg: Any, dim: int) -> None:
+        self.mil_pool = GatedAttentionPool(dim, cfg.mil_dim) if cfg.mil_dim > 0 else None
+
+    def _is_bag(self, x: torch.Tensor) -> bool:
+        if x.ndim == 5:
+            return True
+        return self.mil_pool is not None and x.ndim == 4 and tuple(x.shape[2:]) == (IMAGE_SIZE, IMAGE_SIZE)
+
+    def forward_bag(self, x: torch.Tensor, patch_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features ``[B, D]`` and the attention weight of every patch ``[B, N]`` (sums to 1).
+
+        ``x``: a bag ``[B, N, 3, 32, 32]`` with ``patch_pos`` ``[B, N]`` (grid indices 0..255, or
+        None: positions unknown), or whole images ``[B, 3, 512, 512]`` (positions 0..255)."""
+        if self.mil_pool is None:
+            raise ValueError(
+                "this model has no bag pooling (config mil_dim=0): patch mode needs mil_dim > 0 "
+                "(the trainer sets it for input_mode='patch')"
+            )
+        if x.ndim == 4:
+            if patch_pos is not None:
+                raise ValueError("patch_pos goes with a bag [B, N, 3, 32, 32], not a whole image")
+            x = image_to_bag(x)
+            patch_pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        if x.ndim != 5 or tuple(x.shape[-2:]) != (PATCH_SIZE, PATCH_SIZE):
+            raise ValueError(f"expected a bag of patches [B, N, 3, {PATCH_SIZE}, {PATCH_SIZE}], got {tuple(x.shape)}")
+        b, n = x.shape[:2]
+        flat_pos = None
+        if patch_pos is not None:
+            if tuple(patch_pos.shape) != (b, n):
+                raise ValueError(f"patch_pos must be [B, N] = {(b, n)} for a bag, got {tuple(patch_pos.shape)}")
+            flat_pos = patch_pos.reshape(b * n)
+        emb, _ = self.forward_features(x.reshape(b * n, *x.shape[2:]), flat_pos)  # type: ignore[attr-defined]
+        return self.mil_pool(emb.view(b, n, -1))
+
+
+# --------------------------------------------------------------------------------------------
 # Multi-scale CNN
 # --------------------------------------------------------------------------------------------
 
@@ -348,7 +457,7 @@ def _branch(cfg: CNNConfig, b: BranchConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MultiScaleCNN(nn.Module):
+class MultiScaleCNN(_BagInput, nn.Module):
     """Three branches (large / medium / small receptive field) fused by attention.
 
     Layout path (``config.layout``): the branches are temporal scales (``temporal_kernels``
@@ -367,6 +476,7 @@ class MultiScaleCNN(nn.Module):
     def __init__(self, config: CNNConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or CNNConfig()
+        self._check_bag_config(cfg)
         if cfg.layout:
             self._init_layout(cfg)
         else:
@@ -389,6 +499,7 @@ class MultiScaleCNN(nn.Module):
         nn.init.normal_(self.section_embed.weight, std=0.02)
         if cfg.layout:  # (the pixel path keeps its original initialisation)
             nn.init.xavier_uniform_(self.fusion[0].weight)
+        self._init_bag(cfg, cfg.fusion_dim)  # last: the other weights draw the same numbers as before
 
     def _init_layout(self, cfg: CNNConfig) -> None:
         """Layout path: 3 temporal scales x 3 sections = 9 tokens (the pixel path's 3 branches x
@@ -431,6 +542,10 @@ class MultiScaleCNN(nn.Module):
     def forward_features(
         self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``[B, fusion_dim]`` and attention weights: ``[B, heads, 9, 9]`` over the branch
+        x section tokens, or for a bag (see :class:`_BagInput`) ``[B, N]`` over its patches."""
+        if self._is_bag(x):
+            return self.forward_bag(x, patch_pos)
         _check_input(x, self.config.in_channels)
         if self.config.layout:
             tok = self._layout_tokens(x, patch_pos)
@@ -522,7 +637,7 @@ def encoder_layer_with_weights(layer: nn.TransformerEncoderLayer, x: torch.Tenso
     return x, w
 
 
-class FinNeXViT(nn.Module):
+class FinNeXViT(_BagInput, nn.Module):
     """ViT over 32×32 patches with learned position and section embeddings.
 
     * patch embedding: ``Conv2d(3, dim, 32, stride=32)``;
@@ -542,6 +657,7 @@ class FinNeXViT(nn.Module):
     def __init__(self, config: ViTConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or ViTConfig()
+        self._check_bag_config(cfg)
         if cfg.image_size % cfg.patch_size:
             raise ValueError("image_size must be a multiple of patch_size")
         if cfg.pool not in ("cls", "mean"):
@@ -578,6 +694,7 @@ class FinNeXViT(nn.Module):
         for p in (self.pos_embed, self.pos_unknown, self.cls_token):
             nn.init.trunc_normal_(p, std=0.02)
         nn.init.trunc_normal_(self.section_embed.weight, std=0.02)
+        self._init_bag(cfg, cfg.dim)
 
     @property
     def feature_dim(self) -> int:
@@ -615,7 +732,11 @@ class FinNeXViT(nn.Module):
 
     def forward_features(
         self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = False
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, Any]:
+        """Features ``[B, dim]`` and the per-layer attention (a list, empty unless
+        ``return_attention``), or for a bag (see :class:`_BagInput`) ``[B, N]`` weights over its patches."""
+        if self._is_bag(x):
+            return self.forward_bag(x, patch_pos)
         _check_input(x, self.config.in_channels)
         if x.shape[2] % self.config.patch_size or x.shape[3] % self.config.patch_size:
             raise ValueError(f"input sides must be multiples of {self.config.patch_size}, got {tuple(x.shape[2:])}")
@@ -732,7 +853,7 @@ class MultiTaskModel(nn.Module):
         logits, reg = self.heads(feats)
         if extra is not None:
             logits = logits + extra
-        return {
+        out = {
             "classification": logits[:, 0],
             "regression": reg[:, :1],
             "classification_by_horizon": logits,
@@ -740,6 +861,10 @@ class MultiTaskModel(nn.Module):
             "features": feats,
             "attention_weights": attn if attn is not None else [],
         }
+        is_bag = getattr(self.backbone, "_is_bag", None)
+        if is_bag is not None and is_bag(x):  # the bag's pooling weights, not token attention
+            out["patch_attention"], out["attention_weights"] = attn, []
+        return out
 
 
 class MultiTaskCNN(MultiTaskModel):
@@ -777,7 +902,7 @@ class SeedEnsemble(nn.Module):
         probs = torch.stack([o["classification_by_horizon"].softmax(-1) for o in outs]).mean(0)
         logits = probs.clamp_min(1e-12).log()
         reg = torch.stack([o["regression_by_horizon"] for o in outs]).mean(0)
-        return {
+        out = {
             "classification": logits[:, 0],
             "regression": reg[:, :1],
             "classification_by_horizon": logits,
@@ -785,6 +910,9 @@ class SeedEnsemble(nn.Module):
             "features": torch.stack([o["features"] for o in outs]).mean(0),
             "attention_weights": outs[0]["attention_weights"],
         }
+        if "patch_attention" in outs[0]:  # the members' mean still sums to 1 per bag
+            out["patch_attention"] = torch.stack([o["patch_attention"] for o in outs]).mean(0)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,9 +927,13 @@ class ModelEntry:
     backbone: type[nn.Module]
     multitask: type[MultiTaskModel]
     sizes: Mapping[str, Any]  # size preset -> config dataclass
+    # whether whole-image (input_mode="image") training hands it the stored layout spec; False
+    # for a variant that must read the pixels itself (e.g. the 256-patch-token ViT)
+    layout_aware: bool = True
 
 
 MODEL_REGISTRY: dict[str, ModelEntry] = {}
+BUILT_IN_MODELS = ("cnn", "vit", "vit_patches")  # registered below; unregister_model refuses them
 _ALIASES: dict[str, str] = {}
 
 
@@ -812,12 +944,15 @@ def register_model(
     multitask: type[MultiTaskModel],
     sizes: Mapping[str, Any],
     aliases: Sequence[str] = (),
+    *,
+    layout_aware: bool = True,
 ) -> ModelEntry:
     """Add an architecture under ``name`` (and lower-case ``aliases``); the training assets and
-    ``model_evaluation`` are generated from this registry."""
+    ``model_evaluation`` are generated from this registry. ``layout_aware=False``: image-mode
+    training does not pass the layout spec (the model reads pixels, e.g. patch tokens)."""
     if name in MODEL_REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    entry = ModelEntry(name, title, backbone, multitask, dict(sizes))
+    entry = ModelEntry(name, title, backbone, multitask, dict(sizes), layout_aware)
     MODEL_REGISTRY[name] = entry
     for a in (name, *aliases):
         _ALIASES[a.lower()] = name
@@ -826,7 +961,7 @@ def register_model(
 
 def unregister_model(name: str) -> None:
     """Remove an added architecture and its aliases (tests); ``cnn`` and ``vit`` stay."""
-    if name in ("cnn", "vit"):
+    if name in BUILT_IN_MODELS:
         raise ValueError(f"model {name!r} is built in")
     if MODEL_REGISTRY.pop(name, None) is not None:
         for alias in [a for a, n in _ALIASES.items() if n == name]:
@@ -842,6 +977,18 @@ def model_entry(name: str) -> ModelEntry:
 
 register_model("cnn", "MultiScaleCNN", MultiScaleCNN, MultiTaskCNN, CNN_SIZES, ("multiscale_cnn", "multiscalecnn"))
 register_model("vit", "FinNeXViT", FinNeXViT, MultiTaskViT, VIT_SIZES, ("finnex_vit", "finnexvit"))
+# The same FinNeXViT on whole images without the layout: 16x16 = 256 patch tokens with learned
+# position and section embeddings (the pixel path). A named variant, not the "vit" default:
+# see the README's model section for the positive-control numbers behind that choice.
+register_model(
+    "vit_patches",
+    "FinNeXViT (256 patch tokens)",
+    FinNeXViT,
+    MultiTaskViT,
+    VIT_SIZES,
+    ("finnex_vit_patches",),
+    layout_aware=False,
+)
 
 
 def model_config(name: str, size: str = "small", **overrides: Any) -> Any:

@@ -180,16 +180,18 @@ def train_image_model(
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """An ensemble of ``len(seeds)`` layout-aware models; returns test probabilities [n_test, 3]."""
+    """An ensemble of ``len(seeds)`` models ``model`` (a registered name: layout-aware ones get the
+    data's layout spec, e.g. ``"vit_patches"`` reads the pixels); returns test probabilities [n_test, 3]."""
     import torch
 
-    from finnex_ml.models import layout_json
+    from finnex_ml.models import layout_json, model_entry
     from finnex_ml.training import ArrayDataset, TrainConfig, train_model
 
     h = data.horizon
     targets = {f"label_h{h}": data.labels, f"return_h{h}": data.returns.astype(np.float32)}
     x = torch.from_numpy(data.images)
     tr, va = (ArrayDataset(x, targets, indices=split.train), ArrayDataset(x, targets, indices=split.val))
+    layout = {"layout": layout_json(data.spec)} if model_entry(model).layout_aware else {}
     probs = []
     for seed in seeds:
         cfg = TrainConfig(
@@ -210,7 +212,7 @@ def train_image_model(
             loss_weighting="fixed",
             fixed_weights=(1.0, 0.1),
             num_threads=threads,
-            model_overrides={"layout": layout_json(data.spec), **(overrides or {})},
+            model_overrides={**layout, **(overrides or {})},
         )
         with tempfile.TemporaryDirectory() as tmp:
             res = train_model(cfg, tr, va, checkpoint_dir=tmp)

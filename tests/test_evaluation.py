@@ -116,7 +116,7 @@ def _world(root: Path, features: pl.DataFrame, closes: pl.DataFrame, *, leak: bo
         class_targets=("label_h1", "label_h5"),
         reg_targets=("return_h1", "return_h5"),
         epochs=1,
-        batch_size=256,
+        batch_size=16,
         lr=1e-3,
         warmup_epochs=0,
         patience=None,
@@ -307,7 +307,10 @@ def test_dagster_evaluation_writes_both_reports(world, tmp_path, monkeypatch):
     assert qa["checks"].value > 10 and qa["never_run"].value == qa["checks"].value - 2
     assert qa["failing_latest"].value == ([] if leak.passed else ["model_evaluation:no_leakage_detected"])
     ev = result.asset_materializations_for_node("model_evaluation")[0].metadata
-    assert ev["evaluated_models"].value == ["cnn_model"] and ev["not_trained"].value == ["vit_model"]
+    assert ev["evaluated_models"].value == ["cnn_model"] and ev["not_trained"].value == [
+        "vit_model",
+        "vit_patches_model",
+    ]
     assert ev["data_source"].value and "best_baseline" in ev["headline"].value
     doc = json.loads(Path(ev["evaluation_json"].value).read_text(encoding="utf-8"))
     # maps only for a non-degenerate model; a degenerate one is named as such in the report

@@ -48,6 +48,25 @@ def planted(n: int, size: int, seed: int, tile: tuple[int, int] = (0, 0)) -> tup
     return x, {"label_h1": y.astype(np.int64), "return_h1": ret}
 
 
+def planted_bags(n: int, ppi: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Patch-mode data: ``n`` images of ``ppi`` noise patches (rows ``[n * ppi, 32, 32, 3]``, an
+    image's patches consecutive); one random patch per Buy / Sell image carries the stripes of
+    :func:`planted` (horizontal Buy, vertical Sell), Hold images none. Targets repeat the image's
+    label and return on each of its patches (what the patch files store). Also returns the
+    planted patch's index per image."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    hot = rng.integers(0, ppi, n)
+    x = (0.5 + 0.1 * rng.standard_normal((n, ppi, 32, 32, 3))).astype(np.float32)
+    stripes = np.repeat((np.arange(8) % 2)[:, None], 8, axis=1).astype(np.float32) * 0.4 - 0.2
+    for i in range(n):
+        if y[i] != HOLD:
+            x[i, hot[i], 8:16, 16:24, 1] += stripes if y[i] == BUY else stripes.T
+    ret = ((y - 1) * 0.01 + 0.003 * rng.standard_normal(n)).astype(np.float32)
+    targets = {"label_h1": np.repeat(y, ppi).astype(np.int64), "return_h1": np.repeat(ret, ppi)}
+    return x.reshape(n * ppi, 32, 32, 3), targets, hot
+
+
 def write_h5(path: Path, x: np.ndarray, targets: dict[str, np.ndarray], chunks: tuple | None = None) -> Path:
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=x, chunks=chunks)
@@ -240,26 +259,31 @@ def test_uncertainty_weighting_does_not_collapse_where_softmax_does() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_cnn_learns_a_planted_pattern_from_hdf5_patches(tmp_path: Path) -> None:
-    xt, yt = planted(480, 32, 0)
-    xv, yv = planted(256, 32, 1)
+def test_cnn_learns_a_planted_patch_from_hdf5_bags(tmp_path: Path) -> None:
+    """Patch mode is multiple-instance learning: the label lives in one patch at a random place
+    of its image; the attention-pooled model finds it and its attention points at that patch."""
+    ppi = 4  # bags of 4 patches keep the test small (the stores use 256)
+    xt, yt, _ = planted_bags(120, ppi, 0)
+    xv, yv, hot_v = planted_bags(48, ppi, 1)
     x = np.concatenate([xt, xv])
     t = {k: np.concatenate([yt[k], yv[k]]) for k in yt}
-    path = write_h5(tmp_path / "patches.h5", x, t, chunks=(64, 32, 32, 3))
+    path = write_h5(tmp_path / "patches.h5", x, t, chunks=(ppi, 32, 32, 3))
     keys = {k: f"labels/{k}" for k in t}
-    train = H5ArrayDataset(path, "x", keys, indices=range(0, 480), patches_per_image=256)
-    val = H5ArrayDataset(path, "x", keys, indices=range(480, 736), patches_per_image=256)
+    train = H5ArrayDataset(path, "x", keys, indices=range(0, 120 * ppi), patches_per_image=ppi)
+    val = H5ArrayDataset(path, "x", keys, indices=range(120 * ppi, 168 * ppi), patches_per_image=ppi)
     seen: list[tuple[int, dict]] = []
     cfg = TrainConfig(
         model="cnn",
         input_mode="patch",
         model_overrides=SMALL_CNN,
         epochs=5,
-        batch_size=32,
+        batch_size=8,
         lr=3e-3,
         warmup_epochs=1,
         patience=None,
         seed=0,
+        noise_std=0.0,
+        mixup_alpha=0.0,
     )
     res = train_model(
         cfg,
@@ -282,21 +306,29 @@ def test_cnn_learns_a_planted_pattern_from_hdf5_patches(tmp_path: Path) -> None:
         "lr",
         "samples_per_s",
         "data_wait_share",
-        "val_image_accuracy",
     ):
         assert key in seen[-1][1], key
-    assert res.confusion_matrix.shape == (3, 3) and res.confusion_matrix.sum() == 256
-    assert res.image_confusion_matrix is not None and res.image_confusion_matrix.sum() == 2  # rows 480-735: images 1, 2
+    assert res.confusion_matrix.shape == (3, 3) and res.confusion_matrix.sum() == 48  # one row per image
     preds = res.val_predictions
-    assert preds["probs"].shape == (256, 1, 3) and preds["row"].tolist() == list(range(480, 736))
+    assert preds["probs"].shape == (48, 1, 3) and preds["row"].tolist() == list(range(120, 168))  # image ids
     assert abs(np.std(preds["reg_pred"]) / np.std(preds["reg_target"]) - 1) < 0.5  # original units again
     assert res.checkpoint_path.exists() and res.last_checkpoint_path.exists()
     model, ckpt = load_checkpoint_model(res.checkpoint_path)
     assert ckpt["epoch"] == res.best_epoch and ckpt["class_names"] == ["sell", "hold", "buy"]
-    xb = torch.from_numpy(xv[:8]).permute(0, 3, 1, 2)
+    assert model.config.mil_dim > 0  # the bag pooling travels in the model spec
+    xb = torch.from_numpy(xv[: 8 * ppi]).reshape(8, ppi, 32, 32, 3).permute(0, 1, 4, 2, 3)
+    pos = torch.arange(ppi).expand(8, -1)
     res.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(xb)["classification"], res.model(xb)["classification"])
+        torch.testing.assert_close(
+            model(xb, patch_pos=pos)["classification"], res.model(xb, patch_pos=pos)["classification"]
+        )
+        bags = torch.from_numpy(xv).reshape(48, ppi, 32, 32, 3).permute(0, 1, 4, 2, 3)
+        att = model(bags, patch_pos=torch.arange(ppi).expand(48, -1))["patch_attention"]
+    torch.testing.assert_close(att.sum(1), torch.ones(48))
+    planted_rows = yv["label_h1"][::ppi] != HOLD
+    # the attention's favourite patch is the planted one on most Buy / Sell images (chance 1/4)
+    assert (att.argmax(1).numpy() == hot_v)[planted_rows].mean() > 0.8
 
 
 def test_vit_learns_a_planted_tile_in_image_mode(tmp_path: Path) -> None:
@@ -342,9 +374,9 @@ class _Crash(RuntimeError):
 
 
 def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
-    xt, yt = planted(96, 32, 0)
-    xv, yv = planted(48, 32, 1)
-    train, val = ArrayDataset(xt, yt), ArrayDataset(xv, yv)
+    xt, yt, _ = planted_bags(24, 4, 0)
+    xv, yv, _ = planted_bags(12, 4, 1)
+    train, val = ArrayDataset(xt, yt, patches_per_image=4), ArrayDataset(xv, yv, patches_per_image=4)
     cw = class_weights_from_labels(yt["label_h1"])
     cfg = _tiny_run(tmp_path)
 
@@ -390,11 +422,16 @@ def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
-    xt, yt = planted(64, 32, 0)
-    xv, yv = planted(32, 32, 1)
+    xt, yt, _ = planted_bags(16, 4, 0)
+    xv, yv, _ = planted_bags(8, 4, 1)
     # min_delta so large that nothing after epoch 1 counts as an improvement
     cfg = _tiny_run(tmp_path, epochs=10, patience=2, min_delta=100.0)
-    res = train_model(cfg, ArrayDataset(xt, yt), ArrayDataset(xv, yv), checkpoint_dir=tmp_path)
+    res = train_model(
+        cfg,
+        ArrayDataset(xt, yt, patches_per_image=4),
+        ArrayDataset(xv, yv, patches_per_image=4),
+        checkpoint_dir=tmp_path,
+    )
     assert res.stopped_early and res.epochs_run == 3 and res.best_epoch == 1
     assert torch.load(res.checkpoint_path, weights_only=True)["epoch"] == 1
 
@@ -405,10 +442,24 @@ def test_config_and_data_are_checked(tmp_path: Path) -> None:
         TrainConfig(horizons=(1, 5))
     with pytest.raises(ConfigError, match="patch"):
         train_model(TrainConfig(input_mode="image"), ArrayDataset(x, t), ArrayDataset(x, t), checkpoint_dir=tmp_path)
-    bad = dict(t, label_h1=t["label_h1"] + 1)
+    with pytest.raises(ConfigError, match="patches_per_image"):  # patch mode reads bags of whole images
+        train_model(_tiny_run(tmp_path), ArrayDataset(x, t), ArrayDataset(x, t), checkpoint_dir=tmp_path)
+    xb, tb, _ = planted_bags(8, 4, 0)
+
+    def bags(targets: dict) -> ArrayDataset:
+        return ArrayDataset(xb, targets, patches_per_image=4)
+
+    bad = dict(tb, label_h1=tb["label_h1"] + 1)
     with pytest.raises(ConfigError, match="class ids"):
-        train_model(_tiny_run(tmp_path), ArrayDataset(x, bad), ArrayDataset(x, t), checkpoint_dir=tmp_path)
-    nan = dict(t, return_h1=np.where(np.arange(32) == 3, np.nan, t["return_h1"]))
+        train_model(_tiny_run(tmp_path), bags(bad), bags(tb), checkpoint_dir=tmp_path)
+    nan = dict(tb, return_h1=np.where(np.arange(32) // 4 == 3, np.nan, tb["return_h1"]))
     with pytest.raises(ConfigError, match="non-finite"):
-        train_model(_tiny_run(tmp_path), ArrayDataset(x, nan), ArrayDataset(x, t), checkpoint_dir=tmp_path)
+        train_model(_tiny_run(tmp_path), bags(nan), bags(tb), checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="whole images"):  # a bag cut in half
+        train_model(
+            _tiny_run(tmp_path),
+            ArrayDataset(xb, tb, indices=range(2, 30), patches_per_image=4),
+            bags(tb),
+            checkpoint_dir=tmp_path,
+        )
     assert (SELL, HOLD, BUY) == (0, 1, 2)

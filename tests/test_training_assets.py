@@ -74,7 +74,7 @@ def setup(tmp_path):
 def _train(asset, resources, **config):
     cfg = {
         "epochs": 2,
-        "batch_size": 128,
+        "batch_size": 4,  # images (patch mode: bags of 256 patches)
         "patience": 5,
         "lr": 2e-3,
         "input_mode": "patch",
@@ -107,11 +107,11 @@ def test_training_asset_logs_a_complete_mlflow_run(setup, asset):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"confusion_matrix.json", "checkpoint", "dataset"} <= artifacts
     cm = json.loads(open(client.download_artifacts(run_id, "confusion_matrix.json", str(tmp))).read())
-    assert np.array(cm["ensemble"]).sum() == 3 * 256  # one count per validation patch
+    assert np.array(cm["ensemble"]).sum() == 3  # one count per validation image (its bag), not per patch
     assert meta["degenerate"].value == (max(meta["val_class_shares"].value.values()) > 0.9)
     model = mlflow.pytorch.load_model(meta["mlflow_model_uri"].value)
-    out = model(__import__("torch").zeros(2, 3, 32, 32))
-    assert tuple(out["classification"].shape) == (2, 3)
+    out = model(__import__("torch").zeros(2, 5, 3, 32, 32))  # two bags of 5 patches
+    assert tuple(out["classification"].shape) == (2, 3) and tuple(out["patch_attention"].shape) == (2, 5)
     assert 0.0 <= meta["val_accuracy"].value <= 1.0
 
 
@@ -169,3 +169,19 @@ def test_image_mode_trains_a_layout_aware_seed_ensemble(setup):
         out = loaded.model(x)["classification"].softmax(-1)
         members = torch.stack([m(x)["classification"].softmax(-1) for m in loaded.model.members]).mean(0)
     assert torch.allclose(out, members, atol=1e-6)
+
+
+def test_vit_patches_trains_on_pixels_without_the_layout(setup):
+    """The 256-patch-token ViT variant is not handed the layout spec in image mode."""
+    from finnex_ml.encoding.layout import build_layout
+    from finnex_ml.evaluation.predict import load_model
+
+    tmp, resources, _ = setup
+    meta_dir = tmp / "mega_images" / "metadata"
+    meta_dir.mkdir(parents=True)
+    spec = build_layout(["price__ret_1d", "macro__vix", "fundamental__eps_ttm"])
+    (meta_dir / "channel_encoding_spec.json").write_text(spec.to_json(), encoding="utf-8")
+    result = _train(ASSETS["vit_patches_model"], resources, input_mode="image", batch_size=4, epochs=1)
+    meta = result.asset_materializations_for_node("vit_patches_model")[0].metadata
+    loaded = load_model(meta["checkpoint"].value)
+    assert loaded.model.config.layout == "" and loaded.input_mode == "image"

@@ -11,9 +11,9 @@ from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.store import read_encoder
 from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity
-from finnex_ml.models import CLASS_NAMES, MODEL_REGISTRY, layout_json
+from finnex_ml.models import CLASS_NAMES, MODEL_REGISTRY, ModelEntry, layout_json
 from finnex_ml.storage import CnnReadyStore
-from finnex_ml.training import H5ArrayDataset, TrainConfig, train_ensemble
+from finnex_ml.training import H5ArrayDataset, TrainConfig, as_bags, train_ensemble
 
 
 class TrainingConfig(dg.Config):
@@ -22,13 +22,14 @@ class TrainingConfig(dg.Config):
 
     input_mode: str = Field(
         default="image",
-        description="'image' (512x512, layout-aware stem read from the "
-        "stored layout spec) or 'patch' (32x32 crops, pixel stem; does not learn a planted rule).",
+        description="'image' (512x512, layout-aware stem read from the stored layout spec; "
+        "vit_patches reads 256 patch tokens) or 'patch' (each image a bag of its 256 32x32 patches, "
+        "pixel stem per patch, gated-attention pooling, one prediction per image).",
     )
     size: str = Field(default="small", description="'small' (CPU) or 'full' (the spec's sizes; needs a GPU).")
     horizons: list[int] = Field(default=[1, 5], description="Label horizons to learn (heads per horizon).")
     epochs: int = Field(default=20)
-    batch_size: int = Field(default=32, description="32 for images; 256 for patches.")
+    batch_size: int = Field(default=32, description="Images per batch (in patch mode: bags of 256 patches).")
     lr: float = Field(default=2e-3)
     weight_decay: float = Field(default=1e-2)
     warmup_epochs: float = Field(default=1.0)
@@ -55,10 +56,12 @@ def _datasets(ready: CnnReadyStore, cfg: TrainingConfig) -> tuple[H5ArrayDataset
 def training_asset(model: str) -> dg.AssetsDefinition:
     """The training asset ``{model}_model`` of a registered architecture (``register_model``)."""
     entry = MODEL_REGISTRY[model]
-    return _train_asset(f"{entry.name}_model", entry.name, entry.title)
+    return _train_asset(f"{entry.name}_model", entry)
 
 
-def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
+def _train_asset(name: str, entry: ModelEntry) -> dg.AssetsDefinition:
+    model, title = entry.name, entry.title
+
     @dg.asset(
         name=name,
         deps=["dataset_splits"],
@@ -82,7 +85,9 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
         weights = class_weights_from_labels(train.target_array(f"label_h{h0}")) if config.class_weighted else None
         spec_file = storage.images.spec_path()
         overrides = {}
-        if config.input_mode == "image":
+        # a layout-aware architecture reads whole images through the stored layout; a pixel
+        # variant (layout_aware=False, e.g. vit_patches) tokenises the pixels itself
+        if config.input_mode == "image" and entry.layout_aware:
             if not spec_file.exists():
                 raise FileNotFoundError(
                     f"{spec_file} is missing: the layout-aware model reads the stored layout "
@@ -153,7 +158,7 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
                 on_member_epoch_end=on_epoch_end,
                 resume=config.resume,
             )
-            cm = result.confusion_matrix  # of the averaged prediction (per patch in patch mode)
+            cm = result.confusion_matrix  # of the averaged prediction, one row per image
             members = result.members
             pred = result.val_probs[:, 0].argmax(-1)
             shares = np.asarray(prediction_diversity(pred)["shares"])
@@ -163,7 +168,7 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
                 "rows": "true",
                 "columns": "predicted",
                 "ensemble": cm.tolist(),
-                "members_patch_level": [r.confusion_matrix.tolist() for r in members],
+                "members": [r.confusion_matrix.tolist() for r in members],
             }
             mlflow.log_dict(cm_doc, "confusion_matrix.json")
             val_acc = float(np.trace(cm) / max(cm.sum(), 1))
@@ -176,7 +181,10 @@ def _train_asset(name: str, model: str, title: str) -> dg.AssetsDefinition:
                 }
             )
             mlflow.set_tag("degenerate", str(degenerate).lower())
-            sample = val[0]["x"].permute(2, 0, 1)[None].float()  # stored NHWC, models take NCHW
+            if config.input_mode == "patch":  # one image's bag [1, 256, 3, 32, 32]
+                sample = as_bags(val)[0]["x"].permute(0, 3, 1, 2)[None].float()
+            else:
+                sample = val[0]["x"].permute(2, 0, 1)[None].float()  # stored NHWC, models take NCHW
             model_uri = _log_model(result.model.cpu().eval(), sample)
             mlflow.log_artifact(str(result.checkpoint_path), artifact_path="checkpoint")
             run_id = run.info.run_id

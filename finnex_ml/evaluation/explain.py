@@ -35,8 +35,9 @@ def explain_model(
     n_images: int = 4,
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Occlusion and gradient saliency (and ViT attention rollout in image mode) for the predicted
-    class of ``n_images`` evenly spaced images of ``set_file``; mean maps as PNGs and aggregates."""
+    """Occlusion and gradient saliency (and ViT attention rollout in image mode, the bag pooling's
+    attention in patch mode) for the predicted class of ``n_images`` evenly spaced images of
+    ``set_file``; mean maps as PNGs and aggregates."""
     out = Path(out_dir)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -49,14 +50,18 @@ def explain_model(
         fill_arr = np.asarray(fill, dtype=np.float32)
         occ, sal, roll = np.zeros((GRID, GRID)), np.zeros(IMAGE_SHAPE), np.zeros((GRID, GRID))
         rollout_note = ""
+        patch_mode = lm.input_mode == "patch"
         for img in images:
             probs = ip.image_probabilities(lm.model, img, lm.input_mode)
             target = int(np.argmax(probs))
             occ += np.abs(ip.occlusion_importance(lm.model, img, lm.input_mode, target, fill=fill_arr))
             s = ip.gradient_saliency(lm.model, img, lm.input_mode, target)
             sal += s / max(float(s.sum()), 1e-12)  # each image weighs the same
+            if patch_mode:  # where the attention pooling looked (sums to 1 per image)
+                roll += ip.bag_attention_map(lm.model, img)
+                continue
             try:
-                roll += ip.attention_rollout(lm.model, img) if lm.input_mode == "image" else _no_rollout(lm)
+                roll += ip.attention_rollout(lm.model, img)
             except ValueError as exc:
                 rollout_note = str(exc)
     finally:
@@ -65,7 +70,9 @@ def explain_model(
         return {"images": [], "note": "no test image to explain"}
     k = len(images)
     maps = {"occlusion": ip.patch_map_to_pixels(occ / k), "saliency": sal / k}
-    if not rollout_note:
+    if patch_mode:
+        maps["bag_attention"] = ip.patch_map_to_pixels(roll / k)
+    elif not rollout_note:
         maps["attention_rollout"] = ip.patch_map_to_pixels(roll / k)
     aggregates, pngs = {}, {}
     for kind, m in maps.items():
@@ -77,13 +84,11 @@ def explain_model(
         f"Importance for the predicted class on {k} test images ({', '.join(dates)}): occlusion replaces each "
         "32x32 patch by the training channel means; saliency is |d log p / d pixel|."
     )
+    if patch_mode:
+        note += " bag_attention is the attention pooling's weight of each patch (where the model looked)."
     if rollout_note:
         note += f" No attention rollout: {rollout_note}"
     return {"images": dates, "aggregates": aggregates, "pngs": pngs, "note": note}
-
-
-def _no_rollout(lm: LoadedModel) -> np.ndarray:
-    raise ValueError(f"the model was trained in {lm.input_mode} mode; rollout needs a ViT on whole images")
 
 
 __all__ = ["explain_model"]

@@ -3,21 +3,22 @@
 Two ways a model sees an image (``input_mode``, the trainer's setting):
 
 * ``"image"``: one forward of the whole ``[1, 3, 512, 512]`` image;
-* ``"patch"``: each of the 256 32×32 patches is classified on its own, with its row-major grid
-  position ``patch_pos`` (0..255), and the image's prediction is the MEAN of the 256 patch
-  probability vectors (and of the 256 return predictions), as in
-  :mod:`finnex_ml.evaluation.predict` and the trainer's image-level validation.
+* ``"patch"``: the image is the bag of its 256 32×32 patches (row-major grid positions
+  ``patch_pos`` 0..255); the model embeds each patch with one shared encoder, pools the bag with
+  gated attention and predicts once per image (``finnex_ml.models.GatedAttentionPool``), as in
+  training and :mod:`finnex_ml.evaluation.predict`.
 
 Maps:
 
 * :func:`occlusion_importance` [16, 16]: drop in the target-class probability when a patch is
-  replaced by a fill (e.g. the training channel means). In patch mode the mean aggregation makes
-  it exact from two batched passes: replacing patch k changes only term k of the mean, so
-  ``drop_k = (q_k - f_k) / 256`` with ``q_k`` the patch's own probability and ``f_k`` that of the
-  fill patch at position k (512 patch forwards instead of 256 × 256).
-* :func:`gradient_saliency` [512, 512, 3]: ``|d log p(target) / d pixel|``, through the mean over
-  patches in patch mode.
+  replaced by a fill (e.g. the training channel means). In patch mode each patch is embedded on
+  its own, so the 256 patch embeddings and the fill's embedding at each position are computed
+  once (512 patch forwards) and only the attention pooling and the head run per occluded patch.
+* :func:`gradient_saliency` [512, 512, 3]: ``|d log p(target) / d pixel|``, through the pooling
+  in patch mode.
 * :func:`attention_rollout` [16, 16]: Abnar & Zuidema (2020) rollout for a ViT on whole images.
+* :func:`bag_attention_map` [16, 16]: the attention pooling's weight of each patch (patch mode),
+  non-negative, summing to 1.
 
 Attribution to the layout (:func:`aggregate_importance`) goes pixel by pixel through
 :func:`finnex_ml.encoding.encoder.pixel_lookup`, so a patch straddling sections, tiles or padding
@@ -39,7 +40,7 @@ from finnex_ml.encoding.encoders import encoder_of
 from finnex_ml.encoding.layout import LayoutSpec
 from finnex_ml.encoding.preview import _ADVANCE, BACKGROUND, SECTION_LINE, _draw_text, png_bytes
 from finnex_ml.geometry import GRID, HEIGHT, N_PATCHES, PATCH
-from finnex_ml.models import FinNeXViT, MultiTaskModel
+from finnex_ml.models import FinNeXViT, MultiTaskModel, SeedEnsemble
 
 IMAGE_SIZE = HEIGHT
 INPUT_MODES = ("image", "patch")
@@ -102,11 +103,6 @@ def _to_patches(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, GRID, PATCH, GRID, PATCH, 3).permute(0, 1, 3, 5, 2, 4).reshape(b * N_PATCHES, 3, PATCH, PATCH)
 
 
-def _patches_to_hwc(p: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_to_patches` for one image: ``[256, 3, 32, 32]`` -> ``[512, 512, 3]``."""
-    return p.reshape(GRID, GRID, 3, PATCH, PATCH).permute(0, 3, 1, 4, 2).reshape(IMAGE_SIZE, IMAGE_SIZE, 3)
-
-
 def _logits(model: nn.Module, x: torch.Tensor, pos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``([B, H, 3] logits, [B, H] regression)`` from the model's output dict."""
     out = model(x, patch_pos=pos) if pos is not None else model(x)
@@ -118,16 +114,34 @@ def _check_horizon(n_horizons: int, horizon_index: int) -> None:
         raise ValueError(f"horizon_index {horizon_index} outside 0..{n_horizons - 1}")
 
 
-def _patch_forward(
-    model: nn.Module, patches: torch.Tensor, pos: torch.Tensor, batch_size: int, use_positions: bool
+def _bags(x: torch.Tensor, use_positions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[B, 512, 512, 3]`` (HWC) -> bags ``[B, 256, 3, 32, 32]`` and positions ``[B, 256]``
+    (None when the model was trained without them). Differentiable in ``x``."""
+    b = x.shape[0]
+    bags = _to_patches(x).reshape(b, N_PATCHES, 3, PATCH, PATCH)
+    pos = torch.arange(N_PATCHES, device=x.device).expand(b, -1) if use_positions else None
+    return bags, pos
+
+
+def _bag_forward(
+    model: nn.Module, x: torch.Tensor, bags_per_forward: int, use_positions: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities ``[N, H, 3]`` and regression ``[N, H]`` of N patches, in chunks."""
+    """Softmax probabilities ``[B, H, 3]`` and regression ``[B, H]`` of B images read as bags."""
     probs, regs = [], []
-    for i in range(0, patches.shape[0], batch_size):
-        logits, reg = _logits(model, patches[i : i + batch_size], pos[i : i + batch_size] if use_positions else None)
+    for i in range(0, x.shape[0], bags_per_forward):
+        bags, pos = _bags(x[i : i + bags_per_forward], use_positions)
+        logits, reg = _logits(model, bags, pos)
         probs.append(torch.softmax(logits, dim=-1))
         regs.append(reg)
     return torch.cat(probs), torch.cat(regs)
+
+
+def _bag_members(model: nn.Module) -> list[MultiTaskModel] | None:
+    """The multi-task bag models whose probabilities ``model`` averages (itself, or an ensemble's
+    members); None when ``model`` is not built of them (any other model taking bags)."""
+    members = list(model.members) if isinstance(model, SeedEnsemble) else [model]
+    ok = all(isinstance(m, MultiTaskModel) and getattr(m.backbone, "mil_pool", None) is not None for m in members)
+    return members if ok else None
 
 
 def _fill_patch(fill: np.ndarray | float) -> np.ndarray:
@@ -154,9 +168,8 @@ def image_outputs(
     """Image-level class probabilities and raw (still standardised) regression outputs.
 
     ``images``: one HWC image ``[512, 512, 3]`` -> ``(probs [H, 3], regression [H])``, or a batch
-    ``[B, 512, 512, 3]`` -> ``([B, H, 3], [B, H])``, float64. In patch mode each image's values
-    are the means over its 256 patches; all patches of the batch go through the model
-    ``batch_size`` at a time (one forward per image at the default). Image mode runs
+    ``[B, 512, 512, 3]`` -> ``([B, H, 3], [B, H])``, float64. In patch mode each image is one bag
+    of 256 patches, ``max(1, batch_size // 256)`` bags per forward; image mode runs
     ``image_batch`` whole images per forward. ``patch_positions=False`` is for a model trained
     without ``patch_pos`` (``TrainConfig.use_patch_positions``).
     """
@@ -167,11 +180,8 @@ def image_outputs(
     with _eval_mode(model), torch.no_grad():
         x = torch.from_numpy(batch).to(device)
         if input_mode == "patch":
-            pos = torch.arange(N_PATCHES, device=device).repeat(b)
-            p, r = _patch_forward(model, _to_patches(x), pos, batch_size, patch_positions)
-            # average in float64: the mean of 256 float32 vectors should not drift in the last digits
-            probs = p.double().reshape(b, N_PATCHES, *p.shape[1:]).mean(1)
-            regs = r.double().reshape(b, N_PATCHES, -1).mean(1)
+            p, r = _bag_forward(model, x, max(1, batch_size // N_PATCHES), patch_positions)
+            probs, regs = p.double(), r.double()
         else:
             ps, rs = [], []
             for i in range(0, b, image_batch):
@@ -217,22 +227,18 @@ def occlusion_importance(
 
     Positive = the patch supports the target class. ``fill`` is a scalar, per-channel values
     (e.g. the training pixel mean per channel) or a whole ``[32, 32, 3]`` patch, in the image's
-    [0, 1] pixel units. Patch mode: 2 × 256 patch forwards (see the module docstring); image mode:
-    257 whole-image forwards, ``image_batch`` at a time.
+    [0, 1] pixel units. Patch mode: 2 × 256 patch embeddings, then the pooling and head once per
+    occluded patch (see the module docstring); image mode: 257 whole-image forwards,
+    ``image_batch`` at a time.
     """
     _check_mode(input_mode)
     fill_hwc = _fill_patch(fill)
     device = _device(model)
     with _eval_mode(model), torch.no_grad():
         if input_mode == "patch":
-            x = _one_image(image, device)
-            pos = torch.arange(N_PATCHES, device=device)
-            fills = torch.from_numpy(fill_hwc).to(device).permute(2, 0, 1).expand(N_PATCHES, 3, PATCH, PATCH)
-            # one pass over the 256 patches and one over the fill patch at every position
-            q, _ = _patch_forward(model, _to_patches(x), pos, batch_size, patch_positions)
-            f, _ = _patch_forward(model, fills.contiguous(), pos, batch_size, patch_positions)
-            _check_horizon(q.shape[1], horizon_index)
-            drop = (q[:, horizon_index, target_class].double() - f[:, horizon_index, target_class].double()) / N_PATCHES
+            drop = _bag_occlusion(
+                model, _one_image(image, device), fill_hwc, target_class, horizon_index, batch_size, patch_positions
+            )
         else:
             x = _image_tensor(image, device)
             fill_t = torch.from_numpy(fill_hwc).to(device).permute(2, 0, 1)
@@ -252,6 +258,67 @@ def occlusion_importance(
     return drop.cpu().numpy().reshape(GRID, GRID)
 
 
+def _bag_occlusion(
+    model: nn.Module,
+    x: torch.Tensor,
+    fill_hwc: np.ndarray,
+    target_class: int,
+    horizon_index: int,
+    batch_size: int,
+    use_positions: bool,
+) -> torch.Tensor:
+    """Occlusion drops ``[256]`` of a bag model: a patch's embedding depends on that patch (and
+    its position) alone, so occluding patch k swaps row k of the cached embeddings for the fill's
+    embedding at position k; the pooling and the head then run on each occluded bag."""
+    device = x.device
+    patches = _to_patches(x)
+    pos = torch.arange(N_PATCHES, device=device) if use_positions else None
+    fills = torch.from_numpy(fill_hwc).to(device).permute(2, 0, 1).expand(N_PATCHES, 3, PATCH, PATCH).contiguous()
+    base, occluded = torch.zeros((), dtype=torch.float64, device=device), torch.zeros(N_PATCHES, dtype=torch.float64)
+    members = _bag_members(model)
+    chunk = max(1, batch_size // 4)
+    if members is None:  # a model we cannot look inside: one occluded bag per forward
+        bag_pos = None if pos is None else pos[None]
+        lg, _ = _logits(model, patches[None], bag_pos)
+        _check_horizon(lg.shape[1], horizon_index)
+        base = torch.softmax(lg[:, horizon_index], -1)[0, target_class].double().cpu()
+        for k in range(N_PATCHES):
+            bag = patches.clone()
+            bag[k] = fills[k]
+            lg, _ = _logits(model, bag[None], bag_pos)
+            occluded[k] = torch.softmax(lg[:, horizon_index], -1)[0, target_class].double().cpu()
+        return base - occluded
+    for m in members:
+        emb = m.backbone.forward_features(patches, pos)[0]  # [256, D]
+        femb = m.backbone.forward_features(fills, pos)[0]
+        feats, _ = m.backbone.mil_pool(emb[None])
+        logits, _ = m.heads(feats)
+        _check_horizon(logits.shape[1], horizon_index)
+        base += torch.softmax(logits[:, horizon_index].float(), -1)[0, target_class].double() / len(members)
+        for k0 in range(0, N_PATCHES, chunk):
+            ks = torch.arange(k0, min(k0 + chunk, N_PATCHES), device=device)
+            bag = emb.expand(len(ks), -1, -1).clone()
+            bag[torch.arange(len(ks), device=device), ks] = femb[ks]
+            lg, _ = m.heads(m.backbone.mil_pool(bag)[0])
+            p = torch.softmax(lg[:, horizon_index].float(), -1)[:, target_class].double()
+            occluded[k0 : k0 + len(ks)] += p.cpu() / len(members)
+    return base.cpu() - occluded
+
+
+def bag_attention_map(model: nn.Module, image: np.ndarray, *, patch_positions: bool = True) -> np.ndarray:
+    """``[16, 16]`` float64: the attention pooling's weight of each patch of one image (patch-mode
+    bag models; an ensemble's members averaged). Non-negative and summing to 1: where the model
+    looked, not whether the patch argued for or against the predicted class."""
+    device = _device(model)
+    with _eval_mode(model), torch.no_grad():
+        bags, pos = _bags(_one_image(image, device), patch_positions)
+        out = model(bags, patch_pos=pos)
+        if "patch_attention" not in out:
+            raise ValueError(f"{type(model).__name__} returned no patch_attention: not a bag model (mil_dim > 0)")
+        w = out["patch_attention"][0].double()
+    return w.cpu().numpy().reshape(GRID, GRID)
+
+
 # ---- gradients -------------------------------------------------------------------------------
 
 
@@ -267,28 +334,20 @@ def gradient_saliency(
 ) -> np.ndarray:
     """``[512, 512, 3]`` float64 HWC map of ``|d log p(target) / d pixel|``.
 
-    In patch mode ``p`` is the mean of the 256 patch probabilities, so
-    ``d log p / dx = (sum_k dq_k / dx) / (sum_k q_k)``; every patch depends only on its own
-    pixels, so the gradient is computed ``batch_size`` patches at a time with bounded memory.
-    Gradients are taken with ``torch.autograd.grad`` so the model's parameter ``.grad`` stay untouched.
+    In patch mode the gradient flows through the bag's attention pooling to every patch (one
+    graph over the 256 patches; ``batch_size`` is unused there). Gradients are taken with ``torch.autograd.grad`` so the model's parameter ``.grad`` stay untouched.
     """
     _check_mode(input_mode)
     device = _device(model)
     with _eval_mode(model), torch.enable_grad():
         if input_mode == "patch":
-            with torch.no_grad():
-                patches = _to_patches(_one_image(image, device))
-            pos = torch.arange(N_PATCHES, device=device)
-            grads, q_sum = torch.empty_like(patches), torch.zeros((), dtype=torch.float64, device=device)
-            for i in range(0, N_PATCHES, batch_size):
-                chunk = patches[i : i + batch_size].clone().requires_grad_(True)
-                logits, _ = _logits(model, chunk, pos[i : i + batch_size] if patch_positions else None)
-                _check_horizon(logits.shape[1], horizon_index)
-                q = torch.softmax(logits[:, horizon_index], dim=-1)[:, target_class]
-                (g,) = torch.autograd.grad(q.sum(), chunk)
-                grads[i : i + batch_size] = g
-                q_sum += q.detach().double().sum()
-            sal = _patches_to_hwc(grads).double() / q_sum
+            x = _one_image(image, device).requires_grad_(True)
+            bags, pos = _bags(x, patch_positions)
+            logits, _ = _logits(model, bags, pos)
+            _check_horizon(logits.shape[1], horizon_index)
+            logp = torch.log_softmax(logits[:, horizon_index], dim=-1)[0, target_class]
+            (g,) = torch.autograd.grad(logp, x)
+            sal = g[0].double()
         else:
             x = _image_tensor(image, device).requires_grad_(True)
             logits, _ = _logits(model, x, None)
@@ -312,8 +371,8 @@ def attention_rollout(model: nn.Module, image: np.ndarray, *, input_mode: str = 
     patch tokens' rows instead, since that is what its head sees.
 
     Raises ValueError for a non-ViT model (the CNN attends over 9 branch × section tokens, not
-    over patches) and for ``input_mode="patch"`` (each forward of a patch-mode model sees one
-    patch token, so there is no attention between patches to roll out).
+    over patches) and for ``input_mode="patch"`` (the patches are encoded one at a time, so there
+    is no attention between patches to roll out; :func:`bag_attention_map` shows the pooling's).
     """
     _check_mode(input_mode)
     backbone = model.backbone if isinstance(model, MultiTaskModel) else model
@@ -324,8 +383,9 @@ def attention_rollout(model: nn.Module, image: np.ndarray, *, input_mode: str = 
         )
     if input_mode == "patch":
         raise ValueError(
-            "attention rollout needs a model run on whole images: in patch mode each forward sees a "
-            "single patch token (plus CLS), so there is no attention between patches to roll out"
+            "attention rollout needs a model run on whole images: in patch mode each patch is encoded on "
+            "its own (one token plus CLS), so there is no attention between patches to roll out; "
+            "bag_attention_map gives the attention pooling's weights instead"
         )
     device = _device(model)
     with _eval_mode(model), torch.no_grad():
@@ -498,6 +558,7 @@ __all__ = [
     "HEATMAP_CANVAS",
     "INPUT_MODES",
     "aggregate_importance",
+    "bag_attention_map",
     "attention_rollout",
     "gradient_saliency",
     "image_outputs",

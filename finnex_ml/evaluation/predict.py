@@ -1,10 +1,9 @@
 """Image-level predictions of a trained model on a ``cnn_ready`` set file, with optional ablations.
 
-A patch-mode model classifies each of an image's 256 patches (with its grid position); the
-image's prediction is the mean of the 256 probability vectors and of the 256 return
-predictions, the same aggregation the trainer's image-level validation accuracy uses. Images
-are read one at a time from the set's virtual ``images`` array, so memory does not grow with
-the number of dates.
+A patch-mode model reads an image as the bag of its 256 patches (each with its grid position)
+and pools them with learned attention into one prediction per image, exactly as in training.
+Images are read one at a time from the set's virtual ``images`` array, so memory does not grow
+with the number of dates.
 """
 
 from __future__ import annotations

@@ -9,7 +9,11 @@ Data
 A dataset yields batches as dicts: ``"x"`` (float32 ``[b, H, W, 3]``, the stores' layout),
 the named targets (int64 class labels 0 Sell / 1 Hold / 2 Buy, float32 returns), ``"row"`` (the
 row in the file) and, for patch datasets built with ``patches_per_image``, ``"patch_pos"`` (the
-patch's index in its image's 16×16 grid, ``row % 256``). :class:`H5ArrayDataset` reads batches
+patch's index in its image's 16×16 grid, ``row % 256``). In ``input_mode="patch"`` the trainer
+reads such a dataset through :class:`BagDataset`: a sample is one image's bag of 256 patches
+(``"x"`` ``[b, 256, 32, 32, 3]``, ``"patch_pos"`` ``[b, 256]``, one label per image), which the
+model embeds patch by patch and pools with gated attention (multiple-instance learning, see
+``finnex_ml.models.GatedAttentionPool``). :class:`H5ArrayDataset` reads batches
 from HDF5 lazily (contiguous runs with ``read_direct``, never the whole dataset);
 :class:`ArrayDataset` is the in-memory equivalent. :class:`BlockBatchSampler` shuffles *runs* of
 consecutive rows rather than single rows, so a batch is a few contiguous reads instead of a
@@ -45,7 +49,15 @@ across epochs.
 
 from finnex_ml.geometry import BUY, CLASS_NAMES, HOLD, SELL
 from finnex_ml.training.config import TrainConfig, TrainResult
-from finnex_ml.training.data import ArrayDataset, BlockBatchSampler, H5ArrayDataset, PanelDataset, make_loader
+from finnex_ml.training.data import (
+    ArrayDataset,
+    BagDataset,
+    BlockBatchSampler,
+    H5ArrayDataset,
+    PanelDataset,
+    as_bags,
+    make_loader,
+)
 from finnex_ml.training.ensemble import EnsembleResult, train_ensemble
 from finnex_ml.training.trainer import confusion_matrix, load_checkpoint_model, train_model
 
@@ -55,6 +67,7 @@ __all__ = [
     "BUY",
     "CLASS_NAMES",
     "ArrayDataset",
+    "BagDataset",
     "BlockBatchSampler",
     "H5ArrayDataset",
     "PanelDataset",
@@ -63,6 +76,7 @@ __all__ = [
     "EnsembleResult",
     "confusion_matrix",
     "load_checkpoint_model",
+    "as_bags",
     "make_loader",
     "train_ensemble",
     "train_model",

@@ -10,9 +10,6 @@ import numpy as np
 from torch import nn
 
 from finnex_ml.errors import ConfigError
-from finnex_ml.training.data import (
-    PATCHES_PER_IMAGE,
-)
 
 # ============================================================================================
 # Config and result
@@ -28,7 +25,9 @@ class TrainConfig:
     model: str = "cnn"  # "cnn" (MultiScaleCNN) or "vit" (FinNeXViT)
     size: str = "small"  # "small" (CPU) or "full" (spec sizes, GPU)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"dim": 64}
-    input_mode: str = "image"  # "image" (x [n,512,512,3]) or "patch" (x [n*256,32,32,3])
+    # "image" (x [n,512,512,3]) or "patch" (x [n*256,32,32,3] read as bags of 256 patches per
+    # image: attention-pooled, one prediction per image; batch_size counts images either way)
+    input_mode: str = "image"
     horizons: tuple[int, ...] = (1,)
     class_targets: tuple[str, ...] = ("label_h1",)  # batch names of the class labels, one per horizon
     reg_targets: tuple[str, ...] | None = ("return_h1",)  # returns, one per horizon; None: classification only
@@ -52,10 +51,10 @@ class TrainConfig:
     huber_delta: float = 1.0  # in standard deviations when standardize_regression
     standardize_regression: bool = True  # fit mean/std of each return target on train
     use_patch_positions: bool = True  # pass "patch_pos" to the model when the batch has it
-    run_length: int | None = None  # rows per contiguous read; None: 1 for images, 16 for patches
+    run_length: int | None = None  # samples (images or bags) per contiguous read; None: 1
     # chunk-aware shuffling (BlockBatchSampler): runs are shuffled within windows of
-    # `shuffle_window` blocks of `shuffle_block` rows; None: 256 (one image's patches = one
-    # stored chunk) in patch mode, off (global shuffle) in image mode; 0: off
+    # `shuffle_window` blocks of `shuffle_block` samples; None or 0: off (global shuffle; a bag is
+    # already one image's whole stored chunk)
     shuffle_block: int | None = None
     shuffle_window: int = 8
     num_workers: int = 0  # DataLoader worker processes
@@ -86,13 +85,13 @@ class TrainConfig:
     def effective_run_length(self) -> int:
         if self.run_length is not None:
             return int(self.run_length)
-        return 1 if self.input_mode == "image" else 16
+        return 1
 
     @property
     def effective_shuffle_block(self) -> int | None:
         if self.shuffle_block is not None:
             return int(self.shuffle_block) or None
-        return None if self.input_mode == "image" else PATCHES_PER_IMAGE
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +115,6 @@ class TrainResult:
     val_predictions: dict[str, np.ndarray]  # of the best model; see evaluate()
     confusion_matrix: np.ndarray  # [3, 3] first horizon, rows true, columns predicted (Sell, Hold, Buy)
     confusion_matrices: dict[int, np.ndarray]  # per horizon
-    image_confusion_matrix: np.ndarray | None  # patch mode: after averaging patch probabilities per image
     reg_stats: dict[str, list[float]]  # {"mean": [...], "std": [...]} per horizon (train)
     class_weights: list[float]
     device: str

@@ -342,6 +342,91 @@ class PanelDataset(Dataset):
         return None
 
 
+class BagDataset(Dataset):
+    """Patch mode: each sample is the bag of one image's patches, read from a patch dataset
+    (:class:`H5ArrayDataset` or :class:`ArrayDataset` built with ``patches_per_image``).
+
+    A batch holds ``"x"`` ``[b, N, 32, 32, 3]``, ``"patch_pos"`` ``[b, N]``, the image's targets
+    (one value per bag: its patches carry the image's label) and ``"row"`` = the image id
+    (``first patch row // N``). The patch dataset's rows must be whole images, in order (what the
+    ``cnn_ready`` set files and their splits give); a bag is one contiguous read of N rows.
+    """
+
+    def __init__(self, patches: Any) -> None:
+        ppi = getattr(patches, "patches_per_image", None)
+        where = str(getattr(patches, "path", type(patches).__name__))
+        if not ppi:
+            raise ConfigError(
+                f"{where}: input_mode='patch' trains on bags of an image's patches; build the patch "
+                f"dataset with patches_per_image={PATCHES_PER_IMAGE}"
+            )
+        idx = np.asarray(patches.indices, dtype=np.int64)
+        n = idx.size // ppi
+        whole = idx.size % ppi == 0 and np.array_equal(
+            idx.reshape(n, ppi), (idx[::ppi] // ppi * ppi)[:, None] + np.arange(ppi)
+        )
+        if not whole:
+            raise ConfigError(
+                f"{where}: the patch rows are not whole images of {ppi} patches in grid order "
+                f"({idx.size} rows); select whole images (rows k*{ppi} .. k*{ppi}+{ppi - 1})"
+            )
+        self.patches, self.patches_per_image = patches, int(ppi)
+        self.images = idx[::ppi] // ppi  # image id of each bag
+        self.path = getattr(patches, "path", None)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.patches_per_image, *self.patches.sample_shape)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(self.patches.target_names)
+
+    def __len__(self) -> int:
+        return int(self.images.size)
+
+    def _per_image(self, name: str, values: np.ndarray, images: np.ndarray) -> np.ndarray:
+        per = values.reshape(len(images), self.patches_per_image, *values.shape[1:])
+        first = per[:, :1]
+        bad = ~np.all((per == first) | (np.isnan(per) & np.isnan(first)), axis=tuple(range(1, per.ndim)))
+        if bad.any():
+            raise DataInputError(
+                f"target {name!r} differs between the patches of image {int(images[bad][0])}: a bag needs "
+                "one label per image (were the patch rows shuffled?)",
+                file=str(self.path) if self.path else None,
+            )
+        return per[:, 0]
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        pos = np.asarray(positions, dtype=np.int64)
+        ppi = self.patches_per_image
+        rows = (pos[:, None] * ppi + np.arange(ppi)).reshape(-1)  # positions in the patch dataset
+        flat = self.patches.__getitems__(rows)
+        b = pos.size
+        batch = {"x": flat["x"].reshape(b, ppi, *flat["x"].shape[1:])}
+        for name in self.target_names:
+            batch[name] = torch.from_numpy(
+                np.ascontiguousarray(self._per_image(name, flat[name].numpy(), self.images[pos]))
+            )
+        batch["patch_pos"] = flat["patch_pos"].reshape(b, ppi)
+        batch["row"] = torch.from_numpy(self.images[pos].copy())
+        return batch
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([int(position)]).items()}
+
+    def target_array(self, name: str) -> np.ndarray:
+        return self._per_image(name, np.asarray(self.patches.target_array(name)), self.images)
+
+    def group_ids(self) -> np.ndarray | None:
+        return None
+
+
+def as_bags(dataset: Any) -> BagDataset:
+    """``dataset`` as bags of its images' patches (a :class:`BagDataset` is returned as it is)."""
+    return dataset if isinstance(dataset, BagDataset) else BagDataset(dataset)
+
+
 # ============================================================================================
 # Sampling and loading
 # ============================================================================================

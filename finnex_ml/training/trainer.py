@@ -21,6 +21,7 @@ from finnex_ml.errors import ConfigError
 from finnex_ml.losses import MultiTaskLoss
 from finnex_ml.models import (
     CLASS_NAMES,
+    MIL_DIM,
     NUM_CLASSES,
     PATCH_SIZE,
     SparseCellReadout,
@@ -36,6 +37,7 @@ from finnex_ml.training.config import (
 )
 from finnex_ml.training.data import (
     _ThreadPrefetcher,
+    as_bags,
     derive_seed,
     make_loader,
 )
@@ -202,7 +204,8 @@ class _Augment:
         if self.alpha > 0 and b > 1:
             lam = torch.from_numpy(self.rng.beta(self.alpha, self.alpha, size=b).astype(np.float32)).to(x.device)
             perm = torch.from_numpy(self.rng.permutation(b)).to(x.device)
-            x = lam.view(-1, 1, 1, 1) * x + (1 - lam).view(-1, 1, 1, 1) * x[perm]
+            lx = lam.view(-1, *([1] * (x.ndim - 1)))  # images [b, 3, H, W] or bags [b, N, 3, 32, 32]
+            x = lx * x + (1 - lx) * x[perm]
             y_soft = lam.view(-1, 1, 1) * y_soft + (1 - lam).view(-1, 1, 1) * y_soft[perm]
             if y_reg is not None:
                 y_reg = lam.view(-1, 1) * y_reg + (1 - lam).view(-1, 1) * y_reg[perm]
@@ -227,6 +230,9 @@ class _Run:
         model: nn.Module | None,
     ) -> None:
         self.cfg = cfg
+        if cfg.input_mode == "patch":
+            # multiple-instance learning: a sample is the bag of one image's patches
+            train_ds, val_ds = as_bags(train_ds), as_bags(val_ds)
         self.train_ds, self.val_ds = train_ds, val_ds
         self.ckpt_dir = Path(checkpoint_dir)
         dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -245,11 +251,17 @@ class _Run:
             raise ConfigError(f"class_weights needs {NUM_CLASSES} values, got {self.class_weights.numel()}")
 
         torch.manual_seed(cfg.seed)
+        overrides = dict(cfg.model_overrides)
+        if cfg.input_mode == "patch":
+            overrides.setdefault("mil_dim", MIL_DIM)  # the bag pooling (recorded in the model spec)
         self.model = (
-            model
-            if model is not None
-            else create_model(cfg.model, cfg.size, horizons=cfg.horizons, **cfg.model_overrides)
+            model if model is not None else create_model(cfg.model, cfg.size, horizons=cfg.horizons, **overrides)
         ).to(self.device)
+        if cfg.input_mode == "patch" and not getattr(getattr(self.model, "config", None), "mil_dim", 0):
+            raise ConfigError(
+                "input_mode='patch' trains on bags of patches: the model needs bag pooling "
+                "(config mil_dim > 0, e.g. model_overrides={'mil_dim': 128})"
+            )
         self.criterion = MultiTaskLoss(
             len(cfg.horizons),
             self.class_weights,
@@ -306,10 +318,11 @@ class _Run:
             if len(ds) == 0:
                 raise ConfigError(f"{label} dataset is empty")
             shape = tuple(ds.sample_shape)
-            if len(shape) != 3 or shape[2] != 3:
+            if cfg.input_mode == "patch":  # bags: [N, 32, 32, 3]
+                if shape[1:] != (PATCH_SIZE, PATCH_SIZE, 3):
+                    raise ConfigError(f"{label}: input_mode='patch' needs 32×32×3 patches, got {shape[1:]}")
+            elif len(shape) != 3 or shape[2] != 3:
                 raise ConfigError(f"{label}: samples must be [H, W, 3] (the stores' layout), got {shape}")
-            if cfg.input_mode == "patch" and shape[:2] != (PATCH_SIZE, PATCH_SIZE):
-                raise ConfigError(f"{label}: input_mode='patch' needs 32×32 samples, got {shape}")
             if cfg.input_mode == "image" and shape[:2] == (PATCH_SIZE, PATCH_SIZE):
                 raise ConfigError(f"{label}: 32×32 samples with input_mode='image'; use input_mode='patch'")
             needed = list(cfg.class_targets) + list(cfg.reg_targets or ())
@@ -345,8 +358,9 @@ class _Run:
         self, batch: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         nb = self.device.type == "cuda"
-        # [b, H, W, 3] -> [b, 3, H, W]: a channels-last view, no copy
-        x = batch["x"].to(self.device, non_blocking=nb).permute(0, 3, 1, 2)
+        # [b, H, W, 3] -> [b, 3, H, W] (bags: [b, N, 32, 32, 3] -> [b, N, 3, 32, 32]): a view, no copy
+        x = batch["x"].to(self.device, non_blocking=nb)
+        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.permute(0, 1, 4, 2, 3)
         y_cls = torch.stack([batch[n].reshape(-1) for n in self.cfg.class_targets], dim=1).to(self.device)
         y_reg = None
         if self.cfg.reg_targets is not None:
@@ -460,7 +474,6 @@ class _Run:
             mean, std = self.reg_mean.numpy(), self.reg_std.numpy()
             preds["reg_pred"] = rg.cpu().numpy() * std + mean
             preds["reg_target"] = yr.cpu().numpy() * std + mean
-        groups = _group_ids(self.val_ds) if cfg.input_mode == "patch" else None
         for j, h in enumerate(cfg.horizons):
             sfx = "" if j == 0 else f"_h{h}"
             cm = confusion_matrix(y_true[:, j], pred[:, j])
@@ -472,10 +485,6 @@ class _Run:
                 metrics[f"val_directional_accuracy{sfx}"] = float(
                     (np.sign(preds["reg_pred"][:, j]) == np.sign(preds["reg_target"][:, j])).mean()
                 )
-            if groups is not None:
-                # the val loader is sequential: predictions are in dataset order, like group_ids()
-                _, gp, gt = _aggregate_groups(groups, probs[:, j], y_true[:, j])
-                metrics[f"val_image_accuracy{sfx}"] = float((gp == gt).mean())
         return metrics, preds
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -554,24 +563,6 @@ def _norm(v: Any) -> Any:
     return v
 
 
-def _group_ids(ds: Any) -> np.ndarray | None:
-    fn = getattr(ds, "group_ids", None)
-    return fn() if callable(fn) else None
-
-
-def _aggregate_groups(
-    groups: np.ndarray, probs: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean class probabilities per group (image) -> (group ids, predicted class, label).
-
-    The 256 patches of an image share its label and are not independent samples, so the
-    image-level accuracy is the honest one to compare with image-mode models."""
-    uniq, first, inv = np.unique(groups, return_index=True, return_inverse=True)
-    summed = np.zeros((uniq.size, probs.shape[-1]))
-    np.add.at(summed, inv, probs)
-    return uniq, summed.argmax(-1), np.asarray(y)[first]
-
-
 def train_model(
     config: TrainConfig,
     train_data: Dataset,
@@ -644,11 +635,6 @@ def train_model(
         val_metrics, preds = run.evaluate()
 
     cms = {h: confusion_matrix(preds["class_target"][:, j], preds["pred"][:, j]) for j, h in enumerate(cfg.horizons)}
-    image_cm = None
-    groups = _group_ids(val_data) if cfg.input_mode == "patch" else None
-    if groups is not None:
-        _, gp, gt = _aggregate_groups(groups, preds["probs"][:, 0], preds["class_target"][:, 0])
-        image_cm = confusion_matrix(gt, gp)
     best_metrics = dict(best.get("metrics", {}))
     best_metrics.update(val_metrics)
     return TrainResult(
@@ -663,7 +649,6 @@ def train_model(
         val_predictions=preds,
         confusion_matrix=cms[cfg.horizons[0]],
         confusion_matrices=cms,
-        image_confusion_matrix=image_cm,
         reg_stats={"mean": run.reg_mean.tolist(), "std": run.reg_std.tolist()},
         class_weights=run.class_weights.tolist(),
         device=str(run.device),
