@@ -121,3 +121,42 @@ def test_data_source_resource_plants_the_control_from_config():
         DataSourceResource(kind="synthetic", planted_signal="level:2").source()
     with pytest.raises(ConfigError, match="needs the synthetic source"):
         DataSourceResource(kind="packaged", planted_signal="level:1").plant()
+
+
+def test_leak_verdicts_flag_skill_and_a_copied_return_but_not_noise():
+    """The script's leak column must be able to say FLAGGED: a predictor that is always right and a
+    feature that copies the next return are flagged; coin flips and noise features are not."""
+    import importlib.util
+    from datetime import timedelta
+    from pathlib import Path
+
+    from finnex_ml.positive_control import ControlData, ControlResult
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "positive_control.py"
+    spec = importlib.util.spec_from_file_location("positive_control_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    rng = np.random.default_rng(3)
+    n = 424
+    ret = 0.01 * rng.standard_normal(n)
+    y = np.digitize(ret, [-0.005, 0.005]).astype(np.int64)
+    feats = rng.standard_normal((n, 3))
+    names = ["noise_a", "noise_b", "noise_c"]
+    days = [date(2022, 1, 3) + timedelta(days=i) for i in range(n)]
+    test = split_dates(n, 1).test
+    coin = rng.integers(0, 3, test.size)
+
+    def verdicts(features: np.ndarray, model_pred: np.ndarray) -> dict:
+        data = ControlData(days, np.empty(0), y, ret, features, names, y, None, 1, None)
+        res = ControlResult("none", 0.0, 0, test.size, ("", ""), {}, {"model": model_pred, "logistic": coin}, y[test])
+        return script.leak_verdicts(data, res)
+
+    clean = verdicts(feats, coin)
+    assert clean["model"].startswith("no") and clean["logistic"].startswith("no")
+    assert clean["scan"].startswith("none")
+    leaky = feats.copy()
+    leaky[:, 1] = ret
+    flagged = verdicts(leaky, y[test])
+    assert flagged["model"].startswith("FLAGGED [1.00, 1.00]")
+    assert flagged["scan"].startswith("noise_b (+1.00)")
