@@ -421,7 +421,7 @@ class _Run:
         )
         return metrics
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions)
     def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Validation metrics and predictions (probabilities, classes, returns in original units)."""
         cfg = self.cfg
