@@ -87,15 +87,32 @@ def test_missing_source_still_reads_as_nan_and_raises(tmp_path: Path) -> None:
     assert ds._direct is None  # the gap sends every read through HDF5
 
 
-def test_a_source_truncated_after_opening_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_source_changed_or_removed_after_opening_is_a_clear_error(tmp_path: Path) -> None:
     path = per_date_set(tmp_path, images(6))
     ds = H5ArrayDataset(path, "images", KEYS)
-    ds.__getitems__([0])  # resolves the sources
+    ds.__getitems__([0])  # resolves the sources and their byte offsets
     src = tmp_path / "img" / "002.h5"
-    os.truncate(src, ds._direct[2][3] + 10)  # cut inside the image's bytes
-    with pytest.raises(DataInputError, match="truncated") as err:
+    os.truncate(src, ds._direct[2][3] + 10)  # cut inside the image's bytes: never read blindly
+    with pytest.raises(DataInputError, match="replaced after this dataset opened it") as err:
         ds.__getitems__([1, 2])
     assert err.value.file == str(src) and err.value.row == 2
+    os.remove(tmp_path / "img" / "003.h5")
+    with pytest.raises(DataInputError, match="is gone") as err:
+        ds.__getitems__([3])
+    assert err.value.row == 3
+
+
+def test_nan_in_a_directly_read_source_names_row_and_file_and_is_checked_once(tmp_path: Path) -> None:
+    x = images(6)
+    x[4, 1, 2, 0] = np.nan
+    ds = H5ArrayDataset(per_date_set(tmp_path, x), "images", KEYS)
+    with pytest.raises(DataInputError, match=r"rows \[4\]") as err:
+        ds.__getitems__([1, 4, 5])
+    assert err.value.file == str(tmp_path / "img" / "004.h5")
+    ds.__getitems__([1, 5])
+    assert ds._checked.tolist() == [False, True, False, False, False, True]  # 4 failed, 5 now read
+    unchecked = H5ArrayDataset(ds.path, "images", KEYS, check_finite=False)
+    assert np.isnan(unchecked.__getitems__([4])["x"].numpy()).sum() == 1  # what check_finite=False asks for
 
 
 def test_all_finite_sees_nan_and_inf_and_tolerates_an_overflowing_sum() -> None:

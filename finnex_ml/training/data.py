@@ -90,8 +90,13 @@ def _torch_dtype_for(dt: np.dtype) -> np.dtype:
     return np.dtype(np.int64) if np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.bool_) else np.dtype(np.float32)
 
 
-# A run of rows stored as raw bytes: (first row, end row, file, byte offset of the first row)
-_DirectRun = tuple[int, int, str, int]
+# A run of rows stored as raw bytes: (first row, end row, file, byte offset of the first row, and
+# the file's (inode, mtime, size) when the offset was read: a replaced file is not read blindly)
+_DirectRun = tuple[int, int, str, int, tuple[int, int, int]]
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _raw_offset(ds: h5py.Dataset, dtype: np.dtype) -> int | None:
@@ -115,7 +120,7 @@ def _direct_runs(f: h5py.File, path: Path, key: str) -> list[_DirectRun] | None:
         return None
     if not ds.is_virtual:
         off = _raw_offset(ds, dtype)
-        return None if off is None else [(0, int(ds.shape[0]), str(path), off)]
+        return None if off is None else [(0, int(ds.shape[0]), str(path), off, _file_id(os.stat(path)))]
     runs: list[_DirectRun] = []
     row_points = int(np.prod(ds.shape[1:], dtype=np.int64))
     for m in ds.virtual_sources():
@@ -131,6 +136,7 @@ def _direct_runs(f: h5py.File, path: Path, key: str) -> list[_DirectRun] | None:
         if not src.is_file():
             return None
         try:
+            ident = _file_id(os.stat(src))
             with h5py.File(src, "r") as sf:
                 sd = sf.get(m.dset_name)
                 if not isinstance(sd, h5py.Dataset) or sd.size != (end - first) * row_points:
@@ -140,10 +146,10 @@ def _direct_runs(f: h5py.File, path: Path, key: str) -> list[_DirectRun] | None:
             return None
         if off is None:
             return None
-        runs.append((first, end, str(src), off))
+        runs.append((first, end, str(src), off, ident))
     runs.sort()
     covered = 0
-    for first, end, _, _ in runs:
+    for first, end, *_ in runs:
         if first != covered:
             return None  # a gap (fill value) or an overlap
         covered = end
@@ -223,6 +229,9 @@ class H5ArrayDataset(Dataset):
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._direct: list[_DirectRun] | None = None  # resolved per process with the handle
+        # direct reads check each row for NaN/inf once (its file cannot change unnoticed, see
+        # _DirectRun): re-checking 100 MB of pixels every batch cost as much CPU as reading them
+        self._checked: np.ndarray | None = None  # per row of the file
         self.rows_read = 0
         self.read_calls = 0
         self.direct_reads = 0  # preadv calls (a subset of read_calls)
@@ -234,6 +243,7 @@ class H5ArrayDataset(Dataset):
             self._file = h5py.File(self.path, "r", rdcc_nbytes=self.rdcc_nbytes, rdcc_nslots=10007)
             self._pid = os.getpid()
             self._direct = _direct_runs(self._file, self.path, self.x_key)
+            self._checked = np.zeros(self.n_rows, dtype=bool)
         return self._file
 
     def close(self) -> None:
@@ -246,6 +256,7 @@ class H5ArrayDataset(Dataset):
         state["_file"] = None
         state["_pid"] = None
         state["_direct"] = None
+        state["_checked"] = None
         return state
 
     def __del__(self) -> None:  # pragma: no cover - best effort
@@ -294,15 +305,31 @@ class H5ArrayDataset(Dataset):
         i = bisect.bisect_right(runs, (a, np.iinfo(np.int64).max)) - 1  # the run holding row a
         done = 0
         while a < b:
-            first, end, file, offset = runs[i]
+            first, end, file, offset, ident = runs[i]
             stop = min(b, end)
             want = (stop - a) * row_bytes
-            # opened per read: a set may span thousands of files, and a replaced file is re-read
-            fd = os.open(file, os.O_RDONLY)
+            # opened per read: a set may span more files than a process may hold open
             try:
+                fd = os.open(file, os.O_RDONLY)
+            except FileNotFoundError as exc:
+                raise DataInputError(
+                    f"source of rows {a}..{stop - 1} of {self.x_key!r} is gone; re-materialise it or rebuild "
+                    f"{self.path.name}",
+                    file=file,
+                    row=int(a),
+                ) from exc
+            try:
+                st = os.fstat(fd)
                 got = os.preadv(fd, [buf[done : done + want]], offset + (a - first) * row_bytes)
             finally:
                 os.close(fd)
+            if _file_id(st) != ident:
+                raise DataInputError(
+                    f"rows {a}..{stop - 1} of {self.x_key!r}: the file was replaced after this dataset opened it; "
+                    "open the set again (a new dataset, or restart training)",
+                    file=file,
+                    row=int(a),
+                )
             if got != want:
                 raise DataInputError(
                     f"read {got} of {want} bytes of rows {a}..{stop - 1} of {self.x_key!r} "
@@ -311,13 +338,33 @@ class H5ArrayDataset(Dataset):
                     row=int(a),
                 )
             self.direct_reads += 1
+            if self.check_finite:
+                self._check_rows(file, a, stop, out, done)
             done += want
             a, i = stop, i + 1
+
+    def _check_rows(self, file: str, a: int, stop: int, out: np.ndarray, at: int) -> None:
+        """Rows ``[a, stop)``, just read to byte ``at`` of ``out``: NaN/inf is an error naming them;
+        rows checked before are skipped."""
+        assert self._checked is not None
+        if self._checked[a:stop].all():
+            return
+        k = at // (out.itemsize * int(np.prod(out.shape[1:], dtype=np.int64)))
+        part = out[k : k + (stop - a)]
+        if not _all_finite(part):
+            bad = a + np.flatnonzero(~np.isfinite(part.reshape(len(part), -1)).all(axis=1))
+            raise DataInputError(
+                f"non-finite pixels in rows {bad[:10].tolist()} of {self.x_key!r} (a damaged source file?)",
+                file=file,
+                row=int(bad[0]),
+            )
+        self._checked[a:stop] = True
 
     def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         x = self._read_rows(self.x_key, rows, self._sample_shape, self._x_dtype)
-        if self.check_finite and not _all_finite(x):
+        # direct reads were checked per source file in _read_direct
+        if self.check_finite and self._direct is None and not _all_finite(x):
             # the cnn_ready virtual datasets read a missing source file as NaN (their fill value)
             bad = rows[~np.isfinite(x.reshape(len(rows), -1)).all(axis=1)]
             raise DataInputError(
