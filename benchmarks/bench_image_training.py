@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the training assets' default)")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="passes per case, round-robin; the fastest is kept")
     ap.add_argument("--rows", type=int, default=256, help="rows of the set (the distinct images, repeated)")
     ap.add_argument("--steps", type=int, default=5, help="steps timed for the breakdown")
     ap.add_argument("--start", default="2023-04-01", help="first image date")
