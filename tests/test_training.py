@@ -282,6 +282,7 @@ def test_cnn_learns_a_planted_pattern_from_hdf5_patches(tmp_path: Path) -> None:
         "lr",
         "samples_per_s",
         "data_wait_share",
+        "cpu_seconds",
         "val_image_accuracy",
     ):
         assert key in seen[-1][1], key
