@@ -198,8 +198,8 @@ def main() -> None:
                 per_cpu = m["samples_per_s"] * m["epoch_seconds"] / max(m["cpu_seconds"], 1e-9)
                 cpu[label] = max(cpu.get(label, 0.0), per_cpu)
         base = best[cases[0][0]][0]
-        # images per CPU-second does not depend on how much of the machine the run got: on a
-        # loaded machine it is the steadier comparison of what each source costs
+        # images per CPU-second: what each source costs, less moved than wall time by how much of
+        # the machine a pass got (contention still inflates CPU time: compare runs with care)
         cbase = cpu[cases[0][0]]
         print(
             f"{'case':46s} {'images/s':>10s} {'data wait':>10s} {'vs baseline':>12s} {'img/CPU-s':>10s} {'vs base':>8s}"

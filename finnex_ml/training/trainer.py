@@ -418,8 +418,8 @@ class _Run:
             epoch_seconds=elapsed,
             samples_per_s=n_seen / elapsed if elapsed > 0 else float("nan"),
             data_wait_share=wait / elapsed if elapsed > 0 else float("nan"),
-            # CPU seconds of the whole process (all threads, read-ahead included): unlike the
-            # wall time, the cost of an epoch does not depend on what else the machine runs
+            # CPU seconds of the whole process (all threads, read-ahead included): the epoch's cost,
+            # less moved than wall time by what else the machine runs
             cpu_seconds=cpu,
         )
         return metrics
