@@ -147,7 +147,8 @@ def _announce_budget(name: str, mode: str, image_root: Path, n_train: int, n_val
 
     b = budget.budget(name, mode)
     per_image = budget.seconds_per_image(read_spec(image_root))
-    print(budget.training_cost(b, n_train, n_val, per_image).describe(n_train, n_val, b))
+    read = budget.read_seconds_per_image(image_root)
+    print(budget.training_cost(b, n_train, n_val, per_image, read).describe(n_train, n_val, b))
     return budget.run_config(b, mode)
 
 
@@ -210,7 +211,8 @@ def _announce_walk_forward(name: str, samples, datasets_root: Path, image_root: 
     count = lambda ds: int(per_date.filter(pl.col("date").is_in(ds))["len"].sum())  # noqa: E731
     sizes = [(count(f.fit), count(f.val), count(f.test)) for f in folds]
     per_image = budget.seconds_per_image(read_spec(image_root))
-    print(budget.walk_forward_cost(b, sizes, per_image).describe(b))
+    read = budget.read_seconds_per_image(image_root)
+    print(budget.walk_forward_cost(b, sizes, per_image, read).describe(b))
 
 
 FILES_EXAMPLE = ("2021-01-04", 1070)  # first session, sessions: 307 of lookback + three years of images

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -111,20 +112,57 @@ def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32
     return (time.perf_counter() - t0) / (steps * batch_size)
 
 
+def read_seconds_per_image(image_root: str | Path, max_files: int = 4) -> float:
+    """Measured wall seconds to read one stored image: every image array (``[..., H, W, 3]``
+    floats) of up to ``max_files`` image files under ``image_root`` (the per-date mega-images, or
+    the universe's cross-section files), read through HDF5 as a whole. 0.0 when there is none.
+
+    Files just written come from the page cache: a cold disk reads slower. The trainer's read
+    of an uncompressed image is faster than HDF5's (``H5ArrayDataset`` reads it raw), so this
+    errs on the high side, as a budget should."""
+    import h5py
+    import numpy as np
+
+    def image_arrays(f: h5py.File) -> list[h5py.Dataset]:
+        found: list[h5py.Dataset] = []
+
+        def visit(_: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.ndim >= 3 and obj.shape[-1] == 3:
+                if min(obj.shape[-3:-1]) >= 32 and np.issubdtype(obj.dtype, np.floating):
+                    found.append(obj)
+
+        f.visititems(visit)
+        return found
+
+    files = sorted(p for p in Path(image_root).rglob("*.h5") if not p.name.startswith("."))[:max_files]
+    seconds, images = 0.0, 0
+    for path in files:
+        t0 = time.perf_counter()
+        with h5py.File(path, "r") as f:
+            for ds in image_arrays(f):
+                ds[...]
+                images += int(np.prod(ds.shape[:-3], dtype=np.int64))
+        seconds += time.perf_counter() - t0
+    return seconds / images if images else 0.0
+
+
 @dataclass(frozen=True)
 class TrainingCost:
     budget: str
     passes: int  # image passes at most: epochs x seeds x (train + val images)
-    seconds: float  # at most, at the measured rate
-    per_image: float
+    seconds: float  # at most, at the measured rates: compute plus reading
+    per_image: float  # compute seconds per training image
+    read_per_image: float = 0.0  # seconds to read one stored image (every pass reads its image)
 
     def describe(self, n_train: int, n_val: int, b: Budget) -> str:
         minutes = self.seconds / 60
         return (
             f"budget {self.budget}: up to {b.epochs} epochs x {len(b.seeds)} seed(s) over {n_train:,} training "
             f"and {n_val:,} validation images = {self.passes:,} image passes; measured {self.per_image * 1000:.0f} ms "
-            f"of compute per training image here, so ~{minutes:.1f} min of compute if every epoch runs (early "
-            f"stopping can end sooner; reading the images and other load on the machine add to it); evaluation: "
+            f"of compute per training image and {self.read_per_image * 1000:.1f} ms to read an image here, so "
+            f"~{minutes:.1f} min of compute and reading if every epoch runs (early stopping can end sooner; the "
+            f"read-ahead thread overlaps reads with compute when a core is free, other load on the machine adds "
+            f"to it); evaluation: "
             f"{b.n_boot:,} bootstrap resamples, {b.n_permutations:,} permutations"
             + (
                 f"; the pooled walk-forward retrains the network per fold with the same epochs and seeds (a fold "
@@ -155,24 +193,28 @@ class WalkForwardCost:
         return (
             f"walk-forward: {self.folds} yearly folds, up to {b.walk_forward_epochs} epoch(s) x {len(b.seeds)} seed(s) "
             f"over {self.fit_images:,} fitted and {self.val_images:,} inner-validation images in all, then "
-            f"{self.test_images:,} test images predicted = ~{self.seconds / 60:.1f} min of compute at the measured "
-            f"rate (finished folds are cached: a re-run skips them)"
+            f"{self.test_images:,} test images predicted = ~{self.seconds / 60:.1f} min of compute and reading at "
+            f"the measured rates (finished folds are cached: a re-run skips them)"
         )
 
 
-def walk_forward_cost(b: Budget, folds: list[tuple[int, int, int]], per_image: float) -> WalkForwardCost:
+def walk_forward_cost(
+    b: Budget, folds: list[tuple[int, int, int]], per_image: float, read_per_image: float = 0.0
+) -> WalkForwardCost:
     """Upper bound for ``folds`` of (fitted, validation, test) images: every epoch of every seed
     trains the fitted images and validates; each seed predicts validation and test once more.
     A forward pass is counted as half a training pass: measured 4.7 against 8.8 ms per image for
-    the CNN on this machine (one thread), where the test block's forward passes dominate."""
+    the CNN on this machine (one thread), where the test block's forward passes dominate. Every
+    pass also reads its image (``read_per_image``, see :func:`read_seconds_per_image`)."""
     fit, val, test = (sum(f[i] for f in folds) for i in range(3))
     passes = b.walk_forward_epochs * len(b.seeds) * (fit + val / 2) + len(b.seeds) * (val + test) / 2
-    return WalkForwardCost(len(folds), fit, val, test, passes * per_image, per_image)
+    reads = b.walk_forward_epochs * len(b.seeds) * (fit + val) + len(b.seeds) * (val + test)
+    return WalkForwardCost(len(folds), fit, val, test, passes * per_image + reads * read_per_image, per_image)
 
 
-def training_cost(b: Budget, n_train: int, n_val: int, per_image: float) -> TrainingCost:
+def training_cost(b: Budget, n_train: int, n_val: int, per_image: float, read_per_image: float = 0.0) -> TrainingCost:
     """An upper bound: every epoch of every seed runs; a validation pass costs about a third of
-    a training pass (forward only)."""
+    a training pass (forward only); every pass, training or validation, reads its image."""
     passes = b.epochs * len(b.seeds) * (n_train + n_val)
-    seconds = b.epochs * len(b.seeds) * (n_train + n_val / 3) * per_image
-    return TrainingCost(b.name, passes, seconds, per_image)
+    seconds = b.epochs * len(b.seeds) * (n_train + n_val / 3) * per_image + passes * read_per_image
+    return TrainingCost(b.name, passes, seconds, per_image, read_per_image)

@@ -227,18 +227,35 @@ class LayoutCells(nn.Module):
         index = {f: i for i, f in enumerate(features)}
         sections = [s["name"] for s in layout["sections"]]
         self.sessions, self.n_features = L, len(features)
-        self.tiles: list[tuple[int, int, int, int, int, int]] = []  # channel, rows, used cols, tile
+        # channel, rows, used cols, tile, and the column pooling that serves it (None: strided mean)
+        self.tiles: list[tuple[int, int, int, int, int, int, int | None]] = []
         order, section_of = [], [0] * len(features)
-        for k, t in enumerate(layout["tiles"]):
-            if not t["features"]:
-                continue
+        used = [(k, t) for k, t in enumerate(layout["tiles"]) if t["features"]]
+
+        def pattern(t: Mapping[str, Any]) -> tuple[int, int]:
+            # how a tile's sessions sit on the column grid: (px per session, phase)
+            u0, c1 = t["used_cols"]
+            px = (c1 - u0) // L
+            return px, (-u0) % px
+
+        pixels: dict[tuple[int, int], int] = {}
+        for _, t in used:
+            rows = t["row_bands"][-1][1] - t["row_bands"][0][0]
+            pixels[pattern(t)] = pixels.get(pattern(t), 0) + rows * (t["used_cols"][1] - t["used_cols"][0])
+        height, width, channels = (int(v) for v in layout.get("shape", (IMAGE_SIZE, IMAGE_SIZE, 3)))
+        # a column pooling passes over every value of the image (all rows and channels) about 4x
+        # faster per value than the strided mean: worth it for patterns holding a quarter of the
+        # values or more (the 9-px sessions of the default layout; its 3-px tiles stay strided)
+        self.col_pools = [k for k, n in sorted(pixels.items()) if 4 * n >= height * width * channels]
+        for k, t in used:
             r0, r1 = t["row_bands"][0][0], t["row_bands"][-1][1]
             u0, c1 = t["used_cols"]
             pool = torch.zeros(len(t["features"]), r1 - r0)
             for i, (a, b) in enumerate(t["row_bands"]):
                 pool[i, a - r0 : b - r0] = 1.0 / (b - a)
             self.register_buffer(f"rows_{k}", pool, persistent=False)
-            self.tiles.append((int(t["channel"]), r0, r1, u0, c1, k))
+            g = self.col_pools.index(pattern(t)) if pattern(t) in self.col_pools else None
+            self.tiles.append((int(t["channel"]), r0, r1, u0, c1, k, g))
             for f in t["features"]:
                 order.append(index[f])
                 section_of[index[f]] = sections.index(t["section"])
@@ -246,12 +263,30 @@ class LayoutCells(nn.Module):
         self.register_buffer("to_spec_order", torch.argsort(torch.tensor(order)), persistent=False)
         self.register_buffer("feature_sections", torch.tensor(section_of, dtype=torch.long), persistent=False)
 
+    def _column_means(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per column pattern ``(px, phase)``: the mean of each run of ``px`` columns of every row and
+        channel, as one depthwise (1 x px) convolution with stride px. Why: on the stored NHWC
+        batch (a channels-last view) this is one vectorised pass, where a strided ``mean`` over
+        px columns 3 floats apart ran ~4x slower per value (measured at batch 32, one thread).
+        Same means up to float rounding (~5e-7 on [0, 1] pixels)."""
+        out = []
+        for px, phase in self.col_pools:
+            w = torch.full((x.shape[1], 1, 1, px), 1.0 / px, dtype=x.dtype, device=x.device)
+            out.append(F.conv2d(x, w, stride=(1, px), padding=(0, phase), groups=x.shape[1]))
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, L = x.shape[0], self.sessions
+        pooled = self._column_means(x)
         out = []
-        for ch, r0, r1, u0, c1, k in self.tiles:
-            block = x[:, ch, r0:r1, u0:c1]  # [B, rows, L * px]
-            cols = block.reshape(b, r1 - r0, L, (c1 - u0) // L).mean(-1)  # [B, rows, L]
+        for ch, r0, r1, u0, c1, k, g in self.tiles:
+            if g is None:
+                block = x[:, ch, r0:r1, u0:c1]  # [B, rows, L * px]
+                cols = block.reshape(b, r1 - r0, L, (c1 - u0) // L).mean(-1)  # [B, rows, L]
+            else:
+                px, phase = self.col_pools[g]
+                first = (u0 + phase) // px  # the output column whose window starts at u0
+                cols = pooled[g][:, ch, r0:r1, first : first + L]
             out.append(torch.matmul(getattr(self, f"rows_{k}"), cols))  # [B, n_tile, L]
         return torch.cat(out, dim=1).index_select(1, self.to_spec_order)
 

@@ -60,7 +60,12 @@ def test_training_cost_is_passes_times_the_measured_rate(synthetic_2024):
     assert cost.seconds == pytest.approx(5 * (600 + 100) * 0.02)
     text = cost.describe(600, 300, b)
     assert "up to 5 epochs x 1 seed(s) over 600 training and 300 validation images = 4,500 image passes" in text
-    assert "20 ms of compute per training image" in text and "~1.2 min of compute if every epoch runs" in text
+    assert "20 ms of compute per training image and 0.0 ms to read an image" in text
+    assert "~1.2 min of compute and reading if every epoch runs" in text
+    # every pass (training or validation) also reads its image: 4,500 reads at 4 ms add 18 s
+    read = budget.training_cost(b, n_train=600, n_val=300, per_image=0.02, read_per_image=0.004)
+    assert read.seconds == pytest.approx(5 * (600 + 100) * 0.02 + 4500 * 0.004)
+    assert "4.0 ms to read an image" in read.describe(600, 300, b) and "~1.5 min" in read.describe(600, 300, b)
     assert "permuted-label" not in text  # single-stock evaluation work, not universe mode's
     single = budget.budget("standard", "single")
     assert "permuted-label control trains 2 network(s) for 4 epoch(s)" in cost.describe(600, 300, single)
@@ -75,3 +80,26 @@ def test_walk_forward_cost_is_passes_times_the_measured_rate():
     assert (cost.folds, cost.fit_images, cost.val_images, cost.test_images) == (2, 2000, 600, 10000)
     assert cost.seconds == pytest.approx((1 * (2000 + 600 / 2) + (600 + 10000) / 2) * 0.01)
     assert "2 yearly folds" in cost.describe(b) and "~1.3 min" in cost.describe(b)
+    read = budget.walk_forward_cost(b, [(1000, 300, 5000), (1000, 300, 5000)], per_image=0.01, read_per_image=0.002)
+    # reads: 1 epoch x (2000 fitted + 600 validation) + one more pass over validation and test
+    assert read.seconds == pytest.approx(cost.seconds + (2600 + 10600) * 0.002)
+
+
+def test_read_cost_is_measured_on_the_stored_image_arrays_only(tmp_path):
+    import h5py
+    import numpy as np
+
+    assert budget.read_seconds_per_image(tmp_path) == 0.0  # nothing stored yet
+    folder = tmp_path / "2024" / "01"
+    folder.mkdir(parents=True)
+    with h5py.File(folder / "2024-01-02.h5", "w") as f:
+        f.create_dataset("missing", data=np.zeros((64, 3), bool))  # not an image
+        f.create_dataset("norm_center", data=np.zeros((64, 64, 3), np.int32))  # not float pixels
+    with h5py.File(folder / ".2024-01-03.h5.x.tmp.h5", "w") as f:  # a temp file: skipped
+        f.create_dataset("image", data=np.zeros((64, 64, 3), np.float32))
+    assert budget.read_seconds_per_image(tmp_path) == 0.0  # no image array read, none counted
+    for name, shape in (("2024-01-04.h5", (64, 64, 3)), ("2024-01-05.h5", (3, 64, 64, 3))):
+        with h5py.File(folder / name, "w") as f:  # a per-date image, a cross-section of 3 images
+            f.create_dataset("image", data=np.zeros(shape, np.float32))
+    per_image = budget.read_seconds_per_image(tmp_path)
+    assert math.isfinite(per_image) and per_image > 0

@@ -306,6 +306,7 @@ def test_cnn_learns_a_planted_patch_from_hdf5_bags(tmp_path: Path) -> None:
         "lr",
         "samples_per_s",
         "data_wait_share",
+        "cpu_seconds",
     ):
         assert key in seen[-1][1], key
     assert res.confusion_matrix.shape == (3, 3) and res.confusion_matrix.sum() == 48  # one row per image

@@ -43,7 +43,11 @@ class TrainingConfig(dg.Config):
     )
     class_weighted: bool = Field(default=False, description="Weight cross-entropy by inverse train class shares.")
     resume: bool = Field(default=True, description="Continue each member from its last checkpoint if one exists.")
-    num_threads: int = Field(default=2, description="torch CPU threads.")
+    num_threads: int = Field(
+        default=1,
+        description="torch CPU threads. 1 leaves the second of 2 cores to the read-ahead thread; on a shared "
+        "2-core machine 2 threads ran a step ~25x slower than 1 (OpenMP threads wait on each other).",
+    )
 
 
 def _datasets(ready: CnnReadyStore, cfg: TrainingConfig) -> tuple[H5ArrayDataset, H5ArrayDataset]:

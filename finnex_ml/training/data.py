@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import queue
@@ -63,9 +64,96 @@ def _runs(sorted_unique: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(sorted_unique[s]), int(sorted_unique[e - 1]) + 1, int(s)) for s, e in zip(starts, ends)]
 
 
+def _all_finite(x: np.ndarray) -> bool:
+    """True when ``x`` has no NaN/inf. One summing pass and no boolean temporary (about half the
+    time of ``np.isfinite(x).all()`` on a 100 MB batch, measured): a NaN or inf anywhere makes the sum
+    non-finite; only a sum that overflows from finite values needs the element-wise check."""
+    if x.size == 0 or not np.issubdtype(x.dtype, np.floating):
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(x, axis=None)):
+            return True
+    return bool(np.isfinite(x).all())
+
+
+def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised tensor in numpy-allocated memory. Why: numpy asks the kernel for huge pages
+    on large buffers (``madvise``), torch's CPU allocator does not, so a fresh 100 MB torch tensor
+    (one batch of 32 mega-images) pays ~25,000 page faults when first written: measured 190 ms
+    against 11 ms for the same copy into a numpy buffer."""
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    return torch.from_numpy(np.empty(shape, dtype=np_dtype))
+
+
 def _torch_dtype_for(dt: np.dtype) -> np.dtype:
     # labels become int64 (what CE wants), everything else float32
     return np.dtype(np.int64) if np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.bool_) else np.dtype(np.float32)
+
+
+# A run of rows stored as raw bytes: (first row, end row, file, byte offset of the first row, and
+# the file's (inode, mtime, size) when the offset was read: a replaced file is not read blindly)
+_DirectRun = tuple[int, int, str, int, tuple[int, int, int]]
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _raw_offset(ds: h5py.Dataset, dtype: np.dtype) -> int | None:
+    """Byte offset of ``ds``'s data in its file when it is contiguous, unfiltered, allocated and
+    stored as ``dtype`` (native byte order); else None."""
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters() or ds.dtype != dtype:
+        return None  # ('>f4' != '=f4' on this little-endian machine: byte-swapped data goes through HDF5)
+    off = ds.id.get_offset()
+    return None if off is None else int(off)
+
+
+def _direct_runs(f: h5py.File, path: Path, key: str) -> list[_DirectRun] | None:
+    """Where every row of ``f[key]`` lies as raw bytes: one run per contiguous unfiltered dataset
+    (the array itself, or each source of a virtual array, e.g. the per-date image files behind a
+    ``cnn_ready`` set). None when any part is chunked, filtered, missing or not a whole-row
+    mapping: the caller then reads through HDF5 (which also turns a missing source into NaN)."""
+    ds = f[key]
+    dtype = np.dtype(ds.dtype).newbyteorder("=")
+    if not np.issubdtype(dtype, np.floating):
+        return None
+    if not ds.is_virtual:
+        off = _raw_offset(ds, dtype)
+        return None if off is None else [(0, int(ds.shape[0]), str(path), off, _file_id(os.stat(path)))]
+    runs: list[_DirectRun] = []
+    row_points = int(np.prod(ds.shape[1:], dtype=np.int64))
+    for m in ds.virtual_sources():
+        if m.src_space.get_select_type() != h5py.h5s.SEL_ALL:
+            return None
+        lo, hi = m.vspace.get_select_bounds()
+        if any(lo[1:]) or tuple(h + 1 for h in hi[1:]) != tuple(ds.shape[1:]):
+            return None  # not whole rows
+        first, end = int(lo[0]), int(hi[0]) + 1
+        if m.vspace.get_select_npoints() != (end - first) * row_points:
+            return None
+        src = (path.parent / m.file_name) if m.file_name != "." else path
+        if not src.is_file():
+            return None
+        try:
+            ident = _file_id(os.stat(src))
+            with h5py.File(src, "r") as sf:
+                sd = sf.get(m.dset_name)
+                if not isinstance(sd, h5py.Dataset) or sd.size != (end - first) * row_points:
+                    return None
+                off = _raw_offset(sd, dtype)
+        except OSError:  # not readable as HDF5: HDF5's own read reports it (as NaN fill)
+            return None
+        if off is None:
+            return None
+        runs.append((first, end, str(src), off, ident))
+    runs.sort()
+    covered = 0
+    for first, end, *_ in runs:
+        if first != covered:
+            return None  # a gap (fill value) or an overlap
+        covered = end
+    return runs if covered == ds.shape[0] else None
 
 
 class H5ArrayDataset(Dataset):
@@ -90,6 +178,12 @@ class H5ArrayDataset(Dataset):
     process actually read. ``rdcc_nbytes`` sizes HDF5's chunk cache (default 1 MiB in HDF5,
     smaller than one compressed 256-patch chunk, which would then be decompressed again for every
     run inside it).
+
+    Inputs stored contiguous and unfiltered (a plain array, or the uncompressed per-date image
+    files behind a ``cnn_ready`` virtual set) are read with ``os.preadv`` straight into the batch
+    (``direct_reads`` counts them): HDF5's virtual-dataset and hyperslab machinery cost 3-5x a
+    plain copy per 3 MB image here. Chunked or compressed stores, and sets with a missing source
+    file, go through HDF5 as before. Either way the bytes are the same.
     """
 
     def __init__(
@@ -134,8 +228,13 @@ class H5ArrayDataset(Dataset):
         self.indices = _as_indices(indices, self.n_rows, str(self.path))
         self._file: h5py.File | None = None
         self._pid: int | None = None
+        self._direct: list[_DirectRun] | None = None  # resolved per process with the handle
+        # direct reads check each row for NaN/inf once (its file cannot change unnoticed, see
+        # _DirectRun): re-checking 100 MB of pixels every batch cost as much CPU as reading them
+        self._checked: np.ndarray | None = None  # per row of the file
         self.rows_read = 0
         self.read_calls = 0
+        self.direct_reads = 0  # preadv calls (a subset of read_calls)
 
     # --- file handle ------------------------------------------------------------------------
     def _h5(self) -> h5py.File:
@@ -143,6 +242,8 @@ class H5ArrayDataset(Dataset):
             # a handle inherited through fork is not safe to use: open our own
             self._file = h5py.File(self.path, "r", rdcc_nbytes=self.rdcc_nbytes, rdcc_nslots=10007)
             self._pid = os.getpid()
+            self._direct = _direct_runs(self._file, self.path, self.x_key)
+            self._checked = np.zeros(self.n_rows, dtype=bool)
         return self._file
 
     def close(self) -> None:
@@ -154,6 +255,8 @@ class H5ArrayDataset(Dataset):
         state = self.__dict__.copy()
         state["_file"] = None
         state["_pid"] = None
+        state["_direct"] = None
+        state["_checked"] = None
         return state
 
     def __del__(self) -> None:  # pragma: no cover - best effort
@@ -179,8 +282,11 @@ class H5ArrayDataset(Dataset):
         dtype = _torch_dtype_for(src_dtype)
         out = np.empty((uniq.size, *item_shape), dtype=dtype)
         ds = self._h5()[key]
+        direct = self._direct if key == self.x_key and src_dtype == dtype else None
         for a, b, o in _runs(uniq):
-            if src_dtype == dtype:
+            if direct is not None:
+                self._read_direct(direct, a, b, out[o : o + (b - a)])
+            elif src_dtype == dtype:
                 ds.read_direct(out, np.s_[a:b], np.s_[o : o + (b - a)])  # no intermediate copy
             else:
                 out[o : o + (b - a)] = ds[a:b]
@@ -191,10 +297,74 @@ class H5ArrayDataset(Dataset):
             return out
         return out[inverse]
 
+    def _read_direct(self, runs: list[_DirectRun], a: int, b: int, out: np.ndarray) -> None:
+        """Rows ``[a, b)`` into ``out`` (contiguous, ``b - a`` rows) with one ``preadv`` per source
+        file they span; the GIL is released, so a read-ahead thread overlaps the training step."""
+        row_bytes = out.itemsize * int(np.prod(out.shape[1:], dtype=np.int64))
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        i = bisect.bisect_right(runs, (a, np.iinfo(np.int64).max)) - 1  # the run holding row a
+        done = 0
+        while a < b:
+            first, end, file, offset, ident = runs[i]
+            stop = min(b, end)
+            want = (stop - a) * row_bytes
+            # opened per read: a set may span more files than a process may hold open
+            try:
+                fd = os.open(file, os.O_RDONLY)
+            except FileNotFoundError as exc:
+                raise DataInputError(
+                    f"source of rows {a}..{stop - 1} of {self.x_key!r} is gone; re-materialise it or rebuild "
+                    f"{self.path.name}",
+                    file=file,
+                    row=int(a),
+                ) from exc
+            try:
+                st = os.fstat(fd)
+                got = os.preadv(fd, [buf[done : done + want]], offset + (a - first) * row_bytes)
+            finally:
+                os.close(fd)
+            if _file_id(st) != ident:
+                raise DataInputError(
+                    f"rows {a}..{stop - 1} of {self.x_key!r}: the file was replaced after this dataset opened it; "
+                    "open the set again (a new dataset, or restart training)",
+                    file=file,
+                    row=int(a),
+                )
+            if got != want:
+                raise DataInputError(
+                    f"read {got} of {want} bytes of rows {a}..{stop - 1} of {self.x_key!r} "
+                    f"(a truncated image file?); re-materialise it or rebuild {self.path.name}",
+                    file=file,
+                    row=int(a),
+                )
+            self.direct_reads += 1
+            if self.check_finite:
+                self._check_rows(file, a, stop, out, done)
+            done += want
+            a, i = stop, i + 1
+
+    def _check_rows(self, file: str, a: int, stop: int, out: np.ndarray, at: int) -> None:
+        """Rows ``[a, stop)``, just read to byte ``at`` of ``out``: NaN/inf is an error naming them;
+        rows checked before are skipped."""
+        assert self._checked is not None
+        if self._checked[a:stop].all():
+            return
+        k = at // (out.itemsize * int(np.prod(out.shape[1:], dtype=np.int64)))
+        part = out[k : k + (stop - a)]
+        if not _all_finite(part):
+            bad = a + np.flatnonzero(~np.isfinite(part.reshape(len(part), -1)).all(axis=1))
+            raise DataInputError(
+                f"non-finite pixels in rows {bad[:10].tolist()} of {self.x_key!r} (a damaged source file?)",
+                file=file,
+                row=int(bad[0]),
+            )
+        self._checked[a:stop] = True
+
     def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         x = self._read_rows(self.x_key, rows, self._sample_shape, self._x_dtype)
-        if self.check_finite and not np.isfinite(x).all():
+        # direct reads were checked per source file in _read_direct
+        if self.check_finite and self._direct is None and not _all_finite(x):
             # the cnn_ready virtual datasets read a missing source file as NaN (their fill value)
             bad = rows[~np.isfinite(x.reshape(len(rows), -1)).all(axis=1)]
             raise DataInputError(
@@ -280,7 +450,9 @@ class ArrayDataset(Dataset):
     def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         r = torch.from_numpy(rows)
-        batch = {"x": self.x[r]}
+        x = _empty_batch((rows.size, *self.x.shape[1:]), self.x.dtype)
+        torch.index_select(self.x, 0, r, out=x)
+        batch = {"x": x}
         batch.update({k: v[r] for k, v in self.targets.items()})
         batch["row"] = r.clone()
         if self.patches_per_image:

@@ -392,7 +392,7 @@ class _Run:
         # summed on the device: a float() per step would synchronise a GPU every step
         sums = {k: torch.zeros((), device=self.device) for k in ("loss", "cls_loss", "reg_loss", "unweighted")}
         n_seen, wait = 0, 0.0
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         it = self._iterate(self.train_loader)
         while True:
             tw = time.perf_counter()
@@ -422,7 +422,7 @@ class _Run:
             n_seen += b
             for k in sums:
                 sums[k] += losses[k].detach() * b
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         metrics = {f"train_{k}": float(v) / max(n_seen, 1) for k, v in sums.items()}
         weights = self.criterion.task_weights().cpu().tolist()
         for name, w in zip(self.criterion.task_names(cfg.horizons), weights):
@@ -432,10 +432,13 @@ class _Run:
             epoch_seconds=elapsed,
             samples_per_s=n_seen / elapsed if elapsed > 0 else float("nan"),
             data_wait_share=wait / elapsed if elapsed > 0 else float("nan"),
+            # CPU seconds of the whole process (all threads, read-ahead included): the epoch's cost,
+            # less moved than wall time by what else the machine runs
+            cpu_seconds=cpu,
         )
         return metrics
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions)
     def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Validation metrics and predictions (probabilities, classes, returns in original units)."""
         cfg = self.cfg
