@@ -73,5 +73,6 @@ def test_walk_forward_cost_is_passes_times_the_measured_rate():
     b = budget.budget("quick", "universe")  # 1 epoch per fold x 1 seed
     cost = budget.walk_forward_cost(b, [(1000, 300, 5000), (1000, 300, 5000)], per_image=0.01)
     assert (cost.folds, cost.fit_images, cost.val_images, cost.test_images) == (2, 2000, 600, 10000)
-    assert cost.seconds == pytest.approx((1 * (2000 + 600 / 2) + (600 + 10000) / 2) * 0.01)
-    assert "2 yearly folds" in cost.describe(b) and "~1.3 min" in cost.describe(b)
+    # the test blocks are predicted once; the inner validation block only when validating
+    assert cost.seconds == pytest.approx((1 * (2000 + 600 / 2) + 10000 / 2) * 0.01)
+    assert "2 yearly folds" in cost.describe(b) and "~1.2 min" in cost.describe(b)
