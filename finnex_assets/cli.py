@@ -167,11 +167,38 @@ def run_universe(start: str, end: str, budget: str = "standard") -> bool:
             f"images from {start} need features from {feature_start}, before the first partition {first}: "
             f"start at {earliest} or later, or set FINNEX_PARTITION_START earlier"
         )
+    _announce_universe_estimate(start, end, feature_start, budget)
     return (
         run_range(feature_start, end, UNIVERSE_FEATURES)
         and run_range(start, end, UNIVERSE_LATER)
         and run_universe_training(budget)
     )
+
+
+def _announce_universe_estimate(start: str, end: str, feature_start: str, budget_name: str) -> None:
+    """Print the whole universe demo's wall-time estimate before anything starts, every image
+    date holding every ticker (an upper bound), at the measured rates (universe_estimate)."""
+    import polars as pl
+
+    from finnex_assets.assets.universe import UniverseWalkForwardConfig, default_universe, walk_forward_folds
+    from finnex_ml import budget, calendar
+    from finnex_ml.panel_model import DEFAULT_HORIZON
+    from finnex_ml.universe_estimate import estimate_universe_demo
+
+    n = default_universe().source().members().height
+    dates = calendar.sessions(start, end)
+    b = budget.budget(budget_name, "universe")
+    cfg = UniverseWalkForwardConfig(**budget.run_config(b, "universe")["universe_walk_forward"]["config"])
+    folds = walk_forward_folds(pl.DataFrame({"date": dates}), DEFAULT_HORIZON, cfg) if cfg.walk_forward else []
+    sizes = [(len(f.fit) * n, len(f.val) * n, len(f.test) * n) for f in folds]
+    # without folds universe_model trains on the single split's 60 / 20 / 20 % of the dates
+    split = (
+        None
+        if folds
+        else (round(0.6 * len(dates)) * n, round(0.2 * len(dates)) * n, round(0.2 * len(dates)) * n, b.epochs)
+    )
+    sessions = len(calendar.sessions(feature_start, end))
+    print(estimate_universe_demo(n, sessions, len(dates), sizes, cfg.epochs, len(b.seeds), split).describe())
 
 
 def run_universe_training(budget: str = "standard") -> bool:
