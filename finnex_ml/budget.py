@@ -202,13 +202,14 @@ def walk_forward_cost(
     b: Budget, folds: list[tuple[int, int, int]], per_image: float, read_per_image: float = 0.0
 ) -> WalkForwardCost:
     """Upper bound for ``folds`` of (fitted, validation, test) images: every epoch of every seed
-    trains the fitted images and validates; each seed predicts validation and test once more.
-    A forward pass is counted as half a training pass: measured 4.7 against 8.8 ms per image for
-    the CNN on this machine (one thread), where the test block's forward passes dominate. Every
-    pass also reads its image (``read_per_image``, see :func:`read_seconds_per_image`)."""
+    trains the fitted images and validates; each seed then predicts the test block once (the
+    fold keeps only the test block's predictions). A forward pass is counted as half a training
+    pass: measured 4.7 against 8.8 ms per image for the CNN on this machine (one thread), where
+    the test block's forward passes dominate. Every pass also reads its image (``read_per_image``,
+    see :func:`read_seconds_per_image`)."""
     fit, val, test = (sum(f[i] for f in folds) for i in range(3))
-    passes = b.walk_forward_epochs * len(b.seeds) * (fit + val / 2) + len(b.seeds) * (val + test) / 2
-    reads = b.walk_forward_epochs * len(b.seeds) * (fit + val) + len(b.seeds) * (val + test)
+    passes = b.walk_forward_epochs * len(b.seeds) * (fit + val / 2) + len(b.seeds) * test / 2
+    reads = b.walk_forward_epochs * len(b.seeds) * (fit + val) + len(b.seeds) * test
     return WalkForwardCost(len(folds), fit, val, test, passes * per_image + reads * read_per_image, per_image)
 
 

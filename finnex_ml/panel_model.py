@@ -91,9 +91,11 @@ def train_and_predict(
     *,
     checkpoint_root: Path | None = None,
     on_epoch_end: Any = None,
+    score_sets: Sequence[str] = ("val", "test"),
 ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """Train one layout-aware model per seed on the train set (early stopping on val), average
-    their probabilities, and return predictions for every val and test sample with the history.
+    their probabilities, and return predictions for every sample of ``score_sets`` (default val
+    and test; the walk-forward keeps only its test block, so it predicts only that) with the history.
 
     ``reader``: a ``PanelReader`` over ``samples`` itself (its index: date, ticker, row), so sample
     i of ``samples`` is reader position i."""
@@ -118,7 +120,10 @@ def train_and_predict(
         )
 
     train, val = dataset(rows["train"]), dataset(rows["val"])
-    scored = pl.concat([rows["val"], rows["test"]])
+    unknown = set(score_sets) - set(rows)
+    if unknown or not score_sets:
+        raise ValueError(f"score_sets must be a non-empty subset of {sorted(rows)}, got {list(score_sets)}")
+    scored = pl.concat([rows[name] for name in score_sets])
     probs, history = [], []
     for seed in s.seeds:
         cfg = TrainConfig(

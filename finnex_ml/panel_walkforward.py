@@ -213,7 +213,10 @@ def cnn_fit_predict(
     from finnex_ml import panel_model
 
     def run(part: pl.DataFrame, fold: PanelFold) -> tuple[pl.DataFrame, dict[str, Any]]:
-        preds, history = panel_model.train_and_predict(reader, part, spec, horizon, settings, on_epoch_end=on_epoch_end)
+        # only the test block is kept: predicting the inner validation block again would be wasted passes
+        preds, history = panel_model.train_and_predict(
+            reader, part, spec, horizon, settings, on_epoch_end=on_epoch_end, score_sets=("test",)
+        )
         return preds, {
             **train_statistics(part),
             "best_epochs": [h["best_epoch"] for h in history],

@@ -198,3 +198,31 @@ def test_walk_forward_pools_retrained_folds_and_leads_the_report(built):
         run_config={"ops": {"universe_walk_forward": {"config": {"walk_forward": False}}}},
     )
     assert off.success and not (out / "walk_forward" / "pooled_predictions.parquet").exists()
+
+
+def test_a_new_split_drops_the_single_split_predictions_and_the_report_leads_with_the_pool(built):
+    """What ``finnex demo`` does when the walk-forward has folds: universe_model is not run, so
+    the previous split's predictions must not be scored on the new sets; the report is the pooled
+    walk-forward alone (its folds served from the cache: same samples, same config)."""
+    import json
+
+    tmp, res, _ = built
+    out = res["storage"].universe.datasets_root
+    assert (out / "predictions.parquet").exists()
+    walk = {"epochs": 1, "block_sessions": 6, "min_train_sessions": 14, "window_years": 0.0, "train_stride": 1}
+    cfg = {
+        "ops": {
+            "universe_splits": {"config": {"horizon": 1}},
+            "universe_walk_forward": {"config": {**walk, "val_fraction": 0.25, "num_threads": 1}},
+            "universe_evaluation": {"config": {"n_boot": 200, "n_perm": 200}},
+        }
+    }
+    result = _run(res, ["universe_splits", "universe_walk_forward", "universe_evaluation"], run_config=cfg)
+    assert result.success
+    assert not (out / "predictions.parquet").exists()
+    assert result.asset_materializations_for_node("universe_walk_forward")[0].metadata["folds_cached"].value == 2
+    report = json.loads(res["storage"].universe.report_path().with_suffix(".json").read_text(encoding="utf-8"))
+    dates = pl.read_parquet(out / "samples.parquet")["date"].unique().sort().to_list()
+    assert report["single_split"] is None and report["pooled"]["n_test_dates"] == len(dates[18:30])
+    html = res["storage"].universe.report_path().read_text(encoding="utf-8")
+    assert "universe_model not materialised" in html

@@ -462,6 +462,13 @@ def universe_splits(context: dg.AssetExecutionContext, config: UniverseSplitsCon
         samples, config.horizon, train=config.train_fraction, val=config.val_fraction, embargo=config.embargo_sessions
     )
     stats = panel_model.train_statistics(samples)
+    # the single split's predictions belong to the split they were made on: a new split drops them
+    # (universe_evaluation must never score an old model on new sets; the walk-forward's folds are
+    # keyed by the samples' hash and need no such step)
+    stale = store.dataset_path("predictions.parquet")
+    if stale.exists():
+        stale.unlink()
+        context.log.info(f"universe_splits: removed {stale.name} of the previous split (rematerialise universe_model)")
     store.write_dataset_parquet("samples.parquet", samples)
     doc = {
         "horizon": config.horizon,
