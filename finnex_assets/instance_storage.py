@@ -61,6 +61,11 @@ OPEN_SHARDS = 4  # index + the few runs a process writes or the UI reads at once
 EVENT_BATCH_SIZE = "10000"  # a step output's partitions; Dagster flushes at each batch's end anyway
 
 
+def _config_type() -> dict[str, Any]:
+    """The dagster.yaml config of both storages below: their folder and the SQLite durability."""
+    return {"base_dir": StringSource, "synchronous": Field(str, is_required=False, default_value="NORMAL")}
+
+
 class FinnexSqliteEventLogStorage(SqliteEventLogStorage):
     """Stock SQLite event log layout, written through kept-open connections (module docstring)."""
 
@@ -79,7 +84,7 @@ class FinnexSqliteEventLogStorage(SqliteEventLogStorage):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return {"base_dir": StringSource, "synchronous": Field(str, is_required=False, default_value="NORMAL")}
+        return _config_type()
 
     @classmethod
     def from_config_value(
@@ -246,7 +251,7 @@ class FinnexSqliteStorage(DagsterSqliteStorage):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return {"base_dir": StringSource, "synchronous": Field(str, is_required=False, default_value="NORMAL")}
+        return _config_type()
 
     @classmethod
     def from_config_value(
