@@ -1,11 +1,10 @@
 """What a universe demo will cost in wall time, before it starts, from measured stage rates.
 
-The rates are wall seconds of ``finnex demo --universe packaged-panel`` measured stage by stage
-on the shared 2-core VM (benchmarks/universe.md, "Packaged panel end to end"). That machine was
-loaded (load average 13-14, five other jobs), so the estimate is for such a machine; a quiet one
-is several times faster. Dagster's per-partition work (creating a run over ~2,000 partitions,
-one parquet file and one materialisation event per partition and output) is a rate of its own
-because at this size it costs as much as the features themselves.
+The rates are wall seconds of ``finnex demo`` measured stage by stage on the 2-core VM at a
+light load (see ``MEASURED``); other jobs on the machine multiply them (at load 13-14 the
+packaged panel's run was 3-10x slower per unit, benchmarks/universe.md). Dagster's
+per-partition work (creating a run over its partitions, one parquet file and one
+materialisation event per partition and output) is a rate of its own.
 """
 
 from __future__ import annotations
@@ -28,21 +27,25 @@ class StageRates:
     load_average: float  # the machine's load average when these were measured
 
 
-# measured 2026-12-03 on the shared 2-core VM (see the module docstring)
+# measured 2026-12-03 09:50 UTC: `finnex demo` (synthetic universe, 24 tickers, 558 feature
+# sessions, 252 image dates) on a fresh clone of the 2-core VM, load average ~3 (the test suite's
+# last minutes beside it), 5 min 37 s wall in all; the project's event log storage
+# (finnex_assets/instance_storage.py). The packaged panel's run on the same VM at load 13-14 and
+# on the stock event log (benchmarks/universe.md) was 3-10x slower per unit: a busy machine is.
 MEASURED = StageRates(
-    # features run: 348 s before its step started (2,257 partitions); images run: 384 s (1,951)
-    run_start_per_partition=(348 + 384) / (2257 + 1951),
-    # features run: 524 s writing 2 outputs x 2,257 partitions; images: 225 s of per-date metadata
-    output_per_partition=524 / (2 * 2257),
-    features_per_ticker_session=720 / (20 * 2257),  # panel_features: 720 s for 20 tickers x 2,257 sessions
-    images_per_image=1338 / 39020,  # the encode/check/write loop: 1,338 s for 39,020 images
-    labels_per_ticker_date=16 / 39020,  # panel_labels and its checks: 16 s
-    # walk-forward fold 2017 at quick: 198 s for one epoch over 1,420 fitted + 360 validation
-    # images, then 151 s predicting 5,020 test images (the CNN's 9 ms of compute per training
-    # image on a quiet core becomes ~130 ms at this load, reads included)
-    train_per_image=(198 - 360 * 151 / 5020) / 1420,
-    predict_per_image=151 / 5020,
-    load_average=13.5,
+    # the features run: 92.0 s, of which 80.9 s in panel_features, over 558 partitions; the
+    # images run: 80.4 s, 78.4 s of it in the loops, over 252: ~0.018 s per partition in all
+    run_start_per_partition=0.006,
+    output_per_partition=0.006,
+    features_per_ticker_session=80.9 / (24 * 558),
+    images_per_image=76.0 / (24 * 252),  # encode, four checks, preview, staged write
+    labels_per_ticker_date=2.4 / (24 * 252),
+    # the single-split model: 34.9 s per epoch over 3,066 training + 917 validation images; the
+    # printed budget line measured 11 ms of compute + 7.6 ms of reading per training image, of
+    # which the read-ahead thread hides most when a core is free
+    train_per_image=0.0105,
+    predict_per_image=(34.9 - 3066 * 0.0105) / 917,
+    load_average=3,
 )
 
 
@@ -58,9 +61,9 @@ class UniverseEstimate:
     def describe(self) -> str:
         parts = ", ".join(f"{k} ~{v / 60:.0f} min" for k, v in self.seconds.items())
         return (
-            f"estimated wall time ~{self.total / 60:.0f} min ({parts}; the splits and the evaluation add a few) at "
+            f"estimated wall time ~{self.total / 60:.0f} min ({parts}; the splits and the evaluation add about a minute) at "
             f"the rates measured on the shared 2-core VM at load average {self.rates.load_average:g} "
-            "(benchmarks/universe.md); a quiet machine is faster"
+            "(finnex_ml/universe_estimate.py); other jobs on the machine make it slower"
         )
 
 
