@@ -190,6 +190,19 @@ def test_walk_forward_pools_retrained_folds_and_leads_the_report(built):
     assert report["pooled"]["n_test_dates"] == len(blocks) and report["single_split"] is not None
     ev = result.asset_materializations_for_node("universe_evaluation")[0].metadata
     assert ev["pooled_span"].value == f"{blocks[0]}..{blocks[-1]}"
+    # the walk-forward is a logged trial: its rules, one IC per fold, the pooled predictions
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=res["mlflow_tracking"].uri())
+    logged = client.get_run(meta["mlflow_run_id"].value)
+    assert logged.data.params["block_sessions"] == "6" and logged.data.params["folds"] == "2"
+    fold_ics = client.get_metric_history(logged.info.run_id, "mean_ic")
+    assert sorted(m.step for m in fold_ics) == [1, 2] and all(-1 <= m.value <= 1 for m in fold_ics)
+    assert -1 <= logged.data.metrics["pooled_mean_ic"] <= 1
+    assert {a.path for a in client.list_artifacts(logged.info.run_id, "walk_forward")} == {
+        "walk_forward/pooled_predictions.parquet",
+        "walk_forward/walk_forward.json",
+    }
     again = _run(res, ["universe_walk_forward"], run_config={"ops": {"universe_walk_forward": {"config": walk}}})
     assert again.asset_materializations_for_node("universe_walk_forward")[0].metadata["folds_cached"].value == 2
     off = _run(
