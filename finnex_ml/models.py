@@ -247,18 +247,48 @@ class LayoutCells(nn.Module):
         # faster per value than the strided mean: worth it for patterns holding a quarter of the
         # values or more (the 9-px sessions of the default layout; its 3-px tiles stay strided)
         self.col_pools = [k for k, n in sorted(pixels.items()) if 4 * n >= height * width * channels]
+        # Tiles over the same rows and column pooling form a group (e.g. a section's three
+        # channels; for the strided 3-px tiles, those with the same row bands): one matrix
+        # product takes the row-band means of all its tiles at once, over the group's column span
+        # and every channel there (contiguous runs of the stored NHWC rows; each tile then takes
+        # its channel), so no per-tile strided copy of the pixels is made.
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # per tile: (channel, used cols, pooling, group, first row of its features in the group's product)
+        self.tile_reads: list[tuple[int, int, int, int | None, int, int, int]] = []
         for k, t in used:
             r0, r1 = t["row_bands"][0][0], t["row_bands"][-1][1]
             u0, c1 = t["used_cols"]
             pool = torch.zeros(len(t["features"]), r1 - r0)
             for i, (a, b) in enumerate(t["row_bands"]):
                 pool[i, a - r0 : b - r0] = 1.0 / (b - a)
-            self.register_buffer(f"rows_{k}", pool, persistent=False)
             g = self.col_pools.index(pattern(t)) if pattern(t) in self.col_pools else None
             self.tiles.append((int(t["channel"]), r0, r1, u0, c1, k, g))
+            if g is None:  # pixel columns [u0, c1)
+                key: tuple[Any, ...] = (r0, r1, None, tuple(map(tuple, t["row_bands"])))
+                span = (u0, c1)
+            else:  # the column-pooling outputs whose windows cover [u0, c1)
+                px, phase = self.col_pools[g]
+                key, first = (r0, r1, g), (u0 + phase) // px
+                span = (first, first + L)
+            grp = groups.setdefault(key, {"rows": [], "lo": span[0], "hi": span[1]})
+            grp["lo"], grp["hi"] = min(grp["lo"], span[0]), max(grp["hi"], span[1])
+            f0 = sum(int(m.shape[0]) for m in grp["rows"])
+            grp["rows"].append(pool if g is not None or not grp["rows"] else pool[:0])
+            self.tile_reads.append(
+                (int(t["channel"]), span[0], span[1], g, list(groups).index(key), f0, len(t["features"]))
+            )
             for f in t["features"]:
                 order.append(index[f])
                 section_of[index[f]] = sections.index(t["section"])
+        # (first row, end row, column pooling or None, first and end column of the span)
+        self.groups = [(key[0], key[1], key[2], grp["lo"], grp["hi"]) for key, grp in groups.items()]
+        # strided groups: their row bands (relative to the first row), summed band by band
+        self.group_bands = [[(a - key[0], b - key[0]) for a, b in key[3]] if key[2] is None else [] for key in groups]
+        for i, grp in enumerate(groups.values()):
+            rows = torch.cat(grp["rows"])  # [features, rows]: 1 / band height over each band
+            if self.groups[i][2] is None:  # the strided groups keep 1 / band height per band
+                rows = rows.max(dim=1).values.view(-1, 1, 1)
+            self.register_buffer(f"group_rows_{i}", rows, persistent=False)
         # tile order -> spec.features order
         self.register_buffer("to_spec_order", torch.argsort(torch.tensor(order)), persistent=False)
         self.register_buffer("feature_sections", torch.tensor(section_of, dtype=torch.long), persistent=False)
@@ -277,17 +307,30 @@ class LayoutCells(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, L = x.shape[0], self.sessions
-        pooled = self._column_means(x)
-        out = []
-        for ch, r0, r1, u0, c1, k, g in self.tiles:
+        # [B, H, W', C] views: the stored NHWC layout of a channels-last batch (and of the conv
+        # outputs on it), so a group's rows are one contiguous [rows, W' * C] block per image
+        pooled = [p.permute(0, 2, 3, 1) for p in self._column_means(x)]
+        pixels = x.permute(0, 2, 3, 1)
+        means = []  # per group: [B, features of its tiles, columns of its span, C] row-band means
+        for i, (r0, r1, g, lo, hi) in enumerate(self.groups):
             if g is None:
-                block = x[:, ch, r0:r1, u0:c1]  # [B, rows, L * px]
-                cols = block.reshape(b, r1 - r0, L, (c1 - u0) // L).mean(-1)  # [B, rows, L]
+                # the pixels themselves (a third of the image in the default layout): the sum of
+                # each band's rows, contiguous runs of the stored rows, then 1 / band height
+                block = pixels[:, r0:r1, lo:hi]
+                sums = torch.stack([block[:, a:e].sum(1) for a, e in self.group_bands[i]], dim=1)
+                means.append(sums * getattr(self, f"group_rows_{i}"))
+            else:  # the column means: one matrix product over the section's rows
+                block = pooled[g][:, r0:r1, lo:hi].reshape(b, r1 - r0, -1)  # a view unless not channels-last
+                m = torch.matmul(getattr(self, f"group_rows_{i}"), block)
+                means.append(m.view(b, -1, hi - lo, pooled[g].shape[3]))
+        out = []
+        for ch, c0, c1, g, grp, f0, n in self.tile_reads:
+            lo = self.groups[grp][3]
+            if g is None:  # same bands: the group's product serves each of its tiles; strided mean of px columns
+                cols = means[grp][:, :n, c0 - lo : c1 - lo, ch].reshape(b, n, L, (c1 - c0) // L).mean(-1)
             else:
-                px, phase = self.col_pools[g]
-                first = (u0 + phase) // px  # the output column whose window starts at u0
-                cols = pooled[g][:, ch, r0:r1, first : first + L]
-            out.append(torch.matmul(getattr(self, f"rows_{k}"), cols))  # [B, n_tile, L]
+                cols = means[grp][:, f0 : f0 + n, c0 - lo : c1 - lo, ch]
+            out.append(cols)  # [B, n, L]
         return torch.cat(out, dim=1).index_select(1, self.to_spec_order)
 
 

@@ -58,7 +58,9 @@ class TrainConfig:
     shuffle_block: int | None = None
     shuffle_window: int = 8
     num_workers: int = 0  # DataLoader worker processes
-    prefetch: int = 2  # batches read ahead by a background thread when num_workers == 0 (0: off)
+    # batches read ahead by a background thread when num_workers == 0 (0: off); on CPU the inputs go
+    # into prefetch + 2 reused buffers (one without read-ahead) of max(batch_size, eval batch) images
+    prefetch: int = 2
     num_threads: int | None = None  # torch intra-op threads during training (restored after); None: unchanged
     deterministic: bool = True
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
