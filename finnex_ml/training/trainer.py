@@ -402,6 +402,8 @@ class _Run:
                 break
             x, y_cls, y_reg, pos = self._unpack(batch)
             y_soft = torch.nn.functional.one_hot(y_cls, NUM_CLASSES).float()
+            if cfg.label_smoothing > 0:
+                y_soft = y_soft * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / NUM_CLASSES
             x, y_soft, y_reg = aug(x, y_soft, y_reg)
             with self._autocast():
                 out = self.model(x, patch_pos=pos)
