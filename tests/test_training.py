@@ -413,6 +413,22 @@ def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
             _tiny_run(tmp_path, lr=1e-2), train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True
         )
 
+    # a checkpoint written before a config field existed resumes at that field's default only
+    old = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    del old["config"]["label_smoothing"]
+    torch.save(old, tmp_path / "b" / "last.pt")
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        train_model(
+            _tiny_run(tmp_path, label_smoothing=0.2),
+            train,
+            val,
+            checkpoint_dir=tmp_path / "b",
+            class_weights=cw,
+            resume=True,
+        )
+    again = train_model(cfg, train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True)
+    assert again.epochs_run == 4
+
     # weights saved by another version of the model (a layer missing): a ConfigError naming the
     # file and the way out, not torch's RuntimeError halfway through restoring
     saved = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
