@@ -177,11 +177,17 @@ def train_image_model(
     epochs: int = 30,
     batch_size: int = 32,
     lr: float = 5e-4,
+    label_smoothing: float = 0.1,
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """An ensemble of ``len(seeds)`` models ``model`` (a registered name: layout-aware ones get the
-    data's layout spec, e.g. ``"vit_patches"`` reads the pixels); returns test probabilities [n_test, 3]."""
+    data's layout spec, e.g. ``"vit_patches"`` reads the pixels); returns test probabilities [n_test, 3].
+
+    ``label_smoothing`` 0.1 (chosen on the inner validation block of the level control, 2026-12-03:
+    three-seed validation balanced accuracy 0.902 against 0.873 without): unsmoothed fits grew
+    confident enough that a few misses drove the validation loss up from epoch 4-6 while the
+    validation balanced accuracy still rose, so the kept checkpoint stopped early."""
     import torch
 
     from finnex_ml.models import layout_json, model_entry
@@ -209,6 +215,7 @@ def train_image_model(
             seed=seed,
             noise_std=0.0,
             mixup_alpha=0.0,
+            label_smoothing=label_smoothing,
             loss_weighting="fixed",
             fixed_weights=(1.0, 0.1),
             num_threads=threads,

@@ -82,7 +82,8 @@ def test_default_image_model_learns_the_noise_free_level_rule():
     res = run_control(data, seeds=(0,), epochs=12, threads=2)
     ba = res.balanced_accuracy
     assert res.n_test >= 90 and ba["oracle"] == 1.0
-    # measured 0.89 (one seed, 2026-12-02); chance is 1/3, sd of BA at ~100 dates is about 0.04
+    # measured 0.89 (one seed, 2026-12-02, before label smoothing; passes with it, 2026-12-03);
+    # chance is 1/3, sd of BA at ~100 dates is about 0.04
     assert ba["model"] > 0.8, ba
     assert not res.diversity["degenerate"]
     split = split_dates(len(data.dates), 1)

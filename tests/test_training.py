@@ -413,6 +413,22 @@ def test_resume_after_epoch_k_continues_bit_for_bit(tmp_path: Path) -> None:
             _tiny_run(tmp_path, lr=1e-2), train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True
         )
 
+    # a checkpoint written before a config field existed resumes at that field's default only
+    old = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    del old["config"]["label_smoothing"]
+    torch.save(old, tmp_path / "b" / "last.pt")
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        train_model(
+            _tiny_run(tmp_path, label_smoothing=0.2),
+            train,
+            val,
+            checkpoint_dir=tmp_path / "b",
+            class_weights=cw,
+            resume=True,
+        )
+    again = train_model(cfg, train, val, checkpoint_dir=tmp_path / "b", class_weights=cw, resume=True)
+    assert again.epochs_run == 4
+
     # weights saved by another version of the model (a layer missing): a ConfigError naming the
     # file and the way out, not torch's RuntimeError halfway through restoring
     saved = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
@@ -464,3 +480,33 @@ def test_config_and_data_are_checked(tmp_path: Path) -> None:
             checkpoint_dir=tmp_path,
         )
     assert (SELL, HOLD, BUY) == (0, 1, 2)
+
+
+def test_label_smoothing_softens_only_the_training_targets(tmp_path: Path, monkeypatch) -> None:
+    """Training batches see (1 - e) one-hot + e / 3; validation scores the hard labels."""
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
+    seen: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    forward = MultiTaskLoss.forward
+
+    def spy(self, outputs, class_target, reg_target=None):
+        seen[self.training].append(class_target.detach().clone())
+        return forward(self, outputs, class_target, reg_target)
+
+    monkeypatch.setattr(MultiTaskLoss, "forward", spy)
+    xt, yt, _ = planted_bags(16, 4, 0)
+    xv, yv, _ = planted_bags(8, 4, 1)
+    cfg = _tiny_run(tmp_path, epochs=1, noise_std=0.0, mixup_alpha=0.0, label_smoothing=0.3)
+    train_model(
+        cfg,
+        ArrayDataset(xt, yt, patches_per_image=4),
+        ArrayDataset(xv, yv, patches_per_image=4),
+        checkpoint_dir=tmp_path,
+    )
+    train = torch.cat([t.reshape(-1, 3) for t in seen[True]])
+    assert train.shape[0] == 16
+    np.testing.assert_allclose(train.max(1).values.numpy(), 0.7 + 0.1, atol=1e-6)
+    np.testing.assert_allclose(train.min(1).values.numpy(), 0.1, atol=1e-6)
+    assert sorted(train.argmax(1).tolist()) == sorted(yt["label_h1"][::4].tolist())
+    for val in seen[False]:  # each validation pass: the hard class ids
+        assert val.dtype == torch.int64 and sorted(val.reshape(-1).tolist()) == sorted(yv["label_h1"][::4].tolist())

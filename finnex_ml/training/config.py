@@ -45,6 +45,9 @@ class TrainConfig:
     seed: int = 7
     noise_std: float = 0.02
     mixup_alpha: float = 0.2  # 0 disables mixup
+    # training targets (1 - e) one-hot + e / 3 (validation scores hard labels): caps how confident
+    # a fit can get, so a few confident misses cannot dominate the validation loss
+    label_smoothing: float = 0.0
     loss_weighting: str = "uncertainty"  # "uncertainty" | "fixed" | "softmax" (ablation only)
     fixed_weights: tuple[float, float] = (1.0, 1.0)  # (classification, regression) for "fixed"
     regression_loss: str = "huber"  # "huber" | "mse"
@@ -80,6 +83,8 @@ class TrainConfig:
             raise ConfigError(f"input_mode must be 'image' or 'patch', got {self.input_mode!r}")
         if self.monitor not in ("val_loss", "val_cls_loss"):
             raise ConfigError(f"monitor must be 'val_loss' or 'val_cls_loss', got {self.monitor!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
 

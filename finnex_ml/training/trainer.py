@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -412,6 +413,8 @@ class _Run:
                 break
             x, y_cls, y_reg, pos = self._unpack(batch)
             y_soft = torch.nn.functional.one_hot(y_cls, NUM_CLASSES).float()
+            if cfg.label_smoothing > 0:
+                y_soft = y_soft * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / NUM_CLASSES
             x, y_soft, y_reg = aug(x, y_soft, y_reg)
             with self._autocast():
                 out = self.model(x, patch_pos=pos)
@@ -534,7 +537,11 @@ class _Run:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{path}: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}")
         saved, now = ckpt["config"], self.cfg.to_dict()
-        diff = sorted(k for k in now if k not in _RESUME_FREE_FIELDS and _norm(saved.get(k)) != _norm(now[k]))
+        # a field added after the checkpoint was written counts at its default (what that run used)
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+        diff = sorted(
+            k for k in now if k not in _RESUME_FREE_FIELDS and _norm(saved.get(k, defaults.get(k))) != _norm(now[k])
+        )
         if diff:
             raise ConfigError(f"{path}: cannot resume, config differs in {diff}")
         if not torch.allclose(torch.tensor(ckpt["class_weights"]), self.class_weights):
