@@ -116,6 +116,8 @@ def run_child(kind: str, n: int, code: Path) -> dict:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if out.returncode:
             raise SystemExit(f"{kind} x {n} failed:\n{out.stderr[-3000:]}")
+        if "Exception while storing event batch" in out.stderr:  # Dagster fell back to one at a time
+            raise SystemExit(f"{kind} x {n}: the batch write failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 

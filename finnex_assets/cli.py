@@ -74,7 +74,9 @@ def _execute(selection: list[str] | None, tags: dict[str, str], what: str, ops: 
     from finnex_assets.definitions import defs, main_job, universe_job
     from finnex_assets.loggers import log_dir
 
-    unpartitioned = bool(selection) and all(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
+    # unpartitioned assets (alone, or after the per-date ones in one run: the range tags apply to
+    # the partitioned assets only) run in the implicit job; the per-date stages in the named jobs
+    unpartitioned = bool(selection) and any(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
     universe = bool(selection) and all(s.startswith("universe_") for s in selection)
     job = (
         defs.resolve_implicit_global_asset_job_def()
@@ -155,8 +157,7 @@ def _announce_budget(name: str, mode: str, image_root: Path, n_train: int, n_val
 def run_universe(start: str, end: str, budget: str = "standard") -> bool:
     """Universe mode for [start, end]: prices and features from the images' lookback, images and
     labels over [start, end], then splits, then the model(s) and the evaluation at ``budget``
-    (their cost printed before they start; see ``universe_final_selection`` for which); each
-    stage one run."""
+    (their cost printed before they start; see ``universe_final_selection`` for which)."""
     from finnex_assets.assets.images import LOOKBACK
     from finnex_assets.partitions import trading_days
     from finnex_ml import calendar
@@ -170,10 +171,12 @@ def run_universe(start: str, end: str, budget: str = "standard") -> bool:
             f"start at {earliest} or later, or set FINNEX_PARTITION_START earlier"
         )
     _announce_universe_estimate(start, end, feature_start, budget)
+    # three runs: the splits join the images and labels run (one run's fixed cost less); the
+    # budget line still prints after them and before training
     return (
         run_range(feature_start, end, UNIVERSE_FEATURES)
-        and run_range(start, end, UNIVERSE_LATER)
-        and run_universe_training(budget)
+        and run_range(start, end, [*UNIVERSE_LATER, "universe_splits"])
+        and run_universe_training(budget, splits=False)
     )
 
 
@@ -203,15 +206,18 @@ def _announce_universe_estimate(start: str, end: str, feature_start: str, budget
     print(estimate_universe_demo(n, sessions, len(dates), sizes, cfg.epochs, len(b.seeds), split).describe())
 
 
-def run_universe_training(budget: str = "standard") -> bool:
-    """Universe mode after the images and labels: the splits, then the model(s) and the
-    evaluation at ``budget`` (their cost printed before they start)."""
+def run_universe_training(budget: str = "standard", splits: bool = True) -> bool:
+    """Universe mode after the images and labels: the splits (unless ``splits`` is False: the
+    images and labels run made them), then the model(s) and the evaluation at ``budget`` (their
+    cost printed before they start)."""
     import polars as pl
 
     from finnex_assets.storage import default_storage
     from finnex_ml import budget as budgets
 
-    if not _execute(["universe_splits"], {}, "every (date, ticker) with an image and a label: universe_splits"):
+    if splits and not _execute(
+        ["universe_splits"], {}, "every (date, ticker) with an image and a label: universe_splits"
+    ):
         return False
     store = default_storage().universe
     samples = pl.read_parquet(store.dataset_path("samples.parquet"))

@@ -29,6 +29,7 @@ the default of the instance's home; a ``storage:`` section in dagster.yaml still
 Docker deployment's Postgres).
 """
 
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -39,7 +40,7 @@ from typing import Any
 import dagster as dg
 import yaml
 from dagster._config import Field, StringSource
-from dagster._core.events import ASSET_EVENTS
+from dagster._core.events import ASSET_EVENTS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
@@ -166,7 +167,7 @@ class FinnexSqliteEventLogStorage(SqliteEventLogStorage):
         # the stock rows (``_event_to_row``: each event serialised once), inserted as one
         # executemany per shard instead of one compiled INSERT per event: a 2,000-date range
         # stores 4,000+ planned events and as many materialisations
-        rows = [self._event_to_row(e) for e in events]
+        rows = _PlannedRows(self).rows(events)
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
         # the asset's row (last materialisation, last run) ends as the last event of each type
@@ -236,6 +237,59 @@ def _insert_ids(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     conn.execute(table.insert(), rows)
     last = conn.execute(select(func.max(table.c.id))).scalar_one()
     return list(range(last - len(rows) + 1, last + 1))
+
+
+_PARTITION = "\x00finnex-partition\x00"  # stand-ins no real event holds
+_STAMP = 1.2345678901234567e-300
+
+
+class _PlannedRows:
+    """The stock rows (``_event_to_row``) of a batch of events, a run's per-partition planned
+    events serialised once per kind instead of once each. A run over N dates plans N events per
+    asset that differ only in their partition and timestamp; serialising one with stand-ins for
+    both and substituting them gives the same text, byte for byte, as ``serialize_value`` of each.
+    An event is served this way only when it equals the cached one with its own partition and
+    timestamp put back, so anything else in it that differs (message, step, tags) serialises
+    afresh. tests/test_instance_storage.py compares every row with the stock one."""
+
+    def __init__(self, storage: SqliteEventLogStorage):
+        self._storage = storage
+        self._texts: list[tuple[EventLogEntry, str]] = []  # entries hold dicts: compared, not hashed
+
+    def rows(self, events: Sequence[EventLogEntry]) -> list[dict[str, Any]]:
+        return [self._row(e) for e in events]
+
+    def _row(self, e: EventLogEntry) -> dict[str, Any]:
+        dagster_event = e.dagster_event
+        planned = (
+            dagster_event.event_specific_data
+            if dagster_event is not None and dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+            else None
+        )
+        if planned is None or not planned.partition or planned.partitions_subset is not None:
+            return self._storage._event_to_row(e)
+        probe = e._replace(
+            timestamp=_STAMP,
+            dagster_event=dagster_event._replace(event_specific_data=planned._replace(partition=_PARTITION)),
+        )
+        text = next((t for p, t in self._texts if p == probe), None)
+        if text is None:
+            text = serialize_value(probe)
+            if text.count(json.dumps(_PARTITION)) != 1 or text.count(repr(_STAMP)) != 1:
+                return self._storage._event_to_row(e)
+            self._texts.insert(0, (probe, text))  # a run plans a few kinds: one per asset
+            del self._texts[8:]
+        return {
+            "run_id": e.run_id,
+            "event": text.replace(json.dumps(_PARTITION), json.dumps(planned.partition)).replace(
+                repr(_STAMP), repr(e.timestamp)
+            ),
+            "dagster_event_type": dagster_event.event_type_value,
+            "timestamp": self._storage._event_insert_timestamp(e),
+            "step_key": dagster_event.step_key,
+            "asset_key": planned.asset_key.to_string(),
+            "partition": planned.partition,
+        }
 
 
 def _mirrored(e: EventLogEntry) -> bool:
