@@ -67,22 +67,26 @@ def _keys(start: str, end: str) -> list[str]:
     return keys
 
 
+def _job_for(selection: list[str] | None):
+    """The job a run of ``selection`` uses: the per-date stages' named job, or, when the selection
+    holds an unpartitioned asset (alone, or after per-date ones in one run: the range tags then
+    apply to the partitioned assets only), the implicit job of every asset."""
+    from finnex_assets.definitions import defs, main_job, universe_job
+
+    unpartitioned = bool(selection) and any(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
+    universe = bool(selection) and all(s.startswith("universe_") for s in selection)
+    if unpartitioned:
+        return defs.resolve_implicit_global_asset_job_def()
+    return defs.resolve_job_def(universe_job.name if universe else main_job.name)
+
+
 def _execute(selection: list[str] | None, tags: dict[str, str], what: str, ops: dict | None = None) -> bool:
     _ensure_initialised()
     import dagster as dg
 
-    from finnex_assets.definitions import defs, main_job, universe_job
     from finnex_assets.loggers import log_dir
 
-    # unpartitioned assets (alone, or after the per-date ones in one run: the range tags apply to
-    # the partitioned assets only) run in the implicit job; the per-date stages in the named jobs
-    unpartitioned = bool(selection) and any(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
-    universe = bool(selection) and all(s.startswith("universe_") for s in selection)
-    job = (
-        defs.resolve_implicit_global_asset_job_def()
-        if unpartitioned
-        else defs.resolve_job_def(universe_job.name if universe else main_job.name)
-    )
+    job = _job_for(selection)
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
     # the terminal shows warnings and the progress display (--verbose: every event); every event
     # also goes to the instance (the UI's run logs) and to $DAGSTER_HOME/logs/<run id>.log
