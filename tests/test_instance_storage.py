@@ -229,9 +229,7 @@ def test_batched_events_keep_their_ids_across_runs_and_other_writers(tmp_path):
             dg.AssetKey(key), ["2024-03-01", "2024-03-04", "2024-03-05", "2024-03-06"], trading_days
         )
         assert status["2024-03-01"] is None
-        assert {status[k] for k in ("2024-03-04", "2024-03-05", "2024-03-06")} == {
-            dg.AssetPartitionStatus.MATERIALIZED
-        }
+        assert {status[k] for k in ("2024-03-04", "2024-03-05", "2024-03-06")} == {dg.AssetPartitionStatus.MATERIALIZED}
         (record,) = instances["ours"].get_asset_records([dg.AssetKey(key)])
         last = record.asset_entry.last_materialization_record
         assert last.event_log_entry.run_id == last_run["ours"]

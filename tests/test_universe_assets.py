@@ -57,9 +57,7 @@ def built(tmp_path_factory):
     assert _run(res, ["universe_prices", "universe_features"], lookback, END, instance=inst).success
     # as `finnex demo --universe` runs them: the unpartitioned splits in the images and labels run
     splits_cfg = {"ops": {"universe_splits": {"config": {"horizon": 1}}}}
-    later = _run(
-        res, ["universe_images", "universe_labels", "universe_splits"], START, END, splits_cfg, instance=inst
-    )
+    later = _run(res, ["universe_images", "universe_labels", "universe_splits"], START, END, splits_cfg, instance=inst)
     assert later.success
     done = [e.asset_key.path[-1] for e in later.get_asset_materialization_events()]
     assert done.count("universe_splits") == 1 and done[-1] == "universe_splits"  # once, after the rest
