@@ -167,7 +167,7 @@ class FinnexSqliteEventLogStorage(SqliteEventLogStorage):
         # the stock rows (``_event_to_row``: each event serialised once), inserted as one
         # executemany per shard instead of one compiled INSERT per event: a 2,000-date range
         # stores 4,000+ planned events and as many materialisations
-        rows = _PlannedRows(self).rows(events)
+        rows = _EventRows(self).rows(events)
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
         # the asset's row (last materialisation, last run) ends as the last event of each type
@@ -243,14 +243,16 @@ _PARTITION = "\x00finnex-partition\x00"  # stand-ins no real event holds
 _STAMP = 1.2345678901234567e-300
 
 
-class _PlannedRows:
-    """The stock rows (``_event_to_row``) of a batch of events, a run's per-partition planned
-    events serialised once per kind instead of once each. A run over N dates plans N events per
-    asset that differ only in their partition and timestamp; serialising one with stand-ins for
-    both and substituting them gives the same text, byte for byte, as ``serialize_value`` of each.
-    An event is served this way only when it equals the cached one with its own partition and
-    timestamp put back, so anything else in it that differs (message, step, tags) serialises
-    afresh. tests/test_instance_storage.py compares every row with the stock one."""
+class _EventRows:
+    """The stock rows (``_event_to_row``) of a batch of events, a run's per-partition asset events
+    serialised once per kind instead of once each. A run over N dates plans N events per asset,
+    and its step outputs materialise N more, that differ only in their partition and timestamp;
+    serialising one with stand-ins for both and substituting them gives the same text, byte for
+    byte, as ``serialize_value`` of each. An event is served this way only when it is the cached
+    one, field by field with the same types (``_same``: 1, 1.0 and True serialise differently),
+    once its partition and timestamp are put back; anything else that differs (metadata a step
+    adds per date, message, tags) makes a new kind. tests/test_instance_storage.py compares the
+    rows with the stock ones."""
 
     def __init__(self, storage: SqliteEventLogStorage):
         self._storage = storage
@@ -260,36 +262,77 @@ class _PlannedRows:
         return [self._row(e) for e in events]
 
     def _row(self, e: EventLogEntry) -> dict[str, Any]:
-        dagster_event = e.dagster_event
-        planned = (
-            dagster_event.event_specific_data
-            if dagster_event is not None and dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-            else None
-        )
-        if planned is None or not planned.partition or planned.partitions_subset is not None:
+        slot = _partition_slot(e)
+        if slot is None:
             return self._storage._event_to_row(e)
-        probe = e._replace(
-            timestamp=_STAMP,
-            dagster_event=dagster_event._replace(event_specific_data=planned._replace(partition=_PARTITION)),
-        )
-        text = next((t for p, t in self._texts if p == probe), None)
+        partition, with_partition = slot
+        probe = e._replace(timestamp=_STAMP, dagster_event=with_partition(_PARTITION))
+        text = next((t for p, t in self._texts if _same(p, probe)), None)
         if text is None:
             text = serialize_value(probe)
             if text.count(json.dumps(_PARTITION)) != 1 or text.count(repr(_STAMP)) != 1:
                 return self._storage._event_to_row(e)
-            self._texts.insert(0, (probe, text))  # a run plans a few kinds: one per asset
+            self._texts.insert(0, (probe, text))  # a run has a few kinds: about one per asset
             del self._texts[8:]
+        dagster_event = e.get_dagster_event()
         return {
             "run_id": e.run_id,
-            "event": text.replace(json.dumps(_PARTITION), json.dumps(planned.partition)).replace(
+            "event": text.replace(json.dumps(_PARTITION), json.dumps(partition)).replace(
                 repr(_STAMP), repr(e.timestamp)
             ),
             "dagster_event_type": dagster_event.event_type_value,
             "timestamp": self._storage._event_insert_timestamp(e),
             "step_key": dagster_event.step_key,
-            "asset_key": planned.asset_key.to_string(),
-            "partition": planned.partition,
+            "asset_key": dagster_event.asset_key.to_string(),
+            "partition": partition,
         }
+
+
+def _partition_slot(e: EventLogEntry) -> tuple[str, Any] | None:
+    """``(partition, f)`` for a planned or materialisation event of one partition, where ``f(p)``
+    is its DagsterEvent with partition ``p``; None for any other event."""
+    de = e.dagster_event
+    if de is None:
+        return None
+    if de.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
+        data = de.event_specific_data
+        if not data.partition or data.partitions_subset is not None:
+            return None
+        return data.partition, lambda p: de._replace(event_specific_data=data._replace(partition=p))
+    if de.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+        data = de.event_specific_data
+        mat = data.materialization
+        if not mat.partition:
+            return None
+        return mat.partition, lambda p: de._replace(
+            event_specific_data=data._replace(materialization=mat._replace(partition=p))
+        )
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (``==`` alone takes 1 == 1.0 == True and a
+    tuple for an equal NamedTuple of another class, which serialise differently)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple | list):
+        try:
+            xs, ys = list(a), list(b)
+        except Exception:  # a Dagster @record is a tuple that refuses iteration: compared below
+            xs = ys = None
+        if xs is not None:
+            return len(xs) == len(ys) and all(_same(x, y) for x, y in zip(xs, ys))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, set | frozenset):
+        return list(a) == list(b)
+    if isinstance(a, float) and a != a:  # NaN
+        return False
+    if a is None or isinstance(a, str | int | float | bytes):
+        return a == b
+    return a == b and repr(a) == repr(b)  # another object (a record, an enum): its repr shows its fields
 
 
 def _mirrored(e: EventLogEntry) -> bool:

@@ -257,12 +257,13 @@ def test_batched_events_keep_their_ids_across_runs_and_other_writers(tmp_path):
 
 
 def test_planned_rows_are_the_stock_rows_byte_for_byte(tmp_path):
-    """Planned events serialised once per kind with the partition and timestamp substituted: every
-    row equals the stock ``_event_to_row`` of the event, for a real run's events (one planned event
-    per asset and partition, materialisations, run events) and for edge cases: odd partition keys
-    (quotes, backslash, non-ASCII), floats whose repr is long, integral or in exponent form, another message,
-    an event of another run."""
-    from finnex_assets.instance_storage import _PlannedRows
+    """Planned and materialisation events serialised once per kind with the partition and timestamp
+    substituted: every row equals the stock ``_event_to_row`` of the event, for a real run's events
+    (one planned and one materialisation event per asset and partition, run events) and for edge
+    cases: odd partition keys (quotes, backslash, non-ASCII), floats whose repr is long, integral or
+    in exponent form, another message, another run, metadata values equal under == but of other
+    types, NaN."""
+    from finnex_assets.instance_storage import _EventRows
 
     instance = local_instance(str(_home(tmp_path / "dh")))
     result = _run(instance, tmp_path / "data")
@@ -282,9 +283,32 @@ def test_planned_rows_are_the_stock_rows_byte_for_byte(tmp_path):
         variant("2024-03-06", 1796304729.8080444, message="another message"),
         variant("2024-03-06", 5e-324)._replace(run_id="another-run"),
     ]
+    # materialisations: another partition and time, then a metadata value of another type but
+    # equal under == (1 vs 1.0 vs True), which must not reuse the cached text
+    mats = [e for e in events if e.dagster_event and e.dagster_event.is_step_materialization]
+    assert len(mats) == len(planned)
+    m = mats[0]
+    mdata = m.dagster_event.event_specific_data
+
+    def mat(partition: str, timestamp: float, metadata: dict | None = None) -> dg.EventLogEntry:
+        new = mdata.materialization._replace(partition=partition)
+        if metadata is not None:
+            new = new._replace(metadata={**new.metadata, **metadata})
+        de = m.dagster_event._replace(event_specific_data=mdata._replace(materialization=new))
+        return m._replace(timestamp=timestamp, dagster_event=de)
+
+    edge += [
+        mat("2024-03-07", 1796304730.25),
+        mat("2024-03-08", 1796304731.5, {"n": dg.MetadataValue.int(1)}),
+        mat("2024-03-09", 1796304731.5, {"n": dg.MetadataValue.float(1.0)}),
+        mat("2024-03-10", 1796304731.5, {"n": dg.MetadataValue.bool(True)}),
+        mat("2024-03-11", 1796304731.5, {"n": dg.MetadataValue.json({"a": 1})}),
+        mat("2024-03-12", 1796304731.5, {"n": dg.MetadataValue.json({"a": 1.0})}),
+        mat("2024-03-13", 1796304731.5, {"n": dg.MetadataValue.float(float("nan"))}),
+    ]
     storage = instance.event_log_storage
-    batch = [*events, *edge, *planned]
-    assert _PlannedRows(storage).rows(batch) == [storage._event_to_row(e) for e in batch]
+    batch = [*events, *edge, *planned, *mats]
+    assert _EventRows(storage).rows(batch) == [storage._event_to_row(e) for e in batch]
     # the batch path itself must not raise: Dagster would fall back to one event at a time silently
     again = [e._replace(run_id="batch-run") for e in events if e.dagster_event and e.dagster_event.asset_key]
     storage.store_event_batch(again)
