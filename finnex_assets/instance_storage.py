@@ -18,9 +18,10 @@ and ``index.db``, read by an unmodified webserver) and changes only how it write
   UI shows as not materialised; re-running it writes the same bytes. ``synchronous: FULL``
   (config) keeps the stock guarantee;
 * a batch of asset events (Dagster's planned events of a run, a step output's per-partition
-  materialisations) in one transaction per shard instead of several per event; the process
-  that opens this storage turns Dagster's event batching on (``DAGSTER_EVENT_BATCH_SIZE``,
-  unless set);
+  materialisations) in one transaction and one ``executemany`` per shard instead of several
+  statements per event, the per-partition events of one kind serialised once (``_EventRows``:
+  byte-identical rows); the process that opens this storage turns Dagster's event batching on
+  (``DAGSTER_EVENT_BATCH_SIZE``, unless set);
 * the UI's live run log still updates: the file watcher also reacts to the ``-wal`` file, which
   is where writes land while the connection stays open.
 
