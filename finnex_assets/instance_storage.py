@@ -257,7 +257,9 @@ class _EventRows:
 
     def __init__(self, storage: SqliteEventLogStorage):
         self._storage = storage
-        self._texts: list[tuple[EventLogEntry, str]] = []  # entries hold dicts: compared, not hashed
+        # per (event type, asset, step): the last kind's probe and text (probes hold dicts, so
+        # they are compared, not hashed; one comparison per event even when every event differs)
+        self._texts: dict[tuple[str, str, str | None], tuple[EventLogEntry, str]] = {}
 
     def rows(self, events: Sequence[EventLogEntry]) -> list[dict[str, Any]]:
         return [self._row(e) for e in events]
@@ -268,14 +270,16 @@ class _EventRows:
             return self._storage._event_to_row(e)
         partition, with_partition = slot
         probe = e._replace(timestamp=_STAMP, dagster_event=with_partition(_PARTITION))
-        text = next((t for p, t in self._texts if _same(p, probe)), None)
-        if text is None:
+        dagster_event = e.get_dagster_event()
+        kind = (dagster_event.event_type_value, dagster_event.asset_key.to_string(), dagster_event.step_key)
+        cached = self._texts.get(kind)
+        if cached is not None and _same(cached[0], probe):
+            text = cached[1]
+        else:
             text = serialize_value(probe)
             if text.count(json.dumps(_PARTITION)) != 1 or text.count(repr(_STAMP)) != 1:
                 return self._storage._event_to_row(e)
-            self._texts.insert(0, (probe, text))  # a run has a few kinds: about one per asset
-            del self._texts[8:]
-        dagster_event = e.get_dagster_event()
+            self._texts[kind] = (probe, text)
         return {
             "run_id": e.run_id,
             "event": text.replace(json.dumps(_PARTITION), json.dumps(partition)).replace(
