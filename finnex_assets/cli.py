@@ -67,20 +67,26 @@ def _keys(start: str, end: str) -> list[str]:
     return keys
 
 
+def _job_for(selection: list[str] | None):
+    """The job a run of ``selection`` uses: the per-date stages' named job, or, when the selection
+    holds an unpartitioned asset (alone, or after per-date ones in one run: the range tags then
+    apply to the partitioned assets only), the implicit job of every asset."""
+    from finnex_assets.definitions import defs, main_job, universe_job
+
+    unpartitioned = bool(selection) and any(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
+    universe = bool(selection) and all(s.startswith("universe_") for s in selection)
+    if unpartitioned:
+        return defs.resolve_implicit_global_asset_job_def()
+    return defs.resolve_job_def(universe_job.name if universe else main_job.name)
+
+
 def _execute(selection: list[str] | None, tags: dict[str, str], what: str, ops: dict | None = None) -> bool:
     _ensure_initialised()
     import dagster as dg
 
-    from finnex_assets.definitions import defs, main_job, universe_job
     from finnex_assets.loggers import log_dir
 
-    unpartitioned = bool(selection) and all(s in UNPARTITIONED + EVALUATION + UNIVERSE_FINAL for s in selection)
-    universe = bool(selection) and all(s.startswith("universe_") for s in selection)
-    job = (
-        defs.resolve_implicit_global_asset_job_def()
-        if unpartitioned
-        else defs.resolve_job_def(universe_job.name if universe else main_job.name)
-    )
+    job = _job_for(selection)
     selection_keys = [dg.AssetKey(s) for s in selection] if selection else None
     # the terminal shows warnings and the progress display (--verbose: every event); every event
     # also goes to the instance (the UI's run logs) and to $DAGSTER_HOME/logs/<run id>.log
@@ -155,8 +161,7 @@ def _announce_budget(name: str, mode: str, image_root: Path, n_train: int, n_val
 def run_universe(start: str, end: str, budget: str = "standard") -> bool:
     """Universe mode for [start, end]: prices and features from the images' lookback, images and
     labels over [start, end], then splits, then the model(s) and the evaluation at ``budget``
-    (their cost printed before they start; see ``universe_final_selection`` for which); each
-    stage one run."""
+    (their cost printed before they start; see ``universe_final_selection`` for which)."""
     from finnex_assets.assets.images import LOOKBACK
     from finnex_assets.partitions import trading_days
     from finnex_ml import calendar
@@ -170,10 +175,12 @@ def run_universe(start: str, end: str, budget: str = "standard") -> bool:
             f"start at {earliest} or later, or set FINNEX_PARTITION_START earlier"
         )
     _announce_universe_estimate(start, end, feature_start, budget)
+    # three runs: the splits join the images and labels run (one run's fixed cost less); the
+    # budget line still prints after them and before training
     return (
         run_range(feature_start, end, UNIVERSE_FEATURES)
-        and run_range(start, end, UNIVERSE_LATER)
-        and run_universe_training(budget)
+        and run_range(start, end, [*UNIVERSE_LATER, "universe_splits"])
+        and run_universe_training(budget, splits=False)
     )
 
 
@@ -203,15 +210,18 @@ def _announce_universe_estimate(start: str, end: str, feature_start: str, budget
     print(estimate_universe_demo(n, sessions, len(dates), sizes, cfg.epochs, len(b.seeds), split).describe())
 
 
-def run_universe_training(budget: str = "standard") -> bool:
-    """Universe mode after the images and labels: the splits, then the model(s) and the
-    evaluation at ``budget`` (their cost printed before they start)."""
+def run_universe_training(budget: str = "standard", splits: bool = True) -> bool:
+    """Universe mode after the images and labels: the splits (unless ``splits`` is False: the
+    images and labels run made them), then the model(s) and the evaluation at ``budget`` (their
+    cost printed before they start)."""
     import polars as pl
 
     from finnex_assets.storage import default_storage
     from finnex_ml import budget as budgets
 
-    if not _execute(["universe_splits"], {}, "every (date, ticker) with an image and a label: universe_splits"):
+    if splits and not _execute(
+        ["universe_splits"], {}, "every (date, ticker) with an image and a label: universe_splits"
+    ):
         return False
     store = default_storage().universe
     samples = pl.read_parquet(store.dataset_path("samples.parquet"))

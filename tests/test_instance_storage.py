@@ -20,6 +20,7 @@ from finnex_assets.instance_storage import (
     local_instance,
 )
 from finnex_assets.io_managers import PartitionedParquetIOManager
+from finnex_assets.partitions import trading_days
 from finnex_assets.resources import DataSourceResource
 from finnex_assets.storage import FinnexStorage
 from finnex_ml import modalities as md
@@ -201,3 +202,116 @@ def test_kept_connections_are_bounded_and_lose_nothing(tmp_path):
         ]
     storage.dispose()
     assert not storage._engines
+
+
+def test_batched_events_keep_their_ids_across_runs_and_other_writers(tmp_path):
+    """The batch path inserts many events in one statement and derives their ids: every tag row
+    and each asset's record must point at the right event, also when the index already holds
+    another writer's rows (ids do not start at 1, with a gap). Checked against the stock storage,
+    which inserts one event at a time and reads each id back: two backfills of the same dates with
+    a foreign row between them; then each partition reads as materialised by the second run."""
+    stock_home, ours_home = _home(tmp_path / "stock"), _home(tmp_path / "ours")
+    homes = {"stock": stock_home, "ours": ours_home}
+    instances = {"stock": dg.DagsterInstance.local_temp(str(stock_home)), "ours": local_instance(str(ours_home))}
+    last_run = {}
+    for name, instance in instances.items():
+        assert _run(instance, tmp_path / f"data_{name}").success
+        with sqlite3.connect(homes[name] / "history" / "runs" / "index.db") as conn:  # another process's row
+            conn.execute(
+                "insert into event_logs (run_id, event, dagster_event_type, timestamp) "
+                "values ('other', '{}', 'ENGINE_EVENT', '2024-01-01 00:00:00')"
+            )
+        result = _run(instance, tmp_path / f"data_{name}")
+        assert result.success
+        last_run[name] = result.run_id
+    for key in [*md.asset_names(), "daily_features"]:
+        status = instances["ours"].get_status_by_partition(
+            dg.AssetKey(key), ["2024-03-01", "2024-03-04", "2024-03-05", "2024-03-06"], trading_days
+        )
+        assert status["2024-03-01"] is None
+        assert {status[k] for k in ("2024-03-04", "2024-03-05", "2024-03-06")} == {dg.AssetPartitionStatus.MATERIALIZED}
+        (record,) = instances["ours"].get_asset_records([dg.AssetKey(key)])
+        last = record.asset_entry.last_materialization_record
+        assert last.event_log_entry.run_id == last_run["ours"]
+        assert last.event_log_entry.dagster_event.partition == "2024-03-06"
+        with sqlite3.connect(ours_home / "history" / "runs" / "index.db") as conn:
+            (newest,) = conn.execute(
+                "select max(id) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION' and asset_key = ?",
+                (dg.AssetKey(key).to_string(),),
+            ).fetchone()
+        assert last.storage_id == newest
+    for instance in instances.values():
+        instance.dispose()
+    # each tag row joined to the event its id names: the same (asset, tag, partition, type, run order)
+    joined = (
+        "select t.asset_key, t.key, e.asset_key, e.partition, e.dagster_event_type from asset_event_tags t "
+        "join event_logs e on e.id = t.event_id"
+    )
+    stock_rows = _rows(stock_home / "history" / "runs" / "index.db", joined)
+    ours_rows = _rows(ours_home / "history" / "runs" / "index.db", joined)
+    assert stock_rows and ours_rows == stock_rows
+    assert all(tag_asset == event_asset for tag_asset, _, event_asset, _, _ in ours_rows)
+    assert sum(ours_rows.values()) == sum(
+        _rows(ours_home / "history" / "runs" / "index.db", "select event_id from asset_event_tags").values()
+    )
+
+
+def test_planned_rows_are_the_stock_rows_byte_for_byte(tmp_path):
+    """Planned and materialisation events serialised once per kind with the partition and timestamp
+    substituted: every row equals the stock ``_event_to_row`` of the event, for a real run's events
+    (one planned and one materialisation event per asset and partition, run events) and for edge
+    cases: odd partition keys (quotes, backslash, non-ASCII), floats whose repr is long, integral or
+    in exponent form, another message, another run, metadata values equal under == but of other
+    types, NaN."""
+    from finnex_assets.instance_storage import _EventRows
+
+    instance = local_instance(str(_home(tmp_path / "dh")))
+    result = _run(instance, tmp_path / "data")
+    events = instance.all_logs(result.run_id)
+    planned = [e for e in events if e.dagster_event and e.dagster_event.is_asset_materialization_planned]
+    assert len(planned) == 3 * (len(md.asset_names()) + 1)
+    first = planned[0]
+    data = first.dagster_event.event_specific_data
+
+    def variant(partition: str, timestamp: float, **event: str) -> dg.EventLogEntry:
+        de = first.dagster_event._replace(event_specific_data=data._replace(partition=partition), **event)
+        return first._replace(timestamp=timestamp, dagster_event=de)
+
+    edge = [
+        variant('2024-03-04"\\', 0.1 + 0.2),
+        variant("2024-03-05 ü", 1796304729.0),
+        variant("2024-03-06", 1796304729.8080444, message="another message"),
+        variant("2024-03-06", 5e-324)._replace(run_id="another-run"),
+    ]
+    # materialisations: another partition and time, then a metadata value of another type but
+    # equal under == (1 vs 1.0 vs True), which must not reuse the cached text
+    mats = [e for e in events if e.dagster_event and e.dagster_event.is_step_materialization]
+    assert len(mats) == len(planned)
+    m = mats[0]
+    mdata = m.dagster_event.event_specific_data
+
+    def mat(partition: str, timestamp: float, metadata: dict | None = None) -> dg.EventLogEntry:
+        new = mdata.materialization._replace(partition=partition)
+        if metadata is not None:
+            new = new._replace(metadata={**new.metadata, **metadata})
+        de = m.dagster_event._replace(event_specific_data=mdata._replace(materialization=new))
+        return m._replace(timestamp=timestamp, dagster_event=de)
+
+    edge += [
+        mat("2024-03-07", 1796304730.25),
+        mat("2024-03-08", 1796304731.5, {"n": dg.MetadataValue.int(1)}),
+        mat("2024-03-09", 1796304731.5, {"n": dg.MetadataValue.float(1.0)}),
+        mat("2024-03-10", 1796304731.5, {"n": dg.MetadataValue.bool(True)}),
+        mat("2024-03-11", 1796304731.5, {"n": dg.MetadataValue.json({"a": 1})}),
+        mat("2024-03-12", 1796304731.5, {"n": dg.MetadataValue.json({"a": 1.0})}),
+        mat("2024-03-13", 1796304731.5, {"n": dg.MetadataValue.float(float("nan"))}),
+    ]
+    storage = instance.event_log_storage
+    batch = [*events, *edge, *planned, *mats]
+    assert _EventRows(storage).rows(batch) == [storage._event_to_row(e) for e in batch]
+    # the batch path itself must not raise: Dagster would fall back to one event at a time silently
+    again = [e._replace(run_id="batch-run") for e in events if e.dagster_event and e.dagster_event.asset_key]
+    storage.store_event_batch(again)
+    stored = [r.event_log_entry for r in storage.get_records_for_run("batch-run").records]
+    assert stored == again
+    instance.dispose()

@@ -55,15 +55,20 @@ def built(tmp_path_factory):
     inst = dg.DagsterInstance.ephemeral()
     lookback = calendar.sessions_back(START, LOOKBACK)
     assert _run(res, ["universe_prices", "universe_features"], lookback, END, instance=inst).success
-    assert _run(res, ["universe_images", "universe_labels"], START, END, instance=inst).success
+    # as `finnex demo --universe` runs them: the unpartitioned splits in the images and labels run
+    splits_cfg = {"ops": {"universe_splits": {"config": {"horizon": 1}}}}
+    later = _run(res, ["universe_images", "universe_labels", "universe_splits"], START, END, splits_cfg, instance=inst)
+    assert later.success
+    done = [e.asset_key.path[-1] for e in later.get_asset_materialization_events()]
+    assert done.count("universe_splits") == 1 and done[-1] == "universe_splits"  # once, after the rest
+    assert done.count("universe_images") == done.count("universe_labels") == len(calendar.sessions(START, END))
     cfg = {
         "ops": {
-            "universe_splits": {"config": {"horizon": 1}},
             "universe_model": {"config": {"epochs": 1}},
             "universe_evaluation": {"config": {"n_boot": 200, "n_perm": 200}},
         }
     }
-    result = _run(res, ["universe_splits", "universe_model", "universe_evaluation"], run_config=cfg, instance=inst)
+    result = _run(res, ["universe_model", "universe_evaluation"], run_config=cfg, instance=inst)
     assert result.success
     return tmp, res, result
 

@@ -53,3 +53,28 @@ def test_single_split_model_is_skipped_only_when_the_walk_forward_has_folds():
     # a year of images (the synthetic demo) has no fold: the single split is the model
     assert universe_final_selection(0) == ["universe_model", "universe_walk_forward", "universe_evaluation"]
     assert universe_final_selection(0) == list(UNIVERSE_FINAL[1:])
+
+
+def test_the_demo_runs_the_splits_with_the_images_and_labels(monkeypatch):
+    """`finnex demo --universe` makes three runs: features, then images + labels + splits (the
+    unpartitioned splits in the implicit job, whose subset holds all three), then training; the
+    budget lines print between the second and the third."""
+    import dagster as dg
+
+    from finnex_assets import cli
+    from finnex_assets.definitions import universe_job
+
+    later = [*cli.UNIVERSE_LATER, "universe_splits"]
+    job = cli._job_for(later)
+    assert job.name != universe_job.name  # the named universe job leaves the splits out
+    subset = job.get_subset(asset_selection={dg.AssetKey(s) for s in later})
+    assert {k.path[-1] for k in subset.asset_layer.selected_asset_keys} == set(later)
+    assert cli._job_for(cli.UNIVERSE_LATER).name == universe_job.name
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(cli, "_announce_universe_estimate", lambda *a: calls.append(("estimate",)))
+    monkeypatch.setattr(cli, "run_range", lambda start, end, selection: calls.append((start, end, selection)) or True)
+    monkeypatch.setattr(cli, "run_universe_training", lambda b, splits=True: calls.append(("training", splits)) or True)
+    assert cli.run_universe("2024-01-02", "2024-12-31", "quick")
+    assert [c[-1] for c in calls[1:3]] == [cli.UNIVERSE_FEATURES, later]
+    assert calls[3] == ("training", False)
