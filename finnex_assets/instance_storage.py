@@ -19,8 +19,7 @@ and ``index.db``, read by an unmodified webserver) and changes only how it write
   (config) keeps the stock guarantee;
 * a batch of asset events (Dagster's planned events of a run, a step output's per-partition
   materialisations) in one transaction and one ``executemany`` per shard instead of several
-  statements per event, the per-partition events of one kind serialised once (``_EventRows``:
-  byte-identical rows); the process that opens this storage turns Dagster's event batching on
+  statements per event; the process that opens this storage turns Dagster's event batching on
   (``DAGSTER_EVENT_BATCH_SIZE``, unless set);
 * the UI's live run log still updates: the file watcher also reacts to the ``-wal`` file, which
   is where writes land while the connection stays open.
@@ -30,7 +29,6 @@ the default of the instance's home; a ``storage:`` section in dagster.yaml still
 Docker deployment's Postgres).
 """
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -41,7 +39,7 @@ from typing import Any
 import dagster as dg
 import yaml
 from dagster._config import Field, StringSource
-from dagster._core.events import ASSET_EVENTS, DagsterEventType
+from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
@@ -165,10 +163,9 @@ class FinnexSqliteEventLogStorage(SqliteEventLogStorage):
         if len(events) == 1:
             self.store_event(events[0])
             return
-        # the stock rows (``_event_to_row``: each event serialised once), inserted as one
-        # executemany per shard instead of one compiled INSERT per event: a 2,000-date range
-        # stores 4,000+ planned events and as many materialisations
-        rows = _EventRows(self).rows(events)
+        # the stock rows, inserted as one executemany per shard instead of one compiled INSERT
+        # per event: a 2,000-date range stores 4,000+ planned events and as many materialisations
+        rows = [self._event_to_row(e) for e in events]
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(SqlEventLogStorageTable.insert(), rows)
         # the asset's row (last materialisation, last run) ends as the last event of each type
@@ -238,106 +235,6 @@ def _insert_ids(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     conn.execute(table.insert(), rows)
     last = conn.execute(select(func.max(table.c.id))).scalar_one()
     return list(range(last - len(rows) + 1, last + 1))
-
-
-_PARTITION = "\x00finnex-partition\x00"  # stand-ins no real event holds
-_STAMP = 1.2345678901234567e-300
-
-
-class _EventRows:
-    """The stock rows (``_event_to_row``) of a batch of events, a run's per-partition asset events
-    serialised once per kind instead of once each. A run over N dates plans N events per asset,
-    and its step outputs materialise N more, that differ only in their partition and timestamp;
-    serialising one with stand-ins for both and substituting them gives the same text, byte for
-    byte, as ``serialize_value`` of each. An event is served this way only when it is the cached
-    one, field by field with the same types (``_same``: 1, 1.0 and True serialise differently),
-    once its partition and timestamp are put back; anything else that differs (metadata a step
-    adds per date, message, tags) makes a new kind. tests/test_instance_storage.py compares the
-    rows with the stock ones."""
-
-    def __init__(self, storage: SqliteEventLogStorage):
-        self._storage = storage
-        # per (event type, asset, step): the last kind's probe and text (probes hold dicts, so
-        # they are compared, not hashed; one comparison per event even when every event differs)
-        self._texts: dict[tuple[str, str, str | None], tuple[EventLogEntry, str]] = {}
-
-    def rows(self, events: Sequence[EventLogEntry]) -> list[dict[str, Any]]:
-        return [self._row(e) for e in events]
-
-    def _row(self, e: EventLogEntry) -> dict[str, Any]:
-        slot = _partition_slot(e)
-        if slot is None:
-            return self._storage._event_to_row(e)
-        partition, with_partition = slot
-        probe = e._replace(timestamp=_STAMP, dagster_event=with_partition(_PARTITION))
-        dagster_event = e.get_dagster_event()
-        kind = (dagster_event.event_type_value, dagster_event.asset_key.to_string(), dagster_event.step_key)
-        cached = self._texts.get(kind)
-        if cached is not None and _same(cached[0], probe):
-            text = cached[1]
-        else:
-            text = serialize_value(probe)
-            if text.count(json.dumps(_PARTITION)) != 1 or text.count(repr(_STAMP)) != 1:
-                return self._storage._event_to_row(e)
-            self._texts[kind] = (probe, text)
-        return {
-            "run_id": e.run_id,
-            "event": text.replace(json.dumps(_PARTITION), json.dumps(partition)).replace(
-                repr(_STAMP), repr(e.timestamp)
-            ),
-            "dagster_event_type": dagster_event.event_type_value,
-            "timestamp": self._storage._event_insert_timestamp(e),
-            "step_key": dagster_event.step_key,
-            "asset_key": dagster_event.asset_key.to_string(),
-            "partition": partition,
-        }
-
-
-def _partition_slot(e: EventLogEntry) -> tuple[str, Any] | None:
-    """``(partition, f)`` for a planned or materialisation event of one partition, where ``f(p)``
-    is its DagsterEvent with partition ``p``; None for any other event."""
-    de = e.dagster_event
-    if de is None:
-        return None
-    if de.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
-        data = de.event_specific_data
-        if not data.partition or data.partitions_subset is not None:
-            return None
-        return data.partition, lambda p: de._replace(event_specific_data=data._replace(partition=p))
-    if de.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-        data = de.event_specific_data
-        mat = data.materialization
-        if not mat.partition:
-            return None
-        return mat.partition, lambda p: de._replace(
-            event_specific_data=data._replace(materialization=mat._replace(partition=p))
-        )
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal and of the same types all the way down (``==`` alone takes 1 == 1.0 == True and a
-    tuple for an equal NamedTuple of another class, which serialise differently)."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, tuple | list):
-        try:
-            xs, ys = list(a), list(b)
-        except Exception:  # a Dagster @record is a tuple that refuses iteration: compared below
-            xs = ys = None
-        if xs is not None:
-            return len(xs) == len(ys) and all(_same(x, y) for x, y in zip(xs, ys))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, set | frozenset):
-        return list(a) == list(b)
-    if isinstance(a, float) and a != a:  # NaN
-        return False
-    if a is None or isinstance(a, str | int | float | bytes):
-        return a == b
-    return a == b and repr(a) == repr(b)  # another object (a record, an enum): its repr shows its fields
 
 
 def _mirrored(e: EventLogEntry) -> bool:

@@ -256,60 +256,13 @@ def test_batched_events_keep_their_ids_across_runs_and_other_writers(tmp_path):
     )
 
 
-def test_planned_rows_are_the_stock_rows_byte_for_byte(tmp_path):
-    """Planned and materialisation events serialised once per kind with the partition and timestamp
-    substituted: every row equals the stock ``_event_to_row`` of the event, for a real run's events
-    (one planned and one materialisation event per asset and partition, run events) and for edge
-    cases: odd partition keys (quotes, backslash, non-ASCII), floats whose repr is long, integral or
-    in exponent form, another message, another run, metadata values equal under == but of other
-    types, NaN."""
-    from finnex_assets.instance_storage import _EventRows
-
+def test_a_batch_of_a_real_runs_asset_events_is_stored_as_given(tmp_path):
+    """The batch path (one executemany per shard) must not raise, since Dagster would fall back
+    to one event at a time silently; the rows read back equal the events, in order."""
     instance = local_instance(str(_home(tmp_path / "dh")))
     result = _run(instance, tmp_path / "data")
     events = instance.all_logs(result.run_id)
-    planned = [e for e in events if e.dagster_event and e.dagster_event.is_asset_materialization_planned]
-    assert len(planned) == 3 * (len(md.asset_names()) + 1)
-    first = planned[0]
-    data = first.dagster_event.event_specific_data
-
-    def variant(partition: str, timestamp: float, **event: str) -> dg.EventLogEntry:
-        de = first.dagster_event._replace(event_specific_data=data._replace(partition=partition), **event)
-        return first._replace(timestamp=timestamp, dagster_event=de)
-
-    edge = [
-        variant('2024-03-04"\\', 0.1 + 0.2),
-        variant("2024-03-05 ü", 1796304729.0),
-        variant("2024-03-06", 1796304729.8080444, message="another message"),
-        variant("2024-03-06", 5e-324)._replace(run_id="another-run"),
-    ]
-    # materialisations: another partition and time, then a metadata value of another type but
-    # equal under == (1 vs 1.0 vs True), which must not reuse the cached text
-    mats = [e for e in events if e.dagster_event and e.dagster_event.is_step_materialization]
-    assert len(mats) == len(planned)
-    m = mats[0]
-    mdata = m.dagster_event.event_specific_data
-
-    def mat(partition: str, timestamp: float, metadata: dict | None = None) -> dg.EventLogEntry:
-        new = mdata.materialization._replace(partition=partition)
-        if metadata is not None:
-            new = new._replace(metadata={**new.metadata, **metadata})
-        de = m.dagster_event._replace(event_specific_data=mdata._replace(materialization=new))
-        return m._replace(timestamp=timestamp, dagster_event=de)
-
-    edge += [
-        mat("2024-03-07", 1796304730.25),
-        mat("2024-03-08", 1796304731.5, {"n": dg.MetadataValue.int(1)}),
-        mat("2024-03-09", 1796304731.5, {"n": dg.MetadataValue.float(1.0)}),
-        mat("2024-03-10", 1796304731.5, {"n": dg.MetadataValue.bool(True)}),
-        mat("2024-03-11", 1796304731.5, {"n": dg.MetadataValue.json({"a": 1})}),
-        mat("2024-03-12", 1796304731.5, {"n": dg.MetadataValue.json({"a": 1.0})}),
-        mat("2024-03-13", 1796304731.5, {"n": dg.MetadataValue.float(float("nan"))}),
-    ]
     storage = instance.event_log_storage
-    batch = [*events, *edge, *planned, *mats]
-    assert _EventRows(storage).rows(batch) == [storage._event_to_row(e) for e in batch]
-    # the batch path itself must not raise: Dagster would fall back to one event at a time silently
     again = [e._replace(run_id="batch-run") for e in events if e.dagster_event and e.dagster_event.asset_key]
     storage.store_event_batch(again)
     stored = [r.event_log_entry for r in storage.get_records_for_run("batch-run").records]
