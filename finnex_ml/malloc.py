@@ -5,7 +5,7 @@ hundreds of MB per batch and frees them at the end of the step. glibc serves eve
 above its mmap threshold (at most 32 MB, however it adapts) with a fresh ``mmap`` and returns it
 with ``munmap`` on free, so the next step faults every page in again and the kernel zero-fills
 it: on the layout-aware CNN's training step (batch 32, 512 x 512) that was ~160,000 page faults
-and more system CPU than user CPU per step (benchmarks/bench_malloc.py). With the mmap threshold
+and more system CPU than user CPU per step (benchmarks/bench_eval_overheads.py). With the mmap threshold
 at 1 GiB those buffers come from the heap and are reused by the next step, and the trim
 threshold of 2 GiB keeps freed heap memory up to that size instead of returning it. The numbers
 computed do not change; the process keeps (up to 2 GiB of) its peak memory reserved until it
