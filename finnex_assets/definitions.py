@@ -16,11 +16,6 @@ from finnex_assets.loggers import LOGGERS
 from finnex_assets.resources import MlflowTracking, ProjectChecks, default_data_source
 from finnex_assets.schedules import daily_after_close, daily_job, universe_after_close, universe_job
 from finnex_assets.storage import default_storage
-from finnex_ml.malloc import keep_freed_memory
-
-# every process that loads these definitions (the CLI's in-process runs, the UI's run workers)
-# reuses freed training and prediction buffers instead of faulting them in again (finnex_ml.malloc)
-keep_freed_memory()
 
 ALL_ASSETS = [
     modalities,

@@ -94,7 +94,7 @@ def _one_image(image: np.ndarray, device: torch.device) -> torch.Tensor:
 def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     """One HWC image as an NCHW ``[1, 3, 512, 512]`` tensor in channels-last memory (a view of
     the HWC array), as the trainer and ``image_outputs`` feed the models: the layout-aware stem's
-    column pooling costs ~2.7x the CPU on a contiguous NCHW copy (benchmarks/bench_eval_overheads.py)."""
+    column pooling costs ~2.7x the CPU on a contiguous NCHW copy (benchmarks/bench_interpret.py)."""
     return _one_image(image, device).permute(0, 3, 1, 2)
 
 
