@@ -135,3 +135,37 @@ def test_array_dataset_batches_are_fresh_copies() -> None:
     np.testing.assert_array_equal(b["x"].numpy(), x[[1, 2]])
     a["x"].zero_()  # a batch is the caller's: changing it leaves the dataset alone
     assert torch.equal(ds.__getitems__([4])["x"][0], torch.from_numpy(x[4]))
+
+
+def test_pixel_buffers_are_reused_only_once_released(tmp_path: Path) -> None:
+    """Issue 18: a batch's pixel buffer is handed out again only when no tensor (or view, or
+    prefetched batch) references it; a held batch keeps its values while later batches are read."""
+    x = images(12)
+    ds = H5ArrayDataset(per_date_set(tmp_path, x), "images", KEYS, indices=np.arange(12))
+    held = ds.__getitems__([0, 1, 2])
+    view = ds.__getitems__([3, 4, 5])["x"].permute(0, 3, 1, 2)  # only a view of the second batch is kept
+    for start in (6, 9, 6, 9):
+        b = ds.__getitems__([start, start + 1, start + 2])
+        np.testing.assert_array_equal(b["x"].numpy(), x[start : start + 3])
+        del b  # released: its buffer may serve the next read
+    np.testing.assert_array_equal(held["x"].numpy(), x[:3])
+    np.testing.assert_array_equal(view.permute(0, 2, 3, 1).numpy(), x[3:6])
+    # the first two buffers were never handed out again; the third served the last three reads
+    assert ds._buffers.reused == 3 and len(ds._buffers._bufs) == 3
+    del held, view
+    ds.__getitems__([0, 1, 2])
+    assert ds._buffers.reused == 4
+
+
+def test_read_ahead_thread_batches_match_the_file_with_buffer_reuse(tmp_path: Path) -> None:
+    from finnex_ml.training.data import _ThreadPrefetcher
+
+    x = images(12)
+    ds = H5ArrayDataset(per_date_set(tmp_path, x), "images", KEYS, indices=np.arange(12))
+    order = [[i, (i + 1) % 12] for i in range(12)] * 3
+    got = []
+    for b in _ThreadPrefetcher((ds.__getitems__(p) for p in order), 2):
+        got.append(b["x"].numpy().copy())  # the consumer copies, then lets the batch go
+    for p, g in zip(order, got, strict=True):
+        np.testing.assert_array_equal(g, x[p])
+    assert ds._buffers.reused > 0

@@ -6,6 +6,7 @@ import bisect
 import math
 import os
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -83,6 +84,48 @@ def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> 
     against 11 ms for the same copy into a numpy buffer."""
     np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
     return torch.from_numpy(np.empty(shape, dtype=np_dtype))
+
+
+class _BufferPool:
+    """Pixel batch buffers handed out again once nothing references them any more.
+
+    Why: every batch used to be a fresh ``np.empty`` of ~100 MB (32 mega-images) that the read
+    then wrote: the kernel zero-filled its pages on the first write (huge pages or not), and on
+    the loaded 2-core machine that zeroing (``clear_page_erms`` under ``preadv``) was 37 % of the
+    CPU samples of ``cnn_model`` (perf, issue 18). A buffer is reused only when the pool's own
+    reference is the last one: ``torch.from_numpy`` keeps the array alive for as long as the batch
+    tensor, any view of it or a tensor autograd saved from it lives, so a batch still queued, in
+    training or held by the caller is never overwritten. At most ``keep`` buffers are pooled
+    (the read-ahead depth plus the batch in training and the one being read); beyond that, and for
+    other shapes (a last, shorter batch), a fresh array as before. The bytes read are the same."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._bufs: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self.reused = 0  # batches served from a pooled buffer
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker process (or a copy) starts with no buffers
+        return {"keep": self.keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["keep"])
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        with self._lock:
+            for i in range(len(self._bufs)):
+                # references: the pool's list and getrefcount's argument, nothing else
+                if (
+                    self._bufs[i].shape == shape
+                    and self._bufs[i].dtype == dtype
+                    and sys.getrefcount(self._bufs[i]) == 2
+                ):
+                    self.reused += 1
+                    return self._bufs[i]
+            out = np.empty(shape, dtype=dtype)
+            if len(self._bufs) < self.keep:
+                self._bufs.append(out)
+            return out
 
 
 def _torch_dtype_for(dt: np.dtype) -> np.dtype:
@@ -235,6 +278,7 @@ class H5ArrayDataset(Dataset):
         self.rows_read = 0
         self.read_calls = 0
         self.direct_reads = 0  # preadv calls (a subset of read_calls)
+        self._buffers = _BufferPool()  # pixel batches, reused once the trainer has let go of them
 
     # --- file handle ------------------------------------------------------------------------
     def _h5(self) -> h5py.File:
@@ -280,7 +324,8 @@ class H5ArrayDataset(Dataset):
     def _read_rows(self, key: str, rows: np.ndarray, item_shape: tuple[int, ...], src_dtype: np.dtype) -> np.ndarray:
         uniq, inverse = np.unique(rows, return_inverse=True)
         dtype = _torch_dtype_for(src_dtype)
-        out = np.empty((uniq.size, *item_shape), dtype=dtype)
+        shape = (uniq.size, *item_shape)
+        out = self._buffers.get(shape, dtype) if key == self.x_key else np.empty(shape, dtype=dtype)
         ds = self._h5()[key]
         direct = self._direct if key == self.x_key and src_dtype == dtype else None
         for a, b, o in _runs(uniq):
