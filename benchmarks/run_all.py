@@ -66,6 +66,7 @@ BENCHMARKS: list[Bench] = [
     Bench("training", HERE / "bench_training.py"),
     Bench("image_training", HERE / "bench_image_training.py"),
     Bench("refit", HERE / "bench_refit.py"),
+    Bench("interpret", HERE / "bench_interpret.py"),
     Bench("universe", HERE / "bench_universe.py", common=("--out", "{tmp}/universe.md"), timeout_s=3600.0),
 ]
 

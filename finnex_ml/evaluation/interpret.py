@@ -92,8 +92,10 @@ def _one_image(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """One HWC image as an NCHW ``[1, 3, 512, 512]`` tensor."""
-    return _one_image(image, device).permute(0, 3, 1, 2).contiguous()
+    """One HWC image as an NCHW ``[1, 3, 512, 512]`` tensor in channels-last memory (a view of
+    the HWC array), as the trainer and ``image_outputs`` feed the models: the layout-aware stem's
+    column pooling costs ~2.7x the CPU on a contiguous NCHW copy (benchmarks/bench_interpret.py)."""
+    return _one_image(image, device).permute(0, 3, 1, 2)
 
 
 def _to_patches(x: torch.Tensor) -> torch.Tensor:
@@ -248,7 +250,8 @@ def occlusion_importance(
             occluded = []
             for k0 in range(0, N_PATCHES, image_batch):
                 ks = range(k0, min(k0 + image_batch, N_PATCHES))
-                xb = x.expand(len(ks), -1, -1, -1).clone()  # built per chunk: 256 copies would be 800 MB
+                # built per chunk (256 copies would be 800 MB), channels-last like the image itself
+                xb = x.expand(len(ks), -1, -1, -1).clone(memory_format=torch.channels_last)
                 for j, k in enumerate(ks):
                     r, c = divmod(k, GRID)
                     xb[j, :, r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH] = fill_t
