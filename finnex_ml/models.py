@@ -784,6 +784,12 @@ class FinNeXViT(_BagInput, nn.Module):
     def feature_dim(self) -> int:
         return self.config.dim
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a layout checkpoint from before the date-t direction existed: a zero direction is its maths
+        if self.config.layout and prefix + "feature_embed" in state_dict and prefix + "date_embed" not in state_dict:
+            state_dict[prefix + "date_embed"] = torch.zeros_like(self.date_embed)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def token_sections(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Section id per patch token (row-major, CLS excluded) for a ``grid_h × grid_w`` input grid."""
         return grid_sections(grid_h, grid_w)

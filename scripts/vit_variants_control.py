@@ -38,7 +38,13 @@ def main() -> None:
             t0 = time.perf_counter()
             over = {} if args.depth is None else {"depth": args.depth}
             res = run_control(
-                data, model=model, seeds=args.seeds, epochs=args.epochs, lr=args.lr, threads=args.threads, overrides=over
+                data,
+                model=model,
+                seeds=args.seeds,
+                epochs=args.epochs,
+                lr=args.lr,
+                threads=args.threads,
+                overrides=over,
             )
             ba = res.balanced_accuracy
             share = max(res.diversity["shares"])

@@ -247,7 +247,7 @@ def test_layout_vit_learns_a_date_t_level_rule_from_cells() -> None:
     g = torch.Generator().manual_seed(1)
     cells = torch.rand(600, n_f, n_l, generator=g)
     key = spec.features.index("price__p7")
-    y = torch.bucketize(cells[:, key, -1], torch.tensor([1 / 3, 2 / 3]))
+    y = torch.bucketize(cells[:, key, -1].contiguous(), torch.tensor([1 / 3, 2 / 3]))
     opt = torch.optim.AdamW(vit.parameters(), lr=2e-3, weight_decay=1e-4)
     for _ in range(8):
         for i in range(0, 400, 32):
@@ -260,3 +260,15 @@ def test_layout_vit_learns_a_date_t_level_rule_from_cells() -> None:
     with torch.no_grad():
         acc = (vit.classifier(vit.features_from_cells(cells[400:])[0]).argmax(1) == y[400:]).float().mean().item()
     assert acc > 0.7, acc  # chance is 1/3
+
+
+def test_layout_vit_loads_a_checkpoint_without_the_date_direction() -> None:
+    """Checkpoints written before ``date_embed`` existed load with a zero direction (their maths)."""
+    spec = _small_layout()
+    vit = create_model("vit", layout=spec).eval()
+    old = {k: v for k, v in vit.state_dict().items() if not k.endswith("date_embed")}
+    fresh = create_model("vit", layout=spec).eval()
+    fresh.load_state_dict(old)
+    assert torch.count_nonzero(fresh.backbone.date_embed) == 0
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        fresh.load_state_dict({**old, "backbone.bogus": torch.zeros(1)})
