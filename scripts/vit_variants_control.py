@@ -5,6 +5,8 @@ pure noise, with the same split, recipe and seeds (``finnex_ml.positive_control.
     OMP_NUM_THREADS=1 .venv/bin/python scripts/vit_variants_control.py [--seeds 0] [--epochs 15] [--lr 2e-3]
 
 Prints one markdown row per (case, model); the numbers behind the README's choice of default.
+``--lr`` defaults to 2e-3, the layout ViT's recipe on the control (the rows measured before
+2026-12-03's token change used 5e-4; benchmarks/positive_control.md).
 """
 
 from __future__ import annotations
