@@ -746,8 +746,14 @@ class FinNeXViT(_BagInput, nn.Module):
             # the feature's own embedding (identity kept) and its section's
             self.cells = LayoutCells(parse_layout(cfg.layout))
             self.history_embed = nn.Linear(self.cells.sessions, cfg.dim)
-            self.feature_embed = nn.Parameter(torch.zeros(1, self.cells.n_features, cfg.dim))
-            nn.init.trunc_normal_(self.feature_embed, std=0.02)
+            # The image date's cell also enters on its own learned direction: inside the shared
+            # history map it is one of L inputs, so a date-t rule had no salient handle.
+            self.date_embed = nn.Parameter(torch.randn(1, 1, cfg.dim))
+            # Unit scale, like the history content: at ViT's usual std 0.02 the feature identity
+            # was ~30x below the history part, and AdamW (steps ~lr) needed ~100 epochs to grow it,
+            # so attention could not single out the one informative row among ~200 (positive
+            # control, 2026-12-03: validation BA at chance after 8 epochs; benchmarks/positive_control.md).
+            self.feature_embed = nn.Parameter(torch.randn(1, self.cells.n_features, cfg.dim))
         else:
             self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.dim, self.grid, self.grid))
@@ -777,6 +783,12 @@ class FinNeXViT(_BagInput, nn.Module):
     @property
     def feature_dim(self) -> int:
         return self.config.dim
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a layout checkpoint from before the date-t direction existed: a zero direction is its maths
+        if self.config.layout and prefix + "feature_embed" in state_dict and prefix + "date_embed" not in state_dict:
+            state_dict[prefix + "date_embed"] = torch.zeros_like(self.date_embed)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def token_sections(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Section id per patch token (row-major, CLS excluded) for a ``grid_h × grid_w`` input grid."""
@@ -824,13 +836,26 @@ class FinNeXViT(_BagInput, nn.Module):
                 raise ValueError(
                     f"a layout-aware model reads whole images (input_mode='image'), got {tuple(x.shape[2:])}"
                 )
-            cells = _center_input(self.cells(x), self.config.input_center, self.config.input_scale)
-            tok = self.history_embed(cells) + self.feature_embed + self.section_embed(self.cells.feature_sections)[None]
+            return self.features_from_cells(self.cells(x), return_attention)
         else:
             x = _center_input(x, self.config.input_center, self.config.input_scale)
             tok = self.patch_embed(x)  # [B, dim, gh, gw]
             gh, gw = tok.shape[2], tok.shape[3]
             tok = tok.flatten(2).transpose(1, 2) + self._positions(gh, gw, b, patch_pos, x.device)
+        return self._encode(tok, return_attention)
+
+    def cell_tokens(self, cells: torch.Tensor) -> torch.Tensor:
+        """The ``[B, F, dim]`` feature tokens from ``[B, F, L]`` cells (``LayoutCells`` output)."""
+        cells = _center_input(cells, self.config.input_center, self.config.input_scale)
+        tok = self.history_embed(cells) + cells[:, :, -1:] * self.date_embed + self.feature_embed
+        return tok + self.section_embed(self.cells.feature_sections)[None]
+
+    def features_from_cells(self, cells: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, Any]:
+        """Features and attention (see ``forward_features``) from ``[B, F, L]`` cells (layout path)."""
+        return self._encode(self.cell_tokens(cells), return_attention)
+
+    def _encode(self, tok: torch.Tensor, return_attention: bool) -> tuple[torch.Tensor, Any]:
+        b = tok.shape[0]
         tok = torch.cat([self.cls_token.expand(b, -1, -1), tok], dim=1)
         tok = self.drop(tok)
         weights: list[torch.Tensor] = []

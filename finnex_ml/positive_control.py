@@ -239,6 +239,7 @@ def run_control(
     model: str = "cnn",
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 30,
+    lr: float = 5e-4,
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> ControlResult:
@@ -249,7 +250,7 @@ def run_control(
     y = data.labels
     t0 = time.perf_counter()
     probs = train_image_model(
-        data, split, model=model, seeds=seeds, epochs=epochs, threads=threads, overrides=overrides
+        data, split, model=model, seeds=seeds, epochs=epochs, lr=lr, threads=threads, overrides=overrides
     )
     secs = time.perf_counter() - t0
     majority = int(np.bincount(y[split.train], minlength=3).argmax())

@@ -2,9 +2,11 @@
 feature row) and the 256-patch-token variant ("vit_patches"), on the planted level rule and on
 pure noise, with the same split, recipe and seeds (``finnex_ml.positive_control.run_control``).
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/vit_variants_control.py [--seeds 0] [--epochs 15]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/vit_variants_control.py [--seeds 0] [--epochs 15] [--lr 2e-3]
 
 Prints one markdown row per (case, model); the numbers behind the README's choice of default.
+``--lr`` defaults to 2e-3, the layout ViT's recipe on the control (the rows measured before
+2026-12-03's token change used 5e-4; benchmarks/positive_control.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vit", "vit_patches"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--depth", type=int, default=None, help="override ViTConfig.depth")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--start", default="2022-01-01")
     parser.add_argument("--end", default="2023-12-31")
@@ -34,7 +38,16 @@ def main() -> None:
         data = build_control_data(plant, args.start, args.end)
         for model in args.models:
             t0 = time.perf_counter()
-            res = run_control(data, model=model, seeds=args.seeds, epochs=args.epochs, threads=args.threads)
+            over = {} if args.depth is None else {"depth": args.depth}
+            res = run_control(
+                data,
+                model=model,
+                seeds=args.seeds,
+                epochs=args.epochs,
+                lr=args.lr,
+                threads=args.threads,
+                overrides=over,
+            )
             ba = res.balanced_accuracy
             share = max(res.diversity["shares"])
             print(
