@@ -782,14 +782,27 @@ def make_loader(
     )
 
 
+_END = object()  # a read-ahead thread's last item
+
+
+def _drain(q: queue.Queue[Any]) -> Iterator[Any]:
+    """The items a read-ahead thread queued, up to its end marker; an exception it queued is
+    raised here, in the consumer."""
+    while True:
+        item = q.get()
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 class _ThreadPrefetcher:
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
 
     Torch ops release the GIL, so HDF5 reads (and decompression) overlap the training step
     without worker processes and their copies through shared memory.
     """
-
-    _END = object()
 
     def __init__(self, iterable: Iterable[Any], depth: int) -> None:
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
@@ -808,19 +821,13 @@ class _ThreadPrefetcher:
                         continue
                 if self._stop.is_set():
                     return
-            self._q.put(self._END)
+            self._q.put(_END)
         except BaseException as exc:  # re-raised in the consumer
             self._q.put(exc)
 
     def __iter__(self) -> Iterator[Any]:
         try:
-            while True:
-                item = self._q.get()
-                if item is self._END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from _drain(self._q)
         finally:
             self.close()
 
@@ -882,8 +889,6 @@ class PooledBatches:
     ``depth``: training gives the same weights with or without read-ahead (a test checks it).
     """
 
-    _END = object()
-
     def __init__(self, dataset: Any, batches: Iterable[Sequence[int]], buffers: BatchBuffers, depth: int) -> None:
         self.dataset, self.depth, self.buffers = dataset, max(0, int(depth)), buffers
         need = self.depth + 2 if self.depth else 1
@@ -928,7 +933,7 @@ class PooledBatches:
                         continue
                 if not self._put((slot, self._read(positions, slot))):
                     return
-            self._put(self._END)
+            self._put(_END)
         except BaseException as exc:  # re-raised in the consumer
             self._put(exc)
 
@@ -938,13 +943,7 @@ class PooledBatches:
                 yield self._read(positions, 0)
             return
         try:
-            while True:
-                item = self._q.get()
-                if item is self._END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                slot, batch = item
+            for slot, batch in _drain(self._q):
                 yield batch
                 del batch
                 self._free.put(slot)  # asked for the next batch: this one's buffer may be refilled
