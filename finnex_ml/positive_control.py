@@ -175,23 +175,19 @@ def train_image_model(
     model: str = "cnn",
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 30,
-    batch_size: int = 32,
-    lr: float = 5e-4,
-    label_smoothing: float = 0.1,
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
+    **recipe: Any,
 ) -> np.ndarray:
     """An ensemble of ``len(seeds)`` models ``model`` (a registered name: layout-aware ones get the
     data's layout spec, e.g. ``"vit_patches"`` reads the pixels); returns test probabilities [n_test, 3].
 
-    ``label_smoothing`` 0.1 (chosen on the inner validation block of the level control, 2026-12-03:
-    three-seed validation balanced accuracy 0.902 against 0.873 without): unsmoothed fits grew
-    confident enough that a few misses drove the validation loss up from epoch 4-6 while the
-    validation balanced accuracy still rose, so the kept checkpoint stopped early."""
+    Trained with the training assets' recipe for ``model`` (``image_recipe``); ``recipe``
+    overrides its fields (e.g. ``lr``, ``label_smoothing``)."""
     import torch
 
     from finnex_ml.models import layout_json, model_entry
-    from finnex_ml.training import ArrayDataset, TrainConfig, train_model
+    from finnex_ml.training import ArrayDataset, TrainConfig, image_recipe, train_model
 
     h = data.horizon
     targets = {f"label_h{h}": data.labels, f"return_h{h}": data.returns.astype(np.float32)}
@@ -201,23 +197,14 @@ def train_image_model(
     probs = []
     for seed in seeds:
         cfg = TrainConfig(
+            **{**image_recipe(model), **recipe},
             model=model,
             input_mode="image",
             horizons=(h,),
             class_targets=(f"label_h{h}",),
             reg_targets=(f"return_h{h}",),
             epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=1e-4,
-            warmup_epochs=1,
-            patience=6,
             seed=seed,
-            noise_std=0.0,
-            mixup_alpha=0.0,
-            label_smoothing=label_smoothing,
-            loss_weighting="fixed",
-            fixed_weights=(1.0, 0.1),
             num_threads=threads,
             model_overrides={**layout, **(overrides or {})},
         )
@@ -239,9 +226,9 @@ def run_control(
     model: str = "cnn",
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 30,
-    lr: float = 5e-4,
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
+    **recipe: Any,
 ) -> ControlResult:
     """Model versus oracle versus baselines on the held-out last 20 % of dates."""
     import time
@@ -250,7 +237,7 @@ def run_control(
     y = data.labels
     t0 = time.perf_counter()
     probs = train_image_model(
-        data, split, model=model, seeds=seeds, epochs=epochs, lr=lr, threads=threads, overrides=overrides
+        data, split, model=model, seeds=seeds, epochs=epochs, threads=threads, overrides=overrides, **recipe
     )
     secs = time.perf_counter() - t0
     majority = int(np.bincount(y[split.train], minlength=3).argmax())

@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 from arch.bootstrap import StationaryBootstrap
 
+from finnex_ml.budget import budget
 from finnex_ml.data.synthetic import PlantedSignal
 from finnex_ml.evaluation.leakage import scan_features, suspicious_scores
 from finnex_ml.evaluation.metrics import balanced_accuracy
 from finnex_ml.evaluation.uncertainty import classification_intervals
+from finnex_ml.models import model_entry
 from finnex_ml.positive_control import ControlData, ControlResult, ablate, build_control_data, run_control, split_dates
 
 
@@ -60,11 +62,10 @@ def leak_verdicts(data: ControlData, res: ControlResult, block: int = 5) -> dict
     return out
 
 
-def render(rows: list, ablations: list, start: str, end: str) -> str:
+def render(rows: list, ablations: list, start: str, end: str, setup: str) -> str:
     """The markdown tables of the cases and ablations finished so far."""
     lines = [
-        f"Positive control, one ticker, image dates {start} .. {end}, horizon 1, "
-        "default layout-aware MultiScaleCNN (ensemble of 3 seeds); test = last 20 % of dates.",
+        f"Positive control, one ticker, image dates {start} .. {end}, horizon 1, {setup}; test = last 20 % of dates.",
         "",
         "| planted rule | strength | train / test dates | test span | BA model | BA oracle | BA logistic (date-t) "
         "| BA majority | model share of oracle edge | model - logistic [95 % CI] | model degenerate | minutes |",
@@ -113,7 +114,11 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["level:1.0", "temporal:0.7", "none:0"])
     parser.add_argument("--start", default="2022-01-01")
     parser.add_argument("--end", default="2023-12-31")
-    parser.add_argument("--epochs", type=int, default=30)
+    # the training assets' default (the standard budget's epochs), so the control tests the default model
+    parser.add_argument("--epochs", type=int, default=budget("standard", "single").epochs)
+    parser.add_argument("--model", default="cnn", help="a registered model name (finnex_ml.models)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one ensemble member per seed")
+    parser.add_argument("--lr", type=float, default=None, help="override the recipe's (IMAGE_RECIPE) learning rate")
     parser.add_argument(
         "--ablations",
         nargs="*",
@@ -123,6 +128,12 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/positive_control.md")
     args = parser.parse_args()
     out = Path(args.out)
+    recipe = {} if args.lr is None else {"lr": args.lr}
+    fit = {"model": args.model, "seeds": args.seeds, "epochs": args.epochs, **recipe}
+    setup = (
+        f"{model_entry(args.model).title} ({args.model}), ensemble of {len(args.seeds)} seed(s), at most "
+        f"{args.epochs} epochs, the training assets' recipe" + (f" with lr {args.lr:g}" if recipe else "")
+    )
     # the file is rewritten after every case and ablation: a stopped run keeps its finished rows
     rows, ablations, kept = [], [], {}
     for case in args.cases:
@@ -130,14 +141,14 @@ def main() -> None:
         plant = None if form == "none" else PlantedSignal(form, float(strength))
         t0 = time.perf_counter()
         data = build_control_data(plant, args.start, args.end)
-        res = run_control(data, epochs=args.epochs)
+        res = run_control(data, **fit)
         ba = res.balanced_accuracy
         edge = ((ba["model"] - 1 / 3) / (ba["oracle"] - 1 / 3)) if plant is not None and ba["oracle"] > 1 / 3 else None
         diff = paired_difference_ci(res.test_labels, res.test_pred["model"], res.test_pred["logistic"])
         leak = leak_verdicts(data, res)
         rows.append((case, res, edge, diff, leak, time.perf_counter() - t0))
         print(case, ba, res.diversity, diff, leak, flush=True)
-        out.write_text(render(rows, ablations, args.start, args.end), encoding="utf-8")
+        out.write_text(render(rows, ablations, args.start, args.end, setup), encoding="utf-8")
         if plant is not None and args.ablations:
             kept[case] = (data, res)
         del data  # ~1.3 GB of images per case: only planted cases with ablations to run keep theirs
@@ -145,11 +156,11 @@ def main() -> None:
     # early still has the whole main table
     for kind in args.ablations:
         for case, (data, res) in kept.items():
-            abl = run_control(ablate(data, kind), epochs=args.epochs)
+            abl = run_control(ablate(data, kind), **fit)
             diff = paired_difference_ci(abl.test_labels, abl.test_pred["model"], res.test_pred["model"])
             ablations.append((case, kind, res.balanced_accuracy["model"], abl.balanced_accuracy["model"], diff))
             print(case, kind, abl.balanced_accuracy["model"], flush=True)
-            out.write_text(render(rows, ablations, args.start, args.end), encoding="utf-8")
+            out.write_text(render(rows, ablations, args.start, args.end, setup), encoding="utf-8")
     print(out.read_text())
 
 

@@ -104,3 +104,15 @@ def test_read_cost_is_measured_on_the_stored_image_arrays_only(tmp_path):
             f.create_dataset("image", data=np.zeros(shape, np.float32))
     per_image = budget.read_seconds_per_image(tmp_path)
     assert math.isfinite(per_image) and per_image > 0
+
+
+def test_the_training_assets_train_with_the_positive_controls_recipe():
+    """One recipe: the training assets' defaults are ``IMAGE_RECIPE`` (what the positive control
+    trains with), the lr left to each model's recipe (FinNeXViT's own 2e-3)."""
+    from finnex_ml.training import IMAGE_RECIPE, image_recipe
+
+    cfg = TrainingConfig()
+    shared = {k: v for k, v in IMAGE_RECIPE.items() if k in TrainingConfig.model_fields and k != "lr"}
+    assert len(shared) >= 8 and {k: getattr(cfg, k) for k in shared} == shared
+    assert cfg.lr is None and image_recipe("cnn") == dict(IMAGE_RECIPE)
+    assert image_recipe("vit") == {**IMAGE_RECIPE, "lr": 2e-3}

@@ -112,6 +112,35 @@ def test_refit_permutation_test_fires_on_a_planted_signal_only(signal: float, si
         assert res["p_value"] > 0.05
 
 
+def test_refit_permutation_test_stops_early_only_when_the_fit_is_clearly_null() -> None:
+    """Besag-Clifford: on noise the refits stop at the 10th permuted fit that matches the real
+    one (p = 10 / refits done, a prefix of the fixed test's null); on a planted signal no refit
+    matches it, so all run and p equals the fixed-count test's."""
+    calls = []
+
+    def scorer(X: np.ndarray, y: np.ndarray):
+        def score(y_train: np.ndarray) -> float:
+            calls.append(1)
+            probs = tabular_probs("logistic", X[:200], y_train, X[200:], seed=0)
+            return balanced_accuracy(y[200:], probs.argmax(1))
+
+        return score
+
+    for signal in (0.0, 1.5):
+        X, y = _planted(300, signal, seed=11)
+        full = sg.refit_permutation_test(scorer(X, y), y[:200], block=5, n_perm=100, seed=2)
+        calls.clear()
+        seq = sg.refit_permutation_test(scorer(X, y), y[:200], block=5, n_perm=100, seed=2, stop_after=10)
+        assert len(calls) == 1 + seq["n_perm"]  # the real fit plus the refits done, no more
+        if signal == 0.0:
+            assert seq["stopped_early"] and seq["n_perm"] < 60
+            assert seq["p_value"] == pytest.approx(10 / seq["n_perm"]) and seq["p_value"] > 0.1
+            assert full["p_value"] > 0.1  # the same verdict as all 100 refits
+        else:
+            assert not seq["stopped_early"] and seq["n_perm"] == 100
+            assert seq["p_value"] == full["p_value"] < 0.01
+
+
 def _refit_score(X: np.ndarray, y_test: np.ndarray, kind: str, boosting, y_train: np.ndarray) -> float:
     probs = tabular_probs(kind, X[:200], y_train, X[200:], seed=0, boosting=boosting)
     return balanced_accuracy(y_test, probs.argmax(1))

@@ -73,6 +73,11 @@ class EvaluationConfig(dg.Config):
     n_permutations: int = Field(default=1000, description="Block permutations of the test labels per row.")
     refit_permutations: int = Field(default=100, description="Refits on permuted training labels, tabular models.")
     refit_jobs: int = Field(default=1, description="Processes for the refit permutation test (joblib).")
+    refit_stop_after: int = Field(
+        default=10,
+        description="Stop a refit permutation test once this many permuted refits match the real fit "
+        "(Besag-Clifford sequential p-value, p = this / refits done; 0: always all refits).",
+    )
     placebo_shifts: list[int] = Field(default=[1, 2], description="Label-shift placebo at k = m * h sessions.")
     degenerate_threshold: float = Field(default=0.9, description="One class on more than this share: degenerate.")
     pooled_min_train: int = Field(

@@ -13,7 +13,7 @@ from finnex_ml.errors import DataInputError
 from finnex_ml.evaluation.metrics import is_degenerate, prediction_diversity
 from finnex_ml.models import CLASS_NAMES, MODEL_REGISTRY, ModelEntry, layout_json
 from finnex_ml.storage import CnnReadyStore
-from finnex_ml.training import H5ArrayDataset, TrainConfig, as_bags, train_ensemble
+from finnex_ml.training import IMAGE_RECIPE, H5ArrayDataset, TrainConfig, as_bags, image_recipe, train_ensemble
 
 
 class TrainingConfig(dg.Config):
@@ -29,16 +29,27 @@ class TrainingConfig(dg.Config):
     size: str = Field(default="small", description="'small' (CPU) or 'full' (the spec's sizes; needs a GPU).")
     horizons: list[int] = Field(default=[1, 5], description="Label horizons to learn (heads per horizon).")
     epochs: int = Field(default=20)
-    batch_size: int = Field(default=32, description="Images per batch (in patch mode: bags of 256 patches).")
-    lr: float = Field(default=2e-3)
-    weight_decay: float = Field(default=1e-2)
-    warmup_epochs: float = Field(default=1.0)
-    patience: int = Field(default=6, description="Early stopping on validation loss.")
+    # defaults: the recipe the positive control validated (finnex_ml.training.IMAGE_RECIPE)
+    batch_size: int = Field(
+        default=IMAGE_RECIPE["batch_size"], description="Images per batch (in patch mode: bags of 256 patches)."
+    )
+    lr: float | None = Field(
+        default=None, description="Learning rate; empty: the model's recipe (finnex_ml.training.image_recipe)."
+    )
+    weight_decay: float = Field(default=IMAGE_RECIPE["weight_decay"])
+    warmup_epochs: float = Field(default=IMAGE_RECIPE["warmup_epochs"])
+    patience: int = Field(default=IMAGE_RECIPE["patience"], description="Early stopping on validation loss.")
     seeds: list[int] = Field(default=[0, 1, 2], description="One ensemble member per seed, averaged at prediction.")
-    noise_std: float = Field(default=0.0, description="Gaussian noise; flips are never used (they reverse time).")
-    mixup_alpha: float = Field(default=0.0)
+    noise_std: float = Field(
+        default=IMAGE_RECIPE["noise_std"], description="Gaussian noise; flips are never used (they reverse time)."
+    )
+    mixup_alpha: float = Field(default=IMAGE_RECIPE["mixup_alpha"])
+    label_smoothing: float = Field(
+        default=IMAGE_RECIPE["label_smoothing"],
+        description="Training targets (1 - e) one-hot + e / 3; caps how confident a fit gets before early stopping.",
+    )
     loss_weighting: str = Field(
-        default="fixed",
+        default=IMAGE_RECIPE["loss_weighting"],
         description="'fixed' (cross-entropy + 0.1 x return loss), 'uncertainty' (learned) or 'softmax'.",
     )
     class_weighted: bool = Field(default=False, description="Weight cross-entropy by inverse train class shares.")
@@ -114,15 +125,16 @@ def _train_asset(name: str, entry: ModelEntry) -> dg.AssetsDefinition:
             reg_targets=tuple(f"return_h{h}" for h in config.horizons),
             epochs=config.epochs,
             batch_size=config.batch_size,
-            lr=config.lr,
+            lr=image_recipe(model)["lr"] if config.lr is None else config.lr,
             weight_decay=config.weight_decay,
             warmup_epochs=config.warmup_epochs,
             patience=config.patience,
             seed=config.seeds[0],
             noise_std=config.noise_std,
             mixup_alpha=config.mixup_alpha,
+            label_smoothing=config.label_smoothing,
             loss_weighting=config.loss_weighting,
-            fixed_weights=(1.0, 0.1),
+            fixed_weights=IMAGE_RECIPE["fixed_weights"],
             num_threads=config.num_threads,
             model_overrides=overrides,
         )
@@ -135,7 +147,8 @@ def _train_asset(name: str, entry: ModelEntry) -> dg.AssetsDefinition:
         ) as run:
             mlflow.log_params(
                 {
-                    **{k: v for k, v in config.model_dump().items()},
+                    **config.model_dump(),
+                    "lr": cfg.lr,  # the recipe's where the config leaves it empty
                     "model": model,
                     "train_rows": len(train),
                     "val_rows": len(val),

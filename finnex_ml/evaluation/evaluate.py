@@ -96,6 +96,9 @@ class EvalConfig:
     # processes for those refits: 1, since starting joblib workers cost more than 4 binned refits
     # on the loaded 2-core machine (benchmarks/bench_refit.py); more pays off on a quiet machine
     refit_jobs: int = 1
+    # stop a refit test once this many permuted refits match the real one (Besag-Clifford; 0: never):
+    # a clearly null fit costs ~10 / p refits, and every p < 0.1 still comes from all of them
+    refit_stop_after: int = 10
     placebo_shifts: tuple[int, ...] = (1, 2)  # label-shift placebo at k = m * h sessions, m in this list
     degenerate_threshold: float = 0.9  # one class on more than this share of dates: degenerate
     # pooled out-of-sample walk-forward of the tabular models (0 min_train: off)
@@ -655,10 +658,11 @@ def run_evaluation(
                     seed=cfg.seed + h,
                     label=f"refit permutations {kind} h={h}",
                     n_jobs=cfg.refit_jobs,
+                    stop_after=cfg.refit_stop_after or None,
                 )
                 row = next(r for r in test_rows if r["model"] == kind and r["horizon"] == h)
                 row["refit_permutation_p"], row["refit_permutations"] = res["p_value"], int(res["n_perm"])
-            log(f"refit permutation tests ({cfg.refit_permutations} block permutations) done for h={h}")
+            log(f"refit permutation tests (up to {cfg.refit_permutations} block permutations) done for h={h}")
 
     # --- label-shift placebo: skill against labels k >= h sessions further ahead must vanish --
     tested = [(r["model"], r["horizon"]) for r in test_rows if r["kind"] == "model" or r["model"] in TABULAR]

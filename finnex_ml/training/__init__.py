@@ -48,7 +48,7 @@ across epochs.
 """
 
 from finnex_ml.geometry import BUY, CLASS_NAMES, HOLD, SELL
-from finnex_ml.training.config import TrainConfig, TrainResult
+from finnex_ml.training.config import IMAGE_RECIPE, TrainConfig, TrainResult, image_recipe
 from finnex_ml.training.data import (
     ArrayDataset,
     BagDataset,
@@ -71,6 +71,8 @@ __all__ = [
     "BlockBatchSampler",
     "H5ArrayDataset",
     "PanelDataset",
+    "IMAGE_RECIPE",
+    "image_recipe",
     "TrainConfig",
     "TrainResult",
     "EnsembleResult",
