@@ -110,6 +110,11 @@ def test_training_asset_logs_a_complete_mlflow_run(setup, asset):
     assert np.array(cm["ensemble"]).sum() == 3  # one count per validation image (its bag), not per patch
     assert meta["degenerate"].value == (max(meta["val_class_shares"].value.values()) > 0.9)
     model = mlflow.pytorch.load_model(meta["mlflow_model_uri"].value)
+    # the logged model names what loading it needs, pinned to the installed versions
+    reqs = open(mlflow.pyfunc.get_model_dependencies(meta["mlflow_model_uri"].value)).read()
+    from importlib.metadata import version
+
+    assert f"torch=={version('torch').split('+')[0]}" in reqs.split() and "finnex==" in reqs
     out = model(__import__("torch").zeros(2, 5, 3, 32, 32))  # two bags of 5 patches
     assert tuple(out["classification"].shape) == (2, 3) and tuple(out["patch_attention"].shape) == (2, 5)
     assert 0.0 <= meta["val_accuracy"].value <= 1.0
