@@ -20,7 +20,7 @@ Writes ``benchmarks/universe.md`` (``--out`` to change) and prints the same tabl
    Dagster features stage: ratio and the fixed Dagster overhead (difference). The synthetic
    universe's lru caches are cleared before each so neither run inherits the other's tickers.
 3. Peak memory: the images stage at library level (encode_cross_sections, the four QA checks the
-   asset runs, the asset's previous-image copy per ticker and its preview, write_cross_section) in
+   asset runs through ``SeriesQA`` as the asset does, its preview, write_cross_section) in
    a child process per (tickers, dates) cell, on a features table saved by part 1; and the features
    stage (panel_features) per cell likewise. ru_maxrss of the child; also its RSS just before the
    stage, so the stage's own growth is visible.
@@ -51,7 +51,6 @@ from pathlib import Path
 
 import h5py
 import hdf5plugin
-import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -125,14 +124,7 @@ class Head:
 # children (one process per cell, so ru_maxrss is that cell's peak)
 # --------------------------------------------------------------------------------------------- #
 def child_images(features_path: str, k: int, start: str, n_dates: int) -> dict:
-    from finnex_ml.encoding import (
-        build_layout,
-        check_feature_preservation,
-        check_image,
-        check_spatial_integrity,
-        check_temporal_continuity,
-        write_preview,
-    )
+    from finnex_ml.encoding import SeriesQA, build_layout, write_preview
     from finnex_ml.encoding.panel_store import write_cross_section
 
     dates = calendar.sessions(date.fromisoformat(start), calendar.sessions_forward(date.fromisoformat(start), 400))
@@ -150,7 +142,7 @@ def child_images(features_path: str, k: int, start: str, n_dates: int) -> dict:
     rss_before, peak_before = current_rss_mb(), peak_rss_mb()
     out = Path(tempfile.mkdtemp(prefix="u16mem_"))
     t0 = time.perf_counter()
-    prev: dict[str, np.ndarray] = {}
+    qa = SeriesQA(spec)
     n = 0
     try:
         parts = dict.fromkeys(("encode", "checks", "preview", "write"), 0.0)
@@ -165,13 +157,9 @@ def child_images(features_path: str, k: int, start: str, n_dates: int) -> dict:
             parts["encode"] += t2 - t1
             if not items:
                 continue
-            for tk, item in items:
-                check_image(item.image, spec)
-                check_spatial_integrity(item.image, spec, item.window)
-                check_feature_preservation(item.image, spec, item.window)
-                if tk in prev:
-                    check_temporal_continuity(prev[tk], item.image, spec)
-                prev[tk] = item.image.copy()
+            for tk, item in items:  # as the asset: no stored images before this run
+                qa.check(tk, item.image, item.window, lambda: None)
+            qa.keep_only(tk for tk, _ in items)
             t3 = time.perf_counter()
             write_preview(out / "previews" / f"{d}.png", items[0][1].image, spec, title=str(d), step=2)
             t4 = time.perf_counter()
@@ -585,9 +573,8 @@ def render(args, meta: dict, p1: dict, bare: dict, bf: dict, mem_img: list, mem_
         )
     L.append("## 3. Peak memory (child process per cell)\n")
     L.append(
-        "Images stage at library level (encode_cross_sections, check_image, check_spatial_integrity, "
-        "check_feature_preservation, check_temporal_continuity against the kept previous image, one preview "
-        "per date, write_cross_section), on the features table part 1 wrote, cut to the cell's tickers and "
+        "Images stage at library level (encode_cross_sections, the four QA checks through `SeriesQA` as the "
+        "asset runs them, one preview per date, write_cross_section), on the features table part 1 wrote, cut to the cell's tickers and "
         "lookback + dates. `before` = RSS after imports and loading the table, just before the stage.\n"
     )
     L.append("| tickers | dates | images | wall s | RSS before MB | peak RSS MB | stage growth MB |")
@@ -604,8 +591,8 @@ def render(args, meta: dict, p1: dict, bare: dict, bf: dict, mem_img: list, mem_
         f"Where the images stage's time goes (cell {big['tickers']} x {big['dates']}, {big['images']} images, "
         "ms per image): "
         + ", ".join(f"{k} {1000 * v / big['images']:.1f}" for k, v in pt.items())
-        + " (encode = the generator's next(): normalisation + paint; checks = the four QA checks + the kept "
-        "copy; write = write_cross_section with temp file + fsync). Bare lz4 write in part 2: "
+        + " (encode = the generator's next(): normalisation + paint; checks = the four QA checks (`SeriesQA`: "
+        "the previous image kept as its window); write = write_cross_section with temp file + fsync). Bare lz4 write in part 2: "
         f"{1000 * bare['lz4_s'] / bare['images']:.1f} ms per image.\n"
     )
     slopes = memory_slopes(mem_img)
@@ -698,8 +685,8 @@ def says(p1: dict, bare: dict, bf: dict, mem_img: list, mem_feat: list, sc: dict
     ]
     why = {
         "images": "Flat in dates. Per ticker: its encode stream's own image buffer (3 MB, reused date to date), "
-        "the 3 MB copy of its previous image the continuity check keeps (as the asset does), and its "
-        "normaliser state.",
+        "the previous window the continuity check keeps (a 3 MB image copy only after a failed spatial "
+        "check), and its normaliser state.",
         "features": "panel_features builds one ticker at a time: tickers add their output rows and the synthetic "
         "source's per-ticker caches (bounded by lru_cache sizes; see the 500-ticker peak); dates add because "
         "one ticker's snapshots for every date (each with its trailing window) are held at once.",

@@ -102,7 +102,7 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path in the target folder; rename it over ``final`` only on success.
 
     A crash midway leaves the previous ``final`` untouched and only a stray ``.tmp`` file. The
@@ -112,7 +112,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
     The temp file is fsynced before the rename and the folder after it: without the first, a
     power loss (not a killed process, whose written pages the kernel keeps) can leave an empty
     or partial file under the final name, since the rename may reach the disk before the data;
-    without the second, the rename itself may be lost.
+    without the second, the rename itself may be lost. ``durable=False`` skips both, for a file
+    staged to be renamed again by a caller that fsyncs it before that rename (the universe
+    images' commit), so the wait for the disk is paid once, after the kernel has written most of it.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -120,11 +122,11 @@ def atomic_path(final: Path) -> Iterator[Path]:
     done = False
     try:
         yield tmp_path
-        if DURABLE:
+        if DURABLE and durable:
             fsync_file(tmp_path)
         os.replace(tmp_path, final)
         done = True
-        if DURABLE:
+        if DURABLE and durable:
             fsync_dir(final.parent)
     finally:
         if not done:

@@ -19,6 +19,7 @@ from finnex_ml.data.synthetic import SyntheticSource
 from finnex_ml.encoding import (
     LayoutSpec,
     NormConfig,
+    SeriesQA,
     TrailingNormalizer,
     build_layout,
     channel_section_stats,
@@ -26,6 +27,7 @@ from finnex_ml.encoding import (
     check_image,
     check_spatial_integrity,
     check_temporal_continuity,
+    check_window_continuity,
     decode,
     describe_pixel,
     encode,
@@ -566,6 +568,50 @@ def test_fast_qa_and_stats_equal_the_obvious_computation(spec, encoded) -> None:
                     "max": float(vals.max()),
                     "pixels": int(vals.size),
                 }
+
+
+def test_series_qa_answers_what_the_four_checks_answer_on_the_images(spec, encoded) -> None:
+    """SeriesQA keeps a passing image as its window, yet every verdict and detail equals the four
+    checks' on the images themselves, the continuity check against the previous image included."""
+    images = [e.image.copy() for e in encoded[:8]]
+    windows = [e.window.copy() for e in encoded[:8]]
+    t = spec.tile("behavioral.green")
+    r0, _ = t.row_bands[4]
+    images[2][r0 + 1, t.col1 - t.px_per_session - 1, t.channel] = 0.123  # a band pixel of lag 1, not read out
+    j = spec.feature_index[t.features[1]]
+    windows[5][-3, j] = 0.25 if windows[5][-3, j] != 0.25 else 0.75  # a changed value, encoded faithfully
+    images[5] = encode(windows[5], spec)
+    qa = SeriesQA(spec)
+    failed = []
+    for i, (img, win) in enumerate(zip(images, windows)):
+        got = qa.check("X", img, win, lambda: None)
+        want = {
+            "dtype_shape_range": check_image(img, spec),
+            "spatial_integrity": check_spatial_integrity(img, spec, win),
+            "feature_preservation": check_feature_preservation(img, spec, win),
+        }
+        if i:
+            want["temporal_continuity"] = check_temporal_continuity(images[i - 1], img, spec)
+        assert got == want, i
+        failed += [(i, name) for name, (ok, _) in got.items() if not ok]
+    # the tampered pixel breaks image 2 and its continuity both ways; the changed cell (lag 2 of
+    # image 5) breaks the continuity with images 4 and 6 only
+    assert failed == [
+        (2, "spatial_integrity"),
+        (2, "temporal_continuity"),
+        (3, "temporal_continuity"),
+        (5, "temporal_continuity"),
+        (6, "temporal_continuity"),
+    ]
+    h = t.row_bands[1][1] - t.row_bands[1][0]
+    tiles = check_window_continuity(windows[4], windows[5], spec)[1]["tiles"]
+    assert tiles[t.name]["mismatched_pixels"] == h * t.px_per_session  # one cell: its band x its columns
+    assert sum(v["mismatched_pixels"] for v in tiles.values()) == h * t.px_per_session
+    # a series' first image is compared with previous(); one not kept since is compared with nothing
+    first = qa.check("Y", images[1], windows[1], lambda: images[0])
+    assert first["temporal_continuity"] == check_temporal_continuity(images[0], images[1], spec)
+    qa.keep_only(["X"])
+    assert "temporal_continuity" not in qa.check("Y", images[2], windows[2], lambda: None)
 
 
 def test_png_round_trip_and_an_independent_decoder() -> None:

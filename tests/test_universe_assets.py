@@ -10,12 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from finnex_assets.assets import universe
 from finnex_assets.assets.images import LOOKBACK
 from finnex_assets.assets.universe import UNIVERSE_ASSETS, UniverseResource
 from finnex_assets.io_managers import PartitionedParquetIOManager
 from finnex_assets.resources import MlflowTracking
 from finnex_assets.storage import FinnexStorage
-from finnex_ml import calendar
+from finnex_ml import calendar, panel
 from finnex_ml.encoding.panel_store import panel_index, panel_path, read_cross_section
 from finnex_ml.series import SeriesKey
 
@@ -126,6 +127,72 @@ def test_missing_lookback_fails_and_writes_nothing(tmp_path):
     assert not result.success
     root = res["storage"].universe.images_root
     assert not list(root.rglob("*.h5"))  # nothing staged is left, nothing committed
+
+
+def test_a_bad_image_fails_its_checks_naming_date_and_ticker(built, monkeypatch):
+    """One band pixel of one ticker's image changed after encoding: the spatial check flags that
+    date/ticker, the continuity check it and the ticker's next date (the kept previous image is
+    the bad one), the other checks pass, and the gate writes nothing."""
+    _, res, _ = built
+    root = res["storage"].universe.images_root
+    days = calendar.sessions(START, END)[10:13]
+    d = days[1]
+    tk = sorted(set(read_cross_section(root, d)[0]) & set(read_cross_section(root, days[2])[0]))[0]
+    stored = {day: panel_path(root, day).read_bytes() for day in days}
+    real = panel.encode_cross_sections
+
+    def tampered(table, dates, spec, norm):
+        t = spec.tile("behavioral.green")
+        r0, _ = t.row_bands[4]
+        for day, items in real(table, dates, spec, norm):
+            for name, item in items:
+                if (day, name) == (d, tk):  # row 2 of a band, last column of lag 1: not a read-out pixel
+                    item.image[r0 + 1, t.col1 - t.px_per_session - 1, t.channel] = 0.123
+            yield day, items
+
+    monkeypatch.setattr(panel, "encode_cross_sections", tampered)
+    result = _run(res, ["universe_images"], days[0], days[-1])
+    assert not result.success
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {n: e.metadata["first_failures"].value for n, e in evaluations.items() if not e.passed} == {
+        "spatial_integrity": [f"{d}/{tk}"],
+        "temporal_continuity": [f"{d}/{tk}", f"{days[2]}/{tk}"],
+    }
+    assert evaluations["dtype_shape_range"].passed and evaluations["feature_preservation"].passed
+    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
+    assert "spatial_integrity" in message and "temporal_continuity" in message and "nothing written" in message
+    assert {day: panel_path(root, day).read_bytes() for day in days} == stored
+
+
+def test_commit_fsyncs_each_staged_file_before_its_rename_and_each_folder_after(tmp_path, monkeypatch):
+    """The staged writes skip their fsyncs: the commit makes each file durable before it appears
+    under its final name, and each receiving folder durable once its renames are done."""
+    staging, root = tmp_path / "staging", tmp_path / "root"
+    staged = ["2024/01/2024-01-02.h5", "2024/01/2024-01-03.h5", "2024/02/2024-02-01.h5", "previews/2024-01-02_A.png"]
+    for rel in staged:
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).write_bytes(rel.encode())
+    files, folders = [], {}
+
+    def fsync_file(path):
+        rel = path.relative_to(staging).as_posix()
+        assert path.exists() and not (root / rel).exists()  # still staged: durable before the rename
+        files.append(rel)
+
+    def fsync_dir(path):
+        assert path not in folders
+        folders[path] = sorted(p.name for p in path.iterdir())
+
+    monkeypatch.setattr(universe, "fsync_file", fsync_file)
+    monkeypatch.setattr(universe, "fsync_dir", fsync_dir)
+    universe._commit(staging, root)
+    assert sorted(files) == sorted(staged)
+    assert folders == {
+        root / "2024" / "01": ["2024-01-02.h5", "2024-01-03.h5"],
+        root / "2024" / "02": ["2024-02-01.h5"],
+        root / "previews": ["2024-01-02_A.png"],
+    }
+    assert all((root / rel).read_bytes() == rel.encode() for rel in staged)
 
 
 def test_a_date_alone_equals_the_same_date_in_a_range(built, tmp_path):

@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -25,18 +26,10 @@ from finnex_assets.resources import MlflowTracking
 from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar, panel, panel_model, progress
 from finnex_ml.data.universe import UniverseSource, universe_source
-from finnex_ml.encoding import (
-    build_layout,
-    check_feature_preservation,
-    check_image,
-    check_spatial_integrity,
-    check_temporal_continuity,
-    write_preview,
-    write_spec,
-)
+from finnex_ml.encoding import SeriesQA, build_layout, write_preview, write_spec
 from finnex_ml.encoding.panel_store import write_cross_section
 from finnex_ml.errors import ConfigError, DataInputError
-from finnex_ml.paths import REPO_ROOT, fsync_dir, resolve_under, write_json_atomic, write_parquet_atomic
+from finnex_ml.paths import REPO_ROOT, fsync_dir, fsync_file, resolve_under, write_json_atomic, write_parquet_atomic
 from finnex_ml.series import SeriesKey
 from finnex_ml.storage import UniverseStore
 
@@ -252,7 +245,7 @@ def universe_images(
     staging = root / ".staging" / context.run.run_id
     shutil.rmtree(staging, ignore_errors=True)
     failures: dict[str, list[str]] = {n: [] for n in IMAGE_CHECKS}
-    prev: dict[str, np.ndarray] = {}
+    qa = SeriesQA(spec)  # the four checks per image; keeps what each ticker's next continuity check needs
     counts: dict[date, int] = {}
     universe_size = table.group_by("date").len()
     sizes = dict(zip(universe_size["date"].to_list(), universe_size["len"].to_list()))
@@ -269,23 +262,15 @@ def universe_images(
             show = config.preview_ticker or items[0][0]
             for tk, item in items:
                 tag = f"{key}/{tk}"
-                outcome = {
-                    "dtype_shape_range": check_image(item.image, spec),
-                    "spatial_integrity": check_spatial_integrity(item.image, spec, item.window),
-                    "feature_preservation": check_feature_preservation(item.image, spec, item.window),
-                }
-                before = prev.get(tk) if tk in prev else _stored_previous(store, SeriesKey(tk, d))
-                if before is not None:
-                    outcome["temporal_continuity"] = check_temporal_continuity(before, item.image, spec)
+                outcome = qa.check(tk, item.image, item.window, partial(_stored_previous, store, SeriesKey(tk, d)))
                 for name, (ok, _) in outcome.items():
                     if not ok:
                         failures[name].append(tag)
-                prev[tk] = item.image.copy()
                 if tk == show:
-                    write_preview(staging / "previews" / f"{key}_{tk}.png", item.image, spec, title=tag, step=2)
-            for tk in set(prev) - {tk for tk, _ in items}:
-                del prev[tk]  # not imaged today: the next image of it is no continuation
-            write_cross_section(staging, d, items, spec=spec, norm_config=NORM, **_compression(config))
+                    path = staging / "previews" / f"{key}_{tk}.png"
+                    write_preview(path, item.image, spec, title=tag, step=2, durable=False)  # _commit fsyncs
+            qa.keep_only(tk for tk, _ in items)  # a ticker not imaged today: its next image continues nothing
+            write_cross_section(staging, d, items, spec=spec, norm_config=NORM, durable=False, **_compression(config))
             counts[d] = len(items)
             if len(items) < sizes.get(d, 0):
                 context.log.debug(f"universe_images {key}: {len(items)} of {sizes.get(d, 0)} tickers imaged")
@@ -340,13 +325,20 @@ def _stored_previous(store: UniverseStore, key: SeriesKey) -> np.ndarray | None:
 
 
 def _commit(staging: Path, root: Path) -> None:
-    """Rename every staged file into place (same filesystem: each rename is atomic)."""
+    """Rename every staged file into place (same filesystem: each rename is atomic), each only
+    once its data is on disk (fsync; the staged writes skip theirs, so most of a long run's files
+    were written back by the kernel meanwhile), then one fsync per folder that received files."""
+    folders: set[Path] = set()
     for src in sorted(staging.rglob("*")):
         if src.is_file():
             dst = root / src.relative_to(staging)
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.parent not in folders:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                folders.add(dst.parent)
+            fsync_file(src)
             os.replace(src, dst)
-            fsync_dir(dst.parent)
+    for folder in sorted(folders):
+        fsync_dir(folder)
 
 
 LABEL_CHECKS = {

@@ -52,10 +52,13 @@ from finnex_ml.encoding.normalize import (
 )
 from finnex_ml.encoding.preview import channel_section_stats, png_bytes, preview_png, read_png, write_preview
 from finnex_ml.encoding.qa import (
+    SeriesQA,
+    band_image,
     check_feature_preservation,
     check_image,
     check_spatial_integrity,
     check_temporal_continuity,
+    check_window_continuity,
     run_qa,
 )
 from finnex_ml.encoding.store import (
@@ -94,15 +97,18 @@ __all__ = [
     "PixelLookup",
     "RangeView",
     "Section",
+    "SeriesQA",
     "SessionNorm",
     "Tile",
     "TrailingNormalizer",
+    "band_image",
     "build_layout",
     "channel_section_stats",
     "check_feature_preservation",
     "check_image",
     "check_spatial_integrity",
     "check_temporal_continuity",
+    "check_window_continuity",
     "decode",
     "describe_pixel",
     "encode",

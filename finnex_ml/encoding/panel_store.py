@@ -145,9 +145,11 @@ def write_cross_section(
     norm_config: NormConfig,
     compression: str = DEFAULT_PANEL_COMPRESSION,
     attrs: dict[str, Any] | None = None,
+    durable: bool = True,
 ) -> Path:
     """Atomically write date ``d``'s cross-section, ``(ticker, EncodedImage)`` pairs, to
-    ``panel_path(root, d)``.
+    ``panel_path(root, d)`` (``durable=False``: without the fsyncs, for a staged file the
+    caller fsyncs before renaming it into place; see ``paths.atomic_path``).
 
     Streams: one image is held at a time. A mapping, list or tuple is sorted by ticker first; any
     other iterable must yield tickers in strictly ascending order (ValueError otherwise, naming
@@ -167,7 +169,7 @@ def write_cross_section(
     scales: list[np.ndarray] = []
     hashes: list[str] = []
     final = panel_path(root, d)
-    with atomic_path(final) as tmp:
+    with atomic_path(final, durable=durable) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             images = f.create_dataset(
                 "images",

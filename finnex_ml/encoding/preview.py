@@ -190,10 +190,12 @@ def preview_png(image: np.ndarray, spec: LayoutSpec, *, title: str = "", step: i
     return png_bytes(preview_rgb(image, spec, title=title, step=step))
 
 
-def write_preview(path: Path | str, image: np.ndarray, spec: LayoutSpec, *, title: str = "", step: int = 1) -> Path:
-    """Write the preview PNG atomically to ``path``."""
+def write_preview(
+    path: Path | str, image: np.ndarray, spec: LayoutSpec, *, title: str = "", step: int = 1, durable: bool = True
+) -> Path:
+    """Write the preview PNG atomically to ``path`` (``durable``: as ``paths.atomic_path``)."""
     data = preview_png(image, spec, title=title, step=step)
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path), durable=durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
