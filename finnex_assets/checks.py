@@ -112,7 +112,13 @@ def gate(asset: str, results: Iterable[dg.AssetCheckResult], partitions: int) ->
 
 def _describe(result: dg.AssetCheckResult) -> str:
     meta = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
-    parts = [f"{result.check_name} on {meta.get('failing_rows', '?')} row(s)"]
+    if "failing_images" in meta:  # the image assets' checks count images, named date/ticker
+        parts = [f"{result.check_name} on {meta['failing_images']} image(s)"]
+        tags = [v for v in meta.get("first_failures") or [] if isinstance(v, str)]
+        if tags:
+            parts.append(f"images {', '.join(tags[:5])}" + (" ..." if len(tags) > 5 else ""))
+    else:
+        parts = [f"{result.check_name} on {meta.get('failing_rows', '?')} row(s)"]
     # failing_columns holds pandera's check names (a column's or a frame-wide rule)
     for key, label in (("failing_dates", "dates"), ("failing_columns", "rules"), ("failing_checks", "rules")):
         vals = meta.get(key)

@@ -161,6 +161,7 @@ def test_a_bad_image_fails_its_checks_naming_date_and_ticker(built, monkeypatch)
     assert evaluations["dtype_shape_range"].passed and evaluations["feature_preservation"].passed
     message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.to_string()
     assert "spatial_integrity" in message and "temporal_continuity" in message and "nothing written" in message
+    assert f"spatial_integrity on 1 image(s), images {d}/{tk}" in message  # the message names date and ticker
     assert {day: panel_path(root, day).read_bytes() for day in days} == stored
 
 
