@@ -22,6 +22,12 @@ Patch mode reads an image as the bag of its patches (multiple-instance learning)
 (or a whole ``[B, 3, 512, 512]`` image, cut into its 256 patches), embeds every patch with the
 same lone-patch path, pools them with :class:`GatedAttentionPool` and predicts once per image;
 the multi-task output then carries ``"patch_attention"`` ``[B, N]`` (sums to 1 per bag).
+With a layout *and* ``mil_dim`` (what the training assets build in patch mode) a backbone
+embeds a patch by the layout cells inside it instead (:class:`PatchCells`: the position says
+which feature rows and sessions the patch covers; one sparse learned vector per cell, weighted by
+the cell's mean in the patch, plus a learned position vector), so which feature and which session
+a value belongs to survives; the pixel stem pooled that away and stayed at chance on the planted
+level rule, where this stem learns it (benchmarks/positive_control.md).
 
 Row sections (``finnex_ml.geometry.SECTIONS``): pixel rows 0-170 macro,
 171-341 behavioural + technical, 342-511 fundamental. A patch row belongs to the section holding
@@ -170,6 +176,10 @@ class CNNConfig:
     # an image's bag of patches (see GatedAttentionPool); 0: no bag input. The trainer sets
     # MIL_DIM in patch mode.
     mil_dim: int = 0
+    # With a layout too: the L1 penalty (0: none) and own lr of the patch stem's cell vectors
+    # (SparseCellEmbedding)
+    bag_cell_l1: float = 0.5
+    bag_cell_lr: float = 1e-2
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,8 @@ class ViTConfig:
     # embeddings) instead of one per 32x32 patch; empty: patch tokens (see CNNConfig.layout).
     layout: str = ""
     mil_dim: int = 0  # patch mode: gated-attention bag pooling (see CNNConfig.mil_dim)
+    bag_cell_l1: float = 0.5  # see CNNConfig
+    bag_cell_lr: float = 1e-2
 
 
 CNN_SIZES: dict[str, CNNConfig] = {
@@ -364,6 +376,25 @@ class SparseCellReadout(nn.Module):
         return int((self.weight.abs().sum(0) > 0).sum())
 
 
+class SparseCellEmbedding(SparseCellReadout):
+    """One learned ``dim`` vector per layout cell (``weight`` ``[dim, n_cells]``), zero at the start
+    and kept sparse like :class:`SparseCellReadout` (its own lr, the proximal L1 step after each
+    optimiser step): ``forward(cells, values)`` sums ``value * vector`` over each row's cells.
+
+    Why sparse: a patch holds up to ~100 cells and an image ~12,000; with a few hundred dates a
+    dense table fits the noise cells as fast as the one that carries a rule (measured: the planted
+    level rule at chance, 0.33, benchmarks/positive_control.md; the small date-t rule of
+    tests/test_training.py at 0.6-0.7 validation accuracy while the training loss fell to 0.1), and
+    the proximal step returns those to exactly 0."""
+
+    def __init__(self, n_cells: int, dim: int, penalty: float, lr: float) -> None:
+        super().__init__(n_cells, 1, dim, penalty, lr)
+
+    def forward(self, cells: torch.Tensor, values: torch.Tensor) -> torch.Tensor:  # [R, K] ids, [R, K] -> [R, dim]
+        w = self.weight.t()
+        return F.embedding_bag(cells, w, per_sample_weights=values.to(w.dtype), mode="sum")
+
+
 def parse_layout(layout: str | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(layout) if isinstance(layout, str) else dict(layout)
 
@@ -449,28 +480,113 @@ def image_to_bag(x: torch.Tensor, patch: int = PATCH_SIZE) -> torch.Tensor:
     return x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, patch, patch)
 
 
+class PatchCells(nn.Module):
+    """A bag of 32x32 patches ``[B, N, 3, 32, 32]`` with their grid positions ``[B, N]`` -> the
+    mean of every layout cell (feature row band x session column band) inside each patch,
+    ``[B, N, K]`` (slot k of patch p holds cell ``slot_cell[p, k]``; unused slots are 0).
+
+    Why: a patch-mode model sees each patch alone, and a pixel stem that pools the patch loses
+    where in it the image date's column of a feature sits (measured: the planted level rule stayed
+    at chance, benchmarks/positive_control.md). The patch's position fixes which cells it covers,
+    so, as :class:`LayoutCells` does for whole images, the cell means keep feature identity and
+    recency. Cells are ``feature * sessions + session`` (spec feature order, session L-1 = the
+    image date); a cell cut by a patch border gives each patch the mean of its own part.
+    """
+
+    def __init__(self, layout: Mapping[str, Any]) -> None:
+        super().__init__()
+        L = int(layout["sessions"])
+        index = {f: i for i, f in enumerate(layout["features"])}
+        height, width, channels = (int(v) for v in layout.get("shape", (IMAGE_SIZE, IMAGE_SIZE, 3)))
+        if (height, width) != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"patch bags need a {IMAGE_SIZE}x{IMAGE_SIZE} layout, got {height}x{width}")
+        self.sessions, self.n_cells = L, len(index) * L
+        cell = torch.full((channels, height, width), -1, dtype=torch.long)
+        for t in layout["tiles"]:
+            u0, c1 = t["used_cols"]
+            session = torch.arange(c1 - u0) // ((c1 - u0) // L)
+            for f, (a, b) in zip(t["features"], t["row_bands"]):
+                cell[int(t["channel"]), a:b, u0:c1] = index[f] * L + session
+        per_patch = image_to_bag(cell[None])[0].flatten(1)  # [256, 3 * 32 * 32], bag pixel order
+        slots = [torch.unique(p[p >= 0], return_inverse=True) for p in per_patch]
+        k = max(1, max(len(u) for u, _ in slots))
+        slot_map = torch.full(per_patch.shape, k, dtype=torch.long)  # slot k: unused pixels
+        slot_cell = torch.zeros(len(slots), k, dtype=torch.long)
+        inv_count = torch.zeros(len(slots), k)
+        for p, (cells, inv) in enumerate(slots):
+            used = per_patch[p] >= 0
+            slot_map[p, used] = inv
+            slot_cell[p, : len(cells)] = cells
+            inv_count[p, : len(cells)] = 1.0 / torch.bincount(inv, minlength=len(cells)).float()
+        self.slots = k
+        self.register_buffer("slot_map", slot_map, persistent=False)
+        self.register_buffer("slot_cell", slot_cell, persistent=False)
+        self.register_buffer("inv_count", inv_count, persistent=False)
+
+    def forward(self, x: torch.Tensor, patch_pos: torch.Tensor) -> torch.Tensor:
+        b, n = x.shape[:2]
+        flat = x.reshape(b, n, -1)
+        if bool((patch_pos == patch_pos[:1]).all()):  # the usual bags: one index map for the batch
+            idx = self.slot_map[patch_pos[0]].expand(b, -1, -1)
+        else:
+            idx = self.slot_map[patch_pos]
+        sums = flat.new_zeros(b, n, self.slots + 1).scatter_add_(2, idx, flat)
+        return sums[..., : self.slots] * self.inv_count[patch_pos].to(flat.dtype)
+
+
 class _BagInput:
-    """Patch-mode bags for a pixel backbone whose ``forward_features`` embeds lone 32x32 patches
-    with their ``patch_pos``: the same encoder embeds every patch of the bag (shared weights, the
-    position and section embeddings added), :class:`GatedAttentionPool` pools them and the
-    backbone's head reads the pooled features. A whole ``[B, 3, 512, 512]`` image is cut into its
-    256-patch bag with positions 0..255."""
+    """Patch-mode bags: every patch of the bag is embedded with shared weights,
+    :class:`GatedAttentionPool` pools them and the backbone's head reads the pooled features. A
+    whole ``[B, 3, 512, 512]`` image is cut into its 256-patch bag with positions 0..255.
+
+    Two patch stems. Without a layout (the pixel path), the backbone's ``forward_features``
+    embeds each lone 32x32 patch with its ``patch_pos`` (position and section embeddings added).
+    With a layout, each patch is the sum of its :class:`PatchCells` means times one sparse learned
+    vector per cell (:class:`SparseCellEmbedding`) plus a unit-scale position vector; the ViT then
+    lets these tokens attend to each other (``_bag_context``) before the pooling, the CNN pools them
+    directly. A bag of all 256 patches without ``patch_pos`` is taken to be in grid order."""
 
     config: Any
     mil_pool: GatedAttentionPool | None
+    patch_cells: PatchCells | None
 
     @staticmethod
     def _check_bag_config(cfg: Any) -> None:
         if cfg.mil_dim < 0:
             raise ValueError(f"mil_dim must be >= 0, got {cfg.mil_dim}")
-        if cfg.mil_dim and cfg.layout:
-            raise ValueError(
-                "mil_dim (patch-mode bags of 32x32 patches) cannot be combined with a layout "
-                "(the layout-aware stem reads whole images in input_mode='image')"
-            )
 
     def _init_bag(self, cfg: Any, dim: int) -> None:
         self.mil_pool = GatedAttentionPool(dim, cfg.mil_dim) if cfg.mil_dim > 0 else None
+        self.patch_cells = None
+        if cfg.mil_dim > 0 and cfg.layout:
+            # layout-aware patch stem: a patch embeds as the sum of its cell means times one learned
+            # vector per cell (zero at the start: what the data pushes is all there is), plus its
+            # position at unit scale (as the ViT's feature embeddings), so the gate tells the
+            # patches apart from the first step instead of growing them by ~lr a step
+            self.patch_cells = PatchCells(parse_layout(cfg.layout))
+            self.cell_embed = SparseCellEmbedding(self.patch_cells.n_cells, dim, cfg.bag_cell_l1, cfg.bag_cell_lr)
+            self.bag_pos_embed = nn.Parameter(torch.randn(GRID * GRID, dim))
+
+    def _check_not_cell_bags(self, x: torch.Tensor) -> None:
+        if self.patch_cells is not None:
+            raise ValueError(
+                "a patch-mode layout model reads bags [B, N, 3, 32, 32] with patch_pos or whole "
+                f"{IMAGE_SIZE}x{IMAGE_SIZE} images, got {tuple(x.shape)}"
+            )
+
+    def _bag_context(self, tok: torch.Tensor) -> torch.Tensor:
+        """What a backbone does with the cell-embedded patches before the pooling (here nothing)."""
+        return tok
+
+    def _cell_instances(self, x: torch.Tensor, patch_pos: torch.Tensor) -> torch.Tensor:
+        """Instance embeddings ``[B, N, dim]`` of a bag through the layout-aware patch stem."""
+        assert self.patch_cells is not None
+        pos = patch_pos.long()
+        means = self.patch_cells(_center_input(x, self.config.input_center, self.config.input_scale), pos)
+        b, n, k = means.shape
+        cells = self.patch_cells.slot_cell[pos].reshape(b * n, k)
+        h = self.cell_embed(cells, means.reshape(b * n, k))
+        return h.view(b, n, -1) + self.bag_pos_embed[pos]
 
     def _is_bag(self, x: torch.Tensor) -> bool:
         if x.ndim == 5:
@@ -500,6 +616,14 @@ class _BagInput:
             if tuple(patch_pos.shape) != (b, n):
                 raise ValueError(f"patch_pos must be [B, N] = {(b, n)} for a bag, got {tuple(patch_pos.shape)}")
             flat_pos = patch_pos.reshape(b * n)
+        if self.patch_cells is not None:
+            if patch_pos is None:  # a whole bag is in grid order (extract_patches); a part needs positions
+                if n != GRID * GRID:
+                    raise ValueError(
+                        f"a layout-aware bag of {n} patches needs patch_pos: a patch's position says which cells it holds"
+                    )
+                patch_pos = torch.arange(n, device=x.device).expand(b, -1)
+            return self.mil_pool(self._bag_context(self._cell_instances(x, patch_pos)))
         emb, _ = self.forward_features(x.reshape(b * n, *x.shape[2:]), flat_pos)  # type: ignore[attr-defined]
         return self.mil_pool(emb.view(b, n, -1))
 
@@ -555,6 +679,10 @@ class MultiScaleCNN(_BagInput, nn.Module):
         super().__init__()
         self.config = cfg = config or CNNConfig()
         self._check_bag_config(cfg)
+        if cfg.layout and cfg.mil_dim:  # patch mode with a layout: cell-embedded patches, pooled
+            self._init_bag(cfg, cfg.fusion_dim)
+            self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.fusion_dim, cfg.num_classes))
+            return
         if cfg.layout:
             self._init_layout(cfg)
         else:
@@ -624,6 +752,7 @@ class MultiScaleCNN(_BagInput, nn.Module):
         x section tokens, or for a bag (see :class:`_BagInput`) ``[B, N]`` over its patches."""
         if self._is_bag(x):
             return self.forward_bag(x, patch_pos)
+        self._check_not_cell_bags(x)
         _check_input(x, self.config.in_channels)
         if self.config.layout:
             tok = self._layout_tokens(x, patch_pos)
@@ -741,7 +870,9 @@ class FinNeXViT(_BagInput, nn.Module):
         if cfg.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {cfg.pool!r}")
         self.grid = cfg.image_size // cfg.patch_size
-        if cfg.layout:
+        # patch mode with a layout: the cell-embedded patches of _BagInput are the tokens
+        bag_cells = bool(cfg.layout and cfg.mil_dim)
+        if cfg.layout and not bag_cells:
             # feature tokens: a shared map of each feature's session history (recency kept) plus
             # the feature's own embedding (identity kept) and its section's
             self.cells = LayoutCells(parse_layout(cfg.layout))
@@ -754,13 +885,14 @@ class FinNeXViT(_BagInput, nn.Module):
             # so attention could not single out the one informative row among ~200 (positive
             # control, 2026-12-03: validation BA at chance after 8 epochs; benchmarks/positive_control.md).
             self.feature_embed = nn.Parameter(torch.randn(1, self.cells.n_features, cfg.dim))
-        else:
+        elif not cfg.layout:
             self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.dim, self.grid, self.grid))
-        self.pos_unknown = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.section_embed = nn.Embedding(4, cfg.dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.register_buffer("row_sections", torch.tensor(grid_row_sections(self.grid)), persistent=False)
+        if not bag_cells:
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.dim, self.grid, self.grid))
+            self.pos_unknown = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+            self.section_embed = nn.Embedding(4, cfg.dim)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+            self.register_buffer("row_sections", torch.tensor(grid_row_sections(self.grid)), persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         layer = nn.TransformerEncoderLayer(
             cfg.dim,
@@ -775,10 +907,16 @@ class FinNeXViT(_BagInput, nn.Module):
         # nested tensors only help with padding masks, and warn with norm_first
         self.encoder = nn.TransformerEncoder(layer, cfg.depth, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
         self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, cfg.num_classes))
-        for p in (self.pos_embed, self.pos_unknown, self.cls_token):
-            nn.init.trunc_normal_(p, std=0.02)
-        nn.init.trunc_normal_(self.section_embed.weight, std=0.02)
+        if not bag_cells:
+            for p in (self.pos_embed, self.pos_unknown, self.cls_token):
+                nn.init.trunc_normal_(p, std=0.02)
+            nn.init.trunc_normal_(self.section_embed.weight, std=0.02)
         self._init_bag(cfg, cfg.dim)
+
+    def _bag_context(self, tok: torch.Tensor) -> torch.Tensor:
+        # the patches attend to each other, and each keeps its own cells: with the encoder's output
+        # alone (normalised, every token mixed) the level rule stayed at chance (0.27, 7 epochs)
+        return tok + self.encoder(self.drop(tok))
 
     @property
     def feature_dim(self) -> int:
@@ -827,6 +965,7 @@ class FinNeXViT(_BagInput, nn.Module):
         ``return_attention``), or for a bag (see :class:`_BagInput`) ``[B, N]`` weights over its patches."""
         if self._is_bag(x):
             return self.forward_bag(x, patch_pos)
+        self._check_not_cell_bags(x)
         _check_input(x, self.config.in_channels)
         if x.shape[2] % self.config.patch_size or x.shape[3] % self.config.patch_size:
             raise ValueError(f"input sides must be multiples of {self.config.patch_size}, got {tuple(x.shape[2:])}")

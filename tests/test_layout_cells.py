@@ -1,5 +1,6 @@
 """LayoutCells (the layout-aware models' stem) against a float64 loop over the layout's cells:
-every tile (9-px and 3-px sessions), channels-last and plain NCHW inputs, and its gradient."""
+every tile (9-px and 3-px sessions), channels-last and plain NCHW inputs, and its gradient; and
+PatchCells (the patch-mode stem: the cells inside each 32x32 patch)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from finnex_ml.encoding.encoder import encode
 from finnex_ml.encoding.layout import DEFAULT_ASSIGNMENT, build_layout
-from finnex_ml.models import LayoutCells
+from finnex_ml.models import LayoutCells, PatchCells, image_to_bag
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,3 +71,37 @@ def test_each_cell_is_its_own_pixels(spec) -> None:
         hot = np.argwhere(np.abs(got) > 1e-6)
         assert hot.tolist() == [[spec.features.index(f), spec.sessions - 1 - 3]], t.name
         assert got[tuple(hot[0])] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_patch_cells_are_the_cells_inside_each_patch(spec) -> None:
+    rng = np.random.default_rng(1)
+    window = rng.random((spec.sessions, spec.n_features), dtype=np.float32)
+    image = torch.from_numpy(encode(window, spec)).permute(2, 0, 1)[None]  # [1, 3, 512, 512]
+    pc = PatchCells(spec.to_dict())
+    bag = image_to_bag(image)  # [1, 256, 3, 32, 32], patch k at grid index k
+    pos = torch.arange(256)[None]
+    means = pc(bag, pos)[0]  # [256, K]
+    used = pc.inv_count > 0
+    # every slot of every patch holds one cell's value: cell = feature * sessions + session
+    cells = pc.slot_cell[used]
+    want = window[(cells % spec.sessions).numpy(), (cells // spec.sessions).numpy()]
+    np.testing.assert_allclose(means[used].numpy(), want, rtol=0, atol=1e-5)  # float32 sums of up to 288 pixels
+    assert torch.equal(torch.unique(cells), torch.arange(spec.n_features * spec.sessions))  # no cell left out
+    # the date-t cell of the first macro.red feature sits in the right-most patch of its rows
+    t = spec.tiles[0]
+    f, (a, _) = spec.features.index(t.features[0]), t.row_bands[0]
+    p = (a // 32) * 16 + 15
+    assert f * spec.sessions + spec.sessions - 1 in pc.slot_cell[p][used[p]].tolist()
+    # bags with their own positions (a subset, shuffled) read the same cells of the same patches
+    noise = torch.rand(2, 3, 512, 512)
+    full = pc(image_to_bag(noise), torch.arange(256).expand(2, -1))
+    pick = torch.stack([torch.randperm(256)[:40] for _ in range(2)])
+    sub = pc(torch.stack([image_to_bag(noise[i : i + 1])[0, pick[i]] for i in range(2)]), pick)
+    torch.testing.assert_close(sub, torch.stack([full[i, pick[i]] for i in range(2)]))
+    # cell means from the patches' parts, weighted by their pixels, are LayoutCells' cell means
+    sums = full * torch.where(used, 1.0 / pc.inv_count.clamp_min(1e-12), 0.0)
+    total = torch.zeros(2, spec.n_features * spec.sessions).index_add_(1, pc.slot_cell.flatten(), sums.flatten(1))
+    count = torch.zeros(spec.n_features * spec.sessions).index_add_(
+        0, pc.slot_cell.flatten(), torch.where(used, 1.0 / pc.inv_count.clamp_min(1e-12), 0.0).flatten()
+    )
+    torch.testing.assert_close((total / count).view(2, spec.n_features, -1), LayoutCells(spec.to_dict())(noise))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from finnex_ml.encoding.layout import build_layout
 from finnex_ml.errors import ConfigError, DataInputError
 from finnex_ml.evaluation import interpret as ip
 from finnex_ml.models import (
@@ -87,8 +88,6 @@ def test_bag_errors_name_the_problem() -> None:
     bag_model = create_model("cnn", mil_dim=8, **TINY["cnn"])
     with pytest.raises(ValueError, match=r"patch_pos must be \[B, N\]"):
         bag_model(torch.rand(1, 4, 3, 32, 32), patch_pos=torch.arange(4))
-    with pytest.raises(ValueError, match="layout"):
-        create_model("cnn", mil_dim=8, layout='{"x": 1}')
 
 
 def test_ensemble_averages_the_members_attention() -> None:
@@ -151,3 +150,38 @@ def test_vit_patches_variant_reads_pixels_not_the_layout() -> None:
     with torch.no_grad():
         out = model(torch.rand(1, 3, 512, 512), return_attention=True)
     assert out["attention_weights"][0].shape == (1, 2, 257, 257)  # CLS + 16 x 16 patch tokens
+
+
+@pytest.mark.parametrize("name", ["cnn", "vit"])
+def test_layout_bags_embed_each_patch_by_its_cells(name: str) -> None:
+    spec = build_layout(["macro__control_a", "macro__rate_1", "price__close", "fundamental__eps_growth"])
+    torch.manual_seed(4)
+    size = {"cnn": {"fusion_dim": 16}, "vit": {"dim": 16, "depth": 1, "heads": 2}}[name]
+    model = create_model(name, horizons=(1,), mil_dim=8, layout=spec, **size).eval()
+    unused = {"cnn": ("branches", "cells", "fusion"), "vit": ("patch_embed", "cells", "cls_token")}[name]
+    assert not any(hasattr(model.backbone, a) for a in unused)  # no pixel or whole-image stem
+    image = torch.rand(2, 3, 512, 512)
+    bag, pos = image_to_bag(image), torch.arange(256).expand(2, -1)
+    with torch.no_grad():
+        model.backbone.cell_embed.weight.normal_()  # (zero at the start)
+        out = model(bag, patch_pos=pos)
+        torch.testing.assert_close(model(image)["classification"], out["classification"])  # a whole image is its bag
+        perm = torch.randperm(256)
+        torch.testing.assert_close(model(bag[:, perm], patch_pos=pos[:, perm])["classification"], out["classification"])
+        # the date-t cell of control_a (patch 15) moves the prediction; an unused pixel does not
+        lit = image.clone()
+        lit[:, 0, 0:20, 505:512] += 0.3
+        assert not torch.allclose(model(lit)["classification"], out["classification"])
+        pad = image.clone()
+        pad[:, 0, 0:20, 0:4] += 0.3  # the unused columns left of the first session
+        torch.testing.assert_close(model(pad)["classification"], out["classification"])
+        again = model_from_spec(model_spec(model))
+        again.load_state_dict(model.state_dict())
+        torch.testing.assert_close(again.eval()(bag, patch_pos=pos)["classification"], out["classification"])
+    assert out["patch_attention"].shape == (2, 256)
+    with torch.no_grad():  # a whole bag without positions is in grid order (what extract_patches gives)
+        torch.testing.assert_close(model(bag)["classification"], out["classification"])
+    with pytest.raises(ValueError, match="needs patch_pos"):
+        model(bag[:, :8])
+    with pytest.raises(ValueError, match="reads bags"):
+        model(torch.rand(1, 3, 32, 32))

@@ -14,6 +14,7 @@ from finnex_assets.resources import MlflowTracking
 from finnex_assets.storage import FinnexStorage
 from finnex_ml import calendar
 from finnex_ml.datasets_io import write_set_file
+from finnex_ml.encoding.layout import build_layout
 from finnex_ml.encoding.store import image_path
 from finnex_ml.patches import shard_path
 
@@ -57,6 +58,10 @@ def _fake_sets(tmp):
             split_hash="test",
         )
     (ready / "statistics.json").write_text(json.dumps({"train": {"n_dates": 6}}))
+    # the layout spec mega_images stores: layout-aware models read it in patch mode too (the cell stem)
+    (images / "metadata").mkdir(parents=True)
+    spec = build_layout(["price__ret_1d", "macro__vix", "fundamental__eps_ttm"])
+    (images / "metadata" / "channel_encoding_spec.json").write_text(spec.to_json(), encoding="utf-8")
     return ready
 
 
@@ -115,7 +120,9 @@ def test_training_asset_logs_a_complete_mlflow_run(setup, asset):
     from importlib.metadata import version
 
     assert f"torch=={version('torch').split('+')[0]}" in reqs.split() and "finnex==" in reqs
-    out = model(__import__("torch").zeros(2, 5, 3, 32, 32))  # two bags of 5 patches
+    torch = __import__("torch")
+    assert model.members[0].backbone.patch_cells is not None  # patch mode hands the layout over too: the cell stem
+    out = model(torch.zeros(2, 5, 3, 32, 32), patch_pos=torch.arange(5).expand(2, -1))  # two bags of 5 patches
     assert tuple(out["classification"].shape) == (2, 3) and tuple(out["patch_attention"].shape) == (2, 5)
     assert 0.0 <= meta["val_accuracy"].value <= 1.0
 
@@ -154,13 +161,12 @@ def test_image_mode_trains_a_layout_aware_seed_ensemble(setup):
     per seed, averaged into best.pt that the evaluation's loader rebuilds."""
     import torch
 
-    from finnex_ml.encoding.layout import build_layout
     from finnex_ml.evaluation.predict import load_model
     from finnex_ml.models import SeedEnsemble
 
     tmp, resources, _ = setup
     meta_dir = tmp / "mega_images" / "metadata"
-    meta_dir.mkdir(parents=True)
+    meta_dir.mkdir(parents=True, exist_ok=True)
     spec = build_layout(["price__ret_1d", "price__rsi_14", "macro__vix", "news__mean", "fundamental__eps_ttm"])
     (meta_dir / "channel_encoding_spec.json").write_text(spec.to_json(), encoding="utf-8")
     result = _train(cnn_model, resources, input_mode="image", batch_size=4, seeds=[0, 1])
@@ -178,12 +184,11 @@ def test_image_mode_trains_a_layout_aware_seed_ensemble(setup):
 
 def test_vit_patches_trains_on_pixels_without_the_layout(setup):
     """The 256-patch-token ViT variant is not handed the layout spec in image mode."""
-    from finnex_ml.encoding.layout import build_layout
     from finnex_ml.evaluation.predict import load_model
 
     tmp, resources, _ = setup
     meta_dir = tmp / "mega_images" / "metadata"
-    meta_dir.mkdir(parents=True)
+    meta_dir.mkdir(parents=True, exist_ok=True)
     spec = build_layout(["price__ret_1d", "macro__vix", "fundamental__eps_ttm"])
     (meta_dir / "channel_encoding_spec.json").write_text(spec.to_json(), encoding="utf-8")
     result = _train(ASSETS["vit_patches_model"], resources, input_mode="image", batch_size=4, epochs=1)

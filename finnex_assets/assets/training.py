@@ -100,9 +100,10 @@ def _train_asset(name: str, entry: ModelEntry) -> dg.AssetsDefinition:
         weights = class_weights_from_labels(train.target_array(f"label_h{h0}")) if config.class_weighted else None
         spec_file = storage.images.spec_path()
         overrides = {}
-        # a layout-aware architecture reads whole images through the stored layout; a pixel
-        # variant (layout_aware=False, e.g. vit_patches) tokenises the pixels itself
-        if config.input_mode == "image" and entry.layout_aware:
+        # a layout-aware architecture reads whole images through the stored layout (in patch mode:
+        # the layout cells inside each patch); a pixel variant (layout_aware=False, e.g.
+        # vit_patches) tokenises the pixels itself
+        if entry.layout_aware:
             if not spec_file.exists():
                 raise FileNotFoundError(
                     f"{spec_file} is missing: the layout-aware model reads the stored layout "
