@@ -283,7 +283,9 @@ def test_rollout_equals_hand_computation(image: np.ndarray, depth: int) -> None:
     with torch.no_grad():
         weights = model(x, return_attention=True)["attention_weights"]
     assert len(weights) == depth and weights[0].shape == (1, 2, 257, 257)
-    np.testing.assert_allclose(roll, _hand_rollout(weights), rtol=1e-9, atol=1e-12)
+    # the rollout and the hand computation multiply float32 attention maps in their own orders, and
+    # BLAS kernels differ by CPU: they agree to float32 precision, not bit for bit (3.5e-7 measured)
+    np.testing.assert_allclose(roll, _hand_rollout(weights), rtol=1e-5, atol=1e-12)
     if depth == 2:  # the product order matters: A1 @ A2 would be a different map
         wrong = _hand_rollout(weights[::-1])
         assert np.abs(wrong - roll).max() > 1e-6

@@ -40,16 +40,16 @@ EXPECTED: dict[str, str] = {
     "image/2024-03-11": "4059e3e8d6449fa70ce75da6cabf3bfc2d86262f6d6ed76d5086e9275b24c8bd",
     "image/2024-03-12": "34656e330393e37434d73327ed77d06b342948d6e3166ed1cc74e22a695f9265",
     "image/2024-03-13": "bef6258c09383553a65d3cb7fb00e30363befaae6d41bd022cc3ca0c177c47f5",
-    "labels": "6904ed760667fa261e57de2b991b43b565304931561e86fe2c5c6c8ee0349220",
-    "patch_table/2024/03/2024-03-04.parquet": "9d6bc2004bfff26194747a81c7c70307d53749b8fc1d53623d2a3a712654515e",
-    "patch_table/2024/03/2024-03-05.parquet": "26c768dc6a0e87978a2ab75cae31664e6a2f7fca781f6ecd2cb57e9cdedb35ed",
-    "patch_table/2024/03/2024-03-06.parquet": "c67445a38ece9719afeb9836e7f511e350305253fc0fa048b808f6f748221bb7",
-    "patch_table/2024/03/2024-03-07.parquet": "d8e294c122e87ab5110ad94a801a1a0bbed2082f5303bbf2d6794672fefcf9ed",
-    "patch_table/2024/03/2024-03-08.parquet": "8a51140d2f540b7f460489dd693d5356d1368f3b0fc14c0f7dbb4924840d2d98",
-    "patch_table/2024/03/2024-03-11.parquet": "ee8ee3d4012ebb3662e20eb7f3c0bf4db1ea38c8913f2c12f1c6ee38fb086f54",
-    "patch_table/2024/03/2024-03-12.parquet": "4a3472c5732f811b4963018a215d4de97fa2361b57bbb1a6fa45e99acee12a14",
-    "patch_table/2024/03/2024-03-13.parquet": "35e4d35e6aabbcf659631bbca0faf95c697aa60399af1025571b478e250ac565",
-    "patch_table/layout/1a3a2ec321ca98739070369b8cba03dbd435a197cd912307a6e347c6fac722fb.parquet": "6be8ab86eb067ec8519e7aafe7f653d5bf728ccf1ceccf8be4484eef11ed5547",
+    "labels": "6b3495e7e55e12a5ac589c66aa133d63fecf5b9b74bef16312377a9687959df2",
+    "patch_table/2024/03/2024-03-04.parquet": "343e46f18e7055df31102dee378c6e90993a63797332252aeaad28a25c99a0be",
+    "patch_table/2024/03/2024-03-05.parquet": "4cf8a67dd386d78507d0855b20f3835f725a1aa9104109ec47671796d172c48e",
+    "patch_table/2024/03/2024-03-06.parquet": "30afe46cf4e1d09b12892f9ec70da625ca50433ed9befb2ff1cd0c0eee1c5792",
+    "patch_table/2024/03/2024-03-07.parquet": "151e962d07ca842f0ebbb57de39a4ec415e7fa5858174517cf843f9ca811cea3",
+    "patch_table/2024/03/2024-03-08.parquet": "47717cc837edb1df25ffa79fa1cace4694854b28a81c99233a64415d43cc25b4",
+    "patch_table/2024/03/2024-03-11.parquet": "01853a27a7306950eb34df1d22b9f4efe6361b297a0139b7548ec4b8f967c3ad",
+    "patch_table/2024/03/2024-03-12.parquet": "ef290104bfc7b6d1672b1f11221ad80ecfe49ea8e0a6444ae74627be4f9d319f",
+    "patch_table/2024/03/2024-03-13.parquet": "35c864634e23834bad22667f49a91bb57a5f9a86adfaabb6d3269c7fa71c33ca",
+    "patch_table/layout/1a3a2ec321ca98739070369b8cba03dbd435a197cd912307a6e347c6fac722fb.parquet": "7c712c3ca3f109c601f17bf4691dd2b0476c365e1b12f85b6c34e154578f467a",
     "shard/2024-03-04": "af2d29a4491111212a9399e959a8e6a1bd23d21cda29ec80ca98f4d988de6b0e",
     "shard/2024-03-05": "9045b64736a09d63a17bb705f312a37637555340f5c9dfdda36d1088138ee276",
     "shard/2024-03-06": "232cfef5d9cb2b758cd4d8c40ff46233b59854eae9505e4734ac303c37aabc81",
@@ -81,9 +81,16 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _value(v: object) -> object:
+    # floats to 12 significant digits: a rolling std's last bits differ between CPUs (its SIMD
+    # summation order; the labels' thresholds did, 2026-12-03), far below any refactor's change
+    return f"{v:.12g}" if isinstance(v, float) else v
+
+
 def _frame_sha(frame: pl.DataFrame) -> str:
-    """Schema and values (floats by repr, i.e. exactly), independent of the Parquet writer."""
-    doc = {"schema": [[k, str(v)] for k, v in frame.schema.items()], "rows": frame.to_dicts()}
+    """Schema and values (floats to 12 significant digits), independent of the Parquet writer."""
+    rows = [{k: _value(v) for k, v in row.items()} for row in frame.to_dicts()]
+    doc = {"schema": [[k, str(v)] for k, v in frame.schema.items()], "rows": rows}
     return _sha(json.dumps(doc, default=str, sort_keys=True).encode())
 
 
