@@ -303,6 +303,7 @@ def test_files_demo_runs_every_stage_on_a_long_history_and_only_features_on_a_sh
 
 class _Fail(dg.Config):
     fail: bool = False
+    passed: bool = True
 
 
 @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="flaky_thing")])
@@ -310,7 +311,8 @@ def flaky_thing(config: _Fail):
     if config.fail:
         raise ValueError("stops before its check")
     yield dg.Output(1)
-    yield dg.AssetCheckResult(check_name="positive", passed=True)
+    failing = {} if config.passed else {"failing_dates": dg.MetadataValue.json(["2024-01-02"])}
+    yield dg.AssetCheckResult(check_name="positive", passed=config.passed, metadata=failing)
 
 
 def test_qa_history_counts_completed_evaluations_over_every_page():
@@ -332,5 +334,12 @@ def test_qa_history_counts_completed_evaluations_over_every_page():
     (row,) = check_history(instance, [key], page=2)  # 5 completed records over 3 pages
     assert (row["executions"], row["passed"], row["failed"], row["planned_not_evaluated"]) == (5, 5, 0, 1)
     assert row["latest"] == "passed"  # the newest *completed* evaluation
+    for _ in range(2):
+        dg.materialize(
+            [flaky_thing], instance=instance, run_config={"ops": {"flaky_thing": {"config": {"passed": False}}}}
+        )
+    (row,) = check_history(instance, [key], page=2)
+    assert (row["executions"], row["passed"], row["failed"], row["planned_not_evaluated"]) == (7, 5, 2, 1)
+    assert (row["latest"], row["failing_dates"]) == ("failed", "2024-01-02")
     never = dg.AssetCheckKey(dg.AssetKey("nothing"), "positive")
     assert check_history(instance, [never])[0]["latest"] == "never run"
