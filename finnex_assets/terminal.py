@@ -1,5 +1,6 @@
 """The ``finnex`` CLI's terminal: one line per stage, a bar under it for each loop (dates,
-tickers, epochs, folds: done/total, rate, elapsed, ETA), and a summary table at the end.
+tickers, epochs, folds: done/total, rate, elapsed, ETA), and a summary table at the end with
+each stage's peak memory.
 
 A :class:`finnex_ml.progress.Sink` drawn with rich (already installed with Dagster). On a
 terminal the lines update in place; piped to a file or a CI log, it prints plain lines instead:
@@ -10,12 +11,35 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from finnex_ml.progress import LOG_LINES, rate_line, rate_text
+
+_PROC = Path("/proc/self")
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window for this process (Linux: ``5`` to ``clear_refs`` sets the
+    high-water mark to the current RSS); nothing where that is not available."""
+    try:
+        (_PROC / "clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak RSS since start or the last :func:`reset_peak_rss` (``VmHWM``)."""
+    try:
+        for line in (_PROC / "status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @dataclass
@@ -27,6 +51,7 @@ class Row:
     total: int = 0
     seconds: float = 0.0
     status: str = "running"
+    peak_rss: int | None = None  # stages: bytes, the process's high-water mark while it ran
 
 
 class TerminalProgress:
@@ -57,6 +82,8 @@ class TerminalProgress:
 
     # stages: Dagster steps
     def stage_started(self, stage: str) -> None:
+        # the CLI runs every step in its own process, one at a time: the mark is this stage's
+        reset_peak_rss()
         self.rows.append(Row(stage, "stage", time.monotonic()))
         if not self.live:
             self.console.print(f"▶ {stage}", highlight=False)
@@ -67,6 +94,7 @@ class TerminalProgress:
         if row is None:
             return
         row.seconds, row.status = time.monotonic() - row.started, "ok" if ok else "FAILED"
+        row.peak_rss = peak_rss_bytes()
         mark = "[green]✓[/]" if ok else "[red]✗ FAILED[/]"
         if not self.live:
             self.console.print(f"{mark} {stage} ({row.seconds:.1f} s)", highlight=False)
@@ -107,12 +135,14 @@ class TerminalProgress:
 
     def summary(self) -> Table:
         table = Table(title="finnex: stages and loops", title_justify="left")
-        for col, justify in (("stage", "left"), ("work", "right"), ("time", "right"), ("rate", "right"), ("", "left")):
+        columns = ("stage", "left"), ("work", "right"), ("time", "right"), ("rate", "right"), ("peak RSS", "right")
+        for col, justify in (*columns, ("", "left")):
             table.add_column(col, justify=justify)
         for r in self.rows:
             if r.kind == "stage":
-                table.add_row(r.name, "", f"{r.seconds:.1f} s", "", r.status)
+                rss = "" if r.peak_rss is None else f"{r.peak_rss / 2**30:.2f} GB"
+                table.add_row(r.name, "", f"{r.seconds:.1f} s", "", rss, r.status)
             else:
                 rate = rate_text(r.done, r.seconds)
-                table.add_row(f"  {r.name}", f"{r.done}/{r.total} {r.kind}", f"{r.seconds:.1f} s", rate, r.status)
+                table.add_row(f"  {r.name}", f"{r.done}/{r.total} {r.kind}", f"{r.seconds:.1f} s", rate, "", r.status)
         return table

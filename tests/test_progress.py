@@ -3,6 +3,7 @@ and every log line to a file, and the CLI's terminal display."""
 
 import io
 import re
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -124,3 +125,23 @@ def test_terminal_progress_draws_stages_and_loops_and_sums_them_up(terminal):
     rows = [line for line in summary.splitlines() if "│" in line]
     assert [r.split("│")[1].strip() for r in rows] == ["mega_images", "mega_images", "cnn_model", "cnn epochs"]
     assert "stopped" in rows[3] and "FAILED" in rows[2] and "ok" in rows[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS windows need Linux /proc")
+def test_summary_shows_each_stages_own_peak_memory():
+    """A stage's peak RSS is its own: a 300 MB array in the first stage, freed before the second,
+    shows in the first row and not in the second (the mark is reset at each stage start)."""
+    import numpy as np
+
+    bars = TerminalProgress(Console(file=io.StringIO(), width=120, force_terminal=False))
+    with bars, progress.showing(bars):
+        progress.stage_started("big")
+        block = np.ones(300 * 2**20, dtype=np.uint8)  # written, so resident
+        assert block.sum() == 300 * 2**20
+        del block
+        progress.stage_finished("big", ok=True)
+        progress.stage_started("small")
+        progress.stage_finished("small", ok=True)
+    big, small = (r.peak_rss for r in bars.rows)
+    assert big - small > 250 * 2**20
+    assert "peak RSS" in str(bars.summary().columns[4].header)
