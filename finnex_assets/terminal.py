@@ -58,7 +58,11 @@ class TerminalProgress:
     """Use as ``with TerminalProgress() as bars, progress.showing(bars): ...``."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        if console is None:
+            console = Console(stderr=True)
+            if not console.is_terminal:  # a log file: rich's 80 columns would cut the summary's names
+                console = Console(stderr=True, width=120)
+        self.console = console
         self.bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(bar_width=30),

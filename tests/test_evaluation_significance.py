@@ -306,6 +306,24 @@ def test_prebin_gives_monotone_codes_of_the_training_quantiles_and_keeps_missing
     assert np.array_equal(np.isnan(B[:-1, 1]), np.isnan(X[500:, 1]))
 
 
+def test_every_gradient_boosting_fit_bins_its_training_quantiles_once() -> None:
+    """The headline, fold and refit fits all boost on prebin codes: the same probabilities as
+    boosting the caller's own prebin codes, whatever monotone transform the raw features had;
+    boosting the raw features (scikit-learn's class-weighted binning) gives others."""
+    from finnex_ml.evaluation.baselines import fit_tabular, prebin, tabular_probs
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((240, 6)) * np.exp(rng.standard_normal(6))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(240) > 0.3).astype(int) + (X[:, 1] > 1.0)  # imbalanced
+    Xa, Xb = X[:200], X[200:]
+    got = tabular_probs("gradient_boosting", Xa, y[:200], Xb, 0)
+    A, B = prebin(Xa, Xb)
+    np.testing.assert_array_equal(got, tabular_probs("gradient_boosting", A, y[:200], B, 0, binned=True))
+    np.testing.assert_array_equal(got, tabular_probs("gradient_boosting", np.exp(Xa), y[:200], np.exp(Xb), 0))
+    raw = fit_tabular("gradient_boosting", Xa, y[:200], 0).predict_proba(Xb)
+    assert not np.allclose(raw, got)
+
+
 def _old_block_permutations(n: int, block: int, n_perm: int, seed: int) -> np.ndarray:
     """The loop the vectorised orders replaced: roll by a random offset, cut into blocks, shuffle."""
     block = min(block, n)

@@ -1124,9 +1124,11 @@ def _refit_score(
 ) -> float:
     """Test balanced accuracy of ``kind`` fitted on training labels ``y`` (a module-level
     function so joblib can send it to worker processes); gradient boosting with the refit
-    test's cheaper settings (``baselines.REFIT_BOOSTING``), the same for real and permuted labels."""
+    test's cheaper settings (``baselines.REFIT_BOOSTING``) on the features the caller binned once
+    (``baselines.prebin``), the same for real and permuted labels."""
     boosting = bl.REFIT_BOOSTING if kind == "gradient_boosting" else None
-    return mt.balanced_accuracy(y_te, bl.tabular_probs(kind, X_train, y, X_test, seed, boosting=boosting).argmax(-1))
+    probs = bl.tabular_probs(kind, X_train, y, X_test, seed, boosting=boosting, binned=True)
+    return mt.balanced_accuracy(y_te, probs.argmax(-1))
 
 
 def _permuted_doc(cfg: EvalConfig, networks: Sequence[str]) -> dict[str, Any]:

@@ -141,8 +141,10 @@ def pooled_tabular(
         priors.append(np.tile(shares, (f.test.size, 1)))
         info = {"fold": f.index, "label": f.label, "train": int(f.train.size), "test": int(f.test.size)}
         for k in kinds:
-            model = fit_early_stopped(k, X[f.train], ytr, seed, purge=purge)
-            probs[k].append(bl._full_proba(model, X[f.test]))
+            # gradient boosting on bin codes of the fold's training quantiles (see baselines.prebin)
+            Xa, Xb = bl.prebin(X[f.train], X[f.test]) if k == "gradient_boosting" else (X[f.train], X[f.test])
+            model = fit_early_stopped(k, Xa, ytr, seed, purge=purge)
+            probs[k].append(bl._full_proba(model, Xb))
             if hasattr(model, "finnex_best_iter_"):
                 info[f"{k}_iterations"] = int(model.finnex_best_iter_)
                 info[f"{k}_early_stopped"] = bool(model.finnex_early_stopped_)
