@@ -420,3 +420,17 @@ def test_trailing_correlation_of_a_flat_window_is_zero_not_nan():
     assert c[20:25] == [0.0] * 5  # flat windows
     for t in (30, 39):  # moving windows: the plain correlation
         assert c[t] == pytest.approx(np.corrcoef(x[t - 20 : t + 1], flat[t - 20 : t + 1])[0, 1], rel=1e-9)
+
+
+def test_features_in_chunks_of_dates_equal_all_at_once(synthetic_2024, monkeypatch):
+    """daily_features_from_snapshots computes FEATURE_CHUNK dates at a time (flat memory); the
+    table is the same, byte for byte, as one pass over every date (the session fixture), with a
+    chunk that does not divide the 252 dates."""
+    from finnex_ml import pipeline
+
+    monkeypatch.setattr(pipeline, "FEATURE_CHUNK", 50)
+    chunked = pipeline.daily_features_from_snapshots(synthetic_2024.snapshots)
+    monkeypatch.setattr(pipeline, "FEATURE_CHUNK", 10**6)
+    whole = pipeline.daily_features_from_snapshots(synthetic_2024.snapshots)
+    assert chunked.height == 252 and chunked["date"].is_sorted()
+    assert chunked.equals(whole) and whole.equals(synthetic_2024.features)
