@@ -74,6 +74,17 @@ def test_round_trip_is_bit_exact() -> None:
         extract_patches(image, out=np.empty(PATCHES_SHAPE, dtype=np.float64))
 
 
+def test_channel_stats_are_numpys_mean_and_std_bit_for_bit() -> None:
+    from finnex_ml.patches import patch_channel_stats
+
+    for scale in (1.0, 1e-3, 250.0):
+        p = (np.random.default_rng(int(scale)).standard_normal((N_PATCHES, 32, 32, 3)) * scale).astype(np.float32)
+        flat = p.reshape(N_PATCHES, -1, 3)
+        mean, std = patch_channel_stats(p)
+        assert np.array_equal(mean, flat.mean(axis=1, dtype=np.float64))
+        assert np.array_equal(std, flat.std(axis=1, dtype=np.float64))
+
+
 def test_sections_by_majority_with_straddling_rows() -> None:
     spec = build_layout(NAMES)
     names, shares, touched = section_of_patches(spec)
