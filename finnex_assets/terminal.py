@@ -86,7 +86,7 @@ class TerminalProgress:
 
     # stages: Dagster steps
     def stage_started(self, stage: str) -> None:
-        # the CLI runs every step in its own process, one at a time: the mark is this stage's
+        # the CLI runs the steps in its own process, one at a time: the mark is this stage's
         reset_peak_rss()
         self.rows.append(Row(stage, "stage", time.monotonic()))
         if not self.live:

@@ -70,7 +70,8 @@ def daily_features_from_snapshots(
     for i in range(0, asofs.len(), FEATURE_CHUNK):
         chunk = asofs.slice(i, FEATURE_CHUNK)
         parts.append(_features_of({k: v.filter(pl.col("asof").is_in(chunk)) for k, v in snaps.items()}, mods))
-    return pl.concat(parts)
+    # relaxed: an added modality's hook that infers dtypes from its rows may type an all-null chunk apart
+    return pl.concat(parts, how="vertical_relaxed")
 
 
 def _features_of(snaps: dict[str, pl.DataFrame], mods: tuple[md.Modality, ...] | None) -> pl.DataFrame:
