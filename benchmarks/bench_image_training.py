@@ -17,6 +17,14 @@ the baseline (issue 18's target: >= 0.9x), and the median over rounds of each ro
 10-20 %, so a ratio of best passes taken minutes apart swings more than paired ones); the baseline's images/s is also set against issue
 14's target of 200 images/s.
 
+The layout-aware model's default is to read each image once per training run and train from
+its cells (``TrainConfig.cell_cache_mb``, ``training.data.CellDataset``): the five cases above
+turn that off to measure per-step streaming; two more cases keep it on (their warm epoch reads
+no image). Then whole runs as a training asset makes them are timed: a seed ensemble
+(``--seeds`` members x ``--run-epochs`` epochs, ``train_ensemble``) from the call to the saved
+ensemble, the cell pass and every checkpoint included; the cells-once run from the virtual set
+against the same run from memory is the streaming target.
+
 Then one batch's step is taken apart (median of ``--steps`` steps): reading it (from each
 source), the cell extraction (``LayoutCells``), the rest of the forward pass, the backward pass
 and the optimiser step. Files come from the page cache, so this measures HDF5 and loader
@@ -43,6 +51,7 @@ from finnex_ml.data.synthetic import PlantedSignal  # noqa: E402
 from finnex_ml.models import layout_json  # noqa: E402
 from finnex_ml.positive_control import build_control_data  # noqa: E402
 from finnex_ml.training import ArrayDataset, H5ArrayDataset, TrainConfig, train_model  # noqa: E402
+from finnex_ml.training.ensemble import train_ensemble  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _summary import emit, row  # noqa: E402
@@ -134,6 +143,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the training assets' default)")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3, help="whole runs: ensemble members (the standard budget's)")
+    ap.add_argument("--run-epochs", type=int, default=10, help="whole runs: epochs per member")
     ap.add_argument("--repeat", type=int, default=3, help="passes per case, round-robin; the fastest is kept")
     ap.add_argument("--rows", type=int, default=256, help="rows of the set (the distinct images, repeated)")
     ap.add_argument("--steps", type=int, default=5, help="steps timed for the breakdown")
@@ -144,6 +155,7 @@ def main() -> None:
     if args.quick:
         args.start, args.rows = "2023-07-03", min(args.rows, 160)
         args.repeat = max(args.repeat, 5)  # short epochs: more rounds for the paired median
+        args.run_epochs = min(args.run_epochs, 5)
     torch.set_num_threads(args.threads)
     data = build_control_data(PlantedSignal("level", 1.0), args.start, "2023-09-30")
     n = args.rows
@@ -163,17 +175,35 @@ def main() -> None:
             f"= {len(train_rows) // args.batch} batches of {args.batch}, layout-aware {args.model} small, "
             f"threads {args.threads}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         )
+        # the first five read every image every step (cell_cache_mb=0): what streaming costs per
+        # step; the last two are the trainer's default for this model, the cells computed in one
+        # pass over the images (CellDataset), compared on whole runs below
+        every_step = {"cell_cache_mb": 0}
         cases = [
-            ("in-memory tensor (baseline)", lambda rows: ArrayDataset(x, targets, rows), {"prefetch": 0}),
-            ("in-memory tensor, read-ahead", lambda rows: ArrayDataset(x, targets, rows), {}),
-            ("contiguous file, read-ahead", lambda rows: H5ArrayDataset(plain, "images", keys, indices=rows), {}),
+            (
+                "in-memory tensor (baseline)",
+                lambda rows: ArrayDataset(x, targets, rows),
+                {"prefetch": 0, **every_step},
+            ),
+            ("in-memory tensor, read-ahead", lambda rows: ArrayDataset(x, targets, rows), every_step),
+            (
+                "contiguous file, read-ahead",
+                lambda rows: H5ArrayDataset(plain, "images", keys, indices=rows),
+                every_step,
+            ),
             (
                 "per-date files (VDS), no read-ahead",
                 lambda rows: H5ArrayDataset(vds, "images", keys, indices=rows),
-                {"prefetch": 0},
+                {"prefetch": 0, **every_step},
             ),
             (
-                "per-date files (VDS), read-ahead (default)",
+                "per-date files (VDS), read-ahead",
+                lambda rows: H5ArrayDataset(vds, "images", keys, indices=rows),
+                every_step,
+            ),
+            ("in-memory tensor, cells once (default)", lambda rows: ArrayDataset(x, targets, rows), {}),
+            (
+                "per-date files (VDS), cells once (default)",
                 lambda rows: H5ArrayDataset(vds, "images", keys, indices=rows),
                 {},
             ),
@@ -230,6 +260,46 @@ def main() -> None:
             f"in-memory baseline {base:.0f} images/s (target {TARGET_IMAGES_PER_S:.0f}); median of {args.repeat} "
             f"paired rounds: {med[stream]:.2f}x (rounds {', '.join(f'{r:.2f}' for r in paired[stream])})"
         )
+        # whole runs as a training asset makes them: a seed ensemble (each member its epochs), timed
+        # from the call to the saved ensemble, the cell pass and every checkpoint included
+        whole = [cases[0], cases[4], cases[5], cases[6]]
+        run_wall: dict[str, float] = {}
+        for _ in range(args.repeat):
+            for label, make, extra in whole:
+                cfg = TrainConfig(
+                    model=args.model,
+                    input_mode="image",
+                    epochs=args.run_epochs,
+                    batch_size=args.batch,
+                    lr=1e-3,
+                    warmup_epochs=0,
+                    patience=None,
+                    num_threads=args.threads,
+                    noise_std=0.0,
+                    mixup_alpha=0.0,
+                    model_overrides={"layout": layout},
+                    **extra,
+                )
+                t0 = time.perf_counter()
+                train_ensemble(
+                    cfg, make(train_rows), make(val_rows), seeds=range(args.seeds), checkpoint_dir=tmp / "ens"
+                )
+                run_wall[label] = min(run_wall.get(label, float("inf")), time.perf_counter() - t0)
+        whole = [c[0] for c in whole]
+        run_work = (
+            f"{args.seeds} seed(s) x {args.run_epochs} epochs of {len(train_rows)} mega-images, the cell pass and "
+            f"checkpoints included, layout-aware {args.model} small, {args.threads} thread(s), best of {args.repeat}"
+        )
+        print(f"whole training run ({run_work}):")
+        for label in whole:
+            print(
+                f"  {label:46s} {run_wall[label]:7.2f} s = {run_wall[cases[0][0]] / run_wall[label]:.2f}x the baseline"
+            )
+        cells_mem, cells_vds = cases[5][0], cases[6][0]
+        print(
+            f"streamed with cells once: {run_wall[cells_mem] / run_wall[cells_vds]:.2f}x of the same run from memory "
+            "(target >= 0.9x)"
+        )
         sources = {
             "in-memory gather": ArrayDataset(x, targets),
             "contiguous file": H5ArrayDataset(plain, "images", keys),
@@ -260,7 +330,7 @@ def main() -> None:
                 images_per_s=best[label][0],
                 images_per_cpu_s_ratio=cpu[label] / cbase,
             )
-            for label, _, _ in cases[1:]
+            for label, _, _ in cases[1:5]
         ]
         rows.append(
             row(
@@ -296,7 +366,7 @@ def main() -> None:
                 cpu[label] / cbase,
                 f"x of the in-memory baseline's images per CPU-second ({cpu[label]:.0f}; higher = cheaper)",
             )
-            for label, _, _ in cases[1:]
+            for label, _, _ in cases[1:5]
         ]
         for label in (cases[0][0], stream):
             rows.append(
@@ -311,6 +381,29 @@ def main() -> None:
                     images_per_s=best[label][0],
                 )
             )
+        rows += [
+            row(
+                f"image training, whole run: {label}",
+                run_work,
+                run_wall[label],
+                base_label,
+                run_wall[base_label],
+                run_wall[base_label] / run_wall[label],
+                note,
+            )
+            for label, base_label, note in (
+                (
+                    cells_vds,
+                    cells_mem,
+                    "x of the same run from memory (higher = faster; target >= 0.9x)",
+                ),
+                (
+                    cells_vds,
+                    cases[0][0],
+                    "x of the in-memory run reading every image every step (higher = faster)",
+                ),
+            )
+        ]
         emit(rows)
 
 

@@ -53,6 +53,7 @@ the spec's size (ViT 768 dims, 12 heads, 12 layers; CNN 256-channel branches, 51
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -234,6 +235,8 @@ class LayoutCells(nn.Module):
 
     def __init__(self, layout: Mapping[str, Any]) -> None:
         super().__init__()
+        # what the cells depend on: a cache of them (training.data.cell_dataset) is keyed by it
+        self.layout_key = hashlib.sha256(json.dumps(layout, sort_keys=True, default=str).encode()).hexdigest()
         L = int(layout["sessions"])
         features = list(layout["features"])
         index = {f: i for i, f in enumerate(features)}
@@ -769,8 +772,11 @@ class MultiScaleCNN(_BagInput, nn.Module):
             feats = feats + self.pos_embed(patch_pos) + self.section_embed(sec)
         return feats, w
 
-    def features_from_cells(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused features and ``[B, heads, 9, 9]`` attention from ``[B, F, L]`` cells (layout path)."""
+    def features_from_cells(
+        self, cells: torch.Tensor, return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused features and ``[B, heads, 9, 9]`` attention from ``[B, F, L]`` cells (layout path;
+        the weights are always returned, ``return_attention`` is the ViT's common signature)."""
         tok = self.cell_tokens(cells)
         att, w = self.attn(tok, tok, tok, need_weights=True, average_attn_weights=False)
         return self.fusion(self.attn_norm(tok + att).flatten(1)), w
@@ -1079,23 +1085,43 @@ class MultiTaskModel(nn.Module):
     def config(self) -> Any:
         return self.backbone.config
 
+    @property
+    def cell_stem(self) -> LayoutCells | None:
+        """The backbone's layout stem (image -> ``[B, F, L]`` cells) when it reads the layout: it has
+        no parameters, so its output for an image never changes during training and
+        :meth:`forward_cells` from it gives what :meth:`forward` gives from the image."""
+        return self.backbone.cells if getattr(self.config, "layout", "") and hasattr(self.backbone, "cells") else None
+
     def forward(
         self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = False
     ) -> dict[str, Any]:
-        extra = None
         if self.sparse is not None:
             # one pass over the pixels serves both the deep path and the sparse readout
             _check_input(x, self.config.in_channels)
             self.backbone._layout_tokens_check(x, patch_pos)
-            cells = self.backbone.cells(x)
-            feats, attn = self.backbone.features_from_cells(cells)
+            return self.forward_cells(self.backbone.cells(x), return_attention)
+        feats, attn = self.backbone.forward_features(x, patch_pos, return_attention=return_attention)
+        out = self._outputs(feats, attn)
+        is_bag = getattr(self.backbone, "_is_bag", None)
+        if is_bag is not None and is_bag(x):  # the bag's pooling weights, not token attention
+            out["patch_attention"], out["attention_weights"] = attn, []
+        return out
+
+    def forward_cells(self, cells: torch.Tensor, return_attention: bool = False) -> dict[str, Any]:
+        """:meth:`forward` from the ``[B, F, L]`` cells of :attr:`cell_stem` (layout-aware models)."""
+        if self.cell_stem is None:
+            raise ValueError("forward_cells needs a layout-aware backbone (config.layout set)")
+        feats, attn = self.backbone.features_from_cells(cells, return_attention)
+        extra = None
+        if self.sparse is not None:
             extra = self.sparse(_center_input(cells, self.config.input_center, self.config.input_scale))
-        else:
-            feats, attn = self.backbone.forward_features(x, patch_pos, return_attention=return_attention)
+        return self._outputs(feats, attn, extra)
+
+    def _outputs(self, feats: torch.Tensor, attn: Any, extra: torch.Tensor | None = None) -> dict[str, Any]:
         logits, reg = self.heads(feats)
         if extra is not None:
             logits = logits + extra
-        out = {
+        return {
             "classification": logits[:, 0],
             "regression": reg[:, :1],
             "classification_by_horizon": logits,
@@ -1103,10 +1129,6 @@ class MultiTaskModel(nn.Module):
             "features": feats,
             "attention_weights": attn if attn is not None else [],
         }
-        is_bag = getattr(self.backbone, "_is_bag", None)
-        if is_bag is not None and is_bag(x):  # the bag's pooling weights, not token attention
-            out["patch_attention"], out["attention_weights"] = attn, []
-        return out
 
 
 class MultiTaskCNN(MultiTaskModel):

@@ -93,6 +93,9 @@ class TrainConfig:
     # into prefetch + 2 reused buffers (one without read-ahead) of max(batch_size, eval batch) images
     prefetch: int = 2
     num_threads: int | None = None  # torch intra-op threads during training (restored after); None: unchanged
+    # a layout-aware model without pixel noise trains from its images' cells, computed in one
+    # pass and kept in memory up to this size (training.data.CellDataset); 0: read images every step
+    cell_cache_mb: float = 1024.0
     deterministic: bool = True
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     device: str | None = None  # None: CUDA when available, else CPU

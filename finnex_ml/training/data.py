@@ -7,6 +7,7 @@ import math
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -508,6 +509,59 @@ class ArrayDataset(Dataset):
 
     def group_ids(self) -> np.ndarray | None:
         return None if not self.patches_per_image else self.indices // self.patches_per_image
+
+
+class CellDataset(ArrayDataset):
+    """The ``[F, L]`` cells (a layout-aware model's :class:`~finnex_ml.models.LayoutCells` output)
+    of every sample of ``source``, with its targets: the same batches as ``source`` with ``"x"``
+    replaced by the cells, and ``"row"`` still ``source``'s rows.
+
+    Why: the layout stem has no parameters, so a trainer that reads each image every epoch and
+    recomputes its cells (about a third of a small CNN's step here) repeats the same work epoch
+    after epoch and seed after seed. Built in one sequential pass over ``source``; a cell matrix
+    is ~46 KB against 3 MB for the image."""
+
+    def __init__(self, source: Any, stem: torch.nn.Module, batch_size: int, device: torch.device) -> None:
+        n = len(source)
+        cells = torch.empty((n, stem.n_features, stem.sessions), dtype=torch.float32)
+        rows = np.empty(n, dtype=np.int64)
+        targets: dict[str, list[torch.Tensor]] = {}
+        buf = (
+            np.empty((batch_size, *source.sample_shape), dtype=source.input_dtype)
+            if accepts_batch_buffer(source)
+            else None
+        )
+        with torch.no_grad():
+            for a in range(0, n, batch_size):
+                pos = list(range(a, min(n, a + batch_size)))
+                b = source.__getitems__(pos) if buf is None else source.__getitems__(pos, out=buf[: len(pos)])
+                x = b["x"].to(device).permute(0, 3, 1, 2)
+                cells[a : a + len(pos)] = stem(x).float().cpu()
+                rows[a : a + len(pos)] = b["row"].numpy()
+                for k, v in b.items():
+                    if k not in ("x", "row", "patch_pos"):
+                        targets.setdefault(k, []).append(v.clone())
+        super().__init__(cells, {k: torch.cat(v) for k, v in targets.items()})
+        self.source_rows = rows
+
+    def __getitems__(self, positions: Sequence[int], out: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        batch = super().__getitems__(positions, out)
+        batch["row"] = torch.from_numpy(self.source_rows[np.asarray(positions, dtype=np.int64)])
+        return batch
+
+
+# per source dataset object: its CellDataset per (layout, device), so the members of a seed
+# ensemble (and the validation pass of each epoch) share one pass over the images
+_CELLS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], CellDataset]] = weakref.WeakKeyDictionary()
+
+
+def cell_dataset(source: Any, stem: torch.nn.Module, batch_size: int, device: torch.device) -> CellDataset:
+    """``source``'s :class:`CellDataset` for ``stem``, computed once per source object."""
+    memo = _CELLS.setdefault(source, {})
+    key = (stem.layout_key, str(device))
+    if key not in memo:
+        memo[key] = CellDataset(source, stem, batch_size, device)
+    return memo[key]
 
 
 class PanelDataset(Dataset):

@@ -42,6 +42,7 @@ from finnex_ml.training.data import (
     _ThreadPrefetcher,
     accepts_batch_buffer,
     as_bags,
+    cell_dataset,
     derive_seed,
     make_loader,
 )
@@ -279,6 +280,8 @@ class _Run:
             _param_groups(self.model, self.criterion, cfg.weight_decay, cfg.lr), lr=cfg.lr
         )
         self.sparse = _sparse_modules(self.model)
+        self.from_cells = self._use_cells()
+        train_ds, val_ds = self.train_ds, self.val_ds
 
         run_len = cfg.effective_run_length
         self.train_loader = make_loader(
@@ -352,6 +355,24 @@ class _Run:
                         "drop rows without a realised return"
                     )
 
+    def _use_cells(self) -> bool:
+        """Swap the datasets for their cells (:class:`CellDataset`) when that is the same training:
+        a layout-aware model whose only input augmentation is mixup (linear, like the cells' means;
+        pixel noise is not: its cells would be another draw), within ``cell_cache_mb``."""
+        cfg, stem = self.cfg, getattr(self.model, "cell_stem", None)
+        if stem is None or cfg.input_mode != "image" or cfg.noise_std > 0:
+            return False
+        need = (len(self.train_ds) + len(self.val_ds)) * stem.n_features * stem.sessions * 4
+        if need > cfg.cell_cache_mb * 2**20:
+            return False
+        bs = max(cfg.batch_size, cfg.eval_batch_size or 2 * cfg.batch_size)
+        self.train_ds, self.val_ds = (cell_dataset(ds, stem, bs, self.device) for ds in (self.train_ds, self.val_ds))
+        return True
+
+    def _forward(self, x: torch.Tensor, pos: torch.Tensor | None) -> dict[str, Any]:
+        with self._autocast():
+            return self.model.forward_cells(x) if self.from_cells else self.model(x, patch_pos=pos)
+
     def _fit_reg_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         names = self.cfg.reg_targets or ()
         if not names or not self.cfg.standardize_regression:
@@ -368,7 +389,10 @@ class _Run:
         nb = self.device.type == "cuda"
         # [b, H, W, 3] -> [b, 3, H, W] (bags: [b, N, 32, 32, 3] -> [b, N, 3, 32, 32]): a view, no copy
         x = batch["x"].to(self.device, non_blocking=nb)
-        x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.permute(0, 1, 4, 2, 3)
+        if x.ndim == 4:
+            x = x.permute(0, 3, 1, 2)
+        elif x.ndim == 5:
+            x = x.permute(0, 1, 4, 2, 3)  # (cells [b, F, L] stay as they are)
         y_cls = torch.stack([batch[n].reshape(-1) for n in self.cfg.class_targets], dim=1).to(self.device)
         y_reg = None
         if self.cfg.reg_targets is not None:
@@ -416,8 +440,7 @@ class _Run:
             if cfg.label_smoothing > 0:
                 y_soft = y_soft * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / NUM_CLASSES
             x, y_soft, y_reg = aug(x, y_soft, y_reg)
-            with self._autocast():
-                out = self.model(x, patch_pos=pos)
+            out = self._forward(x, pos)
             out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
             losses = self.criterion(out, y_soft, y_reg)
             self.optimizer.zero_grad(set_to_none=True)
@@ -460,8 +483,7 @@ class _Run:
         logits, regs, ycls, yreg, rows = [], [], [], [], []
         for batch in self._iterate(self.val_loader):
             x, y_cls, y_reg, pos = self._unpack(batch)
-            with self._autocast():
-                out = self.model(x, patch_pos=pos)
+            out = self._forward(x, pos)
             logits.append(out["classification_by_horizon"].float())
             regs.append(out["regression_by_horizon"].float())
             ycls.append(y_cls)
