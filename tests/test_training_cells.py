@@ -128,7 +128,7 @@ def test_cell_dataset_batches_are_the_stems_cells_of_the_sources_rows(images) ->
 
     stem = create_model("cnn", "small", horizons=(1,), layout=layout).cell_stem
     src = ArrayDataset(x, targets, range(5, 17))
-    cells = CellDataset(src, stem, batch_size=5, device=torch.device("cpu"))
+    cells = CellDataset(src, stem, torch.device("cpu"), batch_size=5)
     batch = cells.__getitems__([0, 7, 3])
     np.testing.assert_array_equal(batch["row"].numpy(), [5, 12, 8])
     np.testing.assert_array_equal(batch["label_h1"].numpy(), targets["label_h1"][[5, 12, 8]])

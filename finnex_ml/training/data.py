@@ -521,23 +521,25 @@ class CellDataset(ArrayDataset):
     after epoch and seed after seed. Built in one sequential pass over ``source``; a cell matrix
     is ~46 KB against 3 MB for the image."""
 
-    def __init__(self, source: Any, stem: torch.nn.Module, batch_size: int, device: torch.device) -> None:
+    def __init__(self, source: Any, stem: torch.nn.Module, device: torch.device, batch_size: int = 16) -> None:
         n = len(source)
         cells = torch.empty((n, stem.n_features, stem.sessions), dtype=torch.float32)
         rows = np.empty(n, dtype=np.int64)
         targets: dict[str, list[torch.Tensor]] = {}
-        buf = (
-            np.empty((batch_size, *source.sample_shape), dtype=source.input_dtype)
+        chunks = [range(a, min(n, a + batch_size)) for a in range(0, n, batch_size)]
+        # the next batch is read by a background thread while the stem runs on this one (three
+        # buffers of 16 images: 150 MB, where the trainer's own image buffers held up to 800 MB)
+        batches = (
+            PooledBatches(source, chunks, BatchBuffers(3, batch_size), depth=1)
             if accepts_batch_buffer(source)
-            else None
+            else (source.__getitems__(list(c)) for c in chunks)
         )
         with torch.no_grad():
-            for a in range(0, n, batch_size):
-                pos = list(range(a, min(n, a + batch_size)))
-                b = source.__getitems__(pos) if buf is None else source.__getitems__(pos, out=buf[: len(pos)])
+            for i, b in enumerate(batches):  # to its end: the read-ahead thread finishes
+                c = chunks[i]
                 x = b["x"].to(device).permute(0, 3, 1, 2)
-                cells[a : a + len(pos)] = stem(x).float().cpu()
-                rows[a : a + len(pos)] = b["row"].numpy()
+                cells[c.start : c.stop] = stem(x).float().cpu()
+                rows[c.start : c.stop] = b["row"].numpy()
                 for k, v in b.items():
                     if k not in ("x", "row", "patch_pos"):
                         targets.setdefault(k, []).append(v.clone())
@@ -555,12 +557,12 @@ class CellDataset(ArrayDataset):
 _CELLS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], CellDataset]] = weakref.WeakKeyDictionary()
 
 
-def cell_dataset(source: Any, stem: torch.nn.Module, batch_size: int, device: torch.device) -> CellDataset:
+def cell_dataset(source: Any, stem: torch.nn.Module, device: torch.device) -> CellDataset:
     """``source``'s :class:`CellDataset` for ``stem``, computed once per source object."""
     memo = _CELLS.setdefault(source, {})
     key = (stem.layout_key, str(device))
     if key not in memo:
-        memo[key] = CellDataset(source, stem, batch_size, device)
+        memo[key] = CellDataset(source, stem, device)
     return memo[key]
 
 

@@ -365,8 +365,7 @@ class _Run:
         need = (len(self.train_ds) + len(self.val_ds)) * stem.n_features * stem.sessions * 4
         if need > cfg.cell_cache_mb * 2**20:
             return False
-        bs = max(cfg.batch_size, cfg.eval_batch_size or 2 * cfg.batch_size)
-        self.train_ds, self.val_ds = (cell_dataset(ds, stem, bs, self.device) for ds in (self.train_ds, self.val_ds))
+        self.train_ds, self.val_ds = (cell_dataset(ds, stem, self.device) for ds in (self.train_ds, self.val_ds))
         return True
 
     def _forward(self, x: torch.Tensor, pos: torch.Tensor | None) -> dict[str, Any]:
