@@ -154,9 +154,9 @@ def _announce_budget(name: str, mode: str, image_root: Path, n_train: int, n_val
     from finnex_ml.encoding.store import read_spec
 
     b = budget.budget(name, mode)
-    per_image = budget.seconds_per_image(read_spec(image_root))
+    step = budget.seconds_per_image(read_spec(image_root))
     read = budget.read_seconds_per_image(image_root)
-    print(budget.training_cost(b, n_train, n_val, per_image, read).describe(n_train, n_val, b))
+    print(budget.training_cost(b, n_train, n_val, step, read).describe(n_train, n_val, b))
     return budget.run_config(b, mode)
 
 
@@ -278,9 +278,9 @@ def _announce_walk_forward(name: str, samples, datasets_root: Path, image_root: 
     per_date = samples.group_by("date").len()
     count = lambda ds: int(per_date.filter(pl.col("date").is_in(ds))["len"].sum())  # noqa: E731
     sizes = [(count(f.fit), count(f.val), count(f.test)) for f in folds]
-    per_image = budget.seconds_per_image(read_spec(image_root))
+    step = budget.seconds_per_image(read_spec(image_root))
     read = budget.read_seconds_per_image(image_root)
-    print(budget.walk_forward_cost(b, sizes, per_image, read).describe(b))
+    print(budget.walk_forward_cost(b, sizes, step, read).describe(b))
     return len(folds)
 
 

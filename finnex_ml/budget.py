@@ -4,7 +4,8 @@
 epochs, a few hundred resamples: intervals and p-values are coarse); ``thorough`` is for a
 result to report (more seeds and epochs, 5,000 resamples, longer walk-forward retraining).
 The cost printed before training is measured, not guessed: a few training steps of the model
-on this machine, times the number of image passes the budget allows.
+on this machine (from cells for a layout-aware model, as the trainer takes them), times the
+number of image passes the budget allows, plus reading the images.
 """
 
 from __future__ import annotations
@@ -85,9 +86,27 @@ def run_config(b: Budget, mode: str) -> dict[str, dict]:
     }
 
 
-def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32, steps: int = 2) -> float:
-    """Measured wall seconds of one training pass over one image (forward, backward, step) for
-    ``model`` on ``spec``'s geometry, on this machine with the current torch threads."""
+@dataclass(frozen=True)
+class StepCost:
+    """Measured wall seconds per image of training a model on a layout, on this machine."""
+
+    per_image: float  # one training pass (forward, backward, step) from the image's pixels
+    # a layout-aware model trains from its images' cells (training.data.CellDataset) when they
+    # fit in TrainConfig.cell_cache_mb: its pass from cells, the one-off cell computation per
+    # image and run, and one image's cells in bytes (all 0 for a model that reads pixels)
+    from_cells_per_image: float = 0.0
+    cells_per_image: float = 0.0
+    cell_bytes: int = 0
+
+    def trains_from_cells(self, images: int) -> bool:
+        from finnex_ml.training.config import TrainConfig
+
+        return self.cell_bytes > 0 and images * self.cell_bytes <= TrainConfig.cell_cache_mb * 2**20
+
+
+def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32, steps: int = 2) -> StepCost:
+    """Measured cost of training ``model`` on ``spec``'s geometry with the current torch threads:
+    a step from pixels and, for a layout-aware model, a step from cells and the cell pass."""
     import torch
 
     from finnex_ml.models import create_model
@@ -98,18 +117,30 @@ def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32
     height, width, channels = spec.shape
     x = torch.randn(batch_size, channels, height, width)
 
-    def step() -> None:
-        out = net(x)
-        loss = out["classification"].logsumexp(-1).mean() + out["regression"].square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def per_image(forward, inputs: torch.Tensor) -> float:
+        def step() -> None:
+            out = forward(inputs)
+            loss = out["classification"].logsumexp(-1).mean() + out["regression"].square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    step()  # the first step allocates; not timed
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / (steps * batch_size)
+        step()  # the first step allocates; not timed
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t0) / (steps * batch_size)
+
+    pixels = per_image(net, x)
+    stem = net.cell_stem
+    if stem is None:
+        return StepCost(pixels)
+    with torch.no_grad():
+        stem(x)  # the first call allocates; not timed
+        t0 = time.perf_counter()
+        cells = stem(x)
+        cells_per_image = (time.perf_counter() - t0) / batch_size
+    return StepCost(pixels, per_image(net.forward_cells, cells), cells_per_image, cells[0].numel() * 4)
 
 
 def read_seconds_per_image(image_root: str | Path, max_files: int = 4) -> float:
@@ -152,17 +183,23 @@ class TrainingCost:
     passes: int  # image passes at most: epochs x seeds x (train + val images)
     seconds: float  # at most, at the measured rates: compute plus reading
     per_image: float  # compute seconds per training image
-    read_per_image: float = 0.0  # seconds to read one stored image (every pass reads its image)
+    read_per_image: float = 0.0  # seconds to read one stored image
+    cells_per_image: float = 0.0  # > 0: the images are read once and trained from their cells
 
     def describe(self, n_train: int, n_val: int, b: Budget) -> str:
         minutes = self.seconds / 60
+        reads = (
+            f"{self.read_per_image * 1000:.1f} ms to read an image and {self.cells_per_image * 1000:.1f} ms for its "
+            "cells, once per image (the ensemble trains from the cells)"
+            if self.cells_per_image
+            else f"{self.read_per_image * 1000:.1f} ms to read an image, every pass"
+        )
         return (
             f"budget {self.budget}: up to {b.epochs} epochs x {len(b.seeds)} seed(s) over {n_train:,} training "
-            f"and {n_val:,} validation images = {self.passes:,} image passes; measured {self.per_image * 1000:.0f} ms "
-            f"of compute per training image and {self.read_per_image * 1000:.1f} ms to read an image here, so "
-            f"~{minutes:.1f} min of compute and reading if every epoch runs (early stopping can end sooner; the "
-            f"read-ahead thread overlaps reads with compute when a core is free, other load on the machine adds "
-            f"to it); evaluation: "
+            f"and {n_val:,} validation images = {self.passes:,} image passes; measured {self.per_image * 1000:.1f} ms "
+            f"of compute per training image and {reads} here, so "
+            f"~{minutes:.1f} min of compute and reading if every epoch runs (early stopping can end sooner; each "
+            f"epoch's checkpoint and logging, and other load on the machine, add to it); evaluation: "
             f"{b.n_boot:,} bootstrap resamples, {b.n_permutations:,} permutations"
             + (
                 f"; the pooled walk-forward retrains the network per fold with the same epochs and seeds (a fold "
@@ -199,23 +236,37 @@ class WalkForwardCost:
 
 
 def walk_forward_cost(
-    b: Budget, folds: list[tuple[int, int, int]], per_image: float, read_per_image: float = 0.0
+    b: Budget, folds: list[tuple[int, int, int]], step: StepCost, read_per_image: float = 0.0
 ) -> WalkForwardCost:
     """Upper bound for ``folds`` of (fitted, validation, test) images: every epoch of every seed
     trains the fitted images and validates; each seed then predicts the test block once (the
     fold keeps only the test block's predictions). A forward pass is counted as half a training
     pass: measured 4.7 against 8.8 ms per image for the CNN on this machine (one thread), where
-    the test block's forward passes dominate. Every pass also reads its image (``read_per_image``,
-    see :func:`read_seconds_per_image`)."""
+    the test block's forward passes dominate. A model trained from cells reads each fitted and
+    validation image once per fold and computes its cells; otherwise every training pass reads its
+    image (``read_per_image``, see :func:`read_seconds_per_image`). The test block is predicted
+    from its images."""
     fit, val, test = (sum(f[i] for f in folds) for i in range(3))
-    passes = b.walk_forward_epochs * len(b.seeds) * (fit + val / 2) + len(b.seeds) * test / 2
-    reads = b.walk_forward_epochs * len(b.seeds) * (fit + val) + len(b.seeds) * test
-    return WalkForwardCost(len(folds), fit, val, test, passes * per_image + reads * read_per_image, per_image)
+    epochs, seeds = b.walk_forward_epochs, len(b.seeds)
+    # pixels: test blocks are predicted from images; the fold's training from cells if they fit
+    cells = bool(folds) and all(step.trains_from_cells(f[0] + f[1]) for f in folds)
+    per = step.from_cells_per_image if cells else step.per_image
+    if cells:
+        seconds = epochs * seeds * (fit + val / 2) * per + (fit + val) * (read_per_image + step.cells_per_image)
+    else:
+        seconds = epochs * seeds * (fit + val / 2) * per + epochs * seeds * (fit + val) * read_per_image
+    seconds += seeds * test * (step.per_image / 2 + read_per_image)
+    return WalkForwardCost(len(folds), fit, val, test, seconds, per)
 
 
-def training_cost(b: Budget, n_train: int, n_val: int, per_image: float, read_per_image: float = 0.0) -> TrainingCost:
+def training_cost(b: Budget, n_train: int, n_val: int, step: StepCost, read_per_image: float = 0.0) -> TrainingCost:
     """An upper bound: every epoch of every seed runs; a validation pass costs about a third of
-    a training pass (forward only); every pass, training or validation, reads its image."""
+    a training pass (forward only); a model trained from cells reads every image once and
+    computes its cells, another reads its image every pass, training or validation."""
     passes = b.epochs * len(b.seeds) * (n_train + n_val)
-    seconds = b.epochs * len(b.seeds) * (n_train + n_val / 3) * per_image + passes * read_per_image
-    return TrainingCost(b.name, passes, seconds, per_image, read_per_image)
+    if step.trains_from_cells(n_train + n_val):
+        seconds = b.epochs * len(b.seeds) * (n_train + n_val / 3) * step.from_cells_per_image
+        seconds += (n_train + n_val) * (read_per_image + step.cells_per_image)
+        return TrainingCost(b.name, passes, seconds, step.from_cells_per_image, read_per_image, step.cells_per_image)
+    seconds = b.epochs * len(b.seeds) * (n_train + n_val / 3) * step.per_image + passes * read_per_image
+    return TrainingCost(b.name, passes, seconds, step.per_image, read_per_image)

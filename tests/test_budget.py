@@ -55,35 +55,53 @@ def test_training_cost_is_passes_times_the_measured_rate(synthetic_2024):
     from finnex_ml.encoding.layout import build_layout
 
     b = budget.budget("standard", "universe")  # 5 epochs x 1 seed
-    cost = budget.training_cost(b, n_train=600, n_val=300, per_image=0.02)
+    pixels = budget.StepCost(0.02)  # a model that reads pixels every step
+    cost = budget.training_cost(b, n_train=600, n_val=300, step=pixels)
     assert cost.passes == 5 * 1 * 900
     assert cost.seconds == pytest.approx(5 * (600 + 100) * 0.02)
     text = cost.describe(600, 300, b)
     assert "up to 5 epochs x 1 seed(s) over 600 training and 300 validation images = 4,500 image passes" in text
-    assert "20 ms of compute per training image and 0.0 ms to read an image" in text
+    assert "20.0 ms of compute per training image and 0.0 ms to read an image, every pass" in text
     assert "~1.2 min of compute and reading if every epoch runs" in text
     # every pass (training or validation) also reads its image: 4,500 reads at 4 ms add 18 s
-    read = budget.training_cost(b, n_train=600, n_val=300, per_image=0.02, read_per_image=0.004)
+    read = budget.training_cost(b, n_train=600, n_val=300, step=pixels, read_per_image=0.004)
     assert read.seconds == pytest.approx(5 * (600 + 100) * 0.02 + 4500 * 0.004)
     assert "4.0 ms to read an image" in read.describe(600, 300, b) and "~1.5 min" in read.describe(600, 300, b)
     assert "permuted-label" not in text  # single-stock evaluation work, not universe mode's
     single = budget.budget("standard", "single")
     assert "permuted-label control trains 2 network(s) for 4 epoch(s)" in cost.describe(600, 300, single)
+    # a layout-aware model trains from cells: each image read and its cells computed once
+    cells = budget.StepCost(0.02, from_cells_per_image=0.008, cells_per_image=0.003, cell_bytes=46_000)
+    once = budget.training_cost(b, n_train=600, n_val=300, step=cells, read_per_image=0.004)
+    assert once.seconds == pytest.approx(5 * (600 + 100) * 0.008 + 900 * (0.004 + 0.003))
+    assert "3.0 ms for its cells, once per image" in once.describe(600, 300, b)
+    # cells beyond TrainConfig.cell_cache_mb (1,024 MB): the trainer reads pixels, and so does the cost
+    many = 30_000
+    assert budget.training_cost(b, many, 0, cells, 0.004).seconds == pytest.approx(
+        budget.training_cost(b, many, 0, pixels, 0.004).seconds
+    )
     spec = build_layout([c for c in synthetic_2024.features.columns if c != "date"])
-    per_image = budget.seconds_per_image(spec, batch_size=2, steps=1)  # a real forward/backward on the layout
-    assert math.isfinite(per_image) and per_image > 0
+    step = budget.seconds_per_image(spec, batch_size=2, steps=1)  # real forward/backward passes on the layout
+    assert math.isfinite(step.per_image) and step.per_image > 0
+    assert 0 < step.from_cells_per_image and 0 < step.cells_per_image
+    assert step.cell_bytes == 4 * len(spec.features) * spec.sessions
 
 
 def test_walk_forward_cost_is_passes_times_the_measured_rate():
     b = budget.budget("quick", "universe")  # 1 epoch per fold x 1 seed
-    cost = budget.walk_forward_cost(b, [(1000, 300, 5000), (1000, 300, 5000)], per_image=0.01)
+    folds = [(1000, 300, 5000), (1000, 300, 5000)]
+    cost = budget.walk_forward_cost(b, folds, budget.StepCost(0.01))
     assert (cost.folds, cost.fit_images, cost.val_images, cost.test_images) == (2, 2000, 600, 10000)
     # the test blocks are predicted once; the inner validation block only when validating
     assert cost.seconds == pytest.approx((1 * (2000 + 600 / 2) + 10000 / 2) * 0.01)
     assert "2 yearly folds" in cost.describe(b) and "~1.2 min" in cost.describe(b)
-    read = budget.walk_forward_cost(b, [(1000, 300, 5000), (1000, 300, 5000)], per_image=0.01, read_per_image=0.002)
+    read = budget.walk_forward_cost(b, folds, budget.StepCost(0.01), read_per_image=0.002)
     # reads: 1 epoch x (2000 fitted + 600 validation) + one pass over the test blocks
     assert read.seconds == pytest.approx(cost.seconds + (2600 + 10000) * 0.002)
+    # from cells: fitted and validation images read and reduced once per fold; test blocks from pixels
+    cells = budget.StepCost(0.01, from_cells_per_image=0.004, cells_per_image=0.001, cell_bytes=46_000)
+    once = budget.walk_forward_cost(b, folds, cells, read_per_image=0.002)
+    assert once.seconds == pytest.approx((2000 + 300) * 0.004 + 2600 * 0.003 + 10000 * (0.005 + 0.002))
 
 
 def test_read_cost_is_measured_on_the_stored_image_arrays_only(tmp_path):
