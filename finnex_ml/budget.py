@@ -115,7 +115,8 @@ def seconds_per_image(spec: LayoutSpec, model: str = "cnn", batch_size: int = 32
     net = create_model(model, "small", horizons=(1,), layout=spec)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     height, width, channels = spec.shape
-    x = torch.randn(batch_size, channels, height, width)
+    # stored NHWC, seen as NCHW: the trainer's view of a batch (the stem's fast path)
+    x = torch.randn(batch_size, height, width, channels).permute(0, 3, 1, 2)
 
     def per_image(forward, inputs: torch.Tensor) -> float:
         def step() -> None:
