@@ -22,30 +22,35 @@ class StageRates:
     features_per_ticker_session: float  # s: panel_features (snapshots, features), per (ticker, session)
     images_per_image: float  # s: encode, four checks, preview, staged write, per image
     labels_per_ticker_date: float  # s: panel_labels, per (ticker, date)
-    train_per_image: float  # s: one training pass over one image in a walk-forward fold, reads included
-    predict_per_image: float  # s: one forward pass (validation or test block)
+    train_per_image: float  # s: one training pass over one image's cells (the epoch's bookkeeping included)
+    predict_per_image: float  # s: one validation pass over one image's cells
+    cells_per_image: float  # s: reading one image and computing its cells, once per model or fold
+    test_per_image: float  # s: predicting one test image from its pixels, the read included
     load_average: float  # the machine's load average when these were measured
 
 
-# measured 2026-12-03 09:50 UTC: `finnex demo` (synthetic universe, 24 tickers, 558 feature
-# sessions, 252 image dates) on a fresh clone of the 2-core VM, load average ~3 (the test suite's
-# last minutes beside it), 5 min 37 s wall in all; the project's event log storage
-# (finnex_assets/instance_storage.py). The packaged panel's run on the same VM at load 13-14 and
-# on the stock event log (benchmarks/universe.md) was 3-10x slower per unit: a busy machine is.
+# measured 2026-12-04 19:05 UTC: `finnex demo` (synthetic universe, 24 tickers, 558 feature
+# sessions, 252 image dates, budget standard) alone on the 2-core VM, load average ~1, 2 min 10 s
+# wall in all. The models train from cells (training.data.CellDataset) since that session. Busy
+# machines are slower: the packaged panel's run at load 13-14 (benchmarks/universe.md) was 3-10x
+# slower per unit than an earlier light-load measurement.
 MEASURED = StageRates(
-    # the features run: 92.0 s, of which 80.9 s in panel_features, over 558 partitions; the
-    # images run: 80.4 s, 78.4 s of it in the loops, over 252: ~0.018 s per partition in all
-    run_start_per_partition=0.006,
-    output_per_partition=0.006,
-    features_per_ticker_session=80.9 / (24 * 558),
-    images_per_image=76.0 / (24 * 252),  # encode, four checks, preview, staged write
-    labels_per_ticker_date=2.4 / (24 * 252),
-    # the single-split model: 34.9 s per epoch over 3,066 training + 917 validation images; the
-    # printed budget line measured 11 ms of compute + 7.6 ms of reading per training image, of
-    # which the read-ahead thread hides most when a core is free
-    train_per_image=0.0105,
-    predict_per_image=(34.9 - 3066 * 0.0105) / 917,
-    load_average=3,
+    # the features stage: 46.5 s, 42.4 s of it in panel_features, over 558 partitions; the images
+    # stage: 25.7 s, 24.0 s in the loop, over 252: ~0.007 s per partition in all
+    run_start_per_partition=0.0025,
+    output_per_partition=0.0025,
+    features_per_ticker_session=42.4 / (24 * 558),
+    images_per_image=24.0 / (24 * 252),  # encode, four checks, preview, staged write
+    labels_per_ticker_date=1.7 / (24 * 252),
+    # the single-split model: 7.4 s per epoch over 3,066 training + 917 validation images (their
+    # cells); the printed budget line measured 1.5 ms to read an image and 0.5 ms for its cells;
+    # the 39.1 s stage less 3 epochs and that cell pass leaves ~9 s for predicting the 917
+    # validation and ~1,000 test images from pixels, saving and logging
+    train_per_image=(7.4 - 917 * 0.0015) / 3066,
+    predict_per_image=0.0015,
+    cells_per_image=0.002,
+    test_per_image=0.0047,
+    load_average=1,
 )
 
 
@@ -59,12 +64,16 @@ class UniverseEstimate:
         return sum(self.seconds.values())
 
     def describe(self) -> str:
-        parts = ", ".join(f"{k} ~{v / 60:.0f} min" for k, v in self.seconds.items())
+        parts = ", ".join(f"{k} ~{_span(v)}" for k, v in self.seconds.items())
         return (
-            f"estimated wall time ~{self.total / 60:.0f} min ({parts}; the splits and the evaluation add about a minute) at "
+            f"estimated wall time ~{_span(self.total)} ({parts}; the splits and the evaluation add to it) at "
             f"the rates measured on the shared 2-core VM at load average {self.rates.load_average:g} "
             "(finnex_ml/universe_estimate.py); other jobs on the machine make it slower"
         )
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def estimate_universe_demo(
@@ -96,13 +105,16 @@ def estimate_universe_demo(
             + 2 * r.output_per_partition
             + n_tickers * (r.images_per_image + r.labels_per_ticker_date)
         ),
+        # each fold computes its images' cells once (its seeds share them), then trains from them
         "walk-forward": epochs * seeds * (fit * r.train_per_image + val * r.predict_per_image)
-        + seeds * test * r.predict_per_image,
+        + (fit + val) * r.cells_per_image
+        + seeds * test * r.test_per_image,
     }
     if single_split is not None:
         n_train, n_val, n_test, split_epochs = single_split
         seconds["single-split model"] = (
             split_epochs * seeds * (n_train * r.train_per_image + n_val * r.predict_per_image)
-            + seeds * (n_val + n_test) * r.predict_per_image
+            + (n_train + n_val) * r.cells_per_image
+            + seeds * (n_val + n_test) * r.test_per_image
         )
     return UniverseEstimate(seconds, rates)
