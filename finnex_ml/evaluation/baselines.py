@@ -77,7 +77,6 @@ REFIT_BOOSTING = {"max_iter": 50, "learning_rate": 0.15}
 def fit_tabular(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, boosting: dict | None = None):
     """A fitted scikit-learn classifier pipeline: ``"logistic"`` or ``"gradient_boosting"``
     (``boosting`` overrides its iterations / learning rate, e.g. :data:`REFIT_BOOSTING`)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -90,8 +89,10 @@ def fit_tabular(kind: str, X: np.ndarray, y: np.ndarray, seed: int, *, boosting:
             LogisticRegression(C=0.05, max_iter=2000, class_weight="balanced"),
         )
     elif kind == "gradient_boosting":
+        from finnex_ml.evaluation.boosting import SequentialBinningHGB
+
         params = {"learning_rate": 0.05, "max_iter": 150, **(boosting or {})}
-        model = HistGradientBoostingClassifier(
+        model = SequentialBinningHGB(
             max_depth=3,
             l2_regularization=1.0,
             class_weight="balanced",

@@ -74,8 +74,9 @@ def fit_early_stopped(
     log loss, then refits on all rows; logistic regression has nothing to stop early."""
     if kind != "gradient_boosting":
         return bl.fit_tabular(kind, X, y, seed)
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import log_loss
+
+    from finnex_ml.evaluation.boosting import SequentialBinningHGB
 
     n = X.shape[0]
     n_val = round(n * val_fraction)
@@ -91,7 +92,7 @@ def fit_early_stopped(
             "early_stopping": False,
             "random_state": seed,
         }
-        inner = HistGradientBoostingClassifier(max_iter=max_iter, **params).fit(X[:fit_end], y[:fit_end])
+        inner = SequentialBinningHGB(max_iter=max_iter, **params).fit(X[:fit_end], y[:fit_end])
         yv = y[n - n_val :]
         losses = []
         for p in inner.staged_predict_proba(X[n - n_val :]):
@@ -99,7 +100,7 @@ def fit_early_stopped(
             full[:, inner.classes_.astype(int)] = np.clip(p, 1e-7, 1.0)
             losses.append(log_loss(yv, full / full.sum(1, keepdims=True), labels=list(range(bl.N_CLASSES))))
         best_iter, stopped = int(np.argmin(losses)) + 1, True
-    model = HistGradientBoostingClassifier(
+    model = SequentialBinningHGB(
         max_iter=best_iter,
         max_depth=3,
         learning_rate=0.05,
