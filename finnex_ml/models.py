@@ -1162,7 +1162,20 @@ class SeedEnsemble(nn.Module):
     def forward(
         self, x: torch.Tensor, patch_pos: torch.Tensor | None = None, return_attention: bool = False
     ) -> dict[str, Any]:
-        outs = [m(x, patch_pos, return_attention=return_attention) for m in self.members]
+        stems = [m.cell_stem for m in self.members]
+        if (
+            patch_pos is None
+            and all(st is not None for st in stems)
+            and len({st.layout_key for st in stems}) == 1
+            and x.ndim == 4
+            and tuple(x.shape[1:]) == (self.config.in_channels, IMAGE_SIZE, IMAGE_SIZE)
+        ):
+            # the members read the same layout: its stem (no parameters, half a member's forward
+            # pass here) runs once for all of them; each member's output is unchanged
+            cells = stems[0](x)
+            outs = [m.forward_cells(cells, return_attention) for m in self.members]
+        else:
+            outs = [m(x, patch_pos, return_attention=return_attention) for m in self.members]
         probs = torch.stack([o["classification_by_horizon"].softmax(-1) for o in outs]).mean(0)
         logits = probs.clamp_min(1e-12).log()
         reg = torch.stack([o["regression_by_horizon"] for o in outs]).mean(0)

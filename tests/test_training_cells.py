@@ -136,3 +136,28 @@ def test_cell_dataset_batches_are_the_stems_cells_of_the_sources_rows(images) ->
         want = stem(torch.from_numpy(x[[5, 12, 8]]).permute(0, 3, 1, 2))
     torch.testing.assert_close(batch["x"], want)
     assert tuple(cells.sample_shape) == (stem.n_features, stem.sessions)
+
+
+def test_an_ensemble_computes_its_members_cells_once(images) -> None:
+    """SeedEnsemble runs the shared layout stem once; every member's output is what it gives alone."""
+    from finnex_ml.models import SeedEnsemble, create_model
+
+    x, _, layout = images
+    members = []
+    for seed, name in ((0, "cnn"), (1, "cnn"), (2, "vit")):
+        torch.manual_seed(seed)
+        members.append(create_model(name, "small", horizons=(1,), layout=layout).eval())
+    ens = SeedEnsemble(members).eval()
+    calls = []
+    for m in members:
+        m.cell_stem.register_forward_hook(lambda *a: calls.append(1))
+    px = torch.from_numpy(x[:6]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        out = ens(px)
+        assert len(calls) == 1
+        alone = [m(px) for m in members]
+    assert len(calls) == 4  # each member alone computes its own
+    probs = torch.stack([o["classification_by_horizon"].softmax(-1) for o in alone]).mean(0)
+    torch.testing.assert_close(out["classification_by_horizon"], probs.clamp_min(1e-12).log(), rtol=0, atol=0)
+    reg = torch.stack([o["regression_by_horizon"] for o in alone]).mean(0)
+    torch.testing.assert_close(out["regression_by_horizon"], reg, rtol=0, atol=0)
