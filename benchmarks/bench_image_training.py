@@ -208,26 +208,30 @@ def main() -> None:
                 {},
             ),
         ]
+
+        def config(epochs: int, extra: dict) -> TrainConfig:
+            return TrainConfig(
+                model=args.model,
+                input_mode="image",
+                epochs=epochs,
+                batch_size=args.batch,
+                lr=1e-3,
+                warmup_epochs=0,
+                patience=None,
+                num_threads=args.threads,
+                # the training assets' recipe: pixel noise and mixup cost ~4x here
+                noise_std=0.0,
+                mixup_alpha=0.0,
+                model_overrides={"layout": layout},
+                **extra,
+            )
+
         best: dict[str, tuple[float, float, float]] = {}
         cpu: dict[str, float] = {}  # images per CPU-second (all threads), best pass
         paired: dict[str, list[float]] = {label: [] for label, _, _ in cases}  # per round, / that round's baseline
         for _ in range(args.repeat):
             for label, make, extra in cases:
-                cfg = TrainConfig(
-                    model=args.model,
-                    input_mode="image",
-                    epochs=args.epochs,
-                    batch_size=args.batch,
-                    lr=1e-3,
-                    warmup_epochs=0,
-                    patience=None,
-                    num_threads=args.threads,
-                    # the training assets' recipe: pixel noise and mixup cost ~4x here
-                    noise_std=0.0,
-                    mixup_alpha=0.0,
-                    model_overrides={"layout": layout},
-                    **extra,
-                )
+                cfg = config(args.epochs, extra)
                 res = train_model(cfg, make(train_rows), make(val_rows), checkpoint_dir=tmp / "ckpt")
                 m = res.history[-1]
                 if label not in best or m["samples_per_s"] > best[label][0]:
@@ -266,23 +270,13 @@ def main() -> None:
         run_wall: dict[str, float] = {}
         for _ in range(args.repeat):
             for label, make, extra in whole:
-                cfg = TrainConfig(
-                    model=args.model,
-                    input_mode="image",
-                    epochs=args.run_epochs,
-                    batch_size=args.batch,
-                    lr=1e-3,
-                    warmup_epochs=0,
-                    patience=None,
-                    num_threads=args.threads,
-                    noise_std=0.0,
-                    mixup_alpha=0.0,
-                    model_overrides={"layout": layout},
-                    **extra,
-                )
                 t0 = time.perf_counter()
                 train_ensemble(
-                    cfg, make(train_rows), make(val_rows), seeds=range(args.seeds), checkpoint_dir=tmp / "ens"
+                    config(args.run_epochs, extra),
+                    make(train_rows),
+                    make(val_rows),
+                    seeds=range(args.seeds),
+                    checkpoint_dir=tmp / "ens",
                 )
                 run_wall[label] = min(run_wall.get(label, float("inf")), time.perf_counter() - t0)
         whole = [c[0] for c in whole]
