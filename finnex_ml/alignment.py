@@ -114,21 +114,25 @@ def _vintage_rows(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def snapshots(frame: pl.DataFrame, asof: list[date], history: int) -> pl.DataFrame:
-    """Stack, for every date in ``asof``, the last ``history`` rows of ``frame`` up to it.
+    """Stack, for every date in ``asof``, the last ``history`` sessions of ``frame`` up to it.
 
     ``frame`` holds one row per session (or several per session for long tables) and must
     be sorted by ``date``. The result carries an ``asof`` column: the partition it belongs to.
+    Each window is a contiguous run of the sorted frame, so the stack is one gather of row
+    indices (a filter per date cost ~0.1 ms x modalities x dates: seconds per ticker-year).
     """
-    dates = frame["date"].unique(maintain_order=True).sort()
-    d_arr = dates.to_numpy().astype("datetime64[D]")
-    parts = []
-    for t in asof:
-        j = int(np.searchsorted(d_arr, np.datetime64(t, "D"), side="right"))
-        if j == 0:
-            continue
-        lo = d_arr[max(0, j - history)]
-        window = frame.filter((pl.col("date") >= lo) & (pl.col("date") <= t))
-        parts.append(window.with_columns(pl.lit(t, dtype=pl.Date).alias("asof")))
-    if not parts:
-        return frame.clear().with_columns(pl.lit(None, dtype=pl.Date).alias("asof"))
-    return pl.concat(parts).select("asof", *frame.columns)
+    dates = frame["date"]
+    if not dates.is_sorted():
+        raise ValueError("snapshots: frame must be sorted by date (rows of one session stay in their order)")
+    d_arr = dates.unique(maintain_order=True).to_numpy().astype("datetime64[D]")
+    col = dates.to_numpy().astype("datetime64[D]")
+    t_arr = np.asarray(asof, dtype="datetime64[D]")
+    j = np.searchsorted(d_arr, t_arr, side="right")
+    t_arr, j = t_arr[j > 0], j[j > 0]  # a date before the first session has no window
+    if not len(t_arr):
+        return frame.clear().with_columns(pl.lit(None, dtype=pl.Date).alias("asof")).select("asof", *frame.columns)
+    start = np.searchsorted(col, d_arr[np.maximum(0, j - history)], side="left")
+    length = np.searchsorted(col, t_arr, side="right") - start
+    rows = np.repeat(start - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
+    stacked = frame[rows]
+    return stacked.select(pl.Series("asof", np.repeat(t_arr, length)).cast(pl.Date), *frame.columns)

@@ -434,3 +434,48 @@ def test_features_in_chunks_of_dates_equal_all_at_once(synthetic_2024, monkeypat
     whole = pipeline.daily_features_from_snapshots(synthetic_2024.snapshots)
     assert chunked.height == 252 and chunked["date"].is_sorted()
     assert chunked.equals(whole) and whole.equals(synthetic_2024.features)
+
+
+def test_snapshots_equal_a_filter_per_date():
+    """``alignment.snapshots`` gathers each date's window as one run of the sorted frame; the stack
+    equals the definition (a filter of the last ``history`` sessions up to each date, in frame
+    order) on a long table with several rows per session and a gap, for dates before the first
+    session, unsorted and repeated dates; an unsorted frame is refused, not misread."""
+    from finnex_ml.alignment import snapshots
+
+    sess = SESSIONS[:40]
+    rows = [(d, k, float(i * 10 + k)) for i, d in enumerate(sess) if i % 7 != 3 for k in range(1 + i % 3)]
+    frame = pl.DataFrame(rows, schema={"date": pl.Date, "k": pl.Int64, "v": pl.Float64}, orient="row")
+
+    def by_filter(asof: list[date], history: int) -> pl.DataFrame:
+        days = frame["date"].unique().sort().to_list()
+        parts = []
+        for t in asof:
+            known = [d for d in days if d <= t]
+            if known:
+                lo = known[-history:][0]
+                window = frame.filter((pl.col("date") >= lo) & (pl.col("date") <= t))
+                parts.append(window.select(pl.lit(t, dtype=pl.Date).alias("asof"), *frame.columns))
+        return pl.concat(parts)
+
+    cases = [sess[5:], [date(2021, 12, 31), sess[0], sess[3]], sess[30:10:-4] + [sess[12], sess[12]], [sess[-1]]]
+    for asof in cases:
+        for history in (1, 5, 60):
+            got = snapshots(frame, asof, history)
+            assert got.schema["asof"] == pl.Date
+            assert got.equals(by_filter(asof, history)), (asof[:3], history)
+    assert snapshots(frame, [date(2021, 12, 31)], 5).height == 0
+    with pytest.raises(ValueError, match="sorted by date"):
+        snapshots(frame.reverse(), sess[5:], 5)
+
+
+def test_asof_chunk_rows_equal_a_filter():
+    """``pipeline._asof_rows`` slices the sorted stack before filtering; same rows as the filter,
+    also for an unsorted stack and a chunk holding dates the stack lacks."""
+    from finnex_ml import pipeline
+
+    stack = pl.DataFrame({"asof": [SESSIONS[i // 3] for i in range(60)], "x": list(range(60))})
+    for chunk in (SESSIONS[2:7], SESSIONS[0:1], SESSIONS[18:25], SESSIONS[30:40]):
+        c = pl.Series(chunk)
+        for frame in (stack, stack.reverse()):
+            assert pipeline._asof_rows(frame, c).equals(frame.filter(pl.col("asof").is_in(c.implode())))
