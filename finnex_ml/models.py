@@ -1311,7 +1311,10 @@ def create_model(
     multi-task by default; ``layout=spec`` selects the layout-aware path for whole images."""
     entry = model_entry(name)
     cfg = model_config(name, size, **overrides)
-    return entry.multitask(cfg, horizons) if multitask else entry.backbone(cfg)
+    model = entry.multitask(cfg, horizons) if multitask else entry.backbone(cfg)
+    # two entries may share a backbone class (vit, vit_patches): the spec records which one
+    model.registry_name = entry.name
+    return model
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
@@ -1320,7 +1323,9 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
         return {"name": "ensemble", "members": [model_spec(m) for m in model.members]}
     multitask = isinstance(model, MultiTaskModel)
     backbone = model.backbone if multitask else model
-    name = next((e.name for e in MODEL_REGISTRY.values() if type(backbone) is e.backbone), None)
+    name = getattr(model, "registry_name", None)
+    if name not in MODEL_REGISTRY or type(backbone) is not MODEL_REGISTRY[name].backbone:
+        name = next((e.name for e in MODEL_REGISTRY.values() if type(backbone) is e.backbone), None)
     if name is None:
         raise TypeError(f"no spec for {type(model).__name__}")
     return {

@@ -150,6 +150,11 @@ def test_vit_patches_variant_reads_pixels_not_the_layout() -> None:
     with torch.no_grad():
         out = model(torch.rand(1, 3, 512, 512), return_attention=True)
     assert out["attention_weights"][0].shape == (1, 2, 257, 257)  # CLS + 16 x 16 patch tokens
+    # its checkpoint spec names the variant, not the "vit" entry it shares FinNeXViT with
+    spec = model_spec(SeedEnsemble([model]))
+    assert spec["members"][0]["name"] == "vit_patches"
+    assert model_spec(model_from_spec(spec["members"][0]))["name"] == "vit_patches"
+    assert model_spec(create_model("vit", **TINY["vit"]))["name"] == "vit"
 
 
 @pytest.mark.parametrize("name", ["cnn", "vit"])
