@@ -118,8 +118,9 @@ def snapshots(frame: pl.DataFrame, asof: list[date], history: int) -> pl.DataFra
 
     ``frame`` holds one row per session (or several per session for long tables) and must
     be sorted by ``date``. The result carries an ``asof`` column: the partition it belongs to.
-    Each window is a contiguous run of the sorted frame, so the stack is one gather of row
-    indices (a filter per date cost ~0.1 ms x modalities x dates: seconds per ticker-year).
+    Each window is a contiguous run of the sorted frame: a zero-copy slice, so the stack shares
+    the frame's memory (a filter per date cost ~0.1 ms x modalities x dates, seconds per
+    ticker-year, and a gather of the rows held every window's copy: 4x the peak memory).
     """
     dates = frame["date"]
     if not dates.is_sorted():
@@ -133,6 +134,5 @@ def snapshots(frame: pl.DataFrame, asof: list[date], history: int) -> pl.DataFra
         return frame.clear().with_columns(pl.lit(None, dtype=pl.Date).alias("asof")).select("asof", *frame.columns)
     start = np.searchsorted(col, d_arr[np.maximum(0, j - history)], side="left")
     length = np.searchsorted(col, t_arr, side="right") - start
-    rows = np.repeat(start - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
-    stacked = frame[rows]
+    stacked = pl.concat([frame.slice(int(s), int(n)) for s, n in zip(start, length)], rechunk=False)
     return stacked.select(pl.Series("asof", np.repeat(t_arr, length)).cast(pl.Date), *frame.columns)
