@@ -31,16 +31,19 @@ class StageRates:
 
 # measured 2026-12-04 19:05 UTC: `finnex demo` (synthetic universe, 24 tickers, 558 feature
 # sessions, 252 image dates, budget standard) alone on the 2-core VM, load average ~1, 2 min 10 s
-# wall in all. The models train from cells (training.data.CellDataset) since that session. Busy
-# machines are slower: the packaged panel's run at load 13-14 (benchmarks/universe.md) was 3-10x
-# slower per unit than an earlier light-load measurement.
+# wall in all. The models train from cells (training.data.CellDataset) since that session. The
+# features and images rates were measured again at 21:25 (1 min 1 s wall in all), after the
+# snapshots became slices of the sorted table and the images ran in two date spans side by side
+# (panel_images; a range under 2 x MIN_SPAN_DATES dates runs in one process, ~1.6x slower per
+# image). Busy machines are slower: the packaged panel's run at load 13-14 (benchmarks/universe.md)
+# was 3-10x slower per unit than an earlier light-load measurement.
 MEASURED = StageRates(
-    # the features stage: 46.5 s, 42.4 s of it in panel_features, over 558 partitions; the images
-    # stage: 25.7 s, 24.0 s in the loop, over 252: ~0.007 s per partition in all
+    # partitions: 0.007 s each in all (19:05); the features stage 14.9 s, 12.6 s of it in
+    # panel_features; the images stage 11.2 s, 10.1 s in the two spans
     run_start_per_partition=0.0025,
     output_per_partition=0.0025,
-    features_per_ticker_session=42.4 / (24 * 558),
-    images_per_image=24.0 / (24 * 252),  # encode, four checks, preview, staged write
+    features_per_ticker_session=12.6 / (24 * 558),
+    images_per_image=10.1 / (24 * 252),  # encode, four checks, preview, staged write; two spans
     labels_per_ticker_date=1.7 / (24 * 252),
     # the single-split model: 7.4 s per epoch over 3,066 training + 917 validation images (their
     # cells); the printed budget line measured 1.5 ms to read an image and 0.5 ms for its cells;

@@ -24,11 +24,11 @@ from finnex_assets.assets.images import IMAGE_CHECKS, LOOKBACK, NORM
 from finnex_assets.partitions import trading_days
 from finnex_assets.resources import MlflowTracking
 from finnex_assets.storage import FinnexStorage
-from finnex_ml import calendar, panel, panel_model, progress
+from finnex_ml import calendar, panel, panel_model
 from finnex_ml.data.universe import UniverseSource, universe_source
-from finnex_ml.encoding import SeriesQA, build_layout, write_preview, write_spec
-from finnex_ml.encoding.panel_store import write_cross_section
+from finnex_ml.encoding import build_layout, write_spec
 from finnex_ml.errors import ConfigError, DataInputError
+from finnex_ml.panel_images import stage_cross_sections
 from finnex_ml.paths import REPO_ROOT, fsync_dir, fsync_file, resolve_under, write_json_atomic, write_parquet_atomic
 from finnex_ml.series import SeriesKey
 from finnex_ml.storage import UniverseStore
@@ -209,6 +209,11 @@ class UniverseImageConfig(dg.Config):
         default="", description="Ticker whose images get PNG previews; empty = the first ticker of each date."
     )
     compression: str = Field(default="", description="Cross-section file compression; empty = the measured default.")
+    workers: int = Field(
+        default=2,
+        description="Processes encoding, checking and writing spans of dates side by side (same files as 1; "
+        "a span needs at least panel_images.MIN_SPAN_DATES dates).",
+    )
 
 
 @dg.asset(
@@ -244,36 +249,25 @@ def universe_images(
     root = store.images_root
     staging = root / ".staging" / context.run.run_id
     shutil.rmtree(staging, ignore_errors=True)
-    failures: dict[str, list[str]] = {n: [] for n in IMAGE_CHECKS}
-    qa = SeriesQA(spec)  # the four checks per image; keeps what each ticker's next continuity check needs
-    counts: dict[date, int] = {}
     universe_size = table.group_by("date").len()
     sizes = dict(zip(universe_size["date"].to_list(), universe_size["len"].to_list()))
     try:
-        sections = panel.encode_cross_sections(table, dates, spec, NORM)
-        for d, items in progress.track(sections, "universe_images", total=len(dates), log=context.log.info):
-            if not items:
-                raise DataInputError(
-                    f"universe_images: no ticker has the {LOOKBACK} sessions of features an image needs on {d}; "
-                    "materialise universe_features from the lookback start (finnex demo does)",
-                    date=d.isoformat(),
-                )
-            key = d.isoformat()
-            show = config.preview_ticker or items[0][0]
-            for tk, item in items:
-                tag = f"{key}/{tk}"
-                outcome = qa.check(tk, item.image, item.window, partial(_stored_previous, store, SeriesKey(tk, d)))
-                for name, (ok, _) in outcome.items():
-                    if not ok:
-                        failures[name].append(tag)
-                if tk == show:
-                    path = staging / "previews" / f"{key}_{tk}.png"
-                    write_preview(path, item.image, spec, title=tag, step=2, durable=False)  # _commit fsyncs
-            qa.keep_only(tk for tk, _ in items)  # a ticker not imaged today: its next image continues nothing
-            write_cross_section(staging, d, items, spec=spec, norm_config=NORM, durable=False, **_compression(config))
-            counts[d] = len(items)
-            if len(items) < sizes.get(d, 0):
-                context.log.debug(f"universe_images {key}: {len(items)} of {sizes.get(d, 0)} tickers imaged")
+        staged = stage_cross_sections(
+            table,
+            dates,
+            spec,
+            NORM,
+            staging,
+            previous=partial(_stored_previous, store),
+            compression=_compression(config),
+            preview_ticker=config.preview_ticker,
+            workers=config.workers,
+            log=context.log.info,
+        )
+        failures, counts = {n: staged.failures.get(n, []) for n in IMAGE_CHECKS}, staged.counts
+        for d, n in counts.items():
+            if n < sizes.get(d, 0):
+                context.log.debug(f"universe_images {d}: {n} of {sizes.get(d, 0)} tickers imaged")
         results = [
             dg.AssetCheckResult(
                 asset_key="universe_images",
