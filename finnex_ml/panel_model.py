@@ -124,7 +124,7 @@ def train_and_predict(
     if unknown or not score_sets:
         raise ValueError(f"score_sets must be a non-empty subset of {sorted(rows)}, got {list(score_sets)}")
     scored = pl.concat([rows[name] for name in score_sets])
-    probs, history = [], []
+    models, history = [], []
     for seed in s.seeds:
         cfg = TrainConfig(
             model=s.model,
@@ -150,15 +150,18 @@ def train_and_predict(
             ckpt = checkpoint_root / f"seed{seed}" if checkpoint_root else Path(tmp)
             res = train_model(cfg, train, val, checkpoint_dir=ckpt, on_epoch_end=on_epoch_end)
         history.append({"seed": seed, "best_epoch": res.best_epoch, "history": res.history})
-        model = res.model.eval()
-        out = []
-        with torch.no_grad():
-            r = scored["pos"].to_numpy()
-            for i in range(0, len(r), 64):
-                xb = torch.from_numpy(np.ascontiguousarray(reader.read_batch(r[i : i + 64]))).permute(0, 3, 1, 2)
-                out.append(torch.softmax(model(xb)["classification"], -1).numpy())
-        probs.append(np.concatenate(out))
-    p = np.mean(probs, axis=0)
+        models.append(res.model.eval())
+    # every seed's model scores each image as it is read: one read per image, not one per seed
+    # (a read-ahead thread was tried: slower, the decompression and the models share two cores)
+    r = scored["pos"].to_numpy()
+    batches = (reader.read_batch(r[i : i + 64]) for i in range(0, len(r), 64))
+    outs: list[list[np.ndarray]] = [[] for _ in models]
+    with torch.no_grad():
+        for xb in batches:
+            x = torch.from_numpy(xb).permute(0, 3, 1, 2)
+            for out, model in zip(outs, models):
+                out.append(torch.softmax(model(x)["classification"], -1).numpy())
+    p = np.mean([np.concatenate(out) for out in outs], axis=0)
     preds = scored.select("date", "ticker", "set", "label", "excess", "fwd_return").with_columns(
         pl.Series("p_bottom", p[:, 0]),
         pl.Series("p_middle", p[:, 1]),
