@@ -120,6 +120,29 @@ def test_labels_splits_and_model_predictions(built):
     assert 0.0 <= mat["permutation_p_value"].value <= 1.0
 
 
+def test_a_seed_ensemble_scores_the_mean_of_its_seeds(built):
+    """train_and_predict trains every seed, then scores each test image once for all of them: the
+    ensemble's probabilities are the mean of the seeds' own (each seed trained alone)."""
+    from finnex_ml import panel_model
+    from finnex_ml.encoding.panel_store import PanelReader
+
+    _, res, _ = built
+    store = res["storage"].universe
+    samples = pl.read_parquet(store.dataset_path("samples.parquet"))
+    cols = ["p_bottom", "p_middle", "p_top"]
+
+    def run(seeds: tuple[int, ...]) -> np.ndarray:
+        settings = panel_model.PanelTrainSettings(epochs=1, seeds=seeds, num_threads=1)
+        with PanelReader(store.images_root, samples) as reader:
+            preds, history = panel_model.train_and_predict(reader, samples, store.read_spec(), 1, settings)
+        assert [h["seed"] for h in history] == list(seeds)
+        return preds.select(cols).to_numpy()
+
+    both, first, second = run((0, 1)), run((0,)), run((1,))
+    assert not np.allclose(first, second)  # two different models
+    np.testing.assert_allclose(both, (first + second) / 2, rtol=0, atol=1e-7)
+
+
 def test_missing_lookback_fails_and_writes_nothing(tmp_path):
     res = _resources(tmp_path, n=4)  # the failure comes before any ticker count matters
     assert _run(res, ["universe_prices", "universe_features"], START, END).success
