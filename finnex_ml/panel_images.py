@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from finnex_ml import panel, progress
+from finnex_ml import calendar, panel, progress
 from finnex_ml.encoding import SeriesQA, write_preview
 from finnex_ml.encoding.encoder import history_needed
 from finnex_ml.encoding.layout import LayoutSpec
@@ -35,6 +35,7 @@ from finnex_ml.encoding.normalize import NormConfig
 from finnex_ml.encoding.panel_store import write_cross_section
 from finnex_ml.errors import DataInputError
 from finnex_ml.series import SeriesKey
+from finnex_ml.storage import UniverseStore
 
 # a span renormalises the 55 sessions before its first image (the default layout's window):
 # below ~100 dates that repeat costs more than a second process saves
@@ -52,6 +53,16 @@ class StagedImages:
         for name, tags in other.failures.items():
             self.failures.setdefault(name, []).extend(tags)
         self.counts.update(other.counts)
+
+
+def stored_previous(store: UniverseStore, key: SeriesKey) -> np.ndarray | None:
+    """The ticker's stored image at t-1, for continuity across run boundaries, when it exists.
+    (Here, not in the asset module, so a span process unpickling it imports no Dagster.)"""
+    prev = calendar.sessions_back(key.date, 2)
+    try:
+        return store.read_image(SeriesKey(key.ticker, prev)) if prev != key.date else None
+    except (DataInputError, OSError, KeyError):
+        return None
 
 
 def spans(dates: Sequence[date], workers: int, min_span: int = MIN_SPAN_DATES) -> list[list[date]]:

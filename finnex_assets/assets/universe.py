@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -28,10 +27,8 @@ from finnex_ml import calendar, panel, panel_model
 from finnex_ml.data.universe import UniverseSource, universe_source
 from finnex_ml.encoding import build_layout, write_spec
 from finnex_ml.errors import ConfigError, DataInputError
-from finnex_ml.panel_images import stage_cross_sections
+from finnex_ml.panel_images import stage_cross_sections, stored_previous
 from finnex_ml.paths import REPO_ROOT, fsync_dir, fsync_file, resolve_under, write_json_atomic, write_parquet_atomic
-from finnex_ml.series import SeriesKey
-from finnex_ml.storage import UniverseStore
 
 GROUP = "universe"
 
@@ -258,7 +255,7 @@ def universe_images(
             spec,
             NORM,
             staging,
-            previous=partial(_stored_previous, store),
+            previous=partial(stored_previous, store),
             compression=_compression(config),
             preview_ticker=config.preview_ticker,
             workers=config.workers,
@@ -307,15 +304,6 @@ def universe_images(
 
 def _compression(config: UniverseImageConfig) -> dict:
     return {"compression": config.compression} if config.compression else {}
-
-
-def _stored_previous(store: UniverseStore, key: SeriesKey) -> np.ndarray | None:
-    """The ticker's stored image at t-1, for continuity across run boundaries, when it exists."""
-    prev = calendar.sessions_back(key.date, 2)
-    try:
-        return store.read_image(SeriesKey(key.ticker, prev)) if prev != key.date else None
-    except (DataInputError, OSError, KeyError):
-        return None
 
 
 def _commit(staging: Path, root: Path) -> None:
