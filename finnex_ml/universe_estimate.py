@@ -32,7 +32,7 @@ class StageRates:
 # measured 2026-12-04 19:05 UTC: `finnex demo` (synthetic universe, 24 tickers, 558 feature
 # sessions, 252 image dates, budget standard) alone on the 2-core VM, load average ~1, 2 min 10 s
 # wall in all. The models train from cells (training.data.CellDataset) since that session. The
-# features and images rates were measured again at 21:25 (1 min 1 s wall in all), after the
+# features and images rates were measured again later that evening (1 min 1 s wall in all), after the
 # snapshots became slices of the sorted table and the images ran in two date spans side by side
 # (panel_images; a range under 2 x MIN_SPAN_DATES dates runs in one process, ~1.6x slower per
 # image). Busy machines are slower: the packaged panel's run at load 13-14 (benchmarks/universe.md)
